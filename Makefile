@@ -1,0 +1,34 @@
+# The two commands that matter: `make up` (run the local stack with demo traffic)
+# and `make test` (run the whole suite, integration tests included).
+.PHONY: setup up down status test lint docs bench
+
+setup:
+	@bash infra/bootstrap.sh
+
+up: setup
+	@.venv/bin/tally up
+	@.venv/bin/tally demo --beacons 30
+	@sleep 3
+	@echo
+	@echo "Tally is running. Rows so far:"
+	@.venv/bin/tally query "SELECT site, path, count() AS pageviews, uniqExact(visitor_id) AS visitors FROM pageviews GROUP BY site, path ORDER BY pageviews DESC"
+	@echo
+	@echo "Send a beacon:  curl -X POST http://127.0.0.1:8000/api/v1/collect -H 'Content-Type: application/json' -d '{\"site\":\"localhost\",\"path\":\"/hello\"}'"
+	@echo "Query:          .venv/bin/tally query \"SELECT * FROM pageviews ORDER BY received_at DESC LIMIT 10\""
+	@echo "Status / stop:  .venv/bin/tally status   /   .venv/bin/tally down"
+
+down:
+	@.venv/bin/tally down
+
+status:
+	@.venv/bin/tally status
+
+test: setup
+	@.venv/bin/ruff check .
+	@.venv/bin/python -m pytest
+
+lint: setup
+	@.venv/bin/ruff check .
+
+docs: setup
+	@.venv/bin/tally config docs

@@ -1,0 +1,238 @@
+"""The `tally` command: one entry point for every component and operation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from tally.config import Settings, SettingsError
+
+console = Console(stderr=True)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        console.print(f"[red]configuration error[/red]: {exc}")
+        sys.exit(2)
+
+
+def setup_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Tally: privacy-first web and product analytics on Kafka.
+
+    Configuration comes from TALLY_* environment variables (docs/configuration.md).
+    Start the local stack with `tally up`, look at it with `tally status`,
+    query it with `tally query`, stop it with `tally down`.
+    """
+
+
+# --- components --------------------------------------------------------------
+
+@main.command()
+def collector() -> None:
+    """Run the edge collector (HTTP beacons -> Kafka) in the foreground."""
+    settings = load_settings()
+    setup_logging(settings)
+    from tally.producers.collector.app import run
+
+    run(settings)
+
+
+@main.command()
+def worker() -> None:
+    """Run a stream worker (Faust) in the foreground. Start more to scale out."""
+    settings = load_settings()
+    from tally.streams.app import run
+
+    run(settings)
+
+
+@main.command()
+def sink() -> None:
+    """Run the ClickHouse sink (Kafka -> ClickHouse) in the foreground."""
+    settings = load_settings()
+    setup_logging(settings)
+    from tally.sinks.sink import run
+
+    run(settings)
+
+
+# --- setup and lifecycle ---------------------------------------------------------
+
+@main.command()
+def setup() -> None:
+    """Fetch what the local stack needs (the Kafka broker's jars). Idempotent."""
+    from tally.infra import kafka
+
+    settings = load_settings()
+    if settings.local_broker and settings.broker == "kafka":
+        console.print(f"Kafka jars in {kafka.ensure_jars()}")
+
+
+@main.command()
+def migrate() -> None:
+    """Apply pending ClickHouse migrations (infra/clickhouse/) and print what was applied."""
+    settings = load_settings()
+    from tally.sinks.migrate import migrate as apply
+    from tally.sinks.warehouse import connect
+
+    applied = apply(connect(settings), settings)
+    click.echo("\n".join(applied) if applied else "nothing to apply")
+
+
+@main.group()
+def topics() -> None:
+    """Kafka topics of the pipeline."""
+
+
+@topics.command("create")
+def topics_create() -> None:
+    """Create missing topics with their partitions, retention and cleanup policy."""
+    from tally.topics import ensure_topics
+
+    created = ensure_topics(load_settings())
+    click.echo("\n".join(created) if created else "all topics exist")
+
+
+@main.command()
+@click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for each component.")
+def up(timeout: float) -> None:
+    """Start the local stack in the background: broker, sink, worker, collector.
+
+    Returns when every component is ready. Running it again while the stack
+    runs starts only what is missing.
+    """
+    from tally import stack
+    from tally.topics import ensure_topics
+
+    settings = load_settings()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    for comp in stack.components(settings):
+        pid = stack.running_pid(settings, comp.name)
+        if pid is not None:
+            console.print(f"[yellow]already running[/yellow] {comp.name} (pid {pid}): {comp.describe(settings)}")
+            continue
+        with console.status(f"starting {comp.name}..."):
+            t0 = time.monotonic()
+            try:
+                pid = stack.spawn(settings, comp, env)
+                stack.wait_ready(settings, comp, timeout)
+            except Exception as exc:
+                console.print(f"[red]failed[/red] {comp.name}: {exc}")
+                sys.exit(1)
+        console.print(f"[green]started[/green] {comp.name} (pid {pid}, {time.monotonic() - t0:.1f}s): "
+                      f"{comp.describe(settings)}")
+        if comp.name == "broker":
+            created = ensure_topics(settings)
+            if created:
+                console.print(f"created topics: {', '.join(created)}")
+    if not settings.local_broker:
+        ensure_topics(settings)
+    console.print(f"logs in {settings.log_dir}; stop with `tally down`")
+
+
+@main.command()
+def down() -> None:
+    """Stop every process `tally up` started (collector, worker, sink, broker)."""
+    from tally import stack
+
+    settings = load_settings()
+    for comp in reversed(stack.components(settings)):
+        if stack.stop(settings, comp.name):
+            console.print(f"stopped {comp.name}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def status(as_json: bool) -> None:
+    """Show each component's process and health."""
+    from tally import stack
+
+    settings = load_settings()
+    rows = []
+    for comp in stack.components(settings):
+        pid = stack.running_pid(settings, comp.name)
+        rows.append({"component": comp.name, "pid": pid, "ready": comp.ready(settings),
+                     "where": comp.describe(settings)})
+    if as_json:
+        click.echo(json.dumps({"components": rows}))
+        return
+    from rich.table import Table
+
+    table = Table("component", "pid", "health", "where")
+    for r in rows:
+        health = "[green]ready[/green]" if r["ready"] else ("[yellow]starting[/yellow]" if r["pid"] else "[red]down[/red]")
+        table.add_row(r["component"], str(r["pid"] or "-"), health, r["where"])
+    Console().print(table)
+
+
+# --- analyst access ------------------------------------------------------------
+
+FORMATS = {"table": "PrettyCompactNoEscapes", "json": "JSON", "csv": "CSVWithNames"}
+
+
+@main.command()
+@click.argument("sql")
+@click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), default="table", show_default=True)
+def query(sql: str, fmt: str) -> None:
+    """Run read-only SQL against the warehouse and print the result."""
+    from tally.sinks.query import QueryError, run_sql
+
+    try:
+        out = run_sql(load_settings(), sql, FORMATS[fmt])
+    except QueryError as exc:
+        console.print(f"[red]query failed[/red]: {exc}")
+        sys.exit(1)
+    sys.stdout.write(out.decode())
+
+
+@main.command()
+@click.option("--beacons", default=30, show_default=True, help="How many demo beacons to send.")
+def demo(beacons: int) -> None:
+    """Send a little demo traffic through the running collector."""
+    from tally.demo import send_demo_traffic
+
+    settings = load_settings()
+    sent = send_demo_traffic(settings, beacons)
+    console.print(f"sent {sent} beacons to http://{settings.collector_host}:{settings.collector_port}")
+
+
+@main.group()
+def config() -> None:
+    """Configuration (TALLY_* variables)."""
+
+
+@config.command("docs")
+@click.option("--output", type=click.Path(path_type=Path), default=Path("docs/configuration.md"), show_default=True)
+def config_docs(output: Path) -> None:
+    """Regenerate docs/configuration.md from the code."""
+    from tally.config import configuration_markdown
+
+    output.write_text(configuration_markdown())
+    click.echo(f"wrote {output}")
+
+
+@config.command("check")
+def config_check() -> None:
+    """Validate the TALLY_* environment and print the effective settings."""
+    settings = load_settings()
+    click.echo(json.dumps({k: str(v) for k, v in vars(settings).items() if k != "env"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

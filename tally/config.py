@@ -1,0 +1,239 @@
+"""Settings: every TALLY_* environment variable, read once and validated at start.
+
+`VARIABLES` is the single source of truth: `Settings.from_env()` parses it and
+`tally config docs` renders docs/configuration.md from it, so the docs cannot
+drift from the code.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A TALLY_* variable has a bad value. The message names it."""
+
+
+def _int(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {raw!r}") from None
+        if lo is not None and value < lo:
+            raise ValueError(f"must be >= {lo}, got {value}")
+        if hi is not None and value > hi:
+            raise ValueError(f"must be <= {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _float(lo: float = 0.0) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+        if value < lo:
+            raise ValueError(f"must be >= {lo}, got {value}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    v = raw.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected one of 1/0/true/false/yes/no/on/off, got {raw!r}")
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        v = raw.strip().lower()
+        if v not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {raw!r}")
+        return v
+
+    return parse
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(p.strip().lower() for p in raw.split(",") if p.strip())
+
+
+def _cidrs(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    nets = []
+    for part in _csv(raw):
+        try:
+            nets.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IP address or CIDR range") from None
+    return tuple(nets)
+
+
+def _url(raw: str) -> str:
+    v = raw.strip()
+    if v and not v.startswith(("http://", "https://")):
+        raise ValueError(f"expected an http:// or https:// URL, got {raw!r}")
+    return v.rstrip("/")
+
+
+def _bootstrap(raw: str) -> str:
+    v = raw.strip()
+    for part in filter(None, v.split(",")):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"expected host:port[,host:port...], got {raw!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class Var:
+    env: str
+    attr: str
+    default: str
+    parse: Callable[[str], Any]
+    doc: str
+    group: str
+
+
+VARIABLES: tuple[Var, ...] = (
+    # Local stack
+    Var("TALLY_STATE_DIR", "state_dir", ".tally", _str, "Directory for all local state: broker log dirs, embedded ClickHouse, salts spool, PID files and logs.", "Local stack"),
+    Var("TALLY_BROKER", "broker", "kafka", _choice("kafka", "tansu"), "Which local broker `tally up` starts: `kafka` (Apache Kafka in KRaft mode, persistent, supports transactions) or `tansu` (lighter, memory-only: a restart loses every topic).", "Local stack"),
+    Var("TALLY_KAFKA_BOOTSTRAP", "kafka_bootstrap", "", _bootstrap, "Bootstrap servers of an external Kafka cluster. When set, no local broker is started.", "Local stack"),
+    Var("TALLY_BROKER_PORT", "broker_port", "9092", _int(1, 65535), "Port of the local broker's client listener (127.0.0.1).", "Local stack"),
+    Var("TALLY_BROKER_HEAP_MB", "broker_heap_mb", "512", _int(128), "Java heap of the local Kafka broker, in MiB.", "Local stack"),
+    Var("TALLY_CLICKHOUSE_URL", "clickhouse_url", "", _url, "URL of a ClickHouse server (e.g. http://user:pass@host:8123/db). Empty: embedded ClickHouse (chDB) under the state directory, owned by the sink.", "Local stack"),
+    Var("TALLY_QUERY_PORT", "query_port", "8124", _int(1, 65535), "Port of the sink's read-only query endpoint, through which `tally query` reaches the embedded warehouse while the stack runs.", "Local stack"),
+    Var("TALLY_QUERY_HOST", "query_host", "127.0.0.1", _str, "Address the sink's query endpoint listens on. Loopback by default: it serves analysts' SQL.", "Local stack"),
+    Var("TALLY_LOG_LEVEL", "log_level", "info", _choice("debug", "info", "warning", "error"), "Log level of every component.", "Local stack"),
+    # Kafka
+    Var("TALLY_TOPIC_PREFIX", "topic_prefix", "tally.", _str, "Prefix of every topic name; lets several stacks share one cluster.", "Kafka"),
+    Var("TALLY_TOPIC_PARTITIONS", "topic_partitions", "12", _int(1, 1024), "Partitions of the data topics. Stream workers scale up to this many processes.", "Kafka"),
+    Var("TALLY_SCHEMA_REGISTRY_URL", "schema_registry_url", "", _url, "Confluent-compatible schema registry. When set, records use the Confluent wire format; otherwise Avro single-object encoding.", "Kafka"),
+    # Collector
+    Var("TALLY_COLLECTOR_HOST", "collector_host", "127.0.0.1", _str, "Address the collector listens on.", "Collector"),
+    Var("TALLY_COLLECTOR_PORT", "collector_port", "8000", _int(1, 65535), "Port the collector listens on.", "Collector"),
+    Var("TALLY_ALLOWED_SITES", "allowed_sites", "localhost,example.com", _csv, "Comma-separated sites (hostnames) the collector accepts beacons for. Empty rejects everything.", "Collector"),
+    Var("TALLY_TRUSTED_PROXIES", "trusted_proxies", "", _cidrs, "Comma-separated IPs/CIDRs of reverse proxies whose X-Forwarded-For is believed.", "Collector"),
+    Var("TALLY_EDGE_SECRET", "edge_secret", "", _str, "Secret key for the collector's IP pseudonym. Empty: generated once and kept in the state directory (mode 0600).", "Collector"),
+    # Streams
+    Var("TALLY_APP_ID", "app_id", "tally-stream", _str, "Faust application id: stream workers with the same id share the partitions.", "Streams"),
+    Var("TALLY_SALT_PERIOD", "salt_period", "day", _choice("day", "month"), "Visitor-salt rotation period. `month` allows monthly unique visitors; `day` gives stronger privacy.", "Streams"),
+    # Sink and retention
+    Var("TALLY_SINK_BATCH_ROWS", "sink_batch_rows", "10000", _int(1), "Rows per ClickHouse insert batch.", "Sink"),
+    Var("TALLY_SINK_BATCH_SECONDS", "sink_batch_seconds", "1.0", _float(0.01), "Longest time a row waits in the sink before its batch is inserted.", "Sink"),
+    Var("TALLY_RAW_RETENTION_DAYS", "raw_retention_days", "540", _int(1), "TTL of raw pageview rows in ClickHouse, in days.", "Sink"),
+    Var("TALLY_PRODUCT_RETENTION_DAYS", "product_retention_days", "90", _int(1), "TTL of raw product usage events in ClickHouse, in days.", "Sink"),
+    Var("TALLY_BAD_ROWS_RETENTION_DAYS", "bad_rows_retention_days", "30", _int(1), "TTL of bad rows in ClickHouse and of the bad-rows topic, in days.", "Sink"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path = Path(".tally")
+    broker: str = "kafka"
+    kafka_bootstrap: str = ""
+    broker_port: int = 9092
+    broker_heap_mb: int = 512
+    clickhouse_url: str = ""
+    query_port: int = 8124
+    query_host: str = "127.0.0.1"
+    log_level: str = "info"
+    topic_prefix: str = "tally."
+    topic_partitions: int = 12
+    schema_registry_url: str = ""
+    collector_host: str = "127.0.0.1"
+    collector_port: int = 8000
+    allowed_sites: tuple[str, ...] = ("localhost", "example.com")
+    trusted_proxies: tuple[Any, ...] = ()
+    edge_secret: str = ""
+    app_id: str = "tally-stream"
+    salt_period: str = "day"
+    sink_batch_rows: int = 10000
+    sink_batch_seconds: float = 1.0
+    raw_retention_days: int = 540
+    product_retention_days: int = 90
+    bad_rows_retention_days: int = 30
+    env: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for var in VARIABLES:
+            raw = environ.get(var.env, var.default)
+            try:
+                values[var.attr] = var.parse(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{var.env}: {exc}") from None
+        values["state_dir"] = Path(values["state_dir"]).expanduser().absolute()
+        tally_env = {k: v for k, v in environ.items() if k.startswith("TALLY_")}
+        return cls(**values, env=tally_env)
+
+    @property
+    def bootstrap(self) -> str:
+        """Where clients connect: the external cluster, or the local broker."""
+        return self.kafka_bootstrap or f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def local_broker(self) -> bool:
+        return not self.kafka_bootstrap
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return not self.clickhouse_url
+
+    @property
+    def clickhouse_dir(self) -> Path:
+        return self.state_dir / "clickhouse"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+
+assert {f.name for f in fields(Settings)} - {"env"} == {v.attr for v in VARIABLES}
+
+
+def configuration_markdown() -> str:
+    """docs/configuration.md, generated from VARIABLES."""
+    out = [
+        "# Configuration",
+        "",
+        "Every component reads the same `TALLY_*` environment variables once, at start, and",
+        "stops with one line naming the variable when a value is bad. The defaults run the",
+        "local stack untouched. `tally up` passes its environment to every process it starts.",
+        "",
+        "This file is generated by `tally config docs`; a test fails when it is stale.",
+    ]
+    groups: dict[str, list[Var]] = {}
+    for var in VARIABLES:
+        groups.setdefault(var.group, []).append(var)
+    for group, items in groups.items():
+        out += ["", f"## {group}", "", "| variable | default | meaning |", "| --- | --- | --- |"]
+        for var in items:
+            default = f"`{var.default}`" if var.default else "(empty)"
+            out.append(f"| `{var.env}` | {default} | {var.doc} |")
+    return "\n".join(out) + "\n"
