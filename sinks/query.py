@@ -7,8 +7,9 @@ import json
 import urllib.error
 import urllib.request
 
+from tally.sinks.warehouse import connect
+
 from tally.config import Settings
-from tally.sinks.warehouse import READ_ONLY, connect
 
 
 class QueryError(RuntimeError):
@@ -27,9 +28,9 @@ def run_sql(settings: Settings, sql: str, fmt: str = "PrettyCompact") -> bytes:
             raise QueryError(json.loads(exc.read() or b"{}").get("detail", str(exc))) from None
         except urllib.error.URLError:
             pass  # stack is down: open the warehouse ourselves
-    client = connect(settings)
+    client = connect(settings, readonly=True)
     try:
-        return client.raw_query(sql, fmt=fmt, settings=READ_ONLY)
+        return client.raw_query(sql, fmt=fmt)
     except Exception as exc:
         raise QueryError(str(exc).strip()) from None
     finally:

@@ -2,7 +2,7 @@
 
 chDB allows one process per data directory, so while the stack runs, `tally
 query` reaches the warehouse through this endpoint. Every query runs with the
-engine's own `readonly=1`, so analysts' SQL cannot modify or drop data.
+engine's own `readonly=1` (a read-only session), so analysts' SQL cannot modify or drop data.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from clickhouse_connect.driver.client import Client
 
-from tally.sinks.warehouse import READ_ONLY
-
 log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20
 
 
 def serve(client: Client, lock: threading.Lock, host: str, port: int) -> ThreadingHTTPServer:
+    """Serve queries on `client`, which must be a read-only client (warehouse.connect(readonly=True))."""
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, fmt: str, *args: object) -> None:  # no client addresses in logs
             return
@@ -54,7 +53,7 @@ def serve(client: Client, lock: threading.Lock, host: str, port: int) -> Threadi
                 return
             try:
                 with lock:
-                    out = client.raw_query(sql, fmt=fmt, settings=READ_ONLY)
+                    out = client.raw_query(sql, fmt=fmt)
             except Exception as exc:
                 self._send(400, json.dumps({"detail": str(exc).strip()[:2000]}).encode())
                 return

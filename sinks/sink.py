@@ -13,14 +13,14 @@ import time
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError
-
-from tally.config import Settings
-from tally.kafka import consumer_config
 from tally.schemas.codec import DecodeError, default_codec
 from tally.sinks.migrate import migrate
 from tally.sinks.query_server import serve
 from tally.sinks.tables import MAPPINGS
 from tally.sinks.warehouse import connect
+
+from tally.config import Settings
+from tally.kafka import consumer_config
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,9 @@ def run(settings: Settings) -> None:
     applied = migrate(client, settings)
     if applied:
         log.info("applied migrations: %s", ", ".join(applied))
-    lock = threading.Lock()
     server = None
     if settings.embedded_clickhouse:
-        server = serve(client, lock, settings.query_host, settings.query_port)
+        server = serve(connect(settings, readonly=True), threading.Lock(), settings.query_host, settings.query_port)
         log.info("query endpoint on http://%s:%d", settings.query_host, settings.query_port)
 
     by_topic = {settings.topic(m.topic): m for m in MAPPINGS}
@@ -65,11 +64,10 @@ def run(settings: Settings) -> None:
                 count += len(rows)
             if count and (count >= settings.sink_batch_rows
                           or time.monotonic() - opened >= settings.sink_batch_seconds):
-                with lock:
-                    for mapping in MAPPINGS:
-                        rows = pending[mapping.table]
-                        if rows:
-                            client.insert(mapping.table, rows, column_names=list(mapping.columns))
+                for mapping in MAPPINGS:
+                    rows = pending[mapping.table]
+                    if rows:
+                        client.insert(mapping.table, rows, column_names=list(mapping.columns))
                 consumer.commit(asynchronous=False)
                 log.info("inserted %d rows", count)
                 pending = {m.table: [] for m in MAPPINGS}

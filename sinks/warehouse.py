@@ -9,12 +9,21 @@ from clickhouse_connect.driver.client import Client
 
 from tally.config import Settings
 
-READ_ONLY = {"readonly": 1}
 
+def connect(settings: Settings, readonly: bool = False, **kwargs: Any) -> Client:
+    """A clickhouse-connect client. Embedded mode takes chDB's one-process lock on the data dir.
 
-def connect(settings: Settings, **kwargs: Any) -> Client:
-    """A clickhouse-connect client. Embedded mode takes chDB's one-process lock on the data dir."""
+    readonly=True gives an analyst's client: the engine's own `readonly=1`
+    holds for its whole session, so no query through it can write, drop or
+    switch the setting back. (Per-query settings are not enough on chDB: the
+    backend applies them with SET and cannot restore them after readonly=1.)
+    """
     if settings.embedded_clickhouse:
         settings.clickhouse_dir.mkdir(parents=True, exist_ok=True)
-        return clickhouse_connect.get_client(dsn=f"chdb:///{settings.clickhouse_dir}", **kwargs)
+        client = clickhouse_connect.get_client(dsn=f"chdb:///{settings.clickhouse_dir}", **kwargs)
+        if readonly:
+            client.command("SET readonly = 1")
+        return client
+    if readonly:
+        kwargs["settings"] = {**kwargs.get("settings", {}), "readonly": 1}
     return clickhouse_connect.get_client(dsn=settings.clickhouse_url, **kwargs)

@@ -13,11 +13,11 @@ from collections import defaultdict
 from typing import Any
 
 import faust
-
-from tally.config import Settings
 from tally.schemas.codec import DecodeError, default_codec
 from tally.streams.enrich import enrich
 from tally.streams.salts import SaltKeeper
+
+from tally.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -234,5 +234,9 @@ def config_check() -> None:
     click.echo(json.dumps({k: str(v) for k, v in vars(settings).items() if k != "env"}, indent=2))
 
 
+# --- commands contributed by each stage --------------------------------------------
+# Each area keeps its commands in its own module and registers them here, one line each.
+
+
 if __name__ == "__main__":
     main()

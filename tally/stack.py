@@ -130,11 +130,10 @@ def running_pid(s: Settings, name: str) -> int | None:
     except (OSError, ValueError):
         return None
     pid = info.get("pid")
-    state = None
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
-        pass
+        state = None
     if state in (None, "Z") or _start_time(pid) != info.get("start"):
         path.unlink(missing_ok=True)
         return None
@@ -196,9 +195,8 @@ def wait_ready(s: Settings, comp: Component, timeout: float, on_tick: Callable[[
     while time.monotonic() < deadline:
         if comp.ready(s):
             return
-        if comp.name != "broker" or s.local_broker:
-            if running_pid(s, comp.name) is None:
-                raise RuntimeError(f"{comp.name} exited during start; see {s.log_dir / (comp.name + '.log')}")
+        if (comp.name != "broker" or s.local_broker) and running_pid(s, comp.name) is None:
+            raise RuntimeError(f"{comp.name} exited during start; see {s.log_dir / (comp.name + '.log')}")
         if on_tick:
             on_tick()
         time.sleep(0.3)

@@ -13,10 +13,10 @@ import time
 from typing import Any
 
 from aiohttp import web
+from tally.producers.collector.forwarder import Forwarder, ForwardError
 from uuid6 import uuid7
 
 from tally.config import Settings
-from tally.producers.collector.forwarder import ForwardError, Forwarder
 from tally.secrets import file_secret
 
 log = logging.getLogger(__name__)

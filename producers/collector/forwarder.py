@@ -13,10 +13,10 @@ import threading
 from typing import Any
 
 from confluent_kafka import KafkaError, Producer
+from tally.schemas.codec import default_codec
 
 from tally.config import Settings
 from tally.kafka import producer_config
-from tally.schemas.codec import default_codec
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,197 @@
+"""Shared fixtures: a real Kafka broker (started once per session), isolated settings
+per test (own topic prefix, ports and state dir), and component processes.
+
+Nothing here mocks Kafka or ClickHouse. The broker is Apache Kafka in KRaft
+mode from infra/kafka; set TALLY_TEST_BOOTSTRAP to use an existing cluster
+instead, or TALLY_TEST_BROKER=tansu to run the suite on Tansu.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tally.config import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_port_pair() -> int:
+    """A port p with p+1 free too (the broker's controller listener)."""
+    for _ in range(50):
+        p = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p + 1))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair")
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Broker:
+    bootstrap: str
+    kind: str
+    proc: subprocess.Popen | None = None
+    data_dir: Path | None = None
+    command: list[str] = field(default_factory=list)
+    log: Path | None = None
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def start(self) -> None:
+        assert self.command, "external broker: cannot start"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        settings = Settings.from_env({"TALLY_KAFKA_BOOTSTRAP": self.bootstrap})
+        from tally.stack import broker_ready
+
+        wait_for(lambda: broker_ready(settings), 90, f"broker on {self.bootstrap}")
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    external = os.environ.get("TALLY_TEST_BOOTSTRAP")
+    if external:
+        yield Broker(external, "external")
+        return
+    kind = os.environ.get("TALLY_TEST_BROKER", "kafka")
+    port = free_port_pair()
+    data = tmp_path_factory.mktemp("kafka")
+    if kind == "tansu":
+        from tally.infra import tansu
+
+        cmd = tansu.broker_command(port)
+    else:
+        from tally.infra import kafka
+
+        kafka.ensure_jars()
+        cmd = kafka.broker_command(data, port, 768)
+    b = Broker(f"127.0.0.1:{port}", kind, data_dir=data, command=cmd, log=data / "broker.log")
+    b.start()
+    yield b
+    b.stop()
+
+
+@dataclass
+class Env:
+    """Settings for one test: its own topics, ports and state dir on the shared broker."""
+
+    vars: dict[str, str]
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.vars)
+
+    def child_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+        env.update(self.vars)
+        return env
+
+
+@pytest.fixture
+def tally_env(broker: Broker, tmp_path: Path) -> Env:
+    tag = uuid.uuid4().hex[:8]
+    env = Env({
+        "TALLY_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "TALLY_STATE_DIR": str(tmp_path / "state"),
+        "TALLY_TOPIC_PREFIX": f"t{tag}.",
+        "TALLY_TOPIC_PARTITIONS": "4",
+        "TALLY_APP_ID": f"tally-test-{tag}",
+        "TALLY_COLLECTOR_PORT": str(free_port()),
+        "TALLY_QUERY_PORT": str(free_port()),
+        "TALLY_ALLOWED_SITES": "example.com,localhost",
+        "TALLY_SINK_BATCH_SECONDS": "0.2",
+        "TALLY_LOG_LEVEL": "info",
+    })
+    from tally.topics import ensure_topics
+
+    ensure_topics(env.settings)
+    return env
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        if self.popen.poll() is not None:
+            return
+        try:
+            os.killpg(self.popen.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Start `tally <args>` as a real process; every one is stopped at teardown."""
+    procs: list[Proc] = []
+
+    def start(env: Env, *args: str, name: str | None = None) -> Proc:
+        name = name or args[0]
+        log = tmp_path / f"{name}-{len(procs)}.log"
+        with open(log, "wb") as fh:
+            popen = subprocess.Popen([sys.executable, "-m", "tally.cli", *args], cwd=REPO,
+                                     env=env.child_env(), stdout=fh, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        proc = Proc(name, popen, log)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for p in reversed(procs):
+        p.stop()
+
+
+def tally_bin() -> str:
+    return shutil.which("tally", path=str(Path(sys.executable).parent)) or "tally"

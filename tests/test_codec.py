@@ -1,0 +1,38 @@
+"""Avro single-object encoding round trips and rejects what it cannot read."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from tally.schemas.codec import MAGIC, DecodeError, default_codec
+
+
+def beacon() -> dict:
+    return {"event_id": str(uuid.uuid4()), "received_at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+            "site": "example.com", "path": "/", "referrer": None, "event": "pageview", "props": {},
+            "user_agent": "ua", "ip_pseudonym": "ab" * 16, "datacenter": False}
+
+
+def test_round_trip_single_object_encoding():
+    codec = default_codec()
+    rec = beacon()
+    data = codec.encode("beacon_batch", {"items": [rec]})
+    assert data[:2] == MAGIC and data[2:10] == codec.latest("beacon_batch").fingerprint
+    out = codec.decode("beacon_batch", data)["items"][0]
+    assert str(out["event_id"]) == rec["event_id"] and out["received_at"] == rec["received_at"]
+    assert out["site"] == "example.com"
+
+
+@pytest.mark.parametrize("data", [b"", b"{}", b"\xc3\x01" + b"\x00" * 8 + b"x", b"\xc3\x01"])
+def test_garbage_is_a_decode_error(data):
+    with pytest.raises(DecodeError):
+        default_codec().decode("beacon_batch", data)
+
+
+def test_wrong_schema_is_a_decode_error():
+    codec = default_codec()
+    data = codec.encode("beacon_batch", {"items": []})
+    with pytest.raises(DecodeError, match="expected 'pageview_batch'"):
+        codec.decode("pageview_batch", data)
