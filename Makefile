@@ -11,7 +11,7 @@ up: setup
 	@sleep 3
 	@echo
 	@echo "Tally is running. Rows so far:"
-	@.venv/bin/tally query "SELECT site, path, count() AS pageviews, uniqExact(visitor_id) AS visitors FROM pageviews GROUP BY site, path ORDER BY pageviews DESC"
+	@.venv/bin/tally query "SELECT site, path, count() AS pageviews, uniqExact(visitor_id) AS visitors FROM pageviews FINAL GROUP BY site, path ORDER BY pageviews DESC"
 	@echo
 	@echo "Send a beacon:  curl -X POST http://127.0.0.1:8000/api/v1/collect -H 'Content-Type: application/json' -d '{\"site\":\"localhost\",\"path\":\"/hello\"}'"
 	@echo "Query:          .venv/bin/tally query \"SELECT * FROM pageviews ORDER BY received_at DESC LIMIT 10\""
