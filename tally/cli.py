@@ -17,9 +17,16 @@ from tally.config import Settings, SettingsError
 console = Console(stderr=True)
 
 
-def load_settings() -> Settings:
+def load_settings(stack: bool = False) -> Settings:
+    """Settings from the environment. stack=True also applies the TALLY_* variables
+    `tally up` was given (kept in <state>/run/env.json), so `status`, `query` and
+    `down` find the stack where it was started."""
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
+        saved = settings.run_dir / "env.json"
+        if stack and saved.exists():
+            settings = Settings.from_env({**json.loads(saved.read_text()), **os.environ})
+        return settings
     except SettingsError as exc:
         console.print(f"[red]configuration error[/red]: {exc}")
         sys.exit(2)
@@ -120,8 +127,10 @@ def up(timeout: float) -> None:
     from tally.topics import ensure_topics
 
     settings = load_settings()
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    if not any(stack.running_pid(settings, c.name) for c in stack.components(settings)):
+        (settings.run_dir / "env.json").write_text(json.dumps(settings.env))
     for comp in stack.components(settings):
         pid = stack.running_pid(settings, comp.name)
         if pid is not None:
@@ -151,34 +160,53 @@ def down() -> None:
     """Stop every process `tally up` started (collector, worker, sink, broker)."""
     from tally import stack
 
-    settings = load_settings()
+    settings = load_settings(stack=True)
     for comp in reversed(stack.components(settings)):
         if stack.stop(settings, comp.name):
             console.print(f"stopped {comp.name}")
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 def status(as_json: bool) -> None:
-    """Show each component's process and health."""
-    from tally import stack
+    """Show each component's health, and every consumer group's lag and members.
 
-    settings = load_settings()
+    Lag is given per topic in total and for the worst partition; a growing lag
+    on the stream group means it is time to start another `tally worker`.
+    """
+    from dataclasses import asdict
+
+    from tally import stack
+    from tally.lag import stack_groups
+
+    settings = load_settings(stack=True)
     rows = []
     for comp in stack.components(settings):
         pid = stack.running_pid(settings, comp.name)
         rows.append({"component": comp.name, "pid": pid, "ready": comp.ready(settings),
                      "where": comp.describe(settings)})
+    groups = stack_groups(settings) if rows and (rows[0]["ready"] or not settings.local_broker) else []
     if as_json:
-        click.echo(json.dumps({"components": rows}))
+        click.echo(json.dumps({"components": rows, "groups": [asdict(g) for g in groups]}))
         return
     from rich.table import Table
 
-    table = Table("component", "pid", "health", "where")
+    out = Console()
+    table = Table("component", "pid", "health", "where", title="components")
     for r in rows:
         health = "[green]ready[/green]" if r["ready"] else ("[yellow]starting[/yellow]" if r["pid"] else "[red]down[/red]")
         table.add_row(r["component"], str(r["pid"] or "-"), health, r["where"])
-    Console().print(table)
+    out.print(table)
+    for g in groups:
+        t = Table("topic", "lag", "worst partition", title=f"consumer group {g.group} ({g.state})")
+        for lag in g.lag:
+            t.add_row(lag.topic, str(lag.total), f"{lag.worst_partition} (lag {lag.worst_lag})")
+        out.print(t)
+        m = Table("member", "host", "partitions", title=f"members of {g.group}")
+        for member in g.members:
+            parts = "; ".join(f"{topic}: {','.join(map(str, ps))}" for topic, ps in member["partitions"].items())
+            m.add_row(f"{member['client_id']} …{member['member_id'][-8:]}", member["host"], parts or "-")
+        out.print(m)
 
 
 # --- analyst access ------------------------------------------------------------
@@ -194,7 +222,7 @@ def query(sql: str, fmt: str) -> None:
     from tally.sinks.query import QueryError, run_sql
 
     try:
-        out = run_sql(load_settings(), sql, FORMATS[fmt])
+        out = run_sql(load_settings(stack=True), sql, FORMATS[fmt])
     except QueryError as exc:
         console.print(f"[red]query failed[/red]: {exc}")
         sys.exit(1)
@@ -207,7 +235,7 @@ def demo(beacons: int) -> None:
     """Send a little demo traffic through the running collector."""
     from tally.demo import send_demo_traffic
 
-    settings = load_settings()
+    settings = load_settings(stack=True)
     sent = send_demo_traffic(settings, beacons)
     console.print(f"sent {sent} beacons to http://{settings.collector_host}:{settings.collector_port}")
 

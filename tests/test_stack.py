@@ -83,9 +83,20 @@ def test_up_query_down_and_broker_persistence(tmp_path):
         again = tally(env, "up")
         assert again.returncode == 0 and again.stderr.count("already running") == 4
 
-        status = tally(env, "status", "--json")
-        comps = {c["component"]: c for c in json.loads(status.stdout)["components"]}
+        # status finds the stack from the state dir alone (ports come from run/env.json).
+        bare = {k: v for k, v in env.items() if k not in ("TALLY_COLLECTOR_PORT", "TALLY_QUERY_PORT",
+                                                          "TALLY_BROKER_PORT")}
+        status = json.loads(tally(bare, "status", "--json").stdout)
+        comps = {c["component"]: c for c in status["components"]}
+        assert set(comps) == {"broker", "sink", "worker", "collector"}
         assert all(c["ready"] for c in comps.values()), comps
+        groups = {g["group"]: g for g in status["groups"]}
+        stream = groups[settings.app_id]
+        assert stream["state"] == "stable" and len(stream["members"]) == 1
+        assert stream["members"][0]["partitions"][settings.topic("beacons.raw")] == [0, 1, 2]
+        lag = {t["topic"]: t for t in stream["lag"]}
+        assert lag[settings.topic("beacons.raw")]["total"] >= 0
+        assert groups[f"{settings.app_id}-sink"]["members"], groups
 
         # kill -9 the broker, bring the stack back: topics and data survive.
         os.kill(pids(state)["broker"], signal.SIGKILL)
