@@ -1,0 +1,405 @@
+"""The event catalog: the one code-owned, bounded list of product events.
+
+Every product event is named `resource.action`, belongs to one feature area and
+declares the metadata keys it may carry, each with a *safe* kind: an opaque id,
+an enum with its values, a boolean, a timestamp, a small integer, a canonical
+type string or a route template. Anything else is unsafe and rejected: free
+text, email addresses, URLs with query strings, tokens, nested blobs and keys
+the catalog does not declare.
+
+`check(record)` is the single validator. The SDK calls it before an event
+leaves the application and the stream worker calls it again on the decoded
+`product_event` record (defence in depth). It returns None for a valid record,
+else `(reason, detail)`: reason is one of REASONS, detail names the event and
+the key. It never raises.
+
+Adding an event: add an `Event(...)` below, run `tally catalog docs` (which
+regenerates docs/events.md; a test fails when it is stale) and add a line to
+CHANGELOG at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+# The closed set of reasons check() returns (the SDK counts drops by them).
+REASONS = (
+    "unknown_event",     # name not in the catalog
+    "wrong_feature_area",  # feature_area differs from the catalog's
+    "missing_field",     # tenant_id/workspace_id/occurred_at or a required key absent
+    "unknown_key",       # metadata key the event does not declare
+    "bad_type",          # value of the wrong type (e.g. a string for a boolean)
+    "bad_value",         # right type, outside the declared range or enum
+    "unsafe_value",      # free text, email, URL, token or nested blob
+)
+
+ACTOR_TYPES = ("user", "service", "system")
+
+# An opaque id: UUIDs, numeric ids, prefixed ids like tkt_01H... No spaces, no
+# '@', no '/', no '?', so emails, URLs and prose cannot pass as ids.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+# A canonical type string such as entra_admin_roles or permission.posture.
+_TYPE = re.compile(r"[a-z][a-z0-9_]{0,47}(?:\.[a-z][a-z0-9_]{0,47}){0,3}")
+# A route template as a framework's router declares it: /tickets/{ticket_id}.
+_ROUTE = re.compile(r"/[A-Za-z0-9_{}<>:.*/-]{0,199}")
+_EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
+_TOKEN = re.compile(r"(?:eyJ[\w-]{8,}\.[\w-]{8,}\.|(?:sk|pk|rk|ghp|gho|xox[bap]|AKIA)[_-]?[A-Za-z0-9]{12,})")
+_URL = re.compile(r"(?:[a-z][a-z0-9+.-]*://|www\.)", re.IGNORECASE)
+
+# Timestamps in metadata are epoch milliseconds (as the SDK normalises
+# datetimes); the range rejects seconds-vs-millis mix-ups and garbage.
+_TS_MIN = 946_684_800_000      # 2000-01-01
+_TS_MAX = 4_102_444_800_000    # 2100-01-01
+
+
+@dataclass(frozen=True)
+class Prop:
+    """One metadata key an event may carry."""
+
+    kind: str                        # id | enum | bool | timestamp | int | type | route
+    doc: str
+    values: tuple[str, ...] = ()     # enum values
+    max: int = 1_000_000             # upper bound for int (lower bound is 0)
+    required: bool = False
+    nullable: bool = False
+
+    def type_label(self) -> str:
+        label = {
+            "id": "id (opaque string)",
+            "enum": "enum: " + ", ".join(f"`{v}`" for v in self.values),
+            "bool": "boolean",
+            "timestamp": "timestamp (epoch ms)",
+            "int": f"integer 0..{self.max}",
+            "type": "canonical type string",
+            "route": "route template",
+        }[self.kind]
+        return label + (" or null" if self.nullable else "")
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    feature_area: str
+    doc: str                          # what it means
+    fires: str                        # when it fires
+    props: Mapping[str, Prop] = field(default_factory=dict)
+    subject_type: str = ""            # the subject type it refers to, "" when none
+    source: str = ""                  # which seed example it comes from
+
+    def __post_init__(self) -> None:
+        resource, dot, action = self.name.partition(".")
+        if not dot or not _TYPE.fullmatch(resource) or not _TYPE.fullmatch(action):
+            raise ValueError(f"event name {self.name!r} is not resource.action (snake_case)")
+        for key, prop in self.props.items():
+            if prop.kind == "enum" and not prop.values:
+                raise ValueError(f"{self.name}.{key}: an enum needs its values")
+
+
+def _e(*values: str) -> tuple[str, ...]:
+    return values
+
+
+def _id(doc: str, **kw: Any) -> Prop:
+    return Prop("id", doc, **kw)
+
+
+def _enum(doc: str, values: tuple[str, ...], **kw: Any) -> Prop:
+    return Prop("enum", doc, values=values, **kw)
+
+
+def _bool(doc: str, **kw: Any) -> Prop:
+    return Prop("bool", doc, **kw)
+
+
+def _int(doc: str, max: int = 1_000_000, **kw: Any) -> Prop:
+    return Prop("int", doc, max=max, **kw)
+
+
+def _ts(doc: str, **kw: Any) -> Prop:
+    return Prop("timestamp", doc, **kw)
+
+
+def _type(doc: str, **kw: Any) -> Prop:
+    return Prop("type", doc, **kw)
+
+
+DURATION_BUCKETS = _e("1s-2s", "2s-5s", "5s-10s", "10s+")
+STATUS_CLASSES = _e("1xx", "2xx", "3xx", "4xx", "5xx")
+METHODS = _e("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER")
+
+_EVENTS: tuple[Event, ...] = (
+    # --- seed 003: the five adoption families --------------------------------
+    Event("onboarding.checkpoint_completed", "onboarding",
+          "An onboarding checkpoint of an already linked tenant was completed.",
+          "After the checkpoint transition succeeds (never on page render, never for pre-tenant drafts).",
+          {"checkpoint": _enum("Which checkpoint was completed.",
+                               _e("connection_verified", "permissions_granted", "initial_sync_completed",
+                                  "baseline_captured", "readiness_confirmed"), required=True),
+           "step_index": _int("1-based position of the checkpoint in the flow.", max=50),
+           "resumed": _bool("True when the flow was resumed from an earlier session.")},
+          subject_type="onboarding_session", source="seed 003"),
+    Event("support.diagnostics_opened", "support",
+          "A user explicitly opened the support diagnostics of a tenant.",
+          "On the explicit open action that succeeded (not on a Livewire re-render).",
+          {"entry_point": _enum("Where diagnostics were opened from.",
+                                _e("tenant_dashboard", "operation_detail"), required=True),
+           "operation_run_id": _id("Operation run the diagnostics were opened for, if any.", nullable=True)},
+          subject_type="tenant", source="seed 003"),
+    Event("operation.started", "operation",
+          "A user started a tenant-bound operation.",
+          "After the operation run is created by a user action (scheduled/system runs are not adoption).",
+          {"operation_type": _type("Canonical operation type, e.g. policy_sync or backup_restore.", required=True),
+           "dry_run": _bool("True for a preview run that changes nothing.")},
+          subject_type="operation_run", source="seed 003"),
+    Event("report.created", "report",
+          "A stored report was created.",
+          "After the stored report is persisted.",
+          {"report_type": _type("Canonical report type, e.g. entra_admin_roles or permission_posture.", required=True),
+           "format": _enum("Storage format of the report.", _e("json", "pdf", "csv", "html")),
+           "finding_count": _int("Number of findings in the report.", max=1_000_000)},
+          subject_type="stored_report", source="seed 003"),
+    Event("review_pack.requested", "review_pack",
+          "A user requested generation of a review pack.",
+          "After the generation request is accepted (queued), not when it completes.",
+          {"include_pii": _bool("Whether the pack was requested with personal data included."),
+           "section_count": _int("Number of sections requested.", max=100),
+           "source": _enum("Where it was requested from.", _e("tenant_dashboard", "review_list", "api"))},
+          subject_type="review_pack", source="seed 003"),
+    # --- seeds 001 and 004: a handful of everyday product events --------------
+    Event("ticket.created", "ticket",
+          "A new ticket was created.",
+          "After the ticket is saved.",
+          {"ticket_type": _type("Canonical ticket type.", required=True),
+           "priority_id": _id("Priority of the ticket."),
+           "has_description": _bool("Whether a description was given (never the text itself)."),
+           "assigned": _bool("Whether it was assigned on creation."),
+           "created_via": _enum("How it was created.", _e("web_app", "email", "api", "asset"))},
+          subject_type="ticket", source="seed 001"),
+    Event("ticket.resolved", "ticket",
+          "A ticket was closed as resolved.",
+          "When the ticket status changes to closed.",
+          {"priority_id": _id("Priority of the ticket."),
+           "time_to_resolution_minutes": _int("Minutes from creation to resolution.", max=10_000_000),
+           "was_assigned": _bool("Whether it was assigned when resolved.")},
+          subject_type="ticket", source="seed 001"),
+    Event("auth.login_succeeded", "auth",
+          "A user logged in.",
+          "After the credentials were validated and the session created.",
+          {"provider": _enum("Identity provider used.", _e("credentials", "google", "keycloak", "microsoft", "saml")),
+           "user_type": _enum("Kind of user.", _e("internal", "client")),
+           "two_factor": _bool("Whether a second factor was used.")},
+          source="seed 001"),
+    Event("auth.login_failed", "auth",
+          "A login attempt failed.",
+          "When the login is rejected (never carries the attempted username or email).",
+          {"provider": _enum("Identity provider used.", _e("credentials", "google", "keycloak", "microsoft", "saml")),
+           "failure_reason": _enum("Why it failed.", _e("invalid_password", "inactive_account", "locked",
+                                                         "unknown_user", "oauth_error"), required=True)},
+          source="seed 001"),
+    Event("timer.started", "timer",
+          "A time-tracking timer was started.",
+          "When the user starts a new timer (the description is free text and is never sent).",
+          {"project_id": _id("Project being tracked.", required=True),
+           "task_id": _id("Associated task, if any.", nullable=True),
+           "has_description": _bool("Whether the timer has a description.")},
+          subject_type="timer", source="seed 004"),
+    Event("timer.stopped", "timer",
+          "A time-tracking timer was stopped.",
+          "When the user stops an active timer.",
+          {"project_id": _id("Project tracked.", required=True),
+           "time_entry_id": _id("Time entry created."),
+           "task_id": _id("Associated task, if any.", nullable=True),
+           "duration_seconds": _int("Duration in seconds.", max=31_536_000)},
+          subject_type="timer", source="seed 004"),
+    Event("report.generated", "report",
+          "A user generated a time report.",
+          "When the user generates any report.",
+          {"report_type": _enum("Type of report.", _e("summary", "detailed", "project"), required=True),
+           "date_range_days": _int("Days covered.", max=3660),
+           "format": _enum("Export format.", _e("html", "pdf", "csv")),
+           "num_entries": _int("Time entries in the report.", max=10_000_000)},
+          subject_type="report", source="seed 004"),
+    Event("project.created", "project",
+          "A project was created.",
+          "After the project is saved.",
+          {"client_id": _id("Client of the project.", nullable=True),
+           "billable": _bool("Whether the project is billable.")},
+          subject_type="project", source="seed 004"),
+    # --- seed 001: API performance (emitted by tally.producers.middleware) -----
+    Event("api.request_slow", "api",
+          "An API request took longer than the slow threshold (1 s).",
+          "By the request-performance middleware when a request took over 1 s; `over_2s` marks the worse ones.",
+          {"route": Prop("route", "Route template as the router declares it (never the raw URL or query string).",
+                         required=True),
+           "method": _enum("HTTP method.", METHODS, required=True),
+           "status_class": _enum("Status class of the response.", STATUS_CLASSES, required=True),
+           "duration_bucket": _enum("Duration bucket.", DURATION_BUCKETS, required=True),
+           "over_2s": _bool("True when the request took over 2 s (seed 001's slow-query threshold).",
+                            required=True)},
+          source="seed 001"),
+    Event("api.request_failed", "api",
+          "An API request ended in a server error (5xx or an unhandled exception).",
+          "By the request-performance middleware on a 5xx response or an exception.",
+          {"route": Prop("route", "Route template as the router declares it (never the raw URL or query string).",
+                         required=True),
+           "method": _enum("HTTP method.", METHODS, required=True),
+           "status_class": _enum("Status class of the response.", STATUS_CLASSES, required=True),
+           "duration_bucket": _enum("Duration bucket; `<1s` for fast failures.",
+                                    _e("<1s",) + DURATION_BUCKETS, required=True),
+           "error_type": _type("Exception class name, lower snake case (e.g. value_error); "
+                               "`http_5xx` when the app returned the error itself.", required=True)},
+          source="seed 001"),
+)
+
+CATALOG: dict[str, Event] = {e.name: e for e in _EVENTS}
+
+# Seed 003's five adoption families, in dashboard order.
+FAMILIES: tuple[str, ...] = ("onboarding", "support", "operation", "report", "review_pack")
+
+FAMILY_LABELS: dict[str, str] = {
+    "onboarding": "Onboarding checkpoints",
+    "support": "Support diagnostics",
+    "operation": "Operations started",
+    "report": "Stored reports",
+    "review_pack": "Review packs requested",
+}
+
+CHANGELOG: tuple[tuple[str, str], ...] = (
+    ("2026-11-22", "Initial catalog: seed 003's five adoption families, tickets, auth, timers, reports, "
+                   "projects, and the API performance events of the request middleware."),
+)
+
+if len(CATALOG) != len(_EVENTS):
+    raise RuntimeError("duplicate event name in the catalog")
+if sorted({CATALOG[n].feature_area for n in (
+        "onboarding.checkpoint_completed", "support.diagnostics_opened", "operation.started",
+        "report.created", "review_pack.requested")}) != sorted(FAMILIES):
+    raise RuntimeError("FAMILIES must be the feature areas of seed 003's five events")
+
+
+# --- validation ------------------------------------------------------------------
+
+def _why_unsafe(value: str) -> str:
+    """Say what a string that failed its kind looks like, for the reject message."""
+    if _EMAIL.search(value):
+        return "looks like an email address"
+    if _URL.search(value):
+        return "is a URL with a query string" if "?" in value else "is a URL"
+    if _TOKEN.search(value):
+        return "looks like a token or secret"
+    if len(value) > 64:
+        return f"is free text ({len(value)} chars)"
+    if any(c.isspace() for c in value):
+        return "is free text (contains spaces)"
+    return "is not a safe value"
+
+
+def _check_value(event: str, key: str, prop: Prop, value: Any) -> tuple[str, str] | None:
+    where = f"{event}: metadata key {key!r}"
+    if value is None:
+        return None if prop.nullable else ("bad_type", f"{where} may not be null")
+    kind = prop.kind
+    if isinstance(value, (dict, list, tuple, set, bytes, bytearray)):
+        return "unsafe_value", f"{where} is a nested blob ({type(value).__name__}); only scalar values are allowed"
+    if kind == "bool":
+        return None if value is True or value is False else ("bad_type", f"{where} must be a boolean")
+    if kind == "int" or kind == "timestamp":
+        if value is True or value is False or not isinstance(value, int):
+            if isinstance(value, str) and len(value) > 64 or isinstance(value, str) and _EMAIL.search(value):
+                return "unsafe_value", f"{where} {_why_unsafe(value)}"
+            return "bad_type", f"{where} must be an integer" + (" (epoch ms)" if kind == "timestamp" else "")
+        if kind == "int":
+            if 0 <= value <= prop.max:
+                return None
+            return "bad_value", f"{where} must be within 0..{prop.max}, got {value}"
+        if _TS_MIN <= value <= _TS_MAX:
+            return None
+        return "bad_value", f"{where} must be epoch milliseconds between 2000 and 2100, got {value}"
+    if not isinstance(value, str):
+        return "bad_type", f"{where} must be a string, got {type(value).__name__}"
+    if kind == "enum":
+        if value in prop.values:
+            return None
+        if len(value) > 64 or _EMAIL.search(value) or _URL.search(value) or " " in value:
+            return "unsafe_value", f"{where} {_why_unsafe(value)}"
+        return "bad_value", f"{where} must be one of {', '.join(prop.values)}, got {value!r}"
+    if kind == "id":
+        if _ID.fullmatch(value) and not _TOKEN.match(value):
+            return None
+    elif kind == "type":
+        if _TYPE.fullmatch(value):
+            return None
+    elif kind == "route" and _ROUTE.fullmatch(value):
+        return None
+    return "unsafe_value", f"{where} {_why_unsafe(value)}; expected {prop.type_label()}"
+
+
+def _check_ref(event: str, field_name: str, value: Any, required: bool) -> tuple[str, str] | None:
+    if value is None or value == "":
+        return ("missing_field", f"{event}: {field_name} is required") if required else None
+    if not isinstance(value, str):
+        return "bad_type", f"{event}: {field_name} must be a string id"
+    if _ID.fullmatch(value) and not _TOKEN.match(value):
+        return None
+    return "unsafe_value", f"{event}: {field_name} {_why_unsafe(value)}; expected an opaque id"
+
+
+def check(record: Mapping[str, Any]) -> tuple[str, str] | None:
+    """None when the product event is valid, else (reason, detail).
+
+    Works on what the SDK builds and on what the codec decodes (metadata values
+    None/bool/int/str; occurred_at a datetime or epoch ms).
+    """
+    name = record.get("event")
+    spec = CATALOG.get(name) if isinstance(name, str) else None
+    if spec is None:
+        shown = name if isinstance(name, str) and len(name) <= 64 else f"<{type(name).__name__}>"
+        return "unknown_event", f"event {shown!r} is not in the catalog (see docs/events.md)"
+    fa = record.get("feature_area")
+    if fa is not None and fa != spec.feature_area:
+        return "wrong_feature_area", f"{name}: feature_area must be {spec.feature_area!r}, got {fa!r}"
+    for field_name in ("tenant_id", "workspace_id"):
+        bad = _check_ref(name, field_name, record.get(field_name), True)
+        if bad:
+            return bad
+    actor_type = record.get("actor_type", "user")
+    if actor_type not in ACTOR_TYPES:
+        return "bad_value", f"{name}: actor_type must be one of {', '.join(ACTOR_TYPES)}, got {actor_type!r}"
+    bad = _check_ref(name, "actor_id", record.get("actor_id"), False)
+    if bad:
+        return bad
+    subject_type = record.get("subject_type") or ""
+    if subject_type and subject_type != spec.subject_type:
+        expected = repr(spec.subject_type) if spec.subject_type else "empty (this event has no subject)"
+        return "bad_value", f"{name}: subject_type must be {expected}, got {subject_type!r}"
+    bad = _check_ref(name, "subject_id", record.get("subject_id"), False)
+    if bad:
+        return bad
+    occurred = record.get("occurred_at")
+    if occurred is None:
+        return "missing_field", f"{name}: occurred_at is required"
+    if not isinstance(occurred, (datetime, int)) or occurred is True or occurred is False:
+        return "bad_type", f"{name}: occurred_at must be a datetime or epoch ms"
+    metadata = record.get("metadata")
+    if metadata is None:
+        metadata = {}
+    elif not isinstance(metadata, Mapping):
+        return "bad_type", f"{name}: metadata must be a mapping of key to scalar value"
+    props = spec.props
+    for key, value in metadata.items():
+        prop = props.get(key)
+        if prop is None:
+            allowed = ", ".join(props) or "none"
+            shown = key if isinstance(key, str) and len(key) <= 64 else f"<{len(str(key))} chars>"
+            return "unknown_key", f"{name}: metadata key {shown!r} is not declared (allowed: {allowed})"
+        bad = _check_value(name, key, prop, value)
+        if bad:
+            return bad
+    for key, prop in props.items():
+        if prop.required and key not in metadata:
+            return "missing_field", f"{name}: metadata key {key!r} is required"
+    return None

@@ -1,0 +1,112 @@
+"""The event catalog's validator: safe metadata passes, unsafe values are named."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from tally.schemas.catalog import CATALOG, FAMILIES, REASONS, check
+
+
+def record(event: str = "report.created", **over):
+    rec = {
+        "event": event,
+        "feature_area": CATALOG[event].feature_area if event in CATALOG else "x",
+        "tenant_id": "tenant-1",
+        "workspace_id": "ws_42",
+        "actor_type": "user",
+        "actor_id": "u_123",
+        "subject_type": CATALOG[event].subject_type if event in CATALOG else "",
+        "subject_id": "01J9Z3",
+        "occurred_at": datetime(2026, 11, 22, tzinfo=UTC),
+        "app": "billing",
+        "metadata": {"report_type": "entra_admin_roles", "format": "pdf", "finding_count": 12},
+    }
+    rec.update(over)
+    return rec
+
+
+def test_valid_record_passes():
+    assert check(record()) is None
+
+
+def test_families_are_seed_003_feature_areas_in_order():
+    assert FAMILIES == ("onboarding", "support", "operation", "report", "review_pack")
+    assert CATALOG["review_pack.requested"].feature_area == "review_pack"
+    assert CATALOG["onboarding.checkpoint_completed"].feature_area == "onboarding"
+
+
+@pytest.mark.parametrize("value,why", [
+    ("jane.doe@example.com", "email"),
+    ("x" * 500, "free text"),
+    ("https://example.com/r?token=abc", "query string"),
+    ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.abc", "token"),
+])
+def test_unsafe_string_values_are_named(value, why):
+    bad = check(record(metadata={"report_type": value}))
+    assert bad is not None
+    reason, detail = bad
+    assert reason == "unsafe_value"
+    assert "report.created" in detail and "'report_type'" in detail and why in detail
+
+
+def test_unknown_key_named():
+    assert check(record(metadata={"report_type": "x", "note": "hello"})) == (
+        "unknown_key",
+        "report.created: metadata key 'note' is not declared (allowed: report_type, format, finding_count)",
+    )
+
+
+def test_unknown_event():
+    reason, detail = check(record("report.exploded"))
+    assert reason == "unknown_event" and "report.exploded" in detail
+
+
+def test_nested_blob_is_unsafe():
+    reason, detail = check(record(metadata={"report_type": "x", "format": {"a": 1}}))
+    assert reason == "unsafe_value" and "'format'" in detail
+
+
+@pytest.mark.parametrize("over,reason", [
+    ({"tenant_id": ""}, "missing_field"),
+    ({"workspace_id": None}, "missing_field"),
+    ({"tenant_id": "ops@example.com"}, "unsafe_value"),
+    ({"actor_id": "Jane Doe"}, "unsafe_value"),
+    ({"actor_type": "robot"}, "bad_value"),
+    ({"feature_area": "support"}, "wrong_feature_area"),
+    ({"subject_type": "ticket"}, "bad_value"),
+    ({"occurred_at": None}, "missing_field"),
+    ({"metadata": {"format": "pdf"}}, "missing_field"),  # report_type is required
+    ({"metadata": {"report_type": "x", "format": "docx"}}, "bad_value"),
+    ({"metadata": {"report_type": "x", "finding_count": "12"}}, "bad_type"),
+    ({"metadata": {"report_type": "x", "finding_count": True}}, "bad_type"),
+    ({"metadata": {"report_type": "x", "finding_count": 10**9}}, "bad_value"),
+    ({"metadata": "report_type=x"}, "bad_type"),
+])
+def test_reasons(over, reason):
+    bad = check(record(**over))
+    assert bad is not None and bad[0] == reason, bad
+    assert bad[0] in REASONS
+
+
+def test_decoded_shapes_pass():
+    # What the codec gives back: occurred_at datetime, metadata None/bool/int/str.
+    rec = record("timer.started", metadata={"project_id": "p1", "task_id": None, "has_description": True})
+    assert check(rec) is None
+    rec = record("api.request_slow", subject_type="", subject_id=None, actor_type="service", actor_id="",
+                 metadata={"route": "/tickets/{ticket_id}", "method": "GET", "status_class": "2xx",
+                           "duration_bucket": "1s-2s", "over_2s": False})
+    assert check(rec) is None
+
+
+def test_route_must_be_a_template_not_a_url():
+    rec = record("api.request_slow", subject_type="", metadata={
+        "route": "/search?q=secret", "method": "GET", "status_class": "2xx",
+        "duration_bucket": "1s-2s", "over_2s": False})
+    reason, detail = check(rec)
+    assert reason == "unsafe_value" and "'route'" in detail
+
+
+def test_check_never_raises_on_garbage():
+    for junk in ({}, {"event": 3}, {"event": "report.created", "metadata": {1: 2}}):
+        assert check(junk) is not None
