@@ -131,6 +131,16 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_ALLOWED_SITES", "allowed_sites", "localhost,example.com", _csv, "Comma-separated sites (hostnames) the collector accepts beacons for. Empty rejects everything.", "Collector"),
     Var("TALLY_TRUSTED_PROXIES", "trusted_proxies", "", _cidrs, "Comma-separated IPs/CIDRs of reverse proxies whose X-Forwarded-For is believed.", "Collector"),
     Var("TALLY_EDGE_SECRET", "edge_secret", "", _str, "Secret key for the collector's IP pseudonym. Empty: generated once and kept in the state directory (mode 0600).", "Collector"),
+    Var("TALLY_CORS_ORIGINS", "cors_origins", "*", _csv, "Origins allowed to send beacons from browsers (Access-Control-Allow-Origin): `*` for any, or comma-separated origins such as https://example.com.", "Collector"),
+    Var("TALLY_HONOR_GPC", "honor_gpc", "true", _bool, "Drop beacons (answering 204) from browsers that send `Sec-GPC: 1`.", "Collector"),
+    Var("TALLY_HONOR_DNT", "honor_dnt", "false", _bool, "Drop beacons (answering 204) from browsers that send `DNT: 1`.", "Collector"),
+    Var("TALLY_DROP_EMPTY_UA", "drop_empty_ua", "false", _bool, "Drop beacons (answering 204) that have no User-Agent header.", "Collector"),
+    Var("TALLY_RATE_LIMIT_PER_SECOND", "rate_limit_per_second", "20", _float(0.0), "Sustained beacons per second per client (token bucket, per collector worker). 0 switches the limit off.", "Collector"),
+    Var("TALLY_RATE_LIMIT_BURST", "rate_limit_burst", "200", _int(1), "Bucket size of the per-client rate limit: beacons a client may send at once.", "Collector"),
+    Var("TALLY_SPOOL_MAX_MB", "spool_max_mb", "256", _int(1), "Largest size of each collector worker's on-disk spool (used while the broker is unreachable). When full the collector answers 503.", "Collector"),
+    Var("TALLY_SPOOL_AFTER_MS", "spool_after_ms", "1000", _int(50, 60000), "How long a beacon waits for the Kafka acknowledgement before it is written to the spool and answered.", "Collector"),
+    Var("TALLY_COLLECTOR_WORKERS", "collector_workers", "1", _int(1, 64), "Collector processes sharing the port (SO_REUSEPORT); `tally collector --workers` overrides it.", "Collector"),
+    Var("TALLY_DROPS_FLUSH_SECONDS", "drops_flush_seconds", "10", _float(0.1), "How often the collector sends its counts of edge drops to the drops topic.", "Collector"),
     # Streams
     Var("TALLY_APP_ID", "app_id", "tally-stream", _str, "Faust application id: stream workers with the same id share the partitions.", "Streams"),
     Var("TALLY_SALT_PERIOD", "salt_period", "day", _choice("day", "month"), "Visitor-salt rotation period. `month` allows monthly unique visitors; `day` gives stronger privacy.", "Streams"),
@@ -162,6 +172,16 @@ class Settings:
     allowed_sites: tuple[str, ...] = ("localhost", "example.com")
     trusted_proxies: tuple[Any, ...] = ()
     edge_secret: str = ""
+    cors_origins: tuple[str, ...] = ("*",)
+    honor_gpc: bool = True
+    honor_dnt: bool = False
+    drop_empty_ua: bool = False
+    rate_limit_per_second: float = 20.0
+    rate_limit_burst: int = 200
+    spool_max_mb: int = 256
+    spool_after_ms: int = 1000
+    collector_workers: int = 1
+    drops_flush_seconds: float = 10.0
     app_id: str = "tally-stream"
     salt_period: str = "day"
     sink_batch_rows: int = 10000
