@@ -9,9 +9,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
-if [ "${TALLY_BOOTSTRAP_BROWSER:-0}" = 1 ]; then
-  command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
-fi
+# chromium: the tracker's real-browser test (tests/test_tracker_browser.py) needs it.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ "${TALLY_BOOTSTRAP_WRK:-0}" = 1 ]; then
   command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 fi
