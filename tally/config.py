@@ -125,6 +125,14 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_TOPIC_PREFIX", "topic_prefix", "tally.", _str, "Prefix of every topic name; lets several stacks share one cluster.", "Kafka"),
     Var("TALLY_TOPIC_PARTITIONS", "topic_partitions", "12", _int(1, 1024), "Partitions of the data topics. Stream workers scale up to this many processes.", "Kafka"),
     Var("TALLY_SCHEMA_REGISTRY_URL", "schema_registry_url", "", _url, "Confluent-compatible schema registry. When set, records use the Confluent wire format; otherwise Avro single-object encoding.", "Kafka"),
+    # Product SDK (tally.producers.sdk), read by the applications that embed it
+    Var("TALLY_DISABLED", "disabled", "0", _bool, "Opt-out: `1` turns the product SDK and the request middleware into no-ops (nothing is validated, queued or sent).", "Product SDK"),
+    Var("TALLY_SDK_APP", "sdk_app", "", _str, "Name of the publishing application, stored with every product event.", "Product SDK"),
+    Var("TALLY_SDK_STRICT", "sdk_strict", "0", _bool, "`1`: track() raises on an event the catalog rejects (for tests and development). `0` (production): the event is dropped and counted by reason.", "Product SDK"),
+    Var("TALLY_SDK_QUEUE_EVENTS", "sdk_queue_events", "100000", _int(1, 10_000_000), "Most events the SDK holds in memory while they wait for the broker; beyond it, events are dropped (reason queue_full).", "Product SDK"),
+    Var("TALLY_SDK_MAX_BLOCK_MS", "sdk_max_block_ms", "0", _int(0, 60_000), "Longest time track() waits for queue space before it drops the event. 0: never wait.", "Product SDK"),
+    Var("TALLY_SDK_DELIVERY_TIMEOUT_MS", "sdk_delivery_timeout_ms", "30000", _int(1000), "An event not acknowledged by the broker within this time is dropped (reason delivery_failed).", "Product SDK"),
+    Var("TALLY_SDK_EXIT_FLUSH_SECONDS", "sdk_exit_flush_seconds", "5", _float(0.0), "How long interpreter exit waits for queued events to be delivered.", "Product SDK"),
     # Collector
     Var("TALLY_COLLECTOR_HOST", "collector_host", "127.0.0.1", _str, "Address the collector listens on.", "Collector"),
     Var("TALLY_COLLECTOR_PORT", "collector_port", "8000", _int(1, 65535), "Port the collector listens on.", "Collector"),
@@ -167,6 +175,13 @@ class Settings:
     topic_prefix: str = "tally."
     topic_partitions: int = 12
     schema_registry_url: str = ""
+    disabled: bool = False
+    sdk_app: str = ""
+    sdk_strict: bool = False
+    sdk_queue_events: int = 100000
+    sdk_max_block_ms: int = 0
+    sdk_delivery_timeout_ms: int = 30000
+    sdk_exit_flush_seconds: float = 5.0
     collector_host: str = "127.0.0.1"
     collector_port: int = 8000
     allowed_sites: tuple[str, ...] = ("localhost", "example.com")
