@@ -152,6 +152,11 @@ VARIABLES: tuple[Var, ...] = (
     # Streams
     Var("TALLY_APP_ID", "app_id", "tally-stream", _str, "Faust application id: stream workers with the same id share the partitions.", "Streams"),
     Var("TALLY_SALT_PERIOD", "salt_period", "day", _choice("day", "month"), "Visitor-salt rotation period. `month` allows monthly unique visitors; `day` gives stronger privacy.", "Streams"),
+    Var("TALLY_SALT_GRACE_HOURS", "salt_grace_hours", "48", _int(1), "How long a period's salt outlives the period (for late events). Then it is tombstoned and compacted away: old visitor hashes can no longer be re-derived.", "Streams"),
+    Var("TALLY_ALLOWED_LATENESS_HOURS", "allowed_lateness_hours", "48", _int(0), "Events older than this (by the worker's clock) go to bad rows as too_late; younger late events update their window and re-emit it. Capped by TALLY_SALT_GRACE_HOURS.", "Streams"),
+    Var("TALLY_KEEP_USER_AGENT", "keep_user_agent", "false", _bool, "Keep the raw user agent in enriched pageviews (off: only browser, OS and device class are kept).", "Streams"),
+    Var("TALLY_REFERRER_SPAM_FILE", "referrer_spam_file", "", _str, "File of referrer-spam domains, one per line (e.g. Matomo's referrer-spam-list spammers.txt). Pageviews from these referrers (and their subdomains) are dropped with reason referrer_spam.", "Streams"),
+    Var("TALLY_CLOCK_OFFSET_SECONDS", "clock_offset_seconds", "0", _int(), "Shifts the stream worker's clock (salt rotation, lateness). For tests and replays; leave 0 in production.", "Streams"),
     # Sink and retention
     Var("TALLY_SINK_BATCH_ROWS", "sink_batch_rows", "10000", _int(1), "Rows per ClickHouse insert batch.", "Sink"),
     Var("TALLY_SINK_BATCH_SECONDS", "sink_batch_seconds", "1.0", _float(0.01), "Longest time a row waits in the sink before its batch is inserted.", "Sink"),
@@ -199,6 +204,11 @@ class Settings:
     drops_flush_seconds: float = 10.0
     app_id: str = "tally-stream"
     salt_period: str = "day"
+    salt_grace_hours: int = 48
+    allowed_lateness_hours: int = 48
+    keep_user_agent: bool = False
+    referrer_spam_file: str = ""
+    clock_offset_seconds: int = 0
     sink_batch_rows: int = 10000
     sink_batch_seconds: float = 1.0
     raw_retention_days: int = 540
