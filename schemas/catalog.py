@@ -24,6 +24,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 # The closed set of reasons check() returns (the SDK counts drops by them).
@@ -89,6 +90,10 @@ class Event:
     props: Mapping[str, Prop] = field(default_factory=dict)
     subject_type: str = ""            # the subject type it refers to, "" when none
     source: str = ""                  # which seed example it comes from
+
+    @cached_property
+    def required(self) -> tuple[str, ...]:
+        return tuple(k for k, p in self.props.items() if p.required)
 
     def __post_init__(self) -> None:
         resource, dot, action = self.name.partition(".")
@@ -338,12 +343,24 @@ def _check_value(event: str, key: str, prop: Prop, value: Any) -> tuple[str, str
     return "unsafe_value", f"{where} {_why_unsafe(value)}; expected {prop.type_label()}"
 
 
+# Values already found safe, so repeated ids and enum values cost one set
+# lookup (a track() call must stay within a few µs). Bounded: cleared when full.
+_SAFE_IDS: set[str] = set()
+_SAFE_VALUES: set[tuple[str, str, Any]] = set()
+_SAFE_MAX = 65536
+
+
 def _check_ref(event: str, field_name: str, value: Any, required: bool) -> tuple[str, str] | None:
+    if value in _SAFE_IDS:
+        return None
     if value is None or value == "":
         return ("missing_field", f"{event}: {field_name} is required") if required else None
     if not isinstance(value, str):
         return "bad_type", f"{event}: {field_name} must be a string id"
     if _ID.fullmatch(value) and not _TOKEN.match(value):
+        if len(_SAFE_IDS) >= _SAFE_MAX:
+            _SAFE_IDS.clear()
+        _SAFE_IDS.add(value)
         return None
     return "unsafe_value", f"{event}: {field_name} {_why_unsafe(value)}; expected an opaque id"
 
@@ -352,8 +369,16 @@ def check(record: Mapping[str, Any]) -> tuple[str, str] | None:
     """None when the product event is valid, else (reason, detail).
 
     Works on what the SDK builds and on what the codec decodes (metadata values
-    None/bool/int/str; occurred_at a datetime or epoch ms).
+    None/bool/int/str; occurred_at a datetime or epoch ms). Never raises.
     """
+    try:
+        return _check(record)
+    except Exception as exc:  # e.g. an unhashable id: still a verdict, not a crash
+        name = record.get("event") if isinstance(record, Mapping) else None
+        return "bad_type", f"{name if isinstance(name, str) else 'event'}: {type(exc).__name__}: {exc}"
+
+
+def _check(record: Mapping[str, Any]) -> tuple[str, str] | None:
     name = record.get("event")
     spec = CATALOG.get(name) if isinstance(name, str) else None
     if spec is None:
@@ -362,23 +387,30 @@ def check(record: Mapping[str, Any]) -> tuple[str, str] | None:
     fa = record.get("feature_area")
     if fa is not None and fa != spec.feature_area:
         return "wrong_feature_area", f"{name}: feature_area must be {spec.feature_area!r}, got {fa!r}"
-    for field_name in ("tenant_id", "workspace_id"):
-        bad = _check_ref(name, field_name, record.get(field_name), True)
+    safe = _SAFE_IDS
+    get = record.get
+    tenant_id, workspace_id, actor_id, subject_id = (
+        get("tenant_id"), get("workspace_id"), get("actor_id"), get("subject_id"))
+    if not (tenant_id in safe and workspace_id in safe):
+        bad = (_check_ref(name, "tenant_id", tenant_id, True)
+               or _check_ref(name, "workspace_id", workspace_id, True))
         if bad:
             return bad
-    actor_type = record.get("actor_type", "user")
+    actor_type = get("actor_type", "user")
     if actor_type not in ACTOR_TYPES:
         return "bad_value", f"{name}: actor_type must be one of {', '.join(ACTOR_TYPES)}, got {actor_type!r}"
-    bad = _check_ref(name, "actor_id", record.get("actor_id"), False)
-    if bad:
-        return bad
-    subject_type = record.get("subject_type") or ""
+    if not (actor_id in safe or not actor_id):
+        bad = _check_ref(name, "actor_id", actor_id, False)
+        if bad:
+            return bad
+    subject_type = get("subject_type") or ""
     if subject_type and subject_type != spec.subject_type:
         expected = repr(spec.subject_type) if spec.subject_type else "empty (this event has no subject)"
         return "bad_value", f"{name}: subject_type must be {expected}, got {subject_type!r}"
-    bad = _check_ref(name, "subject_id", record.get("subject_id"), False)
-    if bad:
-        return bad
+    if not (subject_id is None or subject_id in safe):
+        bad = _check_ref(name, "subject_id", subject_id, False)
+        if bad:
+            return bad
     occurred = record.get("occurred_at")
     if occurred is None:
         return "missing_field", f"{name}: occurred_at is required"
@@ -390,8 +422,16 @@ def check(record: Mapping[str, Any]) -> tuple[str, str] | None:
     elif not isinstance(metadata, Mapping):
         return "bad_type", f"{name}: metadata must be a mapping of key to scalar value"
     props = spec.props
+    safe_values = _SAFE_VALUES
     for key, value in metadata.items():
-        prop = props.get(key)
+        if value.__class__ is str or value.__class__ is int:
+            # (name, key, value) is hashable here; bool/None are cheap to check anyway
+            memo = (name, key, value)
+            if memo in safe_values:
+                continue
+        else:
+            memo = None
+        prop = props.get(key) if isinstance(key, str) else None
         if prop is None:
             allowed = ", ".join(props) or "none"
             shown = key if isinstance(key, str) and len(key) <= 64 else f"<{len(str(key))} chars>"
@@ -399,7 +439,11 @@ def check(record: Mapping[str, Any]) -> tuple[str, str] | None:
         bad = _check_value(name, key, prop, value)
         if bad:
             return bad
-    for key, prop in props.items():
-        if prop.required and key not in metadata:
+        if memo is not None:
+            if len(safe_values) >= _SAFE_MAX:
+                safe_values.clear()
+            safe_values.add(memo)
+    for key in spec.required:
+        if key not in metadata:
             return "missing_field", f"{name}: metadata key {key!r} is required"
     return None

@@ -23,6 +23,7 @@ setting, and resolve to the newest repo version either way.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+from tally.schemas.fastwrite import Fallback, Writer, compile_writer
 
 if TYPE_CHECKING:
     from tally.config import Settings
@@ -97,6 +99,11 @@ class Codec:
         self.versions = load_versions(schema_dir)
         self._by_fp = {v.fingerprint: v for vs in self.versions.values() for v in vs}
         self._latest = {name: vs[-1] for name, vs in self.versions.items()}
+        # name -> (prefix, compiled writer) of the newest version, when it compiles
+        self._fast: dict[str, tuple[bytes, Writer]] = {}
+        for name, v in self._latest.items():
+            with contextlib.suppress(Fallback):
+                self._fast[name] = (MAGIC + v.fingerprint, compile_writer(v.parsed))
         self.registry_url = registry_url
         self._registry: Any = None
         self._serializers: dict[str, Any] = {}
@@ -111,6 +118,14 @@ class Codec:
     def encode(self, name: str, record: dict[str, Any]) -> bytes:
         if self.registry_url:
             return self._encode_confluent(name, record)
+        fast = self._fast.get(name)
+        if fast is not None:
+            out = [fast[0]]
+            try:
+                fast[1](record, out)
+                return b"".join(out)
+            except Exception:  # Fallback or an odd value: fastavro decides (and raises)
+                pass
         schema = self.latest(name)
         buf = io.BytesIO()
         buf.write(MAGIC)

@@ -110,3 +110,16 @@ def test_route_must_be_a_template_not_a_url():
 def test_check_never_raises_on_garbage():
     for junk in ({}, {"event": 3}, {"event": "report.created", "metadata": {1: 2}}):
         assert check(junk) is not None
+
+
+def test_unhashable_values_are_a_verdict_not_a_crash():
+    assert check(record(tenant_id={"a": 1}))[0] == "bad_type"
+    assert check(record(metadata={"report_type": ["x"]}))[0] == "unsafe_value"
+    assert check("not a record")[0] == "bad_type"
+
+
+def test_memo_does_not_leak_between_events():
+    # a value safe for one event/key must not become safe for another key
+    assert check(record(metadata={"report_type": "pdf"})) is None
+    assert check(record(metadata={"report_type": "x", "format": "pdf"})) is None
+    assert check(record(metadata={"report_type": "x", "format": "entra_admin_roles"}))[0] == "bad_value"
