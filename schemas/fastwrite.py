@@ -79,9 +79,12 @@ def _string(v: Any, out: list) -> None:
 
 
 def _uuid(v: Any, out: list) -> None:
+    # Not cached: every event id is new, it would only evict useful entries.
     if v.__class__ is uuid.UUID:
         v = str(v)
-    _string(v, out)
+    elif v.__class__ is not str:
+        raise Fallback
+    out.append(b"\x48" + v.encode() if len(v) == 36 else _varint(len(v.encode())) + v.encode())
 
 
 def _timestamp_millis(v: Any, out: list) -> None:
@@ -188,16 +191,24 @@ def _record(schema: dict) -> Writer:
         fields.append((f["name"], compile_writer(f["type"]), has_default, f.get("default")))
     fields_t = tuple(fields)
 
+    cache = _STR_CACHE
+
     def write(v: Any, out: list) -> None:
         if v.__class__ is not dict:
             raise Fallback
         get = v.get
+        append = out.append
         for name, w, has_default, default in fields_t:
             x = get(name, _MISSING)
             if x is _MISSING:
                 if not has_default:
                     raise Fallback
                 x = default
+            if w is _string:  # inlined: strings are most of an event
+                b = cache.get(x)
+                if b is not None:
+                    append(b)
+                    continue
             w(x, out)
 
     return write

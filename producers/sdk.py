@@ -1,0 +1,384 @@
+"""The product SDK: applications publish catalog events to Kafka with `track()`.
+
+    from tally.producers.sdk import Client
+
+    tally = Client()             # settings from TALLY_* (read once)
+    tally.track("report.created", tenant_id="t1", workspace_id="w1",
+                actor="u_42", subject=("stored_report", "r_9"),
+                metadata={"report_type": "permission_posture"})
+
+What it promises the host application:
+- **It never crashes or blocks it.** Every event is checked against the catalog
+  (tally.schemas.catalog.check) before it leaves the process. In lenient mode
+  (the production default) a rejected event is dropped and counted by reason;
+  in strict mode (TALLY_SDK_STRICT=1, for tests) track() raises RejectedEvent
+  naming the event and the key.
+- **Bounded memory and time.** Events wait in librdkafka's queue, bounded by
+  TALLY_SDK_QUEUE_EVENTS. When it is full (the broker is slow or down), track()
+  waits at most TALLY_SDK_MAX_BLOCK_MS and then drops the event (queue_full).
+  An event the broker has not acknowledged within TALLY_SDK_DELIVERY_TIMEOUT_MS
+  is dropped too (delivery_failed). Both are counted.
+- **Durable, ordered per tenant.** The producer is idempotent with acks=all
+  (tally.kafka.producer_config); events are keyed by tenant_id so one tenant's
+  events stay in one partition, in order.
+- **Flush at exit.** Queued events get TALLY_SDK_EXIT_FLUSH_SECONDS at
+  interpreter exit; what is still queued then is counted as exit_timeout.
+- **Opt-out.** TALLY_DISABLED=1 makes track() a no-op.
+
+Counters: `client.stats()` (queued, delivered, pending, dropped by reason).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from confluent_kafka import KafkaError, Producer
+from tally.schemas.catalog import CATALOG, check
+from tally.schemas.codec import Codec, default_codec
+
+from tally.config import Settings
+from tally.kafka import producer_config
+
+log = logging.getLogger("tally.sdk")
+
+TOPIC = "product.events"
+
+# Drop reasons of the SDK itself; catalog rejections use catalog.REASONS.
+QUEUE_FULL = "queue_full"
+DELIVERY_FAILED = "delivery_failed"
+ENCODE_ERROR = "encode_error"
+EXIT_TIMEOUT = "exit_timeout"
+CLOSED = "closed"
+
+
+class RejectedEvent(ValueError):
+    """Strict mode: the catalog rejected the event. The message names the event and key."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class Actor(NamedTuple):
+    type: str  # user, service or system
+    id: str = ""
+
+
+class Subject(NamedTuple):
+    type: str
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class Stats:
+    queued: int          # accepted into the queue
+    delivered: int       # acknowledged by the broker (acks=all)
+    pending: int         # still queued or in flight
+    failed: int          # not delivered in time (also in dropped[delivery_failed])
+    dropped: dict[str, int]  # every drop, by reason (catalog rejections included)
+    disabled: bool = False
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+
+# --- event ids ---------------------------------------------------------------------
+# UUIDv7 (time-ordered, so downstream dedup and ClickHouse sort well). The random
+# part comes from a PRNG seeded from os.urandom and re-seeded after fork, so
+# pre-fork servers (gunicorn) do not mint the same ids in every worker;
+# uuid.uuid4()/uuid6.uuid7() would cost several µs per event.
+_rng = random.Random(os.urandom(16))
+os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(16)))
+_LOW62 = (1 << 62) - 1
+
+
+def uuid7() -> str:
+    ms = time.time_ns() // 1_000_000
+    r = _rng.getrandbits(74)
+    h = "%032x" % ((ms << 80) | (0x7 << 76) | ((r >> 62) << 64) | (0x2 << 62) | (r & _LOW62))
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _millis(value: datetime | int | float) -> int:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass an aware datetime (UTC)")
+        return int(value.timestamp() * 1000)
+    return int(value)
+
+
+class Client:
+    """Publishes catalog events. Thread-safe; create one per process and share it."""
+
+    def __init__(self, settings: Settings | None = None, *, app: str | None = None,
+                 strict: bool | None = None, codec: Codec | None = None,
+                 producer_overrides: Mapping[str, Any] | None = None) -> None:
+        self.settings = settings = settings if settings is not None else Settings.from_env()
+        self.disabled = settings.disabled
+        self.strict = settings.sdk_strict if strict is None else strict
+        self.app = settings.sdk_app if app is None else app
+        self.topic = settings.topic(TOPIC)
+        self.max_block = settings.sdk_max_block_ms / 1000
+        self._lock = threading.Lock()
+        self._queued = 0
+        self._failed = 0
+        self._dropped: Counter[str] = Counter()
+        self._closed = False
+        self._producer: Producer | None = None
+        if self.disabled:
+            return
+        self._encode = (codec or default_codec(settings)).encode
+        conf = producer_config(settings, **{
+            "client.id": f"tally-sdk-{self.app or 'app'}",
+            "queue.buffering.max.messages": settings.sdk_queue_events,
+            "message.timeout.ms": settings.sdk_delivery_timeout_ms,
+            # Only failures call back into Python: a callback per delivered
+            # event would cost more than the rest of track().
+            "delivery.report.only.error": True,
+            "on_delivery": self._on_delivery,
+            "error_cb": self._on_error,
+            # librdkafka's own log lines go to Python logging, under the host app's control
+            "logger": logging.getLogger("tally.sdk.kafka"),
+            **(producer_overrides or {}),
+        })
+        self._producer = Producer(conf)
+        self._produce = self._producer.produce
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll_loop, name="tally-sdk-poll", daemon=True)
+        self._poller.start()
+        atexit.register(self.close, settings.sdk_exit_flush_seconds)
+
+    # --- the API ------------------------------------------------------------------
+
+    def track(self, event: str, *, tenant_id: str, workspace_id: str,
+              actor: str | Actor | tuple[str, str] | None = None,
+              subject: Subject | tuple[str, str | None] | None = None,
+              metadata: Mapping[str, Any] | None = None,
+              occurred_at: datetime | int | None = None) -> bool:
+        """Queue one event. True when it was accepted into the queue.
+
+        actor: a user id (str), an Actor/(type, id) pair, or None for the system.
+        subject: a Subject/(type, id) pair, or None. metadata values: ids, enum
+        strings, booleans, small ints, and aware datetimes (sent as epoch ms).
+        """
+        if self.disabled:
+            return False
+        record = self._record(event, tenant_id, workspace_id, actor, subject, metadata, occurred_at)
+        if record is None:
+            return False
+        return self._send(record, self.max_block)
+
+    def stats(self) -> Stats:
+        pending = len(self._producer) if self._producer is not None else 0
+        with self._lock:
+            queued, failed, dropped = self._queued, self._failed, dict(self._dropped)
+        return Stats(queued=queued, delivered=max(0, queued - failed - pending), pending=pending,
+                     failed=failed, dropped=dropped, disabled=self.disabled)
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait up to timeout for queued events; return how many are still pending."""
+        if self._producer is None:
+            return 0
+        return self._producer.flush(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush (bounded), then stop. Events still pending are counted as exit_timeout."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._producer is None:
+            return
+        left = self._producer.flush(timeout)
+        if left:
+            self._drop(EXIT_TIMEOUT, f"{left} events still queued after {timeout}s", left)
+            self._producer.purge()
+            self._producer.poll(0)
+        self._stop.set()
+        atexit.unregister(self.close)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- internals ----------------------------------------------------------------
+
+    def _record(self, event: str, tenant_id: str, workspace_id: str, actor: Any, subject: Any,
+                metadata: Mapping[str, Any] | None, occurred_at: datetime | int | None
+                ) -> dict[str, Any] | None:
+        try:
+            if actor is None:
+                actor_type, actor_id = "system", ""
+            elif isinstance(actor, str):
+                actor_type, actor_id = "user", actor
+            else:
+                actor_type, actor_id = actor
+            if subject is None:
+                subject_type, subject_id = "", None
+            else:
+                subject_type, subject_id = subject
+            if metadata:
+                for v in metadata.values():
+                    if isinstance(v, datetime):
+                        metadata = {k: _millis(v) if isinstance(v, datetime) else v
+                                    for k, v in metadata.items()}
+                        break
+            spec = CATALOG.get(event)
+            record = {
+                "event_id": uuid7(),
+                "event": event,
+                "feature_area": spec.feature_area if spec is not None else None,
+                "tenant_id": tenant_id,
+                "workspace_id": workspace_id,
+                "actor_type": actor_type,
+                "actor_id": actor_id,
+                "subject_type": subject_type,
+                "subject_id": subject_id,
+                "occurred_at": time.time_ns() // 1_000_000 if occurred_at is None else _millis(occurred_at),
+                "app": self.app,
+                "metadata": metadata or {},
+            }
+        except (TypeError, ValueError) as exc:
+            return self._reject("bad_type", f"{event!r}: {exc}")
+        bad = check(record)
+        if bad is not None:
+            return self._reject(*bad)
+        return record
+
+    def _reject(self, reason: str, detail: str) -> None:
+        if self.strict:
+            raise RejectedEvent(reason, detail)
+        self._drop(reason, detail)
+        return None
+
+    def _send(self, record: dict[str, Any], max_block: float) -> bool:
+        value = self._value(record)
+        if value is None:
+            return False
+        key = record["tenant_id"]
+        outcome = self._offer(value, key)
+        if outcome is None and max_block > 0:
+            deadline = time.monotonic() + max_block
+            while outcome is None and (left := deadline - time.monotonic()) > 0:
+                self._producer.poll(min(left, 0.01))  # serves callbacks, frees queue space
+                outcome = self._offer(value, key)
+        if outcome is None:
+            self._drop(QUEUE_FULL, f"queue of {self.settings.sdk_queue_events} events is full")
+            return False
+        return outcome
+
+    def _value(self, record: dict[str, Any]) -> bytes | None:
+        if self._closed:
+            self._drop(CLOSED, "track() after close()")
+            return None
+        try:
+            return self._encode("product_event", record)
+        except Exception as exc:  # check() passed, so this is a bug; never crash the host
+            self._drop(ENCODE_ERROR, f"{record['event']}: {exc}")
+            return None
+
+    def _offer(self, value: bytes, key: str) -> bool | None:
+        """True: queued. None: the queue is full. False: dropped (fatal producer error)."""
+        try:
+            self._produce(self.topic, value, key)
+        except BufferError:
+            return None
+        except Exception as exc:  # KafkaException after a fatal producer error
+            self._drop(DELIVERY_FAILED, str(exc))
+            return False
+        with self._lock:
+            self._queued += 1
+        return True
+
+    def _drop(self, reason: str, detail: str, n: int = 1) -> None:
+        with self._lock:
+            first = reason not in self._dropped
+            self._dropped[reason] += n
+        if first:  # log a reason once, not once per event: a broken caller must not flood logs
+            log.warning("tally sdk dropped an event (%s): %s", reason, detail)
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            with self._lock:
+                self._failed += 1
+            self._drop(DELIVERY_FAILED, str(err))
+
+    def _on_error(self, err: KafkaError) -> None:
+        # Broker down, DNS, auth...: librdkafka retries by itself; queued events
+        # either get through or time out into delivery_failed.
+        log.debug("tally sdk kafka error: %s", err)
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.2)
+
+
+class AsyncClient:
+    """asyncio flavour: the same client; `await track(...)` never blocks the loop.
+
+    When the queue is full it yields to the loop (asyncio.sleep) instead of
+    blocking, for at most TALLY_SDK_MAX_BLOCK_MS.
+    """
+
+    def __init__(self, settings: Settings | None = None, **kwargs: Any) -> None:
+        self.sync = Client(settings, **kwargs)
+
+    async def track(self, event: str, *, tenant_id: str, workspace_id: str,
+                    actor: str | Actor | tuple[str, str] | None = None,
+                    subject: Subject | tuple[str, str | None] | None = None,
+                    metadata: Mapping[str, Any] | None = None,
+                    occurred_at: datetime | int | None = None) -> bool:
+        import asyncio
+
+        c = self.sync
+        if c.disabled:
+            return False
+        record = c._record(event, tenant_id, workspace_id, actor, subject, metadata, occurred_at)
+        if record is None:
+            return False
+        value = c._value(record)
+        if value is None:
+            return False
+        key = record["tenant_id"]
+        outcome = c._offer(value, key)
+        if outcome is None and c.max_block > 0:
+            deadline = time.monotonic() + c.max_block
+            while outcome is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)  # the poll thread frees space meanwhile
+                outcome = c._offer(value, key)
+        if outcome is None:
+            c._drop(QUEUE_FULL, f"queue of {c.settings.sdk_queue_events} events is full")
+            return False
+        return outcome
+
+    def stats(self) -> Stats:
+        return self.sync.stats()
+
+    async def flush(self, timeout: float = 10.0) -> int:
+        import asyncio
+
+        return await asyncio.get_running_loop().run_in_executor(None, self.sync.flush, timeout)
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        import asyncio
+
+        await asyncio.get_running_loop().run_in_executor(None, self.sync.close, timeout)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
