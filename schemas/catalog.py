@@ -132,6 +132,11 @@ def _type(doc: str, **kw: Any) -> Prop:
     return Prop("type", doc, **kw)
 
 
+def _route() -> Prop:
+    return Prop("route", "Route template as the router declares it, e.g. `/tickets/{ticket_id}` "
+                "(never the raw URL or query string); `/*` when no route matched.", required=True)
+
+
 DURATION_BUCKETS = _e("1s-2s", "2s-5s", "5s-10s", "10s+")
 STATUS_CLASSES = _e("1xx", "2xx", "3xx", "4xx", "5xx")
 METHODS = _e("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER")
@@ -236,22 +241,25 @@ _EVENTS: tuple[Event, ...] = (
           subject_type="project", source="seed 004"),
     # --- seed 001: API performance (emitted by tally.producers.middleware) -----
     Event("api.request_slow", "api",
-          "An API request took longer than the slow threshold (1 s).",
-          "By the request-performance middleware when a request took over 1 s; `over_2s` marks the worse ones.",
-          {"route": Prop("route", "Route template as the router declares it (never the raw URL or query string).",
-                         required=True),
-           "method": _enum("HTTP method.", METHODS, required=True),
+          "An API request took longer than 1 s.",
+          "By the request-performance middleware when a request took over 1 s "
+          "(requests over 2 s also emit api.request_very_slow).",
+          {"route": _route(), "method": _enum("HTTP method.", METHODS, required=True),
            "status_class": _enum("Status class of the response.", STATUS_CLASSES, required=True),
-           "duration_bucket": _enum("Duration bucket.", DURATION_BUCKETS, required=True),
-           "over_2s": _bool("True when the request took over 2 s (seed 001's slow-query threshold).",
-                            required=True)},
+           "duration_bucket": _enum("Duration bucket.", DURATION_BUCKETS, required=True)},
+          source="seed 001"),
+    Event("api.request_very_slow", "api",
+          "An API request took longer than 2 s (seed 001's separate slow-query threshold).",
+          "By the request-performance middleware when a request took over 2 s, in addition to "
+          "api.request_slow.",
+          {"route": _route(), "method": _enum("HTTP method.", METHODS, required=True),
+           "status_class": _enum("Status class of the response.", STATUS_CLASSES, required=True),
+           "duration_bucket": _enum("Duration bucket.", DURATION_BUCKETS[1:], required=True)},
           source="seed 001"),
     Event("api.request_failed", "api",
           "An API request ended in a server error (5xx or an unhandled exception).",
           "By the request-performance middleware on a 5xx response or an exception.",
-          {"route": Prop("route", "Route template as the router declares it (never the raw URL or query string).",
-                         required=True),
-           "method": _enum("HTTP method.", METHODS, required=True),
+          {"route": _route(), "method": _enum("HTTP method.", METHODS, required=True),
            "status_class": _enum("Status class of the response.", STATUS_CLASSES, required=True),
            "duration_bucket": _enum("Duration bucket; `<1s` for fast failures.",
                                     _e("<1s",) + DURATION_BUCKETS, required=True),
