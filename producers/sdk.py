@@ -303,6 +303,10 @@ class Client:
             self._queued += 1
         return True
 
+    def count_drop(self, reason: str, detail: str, n: int = 1) -> None:
+        """Count events lost to `reason` (used by the middleware too)."""
+        self._drop(reason, detail, n)
+
     def _drop(self, reason: str, detail: str, n: int = 1) -> None:
         with self._lock:
             first = reason not in self._dropped

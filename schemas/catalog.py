@@ -137,7 +137,7 @@ def _route() -> Prop:
                 "(never the raw URL or query string); `/*` when no route matched.", required=True)
 
 
-DURATION_BUCKETS = _e("1s-2s", "2s-5s", "5s-10s", "10s+")
+DURATION_BUCKETS = _e("<1s", "1s-2s", "2s-5s", "5s-10s", "10s+")
 STATUS_CLASSES = _e("1xx", "2xx", "3xx", "4xx", "5xx")
 METHODS = _e("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER")
 
@@ -254,7 +254,7 @@ _EVENTS: tuple[Event, ...] = (
           "api.request_slow.",
           {"route": _route(), "method": _enum("HTTP method.", METHODS, required=True),
            "status_class": _enum("Status class of the response.", STATUS_CLASSES, required=True),
-           "duration_bucket": _enum("Duration bucket.", DURATION_BUCKETS[1:], required=True)},
+           "duration_bucket": _enum("Duration bucket.", DURATION_BUCKETS, required=True)},
           source="seed 001"),
     Event("api.request_failed", "api",
           "An API request ended in a server error (5xx or an unhandled exception).",
@@ -262,7 +262,7 @@ _EVENTS: tuple[Event, ...] = (
           {"route": _route(), "method": _enum("HTTP method.", METHODS, required=True),
            "status_class": _enum("Status class of the response.", STATUS_CLASSES, required=True),
            "duration_bucket": _enum("Duration bucket; `<1s` for fast failures.",
-                                    _e("<1s",) + DURATION_BUCKETS, required=True),
+                                    DURATION_BUCKETS, required=True),
            "error_type": _type("Exception class name, lower snake case (e.g. value_error); "
                                "`http_5xx` when the app returned the error itself.", required=True)},
           source="seed 001"),
