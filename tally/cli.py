@@ -50,16 +50,6 @@ def main() -> None:
 # --- components --------------------------------------------------------------
 
 @main.command()
-def collector() -> None:
-    """Run the edge collector (HTTP beacons -> Kafka) in the foreground."""
-    settings = load_settings()
-    setup_logging(settings)
-    from tally.producers.collector.app import run
-
-    run(settings)
-
-
-@main.command()
 def worker() -> None:
     """Run a stream worker (Faust) in the foreground. Start more to scale out."""
     settings = load_settings()
@@ -211,24 +201,6 @@ def status(as_json: bool) -> None:
 
 # --- analyst access ------------------------------------------------------------
 
-FORMATS = {"table": "PrettyCompactNoEscapes", "json": "JSON", "csv": "CSVWithNames"}
-
-
-@main.command()
-@click.argument("sql")
-@click.option("--format", "fmt", type=click.Choice(sorted(FORMATS)), default="table", show_default=True)
-def query(sql: str, fmt: str) -> None:
-    """Run read-only SQL against the warehouse and print the result."""
-    from tally.sinks.query import QueryError, run_sql
-
-    try:
-        out = run_sql(load_settings(stack=True), sql, FORMATS[fmt])
-    except QueryError as exc:
-        console.print(f"[red]query failed[/red]: {exc}")
-        sys.exit(1)
-    sys.stdout.write(out.decode())
-
-
 @main.command()
 @click.option("--beacons", default=30, show_default=True, help="How many demo beacons to send.")
 def demo(beacons: int) -> None:
@@ -264,6 +236,17 @@ def config_check() -> None:
 
 # --- commands contributed by each stage --------------------------------------------
 # Each area keeps its commands in its own module and registers them here, one line each.
+from tally.sinks.cli import query, reconcile  # noqa: E402
+
+main.add_command(query)
+main.add_command(reconcile)
+from tally.producers.collector.cli import collector  # noqa: E402
+
+main.add_command(collector)
+from tally.schemas.cli import catalog, schemas  # noqa: E402
+
+main.add_command(schemas)
+main.add_command(catalog)
 
 
 if __name__ == "__main__":

@@ -1,32 +1,81 @@
 """The edge collector: accepts browser beacons, stamps them and forwards them to Kafka.
 
-It stays thin: parse, validate, pseudonymise the IP, forward. Enrichment
-happens in the stream. The raw client IP never leaves this process.
+It stays thin (Snowplow style): parse the body once into a `BeaconRequest`,
+validate it, apply the edge's privacy choices, pseudonymise the IP, forward.
+Bots are *not* judged here: they get a 204 like everyone and the stream drops
+them with a counted reason. The raw client IP never leaves this process: it
+is replaced by a keyed BLAKE2b pseudonym, plus a datacenter flag.
+
+Routes:
+    POST /api/v1/collect   Tally's beacon  -> 204
+    POST /api/event        Plausible's event API -> 202 "ok"
+    OPTIONS on both        CORS preflight -> 204
+    GET  /js/tally.js      the tracker script
+    GET  /healthz /readyz /metrics
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
-import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from functools import lru_cache
+from importlib import resources
 from typing import Any
 
+import iporigin
 from aiohttp import web
+from tally.producers.collector import drops as reasons
+from tally.producers.collector import metrics
+from tally.producers.collector.client_ip import ClientAddress
+from tally.producers.collector.drops import EdgeDrops
 from tally.producers.collector.forwarder import Forwarder, ForwardError
-from uuid6 import uuid7
+from tally.producers.collector.parse import (
+    BadBeacon,
+    BeaconRequest,
+    clean_text,
+    json_body,
+    plausible_beacon,
+    tally_beacon,
+    uuid7,
+)
+from tally.producers.collector.ratelimit import RateLimiter
 
 from tally.config import Settings
 from tally.secrets import file_secret
 
 log = logging.getLogger(__name__)
 
-MAX_FIELD = 2000
+MAX_BODY = 8 * 1024
+RETRY_AFTER_SECONDS = "30"
+# Address kinds that mean "a machine, not a person's connection". VPN and Tor
+# exits are left out on purpose: behind them are people browsing.
+DATACENTER_KINDS = frozenset({iporigin.HOSTING, iporigin.CDN, iporigin.BOT})
 FORWARDER = web.AppKey("forwarder", Forwarder)
+DROPS = web.AppKey("drops", EdgeDrops)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _bad(detail: str, status: int = 400) -> web.Response:
     return web.json_response({"detail": detail}, status=status)
+
+
+@lru_cache(maxsize=65536)
+def in_datacenter(ip: str) -> bool:
+    """True when ip is in a published cloud/hosting/CDN/crawler range (iporigin's offline table)."""
+    if not ip:
+        return False
+    try:
+        return iporigin.classify(ip).kind in DATACENTER_KINDS
+    except ValueError:
+        return False
+
+
+def tracker_script() -> bytes:
+    return resources.files("tally.producers").joinpath("static/tally.js").read_bytes()
 
 
 class Collector:
@@ -35,69 +84,189 @@ class Collector:
         secret = settings.edge_secret.encode() or file_secret(settings.state_dir / "secrets" / "edge.key")
         self._edge_key = hashlib.blake2b(secret, digest_size=32).digest()
         self.allowed = frozenset(settings.allowed_sites)
+        self.addresses = ClientAddress(settings.trusted_proxies)
+        self.limiter = (RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+                        if settings.rate_limit_per_second > 0 else None)
+        self.forwarder: Forwarder | None = None
+        self.drops: EdgeDrops | None = None
 
     def ip_pseudonym(self, ip: str) -> str:
         return hashlib.blake2b(ip.encode(), key=self._edge_key, digest_size=16).hexdigest()
 
-    async def collect(self, request: web.Request) -> web.Response:
+    # --- beacon routes ---------------------------------------------------------
+
+    async def collect(self, request: web.Request) -> web.StreamResponse:
+        """Tally's beacon: {site, path, referrer?, event?, props?} -> 204."""
         try:
-            body = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
-            return _bad("body is not valid JSON")
-        if not isinstance(body, dict):
-            return _bad("body must be a JSON object")
-        site, path, referrer = body.get("site"), body.get("path"), body.get("referrer")
-        if not isinstance(site, str) or not site.strip():
-            return _bad("site is required")
-        if not isinstance(path, str) or not path.strip():
-            return _bad("path is required")
-        if referrer is not None and not isinstance(referrer, str):
-            return _bad("referrer must be a string")
-        site = site.strip().lower()
-        if site not in self.allowed:
-            return _bad("site is not allowed")
-        beacon: dict[str, Any] = {
-            "event_id": str(uuid7()),
-            "received_at": int(time.time() * 1000),
-            "site": site,
-            "path": path[:MAX_FIELD],
-            "referrer": referrer[:MAX_FIELD] if referrer else None,
-            "event": "pageview",
-            "props": {},
-            "user_agent": request.headers.get("User-Agent", ""),
-            "ip_pseudonym": self.ip_pseudonym(request.remote or ""),
-            "datacenter": False,
+            beacon = tally_beacon(json_body(await request.read()), self.allowed)
+        except BadBeacon as exc:
+            return _bad(str(exc))
+        return await self._accept(request, beacon, web.Response(status=204))
+
+    async def plausible_event(self, request: web.Request) -> web.StreamResponse:
+        """Plausible's event API: {n, u, d, r, p} -> 202 "ok", as Plausible answers."""
+        try:
+            beacon = plausible_beacon(json_body(await request.read()), self.allowed)
+        except BadBeacon as exc:
+            return _bad(str(exc))
+        return await self._accept(request, beacon, web.Response(status=202, text="ok"))
+
+    async def _accept(self, request: web.Request, beacon: BeaconRequest,
+                      ok: web.Response) -> web.StreamResponse:
+        now_ms = int(time.time() * 1000)
+        headers = request.headers
+        s = self.settings
+        assert self.drops is not None and self.forwarder is not None
+        # Privacy choices first: a visitor who opted out costs nothing more.
+        if s.honor_gpc and headers.get("Sec-GPC", "").strip() == "1":
+            self.drops.add(beacon.site, now_ms, reasons.GPC)
+            return ok
+        if s.honor_dnt and headers.get("DNT", "").strip() == "1":
+            self.drops.add(beacon.site, now_ms, reasons.DNT)
+            return ok
+        user_agent = clean_text(headers.get("User-Agent", ""))
+        if s.drop_empty_ua and not user_agent.strip():
+            self.drops.add(beacon.site, now_ms, reasons.EMPTY_UA)
+            return ok
+        ip = self.addresses.resolve(request.remote, headers.getall("X-Forwarded-For", ()))
+        pseudonym = self.ip_pseudonym(ip)
+        if self.limiter is not None and not self.limiter.allow(pseudonym):
+            self.drops.add(beacon.site, now_ms, reasons.RATE_LIMITED)
+            return ok
+        record: dict[str, Any] = {
+            "event_id": uuid7(now_ms),
+            "received_at": now_ms,
+            "site": beacon.site,
+            "path": beacon.path,
+            "referrer": beacon.referrer,
+            "event": beacon.event,
+            "props": beacon.props,
+            "user_agent": user_agent,
+            "ip_pseudonym": pseudonym,
+            "datacenter": in_datacenter(ip),
         }
         try:
-            await request.app[FORWARDER].submit(beacon)
+            await self.forwarder.submit(record)
         except ForwardError:
-            log.warning("beacon not durable; answering 503")
-            return web.Response(status=503, headers={"Retry-After": "5"})
-        return web.Response(status=204)
+            self.drops.add(beacon.site, now_ms, reasons.SPOOL_FULL)
+            return web.json_response({"detail": "broker unreachable and spool full; retry later"},
+                                     status=503, headers={"Retry-After": RETRY_AFTER_SECONDS})
+        return ok
+
+    # --- operations ------------------------------------------------------------
+
+    async def readyz(self, _request: web.Request) -> web.Response:
+        assert self.forwarder is not None
+        ready, detail = self.forwarder.ready()
+        return web.json_response({"ready": ready, **detail}, status=200 if ready else 503)
 
 
 async def healthz(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def make_app(settings: Settings) -> web.Application:
+async def metrics_page(_request: web.Request) -> web.Response:
+    body, content_type = metrics.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def make_tracker_handler() -> Handler:
+    plain = tracker_script()
+    packed = gzip.compress(plain, 9)
+    headers = {"Content-Type": "application/javascript; charset=utf-8",
+               "Cache-Control": "public, max-age=3600", "Vary": "Accept-Encoding"}
+
+    async def tracker(request: web.Request) -> web.Response:
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            return web.Response(body=packed, headers={**headers, "Content-Encoding": "gzip"})
+        return web.Response(body=plain, headers=headers)
+
+    return tracker
+
+
+# --- CORS and request metrics: one middleware, so every response gets both ------------
+
+PREFLIGHT_HEADERS = {
+    "Access-Control-Allow-Methods": "POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type",
+    "Access-Control-Max-Age": "86400",
+}
+
+
+def make_middleware(settings: Settings) -> Any:
+    any_origin = "*" in settings.cors_origins
+    origins = frozenset(o.rstrip("/") for o in settings.cors_origins)
+    requests = metrics.RequestCounter()
+
+    def cors(request: web.Request, response: web.StreamResponse) -> None:
+        if any_origin:
+            response.headers["Access-Control-Allow-Origin"] = "*"
+            return
+        origin = request.headers.get("Origin", "")
+        if origin.lower() in origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            # 404, 405, 413 from aiohttp itself: answer with the same JSON shape as ours.
+            status = exc.status
+            if status == 413:
+                detail = f"body is larger than {MAX_BODY} bytes"
+            elif status == 405:
+                detail = f"method {clean_text(request.method, 20)} is not allowed here"
+            elif status == 404:
+                detail = "no such endpoint"
+            else:
+                detail = exc.reason
+            response = web.json_response({"detail": detail}, status=status)
+            if "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+        cors(request, response)
+        requests.inc(route, response.status)
+        return response
+
+    return middleware
+
+
+async def preflight(_request: web.Request) -> web.Response:
+    return web.Response(status=204, headers=PREFLIGHT_HEADERS)
+
+
+def make_app(settings: Settings, worker_index: int = 0) -> web.Application:
     collector = Collector(settings)
-    app = web.Application(client_max_size=8 * 1024)
-    app.router.add_post("/api/v1/collect", collector.collect)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[make_middleware(settings)])
+    for path, handler in (("/api/v1/collect", collector.collect), ("/api/event", collector.plausible_event)):
+        app.router.add_post(path, handler)
+        app.router.add_route("OPTIONS", path, preflight)
+    app.router.add_get("/js/tally.js", make_tracker_handler())
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", collector.readyz)
+    app.router.add_get("/metrics", metrics_page)
 
     async def lifecycle(app: web.Application):
-        fwd = Forwarder(settings)
-        fwd.start()
-        app[FORWARDER] = fwd
+        fwd = Forwarder(settings, worker_index)
+        await fwd.start()
+        edge_drops = EdgeDrops(settings, fwd.producer)
+        edge_drops.start()
+        collector.forwarder, collector.drops = fwd, edge_drops
+        app[FORWARDER], app[DROPS] = fwd, edge_drops
         yield
+        await edge_drops.close()
         await fwd.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app
 
 
-def run(settings: Settings) -> None:
-    # access_log=None: aiohttp's default access log line starts with the client IP.
-    web.run_app(make_app(settings), host=settings.collector_host, port=settings.collector_port,
-                access_log=None, print=lambda *_: None)
+def run(settings: Settings, worker_index: int = 0, reuse_port: bool = False) -> None:
+    # access_log=None: aiohttp's default access log line starts with the client IP,
+    # and Tally keeps raw IPs out of every log. /metrics counts requests instead.
+    web.run_app(make_app(settings, worker_index), host=settings.collector_host,
+                port=settings.collector_port, access_log=None, reuse_port=reuse_port or None,
+                print=lambda *_: None, shutdown_timeout=10)

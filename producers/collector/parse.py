@@ -1,0 +1,160 @@
+"""Request bodies -> typed beacon requests. Pure functions: no HTTP, no Kafka.
+
+Two wire shapes are accepted: Tally's own (`POST /api/v1/collect`,
+`{site, path, referrer?, event?, props?}`) and Plausible's event API
+(`POST /api/event`, `{n, u, d, r, p}`), so a site can switch trackers without
+touching its pages. Both become one `BeaconRequest`; every later step works on
+that record, never on the raw body.
+
+Every rejection is a `BadBeacon` whose message names the offending field;
+the collector turns it into `400 {"detail": ...}`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from random import getrandbits
+from typing import Any
+
+MAX_FIELD = 2000  # path, referrer, user agent, prop values (characters)
+MAX_EVENT = 120
+MAX_PROPS = 30
+MAX_PROP_KEY = 300
+PAGEVIEW = "pageview"
+
+
+class BadBeacon(ValueError):
+    """The body cannot become a beacon. The message names the field and what is wrong."""
+
+
+@dataclass(slots=True)
+class BeaconRequest:
+    site: str
+    path: str
+    referrer: str | None = None
+    event: str = PAGEVIEW
+    props: dict[str, str] = field(default_factory=dict)
+
+
+def clean_text(value: str, limit: int = MAX_FIELD) -> str:
+    """`value` cut to `limit` characters and made encodable as UTF-8.
+
+    JSON escapes (`"\\ud800"`) and undecodable header bytes (aiohttp keeps them
+    as surrogates) yield strings that Avro cannot encode; one such string must
+    not fail the whole micro-batch it travels in, so it is repaired here.
+    """
+    value = value[:limit]
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def json_body(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object (bodies from sendBeacon arrive as text/plain)."""
+    if not raw.strip():
+        raise BadBeacon("body is empty; expected a JSON object")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
+        raise BadBeacon("body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadBeacon("body must be a JSON object")
+    return body
+
+
+def _required(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise BadBeacon(f"{name} is required (a non-empty string)")
+    return value
+
+
+def _optional(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadBeacon(f"{name} must be a string")
+    return clean_text(value)
+
+
+def _site(value: str, allowed: frozenset[str], name: str) -> str:
+    site = value.strip().lower()
+    if site not in allowed:
+        raise BadBeacon(f"{name} {clean_text(site, 100)!r} is not on this collector's allowlist")
+    return site
+
+
+def _event(value: Any, name: str) -> str:
+    if value is None:
+        return PAGEVIEW
+    if not isinstance(value, str) or not value.strip():
+        raise BadBeacon(f"{name} must be a non-empty string")
+    return clean_text(value.strip(), MAX_EVENT)
+
+
+def _props(value: Any, name: str) -> dict[str, str]:
+    """Custom properties as strings; scalars are converted, nested values rejected."""
+    if value is None:
+        return {}
+    if isinstance(value, str):  # Plausible sends `p` JSON-encoded as a string
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            raise BadBeacon(f"{name} must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise BadBeacon(f"{name} must be a JSON object")
+    if len(value) > MAX_PROPS:
+        raise BadBeacon(f"{name} has {len(value)} entries; at most {MAX_PROPS} are allowed")
+    props: dict[str, str] = {}
+    for key, v in value.items():
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        elif isinstance(v, int | float):
+            v = repr(v)
+        elif not isinstance(v, str):
+            raise BadBeacon(f"{name}.{clean_text(key, 50)} must be a string, number or boolean")
+        props[clean_text(key, MAX_PROP_KEY)] = clean_text(v)
+    return props
+
+
+def tally_beacon(body: dict[str, Any], allowed: frozenset[str]) -> BeaconRequest:
+    """Tally's own shape: {site, path, referrer?, event?, props?}."""
+    site = _site(_required(body, "site"), allowed, "site")
+    path = clean_text(_required(body, "path"))
+    return BeaconRequest(site, path, _optional(body, "referrer"), _event(body.get("event"), "event"),
+                         _props(body.get("props"), "props"))
+
+
+def plausible_beacon(body: dict[str, Any], allowed: frozenset[str]) -> BeaconRequest:
+    """Plausible's event API: n=name, u=url, d=domain(s), r=referrer, p (or m)=props.
+
+    `d` may list several comma-separated domains; the beacon goes to the first
+    one on the allowlist (Tally records one site per event).
+    """
+    name = _event(_required(body, "n"), "n")
+    url = clean_text(_required(body, "u"))
+    domains = [d.strip().lower() for d in _required(body, "d").split(",") if d.strip()]
+    site = next((d for d in domains if d in allowed), None)
+    if site is None:
+        raise BadBeacon(f"d {clean_text(','.join(domains), 100)!r} is not on this collector's allowlist")
+    props = _props(body["p"] if "p" in body else body.get("m"), "p")
+    return BeaconRequest(site, url, _optional(body, "r"), name, props)
+
+
+def uuid7(now_ms: int) -> str:
+    """A UUIDv7 string (RFC 9562): 48-bit Unix milliseconds, then 74 random bits.
+
+    Hand-rolled because it sits on the hot path: uuid6.uuid7() costs ~3x more
+    for a monotonic counter we do not need (ids only have to be unique; the
+    random module is reseeded in every forked worker).
+    """
+    v = (now_ms << 80) | (0x7 << 76) | (getrandbits(12) << 64) | (0b10 << 62) | getrandbits(62)
+    h = f"{v:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

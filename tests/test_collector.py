@@ -1,0 +1,419 @@
+"""The edge collector's HTTP behaviour, against running collector processes and the real broker.
+
+Two collectors run for the whole module on the session broker:
+- `default`: the default settings (GPC honoured, DNT not, empty UA accepted,
+  CORS `*`, no trusted proxies);
+- `strict`: DNT honoured, empty UA dropped, a tiny rate limit, 127.0.0.1 as a
+  trusted proxy, one configured CORS origin, fast drop-count flushes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from tally.schemas.codec import default_codec
+
+from tally.config import Settings
+from tally.kafka import consumer_config
+from tally.stack import http_ok
+from tests.conftest import REPO, Env, Proc, free_port, wait_for
+from tests.helpers import collect_url, post_json, read_beacons
+
+pytestmark = pytest.mark.integration
+
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0"
+
+
+@dataclass
+class Collector:
+    env: Env
+    proc: Proc
+
+    @property
+    def settings(self) -> Settings:
+        return self.env.settings
+
+    def url(self, path: str = "/api/v1/collect") -> str:
+        s = self.settings
+        return f"http://{s.collector_host}:{s.collector_port}{path}"
+
+    def post(self, body, headers=None, path="/api/v1/collect", raw=None):
+        return post_json(self.url(path), body, headers={"User-Agent": FIREFOX, **(headers or {})}, raw=raw)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.url("/metrics"), timeout=5) as resp:
+            return resp.read().decode()
+
+
+def make_env(broker, tmp: Path, **extra: str) -> Env:
+    from tally.topics import ensure_topics
+
+    tag = uuid.uuid4().hex[:8]
+    env = Env({
+        "TALLY_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "TALLY_STATE_DIR": str(tmp / f"state-{tag}"),
+        "TALLY_TOPIC_PREFIX": f"c{tag}.",
+        "TALLY_TOPIC_PARTITIONS": "2",
+        "TALLY_COLLECTOR_PORT": str(free_port()),
+        "TALLY_ALLOWED_SITES": "example.com,localhost",
+        "TALLY_LOG_LEVEL": "info",
+        **extra,
+    })
+    ensure_topics(env.settings)
+    return env
+
+
+def start_collector(env: Env, log: Path, *args: str) -> Proc:
+    with open(log, "wb") as fh:
+        popen = subprocess.Popen([sys.executable, "-m", "tally.cli", "collector", *args], cwd=REPO,
+                                 env=env.child_env(), stdout=fh, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    proc = Proc("collector", popen, log)
+    s = env.settings
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{s.collector_port}/healthz") or not proc.alive(), 30, "collector")
+    assert proc.alive(), proc.output()[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def collectors(broker, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("collectors")
+    envs = {
+        "default": make_env(broker, tmp),
+        "strict": make_env(broker, tmp, TALLY_HONOR_DNT="1", TALLY_DROP_EMPTY_UA="1",
+                           TALLY_RATE_LIMIT_PER_SECOND="0.5", TALLY_RATE_LIMIT_BURST="5",
+                           TALLY_TRUSTED_PROXIES="127.0.0.1/32",
+                           TALLY_CORS_ORIGINS="https://shop.example", TALLY_DROPS_FLUSH_SECONDS="0.3"),
+    }
+    out = {name: Collector(env, start_collector(env, tmp / f"{name}.log")) for name, env in envs.items()}
+    yield out
+    for c in out.values():
+        c.proc.stop()
+
+
+@pytest.fixture
+def default(collectors) -> Collector:
+    return collectors["default"]
+
+
+@pytest.fixture
+def strict(collectors) -> Collector:
+    return collectors["strict"]
+
+
+def beacons_for(c: Collector, marker: str, want: int, settle: float = 0.0) -> list[dict]:
+    """Beacons in c's raw topic whose path contains marker."""
+    found: list[dict] = []
+
+    def enough():
+        found[:] = [b for b in read_beacons(c.settings, 0, timeout=5.0) if marker in b["path"]]
+        return len(found) >= want
+
+    if want:
+        wait_for(enough, 30, f"{want} beacons with {marker!r}", interval=0.1)
+    if settle:
+        time.sleep(settle)
+        enough()
+    return found
+
+
+def mark() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+# --- the happy path ---------------------------------------------------------------
+
+def test_accepted_beacon_is_204_without_body_and_reaches_kafka_pseudonymised(default):
+    m = mark()
+    status, body, headers = default.post({"site": "Example.com", "path": f"/{m}?x=1",
+                                          "referrer": "https://www.google.com/"})
+    assert status == 204 and body == b""
+    assert headers.get("Access-Control-Allow-Origin") == "*"
+    [b] = beacons_for(default, m, 1)
+    assert b["site"] == "example.com" and b["path"] == f"/{m}?x=1"
+    assert b["referrer"] == "https://www.google.com/" and b["event"] == "pageview" and b["props"] == {}
+    assert b["user_agent"] == FIREFOX
+    assert b["event_id"].version == 7
+    assert re.fullmatch(r"[0-9a-f]{32}", b["ip_pseudonym"])
+    assert b["datacenter"] is False  # 127.0.0.1 is no datacenter
+
+
+def test_custom_event_with_props_and_text_plain_body(default):
+    m = mark()
+    raw = json.dumps({"site": "example.com", "path": f"/{m}", "event": "signup",
+                      "props": {"plan": "pro", "seats": 3, "trial": True, "none": None}}).encode()
+    status, body, _ = default.post(None, raw=raw, headers={"Content-Type": "text/plain;charset=UTF-8"})
+    assert status == 204, body
+    [b] = beacons_for(default, m, 1)
+    assert b["event"] == "signup" and b["props"] == {"plan": "pro", "seats": "3", "trial": "true"}
+
+
+def test_long_path_and_referrer_are_truncated_to_2000(default):
+    m = mark()
+    status, _, _ = default.post({"site": "example.com", "path": f"/{m}/" + "a" * 3000,
+                                 "referrer": "https://r.example/" + "b" * 3000})
+    assert status == 204
+    [b] = beacons_for(default, m, 1)
+    assert len(b["path"]) == 2000 and len(b["referrer"]) == 2000
+
+
+def test_plausible_event_api_shape(default):
+    m = mark()
+    status, body, _ = default.post({"n": "pageview", "u": f"https://example.com/{m}?utm_source=x",
+                                    "d": "other.org,example.com", "r": "https://news.example/"},
+                                   path="/api/event", headers={"Content-Type": "text/plain"})
+    assert status == 202 and body == b"ok"
+    status, _, _ = default.post({"n": "Download", "u": f"https://example.com/{m}/dl", "d": "example.com",
+                                 "p": json.dumps({"file": "a.pdf"})}, path="/api/event")
+    assert status == 202
+    got = sorted(beacons_for(default, m, 2), key=lambda b: b["event"])
+    assert [(b["site"], b["event"]) for b in got] == [("example.com", "Download"), ("example.com", "pageview")]
+    assert got[0]["props"] == {"file": "a.pdf"} and got[1]["referrer"] == "https://news.example/"
+    assert got[1]["path"] == f"https://example.com/{m}?utm_source=x"
+    status, body, _ = default.post({"n": "pageview", "u": "https://x/", "d": "other.org"}, path="/api/event")
+    assert status == 400 and b"d " in body
+
+
+def test_bots_are_answered_204_and_forwarded_for_the_stream_to_drop(default):
+    m = mark()
+    bot = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+    status, _, _ = default.post({"site": "example.com", "path": f"/{m}"}, headers={"User-Agent": bot})
+    assert status == 204
+    [b] = beacons_for(default, m, 1)
+    assert b["user_agent"] == bot
+
+
+# --- bad input ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"path": "/"}, "site"),
+    ({"site": "", "path": "/"}, "site"),
+    ({"site": "   ", "path": "/"}, "site"),
+    ({"site": "evil.test", "path": "/"}, "site"),
+    ({"site": 5, "path": "/"}, "site"),
+    ({"site": "example.com"}, "path"),
+    ({"site": "example.com", "path": ""}, "path"),
+    ({"site": "example.com", "path": "/", "referrer": 7}, "referrer"),
+    ({"site": "example.com", "path": "/", "event": ""}, "event"),
+    ({"site": "example.com", "path": "/", "props": [1]}, "props"),
+    ({"site": "example.com", "path": "/", "props": {"a": {"b": 1}}}, "props.a"),
+    ([1, 2], "JSON object"),
+])
+def test_bad_beacons_are_400_naming_the_field(default, body, field):
+    status, resp, _ = default.post(body)
+    assert status == 400
+    assert field in json.loads(resp)["detail"]
+
+
+def test_malformed_json_is_400_and_oversized_body_is_413(default):
+    status, resp, _ = default.post(None, raw=b'{"site": "example.com", "path": ')
+    assert status == 400 and "JSON" in json.loads(resp)["detail"]
+    status, _, _ = default.post(None, raw=b"[" * 4000 + b"]" * 4000)
+    assert status == 400
+    big = json.dumps({"site": "example.com", "path": "/" + "x" * 9000}).encode()
+    status, resp, _ = default.post(None, raw=big)
+    assert status == 413 and "8192" in json.loads(resp)["detail"]
+
+
+def test_wrong_method_is_405_and_unknown_path_is_404(default):
+    for url, method, want in ((default.url(), "GET", 405), (default.url("/api/v1/nope"), "POST", 404),
+                              (default.url("/healthz"), "POST", 405)):
+        req = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None)
+        try:
+            urllib.request.urlopen(req, timeout=5)
+            raise AssertionError(f"{method} {url} did not fail")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == want
+            assert exc.headers.get("Access-Control-Allow-Origin") == "*"
+
+
+def test_empty_allowlist_rejects_everything(broker, tmp_path):
+    env = make_env(broker, tmp_path, TALLY_ALLOWED_SITES="")
+    proc = start_collector(env, tmp_path / "c.log")
+    try:
+        status, body, _ = post_json(collect_url(env.settings), {"site": "example.com", "path": "/"})
+        assert status == 400 and b"allowlist" in body
+    finally:
+        proc.stop()
+
+
+# --- CORS ----------------------------------------------------------------------------
+
+def test_cors_preflight_and_configured_origins(default, strict):
+    req = urllib.request.Request(default.url(), method="OPTIONS", headers={
+        "Origin": "https://anywhere.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.status == 204
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+        assert "POST" in resp.headers["Access-Control-Allow-Methods"]
+        assert "content-type" in resp.headers["Access-Control-Allow-Headers"].lower()
+    # A configured list echoes only listed origins.
+    status, _, headers = strict.post({"site": "example.com", "path": "/cors"},
+                                     headers={"Origin": "https://shop.example"})
+    assert status == 204 and headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    status, _, headers = strict.post({"site": "example.com", "path": "/cors"},
+                                     headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in headers
+
+
+# --- privacy at the edge -----------------------------------------------------------------
+
+def test_gpc_dropped_by_default_dnt_only_when_configured(default, strict):
+    m = mark()
+    assert default.post({"site": "example.com", "path": f"/{m}/gpc"}, headers={"Sec-GPC": "1"})[0] == 204
+    assert default.post({"site": "example.com", "path": f"/{m}/dnt"}, headers={"DNT": "1"})[0] == 204
+    assert strict.post({"site": "example.com", "path": f"/{m}/sdnt"}, headers={"DNT": "1"})[0] == 204
+    got = beacons_for(default, m, 1, settle=1.0)
+    assert [b["path"] for b in got] == [f"/{m}/dnt"]  # DNT is not honoured by default
+    assert beacons_for(strict, m, 0, settle=0.5) == []
+    assert 'tally_collector_beacons_dropped_total{reason="gpc"}' in default.metrics()
+    assert 'tally_collector_beacons_dropped_total{reason="dnt"}' in strict.metrics()
+
+
+def test_empty_user_agent_accepted_by_default_dropped_when_configured(default, strict):
+    m = mark()
+    assert default.post({"site": "example.com", "path": f"/{m}"}, headers={"User-Agent": ""})[0] == 204
+    assert strict.post({"site": "example.com", "path": f"/{m}"}, headers={"User-Agent": ""})[0] == 204
+    [b] = beacons_for(default, m, 1)
+    assert b["user_agent"] == ""
+    assert beacons_for(strict, m, 0, settle=0.5) == []
+
+
+def test_client_ip_from_trusted_proxy_chain_and_never_raw(default, strict):
+    m = mark()
+    # strict trusts 127.0.0.1: the rightmost untrusted XFF entry is the client, so
+    # fake entries prepended by the client change nothing.
+    for xff in ("203.0.113.9", "1.2.3.4, 203.0.113.9", "garbage, 9.9.9.9 ,203.0.113.9"):
+        assert strict.post({"site": "example.com", "path": f"/{m}/a"}, headers={"X-Forwarded-For": xff})[0] == 204
+    assert strict.post({"site": "example.com", "path": f"/{m}/b"},
+                       headers={"X-Forwarded-For": "203.0.113.10"})[0] == 204
+    assert strict.post({"site": "example.com", "path": f"/{m}/dc"},
+                       headers={"X-Forwarded-For": "52.95.110.1"})[0] == 204  # an AWS address
+    # default trusts no proxy: XFF is ignored entirely.
+    for xff in ("203.0.113.9", "198.51.100.7"):
+        assert default.post({"site": "example.com", "path": f"/{m}/c"}, headers={"X-Forwarded-For": xff})[0] == 204
+    got = beacons_for(strict, m, 5)
+    a = {b["ip_pseudonym"] for b in got if b["path"].endswith("/a")}
+    b_ = {b["ip_pseudonym"] for b in got if b["path"].endswith("/b")}
+    dc = [b for b in got if b["path"].endswith("/dc")]
+    assert len(a) == 1 and len(b_) == 1 and a != b_
+    assert dc[0]["datacenter"] is True
+    assert not any(b["datacenter"] for b in got if not b["path"].endswith("/dc"))
+    c = {b["ip_pseudonym"] for b in beacons_for(default, m, 2)}
+    assert len(c) == 1
+    # No raw address anywhere: not in Kafka, not in the logs, not on disk.
+    raw = _raw_topic_bytes(strict.settings) + _raw_topic_bytes(default.settings)
+    for ip in (b"203.0.113.9", b"203.0.113.10", b"52.95.110.1", b"198.51.100.7", b"127.0.0.1"):
+        assert ip not in raw
+        assert ip.decode() not in strict.proc.output() and ip.decode() not in default.proc.output()
+        for f in Path(strict.settings.state_dir).rglob("*"):
+            if f.is_file():
+                assert ip not in f.read_bytes(), f
+
+
+def _raw_topic_bytes(s: Settings) -> bytes:
+    topic = s.topic("beacons.raw")
+    consumer = Consumer(consumer_config(s, f"raw-{uuid.uuid4().hex}"))
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, -2) for p in parts])
+        out = b""
+        for msg in consumer.consume(10000, 3):
+            if msg.error() is None:
+                out += msg.value()
+        return out
+    finally:
+        consumer.close()
+
+
+# --- abuse ---------------------------------------------------------------------------
+
+def test_rate_limit_drops_floods_and_counts_them_in_metrics_and_the_drops_topic(strict):
+    m = mark()
+    headers = {"X-Forwarded-For": "198.51.100.77"}  # its own bucket, apart from other tests
+    statuses = [strict.post({"site": "example.com", "path": f"/{m}/{i}"}, headers=headers)[0] for i in range(20)]
+    assert statuses == [204] * 20
+    got = beacons_for(strict, m, 5, settle=1.0)
+    assert 5 <= len(got) <= 7  # burst 5, refilling at 0.5/s while the 20 requests are sent
+    assert re.search(r'tally_collector_beacons_dropped_total\{reason="rate_limited"\} (1[3-5])\.0', strict.metrics())
+    # Edge drops also go to the drops topic as drop_count records, for the sink to store.
+    s = strict.settings
+    codec, total = default_codec(), 0
+    consumer = Consumer(consumer_config(s, f"drops-{uuid.uuid4().hex}"))
+    try:
+        topic = s.topic("drops")
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, -2) for p in parts])
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and total < 20 - len(got):
+            for msg in consumer.consume(100, 0.5):
+                if msg.error() is None:
+                    rec = codec.decode("drop_count", msg.value())
+                    assert msg.key() == rec["site"].encode()
+                    assert rec["component"] == "collector" and rec["source_offset"] == -1
+                    if rec["reason"] == "rate_limited":
+                        total += rec["count"]
+    finally:
+        consumer.close()
+    assert total == 20 - len(got)
+
+
+# --- the tracker and operations ---------------------------------------------------------
+
+def test_tracker_script_is_served_small(default):
+    req = urllib.request.Request(default.url("/js/tally.js"), headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        packed = resp.read()
+        assert resp.headers["Content-Encoding"] == "gzip"
+        assert "javascript" in resp.headers["Content-Type"]
+    assert len(packed) <= 1536
+    js = gzip.decompress(packed).decode()
+    assert "sendBeacon" in js and "keepalive" in js and "pushState" in js
+    for forbidden in ("document.cookie", "localStorage", "sessionStorage", "indexedDB"):
+        assert forbidden not in js
+
+
+def test_health_readiness_and_metrics(default):
+    with urllib.request.urlopen(default.url("/healthz"), timeout=5) as resp:
+        assert resp.status == 200
+    with urllib.request.urlopen(default.url("/readyz"), timeout=5) as resp:
+        ready = json.loads(resp.read())
+        assert resp.status == 200 and ready["ready"] and ready["mode"] == "online"
+    default.post({"site": "example.com", "path": "/metrics-check"})
+    text = default.metrics()
+    assert re.search(r'tally_collector_requests_total\{route="/api/v1/collect",status="204"\} [1-9]', text)
+    assert re.search(r'tally_collector_requests_total\{route="/api/v1/collect",status="400"\} [1-9]', text)
+    assert re.search(r"tally_collector_beacons_accepted_total [1-9]", text)
+    assert "tally_collector_spool_entries 0.0" in text
+    assert re.search(r'tally_collector_produce_seconds_bucket\{le="\+Inf"\} [1-9]', text)
+
+
+def test_workers_share_one_port(broker, tmp_path):
+    env = make_env(broker, tmp_path)
+    proc = start_collector(env, tmp_path / "w.log", "--workers", "2")
+    try:
+        c = Collector(env, proc)
+        m = mark()
+        for i in range(40):
+            assert c.post({"site": "example.com", "path": f"/{m}/{i}"})[0] == 204
+        assert len(beacons_for(c, m, 40)) == 40
+        children = Path(f"/proc/{proc.popen.pid}/task/{proc.popen.pid}/children").read_text().split()
+        assert len(children) == 2
+        # Metrics add up over both workers, whichever one serves the scrape.
+        accepted = re.search(r"tally_collector_beacons_accepted_total (\d+)", c.metrics())
+        assert accepted and int(accepted.group(1)) == 40
+    finally:
+        proc.stop()
+    assert not proc.alive()
