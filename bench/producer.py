@@ -1,0 +1,241 @@
+"""Producer SDK benchmark: track() (validation + Avro + produce) vs raw confluent-kafka.
+
+    .venv/bin/python bench/producer.py [--events 200000] [--bootstrap host:port]
+
+Without --bootstrap it starts its own single-node Kafka broker (infra/kafka) in
+a temporary directory and stops it at the end. Both sides use the same producer
+settings (tally.kafka.producer_config: idempotent, acks=all, lz4) and include
+the final flush, so both numbers mean "acknowledged by the broker".
+
+Figures:
+- sdk_events_per_s: one process, Client.track() of catalog events (check(),
+  UUIDv7, Avro single-object encoding, produce keyed by tenant);
+- raw_events_per_s: the same number of pre-encoded messages through a plain
+  confluent-kafka Producer, same run; ratio = sdk / raw (target >= 0.5);
+- track_median_us: median cost of one track() call;
+- middleware overhead per non-reported request (ASGI and WSGI) vs the bare app.
+Targets: >= 100k events/s and ratio >= 0.5. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Producer
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tally.producers.middleware import TallyASGIMiddleware, TallyWSGIMiddleware  # noqa: E402
+from tally.producers.sdk import Client  # noqa: E402
+
+from tally.config import Settings  # noqa: E402
+from tally.kafka import producer_config  # noqa: E402
+from tally.topics import ensure_topics  # noqa: E402
+
+QUEUE = 2_000_000
+
+
+def workload(n: int) -> list[tuple]:
+    """n track() argument tuples: 50 tenants, 10k subjects, the five adoption families."""
+    kinds = [
+        ("report.created", "stored_report", lambda i: {"report_type": "permission_posture", "format": "json",
+                                                       "finding_count": i % 500}),
+        ("operation.started", "operation_run", lambda i: {"operation_type": "policy_sync",
+                                                          "dry_run": i % 2 == 0}),
+        ("onboarding.checkpoint_completed", "onboarding_session",
+         lambda i: {"checkpoint": "permissions_granted", "step_index": i % 5 + 1}),
+        ("support.diagnostics_opened", "tenant", lambda i: {"entry_point": "tenant_dashboard"}),
+        ("review_pack.requested", "review_pack", lambda i: {"include_pii": False, "section_count": 4}),
+    ]
+    out = []
+    for i in range(n):
+        event, subject_type, meta = kinds[i % len(kinds)]
+        out.append((event, f"tenant-{i % 50}", f"ws-{i % 200}", f"u_{i % 1000}",
+                    (subject_type, f"s_{i % 10_000}"), meta(i)))
+    return out
+
+
+def bench_sdk(settings: Settings, work: list[tuple]) -> tuple[float, int]:
+    client = Client(settings, app="bench", strict=True)
+    track = client.track
+    t0 = time.perf_counter()
+    for event, tenant, ws, actor, subject, meta in work:
+        track(event, tenant_id=tenant, workspace_id=ws, actor=actor, subject=subject, metadata=meta)
+    left = client.flush(120)
+    elapsed = time.perf_counter() - t0
+    stats = client.stats()
+    client.close()
+    assert left == 0 and stats.delivered == len(work), stats
+    return len(work) / elapsed, stats.delivered
+
+
+def bench_raw(settings: Settings, work: list[tuple]) -> float:
+    client = Client(settings, app="bench", strict=True)  # only to build identical bytes
+    values = []
+    for event, tenant, ws, actor, subject, meta in work:
+        rec = client._record(event, tenant, ws, actor, subject, meta, None)
+        values.append((client._encode("product_event", rec), tenant))
+    client.close()
+    producer = Producer(producer_config(settings, **{"queue.buffering.max.messages": QUEUE}))
+    topic = settings.topic("product.events")
+    produce = producer.produce
+    t0 = time.perf_counter()
+    for value, key in values:
+        try:
+            produce(topic, value, key)
+        except BufferError:
+            producer.poll(0.05)
+            produce(topic, value, key)
+    left = producer.flush(120)
+    elapsed = time.perf_counter() - t0
+    assert left == 0
+    return len(values) / elapsed
+
+
+def track_median_us(settings: Settings, work: list[tuple]) -> float:
+    client = Client(settings, app="bench", strict=True)
+    track = client.track
+    clock = time.perf_counter_ns
+    costs = []
+    for event, tenant, ws, actor, subject, meta in work:
+        t0 = clock()
+        track(event, tenant_id=tenant, workspace_id=ws, actor=actor, subject=subject, metadata=meta)
+        costs.append(clock() - t0)
+    client.flush(120)
+    client.close()
+    return statistics.median(costs) / 1000
+
+
+def middleware_overhead_us(settings: Settings, n: int = 100_000) -> dict[str, float]:
+    client = Client(settings, app="bench")  # never called: requests are fast and succeed
+
+    async def bare(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    wrapped = TallyASGIMiddleware(bare, client, ("t", "w"))
+    scope = {"type": "http", "method": "GET", "path": "/x", "headers": []}
+
+    async def receive():
+        return {"type": "http.request"}
+
+    async def send(message):
+        pass
+
+    async def drive(app) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await app(scope, receive, send)
+        return time.perf_counter() - t0
+
+    def wsgi_bare(environ, start_response):
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    wsgi_wrapped = TallyWSGIMiddleware(wsgi_bare, client, ("t", "w"))
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}
+
+    def start_response(status, headers, exc_info=None):
+        return None
+
+    def drive_wsgi(app) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            app(environ, start_response)
+        return time.perf_counter() - t0
+
+    # interleave and keep the best of 3 of each, to damp noise on a shared machine
+    a_bare = min(asyncio.run(drive(bare)) for _ in range(3))
+    a_mw = min(asyncio.run(drive(wrapped)) for _ in range(3))
+    w_bare = min(drive_wsgi(wsgi_bare) for _ in range(3))
+    w_mw = min(drive_wsgi(wsgi_wrapped) for _ in range(3))
+    client.close()
+    return {
+        "asgi_bare_us": a_bare / n * 1e6, "asgi_middleware_us": a_mw / n * 1e6,
+        "asgi_overhead_us": (a_mw - a_bare) / n * 1e6,
+        "wsgi_bare_us": w_bare / n * 1e6, "wsgi_middleware_us": w_mw / n * 1e6,
+        "wsgi_overhead_us": (w_mw - w_bare) / n * 1e6,
+    }
+
+
+def start_broker(tmp: Path) -> tuple[object, str]:
+    from tally.infra import kafka
+
+    from tests.conftest import Broker, free_port_pair
+
+    kafka.ensure_jars()
+    port = free_port_pair()
+    data = tmp / "kafka"
+    broker = Broker(f"127.0.0.1:{port}", "kafka", data_dir=data,
+                    command=kafka.broker_command(data, port, 512), log=tmp / "broker.log")
+    broker.start()
+    return broker, broker.bootstrap
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--bootstrap", default="", help="use this Kafka instead of starting one")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each side counts")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="tally-bench-") as tmp:
+        broker = None
+        bootstrap = args.bootstrap
+        if not bootstrap:
+            print("starting a local Kafka broker...", file=sys.stderr)
+            broker, bootstrap = start_broker(Path(tmp))
+        try:
+            settings = Settings.from_env({
+                "TALLY_KAFKA_BOOTSTRAP": bootstrap, "TALLY_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:6]}.",
+                "TALLY_TOPIC_PARTITIONS": "6", "TALLY_STATE_DIR": str(Path(tmp) / "state"),
+                "TALLY_SDK_QUEUE_EVENTS": str(QUEUE), "TALLY_SDK_DELIVERY_TIMEOUT_MS": "120000",
+            })
+            ensure_topics(settings)
+            work = workload(args.events)
+            bench_sdk(settings, work[:5000])  # warm-up: connections, metadata, caches
+            sdk, raw = [], []
+            for r in range(args.rounds):
+                sdk.append(bench_sdk(settings, work)[0])
+                raw.append(bench_raw(settings, work))
+                print(f"round {r + 1}: sdk {sdk[-1]:,.0f} events/s, raw {raw[-1]:,.0f} events/s",
+                      file=sys.stderr)
+            median_us = track_median_us(settings, work[:50_000])
+            mw = middleware_overhead_us(settings)
+        finally:
+            if broker is not None:
+                broker.stop()
+
+    best_sdk, best_raw = max(sdk), max(raw)
+    result = {
+        "events": args.events,
+        "sdk_events_per_s": round(best_sdk),
+        "raw_events_per_s": round(best_raw),
+        "ratio": round(best_sdk / best_raw, 3),
+        "track_median_us": round(median_us, 2),
+        **{k: round(v, 3) for k, v in mw.items()},
+        "target_events_per_s": 100_000,
+        "target_ratio": 0.5,
+        "meets_targets": best_sdk >= 100_000 and best_sdk / best_raw >= 0.5,
+    }
+    print(f"SDK track():   {best_sdk:,.0f} events/s (validation + Avro + produce, flushed)")
+    print(f"raw produce:   {best_raw:,.0f} events/s (pre-encoded, same settings, flushed)")
+    print(f"ratio:         {best_sdk / best_raw:.3f} (target >= 0.5); target 100,000 events/s")
+    print(f"track() median {median_us:.2f} µs")
+    print(f"middleware overhead per non-reported request: ASGI {mw['asgi_overhead_us']:.2f} µs "
+          f"(bare {mw['asgi_bare_us']:.2f} µs), WSGI {mw['wsgi_overhead_us']:.2f} µs "
+          f"(bare {mw['wsgi_bare_us']:.2f} µs)")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
