@@ -1,10 +1,18 @@
-"""Enrichment of one beacon into a pageview. Pure functions: no Kafka, no I/O."""
+"""Enrichment of one beacon into a pageview. Pure functions: no Kafka, no I/O.
+
+Expensive lookups are cached by their input: everything derived from the user agent
+(bot verdict, browser, OS, device class) is computed once per distinct UA string.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
+
+from tally.streams.bots import Verdict, classify_ua
 
 
 def visitor_id(salt: bytes, site: str, ip_pseudonym: str, user_agent: str) -> int:
@@ -14,33 +22,137 @@ def visitor_id(salt: bytes, site: str, ip_pseudonym: str, user_agent: str) -> in
     return int.from_bytes(digest, "big", signed=True)
 
 
-def normalize_path(path: str) -> tuple[str, str]:
-    """(hostname, path) of a path or URL, without query string or fragment."""
+@dataclass(frozen=True)
+class AgentInfo:
+    verdict: Verdict
+    browser: str
+    os: str
+    device: str  # desktop, mobile, tablet or other
+
+
+_DESKTOP_OS = {"Windows", "Mac OS X", "macOS", "Linux", "Ubuntu", "Chrome OS", "ChromeOS", "Fedora",
+               "Debian", "FreeBSD", "OpenBSD", "Linux Mint", "Arch Linux"}
+
+
+def _device_class(ua: str, os_family: str, device_family: str) -> str:
+    if device_family == "iPad" or "Tablet" in ua or "iPad" in ua:
+        return "tablet"
+    if os_family in ("iOS", "Android", "Windows Phone", "KaiOS", "BlackBerry OS", "Symbian OS"):
+        # Android tablets are the Android UAs without "Mobile" (Google's own guidance).
+        return "tablet" if os_family == "Android" and "Mobile" not in ua else "mobile"
+    if os_family in _DESKTOP_OS:
+        return "desktop"
+    return "other"
+
+
+@lru_cache(maxsize=65536)
+def agent_info(ua: str) -> AgentInfo:
+    """Bot verdict plus browser/OS/device class of a user agent; cached per UA string."""
+    verdict = classify_ua(ua)
+    if verdict.bot:
+        return AgentInfo(verdict, "", "", "")
+    from ua_parser import parse
+
+    r = parse(ua)
+    browser = r.user_agent.family if r.user_agent else "Other"
+    os_family = r.os.family if r.os else "Other"
+    device = _device_class(ua, os_family, r.device.family if r.device else "")
+    return AgentInfo(verdict, browser, os_family, device)
+
+
+SEARCH = ("google.", "bing.com", "duckduckgo.com", "yahoo.", "yandex.", "baidu.com", "ecosia.org",
+          "qwant.com", "startpage.com", "search.brave.com", "naver.com", "seznam.cz", "ask.com",
+          "kagi.com", "sogou.com", "so.com", "perplexity.ai")
+SOCIAL = ("facebook.com", "fb.com", "t.co", "twitter.com", "x.com", "linkedin.com", "lnkd.in",
+          "reddit.com", "instagram.com", "youtube.com", "pinterest.", "tiktok.com", "news.ycombinator.com",
+          "threads.net", "bsky.app", "mastodon.", "vk.com", "weibo.com", "telegram.org", "t.me",
+          "whatsapp.com", "snapchat.com", "quora.com", "tumblr.com")
+
+
+def _host_matches(host: str, suffixes: tuple[str, ...]) -> bool:
+    for s in suffixes:
+        if s.endswith("."):  # "google." matches google.com, google.co.uk, www.google.de
+            if host.startswith(s) or f".{s}" in host:
+                return True
+        elif host == s or host.endswith("." + s):
+            return True
+    return False
+
+
+def referrer_source(ref_host: str, page_host: str) -> str:
+    """direct, internal, search, social or other."""
+    if not ref_host:
+        return "direct"
+    if page_host and (ref_host == page_host or ref_host.removeprefix("www.") == page_host.removeprefix("www.")):
+        return "internal"
+    if _host_matches(ref_host, SEARCH):
+        return "search"
+    if _host_matches(ref_host, SOCIAL):
+        return "social"
+    return "other"
+
+
+def normalize_path(path: str) -> tuple[str, str, dict[str, list[str]]]:
+    """(hostname, path, query) of a path or URL: no query string or fragment, no repeated or
+    trailing slashes."""
     parts = urlsplit(path)
     clean = parts.path or "/"
-    return parts.hostname or "", clean
+    while "//" in clean:
+        clean = clean.replace("//", "/")
+    if len(clean) > 1 and clean.endswith("/"):
+        clean = clean.rstrip("/") or "/"
+    if not clean.startswith("/"):
+        clean = "/" + clean
+    query = parse_qs(parts.query) if parts.query else {}
+    return (parts.hostname or ""), clean, query
 
 
-def enrich(beacon: dict[str, Any], salt: bytes) -> dict[str, Any]:
-    host, path = normalize_path(beacon["path"])
-    referrer = beacon.get("referrer") or ""
-    ref_host = urlsplit(referrer).hostname or "" if referrer else ""
+def referrer_host(referrer: str | None) -> str:
+    if not referrer:
+        return ""
+    try:
+        return (urlsplit(referrer).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+def is_spam_referrer(host: str, spam: frozenset[str]) -> bool:
+    """True when the referrer host or one of its parent domains is on the spam list."""
+    if not host or not spam:
+        return False
+    parts = host.split(".")
+    return any(".".join(parts[i:]) in spam for i in range(len(parts) - 1))
+
+
+def enrich(beacon: dict[str, Any], salt: bytes, info: AgentInfo, keep_user_agent: bool = False) -> dict[str, Any]:
+    """The pageview record (schema pageview_batch item) of an accepted beacon. The IP pseudonym
+    is used for the visitor hash and then left behind."""
+    host, path, query = normalize_path(beacon["path"])
+    site = beacon["site"]
+    page_host = host or site
+    ref_host = referrer_host(beacon.get("referrer"))
+    ua = beacon.get("user_agent") or ""
+
+    def utm(name: str) -> str | None:
+        v = query.get(name)
+        return v[0][:200] if v else None
+
     return {
         "event_id": beacon["event_id"],
         "received_at": beacon["received_at"],
-        "site": beacon["site"],
-        "hostname": host or beacon["site"],
+        "site": site,
+        "hostname": page_host,
         "path": path,
-        "event": beacon.get("event", "pageview"),
-        "visitor_id": visitor_id(salt, beacon["site"], beacon["ip_pseudonym"], beacon["user_agent"]),
+        "event": beacon.get("event") or "pageview",
+        "visitor_id": visitor_id(salt, site, beacon.get("ip_pseudonym") or "", ua),
         "referrer_host": ref_host,
-        "referrer_source": "other" if ref_host else "direct",
-        "utm_source": None,
-        "utm_medium": None,
-        "utm_campaign": None,
-        "browser": "",
-        "os": "",
-        "device": "",
-        "user_agent": None,
+        "referrer_source": referrer_source(ref_host, page_host),
+        "utm_source": utm("utm_source"),
+        "utm_medium": utm("utm_medium"),
+        "utm_campaign": utm("utm_campaign"),
+        "browser": info.browser,
+        "os": info.os,
+        "device": info.device,
+        "user_agent": ua if keep_user_agent else None,
         "props": beacon.get("props") or {},
     }

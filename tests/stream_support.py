@@ -1,0 +1,127 @@
+"""Helpers for the stream worker's tests: produce beacon batches straight into beacons.raw,
+read topics back, and recompute window totals from the input (the 'clean recomputation')."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from tally.schemas.codec import default_codec
+from tally.streams.windows import DAY_MS, HOUR_MS, month_bounds
+
+from tally.config import Settings
+from tally.kafka import consumer_config, producer_config
+
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0"
+CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+          "Chrome/126.0.0.0 Safari/537.36")
+IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+          "Version/17.5 Mobile/15E148 Safari/604.1")
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+
+
+def beacon(site: str = "example.com", path: str = "/", ua: str = FIREFOX, ip: str = "ip-1",
+           received_at: datetime | None = None, referrer: str | None = None, datacenter: bool = False,
+           event: str = "pageview") -> dict[str, Any]:
+    return {"event_id": str(uuid.uuid4()), "received_at": received_at or datetime.now(UTC), "site": site,
+            "path": path, "referrer": referrer, "event": event, "props": {}, "user_agent": ua,
+            "ip_pseudonym": ip, "datacenter": datacenter}
+
+
+def produce(settings: Settings, topic: str, values: Iterable[bytes], partition: int | None = None,
+            keys: Iterable[bytes | None] | None = None) -> int:
+    p = Producer(producer_config(settings))
+    n = 0
+    keys = iter(keys) if keys is not None else None
+    for v in values:
+        kw: dict[str, Any] = {} if partition is None else {"partition": partition}
+        if keys is not None:
+            kw["key"] = next(keys)
+        while True:
+            try:
+                p.produce(settings.topic(topic), value=v, **kw)
+                break
+            except BufferError:
+                p.poll(0.1)
+        n += 1
+        p.poll(0)
+    assert p.flush(30) == 0
+    return n
+
+
+def produce_batches(settings: Settings, batches: list[list[dict[str, Any]]], partition: int | None = None) -> int:
+    codec = default_codec()
+    return produce(settings, "beacons.raw", (codec.encode("beacon_batch", {"items": b}) for b in batches), partition)
+
+
+def read_all(settings: Settings, topic: str, timeout: float = 30) -> list[Any]:
+    """Every record of a topic, from the beginning to its current end."""
+    name = settings.topic(topic)
+    c = Consumer(consumer_config(settings, f"test-reader-{uuid.uuid4().hex[:6]}"))
+    try:
+        meta = c.list_topics(name, timeout=timeout).topics[name]
+        ends = {}
+        for p in meta.partitions:
+            lo, hi = c.get_watermark_offsets(TopicPartition(name, p), timeout=timeout)
+            if hi > lo:
+                ends[p] = hi
+        if not ends:
+            return []
+        c.assign([TopicPartition(name, p, 0) for p in ends])
+        out, done = [], set()
+        while len(done) < len(ends):
+            for m in c.consume(10000, timeout=1.0):
+                if m.error():
+                    continue
+                out.append(m)
+                if m.offset() >= ends[m.partition()] - 1:
+                    done.add(m.partition())
+        return out
+    finally:
+        c.close()
+
+
+def decoded(settings: Settings, topic: str, schema: str) -> list[dict[str, Any]]:
+    codec = default_codec()
+    return [codec.decode(schema, m.value()) for m in read_all(settings, topic) if m.value() is not None]
+
+
+def latest_aggregates(settings: Settings) -> dict[tuple[str, str, str, int], tuple[int, int]]:
+    """(kind, scope, dimension, window_start ms) -> (count, uniques), summed over partitions,
+    keeping the highest version per (key, partition): what the sink's ReplacingMergeTree keeps."""
+    best: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for a in decoded(settings, "aggregates", "window_aggregate"):
+        start = int(a["window_start"].timestamp() * 1000)
+        k = (a["kind"], a["scope"], a["dimension"], start, a["partition"])
+        if k not in best or a["version"] > best[k]["version"]:
+            best[k] = a
+    totals: dict[tuple[str, str, str, int], list[int]] = defaultdict(lambda: [0, 0])
+    for (kind, scope, dim, start, _), a in best.items():
+        totals[(kind, scope, dim, start)][0] += a["count"]
+        totals[(kind, scope, dim, start)][1] += a["uniques"]
+    return {k: (v[0], v[1]) for k, v in totals.items()}
+
+
+def expected_aggregates(beacons: Iterable[dict[str, Any]], period: str = "day") -> dict[tuple[str, str, str, int], tuple[int, int]]:
+    """The clean recomputation: pageviews and distinct visitors per site and window, straight
+    from the input. A visitor is (salt period, site, ip pseudonym, UA)."""
+    counts: dict[tuple[str, str, str, int], int] = defaultdict(int)
+    visitors: dict[tuple[str, str, str, int], set[Any]] = defaultdict(set)
+    for b in beacons:
+        ms = int(b["received_at"].timestamp() * 1000)
+        salt_period = b["received_at"].strftime("%Y-%m-%d" if period == "day" else "%Y-%m")
+        who = (salt_period, b["ip_pseudonym"], b["user_agent"])
+        keys = [("site_hour", b["site"], "", ms - ms % HOUR_MS), ("site_day", b["site"], "", ms - ms % DAY_MS),
+                ("site_month", b["site"], "", month_bounds(ms)[0])]
+        for k in keys:
+            counts[k] += b["event"] == "pageview"
+            visitors[k].add(who)
+        if b["event"] == "pageview":
+            counts[("path_day", b["site"], b["path"].split("?")[0], ms - ms % DAY_MS)] += 1
+    out = {k: (counts[k], len(visitors[k])) for k in visitors}
+    out.update({k: (v, 0) for k, v in counts.items() if k[0] == "path_day"})
+    return out
