@@ -19,7 +19,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import re
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from importlib import resources
@@ -264,7 +266,37 @@ def make_app(settings: Settings, worker_index: int = 0) -> web.Application:
     return app
 
 
+_ADDRESS = re.compile(
+    r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.])"  # IPv4
+    r"|(?<![\w:])[0-9A-Fa-f:]*::[0-9A-Fa-f:.]*(?![\w:])"  # IPv6 with ::
+    r"|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])"  # full IPv6
+)
+
+
+class NoAddresses(logging.Filter):
+    """Removes IP addresses from log records, tracebacks included.
+
+    aiohttp's server logs "Error handling request from <client IP>" for
+    malformed requests, and its parser errors quote request lines (which can
+    hold X-Forwarded-For). Raw addresses must not reach the logs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info:
+            exc = record.exc_info[1]
+            if record.name == "aiohttp.server" and type(exc).__module__ == "aiohttp.http_exceptions":
+                text += f": {type(exc).__name__}"  # a client's malformed request: no traceback
+            else:
+                text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            record.exc_info, record.exc_text = None, None
+        record.msg, record.args = _ADDRESS.sub("<address>", text), ()
+        return True
+
+
 def run(settings: Settings, worker_index: int = 0, reuse_port: bool = False) -> None:
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(NoAddresses())
     # access_log=None: aiohttp's default access log line starts with the client IP,
     # and Tally keeps raw IPs out of every log. /metrics counts requests instead.
     web.run_app(make_app(settings, worker_index), host=settings.collector_host,
