@@ -13,6 +13,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from clickhouse_connect.driver.client import Client
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20
@@ -34,6 +35,8 @@ def serve(client: Client, lock: threading.Lock, host: str, port: int) -> Threadi
         def do_GET(self) -> None:
             if self.path == "/healthz":
                 self._send(200, b'{"status":"ok"}')
+            elif self.path == "/metrics":  # the sink's counters (rows, rejects, insert failures, paused)
+                self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
             else:
                 self._send(404, b'{"detail":"not found"}')
 

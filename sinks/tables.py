@@ -1,20 +1,56 @@
-"""How each topic's records become rows: the target table, its columns, and a row builder."""
+"""How each topic's records become rows: the target table, its columns, and a row builder.
+
+Row builders take the record's bytes and return rows in column order, or raise
+Rejected with a named reason; the sink sends rejected records to bad-rows.
+
+Pageviews, the high-volume topic, also have a pass-through path: a
+`pageview_batch` body is `source_partition, source_offset, items[]`, and the
+Avro encoding of the items array is one block of concatenated `Pageview`
+records. Those bytes are already a valid Avro object-container data block, so
+the sink wraps them in a container header and lets ClickHouse parse them
+(`FORMAT Avro`), with no per-row Python work. The Python row builder stays as
+the fallback that isolates a corrupt record.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from typing import Any
 
-from tally.schemas.codec import Codec
+from tally.schemas.catalog import check as check_product_event
+from tally.schemas.codec import MAGIC, Codec, DecodeError, SchemaVersion
 
 PAGEVIEW_COLUMNS = (
     "event_id", "received_at", "site", "hostname", "path", "event", "visitor_id",
     "referrer_host", "referrer_source", "utm_source", "utm_medium", "utm_campaign",
     "browser", "os", "device", "user_agent", "props",
 )
+AGGREGATE_COLUMNS = ("kind", "scope", "dimension", "window_start", "window_end", "partition",
+                     "count", "uniques", "version")
+AGGREGATE_KINDS = frozenset({"site_hour", "site_day", "site_month", "path_day",
+                             "product_family_day", "active_workspaces_day"})
+PRODUCT_COLUMNS = ("event_id", "event", "feature_area", "tenant_id", "workspace_id", "actor_type",
+                   "actor_id", "subject_type", "subject_id", "occurred_at", "app", "metadata")
+DROP_COLUMNS = ("site", "day", "reason", "component", "count")
+BAD_ROW_COLUMNS = ("failed_at", "component", "reason", "detail", "source_topic", "source_partition",
+                   "source_offset", "original")
+
+
+class Rejected(ValueError):
+    """A record the sink cannot store; `reason` is one of a closed set."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+REJECT_REASONS = ("undecodable", "invalid_event", "invalid_aggregate", "invalid_drop")
 
 
 @dataclass(frozen=True)
@@ -22,24 +58,185 @@ class TableMapping:
     topic: str  # without prefix
     table: str
     columns: tuple[str, ...]
-    rows: Callable[[Codec, bytes], Iterable[list[Any]]]
+    rows: Callable[[Codec, bytes], list[list[Any]]]
+    schema: str  # the Avro schema name of the topic's records
+    passthrough: bool = False  # items can be handed to ClickHouse as Avro (see module doc)
 
 
-def _ts(ms: int | datetime) -> datetime:
-    if isinstance(ms, datetime):
-        return ms
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+def _ts(value: int | datetime) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromtimestamp(value / 1000, tz=UTC)
 
 
-def pageview_rows(codec: Codec, value: bytes) -> Iterable[list[Any]]:
-    batch = codec.decode("pageview_batch", value)
+def _decode(codec: Codec, name: str, value: bytes) -> dict[str, Any]:
+    try:
+        return codec.decode(name, value)
+    except DecodeError as exc:
+        raise Rejected("undecodable", str(exc)) from None
+
+
+def pageview_rows(codec: Codec, value: bytes) -> list[list[Any]]:
+    batch = _decode(codec, "pageview_batch", value)
+    rows = []
     for pv in batch["items"]:
         row = [pv[c] for c in PAGEVIEW_COLUMNS]
-        row[0] = uuid.UUID(str(row[0]))
+        row[0] = pv["event_id"] if isinstance(pv["event_id"], uuid.UUID) else uuid.UUID(str(pv["event_id"]))
         row[1] = _ts(row[1])
-        yield row
+        rows.append(row)
+    return rows
+
+
+def aggregate_rows(codec: Codec, value: bytes) -> list[list[Any]]:
+    a = _decode(codec, "window_aggregate", value)
+    if a["kind"] not in AGGREGATE_KINDS:
+        raise Rejected("invalid_aggregate", f"kind {a['kind']!r} is not one of {sorted(AGGREGATE_KINDS)}")
+    for name in ("count", "uniques", "version", "partition"):
+        if a[name] < 0:
+            raise Rejected("invalid_aggregate", f"{name} must be >= 0, got {a[name]}")
+    return [[a["kind"], a["scope"], a["dimension"], _ts(a["window_start"]), _ts(a["window_end"]),
+             a["partition"], a["count"], a["uniques"], a["version"]]]
+
+
+def _metadata_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def product_rows(codec: Codec, value: bytes) -> list[list[Any]]:
+    e = _decode(codec, "product_event", value)
+    problem = check_product_event(e)  # the catalog is the one validator (defence in depth)
+    if problem:
+        raise Rejected("invalid_event", f"{problem[0]}: {problem[1]}")
+    meta = {k: _metadata_value(v) for k, v in (e.get("metadata") or {}).items()}
+    event_id = e["event_id"] if isinstance(e["event_id"], uuid.UUID) else uuid.UUID(str(e["event_id"]))
+    return [[event_id, e["event"], e["feature_area"], e["tenant_id"], e["workspace_id"], e["actor_type"],
+             e["actor_id"], e["subject_type"], e["subject_id"], _ts(e["occurred_at"]), e["app"], meta]]
+
+
+def drop_rows(codec: Codec, value: bytes) -> list[list[Any]]:
+    d = _decode(codec, "drop_count", value)
+    if d["count"] < 0:
+        raise Rejected("invalid_drop", f"count must be >= 0, got {d['count']}")
+    day = d["day"] if isinstance(d["day"], date) else date.fromordinal(date(1970, 1, 1).toordinal() + d["day"])
+    return [[d["site"], day, d["reason"], d["component"], d["count"]]]
+
+
+def bad_row_rows(codec: Codec, value: bytes) -> list[list[Any]]:
+    b = _decode(codec, "bad_row", value)
+    return [[_ts(b["failed_at"]), b["component"], b["reason"], b["detail"], b["source_topic"],
+             b["source_partition"], b["source_offset"], bytes(b["original"])]]
 
 
 MAPPINGS = (
-    TableMapping("pageviews.enriched", "pageviews", PAGEVIEW_COLUMNS, pageview_rows),
+    TableMapping("pageviews.enriched", "pageviews", PAGEVIEW_COLUMNS, pageview_rows, "pageview_batch",
+                 passthrough=True),
+    TableMapping("aggregates", "aggregates", AGGREGATE_COLUMNS, aggregate_rows, "window_aggregate"),
+    TableMapping("product.events", "product_events", PRODUCT_COLUMNS, product_rows, "product_event"),
+    TableMapping("drops", "drops", DROP_COLUMNS, drop_rows, "drop_count"),
+    TableMapping("bad-rows", "bad_rows", BAD_ROW_COLUMNS, bad_row_rows, "bad_row"),
 )
+
+
+# --- Avro pass-through ---------------------------------------------------------------
+
+def _zigzag(n: int) -> bytes:
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n & ~0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _read_long(data: bytes, pos: int) -> tuple[int, int]:
+    shift = n = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise DecodeError("truncated varint")
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return (n >> 1) ^ -(n & 1), pos
+
+
+@dataclass
+class ItemFrames:
+    """Items of one writer schema version, collected as Avro container blocks."""
+
+    version: SchemaVersion
+    columns: tuple[str, ...]
+    blocks: list[bytes] = field(default_factory=list)
+    rows: int = 0
+
+
+class Passthrough:
+    """Splits `pageview_batch` records into (writer version, item count, item bytes)
+    and builds the Avro object container ClickHouse reads."""
+
+    def __init__(self, codec: Codec, schema: str, table_columns: tuple[str, ...]) -> None:
+        self.by_fp = {v.fingerprint: v for v in codec.versions[schema]}
+        self.table_columns = table_columns
+        self.sync = os.urandom(16)
+        self._headers: dict[bytes, tuple[bytes, tuple[str, ...]]] = {}
+
+    def header(self, version: SchemaVersion) -> tuple[bytes, tuple[str, ...]]:
+        cached = self._headers.get(version.fingerprint)
+        if cached is None:
+            items = next(f for f in version.raw["fields"] if f["name"] == "items")["type"]["items"]
+            names = {f["name"] for f in items["fields"]}
+            schema = json.dumps(items).encode()
+            head = bytearray(b"Obj\x01")
+            head += _zigzag(2)
+            for key, val in ((b"avro.schema", schema), (b"avro.codec", b"null")):
+                head += _zigzag(len(key)) + key + _zigzag(len(val)) + val
+            head += _zigzag(0) + self.sync
+            cached = (bytes(head), tuple(c for c in self.table_columns if c in names))
+            self._headers[version.fingerprint] = cached
+        return cached
+
+    def split(self, data: bytes) -> tuple[SchemaVersion, int, bytes]:
+        """(writer version, item count, item bytes) of one record; DecodeError when the
+        record is not a single-block pageview_batch of a known version."""
+        if len(data) < 11 or data[:2] != MAGIC:
+            raise DecodeError("not Avro single-object encoding (missing C3 01 marker)")
+        version = self.by_fp.get(bytes(data[2:10]))
+        if version is None:
+            raise DecodeError(f"fingerprint {bytes(data[2:10]).hex()} is not a known pageview_batch version")
+        _, pos = _read_long(data, 10)  # source_partition
+        _, pos = _read_long(data, pos)  # source_offset
+        count, pos = _read_long(data, pos)
+        if count == 0:
+            if pos != len(data):
+                raise DecodeError("trailing bytes after an empty items array")
+            return version, 0, b""
+        if count < 0:  # a block with its byte size
+            count = -count
+            size, pos = _read_long(data, pos)
+            if pos + size + 1 != len(data):
+                raise DecodeError("items array is not a single block")
+        # The array is the last field: its terminating 0 is the record's last byte.
+        if data[-1] != 0:
+            raise DecodeError("items array is not terminated")
+        return version, count, data[pos:-1]
+
+    def container(self, frames: ItemFrames) -> bytes:
+        head, _ = self.header(frames.version)
+        return head + b"".join(frames.blocks)
+
+    def add(self, frames: dict[bytes, ItemFrames], data: bytes) -> tuple[bytes, int]:
+        """Append one record's items to `frames`; return (writer fingerprint, item count)."""
+        version, count, body = self.split(data)
+        if count:
+            f = frames.get(version.fingerprint)
+            if f is None:
+                f = frames[version.fingerprint] = ItemFrames(version, self.header(version)[1])
+            f.blocks.append(_zigzag(count) + _zigzag(len(body)) + body + self.sync)
+            f.rows += count
+        return version.fingerprint, count
