@@ -127,20 +127,22 @@ class Spool:
         """
         ids: list[int | None] = []
         chunks: list[bytes] = []
+        buffered = 0  # bytes in chunks, not yet written
         used = self.size_bytes
         for payload in payloads:
             need = HEADER.size + len(payload)
             if ids and ids[-1] is None or used + need > self.max_bytes:
                 ids.append(None)
                 continue
-            if self._sizes[self._active] >= self.segment_bytes:
+            if self._sizes[self._active] + buffered >= self.segment_bytes:
                 self._write(chunks)
-                chunks = []
+                chunks, buffered = [], 0
                 self._roll()
             entry_id = self._next_id
             self._next_id += 1
-            offset = self._sizes[self._active] + sum(map(len, chunks)) + HEADER.size
+            offset = self._sizes[self._active] + buffered + HEADER.size
             chunks.append(_record(DATA, entry_id, payload))
+            buffered += need
             self._pending[entry_id] = (self._active, offset, len(payload))
             self._unacked.setdefault(self._active, set()).add(entry_id)
             used += need

@@ -1,0 +1,173 @@
+"""Pure pieces of the collector: body parsing, client address, rate limit, spool files."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import uuid
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tally.producers.collector.client_ip import ClientAddress, parse_address
+from tally.producers.collector.parse import (
+    BadBeacon,
+    json_body,
+    plausible_beacon,
+    tally_beacon,
+    uuid7,
+)
+from tally.producers.collector.ratelimit import RateLimiter
+from tally.producers.collector.spool import HEADER, Spool, SpoolLocked, adopt_orphans
+from tally.schemas.codec import default_codec
+
+ALLOWED = frozenset({"example.com"})
+
+
+# --- parsing -------------------------------------------------------------------
+
+def record(b) -> dict:
+    return {"event_id": uuid7(1_700_000_000_000), "received_at": 1_700_000_000_000, "site": b.site,
+            "path": b.path, "referrer": b.referrer, "event": b.event, "props": b.props,
+            "user_agent": "", "ip_pseudonym": "", "datacenter": False}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=2000) | st.text(max_size=500).map(str.encode))
+def test_any_body_parses_or_is_rejected_by_name(raw):
+    for parse in (tally_beacon, plausible_beacon):
+        try:
+            beacon = parse(json_body(raw), ALLOWED)
+        except BadBeacon as exc:
+            assert str(exc)
+            continue
+        default_codec().encode("beacon_batch", {"items": [record(beacon)]})
+
+
+json_leaf = st.none() | st.booleans() | st.integers() | st.floats() | st.text()
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(["site", "path", "referrer", "event", "props"]),
+                       json_leaf | st.dictionaries(st.text(), json_leaf | st.lists(json_leaf), max_size=35)))
+def test_accepted_beacons_always_encode(body):
+    body.setdefault("site", "example.com")
+    try:
+        beacon = tally_beacon(body, ALLOWED)
+    except BadBeacon:
+        return
+    # Lone surrogates and friends are repaired, so one beacon cannot fail its whole batch.
+    default_codec().encode("beacon_batch", {"items": [record(beacon)]})
+
+
+def test_lone_surrogates_are_repaired():
+    b = tally_beacon(json_body(b'{"site":"example.com","path":"/\\ud800x","props":{"k\\udfff":"v"}}'), ALLOWED)
+    assert b.path == "/?x" and list(b.props) == ["k?"]
+
+
+def test_plausible_mapping():
+    b = plausible_beacon({"n": "Signup", "u": "https://example.com/a?b=1", "d": "example.com",
+                          "r": None, "m": {"plan": "pro"}}, ALLOWED)
+    assert (b.site, b.path, b.referrer, b.event, b.props) == (
+        "example.com", "https://example.com/a?b=1", None, "Signup", {"plan": "pro"})
+    with pytest.raises(BadBeacon, match="^n "):
+        plausible_beacon({"u": "https://example.com/", "d": "example.com"}, ALLOWED)
+
+
+def test_uuid7_is_version_7_and_time_ordered():
+    a, b = uuid.UUID(uuid7(1_700_000_000_000)), uuid.UUID(uuid7(1_700_000_000_001))
+    assert a.version == 7 and a.variant == uuid.RFC_4122 and a < b
+    assert int.from_bytes(a.bytes[:6], "big") == 1_700_000_000_000
+
+
+# --- client address ------------------------------------------------------------------
+
+PROXIES = ClientAddress([ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32")])
+
+
+@pytest.mark.parametrize(("peer", "xff", "want"), [
+    ("203.0.113.5", ["1.1.1.1"], "203.0.113.5"),  # untrusted peer: XFF ignored
+    ("10.0.0.2", [], "10.0.0.2"),
+    ("10.0.0.2", ["198.51.100.1"], "198.51.100.1"),
+    ("10.0.0.2", ["6.6.6.6, 198.51.100.1"], "198.51.100.1"),  # forged prefix ignored
+    ("10.0.0.2", ["6.6.6.6", "198.51.100.1, 10.0.0.9"], "198.51.100.1"),  # two headers, two proxies
+    ("10.0.0.2", ["198.51.100.1:4711"], "198.51.100.1"),
+    ("10.0.0.2", ["[2001:db9::1]:443"], "2001:db9::1"),
+    ("10.0.0.2", ["::ffff:198.51.100.1"], "198.51.100.1"),
+    ("10.0.0.2", ["nonsense, 10.0.0.7"], "10.0.0.7"),  # garbage behind trusted hops: last trusted hop
+    ("2001:db8::1", ["10.0.0.3"], "10.0.0.3"),
+    ("::ffff:10.0.0.2", ["198.51.100.1"], "198.51.100.1"),
+    (None, ["198.51.100.1"], ""),
+])
+def test_rightmost_untrusted_forwarded_address_wins(peer, xff, want):
+    assert PROXIES.resolve(peer, xff) == want
+
+
+@given(st.text(max_size=80), st.lists(st.text(max_size=200), max_size=4))
+def test_client_address_never_raises(peer, xff):
+    out = PROXIES.resolve(peer, xff)
+    assert out == "" or parse_address(out) is not None
+
+
+# --- rate limit ------------------------------------------------------------------------
+
+def test_token_bucket_allows_burst_then_rate():
+    now = [0.0]
+    rl = RateLimiter(rate=2, burst=3, clock=lambda: now[0])
+    assert [rl.allow("a") for _ in range(5)] == [True, True, True, False, False]
+    assert rl.allow("b")  # buckets are per client
+    now[0] += 0.5  # one token back
+    assert [rl.allow("a") for _ in range(2)] == [True, False]
+    now[0] += 100  # idle buckets are forgotten
+    rl.allow("c")
+    assert set(rl._buckets) == {"c"}
+
+
+# --- spool ---------------------------------------------------------------------------------
+
+def test_spool_replays_in_order_and_survives_restart(tmp_path):
+    sp = Spool(tmp_path / "w0", max_bytes=1 << 20, segment_bytes=200)
+    sp.open()
+    ids = sp.append([b"a" * 100, b"b" * 100, b"c" * 100])
+    assert ids == [1, 2, 3] and len(list((tmp_path / "w0").glob("seg-*.log"))) >= 2  # rolled
+    sp.ack([1])
+    sp.close()
+    again = Spool(tmp_path / "w0", max_bytes=1 << 20, segment_bytes=200)
+    again.open()
+    assert again.pending_ids() == [2, 3]
+    assert [again.read(i) for i in again.pending_ids()] == [b"b" * 100, b"c" * 100]
+    assert again.append([b"d"]) == [4]
+    again.ack([2, 3, 4])
+    assert again.pending_count == 0 and again.size_bytes == 0  # everything delivered: files reset
+    again.close()
+
+
+def test_spool_cuts_a_torn_tail_and_refuses_what_does_not_fit(tmp_path):
+    sp = Spool(tmp_path / "w0", max_bytes=3 * (HEADER.size + 100))
+    sp.open()
+    assert sp.append([b"x" * 100, b"y" * 100]) == [1, 2]
+    assert sp.append([b"z" * 100, b"w" * 100]) == [3, None]  # a prefix is spooled, never a gap
+    sp.close()
+    seg = sorted((tmp_path / "w0").glob("seg-*.log"))[-1]
+    with open(seg, "ab") as fh:  # a crash mid-write
+        fh.write(b"TS\x01garbage")
+    again = Spool(tmp_path / "w0", max_bytes=1 << 20)
+    again.open()
+    assert again.pending_ids() == [1, 2, 3]
+    assert os.path.getsize(seg) == 3 * (HEADER.size + 100)
+    again.close()
+
+
+def test_spool_is_owned_by_one_process_and_orphans_are_adopted(tmp_path):
+    old = Spool(tmp_path / "w1", max_bytes=1 << 20)
+    old.open()
+    old.append([b"orphan-1", b"orphan-2"])
+    with pytest.raises(SpoolLocked):
+        Spool(tmp_path / "w1", max_bytes=1 << 20).open()
+    mine = Spool(tmp_path / "w0", max_bytes=1 << 20)
+    mine.open()
+    assert adopt_orphans(mine, tmp_path) == 0  # w1 is still owned
+    old.close()
+    assert adopt_orphans(mine, tmp_path) == 2
+    assert [mine.read(i) for i in mine.pending_ids()] == [b"orphan-1", b"orphan-2"]
+    mine.close()
