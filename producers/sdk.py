@@ -104,8 +104,9 @@ os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(16)))
 _LOW62 = (1 << 62) - 1
 
 
-def uuid7() -> str:
-    ms = time.time_ns() // 1_000_000
+def uuid7(ms: int | None = None) -> str:
+    if ms is None:
+        ms = time.time_ns() // 1_000_000
     r = _rng.getrandbits(74)
     h = "%032x" % ((ms << 80) | (0x7 << 76) | ((r >> 62) << 64) | (0x2 << 62) | (r & _LOW62))
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
@@ -178,7 +179,25 @@ class Client:
         record = self._record(event, tenant_id, workspace_id, actor, subject, metadata, occurred_at)
         if record is None:
             return False
-        return self._send(record, self.max_block)
+        # The common path inline (this runs per event): encode, produce, count.
+        if self._closed:
+            self._drop(CLOSED, "track() after close()")
+            return False
+        try:
+            value = self._encode("product_event", record)
+        except Exception as exc:  # check() passed, so this is a bug; never crash the host
+            self._drop(ENCODE_ERROR, f"{event}: {exc}")
+            return False
+        try:
+            self._produce(self.topic, value, tenant_id)
+        except BufferError:
+            return self._send_when_space(value, tenant_id, self.max_block)
+        except Exception as exc:  # KafkaException after a fatal producer error
+            self._drop(DELIVERY_FAILED, str(exc))
+            return False
+        with self._lock:
+            self._queued += 1
+        return True
 
     def stats(self) -> Stats:
         pending = len(self._producer) if self._producer is not None else 0
@@ -237,8 +256,9 @@ class Client:
                                     for k, v in metadata.items()}
                         break
             spec = CATALOG.get(event)
+            now = time.time_ns() // 1_000_000
             record = {
-                "event_id": uuid7(),
+                "event_id": uuid7(now),
                 "event": event,
                 "feature_area": spec.feature_area if spec is not None else None,
                 "tenant_id": tenant_id,
@@ -247,7 +267,7 @@ class Client:
                 "actor_id": actor_id,
                 "subject_type": subject_type,
                 "subject_id": subject_id,
-                "occurred_at": time.time_ns() // 1_000_000 if occurred_at is None else _millis(occurred_at),
+                "occurred_at": now if occurred_at is None else _millis(occurred_at),
                 "app": self.app,
                 "metadata": metadata or {},
             }
@@ -264,17 +284,13 @@ class Client:
         self._drop(reason, detail)
         return None
 
-    def _send(self, record: dict[str, Any], max_block: float) -> bool:
-        value = self._value(record)
-        if value is None:
-            return False
-        key = record["tenant_id"]
-        outcome = self._offer(value, key)
-        if outcome is None and max_block > 0:
-            deadline = time.monotonic() + max_block
-            while outcome is None and (left := deadline - time.monotonic()) > 0:
-                self._producer.poll(min(left, 0.01))  # serves callbacks, frees queue space
-                outcome = self._offer(value, key)
+    def _send_when_space(self, value: bytes, key: str, max_block: float) -> bool:
+        """The queue was full: wait up to max_block for space, else drop."""
+        outcome = None
+        deadline = time.monotonic() + max_block
+        while outcome is None and (left := deadline - time.monotonic()) > 0:
+            self._producer.poll(min(left, 0.01))  # serves callbacks, frees queue space
+            outcome = self._offer(value, key)
         if outcome is None:
             self._drop(QUEUE_FULL, f"queue of {self.settings.sdk_queue_events} events is full")
             return False
@@ -318,7 +334,9 @@ class Client:
         if err is not None:
             with self._lock:
                 self._failed += 1
-            self._drop(DELIVERY_FAILED, str(err))
+            # Purged at close() were already counted as exit_timeout.
+            if err.code() not in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):
+                self._drop(DELIVERY_FAILED, str(err))
 
     def _on_error(self, err: KafkaError) -> None:
         # Broker down, DNS, auth...: librdkafka retries by itself; queued events

@@ -87,9 +87,18 @@ def _uuid(v: Any, out: list) -> None:
     out.append(b"\x48" + v.encode() if len(v) == 36 else _varint(len(v.encode())) + v.encode())
 
 
+# Events in a burst share their millisecond. One (value, bytes) tuple, swapped
+# whole, so threads never see a value paired with another value's bytes.
+_last_ts: tuple[Any, bytes] = (None, b"")
+
+
 def _timestamp_millis(v: Any, out: list) -> None:
+    global _last_ts
     if v.__class__ is int:
-        out.append(_varint(v))
+        last = _last_ts
+        if last[0] != v:
+            last = _last_ts = (v, _varint(v))
+        out.append(last[1])
         return
     if isinstance(v, _dt.datetime) and v.tzinfo is not None:
         d = v - _EPOCH
