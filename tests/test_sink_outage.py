@@ -1,0 +1,58 @@
+"""ClickHouse refuses inserts for a while (the sink's outage hook makes every insert
+fail as an unreachable server would): the sink retries with backoff, pauses
+consumption, keeps serving queries, and after recovery every event sent during the
+outage is stored exactly once."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+
+import pytest
+
+from tally.stack import http_ok
+from tests.conftest import Env, wait_for
+from tests.helpers import query_rows
+from tests.sink_records import Records, recent_days
+
+pytestmark = pytest.mark.integration
+
+
+def metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    values = [float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
+    return sum(values)
+
+
+def test_outage_then_recovery_loses_nothing(tally_env, spawn, tmp_path):
+    s = tally_env.settings
+    outage = tmp_path / "clickhouse-down"
+    outage.touch()
+    sink = spawn(Env({**tally_env.vars, "TALLY_TEST_SINK_OUTAGE_FILE": str(outage)}), "sink")
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{s.query_port}/healthz"), 60, "sink endpoint")
+
+    rec = Records(s, partitions=4)
+    days = recent_days(2)
+    rec.pageviews(500, days)
+    rec.drop("a.test", days[0], "bot", 4)
+    rec.flush()
+    wait_for(lambda: metric(s.query_port, "tally_sink_paused") == 1, 60, "the sink to pause")
+    rec.pageviews(500, days)  # more traffic while the warehouse is down
+    rec.drop("b.test", days[1], "datacenter", 3)
+    rec.flush()
+    wait_for(lambda: metric(s.query_port, "tally_sink_insert_failures_total") >= 3, 60, "retries")
+    assert query_rows(s, "SELECT count() FROM pageviews")[0][0] == 0  # queries still served
+    assert sink.alive()
+
+    outage.unlink()
+    expected = len(rec.sent.event_ids)
+    wait_for(lambda: query_rows(s, "SELECT count() FROM pageviews")[0][0] >= expected
+             and int(query_rows(s, "SELECT sum(count) FROM drops")[0][0] or 0) >= 7, 90, "recovery")
+    time.sleep(1.5)
+    assert query_rows(s, "SELECT count(), uniqExact(event_id) FROM pageviews")[0] == [expected, expected]
+    assert int(query_rows(s, "SELECT sum(count) FROM drops")[0][0]) == 7
+    assert metric(s.query_port, "tally_sink_paused") == 0
+    out = sink.output()
+    assert "retrying in" in out and "consumption resumed" in out, out[-3000:]
