@@ -194,33 +194,33 @@ def _unsupported() -> Writer:
 
 
 def _record(schema: dict) -> Writer:
-    fields = []
-    for f in schema["fields"]:
-        has_default = "default" in f
-        fields.append((f["name"], compile_writer(f["type"]), has_default, f.get("default")))
-    fields_t = tuple(fields)
-
-    cache = _STR_CACHE
-
-    def write(v: Any, out: list) -> None:
-        if v.__class__ is not dict:
+    """Generates straight-line code for one record: no per-field loop, and string
+    fields look their cached bytes up inline (most of an event is strings)."""
+    env: dict[str, Any] = {"Fallback": Fallback, "MISSING": _MISSING, "cache_get": _STR_CACHE.get,
+                           "_string": _string}
+    lines = ["def write(v, out):",
+             "    if v.__class__ is not dict:",
+             "        raise Fallback",
+             "    get = v.get",
+             "    append = out.append"]
+    for i, f in enumerate(schema["fields"]):
+        w = compile_writer(f["type"])
+        name = f["name"]
+        if not name.isidentifier():  # Avro names are identifiers; never generate odd code
             raise Fallback
-        get = v.get
-        append = out.append
-        for name, w, has_default, default in fields_t:
-            x = get(name, _MISSING)
-            if x is _MISSING:
-                if not has_default:
-                    raise Fallback
-                x = default
-            if w is _string:  # inlined: strings are most of an event
-                b = cache.get(x)
-                if b is not None:
-                    append(b)
-                    continue
-            w(x, out)
-
-    return write
+        if "default" in f:
+            env[f"d{i}"] = f["default"]
+            lines.append(f"    x = get({name!r}, d{i})")
+        else:
+            lines += [f"    x = get({name!r}, MISSING)", "    if x is MISSING:", "        raise Fallback"]
+        if w is _string:
+            lines += ["    b = cache_get(x)", "    if b is None:", "        _string(x, out)",
+                      "    else:", "        append(b)"]
+        else:
+            env[f"w{i}"] = w
+            lines.append(f"    w{i}(x, out)")
+    exec("\n".join(lines), env)  # noqa: S102 - source built above from schema field names
+    return env["write"]
 
 
 _MISSING = object()
@@ -240,15 +240,30 @@ def _array(item: Writer) -> Writer:
 
 
 def _map(value: Writer) -> Writer:
+    # Encoded (key, value) pairs, cached: metadata repeats its keys and most values.
+    # The class is part of the key because True == 1 in a dict.
+    pairs: dict[tuple[str, type, Any], bytes] = {}
+
     def write(v: Any, out: list) -> None:
         if v.__class__ is not dict:
             raise Fallback
+        append = out.append
         if v:
-            out.append(_varint(len(v)))
+            append(_varint(len(v)))
             for k, x in v.items():
-                _string(k, out)
-                value(x, out)
-        out.append(b"\x00")
+                key = (k, x.__class__, x)
+                b = pairs.get(key)
+                if b is None:
+                    part: list = []
+                    _string(k, part)
+                    value(x, part)
+                    b = b"".join(part)
+                    if len(b) <= 96:
+                        if len(pairs) >= _CACHE_MAX:
+                            pairs.clear()
+                        pairs[key] = b
+                append(b)
+        append(b"\x00")
 
     return write
 
