@@ -91,9 +91,13 @@ class Sink:
         try:
             while not self.stopping.is_set():
                 msgs, self.stash = self.stash, []
-                msgs += self.consumer.consume(num_messages=2000, timeout=0.1)
-                for msg in msgs:
+                if not msgs:  # records left over from the last batch go first
+                    msgs = self.consumer.consume(num_messages=2000, timeout=0.1)
+                for i, msg in enumerate(msgs):
                     self._take(msg)
+                    if self.batch.size >= self.s.sink_batch_rows and not self.replay:
+                        self.stash = msgs[i + 1:]  # next batch: the size bound holds
+                        break
                 if self.replay:
                     if self.replay_reached >= set(self.replay) or time.monotonic() > self.replay_deadline:
                         self._finish_replay()

@@ -1,0 +1,175 @@
+"""Sink benchmark: rows/s from Kafka into chDB through the sink, against a direct
+clickhouse-connect columnar insert of the same rows, in the same run.
+
+    .venv/bin/python bench/sink.py [--rows 400000] [--per-record 50] [--bootstrap host:port]
+
+Without --bootstrap it starts its own single-node Kafka broker (infra/kafka) in a
+temporary directory and stops it at the end.
+
+- baseline_rows_per_s: `client.insert(..., column_oriented=True)` of the rows,
+  already as Python column lists, in TALLY_SINK_BATCH_ROWS batches (default
+  10,000), into an empty `pageviews` table of a fresh chDB directory;
+- sink_rows_per_s: the sink (tally.sinks.sink.Sink, the code `tally sink` runs)
+  consuming the same rows as `pageview_batch` records from the broker and inserting
+  them into another fresh chDB directory, with its intents, dedup tokens and
+  offset commits; measured from its first insert to its last, so consumer-group
+  join time is excluded;
+- ratio = sink / baseline. Targets: ratio >= 0.7 and >= 250,000 rows/s.
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from confluent_kafka import Producer  # noqa: E402
+from tally.schemas.codec import default_codec  # noqa: E402
+
+from tally.config import Settings  # noqa: E402
+from tally.kafka import producer_config  # noqa: E402
+from tally.topics import ensure_topics  # noqa: E402
+
+PARTITIONS = 4
+
+
+def items(n: int) -> list[dict]:
+    rnd = random.Random(7)
+    now = int(time.time() * 1000)
+    sources = ["direct", "search", "social", "other"]
+    out = []
+    for i in range(n):
+        out.append({"event_id": str(uuid.uuid4()), "received_at": now - rnd.randrange(86_400_000),
+                    "site": f"site{i % 5}.test", "hostname": f"site{i % 5}.test", "path": f"/page/{rnd.randrange(500)}",
+                    "event": "pageview", "visitor_id": rnd.getrandbits(63), "referrer_host": "www.google.com",
+                    "referrer_source": sources[i % 4], "utm_source": "news" if i % 10 == 0 else None,
+                    "utm_medium": None, "utm_campaign": None, "browser": "Firefox", "os": "Linux",
+                    "device": "desktop", "user_agent": None, "props": {}})
+    return out
+
+
+def baseline(rows: list[dict], batch_rows: int, state: Path) -> float:
+    from tally.sinks.migrate import migrate
+    from tally.sinks.tables import PAGEVIEW_COLUMNS
+    from tally.sinks.warehouse import connect
+
+    settings = Settings.from_env({"TALLY_STATE_DIR": str(state)})
+    client = connect(settings)
+    migrate(client, settings)
+    cols = []
+    for c in PAGEVIEW_COLUMNS:
+        values = [r[c] for r in rows]
+        if c == "event_id":
+            values = [uuid.UUID(v) for v in values]
+        elif c == "received_at":
+            values = [datetime.fromtimestamp(v / 1000, tz=UTC) for v in values]
+        cols.append(values)
+    t0 = time.perf_counter()
+    for start in range(0, len(rows), batch_rows):
+        client.insert("pageviews", [c[start:start + batch_rows] for c in cols],
+                      column_names=list(PAGEVIEW_COLUMNS), column_oriented=True)
+    elapsed = time.perf_counter() - t0
+    assert client.query("SELECT count() FROM pageviews").result_rows[0][0] == len(rows)
+    client.close()
+    return len(rows) / elapsed
+
+
+def through_sink(settings: Settings, total: int) -> tuple[float, int]:
+    from tally.sinks import sink as sink_mod
+    from tally.sinks.migrate import migrate
+    from tally.sinks.warehouse import connect
+
+    client = connect(settings)
+    migrate(client, settings)
+    counter = sink_mod.ROWS.labels(table="pageviews")
+    before = counter._value.get()
+    s = sink_mod.Sink(settings, client)
+    thread = threading.Thread(target=s.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 600
+    t0 = first = None
+    while time.monotonic() < deadline:
+        done = counter._value.get() - before
+        if t0 is None and done > 0:
+            t0, first = time.perf_counter(), done
+        if done >= total:
+            break
+        time.sleep(0.002)
+    t1 = time.perf_counter()
+    s.stopping.set()
+    thread.join(30)
+    stored = client.query("SELECT count() FROM pageviews").result_rows[0][0]
+    client.close()
+    return (total - first) / (t1 - t0), stored
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=400_000)
+    ap.add_argument("--per-record", type=int, default=50, help="pageviews per pageview_batch record")
+    ap.add_argument("--batch-rows", type=int, default=10_000, help="TALLY_SINK_BATCH_ROWS for both sides")
+    ap.add_argument("--bootstrap", default="")
+    args = ap.parse_args()
+
+    broker = None
+    tmp = Path(tempfile.mkdtemp(prefix="tally-bench-sink-"))
+    if not args.bootstrap:
+        from tally.infra import kafka
+
+        from tests.conftest import Broker, free_port_pair
+
+        kafka.ensure_jars()
+        port = free_port_pair()
+        broker = Broker(f"127.0.0.1:{port}", "kafka", data_dir=tmp / "kafka",
+                        command=kafka.broker_command(tmp / "kafka", port, 768), log=tmp / "broker.log")
+        broker.start()
+    try:
+        bootstrap = args.bootstrap or broker.bootstrap
+        tag = uuid.uuid4().hex[:6]
+        settings = Settings.from_env({"TALLY_KAFKA_BOOTSTRAP": bootstrap, "TALLY_TOPIC_PREFIX": f"bench{tag}.",
+                                      "TALLY_TOPIC_PARTITIONS": str(PARTITIONS), "TALLY_APP_ID": f"bench-{tag}",
+                                      "TALLY_STATE_DIR": str(tmp / "sink"), "TALLY_LOG_LEVEL": "warning",
+                                      "TALLY_SINK_BATCH_ROWS": str(args.batch_rows)})
+        ensure_topics(settings)
+        rows = items(args.rows)
+        codec = default_codec()
+        producer = Producer(producer_config(settings))
+        topic = settings.topic("pageviews.enriched")
+        for n, start in enumerate(range(0, len(rows), args.per_record)):
+            batch = {"source_partition": n % PARTITIONS, "source_offset": n,
+                     "items": rows[start:start + args.per_record]}
+            producer.produce(topic, codec.encode("pageview_batch", batch), partition=n % PARTITIONS)
+            if n % 1000 == 0:
+                producer.poll(0)
+        assert producer.flush(60) == 0
+        print(f"produced {len(rows)} rows in {len(rows) // args.per_record} records", flush=True)
+
+        base = baseline(rows, settings.sink_batch_rows, tmp / "baseline")
+        print(f"direct columnar insert: {base:,.0f} rows/s", flush=True)
+        sink_rate, stored = through_sink(settings, len(rows))
+        print(f"through the sink:       {sink_rate:,.0f} rows/s ({stored} rows stored)", flush=True)
+        assert stored == len(rows), f"sink stored {stored} of {len(rows)} rows"
+        ratio = sink_rate / base
+        print(f"ratio sink/direct: {ratio:.2f} (target >= 0.7); sink target >= 250,000 rows/s")
+        print(json.dumps({"bench": "sink", "rows": len(rows), "rows_per_record": args.per_record,
+                          "batch_rows": settings.sink_batch_rows, "sink_rows_per_s": round(sink_rate),
+                          "baseline_rows_per_s": round(base), "ratio": round(ratio, 3),
+                          "target_ratio": 0.7, "target_rows_per_s": 250_000}))
+    finally:
+        if broker:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    main()
