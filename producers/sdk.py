@@ -104,12 +104,21 @@ os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(16)))
 _LOW62 = (1 << 62) - 1
 
 
+_last_prefix: tuple[int, str] = (-1, "")  # (ms, "tttttttt-tttt-7"), swapped whole
+
+
 def uuid7(ms: int | None = None) -> str:
+    global _last_prefix
     if ms is None:
         ms = time.time_ns() // 1_000_000
+    last = _last_prefix
+    if last[0] != ms:
+        h = f"{ms:012x}"
+        last = _last_prefix = (ms, f"{h[:8]}-{h[8:]}-7")
     r = _rng.getrandbits(74)
-    h = "%032x" % ((ms << 80) | (0x7 << 76) | ((r >> 62) << 64) | (0x2 << 62) | (r & _LOW62))
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    rb = r & _LOW62
+    # 12 random bits, then variant 10 + 62 random bits
+    return f"{last[1]}{r >> 62:03x}-{0x8000 | (rb >> 48):04x}-{rb & 0xFFFFFFFFFFFF:012x}"
 
 
 def _millis(value: datetime | int | float) -> int:
@@ -249,12 +258,6 @@ class Client:
                 subject_type, subject_id = "", None
             else:
                 subject_type, subject_id = subject
-            if metadata:
-                for v in metadata.values():
-                    if isinstance(v, datetime):
-                        metadata = {k: _millis(v) if isinstance(v, datetime) else v
-                                    for k, v in metadata.items()}
-                        break
             spec = CATALOG.get(event)
             now = time.time_ns() // 1_000_000
             record = {
@@ -274,6 +277,15 @@ class Client:
         except (TypeError, ValueError) as exc:
             return self._reject("bad_type", f"{event!r}: {exc}")
         bad = check(record)
+        if bad is not None and metadata and any(isinstance(v, datetime) for v in metadata.values()):
+            # Aware datetimes are sent as epoch ms; converted only when present, so
+            # the common call pays nothing for it.
+            try:
+                record["metadata"] = {k: _millis(v) if isinstance(v, datetime) else v
+                                      for k, v in metadata.items()}
+            except ValueError as exc:
+                return self._reject("bad_type", f"{event}: {exc}")
+            bad = check(record)
         if bad is not None:
             return self._reject(*bad)
         return record

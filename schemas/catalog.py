@@ -223,7 +223,8 @@ _EVENTS: tuple[Event, ...] = (
           {"project_id": _id("Project tracked.", required=True),
            "time_entry_id": _id("Time entry created."),
            "task_id": _id("Associated task, if any.", nullable=True),
-           "duration_seconds": _int("Duration in seconds.", max=31_536_000)},
+           "duration_seconds": _int("Duration in seconds.", max=31_536_000),
+           "started_at": _ts("When the timer was started.")},
           subject_type="timer", source="seed 004"),
     # seed 004's `report.generated`, renamed: feature area `report` is seed 003's
     # "Stored reports" family and must count stored reports only.
@@ -431,7 +432,7 @@ def _check(record: Mapping[str, Any]) -> tuple[str, str] | None:
     metadata = record.get("metadata")
     if metadata is None:
         metadata = {}
-    elif not isinstance(metadata, Mapping):
+    elif metadata.__class__ is not dict and not isinstance(metadata, Mapping):
         return "bad_type", f"{name}: metadata must be a mapping of key to scalar value"
     props = spec.props
     safe_values = _SAFE_VALUES

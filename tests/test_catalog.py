@@ -123,3 +123,16 @@ def test_memo_does_not_leak_between_events():
     assert check(record(metadata={"report_type": "pdf"})) is None
     assert check(record(metadata={"report_type": "x", "format": "pdf"})) is None
     assert check(record(metadata={"report_type": "x", "format": "entra_admin_roles"}))[0] == "bad_value"
+
+
+def test_sdk_event_ids_are_uuid7():
+    import uuid
+
+    from tally.producers.sdk import uuid7
+
+    ids = {uuid7() for _ in range(2000)}
+    assert len(ids) == 2000
+    for s in list(ids)[:50] + [uuid7(1763780000000)]:
+        u = uuid.UUID(s)
+        assert u.version == 7 and u.variant == uuid.RFC_4122 and str(u) == s
+    assert uuid7(1763780000000).startswith("019aa97a-f900-7")

@@ -217,3 +217,20 @@ def test_broker_outage_bounded_and_counted_then_recovers(tmp_path: Path):
         if client is not None:
             client.close(1)
         broker.stop()
+
+
+def test_datetime_metadata_is_sent_as_epoch_ms(tally_env: Env):
+    started = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    with Client(tally_env.settings, strict=True) as client:
+        assert client.track("timer.stopped", tenant_id="t", workspace_id="w", actor="u1",
+                            metadata={"project_id": "p1", "started_at": started, "duration_seconds": 60})
+        with pytest.raises(RejectedEvent, match="'duration_seconds'"):  # a datetime is no integer
+            client.track("timer.stopped", tenant_id="t", workspace_id="w",
+                         metadata={"project_id": "p1", "duration_seconds": started})
+        with pytest.raises(RejectedEvent, match="naive datetime"):
+            client.track("timer.stopped", tenant_id="t", workspace_id="w",
+                         metadata={"project_id": "p1", "started_at": datetime(2026, 5, 1)})
+        assert client.flush(20) == 0
+    [msg] = read_all(tally_env.settings, 1)
+    meta = Codec().decode("product_event", msg.value())["metadata"]
+    assert meta["started_at"] == int(started.timestamp() * 1000)
