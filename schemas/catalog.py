@@ -359,7 +359,7 @@ def _check_value(event: str, key: str, prop: Prop, value: Any) -> tuple[str, str
 # Values already found safe, so repeated ids and enum values cost one set
 # lookup (a track() call must stay within a few µs). Bounded: cleared when full.
 _SAFE_IDS: set[str] = set()
-_SAFE_VALUES: set[tuple[str, str, Any]] = set()
+_SAFE_VALUES: dict[str, dict[str, set[Any]]] = {}  # event -> key -> safe values
 _SAFE_MAX = 65536
 
 
@@ -435,15 +435,15 @@ def _check(record: Mapping[str, Any]) -> tuple[str, str] | None:
     elif metadata.__class__ is not dict and not isinstance(metadata, Mapping):
         return "bad_type", f"{name}: metadata must be a mapping of key to scalar value"
     props = spec.props
-    safe_values = _SAFE_VALUES
+    memo = _SAFE_VALUES.get(name)
+    if memo is None:
+        memo = _SAFE_VALUES[name] = {}
     for key, value in metadata.items():
-        if value.__class__ is str or value.__class__ is int:
-            # (name, key, value) is hashable here; bool/None are cheap to check anyway
-            memo = (name, key, value)
-            if memo in safe_values:
-                continue
-        else:
-            memo = None
+        # Only str/int values are memoised (True == 1 in a set); no tuple allocated.
+        cls = value.__class__
+        known = memo.get(key) if cls is str or cls is int else None
+        if known is not None and value in known:
+            continue
         prop = props.get(key) if isinstance(key, str) else None
         if prop is None:
             allowed = ", ".join(props) or "none"
@@ -452,10 +452,12 @@ def _check(record: Mapping[str, Any]) -> tuple[str, str] | None:
         bad = _check_value(name, key, prop, value)
         if bad:
             return bad
-        if memo is not None:
-            if len(safe_values) >= _SAFE_MAX:
-                safe_values.clear()
-            safe_values.add(memo)
+        if cls is str or cls is int:
+            if known is None:
+                known = memo[key] = set()
+            elif len(known) >= _SAFE_MAX:
+                known.clear()
+            known.add(value)
     for key in spec.required:
         if key not in metadata:
             return "missing_field", f"{name}: metadata key {key!r} is required"

@@ -240,9 +240,10 @@ def _array(item: Writer) -> Writer:
 
 
 def _map(value: Writer) -> Writer:
-    # Encoded (key, value) pairs, cached: metadata repeats its keys and most values.
-    # The class is part of the key because True == 1 in a dict.
-    pairs: dict[tuple[str, type, Any], bytes] = {}
+    # Encoded (key, value) pairs, cached per key then value: metadata repeats its
+    # keys and most values. Only str and int values are cached (True == 1 in a
+    # dict, so booleans must not share the int cache); no tuple is allocated.
+    pairs: dict[str, dict[Any, bytes]] = {}
 
     def write(v: Any, out: list) -> None:
         if v.__class__ is not dict:
@@ -251,18 +252,27 @@ def _map(value: Writer) -> Writer:
         if v:
             append(_varint(len(v)))
             for k, x in v.items():
-                key = (k, x.__class__, x)
-                b = pairs.get(key)
-                if b is None:
-                    part: list = []
-                    _string(k, part)
-                    value(x, part)
-                    b = b"".join(part)
-                    if len(b) <= 96:
-                        if len(pairs) >= _CACHE_MAX:
-                            pairs.clear()
-                        pairs[key] = b
-                append(b)
+                cls = x.__class__
+                if cls is str or cls is int:
+                    by_value = pairs.get(k)
+                    b = by_value.get(x) if by_value is not None else None
+                    if b is None:
+                        part: list = []
+                        _string(k, part)
+                        value(x, part)
+                        b = b"".join(part)
+                        if len(b) <= 96 and k.__class__ is str:
+                            if by_value is None:
+                                if len(pairs) >= 1024:
+                                    pairs.clear()
+                                by_value = pairs[k] = {}
+                            if len(by_value) >= _CACHE_MAX:
+                                by_value.clear()
+                            by_value[x] = b
+                    append(b)
+                else:
+                    _string(k, out)
+                    value(x, out)
         append(b"\x00")
 
     return write

@@ -136,3 +136,9 @@ def test_sdk_event_ids_are_uuid7():
         u = uuid.UUID(s)
         assert u.version == 7 and u.variant == uuid.RFC_4122 and str(u) == s
     assert uuid7(1763780000000).startswith("019aa97a-f900-7")
+
+
+def test_memo_keeps_bool_and_int_apart():
+    ok = record("report.created", metadata={"report_type": "x", "finding_count": 1})
+    assert check(ok) is None
+    assert check(record("report.created", metadata={"report_type": "x", "finding_count": True}))[0] == "bad_type"

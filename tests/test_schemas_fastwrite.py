@@ -55,3 +55,14 @@ def test_unusual_values_fall_back_to_fastavro_errors():
            "count": 1, "uniques": 1, "version": 1}
     v = CODEC.latest("window_aggregate")
     assert CODEC.encode("window_aggregate", rec) == MAGIC + v.fingerprint + _fastavro(v.writer, rec)
+
+
+def test_cached_pairs_keep_bool_and_int_apart():
+    v = CODEC.latest("product_event")
+    base = {"event_id": str(uuid.uuid4()), "event": "e.x", "feature_area": "e", "tenant_id": "t",
+            "workspace_id": "w", "occurred_at": 5}
+    for meta in ({"a": 1}, {"a": True}, {"a": 1}, {"a": "1"}, {"a": None}, {"a": False}, {"a": 0}):
+        rec = {**base, "metadata": meta}
+        assert CODEC.encode("product_event", rec) == MAGIC + v.fingerprint + _fastavro(v.writer, rec)
+        assert CODEC.decode("product_event", CODEC.encode("product_event", rec))["metadata"] == meta
+        assert type(CODEC.decode("product_event", CODEC.encode("product_event", rec))["metadata"]["a"]) is type(meta["a"])
