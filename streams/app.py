@@ -75,7 +75,7 @@ def read_changelog(settings: Settings, topic: str, partition: int) -> list[bytes
         c.assign([TopicPartition(topic, partition, low)])
         out: list[bytes] = []
         while True:
-            msgs = c.consume(5000, timeout=1.0)
+            msgs = c.consume(5000, timeout=0.2)
             done = False
             for m in msgs:
                 if m.error():

