@@ -247,6 +247,9 @@ from tally.schemas.cli import catalog, schemas  # noqa: E402
 
 main.add_command(schemas)
 main.add_command(catalog)
+from tally.streams.cli import classify_ua_command  # noqa: E402
+
+main.add_command(classify_ua_command)
 
 
 if __name__ == "__main__":
