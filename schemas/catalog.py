@@ -90,6 +90,9 @@ class Event:
     props: Mapping[str, Prop] = field(default_factory=dict)
     subject_type: str = ""            # the subject type it refers to, "" when none
     source: str = ""                  # which seed example it comes from
+    # Seed 003: adoption telemetry records user-initiated actions only; scheduled
+    # or initiator-less system actions are not adoption.
+    user_initiated: bool = False
 
     @cached_property
     def required(self) -> tuple[str, ...]:
@@ -151,34 +154,34 @@ _EVENTS: tuple[Event, ...] = (
                                   "baseline_captured", "readiness_confirmed"), required=True),
            "step_index": _int("1-based position of the checkpoint in the flow.", max=50),
            "resumed": _bool("True when the flow was resumed from an earlier session.")},
-          subject_type="onboarding_session", source="seed 003"),
+          subject_type="onboarding_session", source="seed 003", user_initiated=True),
     Event("support.diagnostics_opened", "support",
           "A user explicitly opened the support diagnostics of a tenant.",
           "On the explicit open action that succeeded (not on a Livewire re-render).",
           {"entry_point": _enum("Where diagnostics were opened from.",
                                 _e("tenant_dashboard", "operation_detail"), required=True),
            "operation_run_id": _id("Operation run the diagnostics were opened for, if any.", nullable=True)},
-          subject_type="tenant", source="seed 003"),
+          subject_type="tenant", source="seed 003", user_initiated=True),
     Event("operation.started", "operation",
           "A user started a tenant-bound operation.",
           "After the operation run is created by a user action (scheduled/system runs are not adoption).",
           {"operation_type": _type("Canonical operation type, e.g. policy_sync or backup_restore.", required=True),
            "dry_run": _bool("True for a preview run that changes nothing.")},
-          subject_type="operation_run", source="seed 003"),
+          subject_type="operation_run", source="seed 003", user_initiated=True),
     Event("report.created", "report",
           "A stored report was created.",
           "After the stored report is persisted.",
           {"report_type": _type("Canonical report type, e.g. entra_admin_roles or permission_posture.", required=True),
            "format": _enum("Storage format of the report.", _e("json", "pdf", "csv", "html")),
            "finding_count": _int("Number of findings in the report.", max=1_000_000)},
-          subject_type="stored_report", source="seed 003"),
+          subject_type="stored_report", source="seed 003", user_initiated=True),
     Event("review_pack.requested", "review_pack",
           "A user requested generation of a review pack.",
           "After the generation request is accepted (queued), not when it completes.",
           {"include_pii": _bool("Whether the pack was requested with personal data included."),
            "section_count": _int("Number of sections requested.", max=100),
            "source": _enum("Where it was requested from.", _e("tenant_dashboard", "review_list", "api"))},
-          subject_type="review_pack", source="seed 003"),
+          subject_type="review_pack", source="seed 003", user_initiated=True),
     # --- seeds 001 and 004: a handful of everyday product events --------------
     Event("ticket.created", "ticket",
           "A new ticket was created.",
@@ -416,6 +419,10 @@ def _check(record: Mapping[str, Any]) -> tuple[str, str] | None:
         bad = _check_ref(name, "actor_id", actor_id, False)
         if bad:
             return bad
+    if spec.user_initiated and (actor_type != "user" or not actor_id):
+        return ("bad_value" if actor_id else "missing_field",
+                f"{name}: adoption events are user-initiated; actor must be a user with an id "
+                f"(got actor_type {actor_type!r}, actor_id {actor_id!r})")
     subject_type = get("subject_type") or ""
     if subject_type and subject_type != spec.subject_type:
         expected = repr(spec.subject_type) if spec.subject_type else "empty (this event has no subject)"
@@ -501,7 +508,8 @@ def events_markdown() -> str:
         for e in events:
             out += ["", f"### `{e.name}`", "", e.doc, "", f"**Fires:** {e.fires}", ""]
             subject = f"`{e.subject_type}`" if e.subject_type else "none"
-            out.append(f"**Subject type:** {subject}" + (f" · **From:** {e.source}" if e.source else ""))
+            out.append(f"**Subject type:** {subject}" + (f" · **From:** {e.source}" if e.source else "")
+                       + (" · **Actor:** a user (user-initiated only)" if e.user_initiated else ""))
             out.append("")
             if not e.props:
                 out.append("No metadata.")

@@ -142,3 +142,15 @@ def test_memo_keeps_bool_and_int_apart():
     ok = record("report.created", metadata={"report_type": "x", "finding_count": 1})
     assert check(ok) is None
     assert check(record("report.created", metadata={"report_type": "x", "finding_count": True}))[0] == "bad_type"
+
+
+def test_adoption_events_are_user_initiated():
+    assert check(record("operation.started", metadata={"operation_type": "policy_sync"})) is None
+    reason, detail = check(record("operation.started", actor_type="system", actor_id="",
+                                  metadata={"operation_type": "policy_sync"}))
+    assert reason == "missing_field" and "user-initiated" in detail
+    assert check(record("operation.started", actor_type="service", actor_id="scheduler",
+                        metadata={"operation_type": "policy_sync"}))[0] == "bad_value"
+    # other events may come from services (e.g. the request middleware)
+    assert check(record("ticket.created", actor_type="service", actor_id="importer", subject_type="ticket",
+                        metadata={"ticket_type": "incident"})) is None

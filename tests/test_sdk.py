@@ -97,11 +97,12 @@ def test_unsafe_metadata_rejected_naming_the_key(tally_env: Env, metadata, key):
     settings = tally_env.settings
     with Client(settings, strict=True) as strict:
         with pytest.raises(RejectedEvent) as exc:
-            strict.track("report.created", tenant_id="t", workspace_id="w", metadata=metadata)
+            strict.track("report.created", tenant_id="t", workspace_id="w", actor="u_1", metadata=metadata)
         assert f"'{key}'" in str(exc.value) and "report.created" in str(exc.value)
         assert exc.value.reason in ("unsafe_value", "unknown_key")
     with Client(settings) as lenient:  # production default: drop and count, never raise
-        assert lenient.track("report.created", tenant_id="t", workspace_id="w", metadata=metadata) is False
+        assert lenient.track("report.created", tenant_id="t", workspace_id="w", actor="u_1",
+                             metadata=metadata) is False
         assert lenient.stats().dropped == {exc.value.reason: 1}
         assert lenient.stats().queued == 0
 
@@ -132,7 +133,7 @@ def test_async_flavour(tally_env: Env):
     async def main() -> None:
         async with AsyncClient(settings, strict=True) as client:
             ok = await client.track("review_pack.requested", tenant_id="t1", workspace_id="w1",
-                                    actor=("service", "svc_1"), subject=("review_pack", "rp_1"),
+                                    actor="u_7", subject=("review_pack", "rp_1"),
                                     metadata={"include_pii": False, "section_count": 3})
             assert ok
             assert await client.flush(20) == 0
@@ -141,7 +142,7 @@ def test_async_flavour(tally_env: Env):
     asyncio.run(main())
     [msg] = read_all(settings, 1)
     rec = Codec().decode("product_event", msg.value())
-    assert rec["event"] == "review_pack.requested" and rec["actor_type"] == "service"
+    assert rec["event"] == "review_pack.requested" and rec["actor_id"] == "u_7"
 
 
 def test_flush_at_interpreter_exit(tally_env: Env):
