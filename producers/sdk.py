@@ -277,7 +277,8 @@ class Client:
         except (TypeError, ValueError) as exc:
             return self._reject("bad_type", f"{event!r}: {exc}")
         bad = check(record)
-        if bad is not None and metadata and any(isinstance(v, datetime) for v in metadata.values()):
+        if (bad is not None and isinstance(metadata, Mapping)
+                and any(isinstance(v, datetime) for v in metadata.values())):
             # Aware datetimes are sent as epoch ms; converted only when present, so
             # the common call pays nothing for it.
             try:

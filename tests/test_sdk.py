@@ -235,3 +235,18 @@ def test_datetime_metadata_is_sent_as_epoch_ms(tally_env: Env):
     [msg] = read_all(tally_env.settings, 1)
     meta = Codec().decode("product_event", msg.value())["metadata"]
     assert meta["started_at"] == int(started.timestamp() * 1000)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"metadata": ["report_type", "x"]},
+    {"metadata": {"report_type": "x"}, "actor": ("user", "u", "extra")},
+    {"metadata": {"report_type": "x"}, "actor": 42},
+    {"metadata": {"report_type": "x"}, "subject": "stored_report"},
+    {"metadata": {"report_type": "x"}, "occurred_at": "yesterday"},
+    {"metadata": {"report_type": "x"}, "occurred_at": datetime(2026, 1, 1)},
+])
+def test_garbage_arguments_never_crash_lenient_mode(tally_env: Env, kwargs):
+    with Client(tally_env.settings) as client:
+        kwargs = {"actor": "u1", **kwargs}
+        assert client.track("report.created", tenant_id="t", workspace_id="w", **kwargs) is False
+        assert sum(client.stats().dropped.values()) == 1 and client.stats().queued == 0
