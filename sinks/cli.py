@@ -117,7 +117,7 @@ def _ranked(name: str, help_text: str, build: Callable[[str, Any, int], str]) ->
 def _register_ranked() -> None:
     from tally.sinks import reports
 
-    _ranked("top-pages", "Most viewed paths of a site in the window (raw events).", reports.top_pages_sql)
+    _ranked("top-pages", "Most viewed paths of a site in the window (path_day aggregates).", reports.top_pages_sql)
     _ranked("sources", "Traffic sources (referrer class, host, UTM) of a site in the window.", reports.sources_sql)
     for kind, what in (("browsers", "Browsers"), ("os", "Operating systems"), ("devices", "Device classes")):
         _ranked(kind, f"{what} of a site's visitors in the window.",

@@ -32,15 +32,13 @@ class Window:
 
 
 def stats_sql(site: str, w: Window) -> str:
-    """Daily pageviews and visitors of one site, from the aggregates (every day of the
-    window is listed; a day without traffic shows 0)."""
-    days = (w.date_to - w.date_from).days + 1
+    """Daily pageviews and visitors of one site, from the aggregates; every day of the
+    window is listed (WITH FILL), a day without traffic shows 0."""
+    lo, hi = literal(w.date_from), literal(w.date_to)
     return (
-        "SELECT d.day AS day, ifNull(s.pageviews, 0) AS pageviews, ifNull(s.visitors, 0) AS visitors\n"
-        f"FROM (SELECT {literal(w.date_from)}::Date + number AS day FROM numbers({days})) AS d\n"
-        "LEFT JOIN (SELECT day, pageviews, visitors FROM site_stats_daily\n"
-        f"           WHERE site = {literal(site)} AND day BETWEEN {literal(w.date_from)} AND {literal(w.date_to)}) AS s\n"
-        "ON s.day = d.day\nORDER BY day"
+        "SELECT day, pageviews, visitors FROM site_stats_daily\n"
+        f"WHERE site = {literal(site)} AND day BETWEEN {lo} AND {hi}\n"
+        f"ORDER BY day WITH FILL FROM toDate({lo}) TO toDate({hi}) + 1"
     )
 
 

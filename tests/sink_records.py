@@ -36,13 +36,15 @@ class Sent:
     event_ids: set[str] = field(default_factory=set)
     # (site, day, stream partition) -> [pageviews, set of visitors]
     cells: dict[tuple[str, date, int], list] = field(default_factory=lambda: defaultdict(lambda: [0, set()]))
+    # (site, day, path, stream partition) -> [pageviews, set of visitors]
+    path_cells: dict[tuple[str, date, str, int], list] = field(default_factory=lambda: defaultdict(lambda: [0, set()]))
     drops: int = 0
 
-    def add(self, site: str, d: date, partition: int, visitor: int, event_id: str) -> None:
+    def add(self, site: str, d: date, path: str, partition: int, visitor: int, event_id: str) -> None:
         self.event_ids.add(event_id)
-        entry = self.cells[(site, d, partition)]
-        entry[0] += 1
-        entry[1].add(visitor)
+        for entry in (self.cells[(site, d, partition)], self.path_cells[(site, d, path, partition)]):
+            entry[0] += 1
+            entry[1].add(visitor)
 
     def site_days(self) -> dict[tuple[str, str], tuple[int, int]]:
         """(site, 'YYYY-MM-DD') -> (pageviews, visitors)."""
@@ -80,10 +82,9 @@ class Records:
             visitor = 1000 + (i * 7) % 97
             eid = str(uuid.uuid4())
             ts = day_ms(d) + (i * 9973) % DAY_MS
-            p = visitor % self.partitions
-            by_partition[p].append(
-                pageview(eid, ts, site, f"/page/{i % 6}", visitor, "search" if i % 3 == 0 else "direct"))
-            self.sent.add(site, d, p, visitor, eid)
+            p, path = visitor % self.partitions, f"/page/{i % 6}"
+            by_partition[p].append(pageview(eid, ts, site, path, visitor, "search" if i % 3 == 0 else "direct"))
+            self.sent.add(site, d, path, p, visitor, eid)
         for p, items in by_partition.items():
             for start in range(0, len(items), per_batch):
                 self._offset += 1
@@ -98,6 +99,12 @@ class Records:
                       "window_end": day_ms(d) + DAY_MS, "partition": p,
                       "count": count + (skew if n == 0 else 0), "uniques": len(visitors), "version": version}
             key = f"site_day|{site}||{day_ms(d)}|{p}".encode()
+            self.produce("aggregates", self.codec.encode("window_aggregate", record), key=key)
+        for (site, d, path, p), (count, visitors) in sorted(self.sent.path_cells.items()):
+            record = {"kind": "path_day", "scope": site, "dimension": path, "window_start": day_ms(d),
+                      "window_end": day_ms(d) + DAY_MS, "partition": p, "count": count,
+                      "uniques": len(visitors), "version": version}
+            key = f"path_day|{site}|{path}|{day_ms(d)}|{p}".encode()
             self.produce("aggregates", self.codec.encode("window_aggregate", record), key=key)
 
     def product_event(self, family_event: str, feature_area: str, tenant: str, workspace: str, when: datetime,

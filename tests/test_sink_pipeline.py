@@ -108,6 +108,10 @@ def test_sink_stores_every_topic_exactly(tally_env, spawn):
     out = tally(tally_env, "query", "top-pages", "--site", "a.test", "--from", lo, "--to", hi, "--format", "csv")
     assert out.returncode == 0 and out.stdout.splitlines()[0] == '"path","pageviews","visitors"', out
     assert sum(int(line.split(",")[1]) for line in out.stdout.splitlines()[1:]) == 300
+    # top_pages (aggregates) and top_pages_raw (raw rows) agree on every path.
+    args = f"site = 'a.test', date_from = '{lo}', date_to = '{hi}'"
+    assert query_rows(s, f"SELECT path, pageviews FROM top_pages({args})") == \
+        query_rows(s, f"SELECT path, pageviews FROM top_pages_raw({args})")
     out = tally(tally_env, "query", "adoption", "--from", str(now.date() - timedelta(days=1)),
                 "--to", str(now.date()), "--format", "json")
     adoption = {r["family"]: (int(r["events"]), int(r["active_workspaces"])) for r in json.loads(out.stdout)["data"]}

@@ -39,9 +39,24 @@ SELECT site, day, reason, component, sum(count) AS dropped
 FROM drops
 GROUP BY site, day, reason, component;
 
--- Raw-table reports over a date range (inclusive), as parameterized views:
+-- Reports over a date range (inclusive), as parameterized views:
 --   SELECT * FROM top_pages(site = 'example.com', date_from = '2026-11-01', date_to = '2026-11-30') LIMIT 10
+--
+-- top_pages reads the stream's path_day aggregates, so it answers for any window,
+-- also after the raw rows expired. Its visitors are summed per day (a visitor
+-- counts once per path and day: with the default daily salt that is all a
+-- visitor id can tell). top_pages_raw computes the same from the raw rows with
+-- uniqExact over the whole window.
 CREATE OR REPLACE VIEW top_pages AS
+SELECT dimension AS path, sum(count) AS pageviews, sum(uniques) AS visitors
+FROM aggregates FINAL
+WHERE kind = 'path_day' AND scope = {site:String}
+  AND window_start >= toDateTime64({date_from:Date}, 3, 'UTC')
+  AND window_start < toDateTime64({date_to:Date} + 1, 3, 'UTC')
+GROUP BY path
+ORDER BY pageviews DESC, path;
+
+CREATE OR REPLACE VIEW top_pages_raw AS
 SELECT path, count() AS pageviews, uniqExact(visitor_id) AS visitors
 FROM pageviews
 WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND {date_to:Date}
