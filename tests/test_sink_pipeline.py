@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import urllib.request
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from tally.stack import http_ok
 from tests.conftest import REPO, wait_for
 from tests.helpers import query_rows
-from tests.sink_records import Records, recent_days
+from tests.sink_records import Records, pageview, recent_days
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +65,11 @@ def test_sink_stores_every_topic_exactly(tally_env, spawn):
     rec.drop("b.test", days[1], "datacenter", 2)
     rec.bad_row("too_late")
     rec.produce("pageviews.enriched", b"\xc3\x01garbage-not-avro", partition=0)   # poison
+    # Poison that frames but that ClickHouse refuses (cut inside its last item): the whole
+    # Avro insert fails, the sink falls back to record-by-record and rejects only this one.
+    truncated = rec.codec.encode("pageview_batch", {"source_partition": 0, "source_offset": 0, "items": [
+        pageview(str(uuid.uuid4()), 1_700_000_000_000, "a.test", "/cut", 1)]})[:-1]
+    rec.produce("pageviews.enriched", truncated, partition=1)
     rec.produce("product.events", b"not avro at all")                            # poison
     rec.product_event("report.created", "report", "t1", "w1", now, {"email": "a@b.c"})  # not in the catalog
     rec.flush()
@@ -73,7 +79,7 @@ def test_sink_stores_every_topic_exactly(tally_env, spawn):
     expected_rows = len(rec.sent.event_ids)
     wait_for(lambda: query_rows(s, "SELECT count() FROM pageviews")[0][0] == expected_rows, 60, "pageviews")
     try:
-        wait_for(lambda: query_rows(s, "SELECT count() FROM bad_rows")[0][0] == 4, 60, "bad rows")
+        wait_for(lambda: query_rows(s, "SELECT count() FROM bad_rows")[0][0] == 5, 60, "bad rows")
     except AssertionError:
         print(query_rows(s, "SELECT * FROM bad_rows"), sink.output()[-5000:])
         raise
@@ -85,7 +91,7 @@ def test_sink_stores_every_topic_exactly(tally_env, spawn):
     assert got == rec.sent.site_days()
     assert int(query_rows(s, "SELECT sum(dropped) FROM drops_daily")[0][0]) == 9
     assert query_rows(s, "SELECT reason, component FROM bad_rows ORDER BY reason, component") == [
-        ["invalid_event", "sink"], ["too_late", "worker"], ["undecodable", "sink"], ["undecodable", "sink"]]
+        ["invalid_event", "sink"], ["too_late", "worker"], ["undecodable", "sink"], ["undecodable", "sink"], ["undecodable", "sink"]]
     assert query_rows(s, "SELECT count() FROM product_events")[0][0] == 8
     meta = query_rows(s, "SELECT metadata FROM product_events WHERE feature_area = 'onboarding'")[0][0]
     assert meta == {"checkpoint": "connection_verified", "resumed": "true", "step_index": "2"}
@@ -147,6 +153,7 @@ def test_sink_stores_every_topic_exactly(tally_env, spawn):
     assert "readonly" in endpoint(s, WRITES[0])[1].lower()
     assert query_rows(s, "SELECT count() FROM pageviews")[0][0] == expected_rows
     assert sink.alive(), sink.output()[-3000:]
+    assert "decoding record by record" in sink.output()
 
     # Stack down: `tally query` opens chDB itself, still read-only.
     sink.stop()
