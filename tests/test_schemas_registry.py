@@ -98,3 +98,21 @@ def test_confluent_old_version_resolves_to_newest(tmp_path, registry_url):
     (folder / "product_event.v2.avsc").write_text(json.dumps(schema))
     rec = Codec(folder, registry_url=registry_url).decode("product_event", old)
     assert rec["sdk_version"] == "?" and rec["event"] == "report.created"
+
+
+@pytest.mark.integration
+def test_sdk_uses_confluent_format_when_a_registry_is_configured(tally_env, registry_url):
+    from tally.producers.sdk import Client
+
+    from tally.config import Settings
+    from tests.test_sdk import read_all
+
+    settings = Settings.from_env({**tally_env.vars, "TALLY_SCHEMA_REGISTRY_URL": registry_url})
+    with Client(settings, strict=True) as client:
+        assert client.track("report.created", tenant_id="t1", workspace_id="w1", actor="u1",
+                            metadata={"report_type": "permission_posture"})
+        assert client.flush(20) == 0
+    [msg] = read_all(settings, 1)
+    assert msg.value()[0] == 0  # Confluent framing, schema id from the registry
+    rec = Codec(registry_url=registry_url).decode("product_event", msg.value())
+    assert rec["event"] == "report.created" and rec["metadata"] == {"report_type": "permission_posture"}
