@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tally.schemas.catalog import CATALOG, FAMILIES, REASONS, check
 
 
@@ -154,3 +156,31 @@ def test_adoption_events_are_user_initiated():
     # other events may come from services (e.g. the request middleware)
     assert check(record("ticket.created", actor_type="service", actor_id="importer", subject_type="ticket",
                         metadata={"ticket_type": "incident"})) is None
+
+
+# --- properties over arbitrary input ------------------------------------------------
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**63 - 1),
+                     st.text(max_size=600), st.lists(st.integers(), max_size=3),
+                     st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+
+
+@settings(max_examples=400, deadline=None)
+@given(event=st.sampled_from(sorted(CATALOG)), key=st.one_of(st.text(max_size=20), st.sampled_from(
+    sorted({k for e in CATALOG.values() for k in e.props}))), value=_scalars)
+def test_check_never_raises_and_passes_only_safe_strings(event, key, value):
+    spec = CATALOG[event]
+    meta = {k: _example(p) for k, p in spec.props.items() if p.required}
+    meta[key] = value
+    rec = record(event, actor_type="user", actor_id="u1", subject_type=spec.subject_type, metadata=meta)
+    verdict = check(rec)
+    assert verdict is None or (verdict[0] in REASONS and event in verdict[1])
+    if verdict is None and isinstance(value, str):
+        # whatever passed is short, has no spaces, no email, no query string
+        assert len(value) <= 200 and " " not in value and "?" not in value
+        assert not ("@" in value and "." in value.split("@")[-1])
+
+
+def _example(prop):
+    return {"id": "x1", "enum": prop.values[0] if prop.values else "", "bool": True, "timestamp": 1763780000000,
+            "int": 1, "type": "policy_sync", "route": "/a/{b}"}[prop.kind]
