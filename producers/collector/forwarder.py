@@ -92,8 +92,10 @@ class Forwarder:
         self.spool_after = settings.spool_after_ms / 1000
         self.worker_index = worker_index
         self.codec = default_codec()
+        self.fatal_error: str | None = None
         self.producer = Producer(producer_config(settings, **{
-            "linger.ms": 1, "message.timeout.ms": MESSAGE_TIMEOUT_MS, "log_level": 3}))
+            "linger.ms": 1, "message.timeout.ms": MESSAGE_TIMEOUT_MS, "log_level": 3,
+            "error_cb": self._on_client_error}))
         self.spool: Spool | None = None
         self.mode = ONLINE
         self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
@@ -151,6 +153,16 @@ class Forwarder:
         if self.spool is not None:
             await self._run_io(self.spool.close)
         self._io.shutdown(wait=True)
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        # Runs on the poll thread. A fatal error (e.g. the idempotent producer's
+        # sequence broke) leaves this producer unusable: beacons keep going to the
+        # spool, and /readyz turns 503 so the process gets restarted; the spool is
+        # replayed by the next process.
+        if err.fatal():
+            self.fatal_error = err.str()
+            log.critical("Kafka producer failed for good: %s; /readyz now fails so the "
+                         "collector gets restarted (spooled beacons are replayed then)", err.str())
 
     def _poll(self) -> None:
         while not self._stop.is_set():
@@ -381,8 +393,10 @@ class Forwarder:
     def ready(self) -> tuple[bool, dict[str, Any]]:
         """Ready when the broker takes batches, or the spool has room for them."""
         room = self.spool is not None and self.spool.has_room(64 << 10)
-        return (self.mode == ONLINE and self.broker_ok) or room, {
+        ready = ((self.mode == ONLINE and self.broker_ok) or room) and self.fatal_error is None
+        return ready, {
             "mode": self.mode,
+            "kafka_fatal_error": self.fatal_error,
             "spool_batches": self.spool.pending_count if self.spool else 0,
             "spool_bytes": self.spool.size_bytes if self.spool else 0,
             "spool_has_room": room,
