@@ -11,9 +11,8 @@ command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
 # chromium: the tracker's real-browser test (tests/test_tracker_browser.py) needs it.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
-if [ "${TALLY_BOOTSTRAP_WRK:-0}" = 1 ]; then
-  command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
-fi
+# wrk: the load generator of bench/collector (small; installed so the bench runs anywhere).
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: installing ${need_apt[*]} with apt-get"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
