@@ -1,7 +1,8 @@
 """`tally reconcile`: prove the aggregates against the raw rows.
 
-For every site and day in the window it recomputes pageviews (`count()`) and
-unique visitors (`uniqExact(visitor_id)`) from the raw `pageviews` table (with
+For every site and day in the window it recomputes pageviews (events named
+`pageview`) and unique visitors (`uniqExact(visitor_id)` over all events, as the
+stream counts them) from the raw `pageviews` table (with
 FINAL, so an unmerged replay cannot inflate it) and compares them with the
 `site_day` aggregates (highest version per stream partition, summed across
 partitions). Uniques agree exactly when the visitor salt rotates daily (the
@@ -40,7 +41,8 @@ def reconcile_sql(w: Window) -> str:
 SELECT site, day, r.pageviews, a.pageviews, r.visitors, a.visitors
 FROM
 (
-    SELECT site, toDate(received_at) AS day, count() AS pageviews, uniqExact(visitor_id) AS visitors
+    SELECT site, toDate(received_at) AS day, countIf(event = 'pageview') AS pageviews,
+           uniqExact(visitor_id) AS visitors
     FROM pageviews FINAL
     WHERE toDate(received_at) BETWEEN {lo} AND {hi}
     GROUP BY site, day

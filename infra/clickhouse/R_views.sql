@@ -39,14 +39,15 @@ SELECT site, day, reason, component, sum(count) AS dropped
 FROM drops
 GROUP BY site, day, reason, component;
 
--- Reports over a date range (inclusive), as parameterized views:
+-- Reports over a date range (inclusive), as parameterized views. As in the stream's
+-- aggregates, `pageviews` counts events named `pageview` and `visitors` counts
+-- visitors with any event (custom events included).
 --   SELECT * FROM top_pages(site = 'example.com', date_from = '2026-11-01', date_to = '2026-11-30') LIMIT 10
 --
 -- top_pages reads the stream's path_day aggregates, so it answers for any window,
--- also after the raw rows expired. Its visitors are summed per day (a visitor
--- counts once per path and day: with the default daily salt that is all a
--- visitor id can tell). top_pages_raw computes the same from the raw rows with
--- uniqExact over the whole window.
+-- also after the raw rows expired. Its visitors are the path_day uniques summed
+-- per day (0 while the stream does not count visitors per path). top_pages_raw
+-- computes the same from the raw rows, with uniqExact over the whole window.
 CREATE OR REPLACE VIEW top_pages AS
 SELECT dimension AS path, sum(count) AS pageviews, sum(uniques) AS visitors
 FROM aggregates FINAL
@@ -60,34 +61,35 @@ CREATE OR REPLACE VIEW top_pages_raw AS
 SELECT path, count() AS pageviews, uniqExact(visitor_id) AS visitors
 FROM pageviews
 WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND {date_to:Date}
+  AND event = 'pageview'
 GROUP BY path
 ORDER BY pageviews DESC, path;
 
 CREATE OR REPLACE VIEW top_sources AS
 SELECT referrer_source AS source, referrer_host, ifNull(utm_source, '') AS utm_source,
        ifNull(utm_medium, '') AS utm_medium, ifNull(utm_campaign, '') AS utm_campaign,
-       count() AS pageviews, uniqExact(visitor_id) AS visitors
+       countIf(event = 'pageview') AS pageviews, uniqExact(visitor_id) AS visitors
 FROM pageviews
 WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND {date_to:Date}
 GROUP BY source, referrer_host, utm_source, utm_medium, utm_campaign
 ORDER BY pageviews DESC, source, referrer_host;
 
 CREATE OR REPLACE VIEW top_browsers AS
-SELECT browser, count() AS pageviews, uniqExact(visitor_id) AS visitors
+SELECT browser, countIf(event = 'pageview') AS pageviews, uniqExact(visitor_id) AS visitors
 FROM pageviews
 WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND {date_to:Date}
 GROUP BY browser
 ORDER BY pageviews DESC, browser;
 
 CREATE OR REPLACE VIEW top_operating_systems AS
-SELECT os, count() AS pageviews, uniqExact(visitor_id) AS visitors
+SELECT os, countIf(event = 'pageview') AS pageviews, uniqExact(visitor_id) AS visitors
 FROM pageviews
 WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND {date_to:Date}
 GROUP BY os
 ORDER BY pageviews DESC, os;
 
 CREATE OR REPLACE VIEW top_devices AS
-SELECT device, count() AS pageviews, uniqExact(visitor_id) AS visitors
+SELECT device, countIf(event = 'pageview') AS pageviews, uniqExact(visitor_id) AS visitors
 FROM pageviews
 WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND {date_to:Date}
 GROUP BY device

@@ -1,0 +1,56 @@
+"""The whole pipeline with the real stream worker: HTTP beacons -> collector -> Kafka ->
+worker (enrichment, window aggregates) -> sink -> chDB. Raw rows and aggregates come
+out exact, the daily stats view equals the raw data, and reconcile is clean."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import pytest
+
+from tally.stack import http_ok, worker_ready
+from tests.conftest import REPO, wait_for
+from tests.helpers import collect_url, post_json, query_rows
+
+pytestmark = pytest.mark.integration
+
+UAS = ["Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0",
+       "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
+       "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Safari/605.1.15"]
+
+
+def test_beacons_to_rows_and_aggregates_reconcile(tally_env, spawn):
+    s = tally_env.settings
+    sink = spawn(tally_env, "sink")
+    worker = spawn(tally_env, "worker")
+    collector = spawn(tally_env, "collector")
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{s.query_port}/healthz"), 60, "sink endpoint")
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{s.collector_port}/healthz"), 30, "collector")
+    wait_for(lambda: worker_ready(s), 90, "worker in its consumer group")
+
+    for i in range(30):
+        body = {"site": "example.com", "path": f"/docs/{i % 4}", "referrer": "https://www.google.com/"}
+        if i % 10 == 9:
+            body["event"] = "signup"  # a custom event: stored, not a pageview
+        status, resp, _ = post_json(collect_url(s), body, headers={"User-Agent": UAS[i % 3]})
+        assert status in (202, 204), resp
+
+    wait_for(lambda: query_rows(s, "SELECT count() FROM pageviews")[0][0] == 30, 90, "30 raw rows")
+    assert query_rows(s, "SELECT countIf(event = 'pageview'), uniqExact(visitor_id) FROM pageviews")[0] == [27, 3]
+    today = datetime.now(UTC).date().isoformat()
+    wait_for(lambda: query_rows(s, f"SELECT toUInt32(pageviews), toUInt32(visitors) FROM site_stats_daily "
+                                   f"WHERE site = 'example.com' AND day = '{today}'") == [[27, 3]],
+             60, "site_day aggregates equal to the raw rows")
+    out = subprocess.run([sys.executable, "-m", "tally.cli", "reconcile", "--from", today, "--to", today, "--json"],
+                         cwd=REPO, env=tally_env.child_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["days"] == 1
+    paths = query_rows(s, f"SELECT path, pageviews FROM top_pages(site = 'example.com', date_from = '{today}', "
+                          f"date_to = '{today}') ORDER BY path")
+    assert paths == query_rows(s, f"SELECT path, pageviews FROM top_pages_raw(site = 'example.com', "
+                                  f"date_from = '{today}', date_to = '{today}') ORDER BY path")
+    for p in (sink, worker, collector):
+        assert p.alive(), p.output()[-2000:]
