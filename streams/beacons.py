@@ -14,12 +14,15 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Any
 
 from tally.schemas.codec import Codec, DecodeError
 from tally.streams.badrows import bad_row, drop_counts
 from tally.streams.enrich import agent_info, enrich, is_spam_referrer, referrer_host
 from tally.streams.salts import period_key
+
+DAY_MS = 86_400_000
 
 
 @dataclass
@@ -40,18 +43,23 @@ class Stage1Result:
     accepted: int = 0
 
 
-def decode_batch(codec: Codec, value: bytes) -> dict[str, Any]:
-    return codec.decode("beacon_batch", value)
+@lru_cache(maxsize=4096)
+def _day(day_index: int) -> tuple[date, str, str]:
+    """(date, day period key, month period key) of a day number since the epoch."""
+    d = datetime.fromtimestamp(day_index * 86400, UTC)
+    return d.date(), period_key(d, "day"), period_key(d, "month")
+
+
+def period_of(ms: int, salt_period: str) -> str:
+    day = _day(ms // DAY_MS)
+    return day[1] if salt_period == "day" else day[2]
 
 
 def periods_needed(batch: dict[str, Any], cfg: Stage1Config, now_ms: int) -> set[str]:
-    """Salt periods this batch will hash with (items not already too late)."""
-    return {period_key(b["received_at"], cfg.salt_period) for b in batch["items"]
-            if _ms(b["received_at"]) >= now_ms - cfg.lateness_ms}
-
-
-def _ms(dt: datetime) -> int:
-    return int(dt.timestamp() * 1000)
+    """Salt periods this batch will hash with (items not already too late). Items come from
+    a fastread reader: received_at in epoch ms."""
+    oldest = now_ms - cfg.lateness_ms
+    return {period_of(ms, cfg.salt_period) for ms in {b["received_at"] for b in batch["items"]} if ms >= oldest}
 
 
 def process_batch(codec: Codec, batch: dict[str, Any], partition: int, offset: int,
@@ -59,13 +67,15 @@ def process_batch(codec: Codec, batch: dict[str, Any], partition: int, offset: i
     out = Stage1Result()
     drops: dict[tuple[str, date, str], int] = defaultdict(int)
     by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    oldest = now_ms - cfg.lateness_ms
     for i, b in enumerate(batch["items"]):
-        received: datetime = b["received_at"]
-        if _ms(received) < now_ms - cfg.lateness_ms:
-            out.bad_rows.append(_item_bad_row(codec, b, "too_late", f"item {i}: received_at {received.isoformat()} "
+        received: int = b["received_at"]
+        if received < oldest:
+            when = datetime.fromtimestamp(received / 1000, UTC).isoformat()
+            out.bad_rows.append(_item_bad_row(codec, b, "too_late", f"item {i}: received_at {when} "
                                               f"is older than the allowed lateness", cfg, partition, offset))
             continue
-        day = received.astimezone(UTC).date()
+        day = _day(received // DAY_MS)[0]
         if b.get("datacenter"):
             drops[(b["site"], day, "datacenter")] += 1
             continue
@@ -76,10 +86,10 @@ def process_batch(codec: Codec, batch: dict[str, Any], partition: int, offset: i
         if cfg.spam and is_spam_referrer(referrer_host(b.get("referrer")), cfg.spam):
             drops[(b["site"], day, "referrer_spam")] += 1
             continue
-        salt = salts.get(period_key(received, cfg.salt_period))
+        salt = salts.get(period_of(received, cfg.salt_period))
         if salt is None:  # never hash unsalted
             out.bad_rows.append(_item_bad_row(codec, b, "no_salt", f"item {i}: no salt for period "
-                                              f"{period_key(received, cfg.salt_period)}", cfg, partition, offset))
+                                              f"{period_of(received, cfg.salt_period)}", cfg, partition, offset))
             continue
         pv = enrich(b, salt, info, cfg.keep_user_agent)
         by_partition[pv["visitor_id"] % cfg.partitions].append(pv)

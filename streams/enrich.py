@@ -79,6 +79,7 @@ def _host_matches(host: str, suffixes: tuple[str, ...]) -> bool:
     return False
 
 
+@lru_cache(maxsize=65536)
 def referrer_source(ref_host: str, page_host: str) -> str:
     """direct, internal, search, social or other."""
     if not ref_host:
@@ -92,9 +93,10 @@ def referrer_source(ref_host: str, page_host: str) -> str:
     return "other"
 
 
+@lru_cache(maxsize=65536)
 def normalize_path(path: str) -> tuple[str, str, dict[str, list[str]]]:
     """(hostname, path, query) of a path or URL: no query string or fragment, no repeated or
-    trailing slashes."""
+    trailing slashes. Cached (pages repeat); callers must not modify the returned query."""
     parts = urlsplit(path)
     clean = parts.path or "/"
     while "//" in clean:
@@ -103,10 +105,11 @@ def normalize_path(path: str) -> tuple[str, str, dict[str, list[str]]]:
         clean = clean.rstrip("/") or "/"
     if not clean.startswith("/"):
         clean = "/" + clean
-    query = parse_qs(parts.query) if parts.query else {}
+    query = parse_qs(parts.query) if "utm_" in parts.query else {}
     return (parts.hostname or ""), clean, query
 
 
+@lru_cache(maxsize=65536)
 def referrer_host(referrer: str | None) -> str:
     if not referrer:
         return ""

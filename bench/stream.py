@@ -1,0 +1,250 @@
+"""Stream worker benchmark: events/s of one `tally worker` process for the full path, compared
+with a raw aiokafka consumer loop over the same topic in the same run; plus window-state memory.
+
+    .venv/bin/python bench/stream.py [--events 300000] [--bootstrap host:port]
+
+Without --bootstrap it starts its own single-node Kafka broker (infra/kafka).
+
+Traffic is realistic and repetitive: Zipf-distributed sites (50), paths (2,000), user agents
+(2,000 real browser UAs from tests/data plus 5% bots) and visitors (200,000 IP pseudonyms),
+in collector-sized batches of 200 beacons, over 6 partitions.
+
+- worker_events_per_s: one worker process (decode, bot filter, salt + hash, enrich, encode,
+  route to visitor partitions, window state with changelog, aggregates) from the moment the
+  input is produced until the worker has committed the end of beacons.raw AND of
+  pageviews.enriched (Faust commits every second, so this slightly understates the rate).
+  Target >= 20,000 events/s.
+- raw_events_per_s: a raw aiokafka consumer (getmany, no decoding) over the same records,
+  counting the beacons they carry. ratio = worker / raw.
+- state_bytes_per_visitor_window: bytes of VisitorSet per (visitor, window) for 1M visitors in
+  one window, next to the same for a Python set of ints. Target <= 64.
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+from confluent_kafka import Producer, TopicPartition  # noqa: E402
+from tally.schemas.codec import default_codec  # noqa: E402
+
+from tally.config import Settings  # noqa: E402
+from tally.kafka import producer_config  # noqa: E402
+from tally.topics import admin, ensure_topics  # noqa: E402
+
+BATCH = 200
+PARTITIONS = 6
+
+
+def zipf_choice(rnd: np.random.Generator, n_items: int, size: int, a: float = 1.2) -> np.ndarray:
+    ranks = np.arange(1, n_items + 1, dtype=np.float64)
+    p = ranks ** -a
+    return rnd.choice(n_items, size=size, p=p / p.sum())
+
+
+def workload(n: int) -> list[bytes]:
+    rnd = np.random.default_rng(5)
+    browsers = (REPO / "tests/data/ua_browsers.txt").read_text().splitlines()
+    bots = (REPO / "tests/data/ua_bots.txt").read_text().splitlines()
+    pool = random.Random(5).sample(browsers, 1900) + random.Random(5).sample(bots, 100)
+    random.Random(6).shuffle(pool)
+    sites = zipf_choice(rnd, 50, n)
+    paths = zipf_choice(rnd, 2000, n)
+    uas = zipf_choice(rnd, len(pool), n)
+    visitors = zipf_choice(rnd, 200_000, n, a=1.05)
+    now = datetime.now(UTC)
+    codec = default_codec()
+    records = []
+    for start in range(0, n, BATCH):
+        items = []
+        for i in range(start, min(n, start + BATCH)):
+            items.append({"event_id": str(uuid.uuid4()), "received_at": now - timedelta(seconds=int(i % 600)),
+                          "site": f"site{sites[i]}.example", "path": f"/docs/{paths[i]}?ref=x",
+                          "referrer": "https://www.google.com/" if i % 3 == 0 else None, "event": "pageview",
+                          "props": {}, "user_agent": pool[uas[i]], "ip_pseudonym": f"{visitors[i]:016x}",
+                          "datacenter": False})
+        records.append(codec.encode("beacon_batch", {"items": items}))
+    return records
+
+
+def produce(settings: Settings, records: list[bytes]) -> None:
+    p = Producer(producer_config(settings))
+    for i, r in enumerate(records):
+        while True:
+            try:
+                p.produce(settings.topic("beacons.raw"), value=r, partition=i % PARTITIONS)
+                break
+            except BufferError:
+                p.poll(0.05)
+    assert p.flush(60) == 0
+
+
+def committed_at_end(settings: Settings, group: str, topics: list[str]) -> bool:
+    client = admin(settings)
+    from confluent_kafka import Consumer, ConsumerGroupTopicPartitions
+
+    fut = client.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
+    try:
+        committed = {(tp.topic, tp.partition): tp.offset for tp in fut.result(timeout=10).topic_partitions}
+    except Exception:
+        return False
+    c = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "bench-probe"})
+    try:
+        for t in topics:
+            name = settings.topic(t)
+            for p in range(PARTITIONS):
+                lo, hi = c.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+                if hi > 0 and committed.get((name, p), -1) < hi:
+                    return False
+        return True
+    finally:
+        c.close()
+
+
+def bench_worker(settings: Settings, env: dict[str, str], records: list[bytes], log: Path) -> float:
+    with open(log, "wb") as fh:
+        cmd = [sys.executable, "-m", "tally.cli", "worker"]
+        if os.environ.get("BENCH_PYSPY"):  # profile the worker: collapsed stacks to this file
+            cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "-o",
+                   os.environ["BENCH_PYSPY"], "--", *cmd]
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env,
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        from tally.stack import worker_ready
+
+        deadline = time.monotonic() + 120
+        while not worker_ready(settings):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"worker did not start; see {log}")
+            time.sleep(0.2)
+        time.sleep(2)
+        t0 = time.monotonic()
+        produce(settings, records)
+        while not committed_at_end(settings, settings.app_id, ["beacons.raw", "pageviews.enriched"]):
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker died; see {log}")
+            time.sleep(0.25)
+        return time.monotonic() - t0
+    finally:
+        os.killpg(proc.pid, signal.SIGINT if os.environ.get("BENCH_PYSPY") else signal.SIGTERM)
+        proc.wait(60)
+
+
+async def bench_raw(settings: Settings) -> tuple[float, int]:
+    from aiokafka import AIOKafkaConsumer
+
+    c = AIOKafkaConsumer(settings.topic("beacons.raw"), bootstrap_servers=settings.bootstrap,
+                         auto_offset_reset="earliest", group_id=f"bench-raw-{uuid.uuid4().hex[:6]}",
+                         enable_auto_commit=False)
+    await c.start()
+    try:
+        t0, n = time.monotonic(), 0
+        idle = 0
+        while idle < 3:
+            got = await c.getmany(timeout_ms=500, max_records=10000)
+            if not got:
+                idle += 1
+                continue
+            idle = 0
+            for msgs in got.values():
+                n += len(msgs)
+        return time.monotonic() - t0 - 1.5, n  # minus the idle polls that detect the end
+    finally:
+        await c.stop()
+
+
+def state_memory() -> dict[str, float]:
+    import tracemalloc
+
+    from tally.streams.windows import VisitorSet
+
+    n = 1_000_000
+    rnd = np.random.default_rng(1)
+    ids = rnd.integers(0, 2**63, size=n, dtype=np.uint64)
+    tracemalloc.start()
+    vs = VisitorSet()
+    for i in range(0, n, 50):  # batches of 50, as from the stream
+        vs.add_many(ids[i:i + 50])
+    ours = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    tracemalloc.start()
+    s: set[int] = set()
+    for i in range(0, n, 50):
+        s.update(ids[i:i + 50].tolist())
+    theirs = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(vs) == len(s)
+    return {"state_bytes_per_visitor_window": ours / n, "python_set_bytes_per_visitor": theirs / n}
+
+
+def start_broker(tmp: Path) -> tuple[object, str]:
+    from tally.infra import kafka
+
+    from tests.conftest import Broker, free_port_pair
+
+    kafka.ensure_jars()
+    port = free_port_pair()
+    data = tmp / "kafka"
+    broker = Broker(f"127.0.0.1:{port}", "kafka", data_dir=data,
+                    command=kafka.broker_command(data, port, 768), log=tmp / "broker.log")
+    broker.start()
+    return broker, broker.bootstrap
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--bootstrap", default="", help="use this Kafka instead of starting one")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tally-bench-") as tmp:
+        broker = None
+        bootstrap = args.bootstrap
+        if not bootstrap:
+            print("starting a local Kafka broker...", file=sys.stderr)
+            broker, bootstrap = start_broker(Path(tmp))
+        try:
+            tag = uuid.uuid4().hex[:6]
+            env_vars = {"TALLY_KAFKA_BOOTSTRAP": bootstrap, "TALLY_TOPIC_PREFIX": f"bench{tag}.",
+                        "TALLY_TOPIC_PARTITIONS": str(PARTITIONS), "TALLY_STATE_DIR": str(Path(tmp) / "state"),
+                        "TALLY_APP_ID": f"bench-stream-{tag}", "TALLY_LOG_LEVEL": "warning"}
+            settings = Settings.from_env(env_vars)
+            ensure_topics(settings)
+            print(f"encoding {args.events:,} beacons...", file=sys.stderr)
+            records = workload(args.events)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")} | env_vars
+            secs = bench_worker(settings, env, records, Path(tmp) / "worker.log")
+            worker_rate = args.events / secs
+            print(f"worker: {args.events:,} events in {secs:.2f}s = {worker_rate:,.0f} events/s", file=sys.stderr)
+            raw_secs, raw_records = asyncio.run(bench_raw(settings))
+            raw_rate = raw_records * BATCH / raw_secs
+            print(f"raw aiokafka: {raw_records:,} records in {raw_secs:.2f}s = {raw_rate:,.0f} events/s",
+                  file=sys.stderr)
+        finally:
+            if broker is not None:
+                broker.stop()
+    mem = state_memory()
+    print(f"state: {mem['state_bytes_per_visitor_window']:.1f} bytes/visitor/window "
+          f"(Python set of ints: {mem['python_set_bytes_per_visitor']:.1f})", file=sys.stderr)
+    print(json.dumps({"events": args.events, "batch": BATCH, "worker_events_per_s": round(worker_rate),
+                      "raw_events_per_s": round(raw_rate), "ratio": round(worker_rate / raw_rate, 4),
+                      **{k: round(v, 1) for k, v in mem.items()}}))
+
+
+if __name__ == "__main__":
+    main()
