@@ -19,10 +19,16 @@ def classify_ua_command() -> None:
     """
     from tally.streams.bots import classify_ua
 
-    out = sys.stdout
+    write = sys.stdout.write
     dumps = json.dumps
+    lines: dict[str, str] = {}  # UA -> its output line; traffic repeats UAs heavily
     for line in sys.stdin:
         ua = line.rstrip("\r\n")
-        v = classify_ua(ua)
-        out.write(dumps({"ua": ua, "bot": v.bot, "reason": v.reason, "rule": v.rule}) + "\n")
-    out.flush()
+        out = lines.get(ua)
+        if out is None:
+            v = classify_ua(ua)
+            out = dumps({"ua": ua, "bot": v.bot, "reason": v.reason, "rule": v.rule}) + "\n"
+            if len(lines) < 200_000:
+                lines[ua] = out
+        write(out)
+    sys.stdout.flush()
