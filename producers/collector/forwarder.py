@@ -146,9 +146,14 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         # Let in-flight batches finish so their spool entries are acknowledged.
         await loop.run_in_executor(None, self.producer.flush, 5)
-        await asyncio.sleep(0)  # run the delivery callbacks just scheduled
+        await asyncio.sleep(0.05)  # run the delivery callbacks just scheduled
         while self._spool_busy or self._spool_queue:
             await asyncio.sleep(0.01)
+        # Spooled batches that librdkafka delivered meanwhile must not be replayed next start.
+        delivered = [sid for sid, b in self._in_flight.items()
+                     if b.outcome is not None and b.outcome.done() and b.outcome.result()]
+        if delivered and self.spool is not None:
+            await self._run_io(self.spool.ack, delivered)
         self._stop.set()
         if self.spool is not None:
             await self._run_io(self.spool.close)
