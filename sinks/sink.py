@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import InterfaceError, OperationalError
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge
 from tally.schemas.codec import DecodeError, default_codec
@@ -58,6 +59,10 @@ PAUSED = Gauge("tally_sink_paused", "1 while consumption is paused because Click
 
 class WarehouseUnavailable(RuntimeError):
     """Raised by the outage test hook, as a server that cannot be reached would."""
+
+
+# Failures that say nothing about the data: wait them out and retry the same insert.
+UNAVAILABLE = (WarehouseUnavailable, OperationalError, InterfaceError, OSError)
 
 
 class Sink:
@@ -247,12 +252,20 @@ class Sink:
         """Avro pass-through first; if ClickHouse refuses it, decode record by record so a
         corrupt record goes to bad-rows and the rest is inserted (with the same token)."""
         pt = self.passthrough[mapping.table]
-        try:
+
+        def insert() -> None:
             self._check_outage()
             self.client.raw_insert(mapping.table, list(frames.columns), pt.container(frames), fmt="Avro",
                                    settings={"insert_deduplication_token": token})
+
+        try:
+            # An unreachable warehouse is waited out on this fast path; only a refusal
+            # of the data itself (ClickHouse parsed the block and said no) falls back.
+            self._retry(f"insert into {mapping.table}", insert, retry_on=UNAVAILABLE)
             ROWS.labels(table=mapping.table).inc(frames.rows)
             return
+        except UNAVAILABLE:
+            raise  # stopping
         except Exception as exc:
             INSERT_FAILURES.labels(table=mapping.table).inc()
             log.warning("Avro insert of %d rows into %s failed (%s); decoding record by record",
@@ -292,7 +305,8 @@ class Sink:
             # Lost partitions after a rebalance: their next owner replays from the last commit.
             log.warning("commit failed (%s); the records will be read again", exc)
 
-    def _retry(self, what: str, fn: Callable[[], None], retry_on: type[BaseException] = Exception,
+    def _retry(self, what: str, fn: Callable[[], None],
+               retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
                attempts: int | None = None) -> None:
         """Run fn until it succeeds: exponential backoff with jitter, consumption paused
         meanwhile. Gives up only when the sink is stopping (or after `attempts`)."""
