@@ -13,7 +13,8 @@ up: setup
 	@echo "Tally is running. Rows so far:"
 	@.venv/bin/tally query "SELECT site, path, count() AS pageviews, uniqExact(visitor_id) AS visitors FROM pageviews FINAL GROUP BY site, path ORDER BY pageviews DESC"
 	@echo
-	@echo "Send a beacon:  curl -X POST http://127.0.0.1:8000/api/v1/collect -H 'Content-Type: application/json' -d '{\"site\":\"localhost\",\"path\":\"/hello\"}'"
+	@echo "Send a beacon:  curl -A 'Mozilla/5.0 (X11; Linux x86_64) Firefox/127.0' -H 'Content-Type: application/json' -d '{\"site\":\"localhost\",\"path\":\"/hello\"}' http://127.0.0.1:8000/api/v1/collect"
+	@echo "                (a browser User-Agent: curl's own is classified as a bot and dropped, with a counted reason)"
 	@echo "Query:          .venv/bin/tally query \"SELECT * FROM pageviews ORDER BY received_at DESC LIMIT 10\""
 	@echo "Status / stop:  .venv/bin/tally status   /   .venv/bin/tally down"
 

@@ -9,6 +9,10 @@ from typing import Any
 
 from tally.config import Settings
 
+# A real browser's User-Agent: beacons without one are classified as bots and dropped.
+BROWSER_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+              "Chrome/126.0.0.0 Safari/537.36")
+
 
 def post_json(url: str, body: Any, headers: dict[str, str] | None = None, raw: bytes | None = None,
               timeout: float = 15) -> tuple[int, bytes, dict[str, str]]:

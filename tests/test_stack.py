@@ -14,7 +14,7 @@ import pytest
 
 from tally.config import Settings
 from tests.conftest import REPO, free_port, free_port_pair, wait_for
-from tests.helpers import collect_url, post_json, query_rows
+from tests.helpers import BROWSER_UA, collect_url, post_json, query_rows
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,8 @@ def alive(pid: int) -> bool:
 
 def send_and_count(settings: Settings, path: str, n: int, expected_total: int) -> None:
     for _ in range(n):
-        status, body, _ = post_json(collect_url(settings), {"site": "stack.test", "path": path})
+        status, body, _ = post_json(collect_url(settings), {"site": "stack.test", "path": path},
+                                    headers={"User-Agent": BROWSER_UA})
         assert status == 204, body
     t0 = time.monotonic()
     # FINAL: a worker killed with its broker may replay a batch; rows fold by event_id.
