@@ -109,6 +109,8 @@ class Sink:
                 elif not self.batch.empty and (self.batch.size >= self.s.sink_batch_rows
                                                or self.batch.age() >= self.s.sink_batch_seconds):
                     self.flush()
+            if not self.batch.empty and not self.replay:
+                self.flush()  # a clean stop stores what it read (one attempt: stopping is set)
         finally:
             self.consumer.close()
             self.producer.flush(10)
@@ -348,16 +350,38 @@ class Sink:
             log.info("ClickHouse accepts inserts again; consumption resumed")
 
 
+def open_warehouse(settings: Settings, stopping: threading.Event) -> Client:
+    """Connect and migrate, waiting (backoff with jitter) while a ClickHouse server is unreachable."""
+    def before_sleep(state: Any) -> None:
+        log.warning("ClickHouse unavailable (%s); retrying in %.1fs",
+                    str(state.outcome.exception()).strip()[:300], state.next_action.sleep)
+
+    for attempt in Retrying(wait=wait_exponential_jitter(initial=0.5, max=15, jitter=0.5),
+                            retry=retry_if_exception_type(UNAVAILABLE), reraise=True,
+                            stop=lambda _: stopping.is_set(), before_sleep=before_sleep):
+        with attempt:
+            client = connect(settings)
+            applied = migrate(client, settings)
+            if applied:
+                log.info("applied migrations: %s", ", ".join(applied))
+    return client
+
+
 def run(settings: Settings) -> None:
-    client = connect(settings)
-    applied = migrate(client, settings)
-    if applied:
-        log.info("applied migrations: %s", ", ".join(applied))
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    try:
+        client = open_warehouse(settings, stopping)
+    except UNAVAILABLE:
+        if stopping.is_set():
+            log.info("stopped before ClickHouse became available")
+            return
+        raise
     server = serve(connect(settings, readonly=True), threading.Lock(), settings.query_host, settings.query_port)
     log.info("query endpoint on http://%s:%d", settings.query_host, settings.query_port)
     sink = Sink(settings, client)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: sink.stopping.set())
+    sink.stopping = stopping
     try:
         sink.run()
     except Exception as exc:

@@ -56,3 +56,16 @@ def test_outage_then_recovery_loses_nothing(tally_env, spawn, tmp_path):
     assert metric(s.query_port, "tally_sink_paused") == 0
     out = sink.output()
     assert "retrying in" in out and "consumption resumed" in out, out[-3000:]
+
+
+def test_server_url_down_is_retried_not_fatal(tally_env, spawn):
+    """Pointed at a ClickHouse server that does not answer, the sink waits with backoff
+    (it neither crashes nor consumes anything) and stops cleanly when asked."""
+    from tests.conftest import free_port
+
+    env = Env({**tally_env.vars, "TALLY_CLICKHOUSE_URL": f"http://127.0.0.1:{free_port()}"})
+    sink = spawn(env, "sink")
+    wait_for(lambda: sink.output().count("ClickHouse unavailable") >= 2, 60, "two retries")
+    assert sink.alive()
+    sink.stop()
+    assert sink.popen.returncode == 0, sink.output()[-2000:]
