@@ -143,6 +143,9 @@ def test_no_input_yields_a_5xx(target, request):
     b"POST /api/v1/collect HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
     b"POST /api/v1/collect HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
     b"GARBAGE\r\n\r\n",
+    # Found by the fuzz: a body that claims gzip and is not broke while being read (was a 500).
+    b"POST /api/v1/collect HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nX-Huge: " + b"a" * 3000
+    + b"\r\nContent-Length: 2\r\n\r\n{}",
     b"POST /api/v1/collect HTTP/9.9\r\n\r\n",
     b"POST /api/v1/collect HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 500 + b"\r\n",
     b"POST /api/v1/collect HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: 30\r\n\r\n"

@@ -123,7 +123,8 @@ def test_tracker_counts_loads_spa_navigations_and_events_and_stores_nothing(brok
     def beacons(want: int, settle: float = 2.0) -> list[dict]:
         wait_for(lambda: len(read_beacons(s, 0, timeout=5)) >= want, 30, f"{want} beacons", interval=0.3)
         time.sleep(settle)  # long enough for a duplicate to show up
-        return read_beacons(s, 0, timeout=5)
+        # Batches land on different partitions: order by event_id (UUIDv7, time-ordered).
+        return sorted(read_beacons(s, 0, timeout=5), key=lambda b: b["event_id"])
 
     async def drive() -> None:
         async with aiohttp.ClientSession() as http, http.ws_connect(chromium, max_msg_size=0) as ws:

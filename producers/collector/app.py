@@ -30,6 +30,7 @@ from typing import Any
 
 import iporigin
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from tally.producers.collector import drops as reasons
 from tally.producers.collector import metrics
 from tally.producers.collector.client_ip import ClientAddress
@@ -247,6 +248,11 @@ def make_middleware(settings: Settings, requests: metrics.RequestCounter) -> Any
             response = web.json_response({"detail": detail}, status=status)
             if "Allow" in exc.headers:
                 response.headers["Allow"] = exc.headers["Allow"]
+        except (web.RequestPayloadError, HttpProcessingError):
+            # The body broke while being read: a bad Content-Encoding, a truncated
+            # chunk. The client's fault, so 400, never a 500.
+            response = web.json_response({"detail": "body could not be read (bad encoding or framing)"},
+                                         status=400)
         cors(request, response)
         requests.inc(route, response.status)
         return response
