@@ -18,6 +18,7 @@ owner of a partition rebuilds its state from that changelog. Worker group id = T
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 from tally.schemas.codec import DecodeError, default_codec
 from tally.streams import beacons as stage1
@@ -35,7 +36,7 @@ from tally.streams.salts import SaltKeeper, expired, period_key
 from tally.streams.windows import DAY_MS, PartitionState, aggregate_key, fold, pack, pageview_delta
 
 from tally.config import Settings
-from tally.kafka import consumer_config
+from tally.kafka import consumer_config, producer_config
 from tally.topics import admin
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ def make_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=1.0,
         broker_commit_interval=1.0,
         producer_acks=-1,
+        processing_guarantee=settings.processing_guarantee,
         datadir=str(settings.state_dir / "faust"),
     )
     codec = default_codec(settings)
@@ -137,7 +139,7 @@ def make_app(settings: Settings) -> faust.App:
     raw = topic(settings.topic("beacons.raw"))
     enriched = topic(settings.topic("pageviews.enriched"), partitions=settings.topic_partitions)
     product = topic(settings.topic("product.events"))
-    aggregates = topic(settings.topic("aggregates"))
+    aggregates = topic(settings.topic("aggregates"))  # written through librdkafka, see emit_totals
     drops = topic(settings.topic("drops"))
     bad_rows = topic(settings.topic("bad-rows"))
     changelog_names = state_topics(settings)
@@ -234,14 +236,32 @@ def make_app(settings: Settings) -> faust.App:
         for name in ("aiokafka", "faust.topics", "faust.transport"):
             logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().level))
 
+    # Window totals go through librdkafka, not Faust: a flush can carry thousands of them,
+    # and their order relative to offset commits does not matter (a new owner of a
+    # partition re-emits every window; the version tells old totals from new ones).
+    totals_producer: list[Producer] = []
+
     @app.timer(FLUSH_SECONDS)
     async def emit_totals() -> None:
+        if not totals_producer:
+            totals_producer.append(Producer(producer_config(settings)))
+            atexit.register(totals_producer[0].flush, 5)  # graceful stop: deliver the last totals
+        producer = totals_producer[0]
+        name = aggregates.get_topic_name()
         closed_before = clock.ms() - lateness_ms - CLOSE_MARGIN_MS
         for by_partition in states.values():
             for st in list(by_partition.values()):
                 for agg in st.take_dirty():
-                    await aggregates.send(key=aggregate_key(agg), value=codec.encode("window_aggregate", agg))
+                    value = codec.encode("window_aggregate", agg)
+                    while True:
+                        try:
+                            producer.produce(name, key=aggregate_key(agg), value=value)
+                            break
+                        except BufferError:
+                            producer.poll(0.05)
                 st.prune(closed_before)
+                await asyncio.sleep(0)  # let the agents run between partitions
+        producer.poll(0)
 
     @app.timer(60.0)
     async def expire_salts() -> None:

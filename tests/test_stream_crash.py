@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import wait_for
 from tests.stream_support import expected_aggregates, latest_aggregates, produce_batches, traffic
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 EVENTS = 100_000
 KILLS = 6
