@@ -69,3 +69,61 @@ def test_server_url_down_is_retried_not_fatal(tally_env, spawn):
     assert sink.alive()
     sink.stop()
     assert sink.popen.returncode == 0, sink.output()[-2000:]
+
+
+def test_server_mode_real_outage(tally_env, spawn, tmp_path):
+    """The sink in server mode (TALLY_CLICKHOUSE_URL) against a ClickHouse HTTP server
+    (tests/chdb_http.py: the real engine behind the HTTP interface). The server is
+    killed with SIGKILL while events keep coming, then started again: every event is
+    stored exactly once."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, free_port
+
+    port = free_port()
+    data = tmp_path / "server-data"
+
+    def start_server() -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "chdb_http.py"), str(data), str(port)],
+                                start_new_session=True)
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/ping"), 60, "ClickHouse HTTP server")
+        return proc
+
+    server = start_server()
+    try:
+        env = Env({**tally_env.vars, "TALLY_CLICKHOUSE_URL": f"http://127.0.0.1:{port}"})
+        s = env.settings
+        sink = spawn(env, "sink")
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{s.query_port}/healthz"), 60, "sink endpoint")
+        rec = Records(s, partitions=4)
+        days = recent_days(2)
+        rec.pageviews(300, days)
+        rec.flush()
+        wait_for(lambda: query_rows(s, "SELECT count() FROM pageviews")[0][0] == 300, 60, "first rows")
+
+        server.send_signal(signal.SIGKILL)  # the warehouse goes away
+        server.wait(10)
+        rec.pageviews(400, days)
+        rec.drop("a.test", days[0], "bot", 6)
+        rec.flush()
+        wait_for(lambda: metric(s.query_port, "tally_sink_paused") == 1, 60, "the sink to pause")
+        assert sink.alive()
+
+        server = start_server()
+        expected = len(rec.sent.event_ids)
+        wait_for(lambda: query_rows(s, "SELECT count() FROM pageviews")[0][0] >= expected, 90, "recovery")
+        time.sleep(1.5)
+        assert query_rows(s, "SELECT count(), uniqExact(event_id) FROM pageviews")[0] == [expected, expected]
+        assert int(query_rows(s, "SELECT sum(count) FROM drops")[0][0]) == 6
+        assert metric(s.query_port, "tally_sink_paused") == 0
+        # Analysts' SQL against the server is read-only too (readonly=1 on every request).
+        out = subprocess.run([sys.executable, "-m", "tally.cli", "query", "DROP TABLE pageviews"], cwd=REPO,
+                             env=env.child_env(), capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and "readonly" in out.stderr.lower(), out.stderr
+        assert query_rows(s, "SELECT count() FROM pageviews")[0][0] == expected
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
