@@ -61,3 +61,34 @@ def test_kill_between_insert_and_commit_leaves_no_duplicate(tally_env, spawn):
                          cwd=REPO, env=tally_env.child_env(), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert sink.alive(), sink.output()[-3000:]
+
+
+def test_timed_kills_while_traffic_flows(tally_env, spawn):
+    """SIGKILL at arbitrary moments (not only between insert and commit) while records
+    keep arriving, three times; after the last restart every event is stored once."""
+    import random
+
+    s = tally_env.settings
+    rec = Records(s, partitions=4)
+    days = recent_days(1)
+    rnd = random.Random(11)
+    for attempt in range(3):
+        proc = spawn(tally_env, "sink", name=f"sink-timed-{attempt}")
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{s.query_port}/healthz"), 60, "sink endpoint")
+        deadline = time.monotonic() + 4 + rnd.random() * 4
+        while time.monotonic() < deadline:
+            rec.pageviews(100, days, per_batch=10)
+            rec.drop("a.test", days[0], "bot", 1)
+            rec.flush()
+            time.sleep(0.1)
+        proc.stop(sig=9)
+        assert proc.popen.returncode == -9
+    sink = spawn(tally_env, "sink")
+    expected = len(rec.sent.event_ids)
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{s.query_port}/healthz"), 60, "sink endpoint")
+    wait_for(lambda: query_rows(s, "SELECT count() FROM pageviews")[0][0] >= expected
+             and int(query_rows(s, "SELECT sum(count) FROM drops")[0][0] or 0) >= rec.sent.drops, 90, "all rows")
+    time.sleep(2)
+    assert query_rows(s, "SELECT count(), uniqExact(event_id) FROM pageviews")[0] == [expected, expected]
+    assert int(query_rows(s, "SELECT sum(count) FROM drops")[0][0]) == rec.sent.drops
+    assert sink.alive()
