@@ -40,6 +40,18 @@ def spooled_event_ids(spool_root: Path) -> set[str]:
     return ids
 
 
+def start_patiently(broker: Broker) -> None:
+    """Broker.start() waits 90 s; on a loaded machine a JVM restart can take longer."""
+    try:
+        broker.start()
+    except AssertionError:
+        from tally.config import Settings
+        from tally.stack import broker_ready
+
+        s = Settings.from_env({"TALLY_KAFKA_BOOTSTRAP": broker.bootstrap})
+        wait_for(lambda: broker_ready(s), 120, f"broker on {broker.bootstrap} (slow start)")
+
+
 def readyz(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return json.loads(resp.read())
@@ -52,7 +64,7 @@ def test_broker_outage_spools_1000_beacons_and_replays_them_all(tmp_path):
     data.mkdir()
     own = Broker(f"127.0.0.1:{port}", "kafka", data_dir=data,
                  command=kafka.broker_command(data, port, 384), log=data / "broker.log")
-    own.start()
+    start_patiently(own)
     env = make_env(own, tmp_path, TALLY_SPOOL_AFTER_MS="300", TALLY_RATE_LIMIT_PER_SECOND="0")
     s = env.settings
     proc = start_collector(env, tmp_path / "collector.log")
@@ -79,7 +91,7 @@ def test_broker_outage_spools_1000_beacons_and_replays_them_all(tmp_path):
             if f.is_file():
                 assert b"127.0.0.1" not in f.read_bytes()  # no raw address on disk
 
-        own.start()
+        start_patiently(own)
         got = read_beacons(s, N + 1, timeout=90)
         outage = [b for b in got if b["path"].startswith("/outage/")]
         ids = {str(b["event_id"]) for b in outage}
