@@ -55,6 +55,7 @@ BAD_RECORDS = Counter("tally_sink_bad_records_total", "Records the sink rejected
                       ["topic", "reason"])
 INSERT_FAILURES = Counter("tally_sink_insert_failures_total", "Failed insert attempts (retried).", ["table"])
 PAUSED = Gauge("tally_sink_paused", "1 while consumption is paused because ClickHouse refuses inserts.")
+PENDING_MAX = Gauge("tally_sink_pending_rows_max", "Most rows ever held in one uninserted batch (the memory bound).")
 
 
 class WarehouseUnavailable(RuntimeError):
@@ -103,6 +104,8 @@ class Sink:
                     if self.batch.size >= self.s.sink_batch_rows and not self.replay:
                         self.stash = msgs[i + 1:]  # next batch: the size bound holds
                         break
+                if self.batch.size > PENDING_MAX._value.get():
+                    PENDING_MAX.set(self.batch.size)
                 if self.replay:
                     if self.replay_reached >= set(self.replay) or time.monotonic() > self.replay_deadline:
                         self._finish_replay()
