@@ -47,7 +47,8 @@ GROUP BY site, day, reason, component;
 -- top_pages reads the stream's path_day aggregates, so it answers for any window,
 -- also after the raw rows expired. Its visitors are the path_day uniques summed
 -- per day (0 while the stream does not count visitors per path). top_pages_raw
--- computes the same from the raw rows, with uniqExact over the whole window.
+-- computes the same from the raw rows (pageview events only, like path_day), with
+-- uniqExact over the whole window.
 CREATE OR REPLACE VIEW top_pages AS
 SELECT dimension AS path, sum(count) AS pageviews, sum(uniques) AS visitors
 FROM aggregates FINAL
