@@ -14,11 +14,14 @@ in collector-sized batches of 200 beacons, over 6 partitions.
   input is produced until the worker has committed the end of beacons.raw AND of
   pageviews.enriched (Faust commits every second, so this slightly understates the rate).
   Target >= 20,000 events/s.
+- worker_events_per_cpu_s: the same, per CPU second the worker process used (user + system):
+  the figure that does not depend on what else the shared machine runs.
 - raw_events_per_s: a raw aiokafka consumer (getmany, no decoding) over the same records,
   counting the beacons they carry. ratio = worker / raw.
 - state_bytes_per_visitor_window: bytes of VisitorSet per (visitor, window) for 1M visitors in
   one window, next to the same for a Python set of ints. Target <= 64.
-The last line is one JSON object.
+The last line is one JSON object. BENCH_PYSPY=<file> profiles the worker with py-spy (if
+installed) into collapsed stacks.
 """
 
 from __future__ import annotations
@@ -117,7 +120,14 @@ def committed_at_end(settings: Settings, group: str, topics: list[str]) -> bool:
         c.close()
 
 
-def bench_worker(settings: Settings, env: dict[str, str], records: list[bytes], log: Path) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc): the worker's own work, whatever
+    else runs on the machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_worker(settings: Settings, env: dict[str, str], records: list[bytes], log: Path) -> tuple[float, float]:
     with open(log, "wb") as fh:
         cmd = [sys.executable, "-m", "tally.cli", "worker"]
         if os.environ.get("BENCH_PYSPY"):  # profile the worker: collapsed stacks to this file
@@ -134,13 +144,14 @@ def bench_worker(settings: Settings, env: dict[str, str], records: list[bytes], 
                 raise RuntimeError(f"worker did not start; see {log}")
             time.sleep(0.2)
         time.sleep(2)
+        cpu0 = cpu_seconds(proc.pid)
         t0 = time.monotonic()
         produce(settings, records)
         while not committed_at_end(settings, settings.app_id, ["beacons.raw", "pageviews.enriched"]):
             if proc.poll() is not None:
                 raise RuntimeError(f"worker died; see {log}")
             time.sleep(0.25)
-        return time.monotonic() - t0
+        return time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
     finally:
         os.killpg(proc.pid, signal.SIGINT if os.environ.get("BENCH_PYSPY") else signal.SIGTERM)
         proc.wait(60)
@@ -228,9 +239,12 @@ def main() -> None:
             print(f"encoding {args.events:,} beacons...", file=sys.stderr)
             records = workload(args.events)
             env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")} | env_vars
-            secs = bench_worker(settings, env, records, Path(tmp) / "worker.log")
+            secs, cpu = bench_worker(settings, env, records, Path(tmp) / "worker.log")
             worker_rate = args.events / secs
-            print(f"worker: {args.events:,} events in {secs:.2f}s = {worker_rate:,.0f} events/s", file=sys.stderr)
+            cpu_rate = args.events / cpu
+            print(f"worker: {args.events:,} events in {secs:.2f}s = {worker_rate:,.0f} events/s "
+                  f"({cpu:.1f} CPU s: {cpu_rate:,.0f} events per CPU second; load {os.getloadavg()[0]:.1f})",
+                  file=sys.stderr)
             raw_secs, raw_records = asyncio.run(bench_raw(settings))
             raw_rate = raw_records * BATCH / raw_secs
             print(f"raw aiokafka: {raw_records:,} records in {raw_secs:.2f}s = {raw_rate:,.0f} events/s",
@@ -242,6 +256,7 @@ def main() -> None:
     print(f"state: {mem['state_bytes_per_visitor_window']:.1f} bytes/visitor/window "
           f"(Python set of ints: {mem['python_set_bytes_per_visitor']:.1f})", file=sys.stderr)
     print(json.dumps({"events": args.events, "batch": BATCH, "worker_events_per_s": round(worker_rate),
+                      "worker_events_per_cpu_s": round(cpu_rate),
                       "raw_events_per_s": round(raw_rate), "ratio": round(worker_rate / raw_rate, 4),
                       **{k: round(v, 1) for k, v in mem.items()}}))
 

@@ -41,7 +41,7 @@ from tally.topics import admin
 
 log = logging.getLogger(__name__)
 
-FLUSH_SECONDS = 0.5  # how often dirty window totals are emitted
+FLUSH_SECONDS = 2.0  # how often the totals of changed windows are emitted
 CLOSE_MARGIN_MS = 3600_000  # windows are forgotten this long after their lateness bound
 
 
@@ -198,6 +198,8 @@ def make_app(settings: Settings) -> faust.App:
     # -- stage 2: pageviews.enriched partition p -> window state of p -> aggregates ----------
     @app.agent(enriched, name="stage2-windows")
     async def count_windows(stream: Any) -> None:
+        # One batch at a time. (stream.take_events, one changelog record per chunk, was ~10%
+        # faster but once left a newly joined worker stalled in the scaling test.)
         async for event in stream.events():
             p = event.message.partition
             st = await state_of("web", p)
