@@ -89,3 +89,31 @@ def test_replays_change_nothing_and_the_changelog_rebuilds_the_same_state():
         {a["kind"] + a["dimension"]: (a["count"], a["uniques"], a["version"])
          for a in (st.aggregate(k) for k in st.windows)}
     assert Delta.decode(deltas[0].encode()).hours.keys() == deltas[0].hours.keys()
+
+
+def test_stage1_never_hashes_unsalted_and_names_every_drop():
+    from tally.schemas.codec import default_codec
+    from tally.streams import beacons as stage1
+    from tally.streams.fastread import reader
+
+    codec = default_codec()
+    now = datetime.now(UTC)
+    items = [beacon(received_at=now), beacon(received_at=now, referrer="https://www.spam.example/x"),
+             beacon(received_at=now, datacenter=True), beacon(received_at=now, ua="curl/8.0")]
+    batch = reader(codec, "beacon_batch")(codec.encode("beacon_batch", {"items": items}))
+    cfg = stage1.Stage1Config(partitions=4, salt_period="day", lateness_ms=48 * 3600_000,
+                              spam=frozenset({"spam.example"}))
+    now_ms = int(now.timestamp() * 1000)
+    out = stage1.process_batch(codec, batch, 2, 17, {}, cfg, now_ms)  # no salt available
+    assert out.enriched == [] and out.accepted == 0
+    assert [b["reason"] for b in out.bad_rows] == ["no_salt"]
+    original = codec.decode("beacon_batch", out.bad_rows[0]["original"])["items"]
+    assert [str(i["event_id"]) for i in original] == [items[0]["event_id"]]
+    assert (out.bad_rows[0]["source_partition"], out.bad_rows[0]["source_offset"]) == (2, 17)
+    assert sorted(d["reason"] for d in out.drops) == ["bot", "datacenter", "referrer_spam"]
+
+    salted = stage1.process_batch(codec, batch, 2, 17, {stage1.period_of(now_ms, "day"): SALT}, cfg, now_ms)
+    assert salted.accepted == 1 and not salted.bad_rows
+    (partition, value), = salted.enriched
+    pv = codec.decode("pageview_batch", value)
+    assert partition == pv["items"][0]["visitor_id"] % 4 and pv["source_offset"] == 17
