@@ -82,7 +82,9 @@ def format_storage(data_dir: Path, config: Path) -> None:
     """Format the KRaft log dir once; a formatted dir keeps its cluster id and data."""
     if (data_dir / "logs" / "meta.properties").exists():
         return
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = "-"
+    while cluster_id.startswith("-"):  # StorageTool would read a leading "-" as an option
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     subprocess.run(
         [java(), "-cp", classpath(), f"-Dlog4j.configuration=file:{LOG4J}",
          "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
