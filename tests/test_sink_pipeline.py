@@ -112,7 +112,7 @@ def test_sink_stores_every_topic_exactly(tally_env, spawn):
     stats = {r["day"]: int(r["pageviews"]) for r in json.loads(out.stdout)["data"]}
     assert stats == {d: c for (site, d), (c, _) in rec.sent.site_days().items() if site == "a.test"}
     out = tally(tally_env, "query", "top-pages", "--site", "a.test", "--from", lo, "--to", hi, "--format", "csv")
-    assert out.returncode == 0 and out.stdout.splitlines()[0] == '"path","pageviews","visitors"', out
+    assert out.returncode == 0 and out.stdout.splitlines()[0] == '"path","pageviews"', out
     assert sum(int(line.split(",")[1]) for line in out.stdout.splitlines()[1:]) == 300
     # top_pages (aggregates) and top_pages_raw (raw rows) agree on every path.
     args = f"site = 'a.test', date_from = '{lo}', date_to = '{hi}'"

@@ -20,7 +20,7 @@ FROM aggregates FINAL WHERE kind = 'site_month'
 GROUP BY site, month;
 
 CREATE OR REPLACE VIEW path_stats_daily AS
-SELECT scope AS site, toDate(window_start) AS day, dimension AS path, sum(count) AS pageviews, sum(uniques) AS visitors
+SELECT scope AS site, toDate(window_start) AS day, dimension AS path, sum(count) AS pageviews
 FROM aggregates FINAL WHERE kind = 'path_day'
 GROUP BY site, day, path;
 
@@ -45,12 +45,12 @@ GROUP BY site, day, reason, component;
 --   SELECT * FROM top_pages(site = 'example.com', date_from = '2026-11-01', date_to = '2026-11-30') LIMIT 10
 --
 -- top_pages reads the stream's path_day aggregates, so it answers for any window,
--- also after the raw rows expired. Its visitors are the path_day uniques summed
--- per day (0 while the stream does not count visitors per path). top_pages_raw
--- computes the same from the raw rows (pageview events only, like path_day), with
--- uniqExact over the whole window.
+-- also after the raw rows expired. The stream counts pageviews per path, not visitors,
+-- so this view has no visitors column rather than a column of zeros. top_pages_raw
+-- computes pageviews (pageview events only, like path_day) and exact visitors from
+-- the raw rows.
 CREATE OR REPLACE VIEW top_pages AS
-SELECT dimension AS path, sum(count) AS pageviews, sum(uniques) AS visitors
+SELECT dimension AS path, sum(count) AS pageviews
 FROM aggregates FINAL
 WHERE kind = 'path_day' AND scope = {site:String}
   AND window_start >= toDateTime64({date_from:Date}, 3, 'UTC')
