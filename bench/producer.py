@@ -173,20 +173,6 @@ def middleware_overhead_us(settings: Settings, n: int = 100_000) -> dict[str, fl
     }
 
 
-def start_broker(tmp: Path) -> tuple[object, str]:
-    from tally.infra import kafka
-
-    from tests.conftest import Broker, free_port_pair
-
-    kafka.ensure_jars()
-    port = free_port_pair()
-    data = tmp / "kafka"
-    broker = Broker(f"127.0.0.1:{port}", "kafka", data_dir=data,
-                    command=kafka.broker_command(data, port, 512), log=tmp / "broker.log")
-    broker.start()
-    return broker, broker.bootstrap
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=200_000)
@@ -199,7 +185,10 @@ def main() -> None:
         bootstrap = args.bootstrap
         if not bootstrap:
             print("starting a local Kafka broker...", file=sys.stderr)
-            broker, bootstrap = start_broker(Path(tmp))
+            from tests.conftest import start_kafka
+
+            broker = start_kafka(Path(tmp), heap_mb=512)
+            bootstrap = broker.bootstrap
         try:
             settings = Settings.from_env({
                 "TALLY_KAFKA_BOOTSTRAP": bootstrap, "TALLY_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:6]}.",

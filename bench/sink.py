@@ -125,15 +125,9 @@ def main() -> None:
     broker = None
     tmp = Path(tempfile.mkdtemp(prefix="tally-bench-sink-"))
     if not args.bootstrap:
-        from tally.infra import kafka
+        from tests.conftest import start_kafka
 
-        from tests.conftest import Broker, free_port_pair
-
-        kafka.ensure_jars()
-        port = free_port_pair()
-        broker = Broker(f"127.0.0.1:{port}", "kafka", data_dir=tmp / "kafka",
-                        command=kafka.broker_command(tmp / "kafka", port, 768), log=tmp / "broker.log")
-        broker.start()
+        broker = start_kafka(tmp)
     try:
         bootstrap = args.bootstrap or broker.bootstrap
         tag = uuid.uuid4().hex[:6]

@@ -204,20 +204,6 @@ def state_memory() -> dict[str, float]:
     return {"state_bytes_per_visitor_window": ours / n, "python_set_bytes_per_visitor": theirs / n}
 
 
-def start_broker(tmp: Path) -> tuple[object, str]:
-    from tally.infra import kafka
-
-    from tests.conftest import Broker, free_port_pair
-
-    kafka.ensure_jars()
-    port = free_port_pair()
-    data = tmp / "kafka"
-    broker = Broker(f"127.0.0.1:{port}", "kafka", data_dir=data,
-                    command=kafka.broker_command(data, port, 768), log=tmp / "broker.log")
-    broker.start()
-    return broker, broker.bootstrap
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=300_000)
@@ -228,7 +214,10 @@ def main() -> None:
         bootstrap = args.bootstrap
         if not bootstrap:
             print("starting a local Kafka broker...", file=sys.stderr)
-            broker, bootstrap = start_broker(Path(tmp))
+            from tests.conftest import start_kafka
+
+            broker = start_kafka(Path(tmp), heap_mb=768)
+            bootstrap = broker.bootstrap
         try:
             tag = uuid.uuid4().hex[:6]
             env_vars = {"TALLY_KAFKA_BOOTSTRAP": bootstrap, "TALLY_TOPIC_PREFIX": f"bench{tag}.",

@@ -85,6 +85,19 @@ class Broker:
         wait_for(lambda: broker_ready(settings), 90, f"broker on {self.bootstrap}")
 
 
+def start_kafka(tmp: Path, heap_mb: int = 768) -> Broker:
+    """A real Kafka broker with its data and log under tmp, started and ready (tests and benches)."""
+    from tally.infra import kafka
+
+    kafka.ensure_jars()
+    port = free_port_pair()
+    data = tmp / "kafka"
+    broker = Broker(f"127.0.0.1:{port}", "kafka", data_dir=data,
+                    command=kafka.broker_command(data, port, heap_mb), log=tmp / "broker.log")
+    broker.start()
+    return broker
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     external = os.environ.get("TALLY_TEST_BOOTSTRAP")
@@ -92,19 +105,16 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         yield Broker(external, "external")
         return
     kind = os.environ.get("TALLY_TEST_BROKER", "kafka")
-    port = free_port_pair()
     data = tmp_path_factory.mktemp("kafka")
     if kind == "tansu":
         from tally.infra import tansu
 
+        port = free_port_pair()
         cmd = tansu.broker_command(port)
+        b = Broker(f"127.0.0.1:{port}", kind, data_dir=data, command=cmd, log=data / "broker.log")
+        b.start()
     else:
-        from tally.infra import kafka
-
-        kafka.ensure_jars()
-        cmd = kafka.broker_command(data, port, 768)
-    b = Broker(f"127.0.0.1:{port}", kind, data_dir=data, command=cmd, log=data / "broker.log")
-    b.start()
+        b = start_kafka(data)
     yield b
     b.stop()
 

@@ -54,21 +54,6 @@ from tally.stack import http_ok  # noqa: E402
 from tally.topics import ensure_topics  # noqa: E402
 
 
-def start_broker(tmp: Path):
-    from tally.infra import kafka
-
-    from tests.conftest import Broker, free_port_pair
-
-    kafka.ensure_jars()
-    port = free_port_pair()
-    data = tmp / "kafka"
-    data.mkdir()
-    broker = Broker(f"127.0.0.1:{port}", "kafka", data_dir=data,
-                    command=kafka.broker_command(data, port, 512), log=tmp / "broker.log")
-    broker.start()
-    return broker
-
-
 def wait_http(url: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -220,7 +205,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tally-bench-collector-") as tmp_s:
         tmp = Path(tmp_s)
         print("starting a local Kafka broker...", file=sys.stderr)
-        broker = start_broker(tmp)
+        from tests.conftest import start_kafka
+
+        broker = start_kafka(tmp, heap_mb=512)
         procs: list[subprocess.Popen] = []
         try:
             env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
