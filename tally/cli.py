@@ -235,21 +235,14 @@ def config_check() -> None:
 
 
 # --- commands contributed by each stage --------------------------------------------
-# Each area keeps its commands in its own module and registers them here, one line each.
-from tally.sinks.cli import query, reconcile  # noqa: E402
-
-main.add_command(query)
-main.add_command(reconcile)
+# Each area keeps its commands in its own module; they are registered here.
 from tally.producers.collector.cli import collector  # noqa: E402
-
-main.add_command(collector)
 from tally.schemas.cli import catalog, schemas  # noqa: E402
-
-main.add_command(schemas)
-main.add_command(catalog)
+from tally.sinks.cli import query, reconcile  # noqa: E402
 from tally.streams.cli import classify_ua_command  # noqa: E402
 
-main.add_command(classify_ua_command)
+for command in (collector, schemas, catalog, query, reconcile, classify_ua_command):
+    main.add_command(command)
 
 
 if __name__ == "__main__":
