@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tally.lag import group_report
+from tally.topics import admin
 from tests.conftest import wait_for
 from tests.stream_support import expected_aggregates, latest_aggregates, produce_batches, traffic
 
@@ -24,7 +26,18 @@ def test_adding_and_removing_workers_changes_no_number(tally_env, spawn):
     produce_batches(s, thirds[0])
     wait_for(lambda: "rebuilt from" in first.output(), 90, "first worker counting")
 
+    def both_hold_partitions() -> bool:
+        try:
+            group = group_report(admin(s), s.app_id)
+        except Exception:
+            return False
+        return group.state == "stable" and len(group.members) == 2 and all(
+            m["partitions"] for m in group.members)
+
     second = spawn(tally_env, "worker", name="second")
+    # Produce only after the rebalance: otherwise the first worker may finish this third
+    # before the second one owns anything, and the second never has work to show.
+    wait_for(both_hold_partitions, 90, "second worker joined the group with partitions")
     produce_batches(s, thirds[1])
     wait_for(lambda: "rebuilt from" in second.output(), 90, "second worker given partitions")
 
