@@ -197,16 +197,10 @@ class Client:
         except Exception as exc:  # check() passed, so this is a bug; never crash the host
             self._drop(ENCODE_ERROR, f"{event}: {exc}")
             return False
-        try:
-            self._produce(self.topic, value, tenant_id)
-        except BufferError:
+        queued = self._offer(value, tenant_id)
+        if queued is None:  # librdkafka's queue is full: wait for space, within the bound
             return self._send_when_space(value, tenant_id, self.max_block)
-        except Exception as exc:  # KafkaException after a fatal producer error
-            self._drop(DELIVERY_FAILED, str(exc))
-            return False
-        with self._lock:
-            self._queued += 1
-        return True
+        return queued
 
     def stats(self) -> Stats:
         pending = len(self._producer) if self._producer is not None else 0

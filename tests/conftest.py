@@ -203,5 +203,17 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         p.stop()
 
 
+def start_pipeline(env: Env, spawn: Callable[..., Proc]) -> tuple[Proc, Proc, Proc]:
+    """Sink, worker and collector as real processes, returned once each is ready."""
+    from tally.stack import http_ok, worker_ready
+
+    s = env.settings
+    procs = (spawn(env, "sink"), spawn(env, "worker"), spawn(env, "collector"))
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{s.query_port}/healthz"), 60, "sink endpoint")
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{s.collector_port}/healthz"), 30, "collector")
+    wait_for(lambda: worker_ready(s), 90, "worker in its consumer group")
+    return procs
+
+
 def tally_bin() -> str:
     return shutil.which("tally", path=str(Path(sys.executable).parent)) or "tally"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tally.stack import http_ok, worker_ready
-from tests.conftest import wait_for
+from tally.stack import http_ok
+from tests.conftest import start_pipeline, wait_for
 from tests.helpers import collect_url, post_json, query_rows
 
 pytestmark = pytest.mark.integration
@@ -13,12 +13,7 @@ pytestmark = pytest.mark.integration
 
 def test_beacons_reach_clickhouse(tally_env, spawn):
     s = tally_env.settings
-    sink = spawn(tally_env, "sink")
-    worker = spawn(tally_env, "worker")
-    collector = spawn(tally_env, "collector")
-    wait_for(lambda: http_ok(f"http://127.0.0.1:{s.query_port}/healthz"), 60, "sink endpoint")
-    wait_for(lambda: http_ok(f"http://127.0.0.1:{s.collector_port}/healthz"), 30, "collector")
-    wait_for(lambda: worker_ready(s), 90, "worker in its consumer group")
+    sink, worker, collector = start_pipeline(tally_env, spawn)
 
     ua = "Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0"
     for i in range(25):

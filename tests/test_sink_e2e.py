@@ -11,8 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tally.stack import http_ok, worker_ready
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPO, start_pipeline, wait_for
 from tests.helpers import collect_url, post_json, query_rows
 
 pytestmark = pytest.mark.integration
@@ -24,12 +23,7 @@ UAS = ["Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0",
 
 def test_beacons_to_rows_and_aggregates_reconcile(tally_env, spawn):
     s = tally_env.settings
-    sink = spawn(tally_env, "sink")
-    worker = spawn(tally_env, "worker")
-    collector = spawn(tally_env, "collector")
-    wait_for(lambda: http_ok(f"http://127.0.0.1:{s.query_port}/healthz"), 60, "sink endpoint")
-    wait_for(lambda: http_ok(f"http://127.0.0.1:{s.collector_port}/healthz"), 30, "collector")
-    wait_for(lambda: worker_ready(s), 90, "worker in its consumer group")
+    sink, worker, collector = start_pipeline(tally_env, spawn)
 
     for i in range(30):
         body = {"site": "example.com", "path": f"/docs/{i % 4}", "referrer": "https://www.google.com/"}
