@@ -193,6 +193,25 @@ def _unsupported() -> Writer:
     raise Fallback
 
 
+def field_writers(schema: dict) -> dict[str, Writer]:
+    """The compiled writer of each field of a record schema, by field name.
+
+    For callers that assemble a record's bytes from cached pieces (the SDK's
+    fast path): a record's binary form is its fields' encodings in schema order.
+    Raises Fallback when a field needs fastavro.
+    """
+    if schema.get("type") != "record":
+        raise Fallback
+    return {f["name"]: compile_writer(f["type"]) for f in schema["fields"]}
+
+
+def encoded(writer: Writer, value: Any) -> bytes:
+    """The bytes `writer` produces for one value (raises Fallback like the writer)."""
+    out: list[bytes] = []
+    writer(value, out)
+    return b"".join(out)
+
+
 def _record(schema: dict) -> Writer:
     """Generates straight-line code for one record: no per-field loop, and string
     fields look their cached bytes up inline (most of an event is strings)."""
