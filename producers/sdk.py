@@ -32,17 +32,17 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
-import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import count
 from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, Producer
+from tally.producers.fastpath import FastEvents, Unavailable, uuid7
 from tally.schemas.catalog import CATALOG, check
 from tally.schemas.codec import Codec, default_codec
 
@@ -94,39 +94,17 @@ class Stats:
         return sum(self.dropped.values())
 
 
-# --- event ids ---------------------------------------------------------------------
-# UUIDv7 (time-ordered, so downstream dedup and ClickHouse sort well). The random
-# part comes from a PRNG seeded from os.urandom and re-seeded after fork, so
-# pre-fork servers (gunicorn) do not mint the same ids in every worker;
-# uuid.uuid4()/uuid6.uuid7() would cost several µs per event.
-_rng = random.Random(os.urandom(16))
-os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(16)))
-_LOW62 = (1 << 62) - 1
-
-
-_last_prefix: tuple[int, str] = (-1, "")  # (ms, "tttttttt-tttt-7"), swapped whole
-
-
-def uuid7(ms: int | None = None) -> str:
-    global _last_prefix
-    if ms is None:
-        ms = time.time_ns() // 1_000_000
-    last = _last_prefix
-    if last[0] != ms:
-        h = f"{ms:012x}"
-        last = _last_prefix = (ms, f"{h[:8]}-{h[8:]}-7")
-    r = _rng.getrandbits(74)
-    rb = r & _LOW62
-    # 12 random bits, then variant 10 + 62 random bits
-    return f"{last[1]}{r >> 62:03x}-{0x8000 | (rb >> 48):04x}-{rb & 0xFFFFFFFFFFFF:012x}"
-
-
 def _millis(value: datetime | int | float) -> int:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise ValueError("naive datetime: pass an aware datetime (UTC)")
         return int(value.timestamp() * 1000)
     return int(value)
+
+
+def _counted(counter: count) -> int:
+    """How many times next() was called on an itertools.count() started at 0."""
+    return int(repr(counter)[6:-1])  # "count(N)": the only read-out the C type offers
 
 
 class Client:
@@ -142,14 +120,22 @@ class Client:
         self.topic = settings.topic(TOPIC)
         self.max_block = settings.sdk_max_block_ms / 1000
         self._lock = threading.Lock()
-        self._queued = 0
+        # Events accepted into the queue: next() on a C counter is atomic under the
+        # GIL, so the per-event path takes no lock.
+        self._queued = count()
         self._failed = 0
         self._dropped: Counter[str] = Counter()
         self._closed = False
         self._producer: Producer | None = None
+        self._fast: FastEvents | None = None
         if self.disabled:
             return
-        self._encode = (codec or default_codec(settings)).encode
+        codec = codec or default_codec(settings)
+        self._encode = codec.encode
+        try:
+            self._fast = FastEvents(codec, self.app)
+        except Unavailable as exc:  # e.g. a schema registry: every event takes the full path
+            log.info("tally sdk: no fast path (%s)", exc)
         conf = producer_config(settings, **{
             "client.id": f"tally-sdk-{self.app or 'app'}",
             "queue.buffering.max.messages": settings.sdk_queue_events,
@@ -169,6 +155,14 @@ class Client:
         self._poller = threading.Thread(target=self._poll_loop, name="tally-sdk-poll", daemon=True)
         self._poller.start()
         atexit.register(self.close, settings.sdk_exit_flush_seconds)
+        if self._fast is not None:
+            # track() becomes the fast path's closure (tally.producers.fastpath): an
+            # event of known pieces costs a few look-ups and one produce(); any
+            # other event goes to the method below, which judges it in full.
+            self.track = self._fast.compile_track(  # type: ignore[method-assign]
+                self._produce, self.topic, self._queued.__next__,
+                when_full=lambda value, key: self._send_when_space(value, key, self.max_block),
+                failed=self._produce_failed, full=self._track_full)
 
     # --- the API ------------------------------------------------------------------
 
@@ -183,29 +177,13 @@ class Client:
         subject: a Subject/(type, id) pair, or None. metadata values: ids, enum
         strings, booleans, small ints, and aware datetimes (sent as epoch ms).
         """
-        if self.disabled:
-            return False
-        record = self._record(event, tenant_id, workspace_id, actor, subject, metadata, occurred_at)
-        if record is None:
-            return False
-        # The common path inline (this runs per event): encode, produce, count.
-        if self._closed:
-            self._drop(CLOSED, "track() after close()")
-            return False
-        try:
-            value = self._encode("product_event", record)
-        except Exception as exc:  # check() passed, so this is a bug; never crash the host
-            self._drop(ENCODE_ERROR, f"{event}: {exc}")
-            return False
-        queued = self._offer(value, tenant_id)
-        if queued is None:  # librdkafka's queue is full: wait for space, within the bound
-            return self._send_when_space(value, tenant_id, self.max_block)
-        return queued
+        return self._track_full(event, tenant_id, workspace_id, actor, subject, metadata, occurred_at)
 
     def stats(self) -> Stats:
         pending = len(self._producer) if self._producer is not None else 0
+        queued = _counted(self._queued)
         with self._lock:
-            queued, failed, dropped = self._queued, self._failed, dict(self._dropped)
+            failed, dropped = self._failed, dict(self._dropped)
         return Stats(queued=queued, delivered=max(0, queued - failed - pending), pending=pending,
                      failed=failed, dropped=dropped, disabled=self.disabled)
 
@@ -220,6 +198,8 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        if self._fast is not None:
+            self._fast.plans.clear()  # every track() now takes the full path, which counts it as closed
         if self._producer is None:
             return
         left = self._producer.flush(timeout)
@@ -303,15 +283,36 @@ class Client:
             return False
         return outcome
 
-    def _value(self, record: dict[str, Any]) -> bytes | None:
+    def _track_full(self, event: str, tenant_id: str, workspace_id: str, actor: Any, subject: Any,
+                    metadata: Mapping[str, Any] | None, occurred_at: datetime | int | None) -> bool:
+        value = self._full_value(event, tenant_id, workspace_id, actor, subject, metadata, occurred_at)
+        if value is None:
+            return False
+        queued = self._offer(value, tenant_id)
+        if queued is None:  # librdkafka's queue is full: wait for space, within the bound
+            return self._send_when_space(value, tenant_id, self.max_block)
+        return queued
+
+    def _full_value(self, event: str, tenant_id: str, workspace_id: str, actor: Any, subject: Any,
+                    metadata: Mapping[str, Any] | None, occurred_at: datetime | int | None) -> bytes | None:
+        """The full path: build the record, check() it, encode it; teach the fast path."""
+        if self.disabled:
+            return None
+        record = self._record(event, tenant_id, workspace_id, actor, subject, metadata, occurred_at)
+        if record is None:
+            return None
         if self._closed:
             self._drop(CLOSED, "track() after close()")
             return None
         try:
-            return self._encode("product_event", record)
+            value = self._encode("product_event", record)
         except Exception as exc:  # check() passed, so this is a bug; never crash the host
-            self._drop(ENCODE_ERROR, f"{record['event']}: {exc}")
+            self._drop(ENCODE_ERROR, f"{event}: {exc}")
             return None
+        fast = self._fast
+        if fast is not None:
+            fast.learn(record, actor, subject)
+        return value
 
     def _offer(self, value: bytes, key: str) -> bool | None:
         """True: queued. None: the queue is full. False: dropped (fatal producer error)."""
@@ -320,11 +321,13 @@ class Client:
         except BufferError:
             return None
         except Exception as exc:  # KafkaException after a fatal producer error
-            self._drop(DELIVERY_FAILED, str(exc))
-            return False
-        with self._lock:
-            self._queued += 1
+            return self._produce_failed(exc)
+        next(self._queued)
         return True
+
+    def _produce_failed(self, exc: Exception) -> bool:
+        self._drop(DELIVERY_FAILED, str(exc))
+        return False
 
     def count_drop(self, reason: str, detail: str, n: int = 1) -> None:
         """Count events lost to `reason` (used by the middleware too)."""
@@ -355,6 +358,13 @@ class Client:
             self._producer.poll(0.2)
 
 
+class _Full(NamedTuple):
+    """An event the queue had no room for (async flavour: it waits without blocking)."""
+
+    value: bytes
+    key: str
+
+
 class AsyncClient:
     """asyncio flavour: the same client; `await track(...)` never blocks the loop.
 
@@ -363,7 +373,14 @@ class AsyncClient:
     """
 
     def __init__(self, settings: Settings | None = None, **kwargs: Any) -> None:
-        self.sync = Client(settings, **kwargs)
+        self.sync = c = Client(settings, **kwargs)
+        # The same fast path as the sync client, except that a full queue hands the
+        # event back (_Full) so track() can wait for space without blocking the loop.
+        self._track: Callable[..., bool | _Full] = self._track_full
+        if c._fast is not None:
+            self._track = c._fast.compile_track(
+                c._produce, c.topic, c._queued.__next__, when_full=_Full, failed=c._produce_failed,
+                full=self._track_full)
 
     async def track(self, event: str, *, tenant_id: str, workspace_id: str,
                     actor: str | Actor | tuple[str, str] | None = None,
@@ -372,26 +389,31 @@ class AsyncClient:
                     occurred_at: datetime | int | None = None) -> bool:
         import asyncio
 
+        outcome = self._track(event, tenant_id=tenant_id, workspace_id=workspace_id, actor=actor,
+                              subject=subject, metadata=metadata, occurred_at=occurred_at)
+        if outcome.__class__ is not _Full:
+            return outcome
         c = self.sync
-        if c.disabled:
-            return False
-        record = c._record(event, tenant_id, workspace_id, actor, subject, metadata, occurred_at)
-        if record is None:
-            return False
-        value = c._value(record)
-        if value is None:
-            return False
-        key = record["tenant_id"]
-        outcome = c._offer(value, key)
-        if outcome is None and c.max_block > 0:
+        value, key = outcome
+        queued = None
+        if c.max_block > 0:
             deadline = time.monotonic() + c.max_block
-            while outcome is None and time.monotonic() < deadline:
+            while queued is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.005)  # the poll thread frees space meanwhile
-                outcome = c._offer(value, key)
-        if outcome is None:
+                queued = c._offer(value, key)
+        if queued is None:
             c._drop(QUEUE_FULL, f"queue of {c.settings.sdk_queue_events} events is full")
             return False
-        return outcome
+        return queued
+
+    def _track_full(self, event: str, tenant_id: str, workspace_id: str, actor: Any, subject: Any,
+                    metadata: Mapping[str, Any] | None, occurred_at: datetime | int | None) -> bool | _Full:
+        c = self.sync
+        value = c._full_value(event, tenant_id, workspace_id, actor, subject, metadata, occurred_at)
+        if value is None:
+            return False
+        queued = c._offer(value, tenant_id)
+        return _Full(value, tenant_id) if queued is None else queued
 
     def stats(self) -> Stats:
         return self.sync.stats()

@@ -359,6 +359,19 @@ def _check_value(event: str, key: str, prop: Prop, value: Any) -> tuple[str, str
     return "unsafe_value", f"{where} {_why_unsafe(value)}; expected {prop.type_label()}"
 
 
+def check_metadata_value(event: str, key: str, value: Any) -> tuple[str, str] | None:
+    """check()'s verdict on one metadata value of a known event (None: allowed)."""
+    prop = CATALOG[event].props.get(key)
+    if prop is None:
+        return "unknown_key", f"{event}: metadata key {key!r} is not declared"
+    return _check_value(event, key, prop, value)
+
+
+# Python class a metadata value of each kind has (bool is not an int here).
+KIND_CLASS: dict[str, type] = {"bool": bool, "int": int, "timestamp": int, "id": str, "enum": str,
+                               "type": str, "route": str}
+
+
 # Values already found safe, so repeated ids and enum values cost one set
 # lookup (a track() call must stay within a few µs). Bounded: cleared when full.
 _SAFE_IDS: set[str] = set()

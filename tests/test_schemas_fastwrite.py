@@ -66,3 +66,141 @@ def test_cached_pairs_keep_bool_and_int_apart():
         assert CODEC.encode("product_event", rec) == MAGIC + v.fingerprint + _fastavro(v.writer, rec)
         assert CODEC.decode("product_event", CODEC.encode("product_event", rec))["metadata"] == meta
         assert type(CODEC.decode("product_event", CODEC.encode("product_event", rec))["metadata"]["a"]) is type(meta["a"])
+
+
+# --- the SDK's fast path (tally.producers.fastpath) ---------------------------------
+# An event of known pieces is validated and encoded from caches. It must give the
+# catalog's verdict on every input and fastavro's bytes on every accepted one.
+
+def _sdk_client():
+    from tally.producers.sdk import Client
+
+    from tally.config import Settings
+
+    # Nothing is sent: produce() is replaced by a capture below; the port is closed.
+    settings = Settings.from_env({"TALLY_KAFKA_BOOTSTRAP": "127.0.0.1:9", "TALLY_SDK_EXIT_FLUSH_SECONDS": "0"})
+    return Client(settings, app="test-app", strict=False, producer_overrides={"log_level": 0})
+
+
+def _random_call(rnd):
+    """A track() call drawn from small pools of valid and invalid pieces, so pieces repeat."""
+    from tally.producers.sdk import Actor, Subject
+    from tally.schemas.catalog import CATALOG
+
+    event = rnd.choice([*CATALOG, "nope.unknown"])
+    spec = CATALOG.get(event)
+    ids = ["t1", "tenant-2", "ws_9", "u_1", "", "jane@example.com", "a b", None, 5, "sk_live_abcdefghijklmnop"]
+    tenant, workspace = rnd.choice(ids[:3] * 4 + ids), rnd.choice(ids[:3] * 4 + ids)
+    actor = rnd.choice(["u_1", "u_2", None, Actor("service", "importer"), ("user", "u_3"), ("system", ""),
+                        ("robot", "x"), "", "x@y.io", 42, ("user", "u", "extra")])
+    stype = spec.subject_type if spec else "ticket"
+    subject = rnd.choice([None, (stype, "s_1"), Subject(stype, "s_2"), (stype, None), ("other", "s_1"),
+                          ("", "s_3"), (stype, "no spaces please"), [stype, "s_1"], "ab"])
+    metadata: dict = {}
+    for key, prop in (spec.props.items() if spec else []):
+        if rnd.random() < 0.3:
+            continue  # leaves required keys out now and then
+        good = {"enum": list(prop.values), "bool": [True, False], "int": [0, 3, prop.max],
+                "timestamp": [1_763_780_000_000], "id": ["p_1", "x-2"], "type": ["policy_sync", "a.b"],
+                "route": ["/t/{id}", "/*"]}[prop.kind]
+        bad = [None, 1, True, 1.0, -1, prop.max + 1, "jane@example.com", "x" * 70, "", [1], "https://a.b/?q=1"]
+        metadata[key] = rnd.choice(good * 12 + bad)
+    if rnd.random() < 0.1:
+        metadata["unknown_key"] = "x"
+    return event, tenant, workspace, actor, subject, rnd.choice([metadata] * 8 + [None, {}, [("a", 1)]])
+
+
+def test_fast_path_gives_the_catalogs_verdict_and_fastavros_bytes():
+    import random
+
+    client = _sdk_client()
+    sent: list[bytes] = []
+    full: list[bytes | None] = []
+
+    def take_full(*args):
+        full.append(client._full_value(*args))
+        return full[-1] is not None
+
+    track = client._fast.compile_track(lambda topic, value, key: sent.append(value), client.topic,
+                                       lambda: None, when_full=None, failed=None, full=take_full)
+    v = CODEC.latest("product_event")
+    rnd = random.Random(7)
+    fast_hits = accepted = 0
+    ids = set()
+    for _ in range(4000):
+        event, tenant, workspace, actor, subject, metadata = _random_call(rnd)
+        # The reference: the full path alone (record, check(), codec), no caches involved.
+        expected = client._full_value(event, tenant, workspace, actor, subject, metadata, None)
+        n_sent, n_full = len(sent), len(full)
+        ok = track(event, tenant_id=tenant, workspace_id=workspace, actor=actor, subject=subject,
+                   metadata=metadata)
+        assert ok is (expected is not None), (event, tenant, workspace, actor, subject, metadata)
+        accepted += ok
+        if len(sent) > n_sent:  # the fast path took it
+            fast_hits += 1
+            data = sent[-1]
+            rec = CODEC.decode("product_event", data)
+            assert data == MAGIC + v.fingerprint + _fastavro(v.writer, rec)
+            ref = CODEC.decode("product_event", expected)
+            for k in ("event_id", "occurred_at"):
+                rec.pop(k), ref.pop(k)
+            assert rec == ref and [type(x) for x in rec["metadata"].values()] == \
+                [type(x) for x in ref["metadata"].values()]
+            u = CODEC.decode("product_event", data)["event_id"]
+            assert u.version == 7 and u.variant == uuid.RFC_4122 and u not in ids
+            ids.add(u)
+        else:
+            assert len(full) == n_full + 1 and (full[-1] is None) is (expected is None)
+    # the pools repeat, so most accepted calls are served from the caches
+    assert accepted > 100 and fast_hits > accepted / 2, (accepted, fast_hits)
+    client.close(0)
+
+
+def test_fast_path_counts_and_closes():
+    client = _sdk_client()
+    for _ in range(3):
+        assert client.track("ticket.created", tenant_id="t", workspace_id="w", actor="u_1",
+                            subject=("ticket", "k_1"), metadata={"ticket_type": "incident"})
+    assert client.stats().queued == 3
+    client.close(0)
+    assert not client.track("ticket.created", tenant_id="t", workspace_id="w", actor="u_1",
+                            subject=("ticket", "k_1"), metadata={"ticket_type": "incident"})
+    assert client.stats().dropped.get("closed") == 1
+
+
+def test_fast_path_off_for_a_registry_or_another_layout(tmp_path):
+    import json
+    import shutil
+
+    from tally.producers.fastpath import FastEvents, Unavailable
+    from tally.schemas.codec import SCHEMA_DIR, Codec
+
+    with pytest.raises(Unavailable):
+        FastEvents(Codec(registry_url="http://127.0.0.1:9"), "app")
+    shutil.copytree(SCHEMA_DIR, tmp_path / "avro")
+    raw = json.loads((SCHEMA_DIR / "product_event.v1.avsc").read_text())
+    raw["fields"].insert(3, {"name": "region", "type": "string", "default": "", "doc": "x"})
+    (tmp_path / "avro" / "product_event.v2.avsc").write_text(json.dumps(raw))
+    with pytest.raises(Unavailable, match="layout"):
+        FastEvents(Codec(tmp_path / "avro"), "app")
+
+
+def test_uuid7_tails_are_not_shared_with_a_forked_child():
+    import os
+
+    from tally.producers import fastpath
+
+    fastpath.uuid7_tail()  # the pool is filled
+    parents_next = fastpath._tails[-1]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.write(write, fastpath.uuid7_tail())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    childs = os.read(read, 64)
+    os.close(read)
+    assert len(childs) == 21 and childs != parents_next
+    u = uuid.UUID(fastpath.uuid7(1_763_780_000_000))
+    assert u.version == 7 and u.variant == uuid.RFC_4122

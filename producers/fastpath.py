@@ -1,0 +1,305 @@
+"""The SDK's fast path: a product event's bytes from cached, already-judged pieces.
+
+Why: the SDK's target is 100k events/s from one Python process, so track()
+has a budget of a few µs. Building a record dict, running check() over it and
+encoding it field by field costs several times that. But almost everything in
+an event repeats: the event name, tenants, workspaces, actors, subjects and
+metadata pairs. So each piece, once the catalog has accepted it, is kept with
+its Avro encoding; an event made only of known pieces is validated and encoded
+by dictionary look-ups and one join. Anything else (a new value, an odd type,
+an explicit occurred_at, datetimes in metadata) returns None and takes the
+full path (record, catalog.check(), codec), which judges it, and whose success
+teaches the caches through learn().
+
+Why judging pieces separately gives check()'s verdict: check()'s rules are
+each about one piece, given the event:
+- tenant_id and workspace_id: a non-empty opaque id (the same rule for both,
+  and for actor and subject ids). Cached: strings check() accepted there.
+- the actor: its type is user/service/system and its id opaque or empty; the
+  five adoption events need a user with an id. Cached apart: `users` (a user
+  with an id, good for every event) and `actors` (anything else check()
+  accepted, consulted only for events that are not user-initiated).
+- the subject: its type is the event's (or empty) and its id opaque or None.
+  Cached per event.
+- each metadata pair: the key is declared by the event and the value fits its
+  kind. Cached per event and key, by value *and class* (True == 1 in a dict,
+  so a bool never hits an int's entry, nor 1.0 an int's). Enum values,
+  booleans and null for nullable keys are filled in from the catalog up front.
+- required metadata keys: checked per event on every call.
+- feature_area and app come from the catalog and the client; occurred_at is
+  "now" (an explicit occurred_at takes the full path).
+
+Byte-identity: the pieces are made by the same compiled writers as the codec
+(tally.schemas.fastwrite), in schema field order, and the layout is checked
+against the newest product_event schema at start (a schema change without a
+matching change here turns the fast path off rather than write wrong bytes).
+tests/test_schemas_fastwrite.py compares the result with fastavro's bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from tally.schemas.catalog import CATALOG, KIND_CLASS, check_metadata_value
+from tally.schemas.codec import MAGIC, Codec
+from tally.schemas.fastwrite import Fallback, compile_writer, encoded, field_writers
+
+SCHEMA = "product_event"
+# product_event's fields in order with their types; the pieces below follow it.
+LAYOUT = (
+    ("event_id", {"type": "string", "logicalType": "uuid"}),
+    ("event", "string"), ("feature_area", "string"), ("tenant_id", "string"),
+    ("workspace_id", "string"), ("actor_type", "string"), ("actor_id", "string"),
+    ("subject_type", "string"), ("subject_id", ["null", "string"]),
+    ("occurred_at", {"type": "long", "logicalType": "timestamp-millis"}), ("app", "string"),
+    ("metadata", {"type": "map", "values": ["null", "boolean", "long", "string"]}),
+)
+_CACHE_MAX = 65536   # entries per cache; a full cache is cleared (bounded memory)
+_VALUES_MAX = 4096   # cached values per metadata key
+_UUID_LEN = b"\x48"  # Avro length prefix of a 36-character uuid string
+_MAP_END = b"\x00"
+_MAP_COUNT = tuple(bytes((2 * n,)) for n in range(64))  # zigzag varint of a small count
+
+
+class Unavailable(Exception):
+    """The codec cannot take the fast path (schema registry, or another layout)."""
+
+
+# --- UUIDv7 ----------------------------------------------------------------------------
+# 48 bits of Unix ms, then 74 random bits (RFC 9562). The random part of the text
+# form, "aaa-vrrr-rrrrrrrrrrrr", is cut in blocks of 4096 from one os.urandom()
+# call with C-level slicing, so an id costs a list pop and a per-ms prefix instead
+# of a PRNG call and string formatting (uuid.uuid4()/uuid6.uuid7() cost several
+# µs). list.pop() is atomic under the GIL, so two threads never get the same
+# tail; a forked child empties the pool so pre-fork servers (gunicorn) do not
+# mint the parent's ids.
+_TAIL_BLOCK = 4096
+_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))  # variant bits 10
+_TAIL_LAYOUT = ((0, 0, 3), (4, 4, 4), (9, 8, 12))  # (to, from, width): 20 hex chars -> 21-char tail
+_tails: list[bytes] = []
+os.register_at_fork(after_in_child=_tails.clear)
+
+
+def _new_tails(n: int = _TAIL_BLOCK) -> list[bytes]:
+    raw = bytearray(os.urandom(10 * n))
+    raw[2::10] = raw[2::10].translate(_VARIANT)  # hex char 4 of each cell becomes 8, 9, a or b
+    hexed = raw.hex().encode()  # 20 hex chars per id; char 3 is unused (74 bits are needed)
+    cells = bytearray(b"-" * (21 * n))
+    for to, frm, width in _TAIL_LAYOUT:
+        for j in range(width):
+            cells[to + j::21] = hexed[frm + j::20]
+    block = bytes(cells)
+    return [block[i:i + 21] for i in range(0, 21 * n, 21)]
+
+
+def uuid7_tail() -> bytes:
+    """The random 21 characters of a UUIDv7's text form, as ASCII bytes."""
+    try:
+        return _tails.pop()
+    except IndexError:
+        fresh = _new_tails()
+        tail = fresh.pop()
+        _tails.extend(fresh)
+        return tail
+
+
+def uuid7_prefix(ms: int) -> str:
+    """The first 15 characters of a UUIDv7's text form: the ms timestamp and version."""
+    h = f"{ms:012x}"
+    return f"{h[:8]}-{h[8:]}-7"
+
+
+def uuid7(ms: int | None = None) -> str:
+    if ms is None:
+        ms = time.time_ns() // 1_000_000
+    return uuid7_prefix(ms) + uuid7_tail().decode()
+
+
+# --- the pieces --------------------------------------------------------------------------
+
+class _Plan:
+    """One catalog event: its constant bytes and the caches of its own pieces."""
+
+    __slots__ = ("head", "required", "user_initiated", "subjects", "pairs", "learnable")
+
+    def __init__(self, head: bytes, required: tuple[str, ...], user_initiated: bool) -> None:
+        self.head = head                      # event + feature_area
+        self.required = required
+        self.user_initiated = user_initiated
+        self.subjects: dict[Any, bytes] = {}  # subject (None or (type, id)) -> its two fields
+        # key -> (class of its values, {value: key + value bytes})
+        self.pairs: dict[str, tuple[type, dict[Any, bytes]]] = {}
+        self.learnable: set[str] = set()  # keys whose values repeat (timestamps do not)
+
+
+class FastEvents:
+    """Product-event bytes from cached pieces; see the module docstring."""
+
+    def __init__(self, codec: Codec, app: str) -> None:
+        if codec.registry_url:
+            raise Unavailable("Confluent wire format: the serializer writes the header")
+        schema = codec.latest(SCHEMA)
+        fields = tuple((f["name"], f["type"]) for f in schema.raw["fields"])
+        if json.dumps(fields, sort_keys=True) != json.dumps(LAYOUT, sort_keys=True):
+            raise Unavailable(f"{schema.path.name} has another layout than the fast path's")
+        try:
+            w = field_writers(schema.parsed)
+        except Fallback:
+            raise Unavailable("a product_event field needs fastavro") from None
+        self._string = w["event"]
+        self._subject_id = w["subject_id"]
+        self._timestamp = w["occurred_at"]
+        [meta] = [f for f in schema.parsed["fields"] if f["name"] == "metadata"]
+        self._value = compile_writer(meta["type"]["values"])  # one map value (a union)
+        self._header = MAGIC + schema.fingerprint + _UUID_LEN
+        self._app = encoded(self._string, app)
+        self.ids: dict[str, bytes] = {}
+        self.users: dict[Any, bytes] = {}
+        self.actors: dict[Any, bytes] = {}
+        self.plans: dict[str, _Plan] = {}
+        for name, spec in CATALOG.items():
+            plan = _Plan(self._enc(name) + self._enc(spec.feature_area), tuple(spec.required),
+                         spec.user_initiated)
+            for key, prop in spec.props.items():
+                cls = KIND_CLASS[prop.kind]
+                known: dict[Any, bytes] = {}
+                plan.pairs[key] = (cls, known)
+                if prop.kind != "timestamp":
+                    plan.learnable.add(key)
+                for v in (*prop.values, True, False, None):
+                    if check_metadata_value(name, key, v) is None:  # the catalog's own verdict
+                        known[v] = self._pair(key, v)
+            self.plans[name] = plan
+
+    def _enc(self, s: str) -> bytes:
+        return encoded(self._string, s)
+
+    def _pair(self, key: str, value: Any) -> bytes:
+        return self._enc(key) + encoded(self._value, value)
+
+    def _clock_at(self, ns: int) -> tuple[int, bytes, bytes]:
+        """(end of this ms in ns, header + uuid prefix, occurred_at + app) for a clock reading."""
+        ms = ns // 1_000_000
+        return ((ms + 1) * 1_000_000, self._header + uuid7_prefix(ms).encode(),
+                encoded(self._timestamp, ms) + self._app)
+
+    def compile_track(self, produce: Callable[[str, bytes, str], None], topic: str,
+                      queued: Callable[[], object], when_full: Callable[[bytes, str], Any],
+                      failed: Callable[[Exception], bool], full: Callable[..., Any]) -> Callable[..., Any]:
+        """The SDK's track() as one closure over the caches (this runs per event).
+
+        An event made of known pieces is encoded here and handed to
+        produce(topic, value, tenant_id); then queued() counts it. A full queue
+        (BufferError) returns when_full(value, tenant_id); another produce error
+        returns failed(exc). Every other event returns full(event, tenant_id,
+        workspace_id, actor, subject, metadata, occurred_at). Clearing
+        `self.plans` (at close) sends everything to full().
+        """
+        plans_get, ids_get, users_get, actors_get = (
+            self.plans.get, self.ids.get, self.users.get, self.actors.get)
+        time_ns, pop, refill, clock_at = time.time_ns, _tails.pop, uuid7_tail, self._clock_at
+        counts, map_end = _MAP_COUNT, _MAP_END
+        clock = (0, b"", b"")
+
+        def track(event: str, *, tenant_id: str, workspace_id: str, actor: Any = None,
+                  subject: Any = None, metadata: Any = None, occurred_at: Any = None) -> Any:
+            nonlocal clock
+            plan = plans_get(event)
+            value = None
+            if plan is not None and occurred_at is None:
+                try:  # no verdict here: a miss or anything odd goes to full()
+                    t = ids_get(tenant_id)
+                    w = ids_get(workspace_id)
+                    a = users_get(actor)
+                    if a is None and not plan.user_initiated:
+                        a = actors_get(actor)
+                    s = plan.subjects.get(subject)
+                    if t is not None and w is not None and a is not None and s is not None:
+                        now = time_ns()
+                        if now >= clock[0]:
+                            clock = clock_at(now)
+                        try:
+                            tail = pop()
+                        except IndexError:
+                            tail = refill()
+                        if not metadata:
+                            if not plan.required and (metadata is None or metadata.__class__ is dict):
+                                value = b"".join((clock[1], tail, plan.head, t, w, a, s, clock[2], map_end))
+                        elif metadata.__class__ is dict and len(metadata) < 64:
+                            parts = [clock[1], tail, plan.head, t, w, a, s, clock[2], counts[len(metadata)]]
+                            append = parts.append
+                            pairs_get = plan.pairs.get
+                            for k, v in metadata.items():
+                                entry = pairs_get(k)
+                                if entry is None:
+                                    break
+                                cls, known = entry
+                                if v.__class__ is not cls and v is not None:
+                                    break
+                                b = known.get(v)
+                                if b is None:
+                                    break
+                                append(b)
+                            else:
+                                for k in plan.required:
+                                    if k not in metadata:
+                                        break
+                                else:
+                                    append(map_end)
+                                    value = b"".join(parts)
+                except Exception:
+                    value = None
+            if value is None:
+                return full(event, tenant_id, workspace_id, actor, subject, metadata, occurred_at)
+            try:
+                produce(topic, value, tenant_id)
+            except BufferError:
+                return when_full(value, tenant_id)
+            except Exception as exc:  # KafkaException after a fatal producer error
+                return failed(exc)
+            queued()
+            return True
+
+        return track
+
+    def learn(self, record: Mapping[str, Any], actor: Any, subject: Any) -> None:
+        """Keep the pieces of a record check() accepted, keyed as track() got them."""
+        plan = self.plans.get(record["event"])
+        if plan is None:
+            return
+        enc = self._enc
+        for field in ("tenant_id", "workspace_id"):
+            v = record[field]
+            if v.__class__ is str and v not in self.ids:
+                _put(self.ids, v, enc(v))
+        actor_type, actor_id = record["actor_type"], record["actor_id"]
+        if _plain_key(actor) and actor_type.__class__ is str and actor_id.__class__ is str:
+            cache = self.users if actor_type == "user" and actor_id else self.actors
+            _put(cache, actor, enc(actor_type) + enc(actor_id))
+        subject_type, subject_id = record["subject_type"], record["subject_id"]
+        if _plain_key(subject) and subject_type.__class__ is str:
+            _put(plan.subjects, subject, enc(subject_type) + encoded(self._subject_id, subject_id))
+        for k, v in record["metadata"].items():
+            if k in plan.learnable:
+                cls, known = plan.pairs[k]
+                if v.__class__ is cls and v not in known:
+                    _put(known, v, self._pair(k, v), _VALUES_MAX)
+
+
+def _plain_key(x: Any) -> bool:
+    """None, a str, or a pair of str/None: safe and cheap to hash as a cache key."""
+    if x is None or x.__class__ is str:
+        return True
+    return (isinstance(x, tuple) and len(x) == 2 and x[0].__class__ is str
+            and (x[1] is None or x[1].__class__ is str))
+
+
+def _put(cache: dict, key: Any, value: bytes, limit: int = _CACHE_MAX) -> None:
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = value
+
