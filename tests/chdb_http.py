@@ -29,6 +29,7 @@ TRANSPORT = {"query", "database", "default_format", "query_id", "session_id", "s
              "buffer_size", "quota_key", "role", "user", "password"}
 _FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 _BODY_INSERT = re.compile(rb"^\s*(INSERT\s+INTO\s+[^\n]*?\s+FORMAT\s+\w+)[ \t]*\r?\n", re.IGNORECASE)
+_INPUT = re.compile(r"\binput\(", re.IGNORECASE)
 _INSERT = re.compile(r"^\s*(INSERT\s+INTO\s+.*?)\s+FORMAT\s+(\w+)\s*$", re.IGNORECASE | re.DOTALL)
 
 
@@ -92,7 +93,11 @@ def main() -> None:
                     fd, tmp = tempfile.mkstemp(suffix=".bin")
                     with os.fdopen(fd, "wb") as fh:
                         fh.write(body)
-                    sql = f"{m[1]} FROM INFILE '{tmp}' FORMAT {m[2]}"
+                    source = _INPUT.search(m[1])
+                    if source:  # INSERT ... SELECT ... FROM input(structure): the body is the input
+                        sql = f"{m[1][:source.start()]}file('{tmp}', '{m[2]}', {m[1][source.end():]}"
+                    else:
+                        sql = f"{m[1]} FROM INFILE '{tmp}' FORMAT {m[2]}"
                     fmt = "TabSeparated"
                 else:
                     f = _FORMAT.search(sql)
