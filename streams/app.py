@@ -31,9 +31,20 @@ from confluent_kafka.admin import NewTopic
 from tally.schemas.codec import DecodeError, default_codec
 from tally.streams import beacons as stage1
 from tally.streams import fastread
+from tally.streams.outputs import Outputs
 from tally.streams.product import product_delta
 from tally.streams.salts import SaltKeeper, expired, period_key
-from tally.streams.windows import DAY_MS, PartitionState, aggregate_key, fold, pack, pageview_delta
+from tally.streams.windows import (
+    DAY_MS,
+    Delta,
+    PartitionState,
+    TotalsEncoder,
+    fold,
+    pack,
+    pack_encoded,
+    pageview_delta,
+)
+from tally.streams.wire import writer_or_none
 
 from tally.config import Settings
 from tally.kafka import consumer_config, producer_config
@@ -41,8 +52,10 @@ from tally.topics import admin
 
 log = logging.getLogger(__name__)
 
+DELTA_HEADER = "tally-delta"  # header of a pageview_batch record: its windows.Delta, encoded
 FLUSH_SECONDS = 2.0  # how often the totals of changed windows are emitted
 CLOSE_MARGIN_MS = 3600_000  # windows are forgotten this long after their lateness bound
+PRUNE_EVERY = 30  # flushes between two scans for windows to forget (a scan visits every window)
 
 
 def state_topics(settings: Settings) -> dict[str, str]:
@@ -132,6 +145,10 @@ def make_app(settings: Settings) -> faust.App:
     cfg = stage1.Stage1Config(partitions=settings.topic_partitions, salt_period=settings.salt_period,
                               lateness_ms=lateness_ms, keep_user_agent=settings.keep_user_agent,
                               spam=load_spam_list(settings), raw_topic=settings.topic("beacons.raw"))
+    # The raw-bytes path (streams/wire.py) when the schemas have the shape it knows; else dicts.
+    fast = writer_or_none(lambda c: stage1.FastStage1(c, cfg), codec)
+    if fast is None:
+        log.warning("beacon/pageview schemas changed shape: stage 1 uses the slower dict path")
 
     def topic(name: str, **kw: Any) -> faust.TopicT:
         return app.topic(name, value_serializer="raw", key_serializer="raw", **kw)
@@ -171,8 +188,22 @@ def make_app(settings: Settings) -> faust.App:
                      kind, partition, len(records), time.monotonic() - t0)
         return st
 
+    # Outputs of a processed input record. With at-least-once they go through librdkafka and
+    # are flushed before every Faust commit (streams/outputs.py); with exactly_once through
+    # Faust, inside its transactions.
+    outputs = Outputs(settings) if settings.processing_guarantee != "exactly_once" else None
+
+    async def send_out(topic: faust.TopicT, value: bytes, partition: int | None = None,
+                       headers: list[tuple[str, bytes]] | None = None, key: bytes | None = None) -> None:
+        if outputs is None:
+            await topic.send(key=key, value=value, partition=partition, headers=headers)
+            return
+        if not outputs.attached:
+            outputs.attach(app)
+        outputs.produce(topic.get_topic_name(), value, partition, key=key, headers=headers)
+
     async def send_bad(row: dict[str, Any]) -> None:
-        await bad_rows.send(value=codec.encode("bad_row", row))
+        await send_out(bad_rows, codec.encode("bad_row", row))
 
     # -- stage 1: beacons.raw -> pageviews.enriched -----------------------------------------
     @app.agent(raw, name="stage1-beacons")
@@ -180,18 +211,27 @@ def make_app(settings: Settings) -> faust.App:
         async for event in stream.events():
             p, o = event.message.partition, event.message.offset
             try:
-                batch = read_beacons(event.value)
+                if fast is not None:
+                    body, items = fast.read(event.value)
+                else:
+                    batch = read_beacons(event.value)
             except DecodeError as exc:
                 log.warning("bad row: undecodable beacon batch at %d@%d: %s", p, o, exc)
                 await send_bad(stage1.undecodable(event.value, exc, cfg, p, o))
                 continue
             now_ms = clock.ms()
-            period_salts = {k: await salt_for(k) for k in stage1.periods_needed(batch, cfg, now_ms)}
-            out = stage1.process_batch(codec, batch, p, o, period_salts, cfg, now_ms)
+            if fast is not None:
+                period_salts = {k: await salt_for(k) for k in fast.periods_needed(items, now_ms)}
+                out = fast.process(body, items, p, o, period_salts, now_ms)
+            else:
+                period_salts = {k: await salt_for(k) for k in stage1.periods_needed(batch, cfg, now_ms)}
+                out = stage1.process_batch(codec, batch, p, o, period_salts, cfg, now_ms)
             for partition, value in out.enriched:
-                await enriched.send(value=value, partition=partition)
+                # The batch's window delta rides along as a header: stage 2 applies it without
+                # decoding the pageviews (it decodes them only when the header is missing).
+                await send_out(enriched, value, partition, [(DELTA_HEADER, out.deltas[partition])])
             for d in out.drops:
-                await drops.send(key=d["site"].encode(), value=codec.encode("drop_count", d))
+                await send_out(drops, codec.encode("drop_count", d), key=d["site"].encode())
             for row in out.bad_rows:
                 await send_bad(row)
 
@@ -203,17 +243,22 @@ def make_app(settings: Settings) -> faust.App:
         async for event in stream.events():
             p = event.message.partition
             st = await state_of("web", p)
+            raw = delta_header(event.message.headers)
             try:
-                batch = read_pageviews(event.value)
-            except DecodeError as exc:
-                await send_bad(bad_row_of(settings.topic("pageviews.enriched"), event, exc))
-                continue
-            if st.seen(batch["source_partition"], batch["source_offset"]):
+                delta = Delta.decode(raw) if raw is not None else None
+            except Exception:  # a damaged header: the batch itself is the truth
+                delta = raw = None
+            if delta is None:
+                try:
+                    delta = pageview_delta(read_pageviews(event.value))
+                except DecodeError as exc:
+                    await send_bad(bad_row_of(settings.topic("pageviews.enriched"), event, exc))
+                    continue
+            if st.seen(delta.source_partition, delta.source_offset):
                 continue  # a replay of an input record already counted
-            delta = pageview_delta(batch)
             # The changelog record is sent before this event is acked; Faust flushes the
             # producer before committing offsets, so a committed batch is always in the log.
-            await changelogs["web"].send(value=pack([delta]), partition=p)
+            await send_out(changelogs["web"], pack_encoded([raw]) if raw else pack([delta]), p)
             st.apply(delta, open_after_ms=clock.ms() - lateness_ms)
 
     # -- product telemetry ------------------------------------------------------------------
@@ -228,7 +273,7 @@ def make_app(settings: Settings) -> faust.App:
                                        clock.ms(), lateness_ms)
             if bad is not None:
                 await send_bad(bad)
-            await changelogs["product"].send(value=pack([delta]), partition=p)
+            await send_out(changelogs["product"], pack([delta]), p)
             st.apply(delta, open_after_ms=clock.ms() - lateness_ms)
 
     @app.task
@@ -243,6 +288,9 @@ def make_app(settings: Settings) -> faust.App:
     # partition re-emits every window; the version tells old totals from new ones).
     totals_producer: list[Producer] = []
 
+    encode_total = TotalsEncoder(codec)
+    flushes = [0]
+
     @app.timer(FLUSH_SECONDS)
     async def emit_totals() -> None:
         if not totals_producer:
@@ -250,18 +298,21 @@ def make_app(settings: Settings) -> faust.App:
             atexit.register(totals_producer[0].flush, 5)  # graceful stop: deliver the last totals
         producer = totals_producer[0]
         name = aggregates.get_topic_name()
+        flushes[0] += 1
+        prune = flushes[0] % PRUNE_EVERY == 0
         closed_before = clock.ms() - lateness_ms - CLOSE_MARGIN_MS
         for by_partition in states.values():
             for st in list(by_partition.values()):
-                for agg in st.take_dirty():
-                    value = codec.encode("window_aggregate", agg)
+                for key, w in st.take_dirty_windows():
+                    agg_key, value = encode_total(st, key, w)
                     while True:
                         try:
-                            producer.produce(name, key=aggregate_key(agg), value=value)
+                            producer.produce(name, key=agg_key, value=value)
                             break
                         except BufferError:
                             producer.poll(0.05)
-                st.prune(closed_before)
+                if prune:
+                    st.prune(closed_before)
                 await asyncio.sleep(0)  # let the agents run between partitions
         producer.poll(0)
 
@@ -284,6 +335,13 @@ def make_app(settings: Settings) -> faust.App:
 
     app.tally_period_key = period_key  # type: ignore[attr-defined]
     return app
+
+
+def delta_header(headers: Any) -> bytes | None:
+    for k, v in headers or ():
+        if k == DELTA_HEADER:
+            return v
+    return None
 
 
 def bad_row_of(topic: str, event: Any, exc: Exception) -> dict[str, Any]:

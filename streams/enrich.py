@@ -14,11 +14,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from tally.streams.bots import Verdict, classify_ua
 
+VISITOR_DIGEST_BYTES = 8
+
 
 def visitor_id(salt: bytes, site: str, ip_pseudonym: str, user_agent: str) -> int:
     """64-bit keyed BLAKE2b of (site, IP pseudonym, UA) under the period salt, as a signed long."""
     msg = b"\x00".join((site.encode(), ip_pseudonym.encode(), user_agent.encode()))
-    digest = hashlib.blake2b(msg, key=salt, digest_size=8).digest()
+    digest = hashlib.blake2b(msg, key=salt, digest_size=VISITOR_DIGEST_BYTES).digest()
     return int.from_bytes(digest, "big", signed=True)
 
 
@@ -97,7 +99,10 @@ def referrer_source(ref_host: str, page_host: str) -> str:
 def normalize_path(path: str) -> tuple[str, str, dict[str, list[str]]]:
     """(hostname, path, query) of a path or URL: no query string or fragment, no repeated or
     trailing slashes. Cached (pages repeat); callers must not modify the returned query."""
-    parts = urlsplit(path)
+    try:
+        parts = urlsplit(path)
+    except ValueError:  # e.g. an unbalanced "[" in a host: keep it as a path, never crash on it
+        parts = urlsplit("/" + path.split("?", 1)[0].split("#", 1)[0].replace(":", "%3A").replace("[", "%5B"))
     clean = parts.path or "/"
     while "//" in clean:
         clean = clean.replace("//", "/")

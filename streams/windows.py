@@ -59,17 +59,20 @@ class VisitorSet:
     additions (which may repeat ids of the array). Adding is a set update; the buffer is
     merged into the array when it reaches 1/8 of it, so memory stays ~8-17 bytes per id."""
 
-    __slots__ = ("main", "buf", "_len")
+    __slots__ = ("main", "buf", "_len", "_limit")
 
     def __init__(self) -> None:
         self.main = np.empty(0, dtype=np.uint64)
         self.buf: set[int] = set()
         self._len = 0
+        self._limit = 256  # merge the buffer when it holds more ids than this
 
-    def add_many(self, ids: np.ndarray) -> None:
-        self.buf.update(ids.tolist())
+    def add_many(self, ids: np.ndarray | Iterable[int]) -> None:
+        """Add ids (an array, or any iterable of ints below 2**64: a list is cheapest)."""
+        buf = self.buf
+        buf.update(ids.tolist() if isinstance(ids, np.ndarray) else ids)
         self._len = -1
-        if len(self.buf) > max(256, len(self.main) >> 3):
+        if len(buf) > self._limit:
             self._merge()
 
     def _merge(self) -> None:
@@ -77,6 +80,7 @@ class VisitorSet:
         self.main = np.union1d(self.main, merged)
         self.buf = set()
         self._len = len(self.main)
+        self._limit = max(256, len(self.main) >> 3)
 
     def __len__(self) -> int:
         if self._len < 0:
@@ -99,6 +103,7 @@ class Window:
     events: int = 0  # every event applied: the version
     count: int = 0  # pageviews (web) or events (product)
     visitors: VisitorSet | None = None
+    wire: Any = None  # what the emitter caches per window (its encoded key and fixed fields)
 
 
 @dataclass
@@ -107,8 +112,9 @@ class Delta:
 
     source_partition: int
     source_offset: int
-    # (site, hour_start) -> (events, pageviews, visitor ids)
-    hours: dict[tuple[str, int], tuple[int, int, np.ndarray]] = field(default_factory=dict)
+    # (site, hour_start) -> (events, pageviews, distinct visitor ids as uint64: an array when
+    # decoded from bytes, a set when just built)
+    hours: dict[tuple[str, int], tuple[int, int, Any]] = field(default_factory=dict)
     # (site, path, day_start) -> pageviews
     paths: dict[tuple[str, str, int], int] = field(default_factory=dict)
     # (tenant, family, day_start) -> (events, workspace ids)
@@ -116,20 +122,19 @@ class Delta:
 
     def encode(self) -> bytes:
         """Compact bytes for the changelog: a JSON header and the raw id arrays."""
-        arrays: list[np.ndarray] = []
+        flat: list[int] = []  # every id, in order: one array conversion for the whole delta
         hours = []
         for (site, start), (events, pvs, ids) in self.hours.items():
             hours.append([site, start, events, pvs, len(ids)])
-            arrays.append(ids)
+            flat.extend(ids.tolist() if isinstance(ids, np.ndarray) else ids)
         product = []
         for (tenant, family, start), (events, ids) in self.product.items():
             product.append([tenant, family, start, events, len(ids)])
-            arrays.append(ids)
+            flat.extend(ids.tolist() if isinstance(ids, np.ndarray) else ids)
         head = json.dumps({"s": self.source_partition, "o": self.source_offset, "h": hours,
                            "p": [[s, p, d, n] for (s, p, d), n in self.paths.items()],
                            "w": product}, separators=(",", ":")).encode()
-        body = b"".join(a.astype(np.uint64).tobytes() for a in arrays)
-        return struct.pack(">I", len(head)) + head + body
+        return struct.pack(">I", len(head)) + head + np.array(flat, dtype=np.uint64).tobytes()
 
     @classmethod
     def decode(cls, data: bytes) -> Delta:
@@ -151,27 +156,31 @@ class Delta:
 
 def pageview_delta(batch: dict[str, Any]) -> Delta:
     """The delta of one decoded pageview_batch record."""
-    d = Delta(batch["source_partition"], batch["source_offset"])
+    return window_delta(batch["source_partition"], batch["source_offset"],
+                        ((pv["site"], _ms(pv["received_at"]), pv["event"] == "pageview", pv["path"], pv["visitor_id"])
+                         for pv in batch["items"]))
+
+
+def window_delta(source_partition: int, source_offset: int,
+                 items: Iterable[tuple[str, int, bool, str, int]]) -> Delta:
+    """The delta of one batch of pageviews given as (site, received_at ms, is_pageview, path,
+    visitor_id): stage 1 builds it while encoding the batch, stage 2 from a decoded batch."""
+    d = Delta(source_partition, source_offset)
     hours: dict[tuple[str, int], list[Any]] = {}
     paths = d.paths
-    for pv in batch["items"]:
-        ms = _ms(pv["received_at"])
-        site = pv["site"]
-        is_pv = pv["event"] == "pageview"
+    for site, ms, is_pv, path, visitor in items:
         key = (site, ms - ms % HOUR_MS)
         h = hours.get(key)
         if h is None:
             h = hours[key] = [0, 0, set()]
         h[0] += 1
         h[1] += is_pv
-        h[2].add(pv["visitor_id"] & MASK64)
+        h[2].add(visitor & MASK64)
         if is_pv:
-            pkey = (site, pv["path"], ms - ms % DAY_MS)
+            pkey = (site, path, ms - ms % DAY_MS)
             paths[pkey] = paths.get(pkey, 0) + 1
     for key, (events, pvs, ids) in hours.items():
-        arr = np.fromiter(ids, dtype=np.uint64, count=len(ids))
-        arr.sort()
-        d.hours[key] = (events, pvs, arr)
+        d.hours[key] = (events, pvs, ids)  # a set of uint64 ids: encode() and apply() take it as is
     return d
 
 
@@ -180,6 +189,14 @@ def _ms(v: Any) -> int:
 
 
 AggKey = tuple[str, str, str, int]  # kind, scope, dimension, window_start
+
+
+def _hour_windows(site: str, start: int) -> tuple[tuple[AggKey, int], ...]:
+    """The windows an event of this site and hour counts in, with their ends."""
+    day = day_start(start)
+    m0, m1 = month_bounds(day)
+    return ((("site_hour", site, "", start), start + HOUR_MS), (("site_day", site, "", day), day + DAY_MS),
+            (("site_month", site, "", m0), m1))
 
 
 class PartitionState:
@@ -191,6 +208,8 @@ class PartitionState:
         self.windows: dict[AggKey, Window] = {}
         self.ends: dict[AggKey, int] = {}
         self.dirty: set[AggKey] = set()
+        # (site, hour_start) -> its site_hour, site_day and site_month keys with their ends
+        self._hour_keys: dict[tuple[str, int], tuple[tuple[AggKey, int], ...]] = {}
 
     def seen(self, source_partition: int, source_offset: int) -> bool:
         return source_offset <= self.watermarks.get(source_partition, -1)
@@ -201,22 +220,32 @@ class PartitionState:
         if self.seen(d.source_partition, d.source_offset):
             return False
         self.watermarks[d.source_partition] = d.source_offset
-        for (site, start), (events, pvs, ids) in d.hours.items():
-            day = day_start(start)
-            m0, m1 = month_bounds(day)
-            for key, end in (((("site_hour", site, "", start)), start + HOUR_MS),
-                             ((("site_day", site, "", day)), day + DAY_MS),
-                             ((("site_month", site, "", m0)), m1)):
+        windows, dirty, new_window, hour_keys = self.windows, self.dirty, self._window, self._hour_keys
+        for hour, (events, pvs, ids) in d.hours.items():
+            keys = hour_keys.get(hour)
+            if keys is None:
+                keys = hour_keys[hour] = _hour_windows(*hour)
+            ids = ids.tolist() if isinstance(ids, np.ndarray) else ids  # once for the three windows
+            for key, end in keys:
                 if open_after_ms is not None and end < open_after_ms:
                     continue
-                w = self._window(key, end, with_visitors=True)
+                w = windows.get(key)
+                if w is None:
+                    w = new_window(key, end, with_visitors=True)
+                else:
+                    dirty.add(key)
                 w.events += events
                 w.count += pvs
                 w.visitors.add_many(ids)  # type: ignore[union-attr]
         for (site, path, day), n in d.paths.items():
             if open_after_ms is not None and day + DAY_MS < open_after_ms:
                 continue
-            w = self._window(("path_day", site, path, day), day + DAY_MS, with_visitors=False)
+            key = ("path_day", site, path, day)
+            w = windows.get(key)
+            if w is None:
+                w = new_window(key, day + DAY_MS, with_visitors=False)
+            else:
+                dirty.add(key)
             w.events += n
             w.count += n
         for (tenant, family, day), (events, ids) in d.product.items():
@@ -247,13 +276,18 @@ class PartitionState:
                 "uniques": len(w.visitors) if w.visitors is not None else 0, "version": w.events}
 
     def take_dirty(self) -> Iterator[dict[str, Any]]:
+        for key, _ in self.take_dirty_windows():
+            yield self.aggregate(key)
+
+    def take_dirty_windows(self) -> list[tuple[AggKey, Window]]:
+        """The windows changed since the last call, in key order."""
         dirty, self.dirty = self.dirty, set()
-        for key in sorted(dirty):
-            if key in self.windows:
-                yield self.aggregate(key)
+        windows = self.windows
+        return [(key, windows[key]) for key in sorted(dirty) if key in windows]
 
     def prune(self, closed_before_ms: int) -> int:
         """Forget windows that ended before closed_before_ms (their totals are final)."""
+        self._hour_keys.clear()
         old = [k for k, end in self.ends.items() if end < closed_before_ms]
         for k in old:
             del self.windows[k], self.ends[k]
@@ -269,13 +303,54 @@ def aggregate_key(agg: dict[str, Any]) -> bytes:
                      str(agg["partition"]))).encode()
 
 
+class TotalsEncoder:
+    """(Kafka key, window_aggregate bytes) of a window's current total, byte-identical to
+    codec.encode(state.aggregate(key)). A flush emits thousands of totals, and all but the
+    last three fields (count, uniques, version) never change for a window: their encoding
+    and the key are made once per window and kept on it."""
+
+    VARYING = ["count", "uniques", "version"]
+
+    def __init__(self, codec: Any) -> None:
+        from tally.schemas.fastwrite import encoded, field_writers
+
+        self.codec = codec
+        self._encoded = encoded
+        schema = codec.latest("window_aggregate").parsed
+        self._fields = field_writers(schema)
+        self._fixed_names = [f["name"] for f in schema["fields"]][:-3]
+        self._long = self._fields["count"]
+        sample = {"kind": "site_day", "scope": "s", "dimension": "", "window_start": 0, "window_end": 1,
+                  "partition": 2, "count": 0, "uniques": 0, "version": 0}
+        whole = codec.encode("window_aggregate", sample)
+        body = self._fixed_body(sample) + b"\x00\x00\x00"
+        ok = [f["name"] for f in schema["fields"]][-3:] == self.VARYING and whole.endswith(body)
+        self._header = whole[:-len(body)] if ok else None  # None: every total through the codec
+
+    def _fixed_body(self, agg: dict[str, Any]) -> bytes:
+        return b"".join(self._encoded(self._fields[name], agg[name]) for name in self._fixed_names)
+
+    def __call__(self, st: PartitionState, key: AggKey, w: Window) -> tuple[bytes, bytes]:
+        if w.wire is None:
+            agg = st.aggregate(key)
+            fixed = None if self._header is None else self._header + self._fixed_body(agg)
+            w.wire = (fixed, aggregate_key(agg))
+        fixed, agg_key = w.wire
+        if fixed is None:
+            return agg_key, self.codec.encode("window_aggregate", st.aggregate(key))
+        enc, long_ = self._encoded, self._long
+        uniques = len(w.visitors) if w.visitors is not None else 0
+        return agg_key, b"".join((fixed, enc(long_, w.count), enc(long_, uniques), enc(long_, w.events)))
+
+
 def pack(deltas: list[Delta]) -> bytes:
     """One changelog record: several deltas (product events are one delta per input record)."""
-    out = []
-    for d in deltas:
-        raw = d.encode()
-        out.append(struct.pack(">I", len(raw)) + raw)
-    return b"".join(out)
+    return pack_encoded([d.encode() for d in deltas])
+
+
+def pack_encoded(encoded: list[bytes]) -> bytes:
+    """pack() of deltas already encoded (stage 1 sends them encoded with each batch)."""
+    return b"".join(struct.pack(">I", len(raw)) + raw for raw in encoded)
 
 
 def unpack(data: bytes) -> Iterator[Delta]:

@@ -1,0 +1,294 @@
+"""Hand-coded Avro for the worker's two hot records: reading beacon_batch, writing pageview_batch.
+
+Why: fastavro's generic reader costs ~10 us per beacon here (it walks the schema for every
+field and builds a dict per item), and writing a pageview dict field by field costs as much
+again, while the stage's own work is a few us. Both records are almost all strings that
+repeat (site, path, user agent, referrer), and an Avro record is just its fields' encodings
+in schema order. So:
+
+- `BeaconReader` slices one beacon_batch body into per-item tuples of *raw bytes* (no str
+  is built; the worker decodes a string only the first time it sees it, as a cache key);
+- `PageviewWriter` joins cached encoded pieces (site, hostname + path, referrer, browser/OS/
+  device, ...) into pageview items, with the bytes of event_id, received_at, event and props
+  copied unchanged from the beacon.
+
+Both are used only for the schema shapes below, checked against the repo's schemas when the
+worker starts; any other writer version is decoded by fastavro and re-encoded in the known
+shape first. Anything malformed raises DecodeError, like the codec. tests/test_stream_wire.py
+checks both against fastavro and the dict path (streams/enrich.py) byte for byte / field by
+field.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+import fastavro
+import numpy as np
+from tally.schemas.codec import CONFLUENT_MAGIC, MAGIC, Codec, DecodeError
+from tally.schemas.fastwrite import Fallback, encoded, field_writers
+from tally.streams.fastread import _plain
+
+BEACON_SHAPE = [
+    ("event_id", "string"), ("received_at", "long"), ("site", "string"), ("path", "string"),
+    ("referrer", ["null", "string"]), ("event", "string"), ("props", {"type": "map", "values": "string"}),
+    ("user_agent", "string"), ("ip_pseudonym", "string"), ("datacenter", "boolean"),
+]
+PAGEVIEW_SHAPE = [
+    ("event_id", "string"), ("received_at", "long"), ("site", "string"), ("hostname", "string"),
+    ("path", "string"), ("event", "string"), ("visitor_id", "long"), ("referrer_host", "string"),
+    ("referrer_source", "string"), ("utm_source", ["null", "string"]), ("utm_medium", ["null", "string"]),
+    ("utm_campaign", ["null", "string"]), ("browser", "string"), ("os", "string"), ("device", "string"),
+    ("user_agent", ["null", "string"]), ("props", {"type": "map", "values": "string"}),
+]
+
+# One decoded beacon, as raw bytes. *_enc fields include their Avro length prefix and are
+# copied into the pageview unchanged; the others are the string's UTF-8 bytes.
+# (start, end, event_id_enc, received_at, received_at_enc, site_enc, path, referrer | None,
+#  event_enc, props_enc, user_agent, ip_pseudonym, datacenter)
+RawBeacon = tuple[int, int, bytes, int, bytes, bytes, bytes, "bytes | None", bytes, bytes, bytes, bytes, int]
+
+
+def _item_shape(raw_schema: dict[str, Any]) -> list[tuple[str, Any]]:
+    items = next(f for f in raw_schema["fields"] if f["name"] == "items")["type"]["items"]
+    out = []
+    for f in _plain(items)["fields"]:
+        t = f["type"]
+        if isinstance(t, dict) and t.get("type") in ("string", "long", "boolean"):
+            t = t["type"]
+        out.append((f["name"], t))
+    return out
+
+
+def _long_at(data: bytes, pos: int) -> tuple[int, int]:
+    """An Avro long (zigzag varint) at pos, and the position after it."""
+    b = data[pos]
+    pos += 1
+    n = b & 0x7F
+    shift = 7
+    while b & 0x80:
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if shift > 70:
+            raise DecodeError("varint longer than 10 bytes")
+    return (n >> 1) ^ -(n & 1), pos
+
+
+def _str_at(data: bytes, pos: int) -> tuple[int, int]:
+    """(start, end) of the UTF-8 bytes of an Avro string at pos."""
+    b = data[pos]
+    if b < 0x80:
+        n = (b >> 1) ^ -(b & 1)
+        pos += 1
+    else:
+        n, pos = _long_at(data, pos)
+    if n < 0:
+        raise DecodeError("negative string length")
+    return pos, pos + n
+
+
+def _map_end(data: bytes, pos: int) -> int:
+    """Position after a map<string> at pos; every key and value must be valid UTF-8."""
+    while True:
+        count, pos = _long_at(data, pos)
+        if count == 0:
+            return pos
+        if count < 0:
+            count = -count
+            _, pos = _long_at(data, pos)  # block size in bytes
+        for _ in range(2 * count):
+            s, pos = _str_at(data, pos)
+            data[s:pos].decode()
+
+
+def read_beacon_items(data: bytes) -> list[RawBeacon]:
+    """The items of one beacon_batch body in BEACON_SHAPE (no header), as RawBeacon tuples.
+
+    Strings shorter than 64 bytes (one-byte length) are sliced inline: a function call per
+    field would cost as much as the rest of the loop."""
+    items: list[RawBeacon] = []
+    append = items.append
+    str_at = _str_at
+    long_at = _long_at
+    pos = 0
+    end = len(data)
+    try:
+        while True:
+            count, pos = long_at(data, pos)
+            if count == 0:
+                break
+            if count < 0:
+                count = -count
+                _, pos = long_at(data, pos)
+            for _ in range(count):
+                start = pos
+                b = data[pos]  # event_id
+                if b & 0x81:
+                    s, pos = str_at(data, pos)
+                else:
+                    s = pos + 1
+                    pos = s + (b >> 1)
+                eid = data[start:pos]
+                if not eid.isascii():
+                    data[s:pos].decode()
+                t0 = pos
+                ts, pos = long_at(data, pos)
+                ts_enc = data[t0:pos]
+                s0 = pos
+                b = data[pos]  # site
+                if b & 0x81:
+                    _, pos = str_at(data, pos)
+                else:
+                    pos += 1 + (b >> 1)
+                site_enc = data[s0:pos]
+                b = data[pos]  # path
+                if b & 0x81:
+                    s, pos = str_at(data, pos)
+                else:
+                    s = pos + 1
+                    pos = s + (b >> 1)
+                path = data[s:pos]
+                branch = data[pos]  # referrer: union of null and string
+                pos += 1
+                if branch == 2:
+                    b = data[pos]
+                    if b & 0x81:
+                        s, pos = str_at(data, pos)
+                    else:
+                        s = pos + 1
+                        pos = s + (b >> 1)
+                    ref: bytes | None = data[s:pos]
+                elif branch == 0:
+                    ref = None
+                else:
+                    raise DecodeError(f"referrer: bad union branch {branch}")
+                e0 = pos
+                b = data[pos]  # event
+                if b & 0x81:
+                    _, pos = str_at(data, pos)
+                else:
+                    pos += 1 + (b >> 1)
+                event_enc = data[e0:pos]
+                if data[pos] == 0:  # props, nearly always empty
+                    props = b"\x00"
+                    pos += 1
+                else:
+                    p0 = pos
+                    pos = _map_end(data, pos)
+                    props = data[p0:pos]
+                b = data[pos]  # user_agent
+                if b & 0x81:
+                    s, pos = str_at(data, pos)
+                else:
+                    s = pos + 1
+                    pos = s + (b >> 1)
+                ua = data[s:pos]
+                b = data[pos]  # ip_pseudonym
+                if b & 0x81:
+                    s, pos = str_at(data, pos)
+                else:
+                    s = pos + 1
+                    pos = s + (b >> 1)
+                ip = data[s:pos]
+                if not ip.isascii():
+                    ip.decode()
+                dc = data[pos]
+                pos += 1
+                if dc > 1:
+                    raise DecodeError(f"datacenter: bad boolean {dc}")
+                append((start, pos, eid, ts, ts_enc, site_enc, path, ref, event_enc, props, ua, ip, dc))
+            if pos > end:
+                raise DecodeError("truncated beacon_batch")
+    except IndexError:
+        raise DecodeError("truncated beacon_batch") from None
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"beacon_batch: invalid UTF-8: {exc}") from None
+    if pos > end:
+        raise DecodeError("truncated beacon_batch")
+    return items
+
+
+class BeaconReader:
+    """beacon_batch record bytes -> (body in BEACON_SHAPE, its items). Records of a writer
+    schema in that shape are sliced as they are; any other encoding is decoded by the codec
+    and re-encoded in the shape (rare: the collector writes the newest schema)."""
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+        shaped = [v for v in codec.versions["beacon_batch"] if _item_shape(v.raw) == BEACON_SHAPE]
+        if not shaped:
+            raise Fallback  # no schema in the shape this reader knows: the worker uses the dict path
+        self._shape_fps = {v.fingerprint for v in shaped}
+        self._writer = shaped[-1].writer
+        self.header = MAGIC + shaped[-1].fingerprint
+
+    def __call__(self, record: bytes) -> tuple[bytes, list[RawBeacon]]:
+        if record[:2] == MAGIC and bytes(record[2:10]) in self._shape_fps:
+            body = bytes(record[10:])
+        else:
+            decoded = self.codec.decode("beacon_batch", record)  # DecodeError on garbage
+            buf = io.BytesIO()
+            try:
+                fastavro.schemaless_writer(buf, self._writer, decoded)
+            except Exception as exc:
+                raise DecodeError(f"beacon_batch not representable in the current shape: {exc}") from None
+            body = buf.getvalue()
+        return body, read_beacon_items(body)
+
+    def one_item_record(self, body: bytes, item: RawBeacon) -> bytes:
+        """A one-beacon beacon_batch record holding exactly this item's original bytes."""
+        return self.header + b"\x02" + body[item[0]:item[1]] + b"\x00"
+
+
+_SHIFTS = np.arange(0, 70, 7, dtype=np.uint64)  # the ten 7-bit groups of a 64-bit varint
+_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
+_COLUMNS = np.arange(10)
+
+
+def zigzag_varints(values: list[int]) -> list[bytes]:
+    """Avro long encodings of many signed 64-bit ints (vectorised; visitor ids are ~10 bytes)."""
+    if not values:
+        return []
+    v = np.array(values, dtype=np.int64)
+    z = (v.astype(np.uint64) << np.uint64(1)) ^ (v >> np.int64(63)).astype(np.uint64)
+    lengths = 1 + (z[:, None] >= _LIMITS).sum(axis=1)
+    groups = (z[:, None] >> _SHIFTS) & np.uint64(0x7F)
+    groups |= ((lengths[:, None] - 1) > _COLUMNS).astype(np.uint64) << np.uint64(7)  # continuation bits
+    flat = groups.astype(np.uint8).tobytes()
+    return [flat[i:i + n] for i, n in zip(range(0, 10 * len(values), 10), lengths.tolist(), strict=True)]
+
+
+class PageviewWriter:
+    """Encoded pieces of pageview items, and whole pageview_batch records."""
+
+    def __init__(self, codec: Codec) -> None:
+        latest = codec.latest("pageview_batch")
+        if _item_shape(latest.raw) != PAGEVIEW_SHAPE:
+            raise Fallback
+        items = next(f for f in latest.parsed["fields"] if f["name"] == "items")["type"]["items"]
+        self.fields = field_writers(items)
+        empty = codec.encode("pageview_batch", {"source_partition": 0, "source_offset": 0, "items": []})
+        if empty[-3:] != b"\x00\x00\x00" or empty[0] not in (MAGIC[0], CONFLUENT_MAGIC):
+            raise Fallback
+        self.header = empty[:-3]  # single-object or Confluent prefix of the newest schema
+        self._long = self.fields["visitor_id"]
+
+    def enc(self, field: str, value: Any) -> bytes:
+        return encoded(self.fields[field], value)
+
+    def batch(self, source_partition: int, source_offset: int, items: list[bytes]) -> bytes:
+        if not items:
+            raise ValueError("an empty pageview batch is never sent")
+        return b"".join((self.header, encoded(self._long, source_partition), encoded(self._long, source_offset),
+                         encoded(self._long, len(items)), *items, b"\x00"))
+
+
+def writer_or_none(factory: Callable[[Codec], Any], codec: Codec) -> Any:
+    try:
+        return factory(codec)
+    except Fallback:
+        return None
