@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tally.schemas.catalog import CATALOG, KIND_CLASS, check_metadata_value
+from tally.schemas.catalog import ACTOR_TYPES, CATALOG, KIND_CLASS, check_metadata_value, is_safe_id
 from tally.schemas.codec import MAGIC, Codec
 from tally.schemas.fastwrite import Fallback, compile_writer, encoded, field_writers
 
@@ -121,19 +121,33 @@ def uuid7(ms: int | None = None) -> str:
 
 # --- the pieces --------------------------------------------------------------------------
 
+class _BoolPiece(bytes):
+    """The encoded pair of a boolean key: good for a bool value only (1 == True in a dict)."""
+
+
+class _IntPiece(bytes):
+    """The encoded pair of an integer key: good for an int value only (not True, not 1.0)."""
+
+
+# A number's piece is found by equality, so its class says which value class it needs.
+_PIECE_VALUE_CLASS: dict[type, type] = {_BoolPiece: bool, _IntPiece: int}
+_PIECE_OF_CLASS: dict[type, type] = {bool: _BoolPiece, int: _IntPiece, str: bytes}
+
+
 class _Plan:
     """One catalog event: its constant bytes and the caches of its own pieces."""
 
-    __slots__ = ("head", "required", "user_initiated", "subjects", "pairs", "learnable")
+    __slots__ = ("subjects", "pieces", "kinds", "learnable", "fast")
 
     def __init__(self, head: bytes, required: tuple[str, ...], user_initiated: bool) -> None:
-        self.head = head                      # event + feature_area
-        self.required = required
-        self.user_initiated = user_initiated
         self.subjects: dict[Any, bytes] = {}  # subject (None or (type, id)) -> its two fields
-        # key -> (class of its values, {value: key + value bytes})
-        self.pairs: dict[str, tuple[type, dict[Any, bytes]]] = {}
+        # metadata key -> {value: key + value bytes}. Pieces of str values are plain
+        # bytes; of numbers, _BoolPiece/_IntPiece (see track()).
+        self.pieces: dict[str, dict[Any, bytes]] = {}
+        self.kinds: dict[str, type] = {}  # metadata key -> class of its values
         self.learnable: set[str] = set()  # keys whose values repeat (timestamps do not)
+        # What track() reads, as one tuple: head is event + feature_area.
+        self.fast = (head, required, user_initiated, self.subjects.get, self.pieces)
 
 
 class FastEvents:
@@ -160,26 +174,36 @@ class FastEvents:
         self.ids: dict[str, bytes] = {}
         self.users: dict[Any, bytes] = {}
         self.actors: dict[Any, bytes] = {}
+        # No actor is the system, with no id: fine for events that are not user-initiated.
+        self.actors[None] = self._enc("system") + self._enc("")
+        self._no_subject = self._enc("") + encoded(self._subject_id, None)
         self.plans: dict[str, _Plan] = {}
+        self.fast_plans: dict[str, tuple] = {}  # event -> _Plan.fast; emptied at close()
         for name, spec in CATALOG.items():
             plan = _Plan(self._enc(name) + self._enc(spec.feature_area), tuple(spec.required),
                          spec.user_initiated)
+            plan.subjects[None] = self._no_subject  # no subject: fine for every event
             for key, prop in spec.props.items():
-                cls = KIND_CLASS[prop.kind]
-                known: dict[Any, bytes] = {}
-                plan.pairs[key] = (cls, known)
+                plan.kinds[key] = KIND_CLASS[prop.kind]
+                known = plan.pieces[key] = {}
                 if prop.kind != "timestamp":
                     plan.learnable.add(key)
                 for v in (*prop.values, True, False, None):
                     if check_metadata_value(name, key, v) is None:  # the catalog's own verdict
-                        known[v] = self._pair(key, v)
+                        known[v] = self._piece(key, v)
             self.plans[name] = plan
+            self.fast_plans[name] = plan.fast
+
+    def close(self) -> None:
+        """From now on every event goes to the full path."""
+        self.fast_plans.clear()
 
     def _enc(self, s: str) -> bytes:
         return encoded(self._string, s)
 
-    def _pair(self, key: str, value: Any) -> bytes:
-        return self._enc(key) + encoded(self._value, value)
+    def _piece(self, key: str, value: Any) -> bytes:
+        """A metadata pair's bytes, typed by the value's class (None and str: plain bytes)."""
+        return _PIECE_OF_CLASS.get(value.__class__, bytes)(self._enc(key) + encoded(self._value, value))
 
     def _clock_at(self, ns: int) -> tuple[int, bytes, bytes]:
         """(end of this ms in ns, header + uuid prefix, occurred_at + app) for a clock reading."""
@@ -200,9 +224,11 @@ class FastEvents:
         `self.plans` (at close) sends everything to full().
         """
         plans_get, ids_get, users_get, actors_get = (
-            self.plans.get, self.ids.get, self.users.get, self.actors.get)
+            self.fast_plans.get, self.ids.get, self.users.get, self.actors.get)
         time_ns, pop, refill, clock_at = time.time_ns, _tails.pop, uuid7_tail, self._clock_at
-        counts, map_end = _MAP_COUNT, _MAP_END
+        new_id, new_actor, new_subject, new_piece = (
+            self._new_id, self._new_actor, self._new_subject, self._new_piece)
+        counts, map_end, join, piece_value_class = _MAP_COUNT, _MAP_END, b"".join, _PIECE_VALUE_CLASS
         clock = (0, b"", b"")
 
         def track(event: str, *, tenant_id: str, workspace_id: str, actor: Any = None,
@@ -212,12 +238,15 @@ class FastEvents:
             value = None
             if plan is not None and occurred_at is None:
                 try:  # no verdict here: a miss or anything odd goes to full()
-                    t = ids_get(tenant_id)
-                    w = ids_get(workspace_id)
+                    head, required, user_only, subjects_get, pieces = plan
+                    # A piece not seen yet is judged alone by the catalog's rule for it
+                    # (new_*: None when the rule says no, and full() then names why).
+                    t = ids_get(tenant_id) or new_id(tenant_id)
+                    w = ids_get(workspace_id) or new_id(workspace_id)
                     a = users_get(actor)
-                    if a is None and not plan.user_initiated:
-                        a = actors_get(actor)
-                    s = plan.subjects.get(subject)
+                    if a is None:
+                        a = (None if user_only else actors_get(actor)) or new_actor(actor, user_only)
+                    s = subjects_get(subject) or new_subject(event, subject)
                     if t is not None and w is not None and a is not None and s is not None:
                         now = time_ns()
                         if now >= clock[0]:
@@ -227,30 +256,30 @@ class FastEvents:
                         except IndexError:
                             tail = refill()
                         if not metadata:
-                            if not plan.required and (metadata is None or metadata.__class__ is dict):
-                                value = b"".join((clock[1], tail, plan.head, t, w, a, s, clock[2], map_end))
-                        elif metadata.__class__ is dict and len(metadata) < 64:
-                            parts = [clock[1], tail, plan.head, t, w, a, s, clock[2], counts[len(metadata)]]
+                            if not required and (metadata is None or metadata.__class__ is dict):
+                                value = join((clock[1], tail, head, t, w, a, s, clock[2], map_end))
+                        elif metadata.__class__ is dict:
+                            parts = [clock[1], tail, head, t, w, a, s, clock[2], counts[len(metadata)]]
                             append = parts.append
-                            pairs_get = plan.pairs.get
                             for k, v in metadata.items():
-                                entry = pairs_get(k)
-                                if entry is None:
-                                    break
-                                cls, known = entry
-                                if v.__class__ is not cls and v is not None:
-                                    break
-                                b = known.get(v)
+                                try:
+                                    b = pieces[k][v]
+                                    if b.__class__ is not bytes and v.__class__ is not piece_value_class[b.__class__]:
+                                        b = None  # 1 found True's piece, or True found 1's
+                                except KeyError:  # an undeclared key, or a value not seen yet
+                                    b = None
                                 if b is None:
-                                    break
+                                    b = new_piece(event, k, v)
+                                    if b is None:
+                                        break
                                 append(b)
                             else:
-                                for k in plan.required:
+                                for k in required:
                                     if k not in metadata:
                                         break
                                 else:
                                     append(map_end)
-                                    value = b"".join(parts)
+                                    value = join(parts)
                 except Exception:
                     value = None
             if value is None:
@@ -266,10 +295,61 @@ class FastEvents:
 
         return track
 
+    # --- pieces seen for the first time: the catalog's rule for that piece alone ---------
+
+    def _new_id(self, value: Any) -> bytes | None:
+        """A tenant or workspace id: check() requires a non-empty opaque id."""
+        if value.__class__ is not str or not is_safe_id(value):
+            return None
+        b = self._enc(value)
+        _put(self.ids, value, b)
+        return b
+
+    def _new_actor(self, actor: Any, user_only: bool) -> bytes | None:
+        """A user id (str) or an (actor_type, actor_id) pair; user_only: the event is
+        user-initiated, so only a user with an id will do."""
+        if actor.__class__ is str:
+            kind, actor_id = "user", actor
+        elif _plain_key(actor) and actor is not None and actor[1] is not None:
+            kind, actor_id = actor
+        else:
+            return None  # None (the system) is learnt by the full path
+        if kind not in ACTOR_TYPES or (actor_id and not is_safe_id(actor_id)):
+            return None
+        b = self._enc(kind) + self._enc(actor_id)
+        if kind == "user" and actor_id:
+            _put(self.users, actor, b)
+            return b
+        _put(self.actors, actor, b)
+        return None if user_only else b
+
+    def _new_subject(self, event: str, subject: Any) -> bytes | None:
+        """(subject_type, subject_id): the event's subject type (or empty), an opaque id or None."""
+        if subject is None or not _plain_key(subject) or subject.__class__ is str:
+            return None
+        subject_type, subject_id = subject
+        if subject_type and subject_type != CATALOG[event].subject_type:
+            return None
+        if subject_id and not is_safe_id(subject_id):
+            return None
+        b = self._enc(subject_type) + encoded(self._subject_id, subject_id)
+        _put(self.plans[event].subjects, subject, b)
+        return b
+
+    def _new_piece(self, event: str, key: str, value: Any) -> bytes | None:
+        """A metadata pair: a declared key, and a value check() accepts for it."""
+        if value.__class__ not in _PIECE_OF_CLASS or check_metadata_value(event, key, value) is not None:
+            return None
+        b = self._piece(key, value)
+        plan = self.plans[event]
+        if key in plan.learnable:
+            _put(plan.pieces[key], value, b, _VALUES_MAX)
+        return b
+
     def learn(self, record: Mapping[str, Any], actor: Any, subject: Any) -> None:
         """Keep the pieces of a record check() accepted, keyed as track() got them."""
         plan = self.plans.get(record["event"])
-        if plan is None:
+        if plan is None or record["event"] not in self.fast_plans:
             return
         enc = self._enc
         for field in ("tenant_id", "workspace_id"):
@@ -284,10 +364,10 @@ class FastEvents:
         if _plain_key(subject) and subject_type.__class__ is str:
             _put(plan.subjects, subject, enc(subject_type) + encoded(self._subject_id, subject_id))
         for k, v in record["metadata"].items():
-            if k in plan.learnable:
-                cls, known = plan.pairs[k]
-                if v.__class__ is cls and v not in known:
-                    _put(known, v, self._pair(k, v), _VALUES_MAX)
+            if k in plan.learnable and v.__class__ is plan.kinds[k]:
+                known = plan.pieces[k]
+                if v not in known:
+                    _put(known, v, self._piece(k, v), _VALUES_MAX)
 
 
 def _plain_key(x: Any) -> bool:

@@ -199,7 +199,7 @@ class Client:
             return
         self._closed = True
         if self._fast is not None:
-            self._fast.plans.clear()  # every track() now takes the full path, which counts it as closed
+            self._fast.close()  # every track() now takes the full path, which counts it as closed
         if self._producer is None:
             return
         left = self._producer.flush(timeout)

@@ -359,6 +359,11 @@ def _check_value(event: str, key: str, prop: Prop, value: Any) -> tuple[str, str
     return "unsafe_value", f"{where} {_why_unsafe(value)}; expected {prop.type_label()}"
 
 
+def is_safe_id(value: str) -> bool:
+    """check()'s rule for a non-empty tenant, workspace, actor or subject id."""
+    return _ID.fullmatch(value) is not None and not _TOKEN.match(value)
+
+
 def check_metadata_value(event: str, key: str, value: Any) -> tuple[str, str] | None:
     """check()'s verdict on one metadata value of a known event (None: allowed)."""
     prop = CATALOG[event].props.get(key)
@@ -386,7 +391,7 @@ def _check_ref(event: str, field_name: str, value: Any, required: bool) -> tuple
         return ("missing_field", f"{event}: {field_name} is required") if required else None
     if not isinstance(value, str):
         return "bad_type", f"{event}: {field_name} must be a string id"
-    if _ID.fullmatch(value) and not _TOKEN.match(value):
+    if is_safe_id(value):
         if len(_SAFE_IDS) >= _SAFE_MAX:
             _SAFE_IDS.clear()
         _SAFE_IDS.add(value)
