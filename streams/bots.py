@@ -93,6 +93,32 @@ def _crawler_matcher():  # type: ignore[no-untyped-def]
 _match_crawler = _crawler_matcher()
 
 
+def _prefilter(rx: re.Pattern[str]):  # type: ignore[no-untyped-def]
+    """A fast 'might rx match?' test for a case-insensitive alternation of simple patterns.
+
+    Python's `re` tries every alternative at every position (~50-150 us on a browser UA);
+    the same alternatives as one Rust regex set (ua-parser-rs) answer in ~1-2 us. It is only
+    a pre-check: a hit is confirmed by rx itself, so verdicts and rule names stay rx's
+    (the labelled set in tests/data gives identical verdicts either way)."""
+    alternatives = rx.pattern.split("|")
+    if any("(" in a or ")" in a for a in alternatives):  # not a flat alternation: no shortcut
+        return rx.search
+    try:
+        import ua_parser_rs
+
+        ex = ua_parser_rs.DeviceExtractor([(f"(?i){a}", None, "x", None, None) for a in alternatives])
+    except Exception:
+        return rx.search
+
+    def search(ua: str) -> re.Match[str] | None:
+        return rx.search(ua) if ex.extract(ua) is not None else None
+    return search
+
+
+_headless_search = _prefilter(_HEADLESS)
+_words_search = _prefilter(_WORDS)
+
+
 def _spider(ua: str) -> bool:
     from ua_parser import parse_device
 
@@ -109,7 +135,7 @@ def _shape_rule(ua: str) -> str | None:
         if (agent is None or agent.family == "Other") and not _PLATFORM.search(ua):
             return "shape:unknown-client"
     visible = _APP_DEVICE.sub(r"\1", _ANDROID_MODEL.sub(r"\1", ua))
-    m = _WORDS.search(visible)
+    m = _words_search(visible)
     return f"shape:{m.group(0).lower()}" if m else None
 
 
@@ -119,7 +145,7 @@ def classify_ua(ua: str) -> Verdict:
     ua = ua.strip()
     if not ua:
         return Verdict(True, "empty_user_agent")
-    if _HEADLESS.search(ua):
+    if _headless_search(ua):
         return Verdict(True, "headless", "headless")
     pattern = _match_crawler(ua)
     if pattern is None and "Sogou" in ua and _SOGOU_SPIDER.search(ua):
