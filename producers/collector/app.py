@@ -17,6 +17,7 @@ Routes:
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import hashlib
 import logging
@@ -26,7 +27,6 @@ import traceback
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from importlib import resources
-from typing import Any
 
 import iporigin
 from aiohttp import web
@@ -35,7 +35,7 @@ from tally.producers.collector import drops as reasons
 from tally.producers.collector import metrics
 from tally.producers.collector.client_ip import ClientAddress
 from tally.producers.collector.drops import EdgeDrops
-from tally.producers.collector.forwarder import Forwarder, ForwardError
+from tally.producers.collector.forwarder import Forwarder
 from tally.producers.collector.parse import (
     BadBeacon,
     BeaconRequest,
@@ -43,9 +43,9 @@ from tally.producers.collector.parse import (
     json_body,
     plausible_beacon,
     tally_beacon,
-    uuid7,
 )
 from tally.producers.collector.ratelimit import RateLimiter
+from tally.producers.collector.wire import DictEncoder, PieceEncoder
 
 from tally.config import Settings
 from tally.secrets import file_secret
@@ -96,6 +96,7 @@ class Collector:
         # stays in this process's memory only.
         self.client = lru_cache(maxsize=65536)(self._client_uncached)
         self.forwarder: Forwarder | None = None
+        self.encoder: PieceEncoder | DictEncoder | None = None
         self.drops: EdgeDrops | None = None
 
     def ip_pseudonym(self, ip: str) -> str:
@@ -129,7 +130,7 @@ class Collector:
         now_ms = int(time.time() * 1000)
         headers = request.headers
         s = self.settings
-        assert self.drops is not None and self.forwarder is not None
+        assert self.drops is not None and self.forwarder is not None and self.encoder is not None
         # Privacy choices first: a visitor who opted out costs nothing more.
         if s.honor_gpc and headers.get("Sec-GPC", "").strip() == "1":
             self.drops.add(beacon.site, now_ms, reasons.GPC)
@@ -151,21 +152,10 @@ class Collector:
         if self.limiter is not None and not self.limiter.allow(pseudonym):
             self.drops.add(beacon.site, now_ms, reasons.RATE_LIMITED)
             return ok
-        record: dict[str, Any] = {
-            "event_id": uuid7(now_ms),
-            "received_at": now_ms,
-            "site": beacon.site,
-            "path": beacon.path,
-            "referrer": beacon.referrer,
-            "event": beacon.event,
-            "props": beacon.props,
-            "user_agent": user_agent,
-            "ip_pseudonym": pseudonym,
-            "datacenter": datacenter,
-        }
-        try:
-            await self.forwarder.submit(record)
-        except ForwardError:
+        # The beacon's Avro bytes (event_id minted here), or a dict when the fast encoder is off.
+        item = self.encoder.item(now_ms, beacon.site, beacon.path, beacon.referrer, beacon.event,
+                                 beacon.props, user_agent, pseudonym, datacenter)
+        if not await self.forwarder.submit(item):
             self.drops.add(beacon.site, now_ms, reasons.SPOOL_FULL)
             return web.json_response({"detail": "broker unreachable and spool full; retry later"},
                                      status=503, headers={"Retry-After": RETRY_AFTER_SECONDS})
@@ -206,7 +196,11 @@ def make_tracker_handler() -> Handler:
     return tracker
 
 
-# --- CORS and request metrics: one middleware, so every response gets both ------------
+# --- CORS and request metrics: one handler-level wrapper, so every response gets both ---------
+# A wrapper per route rather than an aiohttp middleware: a middleware costs two more
+# coroutine calls and a route lookup per request, and with no middleware aiohttp skips
+# its own per-request middleware machinery as well. Unknown paths and wrong methods
+# reach wrapped catch-all handlers (see make_app), so they get the same JSON and CORS.
 
 PREFLIGHT_HEADERS = {
     "Access-Control-Allow-Methods": "POST, OPTIONS",
@@ -215,9 +209,12 @@ PREFLIGHT_HEADERS = {
 }
 
 
-def make_middleware(settings: Settings, requests: metrics.RequestCounter) -> Any:
+def make_guard(settings: Settings, requests: metrics.RequestCounter) -> Callable[[str, Handler], Handler]:
+    """guard(route, handler): the handler with CORS headers, request counting, and errors
+    (aiohttp's 413, a broken body) answered in the collector's JSON shape."""
     any_origin = "*" in settings.cors_origins
     origins = frozenset(o.rstrip("/") for o in settings.cors_origins)
+    counts = requests.counts
 
     def cors(request: web.Request, response: web.StreamResponse) -> None:
         if any_origin:
@@ -228,36 +225,53 @@ def make_middleware(settings: Settings, requests: metrics.RequestCounter) -> Any
             response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Vary"] = "Origin"
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            # 404, 405, 413 from aiohttp itself: answer with the same JSON shape as ours.
-            status = exc.status
-            if status == 413:
-                detail = f"body is larger than {MAX_BODY} bytes"
-            elif status == 405:
-                detail = f"method {clean_text(request.method, 20)} is not allowed here"
-            elif status == 404:
-                detail = "no such endpoint"
-            else:
-                detail = exc.reason
-            response = web.json_response({"detail": detail}, status=status)
-            if "Allow" in exc.headers:
-                response.headers["Allow"] = exc.headers["Allow"]
-        except (web.RequestPayloadError, HttpProcessingError):
-            # The body broke while being read: a bad Content-Encoding, a truncated
-            # chunk. The client's fault, so 400, never a 500.
-            response = web.json_response({"detail": "body could not be read (bad encoding or framing)"},
-                                         status=400)
-        cors(request, response)
-        requests.inc(route, response.status)
-        return response
+    def guard(route: str, handler: Handler) -> Handler:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                response = _http_error(request, exc)
+            except (web.RequestPayloadError, HttpProcessingError):
+                # The body broke while being read: a bad Content-Encoding, a truncated
+                # chunk. The client's fault, so 400, never a 500.
+                response = web.json_response({"detail": "body could not be read (bad encoding or framing)"},
+                                             status=400)
+            cors(request, response)
+            key = (route, response.status)
+            counts[key] = counts.get(key, 0) + 1  # RequestCounter.inc, inlined (hot path)
+            return response
 
-    return middleware
+        return guarded
+
+    return guard
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own 404/405/413 (and any other HTTPException) in the collector's JSON shape."""
+    status = exc.status
+    if status == 413:
+        detail = f"body is larger than {MAX_BODY} bytes"
+    elif status == 405:
+        detail = f"method {clean_text(request.method, 20)} is not allowed here"
+    elif status == 404:
+        detail = "no such endpoint"
+    else:
+        detail = exc.reason
+    response = web.json_response({"detail": detail}, status=status)
+    if "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
+
+
+def method_not_allowed(allowed: set[str]) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+
+    return handler
+
+
+async def not_found(_request: web.Request) -> web.Response:
+    raise web.HTTPNotFound()
 
 
 async def preflight(_request: web.Request) -> web.Response:
@@ -267,22 +281,33 @@ async def preflight(_request: web.Request) -> web.Response:
 def make_app(settings: Settings, worker_index: int = 0) -> web.Application:
     collector = Collector(settings)
     requests = metrics.RequestCounter()
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[make_middleware(settings, requests)])
+    guard = make_guard(settings, requests)
+    app = web.Application(client_max_size=MAX_BODY)
     app[REQUESTS] = requests
-    for path, handler in (("/api/v1/collect", collector.collect), ("/api/event", collector.plausible_event)):
-        app.router.add_post(path, handler)
-        app.router.add_route("OPTIONS", path, preflight)
-    app.router.add_get("/js/tally.js", make_tracker_handler())
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", collector.readyz)
-    app.router.add_get("/metrics", metrics_page)
+    routes: dict[str, dict[str, Handler]] = {
+        "/api/v1/collect": {"POST": collector.collect, "OPTIONS": preflight},
+        "/api/event": {"POST": collector.plausible_event, "OPTIONS": preflight},
+        "/js/tally.js": {"GET": make_tracker_handler()},
+        "/healthz": {"GET": healthz},
+        "/readyz": {"GET": collector.readyz},
+        "/metrics": {"GET": metrics_page},
+    }
+    for path, methods in routes.items():
+        resource = app.router.add_resource(path)
+        allowed = set(methods) | ({"HEAD"} if "GET" in methods else set())
+        for method, handler in methods.items():
+            resource.add_route(method, guard(path, handler))
+            if method == "GET":
+                resource.add_route("HEAD", guard(path, handler))
+        resource.add_route("*", guard("unmatched", method_not_allowed(allowed)))
+    app.router.add_route("*", "/{tail:.*}", guard("unmatched", not_found))
 
     async def lifecycle(app: web.Application):
         fwd = Forwarder(settings, worker_index)
         await fwd.start()
         edge_drops = EdgeDrops(settings, fwd.producer)
         edge_drops.start()
-        collector.forwarder, collector.drops = fwd, edge_drops
+        collector.forwarder, collector.encoder, collector.drops = fwd, fwd.encoder, edge_drops
         app[FORWARDER], app[DROPS] = fwd, edge_drops
 
         async def sync_metrics() -> None:
@@ -291,6 +316,14 @@ def make_app(settings: Settings, worker_index: int = 0) -> web.Application:
                 requests.sync()
 
         syncer = asyncio.create_task(sync_metrics())
+        # Everything allocated at start (modules, iporigin's tables, schemas) is never
+        # garbage: freezing it keeps the collector's full GC passes short, and so the
+        # latency spikes they cause under load.
+        gc.freeze()
+        # Requests waiting for their Kafka ack are live when a young-generation pass runs,
+        # so each pass scans the whole in-flight set; at 700 allocations per pass that was
+        # ~2% of the CPU under load. 10x fewer passes, same objects freed.
+        gc.set_threshold(7000, 10, 10)
         yield
         syncer.cancel()
         requests.sync()

@@ -39,7 +39,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from tally.producers.collector import metrics
-from tally.producers.collector.spool import Spool, SpoolFull, SpoolLocked, adopt_orphans
+from tally.producers.collector.spool import Spool, SpoolLocked, adopt_orphans
+from tally.producers.collector.wire import beacon_encoder
 from tally.schemas.codec import default_codec
 
 from tally.config import Settings
@@ -55,17 +56,13 @@ MESSAGE_TIMEOUT_MS = 20000
 REPLAY_WINDOW = 64  # spooled batches produced before waiting for their acks
 
 
-class ForwardError(RuntimeError):
-    """The beacon could not be made durable (the spool is full)."""
-
-
 class _Batch:
     """One micro-batch: its encoded value and the requests waiting on it."""
 
     __slots__ = ("value", "futures", "count", "sent_at", "timer", "answered", "spool_id",
                  "outcome")
 
-    def __init__(self, value: bytes, futures: list[asyncio.Future[None]]) -> None:
+    def __init__(self, value: bytes, futures: list[asyncio.Future[bool]]) -> None:
         self.value = value
         self.futures = futures
         self.count = len(futures)
@@ -83,23 +80,22 @@ def spool_root(settings: Settings) -> Path:
 
 
 class Forwarder:
-    def __init__(self, settings: Settings, worker_index: int = 0, max_batch: int = 500,
-                 max_wait: float = 0.002) -> None:
+    def __init__(self, settings: Settings, worker_index: int = 0, max_batch: int = 500) -> None:
         self.settings = settings
         self.topic = settings.topic("beacons.raw")
         self.max_batch = max_batch
-        self.max_wait = max_wait
         self.spool_after = settings.spool_after_ms / 1000
         self.worker_index = worker_index
-        self.codec = default_codec()
+        self.encoder = beacon_encoder(default_codec())
         self.fatal_error: str | None = None
         self.producer = Producer(producer_config(settings, **{
-            "linger.ms": 1, "message.timeout.ms": MESSAGE_TIMEOUT_MS, "log_level": 3,
+            "linger.ms": 0, "socket.nagle.disable": True, "message.timeout.ms": MESSAGE_TIMEOUT_MS, "log_level": 3,
             "error_cb": self._on_client_error}))
         self.spool: Spool | None = None
         self.mode = ONLINE
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._items: list[Any] = []  # encoded beacons (or dicts: see wire.py) of the next batch
+        self._waiting: list[asyncio.Future[bool]] = []  # their requests, in the same order
+        self._flush_handle: asyncio.Handle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         self._spool_queue: list[_Batch] = []
@@ -179,26 +175,29 @@ class Forwarder:
 
     # --- accepting beacons -----------------------------------------------------------
 
-    async def submit(self, beacon: dict[str, Any]) -> None:
-        """Returns once the beacon is durable; raises ForwardError if it cannot be."""
-        assert self._loop is not None, "Forwarder.start() not called"
-        fut: asyncio.Future[None] = self._loop.create_future()
-        self._pending.append((beacon, fut))
-        if len(self._pending) >= self.max_batch:
+    async def submit(self, item: Any) -> bool:
+        """True once the beacon (an item of self.encoder) is durable; False if it cannot be
+        (the broker is away and the spool is full)."""
+        fut: asyncio.Future[bool] = self._loop.create_future()  # type: ignore[union-attr]
+        self._items.append(item)
+        self._waiting.append(fut)
+        if len(self._items) >= self.max_batch:
             self._flush()
         elif self._flush_handle is None:
-            self._flush_handle = self._loop.call_later(self.max_wait, self._flush)
-        await fut
+            # Flush once the event loop has handled every request that is ready now:
+            # under load one loop pass carries many requests, so batches grow with
+            # the load by themselves, and no beacon waits on a timer for company.
+            self._flush_handle = self._loop.call_soon(self._flush)
+        return await fut
 
     def _flush(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        pending, self._pending = self._pending, []
-        if not pending:
+        if not self._items:
             return
-        value = self.codec.encode("beacon_batch", {"items": [b for b, _ in pending]})
-        batch = _Batch(value, [f for _, f in pending])
+        items, waiting, self._items, self._waiting = self._items, self._waiting, [], []
+        batch = _Batch(self.encoder.batch(items), waiting)
         if self.mode == ONLINE:
             self._produce_online(batch)
         else:
@@ -234,14 +233,14 @@ class Forwarder:
             if err is None and not batch.answered:  # delivered before the disk write finished
                 batch.answered = True
                 metrics.ACCEPTED.inc(batch.count)
-                _resolve(batch.futures, None)
+                _resolve(batch.futures, True)
             return
         if batch.answered:
             return
         if err is None:
             batch.answered = True
             metrics.ACCEPTED.inc(batch.count)
-            _resolve(batch.futures, None)
+            _resolve(batch.futures, True)
         else:
             log.warning("Kafka did not take a batch (%s); spooling", err)
             self._enter_spooling()
@@ -287,14 +286,14 @@ class Forwarder:
                         continue
                     batch.answered = True
                     if spool_id is None:
-                        _resolve(batch.futures, SpoolFull("spool is full"))
+                        _resolve(batch.futures, False)
                         continue
                     batch.spool_id = spool_id
                     if batch.outcome is not None and not batch.outcome.done():
                         self._in_flight[spool_id] = batch  # librdkafka still trying
                     metrics.SPOOLED.inc(batch.count)
                     metrics.ACCEPTED.inc(batch.count)
-                    _resolve(batch.futures, None)
+                    _resolve(batch.futures, True)
                 self._update_spool_gauges()
         finally:
             self._spool_busy = False
@@ -413,11 +412,7 @@ def _set_once(fut: asyncio.Future[bool], value: bool) -> None:
         fut.set_result(value)
 
 
-def _resolve(futures: list[asyncio.Future[None]], err: BaseException | None) -> None:
+def _resolve(futures: list[asyncio.Future[bool]], durable: bool) -> None:
     for fut in futures:
-        if fut.done():
-            continue
-        if err is None:
-            fut.set_result(None)
-        else:
-            fut.set_exception(ForwardError(str(err)))
+        if not fut.done():
+            fut.set_result(durable)

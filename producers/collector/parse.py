@@ -13,7 +13,6 @@ the collector turns it into `400 {"detail": ...}`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from random import getrandbits
 from typing import Any
 
 import orjson
@@ -158,15 +157,3 @@ def plausible_beacon(body: dict[str, Any], allowed: frozenset[str]) -> BeaconReq
         raise BadBeacon(f"d {clean_text(','.join(domains), 100)!r} is not on this collector's allowlist")
     props = _props(body["p"] if "p" in body else body.get("m"), "p")
     return BeaconRequest(site, url, _optional(body, "r"), name, props)
-
-
-def uuid7(now_ms: int) -> str:
-    """A UUIDv7 string (RFC 9562): 48-bit Unix milliseconds, then 74 random bits.
-
-    Hand-rolled because it sits on the hot path: uuid6.uuid7() costs ~3x more
-    for a monotonic counter we do not need (ids only have to be unique; the
-    random module is reseeded in every forked worker).
-    """
-    v = (now_ms << 80) | (0x7 << 76) | (getrandbits(12) << 64) | (0b10 << 62) | getrandbits(62)
-    h = f"{v:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
