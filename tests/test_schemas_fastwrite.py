@@ -205,3 +205,35 @@ def test_uuid7_tails_are_not_shared_with_a_forked_child():
     assert len(childs) == 21 and childs != parents_next
     u = uuid.UUID(fastpath.uuid7(1_763_780_000_000))
     assert u.version == 7 and u.variant == uuid.RFC_4122
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_fast_path_full_queue_drops_and_counts(flavour):
+    """No broker, a queue of 5: the sixth event on (all served by the fast path) is
+    dropped as queue_full in both flavours, within TALLY_SDK_MAX_BLOCK_MS."""
+    import asyncio
+
+    from tally.producers.sdk import AsyncClient, Client
+
+    from tally.config import Settings
+
+    settings = Settings.from_env({"TALLY_KAFKA_BOOTSTRAP": "127.0.0.1:9", "TALLY_SDK_QUEUE_EVENTS": "5",
+                                  "TALLY_SDK_MAX_BLOCK_MS": "20", "TALLY_SDK_EXIT_FLUSH_SECONDS": "0"})
+    kw = {"tenant_id": "t", "workspace_id": "w", "actor": "u_1", "subject": ("ticket", "k_1"),
+          "metadata": {"ticket_type": "incident", "assigned": True}}
+    if flavour == "sync":
+        client = Client(settings, producer_overrides={"log_level": 0})
+        results = [client.track("ticket.created", **kw) for _ in range(10)]
+        stats = client.stats()
+        client.close(0)
+    else:
+        async def main():
+            client = AsyncClient(settings, producer_overrides={"log_level": 0})
+            results = [await client.track("ticket.created", **kw) for _ in range(10)]
+            stats = client.stats()
+            await client.aclose(0)
+            return results, stats
+
+        results, stats = asyncio.run(main())
+    assert results == [True] * 5 + [False] * 5
+    assert stats.queued == 5 and stats.dropped == {"queue_full": 5}
