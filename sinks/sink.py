@@ -3,7 +3,8 @@
 One consumer reads the five topics the sink stores (pageviews.enriched,
 aggregates, product.events, drops, bad-rows). A batch closes at
 TALLY_SINK_BATCH_ROWS rows or TALLY_SINK_BATCH_SECONDS, whichever comes
-first. Then, in this order:
+first; when a backlog is already waiting in the consumer, it keeps taking it up
+to TALLY_SINK_MAX_INSERT_ROWS (still within the time bound). Then, in this order:
 
 1. the batch's end offsets are written as commit metadata on its start
    offsets (the intent, see batch.py);
@@ -82,6 +83,7 @@ class Sink:
         self.producer = Producer(producer_config(settings))
         self.loader = AvroLoader(client, settings)
         self.batch = Batch()
+        self.max_rows = max(settings.sink_batch_rows, settings.sink_max_insert_rows)
         self.stopping = threading.Event()
         self.replay: dict[tuple[str, int], int] = {}  # partition -> last offset of the unfinished batch
         self.replay_reached: set[tuple[str, int]] = set()
@@ -103,7 +105,7 @@ class Sink:
                     msgs = self.consumer.consume(num_messages=2000, timeout=0.1)
                 for i, msg in enumerate(msgs):
                     self._take(msg)
-                    if self.batch.size >= self.s.sink_batch_rows and not self.replay:
+                    if self.batch.size >= self.max_rows and not self.replay:
                         self.stash = msgs[i + 1:]  # next batch: the size bound holds
                         break
                 if self.batch.size > PENDING_MAX._value.get():
@@ -111,14 +113,28 @@ class Sink:
                 if self.replay:
                     if self.replay_reached >= set(self.replay) or time.monotonic() > self.replay_deadline:
                         self._finish_replay()
-                elif not self.batch.empty and (self.batch.size >= self.s.sink_batch_rows
-                                               or self.batch.age() >= self.s.sink_batch_seconds):
+                elif not self.batch.empty and self._due():
                     self.flush()
             if not self.batch.empty and not self.replay:
                 self.flush()  # a clean stop stores what it read (one attempt: stopping is set)
         finally:
             self.consumer.close()
             self.producer.flush(10)
+
+    def _due(self) -> bool:
+        """Insert now? At TALLY_SINK_BATCH_ROWS rows or TALLY_SINK_BATCH_SECONDS of age. Past
+        the row bound, records already waiting in the consumer (a backlog) keep filling the
+        batch up to TALLY_SINK_MAX_INSERT_ROWS: without a backlog the batch is inserted at
+        once, as before; with one, fewer and larger inserts mean fewer parts for ClickHouse
+        to write and merge (measured: 10k-row inserts spent more CPU merging than parsing)."""
+        size = self.batch.size
+        if size >= self.max_rows or self.batch.age() >= self.s.sink_batch_seconds:
+            return True
+        if size < self.s.sink_batch_rows:
+            return False
+        if not self.stash:  # no wait: only what librdkafka has already fetched
+            self.stash = self.consumer.consume(num_messages=2000, timeout=0)
+        return not self.stash
 
     def _take(self, msg: Message) -> None:
         if msg.error():

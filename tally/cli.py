@@ -84,10 +84,13 @@ def setup() -> None:
 def migrate() -> None:
     """Apply pending ClickHouse migrations (infra/clickhouse/) and print what was applied."""
     settings = load_settings()
-    from tally.sinks.migrate import migrate as apply
-    from tally.sinks.warehouse import connect
+    from tally.sinks.migrate import WarehouseBusy, migrate_command
 
-    applied = apply(connect(settings), settings)
+    try:
+        applied = migrate_command(settings)
+    except WarehouseBusy as exc:
+        console.print(f"[red]cannot migrate now[/red]: {exc}")
+        sys.exit(1)
     click.echo("\n".join(applied) if applied else "nothing to apply")
 
 

@@ -159,7 +159,8 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_PROCESSING_GUARANTEE", "processing_guarantee", "at_least_once", _choice("at_least_once", "exactly_once"), "Faust processing guarantee of the stream worker. Counts are exact with the default (window state skips replays, see docs/streams.md); `exactly_once` adds Kafka transactions (Apache Kafka only, not Tansu; experimental: slower, not covered by the crash test).", "Streams"),
     Var("TALLY_CLOCK_OFFSET_SECONDS", "clock_offset_seconds", "0", _int(), "Shifts the stream worker's clock (salt rotation, lateness). For tests and replays; leave 0 in production.", "Streams"),
     # Sink and retention
-    Var("TALLY_SINK_BATCH_ROWS", "sink_batch_rows", "10000", _int(1), "Rows per ClickHouse insert batch.", "Sink"),
+    Var("TALLY_SINK_BATCH_ROWS", "sink_batch_rows", "10000", _int(1), "Rows at which the sink inserts its batch (see also TALLY_SINK_MAX_INSERT_ROWS).", "Sink"),
+    Var("TALLY_SINK_MAX_INSERT_ROWS", "sink_max_insert_rows", "100000", _int(1), "Largest ClickHouse insert. When more records already wait in the consumer (a backlog), a batch that reached TALLY_SINK_BATCH_ROWS keeps taking them up to this many rows, within TALLY_SINK_BATCH_SECONDS, so catching up costs fewer, larger inserts. Set it to TALLY_SINK_BATCH_ROWS for fixed-size batches.", "Sink"),
     Var("TALLY_SINK_BATCH_SECONDS", "sink_batch_seconds", "1.0", _float(0.01), "Longest time a row waits in the sink before its batch is inserted.", "Sink"),
     Var("TALLY_RAW_RETENTION_DAYS", "raw_retention_days", "540", _int(1), "TTL of raw pageview rows in ClickHouse, in days.", "Sink"),
     Var("TALLY_PRODUCT_RETENTION_DAYS", "product_retention_days", "90", _int(1), "TTL of raw product usage events in ClickHouse, in days.", "Sink"),
@@ -214,6 +215,7 @@ class Settings:
     clock_offset_seconds: int = 0
     processing_guarantee: str = "at_least_once"
     sink_batch_rows: int = 10000
+    sink_max_insert_rows: int = 100000
     sink_batch_seconds: float = 1.0
     test_sink_crash_after_insert: bool = False
     test_sink_outage_file: str = ""

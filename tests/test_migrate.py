@@ -50,5 +50,49 @@ def test_migrate_is_idempotent_and_retention_changes_delete(tmp_path):
         assert apply(client, shorter) == []
         # Aggregates keep no TTL whatever the retention (seed 002: they outlive the raw rows).
         assert "TTL" not in client.command("SHOW CREATE TABLE aggregates")
+
+        # bad_rows_unique: the same rejection sent twice (a stage replayed after a crash)
+        # counts once; rows without a Kafka source (offset -1) are all kept.
+        client.command("INSERT INTO bad_rows (failed_at, component, reason, source_topic, source_partition, "
+                       "source_offset, original) VALUES "
+                       "(now64(), 'sink', 'undecodable', 'pv', 3, 41, 'x'), "
+                       "(now64() + 1, 'sink', 'undecodable', 'pv', 3, 41, 'x'), "
+                       "(now64(), 'worker', 'no_salt', 'raw', 3, 41, 'b1'), "
+                       "(now64(), 'worker', 'no_salt', 'raw', 3, 41, 'b2'), "
+                       "(now64(), 'collector', 'bad_json', '', -1, -1, 'y'), "
+                       "(now64(), 'collector', 'bad_json', '', -1, -1, 'y')")
+        assert client.query("SELECT count() FROM bad_rows_unique").result_rows[0][0] == 5
     finally:
         client.close()
+
+
+def test_migrate_while_the_sink_owns_the_warehouse_says_how_to_apply(tally_env, spawn):
+    """chDB allows one process per data directory: with the sink running, `tally migrate`
+    exits non-zero with a message naming the owner and the restart, not a lock traceback.
+    With the sink stopped, the same command migrates (nothing left: the sink did it)."""
+    import subprocess
+    import sys
+
+    from tally.stack import http_ok
+    from tests.conftest import REPO, wait_for
+
+    s = tally_env.settings
+    sink = spawn(tally_env, "sink")
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{s.query_port}/healthz"), 60, "sink endpoint")
+
+    def tally_migrate() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tally.cli", "migrate"], cwd=REPO,
+                              env={**tally_env.child_env(), "COLUMNS": "300"},
+                              capture_output=True, text=True, timeout=120)
+
+    busy = tally_migrate()
+    assert busy.returncode == 1, busy.stdout + busy.stderr
+    message = " ".join(busy.stderr.split())
+    assert "Traceback" not in busy.stderr
+    assert "owned by the running sink" in message and "restart it" in message, message
+    assert sink.alive()
+
+    sink.stop()
+    done = tally_migrate()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "nothing to apply"

@@ -124,4 +124,17 @@ FROM
     WHERE toDate(occurred_at) BETWEEN {date_from:Date} AND {date_to:Date}
       AND feature_area IN {family_names}
 )
-ORDER BY position
+ORDER BY position;
+
+-- Bad rows, each once. A stage that crashes after sending a bad row and before
+-- committing its input re-reads the record and sends the same bad row again
+-- (bad rows are at-least-once; the dedup token covers bad-rows' own offsets, not
+-- the record they describe). One row per (component, reason, source record,
+-- original bytes); rows without a Kafka source (the collector's, offset -1) are
+-- all kept.
+CREATE OR REPLACE VIEW bad_rows_unique AS
+SELECT *
+FROM bad_rows
+ORDER BY failed_at
+LIMIT 1 BY component, reason, source_topic, source_partition, source_offset, cityHash64(original),
+           if(source_offset < 0, rowNumberInAllBlocks(), 0)
