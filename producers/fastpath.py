@@ -58,8 +58,11 @@ LAYOUT = (
     ("occurred_at", {"type": "long", "logicalType": "timestamp-millis"}), ("app", "string"),
     ("metadata", {"type": "map", "values": ["null", "boolean", "long", "string"]}),
 )
-_CACHE_MAX = 65536   # entries per cache; a full cache is cleared (bounded memory)
-_VALUES_MAX = 4096   # cached values per metadata key
+# Cache bounds: a full cache is emptied and refills with what recurs. Worst case
+# a few tens of MB in all; a typical app (tens of tenants, enum metadata) far less.
+_CACHE_MAX = 16384   # ids, users, other actors
+_SUBJECTS_MAX = 4096  # subjects per event (ids of reports, tickets... often unique)
+_VALUES_MAX = 1024   # values per metadata key (enums are few; ints and ids may be many)
 _UUID_LEN = b"\x48"  # Avro length prefix of a 36-character uuid string
 _MAP_END = b"\x00"
 _MAP_COUNT = tuple(bytes((2 * n,)) for n in range(64))  # zigzag varint of a small count
@@ -310,10 +313,12 @@ class FastEvents:
         user-initiated, so only a user with an id will do."""
         if actor.__class__ is str:
             kind, actor_id = "user", actor
-        elif _plain_key(actor) and actor is not None and actor[1] is not None:
+        elif actor is None:
+            kind, actor_id = "system", ""
+        elif _plain_key(actor) and actor[1] is not None:
             kind, actor_id = actor
         else:
-            return None  # None (the system) is learnt by the full path
+            return None
         if kind not in ACTOR_TYPES or (actor_id and not is_safe_id(actor_id)):
             return None
         b = self._enc(kind) + self._enc(actor_id)
@@ -325,15 +330,18 @@ class FastEvents:
 
     def _new_subject(self, event: str, subject: Any) -> bytes | None:
         """(subject_type, subject_id): the event's subject type (or empty), an opaque id or None."""
-        if subject is None or not _plain_key(subject) or subject.__class__ is str:
+        if subject is None:
+            subject_type, subject_id = "", None
+        elif not _plain_key(subject) or subject.__class__ is str:
             return None
-        subject_type, subject_id = subject
+        else:
+            subject_type, subject_id = subject
         if subject_type and subject_type != CATALOG[event].subject_type:
             return None
         if subject_id and not is_safe_id(subject_id):
             return None
         b = self._enc(subject_type) + encoded(self._subject_id, subject_id)
-        _put(self.plans[event].subjects, subject, b)
+        _put(self.plans[event].subjects, subject, b, _SUBJECTS_MAX)
         return b
 
     def _new_piece(self, event: str, key: str, value: Any) -> bytes | None:
@@ -362,7 +370,7 @@ class FastEvents:
             _put(cache, actor, enc(actor_type) + enc(actor_id))
         subject_type, subject_id = record["subject_type"], record["subject_id"]
         if _plain_key(subject) and subject_type.__class__ is str:
-            _put(plan.subjects, subject, enc(subject_type) + encoded(self._subject_id, subject_id))
+            _put(plan.subjects, subject, enc(subject_type) + encoded(self._subject_id, subject_id), _SUBJECTS_MAX)
         for k, v in record["metadata"].items():
             if k in plan.learnable and v.__class__ is plan.kinds[k]:
                 known = plan.pieces[k]
@@ -378,8 +386,8 @@ def _plain_key(x: Any) -> bool:
             and (x[1] is None or x[1].__class__ is str))
 
 
-def _put(cache: dict, key: Any, value: bytes, limit: int = _CACHE_MAX) -> None:
-    if len(cache) >= limit:
+def _put(cache: dict, key: Any, value: bytes, limit: int = 0) -> None:
+    if len(cache) >= (limit or _CACHE_MAX):
         cache.clear()
     cache[key] = value
 

@@ -110,9 +110,15 @@ def _random_call(rnd):
     return event, tenant, workspace, actor, subject, rnd.choice([metadata] * 8 + [None, {}, [("a", 1)]])
 
 
-def test_fast_path_gives_the_catalogs_verdict_and_fastavros_bytes():
+@pytest.mark.parametrize("tiny_caches", [False, True])
+def test_fast_path_gives_the_catalogs_verdict_and_fastavros_bytes(tiny_caches, monkeypatch):
     import random
 
+    from tally.producers import fastpath
+
+    if tiny_caches:  # caches emptied all the time, pre-seeded entries included
+        for name in ("_CACHE_MAX", "_SUBJECTS_MAX", "_VALUES_MAX"):
+            monkeypatch.setattr(fastpath, name, 2)
     client, reference = _sdk_client(), _sdk_client()
     sent: list[bytes] = []
     full: list[bytes | None] = []
