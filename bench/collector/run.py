@@ -21,7 +21,9 @@ Runs, in this order, in one process run:
    answer; two short calibration runs estimate the latency and set `delay`). This is
    closed-loop pacing: coordinated omission is not corrected as wrk2 would. The baseline
    is run at the same target, so machine noise shows up in both. Achieved rates are
-   reported next to the latencies.
+   reported next to the latencies, and so is the Kafka ack latency of the collector's
+   batches in that run (kafka_ack_at_70pct): requests are answered only after their
+   batch's acks=all acknowledgement, a wait the minimal handler does not have.
 3. peak with `tally collector --workers 2` (RSS summed over supervisor and workers).
 
 Targets for one process: throughput >= 0.8 x baseline; p99 <= 20 ms at 70% of peak;
@@ -178,6 +180,30 @@ def accepted(base: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+def produce_histogram(base: str) -> dict[str, float]:
+    """tally_collector_produce_seconds (batch handed to the Kafka client -> acks=all ack) as
+    {le: cumulative count, "count": n, "sum": seconds}."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out = {m[0]: float(m[1]) for m in re.findall(r'^tally_collector_produce_seconds_bucket\{le="([^"]+)"\} (\S+)$',
+                                                  text, re.M)}
+    for key in ("count", "sum"):
+        m = re.search(rf"^tally_collector_produce_seconds_{key} (\S+)$", text, re.M)
+        out[key] = float(m.group(1)) if m else 0.0
+    return out
+
+
+def ack_latency(before: dict[str, float], after: dict[str, float]) -> dict:
+    """Kafka ack latency of the batches produced between two histogram readings: the part
+    of a request's latency the collector waits for (it answers only after the ack)."""
+    n = after["count"] - before["count"]
+    if n <= 0:
+        return {"batches": 0}
+    share = {le: round((after[le] - before.get(le, 0.0)) / n, 3) for le in ("0.002", "0.005", "0.01", "0.02", "0.05")}
+    return {"batches": int(n), "mean_ms": round(1000 * (after["sum"] - before["sum"]) / n, 2),
+            **{f"share_le_{float(le) * 1000:g}ms": v for le, v in share.items()}}
+
+
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "wb") as fh:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
@@ -261,7 +287,10 @@ def main() -> None:
             # 2. p99 at 70% of the collector's peak, and the baseline at the same rate.
             target = 0.7 * peak["rps"]
             for name, target_url, proc in (("collector", collect_url, collector), ("baseline", collect_base, baseline)):
+                hist = produce_histogram(url)
                 results[f"{name}_at_70pct"] = paced(proc.pid, target_url, target, args.duration)
+                if name == "collector":
+                    results[f"{name}_at_70pct"]["kafka_ack"] = ack_latency(hist, produce_histogram(url))
                 print(f"{name} at 70% of peak: {results[f'{name}_at_70pct']}", file=sys.stderr)
             stop(collector)
             stop(baseline)
@@ -308,6 +337,7 @@ def main() -> None:
         "p99_at_70pct_ms": p70["p99_ms"],
         "baseline_achieved_rps_same_target": b70["rps"],
         "baseline_p99_same_target_ms": b70["p99_ms"],
+        "kafka_ack_at_70pct": p70.get("kafka_ack"),
         "collector_rss_mb_peak": c["rss_mb_peak"],
         "workers2_accepted_per_s": w2["accepted_per_s"],
         "workers2_ratio_vs_baseline": round(w2["accepted_per_s"] / b["rps"], 3),
