@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -29,7 +30,7 @@ GPC, DNT, EMPTY_UA, RATE_LIMITED, SPOOL_FULL = "gpc", "dnt", "empty_user_agent",
 
 
 class EdgeDrops:
-    def __init__(self, settings: Settings, producer: Producer) -> None:
+    def __init__(self, settings: Settings, producer: Callable[[], Producer]) -> None:
         self.topic = settings.topic("drops")
         self.interval = settings.drops_flush_seconds
         self.producer = producer
@@ -68,7 +69,7 @@ class EdgeDrops:
                     loop.call_soon_threadsafe(self._retry, key, n)
 
             try:
-                self.producer.produce(self.topic, key=site.encode(), value=self.codec.encode("drop_count", record),
+                self.producer().produce(self.topic, key=site.encode(), value=self.codec.encode("drop_count", record),
                                       on_delivery=delivered)
             except (BufferError, KafkaException):
                 self.counts[(site, day, reason)] += n

@@ -88,9 +88,15 @@ class Forwarder:
         self.worker_index = worker_index
         self.encoder = beacon_encoder(default_codec())
         self.fatal_error: str | None = None
-        self.producer = Producer(producer_config(settings, **{
+        self._producer_config = producer_config(settings, **{
             "linger.ms": 0, "socket.nagle.disable": True, "message.timeout.ms": MESSAGE_TIMEOUT_MS, "log_level": 3,
-            "error_cb": self._on_client_error}))
+            "error_cb": self._on_client_error})
+        self.producer = Producer(self._producer_config)
+        # Producers replaced after a fatal error: still polled, so the batches they held
+        # report their failure (and go to the spool); see _replace_producer().
+        self._retired: list[Producer] = []
+        self.replaced_producers = 0
+        self._polling: Producer | None = None  # the producer the poll thread is polling
         self.spool: Spool | None = None
         self.mode = ONLINE
         self._items: list[Any] = []  # encoded beacons (or dicts: see wire.py) of the next batch
@@ -157,17 +163,46 @@ class Forwarder:
 
     def _on_client_error(self, err: KafkaError) -> None:
         # Runs on the poll thread. A fatal error (e.g. the idempotent producer's
-        # sequence broke) leaves this producer unusable: beacons keep going to the
-        # spool, and /readyz turns 503 so the process gets restarted; the spool is
-        # replayed by the next process.
+        # sequence broke) leaves this producer unusable for good: it is replaced
+        # in place (on the event loop) rather than failing the process.
         if err.fatal():
-            self.fatal_error = err.str()
-            log.critical("Kafka producer failed for good: %s; /readyz now fails so the "
-                         "collector gets restarted (spooled beacons are replayed then)", err.str())
+            log.critical("Kafka producer failed for good: %s; replacing it (batches it still "
+                         "held go to the spool and are replayed in order)", err.str())
+            assert self._loop is not None
+            failed = self._polling or self.producer  # the callback comes from that producer's poll()
+            self._loop.call_soon_threadsafe(self._replace_producer, failed, err.str())
+
+    def _replace_producer(self, failed: Producer, reason: str) -> None:
+        """A new producer instead of one that hit a fatal error.
+
+        The failed producer fails every batch it still holds (librdkafka reports
+        them with the fatal error): those go to the spool as on any failed
+        delivery. The forwarder enters spooling first, so new batches queue
+        behind them on disk, and the replay sends everything in acceptance
+        order through the new producer. Only if a new producer cannot be made
+        does /readyz turn 503, so the process gets restarted.
+        """
+        if failed is not self.producer:
+            return  # already replaced
+        self._enter_spooling()
+        try:
+            self.producer = Producer(self._producer_config)
+        except KafkaException as exc:
+            self.fatal_error = f"{reason}; a new producer could not be made: {exc}"
+            log.critical("%s", self.fatal_error)
+            return
+        self._retired.append(failed)
+        self.replaced_producers += 1
+        self.fatal_error = None
+        self._wake.set()
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self.producer.poll(0.05)
+            self._polling = self.producer
+            self._polling.poll(0.05)
+            for retired in self._retired:
+                self._polling = retired
+                retired.poll(0)
 
     async def _run_io(self, fn: Callable[..., Any], *args: Any) -> Any:
         assert self._loop is not None
