@@ -68,16 +68,18 @@ class AvroLoader:
         cols = ", ".join(f"`{c}`" for c in columns)
         return f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {source.replace('{structure}', structure)}"
 
-    def insert(self, table: str, columns: list[str], container: bytes, settings: dict[str, str | int]) -> None:
+    def insert(self, table: str, columns: list[str], container: list[bytes | memoryview],
+               settings: dict[str, str | int]) -> None:
+        """Insert one Avro object container, given as its pieces (header, then blocks)."""
         if not self.embedded:
             sql = self.statement(table, columns, "input({structure})") + " FORMAT Avro"
-            self.client.command(sql, data=container, settings=settings)
+            self.client.command(sql, data=b"".join(container), settings=settings)
             return
         fd, name = tempfile.mkstemp(suffix=".avro", dir=self.spool)
         path = Path(name)
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(container)
+                fh.writelines(container)
             # Settings ride in the statement: clickhouse-connect's chDB backend would
             # otherwise apply them with SET and restore them, four more queries per insert.
             clause = ", ".join(f"{k} = {_quote(str(v))}" for k, v in settings.items())

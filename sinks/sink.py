@@ -282,7 +282,7 @@ class Sink:
             # row by row, over every inserted block (measured: 3x the insert's CPU). Rows
             # that share an event_id are folded by background merges and FINAL, as rows
             # of two different inserts always were.
-            self.loader.insert(mapping.table, list(frames.columns), pt.container(frames),
+            self.loader.insert(mapping.table, list(frames.columns), pt.container_parts(frames),
                                {"insert_deduplication_token": token, "optimize_on_insert": 0})
 
         try:

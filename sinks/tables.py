@@ -172,7 +172,7 @@ class ItemFrames:
 
     version: SchemaVersion
     columns: tuple[str, ...]
-    blocks: list[bytes] = field(default_factory=list)
+    blocks: list[bytes | memoryview] = field(default_factory=list)
     rows: int = 0
 
 
@@ -201,7 +201,7 @@ class Passthrough:
             self._headers[version.fingerprint] = cached
         return cached
 
-    def split(self, data: bytes) -> tuple[SchemaVersion, int, bytes]:
+    def split(self, data: bytes) -> tuple[SchemaVersion, int, bytes | memoryview]:
         """(writer version, item count, item bytes) of one record; DecodeError when the
         record is not a single-block pageview_batch of a known version."""
         if len(data) < 11 or data[:2] != MAGIC:
@@ -224,11 +224,15 @@ class Passthrough:
         # The array is the last field: its terminating 0 is the record's last byte.
         if data[-1] != 0:
             raise DecodeError("items array is not terminated")
-        return version, count, data[pos:-1]
+        return version, count, memoryview(data)[pos:-1]  # a view: the bytes are copied once, to the file
+
+    def container_parts(self, frames: ItemFrames) -> list[bytes | memoryview]:
+        """The container as pieces, to be written out without joining them first."""
+        head, _ = self.header(frames.version)
+        return [head, *frames.blocks]
 
     def container(self, frames: ItemFrames) -> bytes:
-        head, _ = self.header(frames.version)
-        return head + b"".join(frames.blocks)
+        return b"".join(self.container_parts(frames))
 
     def add(self, frames: dict[bytes, ItemFrames], data: bytes) -> tuple[bytes, int]:
         """Append one record's items to `frames`; return (writer fingerprint, item count)."""
@@ -237,6 +241,6 @@ class Passthrough:
             f = frames.get(version.fingerprint)
             if f is None:
                 f = frames[version.fingerprint] = ItemFrames(version, self.header(version)[1])
-            f.blocks.append(_zigzag(count) + _zigzag(len(body)) + body + self.sync)
+            f.blocks += (_zigzag(count) + _zigzag(len(body)), body, self.sync)
             f.rows += count
         return version.fingerprint, count
