@@ -122,8 +122,8 @@ class Delta:
 
     source_partition: int
     source_offset: int
-    # (site, hour_start) -> (events, pageviews, distinct visitor ids as uint64: an array when
-    # decoded from bytes, a set when just built)
+    # (site, hour_start) -> (events, pageviews, distinct visitor ids as uint64: a list when
+    # decoded from bytes, a set when just built, an array from older callers)
     hours: dict[tuple[str, int], tuple[int, int, Any]] = field(default_factory=dict)
     # (site, path, day_start) -> pageviews
     paths: dict[tuple[str, str, int], int] = field(default_factory=dict)
@@ -150,7 +150,9 @@ class Delta:
     def decode(cls, data: bytes) -> Delta:
         (n,) = struct.unpack_from(">I", data)
         head = json.loads(data[4:4 + n])
-        ids = np.frombuffer(data, dtype=np.uint64, offset=4 + n)
+        # One list for the whole delta (apply() feeds Python sets): slicing it is cheaper than
+        # one array-to-list conversion per window.
+        ids = np.frombuffer(data, dtype=np.uint64, offset=4 + n).tolist()
         d = cls(head["s"], head["o"])
         at = 0
         for site, start, events, pvs, k in head["h"]:
@@ -331,17 +333,23 @@ class TotalsEncoder:
         self._fields = field_writers(schema)
         self._fixed_names = [f["name"] for f in schema["fields"]][:-3]
         self._long = self._fields["count"]
+        self._varying_last = [f["name"] for f in schema["fields"]][-3:] == self.VARYING
+        self._header: bytes | None | bool = False  # found on first use (a registry may be slow)
+
+    def _find_header(self) -> bytes | None:
+        """The record prefix, or None when totals must go through the codec whole."""
         sample = {"kind": "site_day", "scope": "s", "dimension": "", "window_start": 0, "window_end": 1,
                   "partition": 2, "count": 0, "uniques": 0, "version": 0}
-        whole = codec.encode("window_aggregate", sample)
+        whole = self.codec.encode("window_aggregate", sample)
         body = self._fixed_body(sample) + b"\x00\x00\x00"
-        ok = [f["name"] for f in schema["fields"]][-3:] == self.VARYING and whole.endswith(body)
-        self._header = whole[:-len(body)] if ok else None  # None: every total through the codec
+        return whole[:-len(body)] if self._varying_last and whole.endswith(body) else None
 
     def _fixed_body(self, agg: dict[str, Any]) -> bytes:
         return b"".join(self._encoded(self._fields[name], agg[name]) for name in self._fixed_names)
 
     def __call__(self, st: PartitionState, key: AggKey, w: Window) -> tuple[bytes, bytes]:
+        if self._header is False:
+            self._header = self._find_header()
         if w.wire is None:
             agg = {"kind": key[0], "scope": key[1], "dimension": key[2], "window_start": key[3],
                    "window_end": st.ends[key], "partition": st.partition}

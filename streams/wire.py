@@ -271,11 +271,23 @@ class PageviewWriter:
             raise Fallback
         items = next(f for f in latest.parsed["fields"] if f["name"] == "items")["type"]["items"]
         self.fields = field_writers(items)
-        empty = codec.encode("pageview_batch", {"source_partition": 0, "source_offset": 0, "items": []})
-        if empty[-3:] != b"\x00\x00\x00" or empty[0] not in (MAGIC[0], CONFLUENT_MAGIC):
-            raise Fallback
-        self.header = empty[:-3]  # single-object or Confluent prefix of the newest schema
+        self.codec = codec
+        # Single-object prefix now; a Confluent prefix (schema id) on first use, so a schema
+        # registry that is down at start delays the first batch instead of the start.
+        self._header = None if codec.registry_url else self._prefix()
         self._long = self.fields["visitor_id"]
+
+    def _prefix(self) -> bytes:
+        empty = self.codec.encode("pageview_batch", {"source_partition": 0, "source_offset": 0, "items": []})
+        if empty[-3:] != b"\x00\x00\x00" or empty[0] not in (MAGIC[0], CONFLUENT_MAGIC):
+            raise Fallback(f"unexpected pageview_batch prefix {empty[:12]!r}")
+        return empty[:-3]
+
+    @property
+    def header(self) -> bytes:
+        if self._header is None:
+            self._header = self._prefix()
+        return self._header
 
     def enc(self, field: str, value: Any) -> bytes:
         return encoded(self.fields[field], value)

@@ -88,7 +88,7 @@ def test_delta_header_equals_the_delta_of_the_decoded_batch():
         ours, theirs = Delta.decode(out.deltas[p]), pageview_delta(read_pvs(value))
         assert ours.paths == theirs.paths and ours.hours.keys() == theirs.hours.keys()
         for k, (events, pvs, ids) in ours.hours.items():
-            assert (events, pvs, sorted(ids.tolist())) == (theirs.hours[k][0], theirs.hours[k][1], sorted(theirs.hours[k][2]))
+            assert (events, pvs, sorted(ids)) == (theirs.hours[k][0], theirs.hours[k][1], sorted(theirs.hours[k][2]))
 
 
 def test_reader_matches_fastavro_and_rejects_malformed_bytes():
