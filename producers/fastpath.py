@@ -250,7 +250,7 @@ class FastEvents:
                     if a is None:
                         a = (None if user_only else actors_get(actor)) or new_actor(actor, user_only)
                     s = subjects_get(subject) or new_subject(event, subject)
-                    if t is not None and w is not None and a is not None and s is not None:
+                    if t and w and a and s:  # pieces are never empty bytes
                         now = time_ns()
                         if now >= clock[0]:
                             clock = clock_at(now)
@@ -267,13 +267,13 @@ class FastEvents:
                             for k, v in metadata.items():
                                 try:
                                     b = pieces[k][v]
-                                    if b.__class__ is not bytes and v.__class__ is not piece_value_class[b.__class__]:
-                                        b = None  # 1 found True's piece, or True found 1's
                                 except KeyError:  # an undeclared key, or a value not seen yet
-                                    b = None
-                                if b is None:
                                     b = new_piece(event, k, v)
                                     if b is None:
+                                        break
+                                else:
+                                    # 1 found True's piece, or True found 1's: new_piece says no
+                                    if b.__class__ is not bytes and v.__class__ is not piece_value_class[b.__class__]:
                                         break
                                 append(b)
                             else:
