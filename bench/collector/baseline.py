@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+import uvloop
 from aiohttp import web
 
 
@@ -18,4 +19,6 @@ async def handler(request: web.Request) -> web.Response:
 if __name__ == "__main__":
     app = web.Application(client_max_size=8 * 1024)
     app.router.add_post("/api/v1/collect", handler)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=lambda *_: None)
+    # The same event loop as the collector (uvloop), so the comparison keeps the same settings.
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=lambda *_: None,
+                loop=uvloop.new_event_loop())

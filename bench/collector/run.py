@@ -6,7 +6,8 @@ Starts its own single-node Kafka broker (infra/kafka) in a temporary directory.
 Both targets get the same wrk settings and the same realistic beacons
 (beacons.lua: text/plain JSON as tally.js sends it, rotating paths, referrers and
 user agents). The collector runs with its defaults except the per-client rate
-limit, which is switched off (all load comes from one address).
+limit, which is switched off (all load comes from one address). Both run on the
+same event loop (uvloop, the collector's).
 
 Runs, in this order, in one process run:
 1. peak: `wrk -t1 -c<connections> -d<duration>` on the baseline and on the collector
