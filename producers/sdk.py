@@ -39,6 +39,7 @@ same bytes (tests/test_schemas_fastwrite.py).
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import threading
 import time
@@ -167,10 +168,10 @@ class Client:
             # track() becomes the fast path's closure (tally.producers.fastpath): an
             # event of known pieces costs a few look-ups and one produce(); any
             # other event goes to the method below, which judges it in full.
-            self.track = self._fast.compile_track(  # type: ignore[method-assign]
+            self.track = functools.update_wrapper(self._fast.compile_track(  # type: ignore[method-assign]
                 self._produce, self.topic, self._queued.__next__,
                 when_full=lambda value, key: self._send_when_space(value, key, self.max_block),
-                failed=self._produce_failed, full=self._track_full)
+                failed=self._produce_failed, full=self._track_full), Client.track)
 
     # --- the API ------------------------------------------------------------------
 
