@@ -323,6 +323,7 @@ class TotalsEncoder:
     and the key are made once per window and kept on it."""
 
     VARYING = ["count", "uniques", "version"]
+    SHARED_MAX = 200_000
 
     def __init__(self, codec: Any) -> None:
         from tally.schemas.fastwrite import encoded, field_writers
@@ -335,6 +336,8 @@ class TotalsEncoder:
         self._long = self._fields["count"]
         self._varying_last = [f["name"] for f in schema["fields"]][-3:] == self.VARYING
         self._header: bytes | None | bool = False  # found on first use (a registry may be slow)
+        self._partition_last = self._fixed_names[-1:] == ["partition"]
+        self._shared: dict[tuple[AggKey, int], bytes] = {}  # header + fixed fields but the partition
 
     def _find_header(self) -> bytes | None:
         """The record prefix, or None when totals must go through the codec whole."""
@@ -353,7 +356,19 @@ class TotalsEncoder:
         if w.wire is None:
             agg = {"kind": key[0], "scope": key[1], "dimension": key[2], "window_start": key[3],
                    "window_end": st.ends[key], "partition": st.partition}
-            fixed = None if self._header is None else self._header + self._fixed_body(agg)
+            if self._header is None:
+                fixed = None
+            elif self._partition_last:
+                # The same window exists in every partition: encode its fields once for all.
+                shared = self._shared.get((key, agg["window_end"]))
+                if shared is None:
+                    if len(self._shared) >= self.SHARED_MAX:
+                        self._shared.clear()
+                    shared = self._shared[(key, agg["window_end"])] = self._header + b"".join(
+                        self._encoded(self._fields[name], agg[name]) for name in self._fixed_names[:-1])
+                fixed = shared + self._encoded(self._fields["partition"], st.partition)
+            else:
+                fixed = self._header + self._fixed_body(agg)
             w.wire = (fixed, aggregate_key(agg))
         fixed, agg_key = w.wire
         if fixed is None:

@@ -137,3 +137,17 @@ def test_totals_encoder_writes_what_the_codec_writes():
             agg = st.aggregate(key)
             assert encode(st, key, w) == (aggregate_key(agg), codec.encode("window_aggregate", agg))
             assert encode(st, key, w)[1] == codec.encode("window_aggregate", agg)  # cached pieces
+
+
+def test_totals_encoder_shares_a_window_across_partitions():
+    from tally.streams.windows import PartitionState, TotalsEncoder
+
+    codec = default_codec()
+    encode = TotalsEncoder(codec)
+    t = int(datetime(2026, 11, 22, 10, 30, tzinfo=UTC).timestamp() * 1000)
+    for p in (0, 7, 300):  # a multi-byte partition number too
+        st = PartitionState(p)
+        st.apply(pageview_delta({"source_partition": 1, "source_offset": p, "items": [
+            {"site": "a.com", "path": "/x", "event": "pageview", "visitor_id": p, "received_at": t}]}))
+        for key, w in st.take_dirty_windows():
+            assert encode(st, key, w)[1] == codec.encode("window_aggregate", st.aggregate(key))
