@@ -189,46 +189,37 @@ def main() -> None:
                     help="rounds, which side goes first alternating; the best of each side counts")
     args = ap.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="tally-bench-") as tmp:
-        broker = None
-        bootstrap = args.bootstrap
-        if not bootstrap:
-            print("starting a local Kafka broker...", file=sys.stderr)
-            from tests.conftest import start_kafka
+    from tests.conftest import bench_kafka
 
-            broker = start_kafka(Path(tmp), heap_mb=512)
-            bootstrap = broker.bootstrap
-        try:
-            settings = Settings.from_env({
-                "TALLY_KAFKA_BOOTSTRAP": bootstrap, "TALLY_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:6]}.",
-                "TALLY_TOPIC_PARTITIONS": "6", "TALLY_STATE_DIR": str(Path(tmp) / "state"),
-                "TALLY_SDK_QUEUE_EVENTS": str(QUEUE), "TALLY_SDK_DELIVERY_TIMEOUT_MS": "120000",
-            })
-            ensure_topics(settings)
-            work = workload(args.events)
-            # The workload is the bench's own data (millions of objects). Without this,
-            # Python's full GC passes walk it again and again during the SDK loop and
-            # charge the SDK for the benchmark's memory, not for its own work.
-            gc.freeze()
-            bench_sdk(settings, work[:5000])  # warm-up: connections, metadata, caches
-            sdk, raw = [], []
-            for r in range(args.rounds):
-                # Alternate which side goes first, so neither is always the one that
-                # meets a broker still warming up (JIT, new log segments).
-                if r % 2 == 0:
-                    sdk.append(bench_sdk(settings, work))
-                    raw.append(bench_raw(settings, work))
-                else:
-                    raw.append(bench_raw(settings, work))
-                    sdk.append(bench_sdk(settings, work))
-                print(f"round {r + 1}: sdk {sdk[-1][0]:,.0f} events/s ({sdk[-1][1]:.2f} CPU µs/event, "
-                      f"track() {sdk[-1][2]:.2f} µs), raw {raw[-1][0]:,.0f} events/s "
-                      f"({raw[-1][1]:.2f} CPU µs/event)", file=sys.stderr)
-            median_us = track_median_us(settings, work[:50_000])
-            mw = middleware_overhead_us(settings)
-        finally:
-            if broker is not None:
-                broker.stop()
+    with tempfile.TemporaryDirectory(prefix="tally-bench-") as tmp, \
+            bench_kafka(Path(tmp), args.bootstrap, heap_mb=512) as bootstrap:
+        settings = Settings.from_env({
+            "TALLY_KAFKA_BOOTSTRAP": bootstrap, "TALLY_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:6]}.",
+            "TALLY_TOPIC_PARTITIONS": "6", "TALLY_STATE_DIR": str(Path(tmp) / "state"),
+            "TALLY_SDK_QUEUE_EVENTS": str(QUEUE), "TALLY_SDK_DELIVERY_TIMEOUT_MS": "120000",
+        })
+        ensure_topics(settings)
+        work = workload(args.events)
+        # The workload is the bench's own data (millions of objects). Without this,
+        # Python's full GC passes walk it again and again during the SDK loop and
+        # charge the SDK for the benchmark's memory, not for its own work.
+        gc.freeze()
+        bench_sdk(settings, work[:5000])  # warm-up: connections, metadata, caches
+        sdk, raw = [], []
+        for r in range(args.rounds):
+            # Alternate which side goes first, so neither is always the one that
+            # meets a broker still warming up (JIT, new log segments).
+            if r % 2 == 0:
+                sdk.append(bench_sdk(settings, work))
+                raw.append(bench_raw(settings, work))
+            else:
+                raw.append(bench_raw(settings, work))
+                sdk.append(bench_sdk(settings, work))
+            print(f"round {r + 1}: sdk {sdk[-1][0]:,.0f} events/s ({sdk[-1][1]:.2f} CPU µs/event, "
+                  f"track() {sdk[-1][2]:.2f} µs), raw {raw[-1][0]:,.0f} events/s "
+                  f"({raw[-1][1]:.2f} CPU µs/event)", file=sys.stderr)
+        median_us = track_median_us(settings, work[:50_000])
+        mw = middleware_overhead_us(settings)
 
     best_sdk, best_raw = max(x[0] for x in sdk), max(x[0] for x in raw)
     # CPU per event (the process: Python plus librdkafka's threads; the broker is

@@ -215,38 +215,29 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=300_000)
     ap.add_argument("--bootstrap", default="", help="use this Kafka instead of starting one")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="tally-bench-") as tmp:
-        broker = None
-        bootstrap = args.bootstrap
-        if not bootstrap:
-            print("starting a local Kafka broker...", file=sys.stderr)
-            from tests.conftest import start_kafka
+    from tests.conftest import bench_kafka
 
-            broker = start_kafka(Path(tmp), heap_mb=768)
-            bootstrap = broker.bootstrap
-        try:
-            tag = uuid.uuid4().hex[:6]
-            env_vars = {"TALLY_KAFKA_BOOTSTRAP": bootstrap, "TALLY_TOPIC_PREFIX": f"bench{tag}.",
-                        "TALLY_TOPIC_PARTITIONS": str(PARTITIONS), "TALLY_STATE_DIR": str(Path(tmp) / "state"),
-                        "TALLY_APP_ID": f"bench-stream-{tag}", "TALLY_LOG_LEVEL": "warning"}
-            settings = Settings.from_env(env_vars)
-            ensure_topics(settings)
-            print(f"encoding {args.events:,} beacons...", file=sys.stderr)
-            records = workload(args.events)
-            env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")} | env_vars
-            secs, cpu = bench_worker(settings, env, records, Path(tmp) / "worker.log")
-            worker_rate = args.events / secs
-            cpu_rate = args.events / cpu
-            print(f"worker: {args.events:,} events in {secs:.2f}s = {worker_rate:,.0f} events/s "
-                  f"({cpu:.1f} CPU s: {cpu_rate:,.0f} events per CPU second; load {os.getloadavg()[0]:.1f})",
-                  file=sys.stderr)
-            raw_secs, raw_records = asyncio.run(bench_raw(settings))
-            raw_rate = raw_records * BATCH / raw_secs
-            print(f"raw aiokafka: {raw_records:,} records in {raw_secs:.2f}s = {raw_rate:,.0f} events/s",
-                  file=sys.stderr)
-        finally:
-            if broker is not None:
-                broker.stop()
+    with tempfile.TemporaryDirectory(prefix="tally-bench-") as tmp, \
+            bench_kafka(Path(tmp), args.bootstrap, heap_mb=768) as bootstrap:
+        tag = uuid.uuid4().hex[:6]
+        env_vars = {"TALLY_KAFKA_BOOTSTRAP": bootstrap, "TALLY_TOPIC_PREFIX": f"bench{tag}.",
+                    "TALLY_TOPIC_PARTITIONS": str(PARTITIONS), "TALLY_STATE_DIR": str(Path(tmp) / "state"),
+                    "TALLY_APP_ID": f"bench-stream-{tag}", "TALLY_LOG_LEVEL": "warning"}
+        settings = Settings.from_env(env_vars)
+        ensure_topics(settings)
+        print(f"encoding {args.events:,} beacons...", file=sys.stderr)
+        records = workload(args.events)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")} | env_vars
+        secs, cpu = bench_worker(settings, env, records, Path(tmp) / "worker.log")
+        worker_rate = args.events / secs
+        cpu_rate = args.events / cpu
+        print(f"worker: {args.events:,} events in {secs:.2f}s = {worker_rate:,.0f} events/s "
+              f"({cpu:.1f} CPU s: {cpu_rate:,.0f} events per CPU second; load {os.getloadavg()[0]:.1f})",
+              file=sys.stderr)
+        raw_secs, raw_records = asyncio.run(bench_raw(settings))
+        raw_rate = raw_records * BATCH / raw_secs
+        print(f"raw aiokafka: {raw_records:,} records in {raw_secs:.2f}s = {raw_rate:,.0f} events/s",
+              file=sys.stderr)
     mem = state_memory()
     print(f"state: {mem['state_bytes_per_visitor_window']:.1f} bytes/visitor/window "
           f"(Python set of ints: {mem['python_set_bytes_per_visitor']:.1f})", file=sys.stderr)

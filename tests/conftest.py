@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +97,20 @@ def start_kafka(tmp: Path, heap_mb: int = 768) -> Broker:
                     command=kafka.broker_command(data, port, heap_mb), log=tmp / "broker.log")
     broker.start()
     return broker
+
+
+@contextmanager
+def bench_kafka(tmp: Path, bootstrap: str = "", heap_mb: int = 768) -> Iterator[str]:
+    """The given bootstrap, or that of a broker started under tmp and stopped on exit (benches)."""
+    if bootstrap:
+        yield bootstrap
+        return
+    print("starting a local Kafka broker...", file=sys.stderr)
+    broker = start_kafka(tmp, heap_mb)
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
 
 
 @pytest.fixture(scope="session")

@@ -227,18 +227,15 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=64, help="wrk connections for the peak runs")
     ap.add_argument("--rounds", type=int, default=3, help="alternating baseline/collector peak rounds")
     args = ap.parse_args()
-    from tests.conftest import free_port
+    from tests.conftest import bench_kafka, free_port
 
-    with tempfile.TemporaryDirectory(prefix="tally-bench-collector-") as tmp_s:
+    with tempfile.TemporaryDirectory(prefix="tally-bench-collector-") as tmp_s, \
+            bench_kafka(Path(tmp_s), heap_mb=512) as bootstrap:
         tmp = Path(tmp_s)
-        print("starting a local Kafka broker...", file=sys.stderr)
-        from tests.conftest import start_kafka
-
-        broker = start_kafka(tmp, heap_mb=512)
         procs: list[subprocess.Popen] = []
         try:
             env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
-            env.update({"TALLY_KAFKA_BOOTSTRAP": broker.bootstrap, "TALLY_STATE_DIR": str(tmp / "state"),
+            env.update({"TALLY_KAFKA_BOOTSTRAP": bootstrap, "TALLY_STATE_DIR": str(tmp / "state"),
                         "TALLY_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:6]}.", "TALLY_TOPIC_PARTITIONS": "4",
                         "TALLY_ALLOWED_SITES": "example.com", "TALLY_RATE_LIMIT_PER_SECOND": "0",
                         "TALLY_LOG_LEVEL": "warning"})
@@ -316,7 +313,6 @@ def main() -> None:
         finally:
             for p in procs:
                 stop(p)
-            broker.stop()
 
     b, c, w2 = results["baseline"], results["collector"], results["collector_workers2"]
     p70, b70 = results["collector_at_70pct"], results["baseline_at_70pct"]
