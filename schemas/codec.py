@@ -49,6 +49,26 @@ class DecodeError(ValueError):
     """Bytes that are not a record of a known schema. The message says why."""
 
 
+def long_at(data: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """An Avro long (zigzag varint) at pos, and the position after it: for the readers that
+    walk record bytes without decoding them (the stream's beacon reader, the sink's framing)."""
+    try:
+        b = data[pos]
+        pos += 1
+        n = b & 0x7F
+        shift = 7
+        while b & 0x80:
+            b = data[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if shift > 70:
+                raise DecodeError("varint longer than 10 bytes")
+    except IndexError:
+        raise DecodeError("truncated varint") from None
+    return (n >> 1) ^ -(n & 1), pos
+
+
 @dataclass(frozen=True)
 class SchemaVersion:
     name: str

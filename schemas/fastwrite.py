@@ -32,7 +32,8 @@ class Fallback(Exception):
     """This value needs the general writer."""
 
 
-def _varint(n: int) -> bytes:
+def encode_long(n: int) -> bytes:
+    """An Avro long (zigzag varint)."""
     n = (n << 1) ^ (n >> 63)
     if n < 0x80:
         return _SMALL[n]
@@ -55,7 +56,7 @@ def _long(v: Any, out: list) -> None:
     if b is None:
         if not -(1 << 63) <= v < (1 << 63):
             raise Fallback
-        b = _varint(v)
+        b = encode_long(v)
         if -1024 <= v <= 1024:
             _LONG_CACHE[v] = b
     out.append(b)
@@ -70,7 +71,7 @@ def _string(v: Any, out: list) -> None:
         if v.__class__ is not str:
             raise Fallback
         raw = v.encode()
-        b = _varint(len(raw)) + raw
+        b = encode_long(len(raw)) + raw
         if len(raw) <= 64:
             if len(_STR_CACHE) >= _CACHE_MAX:
                 _STR_CACHE.clear()
@@ -84,7 +85,7 @@ def _uuid(v: Any, out: list) -> None:
         v = str(v)
     elif v.__class__ is not str:
         raise Fallback
-    out.append(b"\x48" + v.encode() if len(v) == 36 else _varint(len(v.encode())) + v.encode())
+    out.append(b"\x48" + v.encode() if len(v) == 36 else encode_long(len(v.encode())) + v.encode())
 
 
 # Events in a burst share their millisecond. One (value, bytes) tuple, swapped
@@ -97,21 +98,21 @@ def _timestamp_millis(v: Any, out: list) -> None:
     if v.__class__ is int:
         last = _last_ts
         if last[0] != v:
-            last = _last_ts = (v, _varint(v))
+            last = _last_ts = (v, encode_long(v))
         out.append(last[1])
         return
     if isinstance(v, _dt.datetime) and v.tzinfo is not None:
         d = v - _EPOCH
-        out.append(_varint((d.days * 86400 + d.seconds) * 1000 + int(d.microseconds / 1000)))
+        out.append(encode_long((d.days * 86400 + d.seconds) * 1000 + int(d.microseconds / 1000)))
         return
     raise Fallback  # naive datetimes: fastavro uses local time
 
 
 def _date(v: Any, out: list) -> None:
     if v.__class__ is int:
-        out.append(_varint(v))
+        out.append(encode_long(v))
     elif v.__class__ is _dt.date:
-        out.append(_varint(v.toordinal() - _DAYS_SHIFT))
+        out.append(encode_long(v.toordinal() - _DAYS_SHIFT))
     else:
         raise Fallback
 
@@ -128,7 +129,7 @@ def _boolean(v: Any, out: list) -> None:
 def _bytes(v: Any, out: list) -> None:
     if not isinstance(v, (bytes, bytearray, memoryview)):
         raise Fallback
-    out.append(_varint(len(v)))
+    out.append(encode_long(len(v)))
     out.append(bytes(v))
 
 
@@ -250,7 +251,7 @@ def _array(item: Writer) -> Writer:
         if v.__class__ is not list and v.__class__ is not tuple:
             raise Fallback
         if v:
-            out.append(_varint(len(v)))
+            out.append(encode_long(len(v)))
             for x in v:
                 item(x, out)
         out.append(b"\x00")
@@ -269,7 +270,7 @@ def _map(value: Writer) -> Writer:
             raise Fallback
         append = out.append
         if v:
-            append(_varint(len(v)))
+            append(encode_long(len(v)))
             for k, x in v.items():
                 cls = x.__class__
                 if cls is str or cls is int:
@@ -308,7 +309,7 @@ def _union(branches: list) -> Writer:
         for c in classes:
             if c in by_class:
                 raise Fallback  # ambiguous (e.g. int and long)
-            by_class[c] = (_varint(i), w)
+            by_class[c] = (encode_long(i), w)
 
     def write(v: Any, out: list) -> None:
         hit = by_class.get(v.__class__)

@@ -23,7 +23,8 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from tally.schemas.catalog import check as check_product_event
-from tally.schemas.codec import MAGIC, Codec, DecodeError, SchemaVersion
+from tally.schemas.codec import MAGIC, Codec, DecodeError, SchemaVersion, long_at
+from tally.schemas.fastwrite import encode_long
 
 PAGEVIEW_COLUMNS = (
     "event_id", "received_at", "site", "hostname", "path", "event", "visitor_id",
@@ -143,29 +144,6 @@ MAPPINGS = (
 
 # --- Avro pass-through ---------------------------------------------------------------
 
-def _zigzag(n: int) -> bytes:
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n & ~0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _read_long(data: bytes, pos: int) -> tuple[int, int]:
-    shift = n = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise DecodeError("truncated varint")
-        b = data[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return (n >> 1) ^ -(n & 1), pos
-
-
 @dataclass
 class ItemFrames:
     """Items of one writer schema version, collected as Avro container blocks."""
@@ -193,10 +171,10 @@ class Passthrough:
             names = {f["name"] for f in items["fields"]}
             schema = json.dumps(items).encode()
             head = bytearray(b"Obj\x01")
-            head += _zigzag(2)
+            head += encode_long(2)
             for key, val in ((b"avro.schema", schema), (b"avro.codec", b"null")):
-                head += _zigzag(len(key)) + key + _zigzag(len(val)) + val
-            head += _zigzag(0) + self.sync
+                head += encode_long(len(key)) + key + encode_long(len(val)) + val
+            head += encode_long(0) + self.sync
             cached = (bytes(head), tuple(c for c in self.table_columns if c in names))
             self._headers[version.fingerprint] = cached
         return cached
@@ -209,16 +187,16 @@ class Passthrough:
         version = self.by_fp.get(bytes(data[2:10]))
         if version is None:
             raise DecodeError(f"fingerprint {bytes(data[2:10]).hex()} is not a known pageview_batch version")
-        _, pos = _read_long(data, 10)  # source_partition
-        _, pos = _read_long(data, pos)  # source_offset
-        count, pos = _read_long(data, pos)
+        _, pos = long_at(data, 10)  # source_partition
+        _, pos = long_at(data, pos)  # source_offset
+        count, pos = long_at(data, pos)
         if count == 0:
             if pos != len(data):
                 raise DecodeError("trailing bytes after an empty items array")
             return version, 0, b""
         if count < 0:  # a block with its byte size
             count = -count
-            size, pos = _read_long(data, pos)
+            size, pos = long_at(data, pos)
             if pos + size + 1 != len(data):
                 raise DecodeError("items array is not a single block")
         # The array is the last field: its terminating 0 is the record's last byte.
@@ -241,6 +219,6 @@ class Passthrough:
             f = frames.get(version.fingerprint)
             if f is None:
                 f = frames[version.fingerprint] = ItemFrames(version, self.header(version)[1])
-            f.blocks += (_zigzag(count) + _zigzag(len(body)), body, self.sync)
+            f.blocks += (encode_long(count) + encode_long(len(body)), body, self.sync)
             f.rows += count
         return version.fingerprint, count

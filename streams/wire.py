@@ -28,6 +28,7 @@ from typing import Any
 import fastavro
 import numpy as np
 from tally.schemas.codec import CONFLUENT_MAGIC, MAGIC, Codec, DecodeError
+from tally.schemas.codec import long_at as _long_at
 from tally.schemas.fastwrite import Fallback, encoded, field_writers
 from tally.streams.fastread import _plain
 
@@ -60,22 +61,6 @@ def _item_shape(raw_schema: dict[str, Any]) -> list[tuple[str, Any]]:
             t = t["type"]
         out.append((f["name"], t))
     return out
-
-
-def _long_at(data: bytes, pos: int) -> tuple[int, int]:
-    """An Avro long (zigzag varint) at pos, and the position after it."""
-    b = data[pos]
-    pos += 1
-    n = b & 0x7F
-    shift = 7
-    while b & 0x80:
-        b = data[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        shift += 7
-        if shift > 70:
-            raise DecodeError("varint longer than 10 bytes")
-    return (n >> 1) ^ -(n & 1), pos
 
 
 def _str_at(data: bytes, pos: int) -> tuple[int, int]:

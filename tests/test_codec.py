@@ -6,7 +6,8 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from tally.schemas.codec import MAGIC, DecodeError, default_codec
+from tally.schemas.codec import MAGIC, DecodeError, default_codec, long_at
+from tally.schemas.fastwrite import encode_long
 
 
 def beacon() -> dict:
@@ -36,3 +37,14 @@ def test_wrong_schema_is_a_decode_error():
     data = codec.encode("beacon_batch", {"items": []})
     with pytest.raises(DecodeError, match="expected 'pageview_batch'"):
         codec.decode("pageview_batch", data)
+
+
+def test_long_at_reads_what_encode_long_writes_and_rejects_bad_varints():
+    for n in (0, 1, -1, 63, -64, 64, 300, -(1 << 63), (1 << 63) - 1):
+        data = b"\x07" + encode_long(n) + b"\x00"
+        assert long_at(data, 1) == (n, len(data) - 1)
+        assert long_at(memoryview(data), 1) == (n, len(data) - 1)
+    with pytest.raises(DecodeError, match="truncated"):
+        long_at(encode_long(1 << 40)[:-1], 0)
+    with pytest.raises(DecodeError, match="longer than 10 bytes"):
+        long_at(b"\xff" * 11 + b"\x01", 0)
