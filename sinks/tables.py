@@ -37,7 +37,7 @@ AGGREGATE_KINDS = frozenset({"site_hour", "site_day", "site_month", "path_day",
                              "product_family_day", "active_workspaces_day"})
 PRODUCT_COLUMNS = ("event_id", "event", "feature_area", "tenant_id", "workspace_id", "actor_type",
                    "actor_id", "subject_type", "subject_id", "occurred_at", "app", "metadata")
-DROP_COLUMNS = ("site", "day", "reason", "component", "count")
+DROP_COLUMNS = ("site", "day", "reason", "component", "count", "source_partition", "source_offset")
 BAD_ROW_COLUMNS = ("failed_at", "component", "reason", "detail", "source_topic", "source_partition",
                    "source_offset", "original")
 
@@ -123,7 +123,7 @@ def drop_rows(codec: Codec, value: bytes) -> list[list[Any]]:
     if d["count"] < 0:
         raise Rejected("invalid_drop", f"count must be >= 0, got {d['count']}")
     day = d["day"] if isinstance(d["day"], date) else date.fromordinal(date(1970, 1, 1).toordinal() + d["day"])
-    return [[d["site"], day, d["reason"], d["component"], d["count"]]]
+    return [[d["site"], day, d["reason"], d["component"], d["count"], d["source_partition"], d["source_offset"]]]
 
 
 def bad_row_rows(codec: Codec, value: bytes) -> list[list[Any]]:

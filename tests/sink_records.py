@@ -114,12 +114,15 @@ class Records:
                   "subject_type": "", "subject_id": None, "occurred_at": when, "app": "test", "metadata": metadata}
         self.produce("product.events", self.codec.encode("product_event", record), key=tenant.encode())
 
-    def drop(self, site: str, d: date, reason: str, count: int) -> None:
+    def drop(self, site: str, d: date, reason: str, count: int) -> bytes:
+        """Send one worker drop count from a new input record; returns the record's value."""
         self.sent.drops += count
         self._offset += 1
         record = {"site": site, "day": d, "reason": reason, "count": count, "component": "worker",
                   "source_partition": 0, "source_offset": self._offset}
-        self.produce("drops", self.codec.encode("drop_count", record), key=site.encode())
+        value = self.codec.encode("drop_count", record)
+        self.produce("drops", value, key=site.encode())
+        return value
 
     def bad_row(self, reason: str) -> None:
         record = {"reason": reason, "detail": "test", "component": "worker", "source_topic": "x",

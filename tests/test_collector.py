@@ -350,7 +350,7 @@ def test_rate_limit_drops_floods_and_counts_them_in_metrics_and_the_drops_topic(
     assert re.search(r'tally_collector_beacons_dropped_total\{reason="rate_limited"\} (1[3-5])\.0', strict.metrics())
     # Edge drops also go to the drops topic as drop_count records, for the sink to store.
     s = strict.settings
-    codec, total = default_codec(), 0
+    codec, total, ids = default_codec(), 0, []
     consumer = Consumer(consumer_config(s, f"drops-{uuid.uuid4().hex}"))
     try:
         topic = s.topic("drops")
@@ -362,12 +362,15 @@ def test_rate_limit_drops_floods_and_counts_them_in_metrics_and_the_drops_topic(
                 if msg.error() is None:
                     rec = codec.decode("drop_count", msg.value())
                     assert msg.key() == rec["site"].encode()
-                    assert rec["component"] == "collector" and rec["source_offset"] == -1
+                    # No input record at the edge: partition -1 and a random id per flushed count
+                    assert rec["component"] == "collector" and rec["source_partition"] == -1
+                    ids.append(rec["source_offset"])
                     if rec["reason"] == "rate_limited":
                         total += rec["count"]
     finally:
         consumer.close()
     assert total == 20 - len(got)
+    assert len(set(ids)) == len(ids) and all(i >= 0 for i in ids), ids  # never taken for a replay
 
 
 # --- the tracker and operations ---------------------------------------------------------

@@ -36,7 +36,7 @@ GROUP BY tenant, day;
 
 CREATE OR REPLACE VIEW drops_daily AS
 SELECT site, day, reason, component, sum(count) AS dropped
-FROM drops
+FROM drops FINAL
 GROUP BY site, day, reason, component;
 
 -- Reports over a date range (inclusive), as parameterized views. As in the stream's

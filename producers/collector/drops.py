@@ -3,8 +3,10 @@
 Edge drops (GPC/DNT, rate limit, empty user agent, spool full) are answered
 without forwarding the beacon, so the stream never sees them. They are
 counted twice: in Prometheus right away, and as `drop_count` records
-(component="collector", source_partition/offset -1) flushed every
-TALLY_DROPS_FLUSH_SECONDS, which the sink stores next to the worker's drops.
+(component="collector") flushed every TALLY_DROPS_FLUSH_SECONDS, which the sink
+stores next to the worker's drops. The warehouse keeps one row per source; an
+edge count has no input record, so it gets source_partition -1 and a random
+source_offset, and two flushes are never taken for a replay of each other.
 A flush that Kafka does not take is added back and sent with the next one.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -61,7 +64,7 @@ class EdgeDrops:
         loop = asyncio.get_running_loop()
         for (site, day, reason), n in counts.items():
             record = {"site": site, "day": day, "reason": reason, "count": n,
-                      "component": "collector", "source_partition": -1, "source_offset": -1}
+                      "component": "collector", "source_partition": -1, "source_offset": secrets.randbits(63)}
 
             def delivered(err: KafkaError | None, _msg: Any, key: tuple[str, int, str] = (site, day, reason),
                           n: int = n) -> None:
