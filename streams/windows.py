@@ -22,7 +22,6 @@ recent additions merged in when it grows; ~8-10 bytes per visitor per window ins
 
 from __future__ import annotations
 
-import json
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import orjson
 
 HOUR_MS = 3600_000
 DAY_MS = 24 * HOUR_MS
@@ -141,15 +141,16 @@ class Delta:
         for (tenant, family, start), (events, ids) in self.product.items():
             product.append([tenant, family, start, events, len(ids)])
             flat.extend(ids.tolist() if isinstance(ids, np.ndarray) else ids)
-        head = json.dumps({"s": self.source_partition, "o": self.source_offset, "h": hours,
-                           "p": [[s, p, d, n] for (s, p, d), n in self.paths.items()],
-                           "w": product}, separators=(",", ":")).encode()
+        # orjson: the same compact JSON as json.dumps (UTF-8 instead of \u escapes, which both
+        # read alike), at a fraction of the cost: every input record is encoded and decoded once.
+        head = orjson.dumps({"s": self.source_partition, "o": self.source_offset, "h": hours,
+                             "p": [[s, p, d, n] for (s, p, d), n in self.paths.items()], "w": product})
         return struct.pack(">I", len(head)) + head + np.array(flat, dtype=np.uint64).tobytes()
 
     @classmethod
     def decode(cls, data: bytes) -> Delta:
         (n,) = struct.unpack_from(">I", data)
-        head = json.loads(data[4:4 + n])
+        head = orjson.loads(data[4:4 + n])
         # One list for the whole delta (apply() feeds Python sets): slicing it is cheaper than
         # one array-to-list conversion per window.
         ids = np.frombuffer(data, dtype=np.uint64, offset=4 + n).tolist()
