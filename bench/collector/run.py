@@ -30,9 +30,16 @@ Runs, in this order, in one process run:
    batch's acks=all acknowledgement, a wait the minimal handler does not have.
 3. peak with `tally collector --workers 2` (RSS summed over supervisor and workers).
 
+CPU placement (--pin, the default on a machine with 2 or more cores): the server under
+test, baseline or collector, runs on CPU 0 with all its threads; wrk and the Kafka broker
+run on the other CPUs. A collector process is measured on one core of its own, as it runs
+at the edge, where the broker is on other machines. Without pinning, the broker's CPU for
+the collector's batches is taken from the same 2 cores as the collector's, and the
+baseline has no broker work. Phase 3 (--workers 2) is never pinned: it is there to use
+every core. --no-pin measures the old, unpinned way.
+
 Targets for one process: throughput >= 0.8 x baseline; p99 <= 20 ms at 70% of peak;
-RSS <= 150 MB under load. The machine has 2 cores shared by wrk, the broker and the
-collector: quote ratios measured in one run. The last line is one JSON object.
+RSS <= 150 MB under load. Quote ratios measured in one run. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -208,10 +215,27 @@ def ack_latency(before: dict[str, float], after: dict[str, float]) -> dict:
             **{f"share_le_{float(le) * 1000:g}ms": v for le, v in share.items()}}
 
 
-def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+def start(cmd: list[str], env: dict[str, str], log: Path, cpus: set[int] | None = None) -> subprocess.Popen:
+    """cmd in its own session; on `cpus` (it and every thread and child it makes) when given."""
+    def place() -> None:
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+
     with open(log, "wb") as fh:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=place)
+
+
+def place_tree(pid: int, cpus: set[int]) -> None:
+    """Every thread of pid and of its descendants onto cpus (threads keep their own affinity)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+            children = (task / "children").read_text().split()
+        except (OSError, ValueError):
+            continue
+        for child in children:
+            place_tree(int(child), cpus)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -230,7 +254,14 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=64, help="wrk connections for the peak runs")
     ap.add_argument("--rounds", type=int, default=3, help="alternating baseline/collector peak rounds")
     ap.add_argument("--warmup", type=int, default=20, help="seconds of load on each target before measuring")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2,
+                    help="server under test on CPU 0, wrk and the broker on the others (default: on with 2+ cores)")
     args = ap.parse_args()
+    every_cpu = os.sched_getaffinity(0)
+    server_cpus = {min(every_cpu)} if args.pin else None
+    if args.pin:
+        # The broker started below and every wrk inherit this.
+        os.sched_setaffinity(0, every_cpu - server_cpus)
     from tests.conftest import bench_kafka, free_port
 
     with tempfile.TemporaryDirectory(prefix="tally-bench-collector-") as tmp_s, \
@@ -244,17 +275,19 @@ def main() -> None:
                         "TALLY_ALLOWED_SITES": "example.com", "TALLY_RATE_LIMIT_PER_SECOND": "0",
                         "TALLY_LOG_LEVEL": "warning"})
             ensure_topics(Settings.from_env(env))
-            results: dict = {"connections": args.connections, "duration_s": args.duration, "wrk_threads": 1}
+            results: dict = {"connections": args.connections, "duration_s": args.duration, "wrk_threads": 1,
+                             "pinned": bool(args.pin)}
 
             # 1. peak: baseline and one collector process, identical wrk settings, in
             # alternating rounds (the machine is shared; alternating spreads the noise).
             base_port = free_port()
-            baseline = start([sys.executable, str(HERE / "baseline.py"), str(base_port)], env, tmp / "baseline.log")
+            baseline = start([sys.executable, str(HERE / "baseline.py"), str(base_port)], env, tmp / "baseline.log",
+                             server_cpus)
             procs.append(baseline)
             base_url = f"http://127.0.0.1:{base_port}"
             port = free_port()
             cenv = {**env, "TALLY_COLLECTOR_PORT": str(port)}
-            collector = start([sys.executable, "-m", "tally.cli", "collector"], cenv, tmp / "collector.log")
+            collector = start([sys.executable, "-m", "tally.cli", "collector"], cenv, tmp / "collector.log", server_cpus)
             procs.append(collector)
             url = f"http://127.0.0.1:{port}"
             wait_http(f"{url}/healthz")
@@ -301,7 +334,9 @@ def main() -> None:
             stop(collector)
             stop(baseline)
 
-            # 3. two workers on one port.
+            # 3. two workers on one port, with every CPU for everyone.
+            os.sched_setaffinity(0, every_cpu)
+            place_tree(os.getpid(), every_cpu)
             port2 = free_port()
             collector2 = start([sys.executable, "-m", "tally.cli", "collector", "--workers", "2"],
                                {**env, "TALLY_COLLECTOR_PORT": str(port2)}, tmp / "collector2.log")
@@ -350,6 +385,7 @@ def main() -> None:
         "workers2_rss_mb_per_process": w2["rss_mb_peak_per_process"],
         "non_2xx": c["non_2xx"] + w2["non_2xx"] + p70["non_2xx"],
         "load_average_1m": os.getloadavg()[0],
+        "pinned": results["pinned"],
         "targets_met": {
             "throughput_ratio_ge_0.8": c["accepted_per_s"] / b["rps"] >= 0.8,
             "p99_at_70pct_le_20ms": p70["p99_ms"] <= 20,

@@ -210,9 +210,9 @@ class Forwarder:
 
     # --- accepting beacons -----------------------------------------------------------
 
-    async def submit(self, item: Any) -> bool:
-        """True once the beacon (an item of self.encoder) is durable; False if it cannot be
-        (the broker is away and the spool is full)."""
+    def submit(self, item: Any) -> asyncio.Future[bool]:
+        """A future of the beacon (an item of self.encoder): True once it is durable, False
+        if it cannot be (the broker is away and the spool is full)."""
         fut: asyncio.Future[bool] = self._loop.create_future()  # type: ignore[union-attr]
         self._items.append(item)
         self._waiting.append(fut)
@@ -223,7 +223,7 @@ class Forwarder:
             # under load one loop pass carries many requests, so batches grow with
             # the load by themselves, and no beacon waits on a timer for company.
             self._flush_handle = self._loop.call_soon(self._flush)
-        return await fut
+        return fut
 
     def _flush(self) -> None:
         if self._flush_handle is not None:
