@@ -227,15 +227,13 @@ def start(cmd: list[str], env: dict[str, str], log: Path, cpus: set[int] | None 
 
 
 def place_tree(pid: int, cpus: set[int]) -> None:
-    """Every thread of pid and of its descendants onto cpus (threads keep their own affinity)."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    """Every thread of pid and of its child processes onto cpus (each thread has its own affinity)."""
+    for p in process_tree(pid):
         try:
-            os.sched_setaffinity(int(task.name), cpus)
-            children = (task / "children").read_text().split()
-        except (OSError, ValueError):
-            continue
-        for child in children:
-            place_tree(int(child), cpus)
+            for task in Path(f"/proc/{p}/task").iterdir():
+                os.sched_setaffinity(int(task.name), cpus)
+        except OSError:
+            pass
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -301,8 +299,8 @@ def main() -> None:
             collect_base, collect_url = f"{base_url}/api/v1/collect", f"{url}/api/v1/collect"
             # Warm-up under the same load for both. The broker is a fresh JVM: until its JIT has
             # compiled the produce path (~15 s of load here) it burns 2-3x the CPU per request
-            # on the 2 cores the collector and wrk share, which is start-up cost, not the
-            # steady state an edge collector runs in.
+            # on the cores it shares with wrk (and, unpinned, with the collector), which is
+            # start-up cost, not the steady state an edge collector runs in.
             for target_url in (collect_base, collect_url):
                 wrk(target_url, args.connections, args.warmup)
             base_runs, coll_runs = [], []
