@@ -20,88 +20,40 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
-import time
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import faust
-from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import NewTopic
+from confluent_kafka import Producer
 from tally.schemas.codec import DecodeError, default_codec
 from tally.streams import beacons as stage1
 from tally.streams import fastread
 from tally.streams.outputs import Outputs
 from tally.streams.product import product_delta
 from tally.streams.salts import SaltKeeper, expired, period_key
+from tally.streams.state import StateStore, ensure_state_topics, read_changelog, state_topics
+from tally.streams.watchdog import Watchdog
 from tally.streams.windows import (
-    DAY_MS,
     Delta,
-    PartitionState,
     TotalsEncoder,
-    fold,
     pack,
     pack_encoded,
     pageview_delta,
 )
 from tally.streams.wire import writer_or_none
 
+from tally import health
 from tally.config import Settings
-from tally.kafka import consumer_config, producer_config
-from tally.topics import admin
+from tally.kafka import producer_config
 
 log = logging.getLogger(__name__)
 
 DELTA_HEADER = "tally-delta"  # header of a pageview_batch record: its windows.Delta, encoded
-FLUSH_SECONDS = 2.0  # how often the totals of changed windows are emitted
+STALLED_EXIT = 75  # EX_TEMPFAIL: the watchdog found the worker stuck; restart it
 CLOSE_MARGIN_MS = 3600_000  # windows are forgotten this long after their lateness bound
 PRUNE_EVERY = 30  # flushes between two scans for windows to forget (a scan visits every window)
-
-
-def state_topics(settings: Settings) -> dict[str, str]:
-    return {"web": settings.topic(f"{settings.app_id}-web-state"),
-            "product": settings.topic(f"{settings.app_id}-product-state")}
-
-
-def ensure_state_topics(settings: Settings) -> None:
-    """The changelogs of the window state: one partition per input partition, kept for the
-    longest window (a month) plus lateness. Delete policy: records are deltas, not values."""
-    client = admin(settings)
-    existing = set(client.list_topics(timeout=30).topics)
-    retention = str((35 + settings.allowed_lateness_hours // 24 + 1) * DAY_MS)
-    new = [NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=-1,
-                    config={"cleanup.policy": "delete", "retention.ms": retention})
-           for t in state_topics(settings).values() if t not in existing]
-    for fut in (client.create_topics(new).values() if new else []):
-        try:
-            fut.result()
-        except Exception as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
-
-
-def read_changelog(settings: Settings, topic: str, partition: int) -> list[bytes]:
-    """Every record of one changelog partition, from the start to its current end."""
-    c = Consumer(consumer_config(settings, f"{settings.app_id}-state-loader", **{"enable.partition.eof": True}))
-    try:
-        low, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
-        if high <= low:
-            return []
-        c.assign([TopicPartition(topic, partition, low)])
-        out: list[bytes] = []
-        while True:
-            msgs = c.consume(5000, timeout=0.2)
-            done = False
-            for m in msgs:
-                if m.error():
-                    done = done or m.error().code() == -191  # _PARTITION_EOF
-                    continue
-                out.append(m.value())
-                done = done or m.offset() >= high - 1
-            if done:
-                return out
-    finally:
-        c.close()
 
 
 class Clock:
@@ -162,36 +114,41 @@ def make_app(settings: Settings) -> faust.App:
     changelog_names = state_topics(settings)
     changelogs = {k: topic(v) for k, v in changelog_names.items()}
 
+    stage_of_topic = {raw.get_topic_name(): "stage1-beacons", enriched.get_topic_name(): "stage2-windows",
+                      product.get_topic_name(): "product-windows"}
+    watchdog = Watchdog(settings.worker_stall_seconds, stage_of_topic)
+
+    def open_after_ms() -> int:
+        return clock.ms() - lateness_ms
+
+    def state_store(kind: str) -> StateStore:
+        def load(topic_name: str, partition: int) -> list[bytes]:
+            with watchdog.waiting(f"{kind} state of partition {partition}: changelog rebuild") as touch:
+                return read_changelog(settings, topic_name, partition, progress=touch)
+
+        return StateStore(kind, changelog_names[kind], load, open_after_ms)
+
+    stores = {"web": state_store("web"), "product": state_store("product")}
+    store_of_topic = {enriched.get_topic_name(): stores["web"], product.get_topic_name(): stores["product"]}
+
     salts: dict[str, bytes] = {}
     keeper: list[SaltKeeper] = []
-    states: dict[str, dict[int, PartitionState]] = {"web": {}, "product": {}}
-    loop_exec = None
 
     async def salt_for(period: str) -> bytes | None:
         if period in salts:
             return salts[period]
         if not keeper:
             keeper.append(SaltKeeper(settings, clock=clock.now))
-        salt = await asyncio.get_running_loop().run_in_executor(loop_exec, keeper[0].salt, period)
+        with watchdog.waiting(f"the salt of period {period}"):
+            salt = await asyncio.get_running_loop().run_in_executor(None, keeper[0].salt, period)
         if salt is not None:
             salts[period] = salt
         return salt
 
-    async def state_of(kind: str, partition: int) -> PartitionState:
-        st = states[kind].get(partition)
-        if st is None:
-            t0 = time.monotonic()
-            records = await asyncio.get_running_loop().run_in_executor(
-                loop_exec, read_changelog, settings, changelog_names[kind], partition)
-            st = states[kind][partition] = fold(partition, records, open_after_ms=clock.ms() - lateness_ms)
-            log.info("%s state of partition %d rebuilt from %d changelog records in %.2fs",
-                     kind, partition, len(records), time.monotonic() - t0)
-        return st
-
     # Outputs of a processed input record. With at-least-once they go through librdkafka and
     # are flushed before every Faust commit (streams/outputs.py); with exactly_once through
     # Faust, inside its transactions.
-    outputs = Outputs(settings) if settings.processing_guarantee != "exactly_once" else None
+    outputs = Outputs(settings, watchdog) if settings.processing_guarantee != "exactly_once" else None
 
     async def send_out(topic: faust.TopicT, value: bytes, partition: int | None = None,
                        headers: list[tuple[str, bytes]] | None = None, key: bytes | None = None) -> None:
@@ -205,76 +162,98 @@ def make_app(settings: Settings) -> faust.App:
     async def send_bad(row: dict[str, Any]) -> None:
         await send_out(bad_rows, codec.encode("bad_row", row))
 
+    async def test_hang(stage: str) -> None:  # test hook: this stage never finishes a record
+        with watchdog.waiting(f"test hook TALLY_TEST_WORKER_HANG={stage}"):
+            await asyncio.Event().wait()
+
     # -- stage 1: beacons.raw -> pageviews.enriched -----------------------------------------
+    async def beacons_record(event: Any) -> None:
+        p, o = event.message.partition, event.message.offset
+        try:
+            if fast is not None:
+                body, items = fast.read(event.value)
+            else:
+                batch = read_beacons(event.value)
+        except DecodeError as exc:
+            log.warning("bad row: undecodable beacon batch at %d@%d: %s", p, o, exc)
+            await send_bad(stage1.undecodable(event.value, exc, cfg, p, o))
+            return
+        now_ms = clock.ms()
+        if fast is not None:
+            period_salts = {k: await salt_for(k) for k in fast.periods_needed(items, now_ms)}
+            out = fast.process(body, items, p, o, period_salts, now_ms)
+        else:
+            period_salts = {k: await salt_for(k) for k in stage1.periods_needed(batch, cfg, now_ms)}
+            out = stage1.process_batch(codec, batch, p, o, period_salts, cfg, now_ms)
+        for partition, value in out.enriched:
+            # The batch's window delta rides along as a header: stage 2 applies it without
+            # decoding the pageviews (it decodes them only when the header is missing).
+            await send_out(enriched, value, partition, [(DELTA_HEADER, out.deltas[partition])])
+        for d in out.drops:
+            await send_out(drops, codec.encode("drop_count", d), key=d["site"].encode())
+        for row in out.bad_rows:
+            await send_bad(row)
+
     @app.agent(raw, name="stage1-beacons")
     async def process_beacons(stream: Any) -> None:
         async for event in stream.events():
-            p, o = event.message.partition, event.message.offset
-            try:
-                if fast is not None:
-                    body, items = fast.read(event.value)
-                else:
-                    batch = read_beacons(event.value)
-            except DecodeError as exc:
-                log.warning("bad row: undecodable beacon batch at %d@%d: %s", p, o, exc)
-                await send_bad(stage1.undecodable(event.value, exc, cfg, p, o))
-                continue
-            now_ms = clock.ms()
-            if fast is not None:
-                period_salts = {k: await salt_for(k) for k in fast.periods_needed(items, now_ms)}
-                out = fast.process(body, items, p, o, period_salts, now_ms)
-            else:
-                period_salts = {k: await salt_for(k) for k in stage1.periods_needed(batch, cfg, now_ms)}
-                out = stage1.process_batch(codec, batch, p, o, period_salts, cfg, now_ms)
-            for partition, value in out.enriched:
-                # The batch's window delta rides along as a header: stage 2 applies it without
-                # decoding the pageviews (it decodes them only when the header is missing).
-                await send_out(enriched, value, partition, [(DELTA_HEADER, out.deltas[partition])])
-            for d in out.drops:
-                await send_out(drops, codec.encode("drop_count", d), key=d["site"].encode())
-            for row in out.bad_rows:
-                await send_bad(row)
+            if settings.test_worker_hang == "stage1-beacons":
+                await test_hang("stage1-beacons")
+            await beacons_record(event)
+            watchdog.done(raw.get_topic_name(), event.message.partition, event.message.offset)
 
     # -- stage 2: pageviews.enriched partition p -> window state of p -> aggregates ----------
+    async def windows_record(event: Any) -> None:
+        p = event.message.partition
+        st = await stores["web"].get(p)
+        raw = delta_header(event.message.headers)
+        try:
+            delta = Delta.decode(raw) if raw is not None else None
+        except Exception:  # a damaged header: the batch itself is the truth
+            delta = raw = None
+        if delta is None:
+            try:
+                delta = pageview_delta(read_pageviews(event.value))
+            except DecodeError as exc:
+                await send_bad(bad_row_of(settings.topic("pageviews.enriched"), event, exc))
+                return
+        if st.seen(delta.source_partition, delta.source_offset):
+            return  # a replay of an input record already counted
+        # The changelog record is sent before this event is acked; Faust flushes the
+        # producer before committing offsets, so a committed batch is always in the log.
+        await send_out(changelogs["web"], pack_encoded([raw]) if raw else pack([delta]), p)
+        st.apply(delta, open_after_ms=open_after_ms())
+
     @app.agent(enriched, name="stage2-windows")
     async def count_windows(stream: Any) -> None:
         # One batch at a time. (stream.take_events, one changelog record per chunk, was ~10%
         # faster but once left a newly joined worker stalled in the scaling test.)
         async for event in stream.events():
-            p = event.message.partition
-            st = await state_of("web", p)
-            raw = delta_header(event.message.headers)
-            try:
-                delta = Delta.decode(raw) if raw is not None else None
-            except Exception:  # a damaged header: the batch itself is the truth
-                delta = raw = None
-            if delta is None:
-                try:
-                    delta = pageview_delta(read_pageviews(event.value))
-                except DecodeError as exc:
-                    await send_bad(bad_row_of(settings.topic("pageviews.enriched"), event, exc))
-                    continue
-            if st.seen(delta.source_partition, delta.source_offset):
-                continue  # a replay of an input record already counted
-            # The changelog record is sent before this event is acked; Faust flushes the
-            # producer before committing offsets, so a committed batch is always in the log.
-            await send_out(changelogs["web"], pack_encoded([raw]) if raw else pack([delta]), p)
-            st.apply(delta, open_after_ms=clock.ms() - lateness_ms)
+            if settings.test_worker_hang == "stage2-windows":
+                await test_hang("stage2-windows")
+            await windows_record(event)
+            watchdog.done(enriched.get_topic_name(), event.message.partition, event.message.offset)
 
     # -- product telemetry ------------------------------------------------------------------
+    async def product_record(event: Any) -> None:
+        p, o = event.message.partition, event.message.offset
+        st = await stores["product"].get(p)
+        if st.seen(p, o):
+            return
+        delta, bad = product_delta(codec, event.value, settings.topic("product.events"), p, o,
+                                   clock.ms(), lateness_ms)
+        if bad is not None:
+            await send_bad(bad)
+        await send_out(changelogs["product"], pack([delta]), p)
+        st.apply(delta, open_after_ms=open_after_ms())
+
     @app.agent(product, name="product-windows")
     async def count_product(stream: Any) -> None:
         async for event in stream.events():
-            p, o = event.message.partition, event.message.offset
-            st = await state_of("product", p)
-            if st.seen(p, o):
-                continue
-            delta, bad = product_delta(codec, event.value, settings.topic("product.events"), p, o,
-                                       clock.ms(), lateness_ms)
-            if bad is not None:
-                await send_bad(bad)
-            await send_out(changelogs["product"], pack([delta]), p)
-            st.apply(delta, open_after_ms=clock.ms() - lateness_ms)
+            if settings.test_worker_hang == "product-windows":
+                await test_hang("product-windows")
+            await product_record(event)
+            watchdog.done(product.get_topic_name(), event.message.partition, event.message.offset)
 
     @app.task
     async def quiet_client_logs() -> None:
@@ -291,7 +270,7 @@ def make_app(settings: Settings) -> faust.App:
     encode_total = TotalsEncoder(codec)
     flushes = [0]
 
-    @app.timer(FLUSH_SECONDS)
+    @app.timer(settings.totals_flush_seconds)
     async def emit_totals() -> None:
         if not totals_producer:
             totals_producer.append(Producer(producer_config(settings)))
@@ -301,8 +280,8 @@ def make_app(settings: Settings) -> faust.App:
         flushes[0] += 1
         prune = flushes[0] % PRUNE_EVERY == 0
         closed_before = clock.ms() - lateness_ms - CLOSE_MARGIN_MS
-        for by_partition in states.values():
-            for st in list(by_partition.values()):
+        for store in stores.values():
+            for st in list(store.states.values()):
                 for key, w in st.take_dirty_windows():
                     agg_key, value = encode_total(st, key, w)
                     while True:
@@ -319,22 +298,65 @@ def make_app(settings: Settings) -> faust.App:
     @app.timer(60.0)
     async def expire_salts() -> None:
         if keeper:
-            await asyncio.get_running_loop().run_in_executor(loop_exec, keeper[0].expire)
+            await asyncio.get_running_loop().run_in_executor(None, keeper[0].expire)
         grace = timedelta(hours=settings.salt_grace_hours)
         for period in [k for k in salts if expired(k, clock.now(), grace)]:
             del salts[period]  # forward secrecy applies to this process's memory too
+
+    @app.timer(watchdog_interval(settings))
+    async def watch() -> None:
+        held = [tp for tp in app.consumer.assignment() if tp.topic in stage_of_topic]
+        # End offsets through aiokafka (Faust's consumer). Not librdkafka's admin client: its
+        # coordinator requests can abort the process when the broker goes away
+        # (confluentinc/librdkafka#4605).
+        try:
+            ends = {(tp.topic, tp.partition): end for tp, end in
+                    (await asyncio.wait_for(app.consumer.highwaters(*held), 10)).items()} if held else {}
+        except Exception as exc:  # the broker is unreachable: that is an outage, not a stall
+            log.warning("watchdog: end offsets unavailable (%s)", exc or type(exc).__name__)
+            return
+        # Faust's record of this member's commits: where an unprocessed partition starts.
+        commits = getattr(app.consumer, "_committed_offset", {})
+        committed = {(tp.topic, tp.partition): commits.get(tp) for tp in held}
+        stall = watchdog.check(ends, committed)
+        report = {"state": "ok", "held": len(held), "lag": watchdog.lag(ends, committed),
+                  "waiting_for": watchdog.waits(),
+                  "rebuilding": {k: s.loading() for k, s in stores.items() if s.loading()}}
+        if stall is not None:
+            log.critical("stalled: %s; exiting (status %d) so a supervisor restarts the worker",
+                         stall.describe(), STALLED_EXIT)
+            health.write(settings, "worker", {**report, "state": "stalled", "detail": stall.describe()})
+            logging.shutdown()
+            os._exit(STALLED_EXIT)
+        health.write(settings, "worker", report)
+
+    @app.on_partitions_assigned.connect
+    async def rebuild_assigned(app: Any, assigned: Any, **_: Any) -> None:
+        # Rebuild (and so re-emit) every assigned partition's windows now, not on its first
+        # record: see streams/state.py for the stall this prevents.
+        for tp in assigned:
+            store = store_of_topic.get(tp.topic)
+            if store is not None:
+                store.assigned(tp.partition)
+        watchdog.assigned([(tp.topic, tp.partition) for tp in assigned if tp.topic in stage_of_topic])
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(app: Any, revoked: Any, **_: Any) -> None:
         # Another worker may own these partitions next and move their state on; when
         # they come back we rebuild from the changelog instead of trusting a stale copy.
         for tp in revoked:
-            kind = {enriched.get_topic_name(): "web", product.get_topic_name(): "product"}.get(tp.topic)
-            if kind:
-                states[kind].pop(tp.partition, None)
+            store = store_of_topic.get(tp.topic)
+            if store is not None:
+                store.revoked(tp.partition)
+        watchdog.revoked([(tp.topic, tp.partition) for tp in revoked])
 
     app.tally_period_key = period_key  # type: ignore[attr-defined]
     return app
+
+
+def watchdog_interval(settings: Settings) -> float:
+    """How often the watchdog looks: often enough to act within ~1/4 of the stall time."""
+    return max(0.5, min(10.0, settings.worker_stall_seconds / 4)) if settings.worker_stall_seconds else 10.0
 
 
 def delta_header(headers: Any) -> bytes | None:

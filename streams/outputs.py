@@ -24,6 +24,7 @@ import os
 from typing import Any
 
 from confluent_kafka import KafkaError, Producer
+from tally.streams.watchdog import Watchdog
 
 from tally.config import Settings
 from tally.kafka import producer_config
@@ -32,8 +33,9 @@ log = logging.getLogger(__name__)
 
 
 class Outputs:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, watchdog: Watchdog | None = None) -> None:
         self.failed: KafkaError | None = None
+        self.watchdog = watchdog
         # murmur2 for keyed records without a partition: the partitioner Java and aiokafka use.
         self.producer = Producer(producer_config(settings, on_delivery=self._delivered, partitioner="murmur2_random",
                                                  **{"delivery.report.only.error": True}))
@@ -55,10 +57,14 @@ class Outputs:
                 self.producer.poll(0.05)
         self.producer.poll(0)
 
-    def flush_blocking(self) -> None:
+    def flush_blocking(self, progress: Any = lambda: None) -> None:
         """Wait until every record produced so far is delivered; never return after a loss."""
+        left = len(self.producer)
         while self.producer.flush(5) > 0:
             log.warning("waiting for the broker to take %d output records", len(self.producer))
+            if len(self.producer) < left:
+                left = len(self.producer)
+                progress()
         if self.failed is not None:
             # Exit now, before Faust can commit past the lost record (see the module doc).
             log.critical("exiting so the input is replayed from the last commit")
@@ -66,10 +72,16 @@ class Outputs:
             os._exit(70)
 
     async def flush(self) -> None:
+        if self.watchdog is None:
+            return await self._flush()
+        with self.watchdog.waiting(f"the broker to take {len(self.producer)} output records") as touch:
+            await self._flush(touch)
+
+    async def _flush(self, progress: Any = lambda: None) -> None:
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self.flush_blocking)
+            await asyncio.get_running_loop().run_in_executor(None, self.flush_blocking, progress)
         except RuntimeError:  # the executor is shut down (worker stopping): flush in place
-            self.flush_blocking()
+            self.flush_blocking(progress)
 
     def attach(self, app: Any) -> None:
         """Make Faust's pre-commit producer flush also flush these outputs."""

@@ -116,7 +116,7 @@ def up(timeout: float) -> None:
     Returns when every component is ready. Running it again while the stack
     runs starts only what is missing.
     """
-    from tally import stack
+    from tally import health, stack
     from tally.topics import ensure_topics
 
     settings = load_settings()
@@ -132,6 +132,7 @@ def up(timeout: float) -> None:
         with console.status(f"starting {comp.name}..."):
             t0 = time.monotonic()
             try:
+                health.forget_dead(settings, comp.name)
                 pid = stack.spawn(settings, comp, env)
                 stack.wait_ready(settings, comp, timeout)
             except Exception as exc:
@@ -169,15 +170,21 @@ def status(as_json: bool) -> None:
     """
     from dataclasses import asdict
 
-    from tally import stack
+    from tally import health, stack
     from tally.lag import stack_groups
 
     settings = load_settings(stack=True)
     rows = []
     for comp in stack.components(settings):
         pid = stack.running_pid(settings, comp.name)
-        rows.append({"component": comp.name, "pid": pid, "ready": comp.ready(settings),
-                     "where": comp.describe(settings)})
+        row = {"component": comp.name, "pid": pid, "ready": comp.ready(settings),
+               "where": comp.describe(settings)}
+        reports = health.read(settings, comp.name)
+        mine = [r for r in reports if r.get("pid") == pid] or reports[:1]
+        if mine:  # what the process says of itself (the worker's watchdog): never look healthy when stuck
+            row["health"] = {k: v for k, v in mine[0].items() if k != "pid"}
+            row["ready"] = row["ready"] and mine[0].get("state") == "ok"
+        rows.append(row)
     groups = stack_groups(settings) if rows and (rows[0]["ready"] or not settings.local_broker) else []
     if as_json:
         click.echo(json.dumps({"components": rows, "groups": [asdict(g) for g in groups]}))
@@ -187,8 +194,16 @@ def status(as_json: bool) -> None:
     out = Console()
     table = Table("component", "pid", "health", "where", title="components")
     for r in rows:
-        health = "[green]ready[/green]" if r["ready"] else ("[yellow]starting[/yellow]" if r["pid"] else "[red]down[/red]")
-        table.add_row(r["component"], str(r["pid"] or "-"), health, r["where"])
+        said = r.get("health") or {}
+        if said.get("state") == "stalled":
+            state = f"[red]stalled[/red]: {said.get('detail', '')}"
+        elif r["ready"]:
+            state = "[green]ready[/green]"
+        else:
+            state = "[yellow]starting[/yellow]" if r["pid"] else "[red]down[/red]"
+        if said.get("alive") and said.get("waiting_for"):
+            state += f" (waiting for: {'; '.join(said['waiting_for'])})"
+        table.add_row(r["component"], str(r["pid"] or "-"), state, r["where"])
     out.print(table)
     for g in groups:
         t = Table("topic", "lag", "worst partition", title=f"consumer group {g.group} ({g.state})")

@@ -158,6 +158,9 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_REFERRER_SPAM_FILE", "referrer_spam_file", "", _str, "File of referrer-spam domains, one per line (e.g. Matomo's referrer-spam-list spammers.txt). Pageviews from these referrers (and their subdomains) are dropped with reason referrer_spam.", "Streams"),
     Var("TALLY_PROCESSING_GUARANTEE", "processing_guarantee", "at_least_once", _choice("at_least_once", "exactly_once"), "Faust processing guarantee of the stream worker. Counts are exact with the default (window state skips replays, see docs/streams.md); `exactly_once` adds Kafka transactions (Apache Kafka only, not Tansu; experimental: slower, not covered by the crash test).", "Streams"),
     Var("TALLY_CLOCK_OFFSET_SECONDS", "clock_offset_seconds", "0", _int(), "Shifts the stream worker's clock (salt rotation, lateness). For tests and replays; leave 0 in production.", "Streams"),
+    Var("TALLY_TOTALS_FLUSH_SECONDS", "totals_flush_seconds", "2", _float(0.1), "How often a stream worker emits the totals of the windows that changed (to the aggregates topic). Lower: fresher aggregates, more records.", "Streams"),
+    Var("TALLY_WORKER_STALL_SECONDS", "worker_stall_seconds", "300", _float(0.0), "Watchdog: a stream worker that holds partitions with records left to process and makes no progress on one of them for this long logs the stuck stage and what it waits for, and exits with status 75 so its supervisor restarts it. 0 switches the watchdog off.", "Streams"),
+    Var("TALLY_TEST_WORKER_HANG", "test_worker_hang", "", _choice("", "stage1-beacons", "stage2-windows", "product-windows"), "Test hook: the named stage of the stream worker never finishes its first record (to test the watchdog). Never set in production.", "Streams"),
     # Sink and retention
     Var("TALLY_SINK_BATCH_ROWS", "sink_batch_rows", "10000", _int(1), "Rows at which the sink inserts its batch (see also TALLY_SINK_MAX_INSERT_ROWS).", "Sink"),
     Var("TALLY_SINK_MAX_INSERT_ROWS", "sink_max_insert_rows", "100000", _int(1), "Largest ClickHouse insert. When more records already wait in the consumer (a backlog), a batch that reached TALLY_SINK_BATCH_ROWS keeps taking them up to this many rows, within TALLY_SINK_BATCH_SECONDS, so catching up costs fewer, larger inserts. Set it to TALLY_SINK_BATCH_ROWS for fixed-size batches.", "Sink"),
@@ -214,6 +217,9 @@ class Settings:
     referrer_spam_file: str = ""
     clock_offset_seconds: int = 0
     processing_guarantee: str = "at_least_once"
+    totals_flush_seconds: float = 2.0
+    worker_stall_seconds: float = 300.0
+    test_worker_hang: str = ""
     sink_batch_rows: int = 10000
     sink_max_insert_rows: int = 100000
     sink_batch_seconds: float = 1.0

@@ -144,3 +144,51 @@ def traffic(n: int, seed: int, now: datetime | None = None, batch: int = 100) ->
                       "path": f"/p/{rnd.randrange(50)}", "referrer": None, "event": "pageview",
                       "props": {}, "user_agent": uas[v % 3], "ip_pseudonym": f"ip-{v}", "datacenter": False})
     return [items[i:i + batch] for i in range(0, n, batch)]
+
+
+def input_lag(settings: Settings) -> dict[str, int] | None:
+    """The stream group's lag per input topic (None while the broker cannot say)."""
+    from tally.lag import group_report
+    from tally.topics import admin
+
+    inputs = {settings.topic(t) for t in ("beacons.raw", "pageviews.enriched", "product.events")}
+    try:
+        report = group_report(admin(settings), settings.app_id)
+    except Exception:
+        return None
+    return {lag.topic: lag.total for lag in report.lag if lag.topic in inputs}
+
+
+def assert_converges(settings: Settings, expected: dict[tuple[str, str, str, int], tuple[int, int]],
+                     worker: Any, timeout: float = 240, settle: float = 10) -> None:
+    """Wait until the aggregates equal `expected` with no input lag left. Otherwise fail, and
+    say which way: a STALL (input left and the totals stopped moving, or the timeout) or a
+    DRIFT (all input processed and the totals settled on other numbers), with the drifting
+    keys and the tail of the worker's log."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last: dict[Any, Any] | None = None
+    moved = time.monotonic()
+    lag: dict[str, int] | None = None
+    got: dict[Any, Any] = {}
+    while time.monotonic() < deadline:
+        lag = input_lag(settings)
+        got = latest_aggregates(settings)
+        done = lag is not None and not any(lag.values())
+        if done and got == expected:
+            return
+        if got != last:
+            last, moved = got, time.monotonic()
+        elif done and time.monotonic() - moved > settle:
+            break  # settled: nothing left to process and nothing changes
+        time.sleep(2)
+    drift = {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
+    extra = sorted(k for k in got if k not in expected)
+    short = sum(1 for g, w in drift.values() if g is None or g[0] < w[0])
+    kind = "DRIFT" if lag is not None and not any(lag.values()) else "STALL"
+    sample = "\n".join(f"  {k}: got {g}, want {w}" for k, (g, w) in sorted(drift.items())[:15])
+    raise AssertionError(
+        f"{kind}: input lag {lag}; totals last moved {time.monotonic() - moved:.0f}s ago; "
+        f"{len(drift)} of {len(expected)} keys differ ({short} short), {len(extra)} unexpected keys\n"
+        f"{sample}\n--- worker log (tail) ---\n{worker.output()[-4000:]}")

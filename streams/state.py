@@ -1,0 +1,148 @@
+"""The worker's window state and its changelogs: which topics hold them, how a partition's
+state is rebuilt, and when.
+
+A partition's state is rebuilt as soon as the partition is assigned, not when its first
+record arrives: a new owner must re-emit every window (`fold` marks them all dirty), and
+the last owner may have been killed after committing its input but before its totals
+timer ran. With a lazy rebuild, a partition with no new input would never re-emit, and its
+totals would stand short for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import NewTopic
+from tally.streams.windows import DAY_MS, PartitionState, fold
+
+from tally.config import Settings
+from tally.kafka import consumer_config
+from tally.topics import admin
+
+log = logging.getLogger(__name__)
+
+KINDS = ("web", "product")
+
+
+def state_topics(settings: Settings) -> dict[str, str]:
+    return {"web": settings.topic(f"{settings.app_id}-web-state"),
+            "product": settings.topic(f"{settings.app_id}-product-state")}
+
+
+def ensure_state_topics(settings: Settings) -> None:
+    """The changelogs of the window state: one partition per input partition, kept for the
+    longest window (a month) plus lateness. Delete policy: records are deltas, not values."""
+    client = admin(settings)
+    existing = set(client.list_topics(timeout=30).topics)
+    retention = str((35 + settings.allowed_lateness_hours // 24 + 1) * DAY_MS)
+    new = [NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=-1,
+                    config={"cleanup.policy": "delete", "retention.ms": retention})
+           for t in state_topics(settings).values() if t not in existing]
+    for fut in (client.create_topics(new).values() if new else []):
+        try:
+            fut.result()
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+
+
+def read_changelog(settings: Settings, topic: str, partition: int,
+                   progress: Callable[[], None] = lambda: None) -> list[bytes]:
+    """Every record of one changelog partition, from the start to its current end.
+    `progress` is called after every fetch (the watchdog sees a long rebuild move)."""
+    c = Consumer(consumer_config(settings, f"{settings.app_id}-state-loader", **{"enable.partition.eof": True}))
+    try:
+        low, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+        if high <= low:
+            return []
+        c.assign([TopicPartition(topic, partition, low)])
+        out: list[bytes] = []
+        while True:
+            msgs = c.consume(5000, timeout=0.2)
+            progress()
+            done = False
+            for m in msgs:
+                if m.error():
+                    done = done or m.error().code() == -191  # _PARTITION_EOF
+                    continue
+                out.append(m.value())
+                done = done or m.offset() >= high - 1
+            if done:
+                return out
+    finally:
+        c.close()
+
+
+class StateStore:
+    """The window state of the partitions this worker owns, for one kind (web or product).
+
+    `assigned(p)` starts the rebuild in the background; `get(p)` waits for it (starting it
+    if the assignment signal has not arrived yet); `revoked(p)` forgets the partition, so
+    a later assignment rebuilds from the changelog instead of trusting a stale copy."""
+
+    def __init__(self, kind: str, topic: str, load: Callable[[str, int], list[bytes]],
+                 open_after_ms: Callable[[], int]) -> None:
+        self.kind = kind
+        self.topic = topic
+        self._load = load
+        self._open_after_ms = open_after_ms
+        self.states: dict[int, PartitionState] = {}
+        self._loading: dict[int, asyncio.Task[PartitionState]] = {}
+
+    def assigned(self, partition: int) -> None:
+        if partition not in self.states and partition not in self._loading:
+            task = self._loading[partition] = asyncio.ensure_future(self._rebuild(partition))
+            # Nobody may await a background rebuild: retrieve its end so it is never
+            # reported as "exception never retrieved".
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def revoked(self, partition: int) -> None:
+        self.states.pop(partition, None)
+        self._loading.pop(partition, None)  # a rebuild still running is discarded when done
+
+    async def get(self, partition: int) -> PartitionState:
+        while True:
+            st = self.states.get(partition)
+            if st is not None:
+                return st
+            self.assigned(partition)
+            try:
+                return await asyncio.shield(self._loading[partition])
+            except Revoked:
+                continue  # revoked and assigned again meanwhile: wait for the new rebuild
+
+    def loading(self) -> list[int]:
+        return sorted(self._loading)
+
+    async def _rebuild(self, partition: int) -> PartitionState:
+        task = asyncio.current_task()
+        delay = 0.5
+        while True:
+            t0 = time.monotonic()
+            try:
+                records = await asyncio.get_running_loop().run_in_executor(
+                    None, self._load, self.topic, partition)
+                st = fold(partition, records, open_after_ms=self._open_after_ms())
+                break
+            except Exception as exc:  # the broker is unreachable, say: try again, backing off
+                log.warning("%s state of partition %d: rebuild failed (%s); retrying in %.1fs",
+                            self.kind, partition, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                if self._loading.get(partition) is not task:
+                    raise Revoked(partition) from None
+        if self._loading.get(partition) is not task:
+            raise Revoked(partition)  # revoked while loading: the copy is discarded
+        self.states[partition] = st
+        del self._loading[partition]
+        log.info("%s state of partition %d rebuilt from %d changelog records in %.2fs",
+                 self.kind, partition, len(records), time.monotonic() - t0)
+        return st
+
+
+class Revoked(Exception):
+    """A partition was revoked while its state was being rebuilt."""
