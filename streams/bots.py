@@ -156,22 +156,34 @@ def matomo_patterns(path: str) -> list[tuple[str, str]]:
     return out
 
 
+_LOOKAROUND = re.compile(r"\(\?<?[=!]")
+
+
+def _compiles_in_rust(rx: str) -> bool:
+    import ua_parser_rs
+
+    try:
+        ua_parser_rs.DeviceExtractor([(rx, None, "x", None, None)])
+        return True
+    except Exception:
+        return False
+
+
 def _list_matcher() -> Callable[[str], str | None]:
     """One matcher over all crawler lists: the rule name of the first pattern that matches."""
     entries = [(f"{_BOUND}(?:{d['pattern']})", d["pattern"]) for d in crawleruseragents.CRAWLER_USER_AGENTS_DATA]
     for prefix, path in MATOMO_LISTS.items():
-        entries += [(f"(?i){_BOUND}(?:{p})", f"{prefix}:{name}") for p, name in matomo_patterns(path)]
+        entries += [(f"{_BOUND}(?i:{p})", f"{prefix}:{name}") for p, name in matomo_patterns(path)]
     try:
         import ua_parser_rs
 
-        usable = []
-        for rx, name in entries:
-            try:  # a few of Matomo's patterns use look-around, which the Rust engine lacks
-                ua_parser_rs.DeviceExtractor([(rx, None, "x", None, None)])
-                usable.append((rx, name))
-            except Exception:
-                continue
-        ex = ua_parser_rs.DeviceExtractor([(rx, None, str(i), None, None) for i, (rx, _) in enumerate(usable)])
+        # A few of Matomo's patterns use look-around, which the Rust engine lacks: left out.
+        usable = [(rx, name) for rx, name in entries if not _LOOKAROUND.search(rx)]
+        try:
+            ex = ua_parser_rs.DeviceExtractor([(rx, None, str(i), None, None) for i, (rx, _) in enumerate(usable)])
+        except Exception:  # another construct the engine rejects: find it pattern by pattern (slow)
+            usable = [(rx, name) for rx, name in usable if _compiles_in_rust(rx)]
+            ex = ua_parser_rs.DeviceExtractor([(rx, None, str(i), None, None) for i, (rx, _) in enumerate(usable)])
 
         def match(ua: str) -> str | None:
             m = ex.extract(ua)

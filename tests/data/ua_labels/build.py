@@ -1,11 +1,8 @@
 """Build tests/data/ua_labels/labels.tsv from public, labelled user-agent fixtures.
 
 Every source, its version and licence, and how its labels are read, is in README.md beside
-this file. Get the sources (outside the repo), then run this script with their paths:
+this file, with the commands that fetch the sources into SRC/<name>. Then:
 
-    pip download --no-deps -d SRC device-detector==6.5.1 fake-useragent==2.2.0
-    (unzip both wheels into SRC/device-detector and SRC/fake-useragent)
-    isbot, bowser, woothee and uap-core: a checkout of each at the commit in README.md
     python tests/data/ua_labels/build.py SRC
 
 crawler-user-agents comes from the installed package (its version is checked).
