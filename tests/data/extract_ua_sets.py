@@ -1,5 +1,8 @@
 """How tests/data/ua_browsers.txt and ua_bots.txt were built (kept to make them reproducible).
 
+They are bench/classify_ua.py's input; the bot filter's accuracy is judged on the labelled
+set in tests/data/ua_labels (its README says how that is built).
+
 Sources (both maintained, both on PyPI):
 - Matomo Device Detector's test fixtures, shipped in the `device-detector` wheel
   (device_detector/tests/fixtures/upstream/*.yml): real user agents labelled by hand.
