@@ -160,14 +160,15 @@ def input_lag(settings: Settings) -> dict[str, int] | None:
 
 
 def assert_converges(settings: Settings, expected: dict[tuple[str, str, str, int], tuple[int, int]],
-                     worker: Any, timeout: float = 240, settle: float = 10) -> None:
+                     worker: Any, timeout: float = 240, settle: float = 10) -> float:
     """Wait until the aggregates equal `expected` with no input lag left. Otherwise fail, and
     say which way: a STALL (input left and the totals stopped moving, or the timeout) or a
     DRIFT (all input processed and the totals settled on other numbers), with the drifting
-    keys and the tail of the worker's log."""
+    keys and the tail of the worker's log. Returns the seconds it took."""
     import time
 
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     last: dict[Any, Any] | None = None
     moved = time.monotonic()
     lag: dict[str, int] | None = None
@@ -177,7 +178,7 @@ def assert_converges(settings: Settings, expected: dict[tuple[str, str, str, int
         got = latest_aggregates(settings)
         done = lag is not None and not any(lag.values())
         if done and got == expected:
-            return
+            return time.monotonic() - start
         if got != last:
             last, moved = got, time.monotonic()
         elif done and time.monotonic() - moved > settle:

@@ -54,7 +54,7 @@ def test_kill_9_at_random_moments_changes_no_number(tally_env, spawn, seed):
     assert max(restored) > 0, restored
 
     final = spawn(tally_env, "worker", name="worker-final")
-    assert_converges(s, expected, final)
+    print(f"seed {seed}: the final worker converged {assert_converges(s, expected, final):.1f}s after its start")
     got = latest_aggregates(s)
     assert sum(v[0] for k, v in got.items() if k[0] == "site_day") == EVENTS
     assert final.alive(), final.output()[-3000:]
@@ -78,6 +78,6 @@ def test_a_worker_killed_after_its_commit_and_before_its_totals_loses_no_total(t
     # A short stall limit: with nothing left to process, the watchdog must stay quiet.
     tally_env.vars["TALLY_WORKER_STALL_SECONDS"] = "20"
     final = spawn(tally_env, "worker", name="next-owner")
-    assert_converges(s, expected, final)
+    print(f"the next owner converged {assert_converges(s, expected, final):.1f}s after its start")
     time.sleep(25)
     assert final.alive(), final.output()[-3000:]
