@@ -123,7 +123,7 @@ def up(timeout: float) -> None:
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     if not any(stack.running_pid(settings, c.name) for c in stack.components(settings)):
-        (settings.run_dir / "env.json").write_text(json.dumps(settings.env))
+        stack.write_private(settings.run_dir / "env.json", json.dumps(settings.public_env()))
     for comp in stack.components(settings):
         pid = stack.running_pid(settings, comp.name)
         if pid is not None:
@@ -234,7 +234,7 @@ def config_docs(output: Path) -> None:
 def config_check() -> None:
     """Validate the TALLY_* environment and print the effective settings."""
     settings = load_settings()
-    click.echo(json.dumps({k: str(v) for k, v in vars(settings).items() if k != "env"}, indent=2))
+    click.echo(json.dumps(settings.public_values(), indent=2))
 
 
 # --- commands contributed by each stage --------------------------------------------
