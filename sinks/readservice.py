@@ -111,6 +111,10 @@ class AnalystPool:
             out = execute(self.client(), self.guard, sql, fmt, params, self.max_bytes)
         except QueryError as exc:
             QUERIES.labels(outcome="refused" if exc.refused else "failed").inc()
+            # chDB hands what a query that failed mid-stream had already written to the
+            # next query on the same session: start a fresh one (about 20 ms).
+            self.local.client.close()
+            self.local.client = None
             return error(400, str(exc), refused=exc.refused)
         QUERIES.labels(outcome="ok").inc()
         return Answer(200, out, CONTENT_TYPES[fmt])
@@ -179,8 +183,8 @@ def key_routes(app: web.Application, keys: KeyOps) -> None:
             record = keystore.KeyRecord.from_json(body)
         except (KeyError, TypeError, ValueError) as exc:
             return _reply(error(400, f"bad key record: {exc}"))
-        if not record.key_id or len(record.key_hash) != 64 or not record.sites:
-            return _reply(error(400, "a key needs key_id, a SHA-256 key_hash and at least one site"))
+        if not record.key_id or len(record.key_hash) != 64 or not (record.sites or record.tenants):
+            return _reply(error(400, "a key needs key_id, a SHA-256 key_hash and at least one site or tenant"))
         await run(lambda c: keystore.insert(c, record))
         return web.json_response(record.public(), status=201)
 

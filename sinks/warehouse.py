@@ -34,10 +34,10 @@ def connect(settings: Settings, readonly: bool = False, **kwargs: Any) -> Client
     return clickhouse_connect.get_client(dsn=settings.clickhouse_url, **kwargs)
 
 
-def connect_reader(settings: Settings, url: str, what: str) -> Client:
+def connect_reader(settings: Settings, url: str, what: str, **kwargs: Any) -> Client:
     """Server mode: a client for a read-only user (the analyst's or the dashboard's). Its
     limits and readonly come from the user's settings profile (`tally migrate`), so the
     client sends none; the sink's own credentials are never used for reading."""
     if not url:
         raise LookupError(f"server mode reads with a read-only user: set {what} (see `tally migrate --print-access-sql`)")
-    return clickhouse_connect.get_client(dsn=url)
+    return clickhouse_connect.get_client(dsn=url, **kwargs)

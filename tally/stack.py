@@ -104,7 +104,15 @@ COMPONENTS: list[Component] = [
     Component("collector", _tally("collector"),
               lambda s: http_ok(f"http://{s.collector_host}:{s.collector_port}/healthz"),
               lambda s: f"collector on http://{s.collector_host}:{s.collector_port}"),
+    Component("dashboard", _tally("dashboard"),
+              lambda s: http_ok(f"http://{_loopback(s.dashboard_host)}:{s.dashboard_port}/healthz"),
+              lambda s: f"Stats API on http://{s.dashboard_host}:{s.dashboard_port}"),
 ]
+
+
+def _loopback(host: str) -> str:
+    """Where to probe a listener: a wildcard address is reached on loopback."""
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
 def components(s: Settings) -> list[Component]:
