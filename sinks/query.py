@@ -86,6 +86,33 @@ def execute(client: Client, guard: Guard, sql: str, fmt: str, params: Mapping[st
     return out
 
 
+class AnalystSession:
+    """One analyst's session: a read-only client with the limits, the guard in front.
+
+    After a failed query the client is replaced: chDB hands what a query that failed
+    mid-stream had already written to the next query on the same session."""
+
+    def __init__(self, settings: Settings, guard: Guard | None = None) -> None:
+        self.settings = settings
+        self.guard = guard or Guard()
+        self.max_bytes = settings.analyst_max_result_mb * 1024 * 1024
+        self._client: Client | None = None
+
+    def run(self, sql: str, fmt: str = "JSONCompact", params: Mapping[str, Any] | None = None) -> bytes:
+        if self._client is None:
+            self._client = analyst_client(self.settings)
+        try:
+            return execute(self._client, self.guard, sql, fmt, params, self.max_bytes)
+        except QueryError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
 def analyst_client(settings: Settings) -> Client:
     """A read-only client with the analyst limits: chDB opened by this process, or the
     server's analyst user. (While the sink runs, embedded readers use its socket instead.)"""
@@ -111,8 +138,8 @@ def run_sql(settings: Settings, sql: str, fmt: str = "JSONCompact", params: Mapp
                 return body
             detail = json.loads(body or b"{}")
             raise QueryError(detail.get("error", f"HTTP {status}"), refused=bool(detail.get("refused")))
-    client = analyst_client(settings)
+    session = AnalystSession(settings)
     try:
-        return execute(client, Guard(), sql, fmt, params, settings.analyst_max_result_mb * 1024 * 1024)
+        return session.run(sql, fmt, params)
     finally:
-        client.close()
+        session.close()

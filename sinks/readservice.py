@@ -37,7 +37,7 @@ from aiohttp import web
 from clickhouse_connect.driver.client import Client
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from tally.sinks import keystore
-from tally.sinks.query import FORMATS, QueryError, execute
+from tally.sinks.query import FORMATS, AnalystSession, QueryError
 from tally.sinks.sqlguard import Guard
 from tally.sinks.warehouse import connect
 
@@ -81,18 +81,17 @@ class AnalystPool:
         self.local = threading.local()
         self.pending = 0
         self.lock = threading.Lock()
-        self.max_bytes = settings.analyst_max_result_mb * 1024 * 1024
 
     @staticmethod
     def _init_thread() -> None:
         with contextlib.suppress(OSError):  # nice 10, this thread only: under CPU pressure inserts go first
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
-    def client(self) -> Client:
-        client = getattr(self.local, "client", None)
-        if client is None:
-            client = self.local.client = connect(self.settings, readonly=True)
-        return client
+    def session(self) -> AnalystSession:
+        session = getattr(self.local, "session", None)
+        if session is None:
+            session = self.local.session = AnalystSession(self.settings, self.guard)
+        return session
 
     async def run(self, fn: Callable[[], Answer]) -> Answer:
         with self.lock:
@@ -108,13 +107,9 @@ class AnalystPool:
 
     def sql(self, sql: str, fmt: str, params: dict[str, Any]) -> Answer:
         try:
-            out = execute(self.client(), self.guard, sql, fmt, params, self.max_bytes)
+            out = self.session().run(sql, fmt, params)
         except QueryError as exc:
             QUERIES.labels(outcome="refused" if exc.refused else "failed").inc()
-            # chDB hands what a query that failed mid-stream had already written to the
-            # next query on the same session: start a fresh one (about 20 ms).
-            self.local.client.close()
-            self.local.client = None
             return error(400, str(exc), refused=exc.refused)
         QUERIES.labels(outcome="ok").inc()
         return Answer(200, out, CONTENT_TYPES[fmt])

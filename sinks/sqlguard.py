@@ -177,8 +177,10 @@ class Guard:
     def check_tree(self, root: Node, client: Client | None = None) -> str:
         kind = ROOTS.get(root.kind)
         if kind is None:
+            what = root.kind.removesuffix("Query") if root.kind.endswith("Query") else \
+                f"{root.kind} {root.text.removesuffix(' query')}".strip()
             raise Refused(f"only one SELECT, WITH, EXPLAIN, SHOW TABLES, SHOW CREATE or DESCRIBE statement "
-                          f"is accepted, not {root.kind}{(' ' + root.text) if root.text else ''}")
+                          f"is accepted (this is {what})")
         if root.kind == "Explain" and (not root.children or root.children[0].kind != "SelectWithUnionQuery"):
             raise Refused("EXPLAIN is accepted for SELECT queries only")
         if root.kind.startswith("ShowCreate"):

@@ -81,10 +81,19 @@ def setup() -> None:
 
 
 @main.command()
-def migrate() -> None:
-    """Apply pending ClickHouse migrations (infra/clickhouse/) and print what was applied."""
+@click.option("--print-access-sql", is_flag=True,
+              help="Print the SQL that creates the server-mode read-only users, and do nothing else.")
+def migrate(print_access_sql: bool) -> None:
+    """Apply pending ClickHouse migrations (infra/clickhouse/) and print what was applied.
+    On a server, also create the read-only analyst and dashboard users (sinks/access.py)."""
     settings = load_settings()
     from tally.sinks.migrate import WarehouseBusy, migrate_command
+
+    if print_access_sql:
+        from tally.sinks.access import access_sql
+
+        click.echo(";\n".join(access_sql(settings)) or "-- set TALLY_ANALYST_CLICKHOUSE_URL / TALLY_DASHBOARD_CLICKHOUSE_URL")
+        return
 
     try:
         applied = migrate_command(settings)
