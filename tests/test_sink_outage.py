@@ -97,7 +97,8 @@ def test_server_mode_real_outage(tally_env, spawn, tmp_path):
 
     server = start_server()
     try:
-        env = Env({**tally_env.vars, "TALLY_CLICKHOUSE_URL": f"http://127.0.0.1:{port}"})
+        env = Env({**tally_env.vars, "TALLY_CLICKHOUSE_URL": f"http://127.0.0.1:{port}",
+                   "TALLY_ANALYST_CLICKHOUSE_URL": f"http://tally_analyst:analyst@127.0.0.1:{port}"})
         s = env.settings
         sink = spawn(env, "sink")
         wait_for(lambda: http_ok(f"http://127.0.0.1:{s.query_port}/healthz"), 60, "sink endpoint")
