@@ -123,10 +123,10 @@ def test_server_mode_real_outage(tally_env, spawn, tmp_path):
         assert query_rows(s, "SELECT count(), uniqExact(event_id) FROM pageviews")[0] == [expected, expected]
         assert int(query_rows(s, "SELECT sum(count) FROM drops")[0][0]) == 6
         assert metric(s.query_port, "tally_sink_paused") == 0
-        # Analysts' SQL against the server is read-only too (readonly=1 on every request).
+        # Analysts' SQL against the server passes the guard too (and the analyst user is read-only).
         out = subprocess.run([sys.executable, "-m", "tally.cli", "query", "DROP TABLE pageviews"], cwd=REPO,
                              env=env.child_env(), capture_output=True, text=True, timeout=60)
-        assert out.returncode == 1 and "readonly" in out.stderr.lower(), out.stderr
+        assert out.returncode == 1 and "refused" in out.stderr.lower(), out.stderr
         assert query_rows(s, "SELECT count() FROM pageviews")[0][0] == expected
     finally:
         if server.poll() is None:
