@@ -13,7 +13,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from aiohttp import web
-from tally.api.server import ApiError, authorize, now, rows
+from tally.api.server import ApiError, answer, authorize, now, rows
 from tally.api.sql import Sql
 
 COLUMNS = "family, label, toInt64(events), toInt64(active_workspaces), toString(last_event_at)"
@@ -55,7 +55,7 @@ async def adoption(request: web.Request) -> web.Response:
                  "last_event_at": _when(r[4])} for r in found if r[0] != "all"]
     total = next((r for r in found if r[0] == "all"), None)
     events = int(total[2]) if total else 0
-    return web.json_response({
+    return answer({
         "from": str(frm), "to": str(to), "tenant": tenant,
         "families": families,
         "events": events,

@@ -11,6 +11,7 @@ change, rounded.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -95,11 +96,12 @@ class Runner:
         """Result rows (dimensions, metrics in the query's order) and the count before pagination."""
         q = self.q
         sql = Builder(q, self.salt_period).build(rng, extra, paginate=paginate)
-        data = await self.rows(sql)
         total_visitors = None
-        if "percentage" in q.metrics:  # over the whole filtered set, without `extra`
-            totals = await self.rows(Builder(q, self.salt_period).build(rng, totals=True))
+        if "percentage" in q.metrics:  # over the whole filtered set, without `extra`; both at once
+            data, totals = await asyncio.gather(self.rows(sql), self.rows(Builder(q, self.salt_period).build(rng, totals=True)))
             total_visitors = int(totals[0][0]) if totals else 0
+        else:
+            data = await self.rows(sql)
         out, total_rows = [], 0
         n = len(sql.dimensions)
         for row in data:

@@ -9,12 +9,13 @@ status codes. Each area adds its routes from its own module (`setup(app)`).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+import uvloop
 from aiohttp import web
 from tally.api.keys import KeyChecker
 from tally.api.warehouse import QueryFailed, Unavailable, Warehouse, open_warehouse
@@ -39,8 +40,12 @@ class ApiError(Exception):
         self.message = message
 
 
+def answer(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
 def failure(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    return answer({"error": message}, status)
 
 
 @web.middleware
@@ -87,7 +92,7 @@ async def json_body(request: web.Request) -> Any:
     if request.content_type != "application/json":
         raise ApiError(415, "Content-Type must be application/json")
     try:
-        return json.loads(await request.read())
+        return orjson.loads(await request.read())
     except ValueError:
         raise ApiError(400, "#: the body is not valid JSON") from None
 
@@ -104,7 +109,7 @@ def now(request: web.Request) -> datetime:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return answer({"status": "ok"})
 
 
 def build_app(settings: Settings, warehouse: Warehouse, clock: Callable[[], datetime] | None = None) -> web.Application:
@@ -129,4 +134,5 @@ def build_app(settings: Settings, warehouse: Warehouse, clock: Callable[[], date
 def run(settings: Settings) -> None:
     app = build_app(settings, open_warehouse(settings))
     log.info("Stats API on http://%s:%d", settings.dashboard_host, settings.dashboard_port)
-    web.run_app(app, host=settings.dashboard_host, port=settings.dashboard_port, access_log=None, print=None)
+    web.run_app(app, host=settings.dashboard_host, port=settings.dashboard_port, access_log=None, print=None,
+                loop=uvloop.new_event_loop())

@@ -7,7 +7,16 @@ from datetime import date
 from aiohttp import web
 from tally.api.request import RequestError, parse_request
 from tally.api.runner import Runner
-from tally.api.server import SETTINGS, ApiError, authorize, json_body, now, require_site, rows
+from tally.api.server import (
+    SETTINGS,
+    ApiError,
+    answer,
+    authorize,
+    json_body,
+    now,
+    require_site,
+    rows,
+)
 from tally.api.sql import Sql, first_day_sql, realtime_sql
 
 
@@ -30,7 +39,7 @@ async def query(request: web.Request) -> web.Response:
     except RequestError as exc:
         raise ApiError(400, str(exc)) from None
     runner = Runner(q, lambda sql: rows(request, sql), request.app[SETTINGS].salt_period)
-    return web.json_response(await runner.run(now(request)))
+    return answer(await runner.run(now(request)))
 
 
 async def realtime_visitors(request: web.Request) -> web.Response:
@@ -38,7 +47,7 @@ async def realtime_visitors(request: web.Request) -> web.Response:
     site = require_site(key, request.query.get("site_id"))
     sql = realtime_sql()
     found = await rows(request, Sql(sql.text, {"site": site}))
-    return web.json_response(int(found[0][0]) if found else 0)
+    return answer(int(found[0][0]) if found else 0)
 
 
 def setup(app: web.Application) -> None:

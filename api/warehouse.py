@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import aiohttp
+import orjson
 from clickhouse_connect.driver.exceptions import OperationalError
 from tally.api.sql import Sql
 from tally.sinks import keystore
@@ -61,7 +62,7 @@ class SocketWarehouse:
             raise Unavailable(json.loads(body).get("error", "busy"))
         if status != 200:
             raise QueryFailed(json.loads(body or b"{}").get("error", f"HTTP {status}"))
-        return json.loads(body)["data"]
+        return orjson.loads(body)["data"]
 
     async def find_key(self, key_id: str) -> KeyRecord | None:
         status, body = await self._call("GET", f"/v1/keys/{key_id}")

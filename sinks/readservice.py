@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+import uvloop
 from aiohttp import web
 from clickhouse_connect.driver.client import Client
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
@@ -140,7 +142,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         raise web.HTTPUnsupportedMediaType(text=json.dumps({"error": "the body must be JSON (Content-Type: application/json)"}),
                                            content_type="application/json")
     try:
-        body = await request.json()
+        body = orjson.loads(await request.read())
     except ValueError:
         raise web.HTTPBadRequest(text=json.dumps({"error": "the body is not valid JSON"}),
                                  content_type="application/json") from None
@@ -248,7 +250,7 @@ class ReadService:
         self.settings = settings
         self.pool = AnalystPool(settings, Guard()) if settings.embedded_clickhouse else None
         self.keys = KeyOps(settings) if settings.embedded_clickhouse else None
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()
         self.runners: list[web.AppRunner] = []
         self.ready = threading.Event()
         self.failed: BaseException | None = None
