@@ -120,7 +120,7 @@ def topics_create() -> None:
 @main.command()
 @click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for each component.")
 def up(timeout: float) -> None:
-    """Start the local stack in the background: broker, sink, worker, collector.
+    """Start the local stack in the background: broker, sink, worker, collector, dashboard.
 
     Returns when every component is ready. Running it again while the stack
     runs starts only what is missing.
@@ -159,7 +159,7 @@ def up(timeout: float) -> None:
 
 @main.command()
 def down() -> None:
-    """Stop every process `tally up` started (collector, worker, sink, broker)."""
+    """Stop every process `tally up` started (dashboard, collector, worker, sink, broker)."""
     from tally import stack
 
     settings = load_settings(stack=True)

@@ -180,3 +180,15 @@ def test_a_session_keeps_its_limits(warehouse):
         reader.command("SET max_execution_time = 0")
     assert reader.query("SELECT getSetting('max_execution_time'), getSetting('readonly')").result_rows == [(2, 1)]
     reader.close()
+
+
+def test_every_table_is_either_for_analysts_or_private(warehouse):
+    """A new table or view must be placed on one list or the other (sinks/analyst.py)."""
+    from tally.sinks.analyst import ANALYST_TABLES, ANALYST_VIEWS, PRIVATE_TABLES
+
+    writer = connect(warehouse[0])
+    try:
+        names = {r[0] for r in writer.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows}
+    finally:
+        writer.close()
+    assert names == ANALYST_TABLES | ANALYST_VIEWS | PRIVATE_TABLES
