@@ -283,6 +283,9 @@ class ReadService:
             tcp.router.add_post("/v1/sql", sql_handler(self.pool))
         await self._site(tcp, lambda r: web.TCPSite(r, s.query_host, s.query_port))
         if self.pool is not None:
+            if len(str(s.socket_path).encode()) > 107:  # the kernel's limit for a socket's path
+                raise ValueError(f"the warehouse socket path {s.socket_path} is longer than 107 bytes: "
+                                 "use a shorter TALLY_STATE_DIR")
             private_dir(s.state_dir)
             private_dir(s.run_dir)
             sock = web.Application(client_max_size=MAX_REQUEST_BYTES)

@@ -127,10 +127,8 @@ class Checked:
 class Guard:
     """Checks analysts' SQL on the engine it will run on. Thread-safe; one per process."""
 
-    def __init__(self, database: str = "default", cache_size: int = 2048, tables_ttl: float = 60.0) -> None:
-        self.database = database
-        self.allowed_tables = (ANALYST_TABLES | ANALYST_VIEWS | {f"{database}.{t}" for t in ANALYST_TABLES | ANALYST_VIEWS}
-                               | {f"system.{t}" for t in SYSTEM_TABLES})
+    def __init__(self, cache_size: int = 2048, tables_ttl: float = 60.0) -> None:
+        self.allowed_tables = self._allowed("default")
         self._cache: OrderedDict[str, Checked] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -221,21 +219,30 @@ class Guard:
                 raise Refused(f"`IN {args[1].name}` is not accepted: write `IN (SELECT ... FROM <table>)`")
 
     def _check_table(self, name: str, client: Client | None) -> None:
+        existing = self.existing_tables(client)  # also learns the current database's name
         if name in self.allowed_tables:
             return
         if not TABLE_NAME.match(name):
             raise Refused(f"the table name `{name}` is not accepted (letters, digits, `_` and `.` only)")
-        if "." not in name and name not in self.existing_tables(client):
+        if "." not in name and name not in existing:
             return  # a WITH (CTE) name: a real table of that name would be in the list
         raise Refused(f"`{name}` is not an analyst table; analysts read: "
                       f"{', '.join(sorted(ANALYST_TABLES | ANALYST_VIEWS))}, and system.{{{', '.join(sorted(SYSTEM_TABLES))}}}")
+
+    @staticmethod
+    def _allowed(database: str) -> frozenset[str]:
+        analyst = ANALYST_TABLES | ANALYST_VIEWS
+        return frozenset(analyst | {f"{database}.{t}" for t in analyst} | {f"system.{t}" for t in SYSTEM_TABLES})
 
     def existing_tables(self, client: Client | None) -> frozenset[str]:
         """Names of the tables, views and dictionaries of the current database."""
         now = time.monotonic()
         if client is not None and now - self._tables_at > self._tables_ttl:
-            rows = client.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows
-            self._tables = frozenset(r[0] for r in rows)
+            rows = client.query("SELECT currentDatabase(), name FROM system.tables "
+                                "WHERE database = currentDatabase()").result_rows
+            self._tables = frozenset(r[1] for r in rows)
+            if rows:
+                self.allowed_tables = self._allowed(rows[0][0])
             self._tables_at = now
         return self._tables
 
