@@ -1,8 +1,9 @@
 """Analyst commands: `tally query` (named reports and raw read-only SQL) and `tally reconcile`.
 
-Both reach the warehouse through `sinks.query.run_sql`: the running sink's
-read-only endpoint in embedded mode, chDB directly when the stack is down, or
-the configured server; every query runs in a `readonly=1` session.
+Both reach the warehouse through `sinks.query.run_sql`: the running sink's Unix
+socket in embedded mode, chDB directly when the stack is down, or the server's
+read-only analyst user; every query passes the SQL guard and runs read-only with
+the analyst limits.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 
 import click
 
-FORMATS = {"table": "PrettyCompactNoEscapes", "json": "JSON", "csv": "CSVWithNames"}
+FORMATS = {"table": "JSONCompact", "json": "JSON", "csv": "CSVWithNames"}
+MAX_CELL = 80  # characters of one cell in a terminal table; json and csv stay complete
 
 
 def _settings() -> Any:
@@ -32,9 +34,37 @@ def _run(sql: str, fmt: str) -> None:
     try:
         out = run_sql(_settings(), sql, FORMATS[fmt])
     except QueryError as exc:
-        console.print(f"[red]query failed[/red]: {exc}")
+        console.print(f"[red]query failed[/red]: {exc}", markup=True, highlight=False)
         sys.exit(1)
-    sys.stdout.write(out.decode())
+    if fmt == "table":
+        print_table(json.loads(out))
+    else:
+        sys.stdout.write(out.decode())
+
+
+def cell(value: Any, width: int = MAX_CELL) -> str:
+    """One value as terminal text, cut to `width` characters (a 2,000-character path
+    would otherwise fill the screen)."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = text.replace("\n", " ")
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def print_table(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from tally.cli import console
+
+    table = Table()
+    for column in result.get("meta", []):
+        table.add_column(Text(column["name"]))
+    for row in result.get("data", []):
+        table.add_row(*(Text(cell(v)) for v in row))  # Text: a "[b]" in a path is not markup
+    Console(highlight=False).print(table)
+    rows = result.get("rows", len(result.get("data", [])))
+    console.print(f"{rows} row{'s' if rows != 1 else ''}", highlight=False)
 
 
 class _SQLByDefault(click.Group):
@@ -128,13 +158,15 @@ _register_ranked()
 
 
 @query.command("adoption")
+@click.option("--tenant", default=None, help="Only this tenant's workspaces (default: all tenants).")
 @window_options
 @format_option
-def query_adoption(date_from: datetime | None, date_to: datetime | None, fmt: str) -> None:
-    """Product adoption: the five event families and active workspaces (0 shown explicitly)."""
+def query_adoption(tenant: str | None, date_from: datetime | None, date_to: datetime | None, fmt: str) -> None:
+    """Product adoption: the five event families, active workspaces (0 shown explicitly)
+    and the time of the last event."""
     from tally.sinks.reports import adoption_sql
 
-    _run(adoption_sql(_window(date_from, date_to)), fmt)
+    _run(adoption_sql(_window(date_from, date_to), tenant), fmt)
 
 
 @click.command()

@@ -182,6 +182,11 @@ def migrate_command(settings: Settings) -> list[str]:
                             f"Another process holds it: only one process can open it. If the stack runs, "
                             f"the sink is that process. {restart}") from None
     try:
-        return migrate(client, settings)
+        applied = migrate(client, settings)
+        if not settings.embedded_clickhouse:
+            from tally.sinks.access import apply_access
+
+            applied += [f"read-only user {user}" for user in apply_access(client, settings)]
+        return applied
     finally:
         client.close()

@@ -57,5 +57,7 @@ def technology_sql(kind: str, site: str, w: Window, limit: int) -> str:
     return f"SELECT * FROM {TECH_VIEWS[kind]}(site = {literal(site)}, {w.args()}) LIMIT {int(limit)}"
 
 
-def adoption_sql(w: Window) -> str:
+def adoption_sql(w: Window, tenant: str | None = None) -> str:
+    if tenant is not None:
+        return f"SELECT * FROM adoption_by_tenant(tenant = {literal(tenant)}, {w.args()})"
     return f"SELECT * FROM adoption_summary({w.args()})"

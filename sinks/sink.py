@@ -40,7 +40,7 @@ from tally.schemas.codec import DecodeError, default_codec
 from tally.sinks.avro_load import AvroLoader
 from tally.sinks.batch import Batch, dedup_token, intent_metadata, parse_intent
 from tally.sinks.migrate import migrate
-from tally.sinks.query_server import serve
+from tally.sinks.readservice import ReadService
 from tally.sinks.tables import MAPPINGS, ItemFrames, Passthrough, Rejected, TableMapping
 from tally.sinks.warehouse import connect
 from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
@@ -403,8 +403,10 @@ def run(settings: Settings) -> None:
             log.info("stopped before ClickHouse became available")
             return
         raise
-    server = serve(connect(settings, readonly=True), threading.Lock(), settings.query_host, settings.query_port)
-    log.info("query endpoint on http://%s:%d", settings.query_host, settings.query_port)
+    service = ReadService(settings)
+    service.start()
+    log.info("health and metrics on http://%s:%d%s", settings.query_host, settings.query_port,
+             f"; warehouse socket {settings.socket_path}" if settings.embedded_clickhouse else "")
     sink = Sink(settings, client)
     sink.stopping = stopping
     try:
@@ -414,4 +416,4 @@ def run(settings: Settings) -> None:
             raise
         log.info("stopped with an uncommitted batch (%s); it is read again at the next start", exc)
     finally:
-        server.shutdown()
+        service.stop()

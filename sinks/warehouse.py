@@ -13,17 +13,31 @@ from tally.config import Settings
 def connect(settings: Settings, readonly: bool = False, **kwargs: Any) -> Client:
     """A clickhouse-connect client. Embedded mode takes chDB's one-process lock on the data dir.
 
-    readonly=True gives an analyst's client: the engine's own `readonly=1`
-    holds for its whole session, so no query through it can write, drop or
-    switch the setting back. (Per-query settings are not enough on chDB: the
-    backend applies them with SET and cannot restore them after readonly=1.)
+    readonly=True gives an analyst's client: the analyst limits (sinks/analyst.py) are
+    set on the session, then the engine's own `readonly = 1`, which holds for the whole
+    session, so no query through it can write, drop, or change a limit back. (Per-query
+    settings are not enough on chDB: the backend applies them with SET and cannot
+    restore them after readonly = 1.)
     """
     if settings.embedded_clickhouse:
         settings.clickhouse_dir.mkdir(parents=True, exist_ok=True)
         client = clickhouse_connect.get_client(dsn=f"chdb:///{settings.clickhouse_dir}", **kwargs)
         if readonly:
+            from tally.sinks.analyst import limits
+
+            for name, value in limits(settings).items():
+                client.command(f"SET {name} = {value!r}")
             client.command("SET readonly = 1")
         return client
     if readonly:
         kwargs["settings"] = {**kwargs.get("settings", {}), "readonly": 1}
     return clickhouse_connect.get_client(dsn=settings.clickhouse_url, **kwargs)
+
+
+def connect_reader(settings: Settings, url: str, what: str, **kwargs: Any) -> Client:
+    """Server mode: a client for a read-only user (the analyst's or the dashboard's). Its
+    limits and readonly come from the user's settings profile (`tally migrate`), so the
+    client sends none; the sink's own credentials are never used for reading."""
+    if not url:
+        raise LookupError(f"server mode reads with a read-only user: set {what} (see `tally migrate --print-access-sql`)")
+    return clickhouse_connect.get_client(dsn=url, **kwargs)

@@ -81,10 +81,19 @@ def setup() -> None:
 
 
 @main.command()
-def migrate() -> None:
-    """Apply pending ClickHouse migrations (infra/clickhouse/) and print what was applied."""
+@click.option("--print-access-sql", is_flag=True,
+              help="Print the SQL that creates the server-mode read-only users, and do nothing else.")
+def migrate(print_access_sql: bool) -> None:
+    """Apply pending ClickHouse migrations (infra/clickhouse/) and print what was applied.
+    On a server, also create the read-only analyst and dashboard users (sinks/access.py)."""
     settings = load_settings()
     from tally.sinks.migrate import WarehouseBusy, migrate_command
+
+    if print_access_sql:
+        from tally.sinks.access import access_sql
+
+        click.echo(";\n".join(access_sql(settings)) or "-- set TALLY_ANALYST_CLICKHOUSE_URL / TALLY_DASHBOARD_CLICKHOUSE_URL")
+        return
 
     try:
         applied = migrate_command(settings)
@@ -111,7 +120,7 @@ def topics_create() -> None:
 @main.command()
 @click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for each component.")
 def up(timeout: float) -> None:
-    """Start the local stack in the background: broker, sink, worker, collector.
+    """Start the local stack in the background: broker, sink, worker, collector, dashboard.
 
     Returns when every component is ready. Running it again while the stack
     runs starts only what is missing.
@@ -123,7 +132,7 @@ def up(timeout: float) -> None:
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     if not any(stack.running_pid(settings, c.name) for c in stack.components(settings)):
-        (settings.run_dir / "env.json").write_text(json.dumps(settings.env))
+        stack.write_private(settings.run_dir / "env.json", json.dumps(settings.public_env()))
     for comp in stack.components(settings):
         pid = stack.running_pid(settings, comp.name)
         if pid is not None:
@@ -151,7 +160,7 @@ def up(timeout: float) -> None:
 
 @main.command()
 def down() -> None:
-    """Stop every process `tally up` started (collector, worker, sink, broker)."""
+    """Stop every process `tally up` started (dashboard, collector, worker, sink, broker)."""
     from tally import stack
 
     settings = load_settings(stack=True)
@@ -249,17 +258,18 @@ def config_docs(output: Path) -> None:
 def config_check() -> None:
     """Validate the TALLY_* environment and print the effective settings."""
     settings = load_settings()
-    click.echo(json.dumps({k: str(v) for k, v in vars(settings).items() if k != "env"}, indent=2))
+    click.echo(json.dumps(settings.public_values(), indent=2))
 
 
 # --- commands contributed by each stage --------------------------------------------
 # Each area keeps its commands in its own module; they are registered here.
+from tally.api.cli import api_key, dashboard  # noqa: E402
 from tally.producers.collector.cli import collector  # noqa: E402
 from tally.schemas.cli import catalog, schemas  # noqa: E402
 from tally.sinks.cli import query, reconcile  # noqa: E402
 from tally.streams.cli import classify_ua_command  # noqa: E402
 
-for command in (collector, schemas, catalog, query, reconcile, classify_ua_command):
+for command in (collector, schemas, catalog, query, reconcile, classify_ua_command, dashboard, api_key):
     main.add_command(command)
 
 

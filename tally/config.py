@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 
 class SettingsError(ValueError):
@@ -91,6 +92,27 @@ def _url(raw: str) -> str:
     return v.rstrip("/")
 
 
+def _credentials(url: str, replacement: str | None) -> str:
+    parts = urlsplit(url) if url.startswith(("http://", "https://")) else None
+    if parts is None or parts.password is None:
+        return url
+    userinfo = parts.username or ""
+    if replacement is not None:
+        userinfo += ":" + replacement
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
+
+
+def mask_password(url: str) -> str:
+    """The URL with its password shown as ***, for messages and status output."""
+    return _credentials(url, "***")
+
+
+def strip_password(url: str) -> str:
+    """The URL without its password, for files."""
+    return _credentials(url, None)
+
+
 def _bootstrap(raw: str) -> str:
     v = raw.strip()
     for part in filter(None, v.split(",")):
@@ -108,6 +130,7 @@ class Var:
     parse: Callable[[str], Any]
     doc: str
     group: str
+    secret: bool = False  # never printed, logged or written to run/env.json
 
 
 VARIABLES: tuple[Var, ...] = (
@@ -118,8 +141,8 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_BROKER_PORT", "broker_port", "9092", _int(1, 65535), "Port of the local broker's client listener (127.0.0.1).", "Local stack"),
     Var("TALLY_BROKER_HEAP_MB", "broker_heap_mb", "512", _int(128), "Java heap of the local Kafka broker, in MiB.", "Local stack"),
     Var("TALLY_CLICKHOUSE_URL", "clickhouse_url", "", _url, "URL of a ClickHouse server (e.g. http://user:pass@host:8123/db). Empty: embedded ClickHouse (chDB) under the state directory, owned by the sink.", "Local stack"),
-    Var("TALLY_QUERY_PORT", "query_port", "8124", _int(1, 65535), "Port of the sink's read-only query endpoint, through which `tally query` reaches the embedded warehouse while the stack runs.", "Local stack"),
-    Var("TALLY_QUERY_HOST", "query_host", "127.0.0.1", _str, "Address the sink's query endpoint listens on. Loopback by default: it serves analysts' SQL.", "Local stack"),
+    Var("TALLY_QUERY_PORT", "query_port", "8124", _int(1, 65535), "Port of the sink's HTTP endpoint: `/healthz` and `/metrics`, and analysts' SQL only when TALLY_QUERY_TOKEN is set. `tally query` reaches the embedded warehouse through the sink's Unix socket `<state>/run/warehouse.sock`, not through this port.", "Local stack"),
+    Var("TALLY_QUERY_HOST", "query_host", "127.0.0.1", _str, "Address the sink's HTTP endpoint listens on.", "Local stack"),
     Var("TALLY_LOG_LEVEL", "log_level", "info", _choice("debug", "info", "warning", "error"), "Log level of every component.", "Local stack"),
     # Kafka
     Var("TALLY_TOPIC_PREFIX", "topic_prefix", "tally.", _str, "Prefix of every topic name; lets several stacks share one cluster.", "Kafka"),
@@ -138,7 +161,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_COLLECTOR_PORT", "collector_port", "8000", _int(1, 65535), "Port the collector listens on.", "Collector"),
     Var("TALLY_ALLOWED_SITES", "allowed_sites", "localhost,example.com", _csv, "Comma-separated sites (hostnames) the collector accepts beacons for. Empty rejects everything.", "Collector"),
     Var("TALLY_TRUSTED_PROXIES", "trusted_proxies", "", _cidrs, "Comma-separated IPs/CIDRs of reverse proxies whose X-Forwarded-For is believed.", "Collector"),
-    Var("TALLY_EDGE_SECRET", "edge_secret", "", _str, "Secret key for the collector's IP pseudonym. Empty: generated once and kept in the state directory (mode 0600).", "Collector"),
+    Var("TALLY_EDGE_SECRET", "edge_secret", "", _str, "Secret key for the collector's IP pseudonym. Empty: generated once and kept in the state directory (mode 0600).", "Collector", secret=True),
     Var("TALLY_CORS_ORIGINS", "cors_origins", "*", _csv, "Origins allowed to send beacons from browsers (Access-Control-Allow-Origin): `*` for any, or comma-separated origins such as https://example.com.", "Collector"),
     Var("TALLY_HONOR_GPC", "honor_gpc", "true", _bool, "Drop beacons (answering 204) from browsers that send `Sec-GPC: 1`.", "Collector"),
     Var("TALLY_HONOR_DNT", "honor_dnt", "false", _bool, "Drop beacons (answering 204) from browsers that send `DNT: 1`.", "Collector"),
@@ -168,6 +191,24 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_RAW_RETENTION_DAYS", "raw_retention_days", "540", _int(1), "TTL of raw pageview rows in ClickHouse, in days.", "Sink"),
     Var("TALLY_PRODUCT_RETENTION_DAYS", "product_retention_days", "90", _int(1), "TTL of raw product usage events in ClickHouse, in days.", "Sink"),
     Var("TALLY_BAD_ROWS_RETENTION_DAYS", "bad_rows_retention_days", "30", _int(1), "TTL of bad rows in ClickHouse and of the bad-rows topic, in days.", "Sink"),
+    # Analyst access (docs/api.md, docs/analysts.md)
+    Var("TALLY_ANALYST_MAX_SECONDS", "analyst_max_seconds", "30", _int(1, 3600), "Longest run time of one analyst query (`tally query`, the Stats API): ClickHouse's max_execution_time, enforced by the engine.", "Analyst access"),
+    Var("TALLY_ANALYST_MAX_MEMORY_MB", "analyst_max_memory_mb", "1024", _int(16), "Most memory one analyst query may use (max_memory_usage).", "Analyst access"),
+    Var("TALLY_ANALYST_MAX_ROWS_TO_READ", "analyst_max_rows_to_read", "1000000000", _int(1000), "Most rows one analyst query may read (max_rows_to_read).", "Analyst access"),
+    Var("TALLY_ANALYST_MAX_RESULT_ROWS", "analyst_max_result_rows", "1000000", _int(1), "Most rows one analyst query may return (max_result_rows).", "Analyst access"),
+    Var("TALLY_ANALYST_MAX_RESULT_MB", "analyst_max_result_mb", "100", _int(1), "Most bytes one analyst query may return, in MiB (max_result_bytes, and the size of the answer the sink sends).", "Analyst access"),
+    Var("TALLY_ANALYST_CONCURRENCY", "analyst_concurrency", "2", _int(1, 64), "Analyst queries the sink runs at once, each on its own read-only session in its own thread (ingestion never waits for them). More wait in line; past 8 per slot the sink answers 503.", "Analyst access"),
+    Var("TALLY_ANALYST_THREADS", "analyst_threads", "2", _int(1, 64), "Threads one analyst query may use (max_threads). The sink runs analyst queries at a lower CPU priority than ingestion.", "Analyst access"),
+    Var("TALLY_QUERY_TOKEN", "query_token", "", _str, "Bearer token that opens the sink's TCP endpoint to analysts' SQL (`POST /v1/sql`, guarded like the socket). Empty (the default): no SQL on TCP. At least 32 characters.", "Analyst access", secret=True),
+    Var("TALLY_QUERY_ALLOWED_HOSTS", "query_allowed_hosts", "localhost,127.0.0.1,[::1]", _csv, "Host header values the sink's TCP SQL endpoint accepts (DNS-rebinding guard); requests carrying an Origin header are refused.", "Analyst access"),
+    Var("TALLY_ANALYST_CLICKHOUSE_URL", "analyst_clickhouse_url", "", _url, "Server mode: URL of the read-only analyst user (`tally query`, `tally reconcile`). `tally migrate` creates that user, with the analyst limits and SELECT on the analyst tables only; the sink's credentials are never used for reading.", "Analyst access"),
+    # Dashboard and Stats API
+    Var("TALLY_DASHBOARD_HOST", "dashboard_host", "127.0.0.1", _str, "Address `tally dashboard` (the Stats API) listens on.", "Dashboard and API"),
+    Var("TALLY_DASHBOARD_PORT", "dashboard_port", "8001", _int(1, 65535), "Port `tally dashboard` listens on.", "Dashboard and API"),
+    Var("TALLY_DASHBOARD_ALLOWED_HOSTS", "dashboard_allowed_hosts", "localhost,127.0.0.1,[::1]", _csv, "Host header values the dashboard answers (DNS-rebinding guard); add the public hostname when it is exposed.", "Dashboard and API"),
+    Var("TALLY_DASHBOARD_CLICKHOUSE_URL", "dashboard_clickhouse_url", "", _url, "Server mode: URL of the dashboard's read-only user (the analyst grants plus reading `api_keys`). `tally migrate` creates it.", "Dashboard and API"),
+    Var("TALLY_API_RATE_LIMIT_PER_HOUR", "api_rate_limit_per_hour", "600", _int(1), "Requests per hour each API key may make (token bucket); beyond it the API answers 429.", "Dashboard and API"),
+    Var("TALLY_API_RATE_LIMIT_BURST", "api_rate_limit_burst", "60", _int(1), "Requests an API key may make at once before the hourly rate applies.", "Dashboard and API"),
     Var("TALLY_TEST_SINK_CRASH_AFTER_INSERT", "test_sink_crash_after_insert", "0", _bool, "Test hook: the sink kills itself (SIGKILL) after its first insert and before committing the offsets. Never set in production.", "Sink"),
     Var("TALLY_TEST_SINK_OUTAGE_FILE", "test_sink_outage_file", "", _str, "Test hook: while this file exists, every sink insert fails as if ClickHouse were unreachable. Never set in production.", "Sink"),
 )
@@ -228,6 +269,22 @@ class Settings:
     raw_retention_days: int = 540
     product_retention_days: int = 90
     bad_rows_retention_days: int = 30
+    analyst_max_seconds: int = 30
+    analyst_max_memory_mb: int = 1024
+    analyst_max_rows_to_read: int = 1_000_000_000
+    analyst_max_result_rows: int = 1_000_000
+    analyst_max_result_mb: int = 100
+    analyst_concurrency: int = 2
+    analyst_threads: int = 2
+    query_token: str = ""
+    query_allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
+    analyst_clickhouse_url: str = ""
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8001
+    dashboard_allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
+    dashboard_clickhouse_url: str = ""
+    api_rate_limit_per_hour: int = 600
+    api_rate_limit_burst: int = 60
     env: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -241,8 +298,27 @@ class Settings:
             except ValueError as exc:
                 raise SettingsError(f"{var.env}: {exc}") from None
         values["state_dir"] = Path(values["state_dir"]).expanduser().absolute()
+        if values["query_token"] and len(values["query_token"]) < 32:
+            raise SettingsError("TALLY_QUERY_TOKEN: must be at least 32 characters (it opens analysts' SQL on TCP)")
         tally_env = {k: v for k, v in environ.items() if k.startswith("TALLY_")}
         return cls(**values, env=tally_env)
+
+    def public_env(self) -> dict[str, str]:
+        """The TALLY_* variables without secrets: secret variables left out, passwords
+        removed from URLs. What may be written to a file or printed."""
+        secret = {v.env for v in VARIABLES if v.secret}
+        return {k: strip_password(v) for k, v in self.env.items() if k not in secret}
+
+    def public_values(self) -> dict[str, str]:
+        """Every setting as text for `tally config check`, secrets masked."""
+        secret = {v.attr for v in VARIABLES if v.secret}
+        out = {}
+        for f in fields(self):
+            if f.name == "env":
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = ("***" if value else "") if f.name in secret else mask_password(str(value))
+        return out
 
     @property
     def bootstrap(self) -> str:
@@ -268,6 +344,11 @@ class Settings:
     @property
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    @property
+    def socket_path(self) -> Path:
+        """The sink's Unix socket: the warehouse's read service in embedded mode (mode 0600)."""
+        return self.run_dir / "warehouse.sock"
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

@@ -25,3 +25,10 @@ def file_secret(path: Path, nbytes: int = 32) -> bytes:
     finally:
         tmp.unlink()
     return bytes.fromhex(path.read_text().strip())
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and parents) and make it readable by its owner only (0700)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path

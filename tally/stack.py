@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tally.config import Settings
+from tally.config import Settings, mask_password
 
 
 @dataclass
@@ -96,14 +96,23 @@ COMPONENTS: list[Component] = [
               lambda s: f"{s.broker} broker on {s.bootstrap}"),
     Component("sink", _tally("sink"),
               lambda s: http_ok(f"http://{s.query_host}:{s.query_port}/healthz"),
-              lambda s: f"sink -> {'embedded ClickHouse ' + str(s.clickhouse_dir) if s.embedded_clickhouse else s.clickhouse_url}; "
-                        f"query endpoint http://{s.query_host}:{s.query_port}"),
+              lambda s: f"sink -> {'embedded ClickHouse ' + str(s.clickhouse_dir) if s.embedded_clickhouse else mask_password(s.clickhouse_url)}; "
+                        f"health on http://{s.query_host}:{s.query_port}"
+                        + (f"; warehouse socket {s.socket_path}" if s.embedded_clickhouse else "")),
     Component("worker", _tally("worker"), worker_ready,
               lambda s: f"stream worker (app id {s.app_id})"),
     Component("collector", _tally("collector"),
               lambda s: http_ok(f"http://{s.collector_host}:{s.collector_port}/healthz"),
               lambda s: f"collector on http://{s.collector_host}:{s.collector_port}"),
+    Component("dashboard", _tally("dashboard"),
+              lambda s: http_ok(f"http://{_loopback(s.dashboard_host)}:{s.dashboard_port}/healthz"),
+              lambda s: f"Stats API on http://{s.dashboard_host}:{s.dashboard_port}"),
 ]
+
+
+def _loopback(host: str) -> str:
+    """Where to probe a listener: a wildcard address is reached on loopback."""
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
 def components(s: Settings) -> list[Component]:
@@ -140,6 +149,15 @@ def running_pid(s: Settings, name: str) -> int | None:
         path.unlink(missing_ok=True)
         return None
     return pid
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (mode 0600 from creation, also when it existed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
 
 
 def spawn(s: Settings, comp: Component, env: dict[str, str]) -> int:

@@ -81,6 +81,7 @@ def main() -> None:
                 else:
                     sql, body = body.decode(), b""
             settings = {k: v for k, v in params.items() if k not in TRANSPORT and not k.startswith("param_")}
+            query_params = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
             conn = chdb.connect(data_dir)
             tmp = None
             try:
@@ -104,7 +105,7 @@ def main() -> None:
                     fmt = f[1] if f else params.get("default_format", "TabSeparated")
                     if f:
                         sql = sql[:f.start()]
-                res = conn.query(sql, fmt)
+                res = conn.query(sql, fmt, params=query_params)
                 out = res.bytes() if res is not None else b""
                 summary = {"read_rows": "0", "written_rows": "0"}
                 self._reply(200, out, {"X-ClickHouse-Format": fmt, "X-ClickHouse-Timezone": "UTC",

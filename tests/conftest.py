@@ -161,6 +161,7 @@ def tally_env(broker: Broker, tmp_path: Path) -> Env:
         "TALLY_APP_ID": f"tally-test-{tag}",
         "TALLY_COLLECTOR_PORT": str(free_port()),
         "TALLY_QUERY_PORT": str(free_port()),
+        "TALLY_DASHBOARD_PORT": str(free_port()),
         "TALLY_ALLOWED_SITES": "example.com,localhost",
         "TALLY_SINK_BATCH_SECONDS": "0.2",
         "TALLY_LOG_LEVEL": "info",

@@ -19,7 +19,7 @@ TALLY_SERVICES = [n for n, s in SERVICES.items() if s.get("image") == "tally:lat
 
 
 def test_has_the_production_stack():
-    assert {"kafka", "schema-registry", "clickhouse", "collector", "worker", "sink"} <= set(SERVICES)
+    assert {"kafka", "schema-registry", "clickhouse", "collector", "worker", "sink", "dashboard"} <= set(SERVICES)
     assert SERVICES["worker"]["deploy"]["replicas"] >= 2
     assert "KRaft" in (REPO / "docker-compose.yml").read_text() or \
         SERVICES["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
@@ -43,8 +43,13 @@ def test_values_parse_with_the_code_validation():
     for name in TALLY_SERVICES:
         env = {k: interpolate(str(v)) for k, v in SERVICES[name]["environment"].items()}
         s = Settings.from_env(env)
-        assert s.clickhouse_url.startswith("http://tally:tally@clickhouse:8123"), name
         assert not s.local_broker and not s.embedded_clickhouse, name
+        if name == "dashboard":  # reads with its own user, never with the sink's credentials
+            assert "@" not in s.clickhouse_url and s.dashboard_clickhouse_url.startswith("http://tally_dashboard:")
+            assert s.dashboard_host == "0.0.0.0" and s.dashboard_port == 8001
+        else:
+            assert s.clickhouse_url.startswith("http://tally:tally@clickhouse:8123"), name
+        assert s.analyst_clickhouse_url.startswith("http://tally_analyst:"), name
 
 
 def test_commands_are_real_tally_commands():

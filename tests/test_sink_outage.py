@@ -97,7 +97,8 @@ def test_server_mode_real_outage(tally_env, spawn, tmp_path):
 
     server = start_server()
     try:
-        env = Env({**tally_env.vars, "TALLY_CLICKHOUSE_URL": f"http://127.0.0.1:{port}"})
+        env = Env({**tally_env.vars, "TALLY_CLICKHOUSE_URL": f"http://127.0.0.1:{port}",
+                   "TALLY_ANALYST_CLICKHOUSE_URL": f"http://tally_analyst:analyst@127.0.0.1:{port}"})
         s = env.settings
         sink = spawn(env, "sink")
         wait_for(lambda: http_ok(f"http://127.0.0.1:{s.query_port}/healthz"), 60, "sink endpoint")
@@ -122,10 +123,10 @@ def test_server_mode_real_outage(tally_env, spawn, tmp_path):
         assert query_rows(s, "SELECT count(), uniqExact(event_id) FROM pageviews")[0] == [expected, expected]
         assert int(query_rows(s, "SELECT sum(count) FROM drops")[0][0]) == 6
         assert metric(s.query_port, "tally_sink_paused") == 0
-        # Analysts' SQL against the server is read-only too (readonly=1 on every request).
+        # Analysts' SQL against the server passes the guard too (and the analyst user is read-only).
         out = subprocess.run([sys.executable, "-m", "tally.cli", "query", "DROP TABLE pageviews"], cwd=REPO,
                              env=env.child_env(), capture_output=True, text=True, timeout=60)
-        assert out.returncode == 1 and "readonly" in out.stderr.lower(), out.stderr
+        assert out.returncode == 1 and "refused" in out.stderr.lower(), out.stderr
         assert query_rows(s, "SELECT count() FROM pageviews")[0][0] == expected
     finally:
         if server.poll() is None:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from tally.sinks.query import SinkSocket
 
 from tally.stack import http_ok
 from tests.conftest import REPO, wait_for
@@ -27,13 +27,9 @@ def tally(env, *args: str) -> subprocess.CompletedProcess:
 
 
 def endpoint(s, sql: str) -> tuple[int, str]:
-    req = urllib.request.Request(f"http://127.0.0.1:{s.query_port}/query",
-                                 data=json.dumps({"sql": sql, "format": "JSONCompact"}).encode())
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+    """The sink's read service, over its Unix socket."""
+    status, body = SinkSocket(s.socket_path).request("POST", "/v1/sql", {"sql": sql, "format": "JSONCompact"})
+    return status, body.decode()
 
 
 WRITES = [
@@ -144,16 +140,16 @@ def test_sink_stores_every_topic_exactly(tally_env, spawn):
     drift = json.loads(out.stdout)["drift"]
     assert len(drift) == 1 and drift[0]["agg_pageviews"] - drift[0]["raw_pageviews"] == 2
 
-    # Read-only: writes through the endpoint and through `tally query` are refused by the engine.
+    # Read-only: writes through the socket and through `tally query` are refused by the guard
+    # before they reach the engine (which runs analyst sessions with readonly = 1 as well).
     for sql in WRITES:
         status, body = endpoint(s, sql)
-        assert status == 400 and "readonly" in body.lower(), (sql, status, body)
+        assert status == 400 and json.loads(body)["refused"], (sql, status, body)
         out = tally(tally_env, "query", sql)
-        assert out.returncode == 1 and "readonly" in out.stderr.lower(), (sql, out.stderr)
-    # A bare SET cannot lift it either (refused), and the session stays read-only afterwards.
+        assert out.returncode == 1 and "refused" in out.stderr.lower(), (sql, out.stderr)
+    # A bare SET cannot lift it either (refused).
     assert endpoint(s, "SET readonly = 0")[0] == 400
     assert tally(tally_env, "query", "SET readonly = 0").returncode == 1
-    assert "readonly" in endpoint(s, WRITES[0])[1].lower()
     assert query_rows(s, "SELECT count() FROM pageviews")[0][0] == expected_rows
     assert sink.alive(), sink.output()[-3000:]
     assert "decoding record by record" in sink.output()
@@ -161,7 +157,7 @@ def test_sink_stores_every_topic_exactly(tally_env, spawn):
     # Stack down: `tally query` opens chDB itself, still read-only.
     sink.stop()
     out = tally(tally_env, "query", "DROP TABLE pageviews")
-    assert out.returncode == 1 and "readonly" in out.stderr.lower(), out.stderr
+    assert out.returncode == 1 and "refused" in out.stderr.lower(), out.stderr
     assert query_rows(s, "SELECT count() FROM pageviews")[0][0] == expected_rows
 
     # A retention change reaches the table on the next migrate (ALTER ... MODIFY TTL).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -32,6 +33,8 @@ def stack_env(tmp_path: Path, broker: str = "kafka") -> dict[str, str]:
         "TALLY_BROKER_PORT": str(free_port_pair()),
         "TALLY_COLLECTOR_PORT": str(free_port()),
         "TALLY_QUERY_PORT": str(free_port()),
+        "TALLY_DASHBOARD_PORT": str(free_port()),
+        "TALLY_EDGE_SECRET": "edge-secret-for-the-stack-test",
         "TALLY_TOPIC_PARTITIONS": "3",
         "TALLY_SINK_BATCH_SECONDS": "0.2",
         "TALLY_ALLOWED_SITES": "stack.test",
@@ -71,8 +74,13 @@ def test_up_query_down_and_broker_persistence(tmp_path):
     try:
         up = tally(env, "up")
         assert up.returncode == 0, up.stderr
-        for name in ("broker", "sink", "worker", "collector"):
+        for name in ("broker", "sink", "worker", "collector", "dashboard"):
             assert f"started {name}" in up.stderr
+        # What `up` keeps for later commands is its owner's only, and holds no secret.
+        saved = state / "run" / "env.json"
+        assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+        assert "edge-secret-for-the-stack-test" not in saved.read_text() + up.stdout + up.stderr
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
 
         # Retention setting given to `up` reached the sink, which created the table with it.
         ddl = query_rows(settings, "SHOW CREATE TABLE pageviews")[0][0]
@@ -82,14 +90,15 @@ def test_up_query_down_and_broker_persistence(tmp_path):
         assert elapsed < 10  # acceptance: visible through tally query within 10 s
 
         again = tally(env, "up")
-        assert again.returncode == 0 and again.stderr.count("already running") == 4
+        assert again.returncode == 0 and again.stderr.count("already running") == 5
 
         # status finds the stack from the state dir alone (ports come from run/env.json).
         bare = {k: v for k, v in env.items() if k not in ("TALLY_COLLECTOR_PORT", "TALLY_QUERY_PORT",
-                                                          "TALLY_BROKER_PORT")}
+                                                          "TALLY_BROKER_PORT", "TALLY_DASHBOARD_PORT",
+                                                          "TALLY_EDGE_SECRET")}
         status = json.loads(tally(bare, "status", "--json").stdout)
         comps = {c["component"]: c for c in status["components"]}
-        assert set(comps) == {"broker", "sink", "worker", "collector"}
+        assert set(comps) == {"broker", "sink", "worker", "collector", "dashboard"}
         assert all(c["ready"] for c in comps.values()), comps
         groups = {g["group"]: g for g in status["groups"]}
         stream = groups[settings.app_id]

@@ -97,15 +97,18 @@ GROUP BY device
 ORDER BY pageviews DESC, device;
 
 -- Product adoption (seed 003): the five event families, each with its event
--- count and active workspaces in the window, and a last row `all` with the
--- active workspaces across the five. A family with no events shows 0 (FR-010).
+-- count, active workspaces and last event time (freshness) in the window, and a
+-- last row `all` with the active workspaces across the five. A family with no
+-- events shows 0 (FR-010) and no last event time. `tenant = '*'` is every tenant
+-- (as in the aggregates); adoption_summary is that view for all tenants.
+--   SELECT * FROM adoption_by_tenant(tenant = 't1', date_from = '2026-11-01', date_to = '2026-11-30')
 --   SELECT * FROM adoption_summary(date_from = '2026-11-01', date_to = '2026-11-30')
-CREATE OR REPLACE VIEW adoption_summary AS
-SELECT family, label, events, active_workspaces
+CREATE OR REPLACE VIEW adoption_by_tenant AS
+SELECT family, label, events, active_workspaces, last_event_at
 FROM
 (
     SELECT fam.family AS family, fam.label AS label, fam.position AS position,
-           e.events AS events, e.active_workspaces AS active_workspaces
+           e.events AS events, e.active_workspaces AS active_workspaces, e.last_event_at AS last_event_at
     FROM
     (
         SELECT tupleElement(f, 1) AS family, tupleElement(f, 2) AS label, tupleElement(f, 3) AS position
@@ -113,18 +116,25 @@ FROM
     ) AS fam
     LEFT JOIN
     (
-        SELECT feature_area, count() AS events, uniqExact(tenant_id, workspace_id) AS active_workspaces
+        SELECT feature_area, count() AS events, uniqExact(tenant_id, workspace_id) AS active_workspaces,
+               toNullable(max(occurred_at)) AS last_event_at
         FROM product_events
-        WHERE toDate(occurred_at) BETWEEN {date_from:Date} AND {date_to:Date}
+        WHERE ({tenant:String} = '*' OR tenant_id = {tenant:String})
+          AND toDate(occurred_at) BETWEEN {date_from:Date} AND {date_to:Date}
         GROUP BY feature_area
     ) AS e ON e.feature_area = fam.family
     UNION ALL
-    SELECT 'all', 'All five families', 1000, count(), uniqExact(tenant_id, workspace_id)
+    SELECT 'all', 'All five families', 1000, count(), uniqExact(tenant_id, workspace_id),
+           if(count() = 0, NULL, toNullable(max(occurred_at)))
     FROM product_events
-    WHERE toDate(occurred_at) BETWEEN {date_from:Date} AND {date_to:Date}
+    WHERE ({tenant:String} = '*' OR tenant_id = {tenant:String})
+      AND toDate(occurred_at) BETWEEN {date_from:Date} AND {date_to:Date}
       AND feature_area IN {family_names}
 )
 ORDER BY position;
+
+CREATE OR REPLACE VIEW adoption_summary AS
+SELECT * FROM adoption_by_tenant(tenant = '*', date_from = {date_from:Date}, date_to = {date_to:Date});
 
 -- Bad rows, each once. A stage that crashes after sending a bad row and before
 -- committing its input re-reads the record and sends the same bad row again

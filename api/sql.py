@@ -1,0 +1,172 @@
+"""SQL for a typed Stats API query: never user SQL, values only as query parameters.
+
+Two sources, chosen per query:
+
+- the stream's aggregates (`aggregates` FINAL, summed over stream partitions, as the
+  analysts' views and `tally reconcile` read them) when they answer the question:
+  no filters, whole UTC days, metrics `visitors`/`pageviews`, and no dimension, a
+  time dimension (`site_day`, `site_hour`), or `event:page` with `pageviews` only
+  (`path_day`). Visitors over several days are the sum of daily visitors, which is
+  what they are when the visitor salt rotates daily (the default): with a monthly
+  salt such queries read the raw rows instead;
+- otherwise the raw rows (`pageviews` FINAL, so a replayed event counts once):
+  visitors are `uniqExact(visitor_id)`, pageviews the events named `pageview`.
+
+The query text depends only on the query's shape, not on its values (site, dates,
+filter clauses, page), so the SQL guard checks each shape once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tally.api.request import Branch, Filter, Range, StatsQuery
+from tally.api.vocabulary import EXPRESSIONS
+
+RAW_METRICS = {"visitors": "uniqExact(visitor_id)", "pageviews": "countIf(event = 'pageview')", "events": "count()"}
+AGG_METRICS = {"visitors": "sum(uniques)", "pageviews": "sum(count)"}
+TIME_FORMATS = {  # bucket label of a UTC timestamp column, as Plausible prints them
+    "time:hour": "formatDateTime(toStartOfHour({c}), '%Y-%m-%d %H:00:00', 'UTC')",
+    "time:day": "toString(toDate({c}))",
+    "time:week": "toString(greatest(toMonday(toDate({c})), toDate({{week_floor:String}})))",
+    "time:month": "toString(toStartOfMonth({c}))",
+}
+
+
+@dataclass
+class Sql:
+    text: str
+    params: dict[str, Any] = field(default_factory=dict)
+    dimensions: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()  # columns after the dimensions, in this order
+    total_rows: bool = False  # a last column with the row count before LIMIT
+
+
+def metric_columns(metrics: tuple[str, ...]) -> tuple[str, ...]:
+    """The metrics a query selects: `percentage` is computed from `visitors`."""
+    cols = [m for m in metrics if m != "percentage"]
+    if "percentage" in metrics and "visitors" not in cols:
+        cols.append("visitors")
+    return tuple(cols)
+
+
+def aggregate_kind(q: StatsQuery, rng: Range, extra: Filter | None, salt_period: str) -> str | None:
+    """The aggregate kind that answers this query exactly, or None (read the raw rows)."""
+    cols = metric_columns(q.metrics)
+    if q.filters or extra is not None or not set(cols) <= set(AGG_METRICS):
+        return None
+    if q.dimensions == ("time:hour",) and rng.first.minute == rng.first.second == 0 and rng.end.minute == rng.end.second == 0:
+        return "site_hour"
+    if not rng.whole_days:
+        return None
+    multi_day = rng.days() > 1 or q.dimensions in (("time:week",), ("time:month",))
+    if "visitors" in cols and multi_day and salt_period != "day" and q.dimensions != ("time:day",):
+        return None
+    if q.dimensions in ((), ("time:day",), ("time:week",), ("time:month",)):
+        return "site_day"
+    if q.dimensions == ("event:page",) and cols == ("pageviews",):
+        return "path_day"
+    return None
+
+
+class Builder:
+    def __init__(self, q: StatsQuery, salt_period: str = "day") -> None:
+        self.q = q
+        self.salt_period = salt_period
+        self.params: dict[str, Any] = {}
+
+    def param(self, value: Any, ptype: str) -> str:
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return f"{{{name}:{ptype}}}"
+
+    def build(self, rng: Range, extra: Filter | None = None, totals: bool = False, paginate: bool = True) -> Sql:
+        """The query over `rng`, with `extra` ANDed to the filters. totals=True: the visitors
+        of the whole filtered set, no dimensions (the denominator of `percentage`)."""
+        q = replace(self.q, dimensions=(), metrics=("visitors",)) if totals else self.q
+        dims = q.dimensions
+        kind = aggregate_kind(q, rng, extra, self.salt_period)
+        self.params = {"site": q.site, "t0": _ts(rng.first), "t1": _ts(rng.end), "week_floor": str(rng.first_day)}
+        cols = metric_columns(q.metrics)
+        if kind is not None:
+            time_col = "window_start"
+            dim_sql = [("dimension" if d == "event:page" else TIME_FORMATS[d].format(c=time_col)) for d in dims]
+            metric_sql = [AGG_METRICS[m] for m in cols]
+            source = "aggregates FINAL"
+            where = [f"kind = '{kind}'", "scope = {site:String}",
+                     "window_start >= toDateTime64({t0:String}, 3, 'UTC')", "window_start < toDateTime64({t1:String}, 3, 'UTC')"]
+        else:
+            time_col = "received_at"
+            dim_sql = [TIME_FORMATS[d].format(c=time_col) if d.startswith("time") else EXPRESSIONS[d] for d in dims]
+            metric_sql = [RAW_METRICS[m] for m in cols]
+            source = "pageviews FINAL"
+            where = ["site = {site:String}", "received_at >= toDateTime64({t0:String}, 3, 'UTC')",
+                     "received_at < toDateTime64({t1:String}, 3, 'UTC')"]
+            for f in (*q.filters, *([extra] if extra is not None else [])):
+                where.append(self.condition(f))
+        if not any(d == "time:week" for d in dims):
+            self.params.pop("week_floor")
+        select = [f"{sql} AS d{i}" for i, sql in enumerate(dim_sql)] + [f"toInt64({sql}) AS m_{m}" for m, sql in zip(cols, metric_sql, strict=True)]
+        want_total = paginate and q.total_rows and bool(dims)
+        if want_total:
+            select.append("toInt64(count() OVER ()) AS total_rows")
+        text = f"SELECT {', '.join(select)} FROM {source} WHERE {' AND '.join(where)}"
+        if dims:
+            text += f" GROUP BY {', '.join(f'd{i}' for i in range(len(dims)))}"
+            text += f" ORDER BY {self.order(dims, cols)}"
+            if paginate:
+                text += " LIMIT {limit:UInt64} OFFSET {offset:UInt64}"
+                self.params.update(limit=q.limit, offset=q.offset)
+        return Sql(text, dict(self.params), dims, cols, want_total)
+
+    def order(self, dims: tuple[str, ...], cols: tuple[str, ...]) -> str:
+        terms, used = [], set()
+        for key, direction in self.q.order_by:
+            if key in dims:
+                alias = f"d{dims.index(key)}"
+            else:
+                alias = f"m_{'visitors' if key == 'percentage' else key}"
+                if alias[2:] not in cols:
+                    continue
+            if alias not in used:
+                used.add(alias)
+                terms.append(f"{alias} {direction.upper()}")
+        terms += [f"d{i} ASC" for i in range(len(dims)) if f"d{i}" not in used]  # a stable order for ties
+        return ", ".join(terms)
+
+    def condition(self, f: Filter) -> str:
+        if isinstance(f, Branch):
+            parts = [self.condition(c) for c in f.children]
+            if f.op == "not":
+                return f"NOT ({parts[0]})"
+            return "(" + f" {f.op.upper()} ".join(parts) + ")"
+        expr = EXPRESSIONS[f.dimension]
+        clauses = list(f.clauses)
+        if not f.case_sensitive:
+            expr, clauses = f"lowerUTF8({expr})", [c.lower() for c in clauses]
+        values = self.param(clauses, "Array(String)")
+        positive = f.op in ("is", "contains", "matches")
+        if f.op in ("is", "is_not"):
+            test = f"{expr} IN {values}"
+        elif f.op in ("contains", "contains_not"):
+            test = f"multiSearchAnyUTF8({expr}, {values})"
+        else:
+            test = f"arrayExists(pattern -> match({expr}, pattern), {values})"
+        return test if positive else f"NOT ({test})"
+
+
+def _ts(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def realtime_sql() -> Sql:
+    """Plausible's realtime visitors: unique visitors of the last 5 minutes."""
+    return Sql("SELECT toInt64(uniqExact(visitor_id)) FROM pageviews WHERE site = {site:String} "
+               "AND received_at >= now64(3, 'UTC') - INTERVAL 5 MINUTE", {})
+
+
+def first_day_sql() -> Sql:
+    """The site's first day with data, for date_range "all" (from the small aggregates table)."""
+    return Sql("SELECT toString(min(toDate(window_start))), count() FROM aggregates "
+               "WHERE kind = 'site_day' AND scope = {site:String}", {})

@@ -1,0 +1,55 @@
+"""Plausible's Stats API: `POST /api/v2/query` and `GET /api/v1/stats/realtime/visitors`."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from aiohttp import web
+from tally.api.request import RequestError, parse_request
+from tally.api.runner import Runner
+from tally.api.server import (
+    SETTINGS,
+    ApiError,
+    answer,
+    authorize,
+    json_body,
+    now,
+    require_site,
+    rows,
+)
+from tally.api.sql import Sql, first_day_sql, realtime_sql
+
+
+async def first_day(request: web.Request, site: str) -> date | None:
+    sql = first_day_sql()
+    found = await rows(request, Sql(sql.text, {"site": site}))
+    return date.fromisoformat(found[0][0]) if found and int(found[0][1]) > 0 else None
+
+
+async def query(request: web.Request) -> web.Response:
+    key = await authorize(request)
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "#: Type mismatch. Expected Object.")
+    site = require_site(key, body.get("site_id"))
+    today = now(request).date()
+    start = await first_day(request, site) if body.get("date_range") == "all" else None
+    try:
+        q = parse_request(body, today, start)
+    except RequestError as exc:
+        raise ApiError(400, str(exc)) from None
+    runner = Runner(q, lambda sql: rows(request, sql), request.app[SETTINGS].salt_period)
+    return answer(await runner.run(now(request)))
+
+
+async def realtime_visitors(request: web.Request) -> web.Response:
+    key = await authorize(request)
+    site = require_site(key, request.query.get("site_id"))
+    sql = realtime_sql()
+    found = await rows(request, Sql(sql.text, {"site": site}))
+    return answer(int(found[0][0]) if found else 0)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/api/v2/query", query)
+    app.router.add_get("/api/v1/stats/realtime/visitors", realtime_visitors)

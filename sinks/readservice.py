@@ -1,0 +1,320 @@
+"""The sink's read service: how everyone else reaches the embedded warehouse.
+
+chDB allows one process per data directory and the sink owns it, so `tally
+query`, `tally reconcile`, `tally api-key` and the dashboard come here. Who can
+reach what:
+
+- Unix socket `<state>/run/warehouse.sock`, mode 0600 in a 0700 directory: only
+  the sink's own OS user. No web page can send to it, no other local user can
+  open it. Serves guarded SQL (`POST /v1/sql`) and the typed API-key operations.
+- TCP `TALLY_QUERY_HOST:TALLY_QUERY_PORT` (loopback): `/healthz` and `/metrics`
+  only. Analysts' SQL is served there too only when TALLY_QUERY_TOKEN is set,
+  and then only with `Authorization: Bearer <token>`, a Host header from
+  TALLY_QUERY_ALLOWED_HOSTS, no Origin header and a JSON body.
+
+Every query passes the SQL guard (sinks/sqlguard.py) and runs on a pool of
+TALLY_ANALYST_CONCURRENCY threads, each with its own read-only session carrying
+the analyst limits, at a lower CPU priority: the ingestion thread never waits for
+an analyst query (no shared lock), and the engine cuts off a query that runs too
+long, uses too much memory, or reads or returns too much.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import uvloop
+from aiohttp import web
+from clickhouse_connect.driver.client import Client
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from tally.sinks import keystore
+from tally.sinks.query import FORMATS, AnalystSession, QueryError
+from tally.sinks.sqlguard import Guard
+from tally.sinks.warehouse import connect
+
+from tally.config import Settings
+from tally.secrets import private_dir
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 512 * 1024
+QUEUE_PER_SLOT = 8
+CONTENT_TYPES = {"JSON": "application/json", "JSONCompact": "application/json", "JSONEachRow": "application/x-ndjson",
+                 "CSVWithNames": "text/csv", "TabSeparatedWithNames": "text/tab-separated-values"}
+
+QUERIES = Counter("tally_analyst_queries_total", "Analyst queries by outcome (ok, refused, failed, busy).",
+                  ["outcome"])
+
+
+class Busy(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
+def error(status: int, message: str, **extra: Any) -> Answer:
+    return Answer(status, json.dumps({"error": message, **extra}).encode())
+
+
+class AnalystPool:
+    """Runs analyst queries on their own threads, each with its own read-only chDB session."""
+
+    def __init__(self, settings: Settings, guard: Guard) -> None:
+        self.settings = settings
+        self.guard = guard
+        self.slots = settings.analyst_concurrency
+        self.executor = ThreadPoolExecutor(self.slots, thread_name_prefix="analyst", initializer=self._init_thread)
+        self.local = threading.local()
+        self.pending = 0
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def _init_thread() -> None:
+        with contextlib.suppress(OSError):  # nice 10, this thread only: under CPU pressure inserts go first
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+    def session(self) -> AnalystSession:
+        session = getattr(self.local, "session", None)
+        if session is None:
+            session = self.local.session = AnalystSession(self.settings, self.guard)
+        return session
+
+    async def run(self, fn: Callable[[], Answer]) -> Answer:
+        with self.lock:
+            if self.pending >= self.slots * QUEUE_PER_SLOT:
+                QUERIES.labels(outcome="busy").inc()
+                return error(503, f"{self.pending} analyst queries are waiting; try again shortly")
+            self.pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+        finally:
+            with self.lock:
+                self.pending -= 1
+
+    def sql(self, sql: str, fmt: str, params: dict[str, Any]) -> Answer:
+        try:
+            out = self.session().run(sql, fmt, params)
+        except QueryError as exc:
+            QUERIES.labels(outcome="refused" if exc.refused else "failed").inc()
+            return error(400, str(exc), refused=exc.refused)
+        QUERIES.labels(outcome="ok").inc()
+        return Answer(200, out, CONTENT_TYPES[fmt])
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class KeyOps:
+    """The typed API-key operations, on a session of their own (they write)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="api-keys")
+        self._client: Client | None = None
+
+    async def run(self, fn: Callable[[Client], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, lambda: fn(self._session()))
+
+    def _session(self) -> Client:
+        if self._client is None:  # only ever used from the one executor thread
+            self._client = connect(self.settings)
+        return self._client
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(text=json.dumps({"error": "the body must be JSON (Content-Type: application/json)"}),
+                                           content_type="application/json")
+    try:
+        body = orjson.loads(await request.read())
+    except ValueError:
+        raise web.HTTPBadRequest(text=json.dumps({"error": "the body is not valid JSON"}),
+                                 content_type="application/json") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text=json.dumps({"error": "the body must be a JSON object"}),
+                                 content_type="application/json")
+    return body
+
+
+def _reply(answer: Answer) -> web.Response:
+    return web.Response(status=answer.status, body=answer.body, content_type=answer.content_type.split(";")[0])
+
+
+def sql_handler(pool: AnalystPool) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        sql, fmt, params = body.get("sql"), body.get("format", "JSONCompact"), body.get("params") or {}
+        if not isinstance(sql, str):
+            return _reply(error(400, "`sql` must be a string"))
+        if fmt not in FORMATS:
+            return _reply(error(400, f"`format` must be one of {', '.join(FORMATS)}, not {fmt!r}"))
+        if not isinstance(params, dict):
+            return _reply(error(400, "`params` must be an object of query parameters"))
+        return _reply(await pool.run(lambda: pool.sql(sql, fmt, params)))
+
+    return handle
+
+
+def key_routes(app: web.Application, keys: KeyOps) -> None:
+    run = keys.run
+
+    async def create(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        try:
+            record = keystore.KeyRecord.from_json(body)
+        except (KeyError, TypeError, ValueError) as exc:
+            return _reply(error(400, f"bad key record: {exc}"))
+        if not record.key_id or len(record.key_hash) != 64 or not (record.sites or record.tenants):
+            return _reply(error(400, "a key needs key_id, a SHA-256 key_hash and at least one site or tenant"))
+        await run(lambda c: keystore.insert(c, record))
+        return web.json_response(record.public(), status=201)
+
+    async def listing(request: web.Request) -> web.Response:
+        records = await run(keystore.all_keys)
+        return web.json_response([r.public() for r in records])
+
+    async def find(request: web.Request) -> web.Response:
+        record = await run(lambda c: keystore.find(c, request.match_info["key_id"]))
+        if record is None:
+            return _reply(error(404, "no such key"))
+        return web.json_response(record.to_json())
+
+    async def revoke(request: web.Request) -> web.Response:
+        record = await run(lambda c: keystore.revoke(c, request.match_info["key_id"]))
+        if record is None:
+            return _reply(error(404, "no such key"))
+        return web.json_response(record.public())
+
+    app.router.add_get("/v1/keys", listing)
+    app.router.add_post("/v1/keys", create)
+    app.router.add_get("/v1/keys/{key_id}", find)
+    app.router.add_post("/v1/keys/{key_id}/revoke", revoke)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def host_of(header: str) -> str:
+    """The host part of a Host header, without the port ("[::1]:8124" -> "[::1]")."""
+    if header.startswith("["):
+        return header.split("]", 1)[0] + "]"
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def remote_guard(settings: Settings) -> Callable:
+    """Who may send SQL over TCP: bearer token, allowed Host (no DNS rebinding), no Origin
+    (no web page), JSON only (no `text/plain` simple request)."""
+    token = settings.query_token.encode()
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Callable) -> web.StreamResponse:
+        if request.path in ("/healthz", "/metrics"):
+            return await handler(request)
+        if host_of(request.headers.get("Host", "")).lower() not in settings.query_allowed_hosts:
+            return _reply(error(403, "Host header not in TALLY_QUERY_ALLOWED_HOSTS"))
+        if "Origin" in request.headers:
+            return _reply(error(403, "requests from web pages (with an Origin header) are refused"))
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or not hmac.compare_digest(auth[7:].strip().encode(), token):
+            return _reply(error(401, "missing or wrong bearer token (TALLY_QUERY_TOKEN)"))
+        return await handler(request)
+
+    return guard
+
+
+class ReadService:
+    """The socket and TCP servers, on an event loop of their own in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pool = AnalystPool(settings, Guard()) if settings.embedded_clickhouse else None
+        self.keys = KeyOps(settings) if settings.embedded_clickhouse else None
+        self.loop = uvloop.new_event_loop()
+        self.runners: list[web.AppRunner] = []
+        self.ready = threading.Event()
+        self.failed: BaseException | None = None
+        self.thread = threading.Thread(target=self._serve, name="read-service", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        self.ready.wait(60)
+        if self.failed is not None:
+            raise self.failed
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._start())
+        except BaseException as exc:  # reported to start()
+            self.failed = exc
+            self.ready.set()
+            return
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _start(self) -> None:
+        s = self.settings
+        tcp = web.Application(client_max_size=MAX_REQUEST_BYTES)
+        tcp.router.add_get("/healthz", healthz)
+        tcp.router.add_get("/metrics", metrics)
+        if s.query_token and self.pool is not None:
+            tcp.middlewares.append(remote_guard(s))
+            tcp.router.add_post("/v1/sql", sql_handler(self.pool))
+        await self._site(tcp, lambda r: web.TCPSite(r, s.query_host, s.query_port))
+        if self.pool is not None:
+            if len(str(s.socket_path).encode()) > 107:  # the kernel's limit for a socket's path
+                raise ValueError(f"the warehouse socket path {s.socket_path} is longer than 107 bytes: "
+                                 "use a shorter TALLY_STATE_DIR")
+            private_dir(s.state_dir)
+            private_dir(s.run_dir)
+            sock = web.Application(client_max_size=MAX_REQUEST_BYTES)
+            sock.router.add_get("/healthz", healthz)
+            sock.router.add_get("/metrics", metrics)
+            sock.router.add_post("/v1/sql", sql_handler(self.pool))
+            key_routes(sock, self.keys)
+            # A socket left by a killed sink: this process holds the warehouse lock, so no
+            # other sink is listening on it.
+            s.socket_path.unlink(missing_ok=True)
+            await self._site(sock, lambda r: web.UnixSite(r, str(s.socket_path)))
+            os.chmod(s.socket_path, 0o600)
+
+    async def _site(self, app: web.Application, site: Callable[[web.AppRunner], web.BaseSite]) -> None:
+        runner = web.AppRunner(app, access_log=None)  # no client addresses in logs
+        await runner.setup()
+        await site(runner).start()
+        self.runners.append(runner)
+
+    def stop(self) -> None:
+        async def cleanup() -> None:
+            for runner in self.runners:
+                await runner.cleanup()
+
+        if self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(cleanup(), self.loop).result(10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.keys.executor.shutdown(wait=False, cancel_futures=True)
+            self.settings.socket_path.unlink(missing_ok=True)
