@@ -1,0 +1,175 @@
+"""Chaos on a real three-node Kafka cluster (KRaft; replication factor 3, min.insync.replicas 2),
+with the whole pipeline (collector, worker, sink) running against it through a comma-separated
+bootstrap list and a load of beacons arriving while brokers die.
+
+The checks are the issue's: every beacon answered 2xx is stored exactly once (rows FINAL equal
+the acknowledged beacons, and `count()` equals `uniqExact(event_id)`, so not even an unmerged
+duplicate is left), and the aggregates agree with the raw rows (`tally reconcile`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.cluster import KafkaCluster
+from tests.conftest import Env, start_pipeline, wait_for
+from tests.helpers import BeaconLoad, query_rows
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+
+def readyz(settings) -> dict:
+    url = f"http://{settings.collector_host}:{settings.collector_port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+
+
+def stored(settings, prefix: str) -> tuple[int, int, int, int]:
+    """(rows FINAL, rows, distinct event_ids, distinct paths) of the beacons under prefix."""
+    final = query_rows(settings, f"SELECT count() FROM pageviews FINAL WHERE startsWith(path, '{prefix}')")
+    raw = query_rows(settings, "SELECT count(), uniqExact(event_id), uniqExact(path) FROM pageviews "
+                               f"WHERE startsWith(path, '{prefix}')")
+    return final[0][0], *raw[0]
+
+
+def assert_stored_exactly_once(env: Env, load: BeaconLoad, prefix: str, procs) -> None:
+    s = env.settings
+    acked = len(load.acked)
+    try:
+        wait_for(lambda: stored(s, prefix)[0] >= acked, 240, f"{acked} acknowledged beacons in ClickHouse")
+    finally:
+        tails = "\n".join(f"--- {p.name}\n{p.output()[-2500:]}" for p in procs)
+    final, rows, ids, paths = stored(s, prefix)
+    assert (final, rows, ids, paths) == (acked, acked, acked, acked), tails
+    got = {r[0] for r in query_rows(s, f"SELECT path FROM pageviews WHERE startsWith(path, '{prefix}')")}
+    assert got == load.acked  # the acknowledged ones, not others
+
+    from tally.sinks.reconcile import reconcile
+
+    today = datetime.now(UTC).date()
+
+    def drift() -> list:
+        return [d for d in reconcile(s, today - timedelta(days=1), today + timedelta(days=1)) if d.drift]
+
+    # The worker emits window totals every TALLY_TOTALS_FLUSH_SECONDS; the sink follows.
+    wait_for(lambda: not drift(), 120, f"aggregates equal to the raw rows (drift: {drift()})")
+    for p in procs:
+        assert p.alive(), f"{p.name} died:\n{p.output()[-3000:]}"
+
+
+def pipeline_topics(settings) -> list[str]:
+    from tally.streams.state import faust_topics, state_topics
+
+    from tally.topics import specs
+
+    return ([settings.topic(t.name) for t in specs(settings)] + list(state_topics(settings).values())
+            + list(faust_topics(settings)))
+
+
+def test_every_topic_gets_the_replication_settings_and_a_change_reaches_existing_ones(cluster, cluster_env):
+    from tally.streams.state import ensure_state_topics
+
+    from tally.topics import ensure, ensure_topics
+
+    s = cluster_env.settings  # TALLY_TOPIC_REPLICATION_FACTOR=3, TALLY_TOPIC_MIN_INSYNC_REPLICAS=2
+    assert s.bootstrap.count(",") == 2
+    created = ensure_state_topics(s).created
+    names = pipeline_topics(s)
+    assert len(created) == 3 and set(created) < set(names)  # two changelogs, Faust's leader topic
+    assert cluster.replication(names) == dict.fromkeys(names, (3, 2, True))
+
+    # Changed settings reach the existing topics the next time a component starts.
+    cluster_env.vars["TALLY_TOPIC_MIN_INSYNC_REPLICAS"] = "1"
+    lowered = cluster_env.settings
+    changes = ensure_topics(lowered)
+    assert not changes.created and not changes.warnings
+    assert sorted(line.split(":")[0] for line in changes.altered) == sorted(
+        lowered.topic(t) for t in ("beacons.raw", "pageviews.enriched", "product.events", "aggregates",
+                                   "drops", "bad-rows", "salts"))
+    assert all(line.endswith("min.insync.replicas 2 -> 1") for line in changes.altered)
+    assert len(ensure_state_topics(lowered).altered) == 3
+    assert cluster.replication(names) == dict.fromkeys(names, (3, 1, True))
+    assert ensure_topics(lowered).altered == []  # nothing left to change
+
+    # A replication factor cannot change through a config: the start says so, naming the topic.
+    odd = lowered.topic("made-with-two-replicas")
+    cluster_env.vars.update({"TALLY_TOPIC_REPLICATION_FACTOR": "2", "TALLY_TOPIC_MIN_INSYNC_REPLICAS": "2"})
+    assert ensure(cluster_env.settings, {odd: (1, {})}).created == [odd]
+    assert cluster.replication([odd]) == {odd: (2, 2, True)}  # (and the metadata shows it now)
+    cluster_env.vars.update({"TALLY_TOPIC_REPLICATION_FACTOR": "3", "TALLY_TOPIC_MIN_INSYNC_REPLICAS": "3"})
+    changes = ensure(cluster_env.settings, {odd: (1, {})})
+    assert len(changes.warnings) == 2 and not changes.altered
+    assert f"topic {odd} has replication factor 2, the settings ask for 3" in changes.warnings[0]
+    assert "kafka-reassign-partitions" in changes.warnings[0]
+    # ...and never sets a min.insync.replicas that would refuse every write to it.
+    assert "min.insync.replicas 3" in changes.warnings[1] and "would refuse every acks=all write" in changes.warnings[1]
+    assert cluster.replication([odd]) == {odd: (2, 2, True)}
+
+
+@pytest.mark.cluster
+def test_leader_sigkilled_under_load_loses_and_duplicates_nothing(cluster: KafkaCluster, cluster_env, spawn):
+    env = cluster_env
+    env.vars["TALLY_RATE_LIMIT_PER_SECOND"] = "0"
+    s = env.settings
+    procs = start_pipeline(env, spawn)
+    raw = s.topic("beacons.raw")
+    victim = cluster.leader(raw, 0)
+
+    load = BeaconLoad(s, "/leader/", threads=16, total=4000).start()
+    load.wait_sent(1000)
+    t0 = time.monotonic()
+    cluster.kill(victim)
+    successor = cluster.wait_leader_elsewhere(raw, 0, victim)
+    failover = time.monotonic() - t0
+    load.join()
+    print(f"leader {victim} of {raw}[0] killed; node {successor} leads after {failover:.1f}s; "
+          f"{len(load.acked)} acknowledged, {len(load.failed)} not; collector {readyz(s)}")
+    assert not load.failed, dict(list(load.failed.items())[:5])
+
+    cluster.start(victim)
+    assert_stored_exactly_once(env, load, "/leader/", procs)
+    cluster.wait_in_sync([raw, s.topic("pageviews.enriched")])
+
+
+@pytest.mark.cluster
+def test_two_of_three_brokers_sigkilled_the_collector_spools_then_replays(cluster: KafkaCluster, cluster_env,
+                                                                          spawn):
+    env = cluster_env
+    env.vars.update({"TALLY_RATE_LIMIT_PER_SECOND": "0", "TALLY_SPOOL_AFTER_MS": "300"})
+    s = env.settings
+    procs = start_pipeline(env, spawn)
+    collector = procs[2]
+
+    load = BeaconLoad(s, "/quorum/", threads=16).start()
+    load.wait_sent(500)
+    survivor, *victims = sorted(cluster.running())
+    cluster.kill(*victims)
+    # acks=all with min.insync.replicas 2 cannot be met by one node: every beacon from now
+    # on is acknowledged from the spool.
+    wait_for(lambda: readyz(s)["mode"] == "spooling", 60, "the collector spooling")
+    spooling_at = load.sent
+    load.wait_sent(spooling_at + 1500, timeout=300)
+    spooled = readyz(s)["spool_batches"]
+    load.stop()
+    assert not load.failed, dict(list(load.failed.items())[:5])
+    assert spooled > 0
+
+    t0 = time.monotonic()
+    cluster.start(*victims)
+    wait_for(lambda: readyz(s)["mode"] == "online", 240, "the collector online again (spool replayed)")
+    recovered = time.monotonic() - t0
+    print(f"nodes {victims} killed, node {survivor} left; {len(load.acked)} acknowledged "
+          f"({load.sent - spooling_at} after spooling began, {spooled} batches spooled); "
+          f"collector online {recovered:.1f}s after the nodes were started again")
+    assert readyz(s)["spool_batches"] == 0
+    assert_stored_exactly_once(env, load, "/quorum/", procs)
+    assert "spool" in collector.output()
+    cluster.wait_in_sync([s.topic("beacons.raw"), s.topic("pageviews.enriched")])
