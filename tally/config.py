@@ -295,7 +295,7 @@ class Settings:
         """Replicas of each topic Tally creates; None: the cluster's default."""
         if self.topic_replication_factor is not None:
             return self.topic_replication_factor
-        if self.local_kafka:
+        if self.local_broker:  # Kafka, sized to its nodes; or Tansu, one node
             from tally.infra.kafka import replication_defaults
 
             return replication_defaults(self.kafka_brokers)[0]

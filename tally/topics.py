@@ -167,7 +167,8 @@ def effective_replication_factor(settings: Settings, timeout: float = 30.0) -> i
     broker = next(iter(client.list_topics(timeout=timeout).brokers))
     res = ConfigResource(ConfigResource.Type.BROKER, str(broker))
     configs = client.describe_configs([res], request_timeout=timeout)[res].result(timeout=timeout)
-    return int(configs["default.replication.factor"].value)
+    default = configs.get("default.replication.factor")
+    return int(default.value) if default is not None else 1  # a broker that does not say: one copy
 
 
 def describe_config(settings: Settings, name: str) -> dict[str, str]:
