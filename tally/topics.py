@@ -93,14 +93,7 @@ def ensure(settings: Settings, wanted: dict[str, tuple[int, dict[str, str]]],
     existing = set(client.list_topics(timeout=timeout).topics)
     new = [NewTopic(name, num_partitions=parts, replication_factor=replicas or -1, config={**config, **extra})
            for name, (parts, config) in wanted.items() if name not in existing]
-    changes = TopicChanges()
-    for name, fut in (client.create_topics(new, operation_timeout=timeout).items() if new else []):
-        try:
-            fut.result()
-            changes.created.append(name)
-        except Exception as exc:  # a concurrent creator won the race: fine
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
+    changes = TopicChanges(created=_create(client, new, timeout))
     if replicas is not None or min_isr is not None:
         _reconcile(client, sorted(wanted), existing, replicas, min_isr, changes, timeout)
     for line in changes.altered:
@@ -108,6 +101,40 @@ def ensure(settings: Settings, wanted: dict[str, tuple[int, dict[str, str]]],
     for line in changes.warnings:
         log.warning("%s", line)
     return changes
+
+
+# Errors after which the same request can simply be sent again: the broker handle was
+# replaced while librdkafka learned the cluster, a connection dropped, a node was busy.
+TRANSIENT = frozenset({KafkaError._DESTROY_BROKER, KafkaError._TRANSPORT, KafkaError._TIMED_OUT,
+                       KafkaError.REQUEST_TIMED_OUT, KafkaError.NOT_CONTROLLER})
+
+
+def transient(err: KafkaError) -> bool:
+    return err.retriable() or err.code() in TRANSIENT
+
+
+def _create(client: AdminClient, new: list[NewTopic], timeout: float) -> list[str]:
+    """Create topics; the names created. A topic that exists meanwhile (a concurrent creator,
+    or our own attempt that failed on the way back) is fine; a transient error is retried."""
+    created: list[str] = []
+    deadline = time.monotonic() + timeout
+    while new:
+        by_name, new = {t.topic: t for t in new}, []
+        for name, fut in client.create_topics(list(by_name.values()), operation_timeout=timeout).items():
+            try:
+                fut.result()
+                created.append(name)
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    continue
+                if not transient(err) or time.monotonic() > deadline:
+                    raise
+                log.info("creating topic %s: %s; trying again", name, err.str())
+                new.append(by_name[name])
+        if new:
+            time.sleep(0.5)
+    return created
 
 
 def _reconcile(client: AdminClient, names: list[str], existed: set[str], replicas: int | None,
@@ -154,7 +181,9 @@ def topic_configs(client: AdminClient, names: list[str], timeout: float = 30.0) 
             try:
                 out[res.name] = fut.result(timeout=timeout)
             except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART or time.monotonic() > deadline:
+                err = exc.args[0]
+                retry = err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART or transient(err)
+                if not retry or time.monotonic() > deadline:
                     raise
         time.sleep(0.2)
 

@@ -13,6 +13,7 @@ the cluster to heal.
 
 from __future__ import annotations
 
+import random
 import signal
 import socket
 import subprocess
@@ -31,13 +32,12 @@ from tally.topics import topic_configs
 
 
 def free_port_block(count: int) -> int:
-    """A port p such that p .. p+count-1 are all free now."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            first = s.getsockname()[1]
-        if first + count > 65535:
-            continue
+    """A port p such that p .. p+count-1 are all free now, taken below the kernel's ephemeral
+    range: a node restarted on its port must not find it taken by some client's connection."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rnd = random.Random()
+    for _ in range(200):
+        first = rnd.randrange(10000, low - count)
         socks = []
         try:
             for p in range(first, first + count):
@@ -105,6 +105,19 @@ class KafkaCluster:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"kafka node {i} not live after {timeout:.0f}s; see {self.log(i)}")
                 time.sleep(0.3)
+        # Live, and known as such by every running node: a client's first metadata answer
+        # must not miss a node (librdkafka would drop its connection, failing a request on it).
+        while not all(set(self.running()) <= self._live_seen_by(i) for i in self.running()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the nodes do not agree on who is live after {timeout:.0f}s")
+            time.sleep(0.3)
+
+    def _live_seen_by(self, node_id: int) -> set[int]:
+        client = AdminClient({"bootstrap.servers": self.node(node_id).address, "log_level": 2})
+        try:
+            return set(client.list_topics(timeout=3).brokers)
+        except Exception:
+            return set()
 
     def alive(self, node_id: int) -> bool:
         proc = self.procs.get(node_id)

@@ -80,30 +80,42 @@ class BeaconLoad:
     """
 
     def __init__(self, settings: Settings, prefix: str, threads: int = 16, total: int | None = None,
-                 site: str = "example.com", timeout: float = 30) -> None:
+                 rate: float | None = None, site: str = "example.com", timeout: float = 30) -> None:
+        """rate: beacons per second over all threads (None: as fast as they are answered)."""
         import threading
+        import time
 
         self.url = collect_url(settings)
         self.prefix, self.threads, self.total, self.site, self.timeout = prefix, threads, total, site, timeout
         self.acked: set[str] = set()
         self.failed: dict[str, str] = {}  # path -> status or error of a beacon not acknowledged
         self.sent = 0
+        self.rate = rate
+        self._t0 = time.monotonic()
         self._next = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
     def start(self) -> BeaconLoad:
+        import time
+
+        self._t0 = time.monotonic()
         for t in self._workers:
             t.start()
         return self
 
     def _take(self) -> int | None:
+        import time
+
         with self._lock:
             if self._stop.is_set() or (self.total is not None and self._next >= self.total):
                 return None
             self._next += 1
-            return self._next - 1
+            i = self._next - 1
+        if self.rate:  # beacon i is due i/rate seconds after the start
+            time.sleep(max(0.0, self._t0 + i / self.rate - time.monotonic()))
+        return i
 
     def _run(self) -> None:
         while (i := self._take()) is not None:

@@ -13,8 +13,8 @@ Two modes:
   requests are answered, and the forwarder switches to spooling. Such a batch
   stays in librdkafka's queue ("in flight"): if librdkafka delivers it later,
   its spool entry is acknowledged and never replayed, so the broker's
-  return does not duplicate it; only if librdkafka gives up
-  (message.timeout.ms) is it replayed from the spool.
+  return does not duplicate it; only if librdkafka fails it (a
+  non-retriable error) is it replayed from the spool.
 - **spooling**: new batches go straight to the spool (no point waiting for a
   broker known to be away). A replay task probes the broker and, once it
   answers, produces the spooled batches in the order they were written. When
@@ -49,10 +49,13 @@ from tally.kafka import producer_config
 log = logging.getLogger(__name__)
 
 ONLINE, SPOOLING = "online", "spooling"
-# librdkafka keeps retrying a message this long before failing it. Requests never
-# wait for it (they are answered from the spool after TALLY_SPOOL_AFTER_MS); it
-# only bounds how long an in-flight batch holds up the replay behind it.
-MESSAGE_TIMEOUT_MS = 20000
+# librdkafka never gives up on a batch over a retriable error (0: no timeout). A batch
+# that timed out may still be in the leader's log, waiting for min.insync.replicas (two
+# of three nodes down, say); sending it again would store it twice once the followers
+# return. The idempotent producer's own retries cannot: the broker drops a repeated
+# sequence number. Requests never wait for this (they are answered from the spool after
+# TALLY_SPOOL_AFTER_MS); a batch in flight holds up the replay behind it until delivered.
+MESSAGE_TIMEOUT_MS = 0
 REPLAY_WINDOW = 64  # spooled batches produced before waiting for their acks
 
 
