@@ -132,7 +132,7 @@ def test_every_topic_gets_the_replication_settings_and_a_change_reaches_existing
     assert cluster.replication([odd]) == {odd: (2, 2, True)}
 
 
-@pytest.mark.cluster
+@pytest.mark.chaos
 def test_leader_sigkilled_under_load_loses_and_duplicates_nothing(cluster: KafkaCluster, cluster_env, spawn):
     env = cluster_env
     env.vars["TALLY_RATE_LIMIT_PER_SECOND"] = "0"
@@ -161,14 +161,13 @@ def test_leader_sigkilled_under_load_loses_and_duplicates_nothing(cluster: Kafka
     cluster.wait_in_sync([raw, s.topic("pageviews.enriched")])
 
 
-@pytest.mark.cluster
+@pytest.mark.chaos
 def test_two_of_three_brokers_sigkilled_the_collector_spools_then_replays(cluster: KafkaCluster, cluster_env,
                                                                           spawn):
     env = cluster_env
     env.vars.update({"TALLY_RATE_LIMIT_PER_SECOND": "0", "TALLY_SPOOL_AFTER_MS": "300"})
     s = env.settings
     procs = start_pipeline(env, spawn)
-    collector = procs[2]
 
     load = BeaconLoad(s, "/quorum/", threads=16, rate=200).start()
     load.wait_sent(500)
@@ -183,7 +182,8 @@ def test_two_of_three_brokers_sigkilled_the_collector_spools_then_replays(cluste
     assert spooled > 0
 
     # The nodes come back while beacons keep arriving: the collector replays its spool (new
-    # beacons queue behind it, in order) and then forwards directly again.
+    # beacons queue behind it, in order) and then forwards directly again. (The load stops
+    # soon after: a spool drains only faster than it fills.)
     t0 = time.monotonic()
     cluster.start(*victims)
     restarted = time.monotonic() - t0
@@ -196,5 +196,4 @@ def test_two_of_three_brokers_sigkilled_the_collector_spools_then_replays(cluste
           f"after {recovered:.1f}s; {len(load.acked)} beacons acknowledged, {len(load.failed)} not")
     assert not load.failed, dict(list(load.failed.items())[:5])
     assert_stored_exactly_once(env, load, "/quorum/", procs)
-    assert "spool" in collector.output()
     cluster.wait_in_sync([s.topic("beacons.raw"), s.topic("pageviews.enriched")])

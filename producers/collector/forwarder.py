@@ -110,6 +110,10 @@ class Forwarder:
         self._spool_queue: list[_Batch] = []
         self._spool_busy = False
         self._in_flight: dict[int, _Batch] = {}  # spool id -> batch still in librdkafka
+        # Highest spool id whose batch _write_spool has finished with (registered as in
+        # flight, or acknowledged). The replay leaves younger ids alone: one of them may be
+        # a batch librdkafka still holds, and sending it again would store it twice.
+        self._settled = 0
         self._wake = asyncio.Event()
         self._replayer: asyncio.Task[None] | None = None
         self._stop = threading.Event()
@@ -121,6 +125,7 @@ class Forwarder:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.spool = await self._run_io(self._open_spool)
+        self._settled = max(self.spool.pending_ids(), default=0)  # left by earlier processes
         self._update_spool_gauges()
         if self.spool.pending_count:
             log.info("spool holds %d batches from before; replaying", self.spool.pending_count)
@@ -332,6 +337,7 @@ class Forwarder:
                     metrics.SPOOLED.inc(batch.count)
                     metrics.ACCEPTED.inc(batch.count)
                     _resolve(batch.futures, True)
+                self._settled = max([self._settled, *(i for i in ids if i is not None)])
                 self._update_spool_gauges()
         finally:
             self._spool_busy = False
@@ -386,7 +392,8 @@ class Forwarder:
                 log.info("spool drained; forwarding directly again")
                 return True
             return False
-        if not await self._broker_reachable():
+        ids = [i for i in ids if i <= self._settled]
+        if not ids or not await self._broker_reachable():
             return False
         for start in range(0, len(ids), REPLAY_WINDOW):
             window = ids[start:start + REPLAY_WINDOW]
