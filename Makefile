@@ -1,6 +1,7 @@
 # The two commands that matter: `make up` (run the local stack with demo traffic)
-# and `make test` (run the whole suite, integration tests included).
-.PHONY: setup up down status test lint docs bench
+# and `make test` (run the whole suite, integration tests included; the heavy fault-injection
+# scenarios, marked `chaos`, run with `make chaos`).
+.PHONY: setup up down status test chaos lint docs bench
 
 setup:
 	@bash infra/bootstrap.sh
@@ -26,7 +27,10 @@ status:
 
 test: setup
 	@.venv/bin/ruff check .
-	@.venv/bin/python -m pytest
+	@.venv/bin/python -m pytest -m "not chaos"
+
+chaos: setup
+	@.venv/bin/python -m pytest -m chaos
 
 lint: setup
 	@.venv/bin/ruff check .

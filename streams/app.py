@@ -74,10 +74,15 @@ def load_spam_list(settings: Settings) -> frozenset[str]:
     return frozenset(x.strip().lower() for x in lines if x.strip() and not x.startswith("#"))
 
 
-def make_app(settings: Settings) -> faust.App:
+def make_app(settings: Settings, replication_factor: int | None = None) -> faust.App:
+    """The worker's Faust app. replication_factor: of the topics Faust creates (the
+    setting's, or the cluster's default, see topics.effective_replication_factor)."""
     app = faust.App(
         settings.app_id,
-        broker=f"kafka://{settings.bootstrap}",
+        # One URL per host, not Tally's comma list as one string: Faust releases before
+        # faust-streaming#486 split that string on ";" only.
+        broker=[f"kafka://{host}" for host in settings.bootstrap_hosts],
+        topic_replication_factor=replication_factor or settings.replication_factor or 1,
         store="memory://",
         web_enabled=False,
         topic_partitions=settings.topic_partitions,
@@ -376,7 +381,7 @@ def bad_row_of(topic: str, event: Any, exc: Exception) -> dict[str, Any]:
 def run(settings: Settings) -> None:
     import sys
 
-    from tally.topics import ensure_topics
+    from tally.topics import effective_replication_factor, ensure_topics
 
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     # Load the UA pattern sets now (a few seconds), not on the first batch.
@@ -386,7 +391,7 @@ def run(settings: Settings) -> None:
     agent_info("curl/8.0")
     ensure_topics(settings)
     ensure_state_topics(settings)
-    app = make_app(settings)
+    app = make_app(settings, effective_replication_factor(settings))
     level = {"warning": "warn"}.get(settings.log_level, settings.log_level)
     sys.argv = ["tally-worker", "worker", "--loglevel", level, "--without-web"]
     app.main()

@@ -16,12 +16,11 @@ import time
 from collections.abc import Callable
 
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import NewTopic
 from tally.streams.windows import DAY_MS, PartitionState, fold
 
 from tally.config import Settings
 from tally.kafka import consumer_config
-from tally.topics import admin
+from tally.topics import TopicChanges, ensure
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +32,20 @@ def state_topics(settings: Settings) -> dict[str, str]:
             "product": settings.topic(f"{settings.app_id}-product-state")}
 
 
-def ensure_state_topics(settings: Settings) -> None:
-    """The changelogs of the window state: one partition per input partition, kept for the
-    longest window (a month) plus lateness. Delete policy: records are deltas, not values."""
-    client = admin(settings)
-    existing = set(client.list_topics(timeout=30).topics)
+def faust_topics(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
+    """The internal topic Faust would create by itself (its leader assignor's, one partition).
+    Created beforehand with Tally's replication settings, so Faust only finds it."""
+    return {f"{settings.app_id}-__assignor-__leader": (1, {})}
+
+
+def ensure_state_topics(settings: Settings) -> TopicChanges:
+    """The changelogs of the window state (one partition per input partition, kept for the
+    longest window, a month, plus lateness; delete policy: records are deltas, not values)
+    and Faust's internal topic, created or reconciled with the replication settings."""
     retention = str((35 + settings.allowed_lateness_hours // 24 + 1) * DAY_MS)
-    new = [NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=-1,
-                    config={"cleanup.policy": "delete", "retention.ms": retention})
-           for t in state_topics(settings).values() if t not in existing]
-    for fut in (client.create_topics(new).values() if new else []):
-        try:
-            fut.result()
-        except Exception as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
+    changelog = {"cleanup.policy": "delete", "retention.ms": retention}
+    wanted = {t: (settings.topic_partitions, changelog) for t in state_topics(settings).values()}
+    return ensure(settings, {**wanted, **faust_topics(settings)})
 
 
 def read_changelog(settings: Settings, topic: str, partition: int,

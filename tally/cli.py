@@ -8,11 +8,15 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 
 from tally.config import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from tally.topics import TopicChanges
 
 console = Console(stderr=True)
 
@@ -113,8 +117,12 @@ def topics_create() -> None:
     """Create missing topics with their partitions, retention and cleanup policy."""
     from tally.topics import ensure_topics
 
-    created = ensure_topics(load_settings())
-    click.echo("\n".join(created) if created else "all topics exist")
+    changes = ensure_topics(load_settings())
+    click.echo("\n".join(changes.created) if changes.created else "all topics exist")
+    for line in changes.altered:
+        click.echo(f"changed {line}")
+    for line in changes.warnings:
+        console.print(f"[yellow]warning[/yellow]: {line}")
 
 
 @main.command()
@@ -131,42 +139,64 @@ def up(timeout: float) -> None:
     settings = load_settings()
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    if not any(stack.running_pid(settings, c.name) for c in stack.components(settings)):
-        stack.write_private(settings.run_dir / "env.json", json.dumps(settings.public_env()))
-    for comp in stack.components(settings):
-        pid = stack.running_pid(settings, comp.name)
-        if pid is not None:
-            console.print(f"[yellow]already running[/yellow] {comp.name} (pid {pid}): {comp.describe(settings)}")
-            continue
-        with console.status(f"starting {comp.name}..."):
-            t0 = time.monotonic()
+    saved = settings.run_dir / "env.json"
+    if any(stack.running_pid(settings, c.name) for c in stack.components(load_settings(stack=True))):
+        # Completing a running stack: with the settings it was started with (the broker
+        # count, ports...), unless given again.
+        settings = load_settings(stack=True)
+        env = {**json.loads(saved.read_text()), **os.environ} if saved.exists() else env
+    else:
+        stack.write_private(saved, json.dumps(settings.public_env()))
+    comps = stack.components(settings)
+    # The broker nodes start together (a quorum needs its peers), the rest one by one.
+    for group in [[c for c in comps if c.broker]] + [[c] for c in comps if not c.broker]:
+        started = []
+        for comp in group:
+            pid = stack.running_pid(settings, comp.name)
+            if pid is not None:
+                console.print(f"[yellow]already running[/yellow] {comp.name} (pid {pid}): {comp.describe(settings)}")
+                continue
             try:
                 health.forget_dead(settings, comp.name)
-                pid = stack.spawn(settings, comp, env)
-                stack.wait_ready(settings, comp, timeout)
+                started.append((comp, stack.spawn(settings, comp, env), time.monotonic()))
             except Exception as exc:
                 console.print(f"[red]failed[/red] {comp.name}: {exc}")
                 sys.exit(1)
-        console.print(f"[green]started[/green] {comp.name} (pid {pid}, {time.monotonic() - t0:.1f}s): "
-                      f"{comp.describe(settings)}")
-        if comp.name == "broker":
-            created = ensure_topics(settings)
-            if created:
-                console.print(f"created topics: {', '.join(created)}")
-    if not settings.local_broker:
-        ensure_topics(settings)
+        for comp, pid, t0 in started:
+            with console.status(f"starting {comp.name}..."):
+                try:
+                    stack.wait_ready(settings, comp, timeout)
+                except Exception as exc:
+                    console.print(f"[red]failed[/red] {comp.name}: {exc}")
+                    sys.exit(1)
+            console.print(f"[green]started[/green] {comp.name} (pid {pid}, {time.monotonic() - t0:.1f}s): "
+                          f"{comp.describe(settings)}")
+        if not group or group[0].broker:  # the brokers (or an external cluster's) are up
+            report_topics(ensure_topics(settings))
     console.print(f"logs in {settings.log_dir}; stop with `tally down`")
+
+
+def report_topics(changes: TopicChanges) -> None:
+    if changes.created:
+        console.print(f"created topics: {', '.join(changes.created)}")
+    for line in changes.altered:
+        console.print(f"changed topic {line}")
+    for line in changes.warnings:
+        console.print(f"[yellow]warning[/yellow]: {line}")
 
 
 @main.command()
 def down() -> None:
-    """Stop every process `tally up` started (dashboard, collector, worker, sink, broker)."""
+    """Stop every process `tally up` started (dashboard, collector, worker, sink, broker nodes)."""
     from tally import stack
 
     settings = load_settings(stack=True)
-    for comp in reversed(stack.components(settings)):
+    comps = stack.components(settings)
+    for comp in reversed([c for c in comps if not c.broker]):
         if stack.stop(settings, comp.name):
             console.print(f"stopped {comp.name}")
+    for name in stack.stop_together(settings, [c.name for c in comps if c.broker]):
+        console.print(f"stopped {name}")
 
 
 @main.command()
@@ -194,7 +224,8 @@ def status(as_json: bool) -> None:
             row["health"] = {k: v for k, v in mine[0].items() if k != "pid"}
             row["ready"] = row["ready"] and mine[0].get("state") == "ok"
         rows.append(row)
-    groups = stack_groups(settings) if rows and (rows[0]["ready"] or not settings.local_broker) else []
+    brokers_up = any(r["ready"] for r, c in zip(rows, stack.components(settings), strict=True) if c.broker)
+    groups = stack_groups(settings) if rows and (brokers_up or not settings.local_broker) else []
     if as_json:
         click.echo(json.dumps({"components": rows, "groups": [asdict(g) for g in groups]}))
         return

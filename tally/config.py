@@ -35,6 +35,12 @@ def _int(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def _optional_int(lo: int, hi: int | None = None) -> Callable[[str], int | None]:
+    """An integer, or None when empty (meaning: derived, see the variable's doc)."""
+    parse_int = _int(lo, hi)
+    return lambda raw: parse_int(raw) if raw.strip() else None
+
+
 def _float(lo: float = 0.0) -> Callable[[str], float]:
     def parse(raw: str) -> float:
         try:
@@ -114,12 +120,15 @@ def strip_password(url: str) -> str:
 
 
 def _bootstrap(raw: str) -> str:
-    v = raw.strip()
-    for part in filter(None, v.split(",")):
-        host, sep, port = part.strip().rpartition(":")
+    """host:port[,host:port...], normalised to no spaces (every client reads that form)."""
+    parts = [p.strip() for p in raw.split(",") if p.strip()]
+    for part in parts:
+        host, sep, port = part.rpartition(":")
+        if ";" in part or any(c.isspace() for c in part):
+            raise ValueError(f"separate hosts with commas (host:port,host:port), got {raw!r}")
         if not sep or not host or not port.isdigit():
             raise ValueError(f"expected host:port[,host:port...], got {raw!r}")
-    return v
+    return ",".join(parts)
 
 
 @dataclass(frozen=True)
@@ -137,9 +146,10 @@ VARIABLES: tuple[Var, ...] = (
     # Local stack
     Var("TALLY_STATE_DIR", "state_dir", ".tally", _str, "Directory for all local state: broker log dirs, embedded ClickHouse, salts spool, PID files and logs.", "Local stack"),
     Var("TALLY_BROKER", "broker", "kafka", _choice("kafka", "tansu"), "Which local broker `tally up` starts: `kafka` (Apache Kafka in KRaft mode, persistent, supports transactions) or `tansu` (lighter, memory-only: a restart loses every topic).", "Local stack"),
-    Var("TALLY_KAFKA_BOOTSTRAP", "kafka_bootstrap", "", _bootstrap, "Bootstrap servers of an external Kafka cluster. When set, no local broker is started.", "Local stack"),
-    Var("TALLY_BROKER_PORT", "broker_port", "9092", _int(1, 65535), "Port of the local broker's client listener (127.0.0.1).", "Local stack"),
-    Var("TALLY_BROKER_HEAP_MB", "broker_heap_mb", "512", _int(128), "Java heap of the local Kafka broker, in MiB.", "Local stack"),
+    Var("TALLY_KAFKA_BOOTSTRAP", "kafka_bootstrap", "", _bootstrap, "Bootstrap servers of an external Kafka cluster, comma-separated (`host:port,host:port`). When set, no local broker is started.", "Local stack"),
+    Var("TALLY_KAFKA_BROKERS", "kafka_brokers", "1", _int(1, 9), "Nodes of the local Kafka cluster `tally up` starts (KRaft; each node is a broker and a controller). `3` gives a quorum that keeps running with one node down, with topics replicated 3 times and `min.insync.replicas` 2. Node i listens on TALLY_BROKER_PORT + 2(i-1) (and the next port for the quorum); a cluster of N > 1 nodes keeps its data in `<state>/kafka-N/`, so changing N starts a new, empty cluster.", "Local stack"),
+    Var("TALLY_BROKER_PORT", "broker_port", "9092", _int(1, 65535), "Port of the local broker's client listener (127.0.0.1); the first node's, with TALLY_KAFKA_BROKERS > 1.", "Local stack"),
+    Var("TALLY_BROKER_HEAP_MB", "broker_heap_mb", "512", _int(128), "Java heap of each local Kafka node, in MiB.", "Local stack"),
     Var("TALLY_CLICKHOUSE_URL", "clickhouse_url", "", _url, "URL of a ClickHouse server (e.g. http://user:pass@host:8123/db). Empty: embedded ClickHouse (chDB) under the state directory, owned by the sink.", "Local stack"),
     Var("TALLY_QUERY_PORT", "query_port", "8124", _int(1, 65535), "Port of the sink's HTTP endpoint: `/healthz` and `/metrics`, and analysts' SQL only when TALLY_QUERY_TOKEN is set. `tally query` reaches the embedded warehouse through the sink's Unix socket `<state>/run/warehouse.sock`, not through this port.", "Local stack"),
     Var("TALLY_QUERY_HOST", "query_host", "127.0.0.1", _str, "Address the sink's HTTP endpoint listens on.", "Local stack"),
@@ -147,6 +157,8 @@ VARIABLES: tuple[Var, ...] = (
     # Kafka
     Var("TALLY_TOPIC_PREFIX", "topic_prefix", "tally.", _str, "Prefix of every topic name; lets several stacks share one cluster.", "Kafka"),
     Var("TALLY_TOPIC_PARTITIONS", "topic_partitions", "12", _int(1, 1024), "Partitions of the data topics. Stream workers scale up to this many processes.", "Kafka"),
+    Var("TALLY_TOPIC_REPLICATION_FACTOR", "topic_replication_factor", "", _optional_int(1, 16), "Replicas of every topic Tally creates (the pipeline's topics, the worker's changelogs and Faust's internal topic). Empty: min(3, TALLY_KAFKA_BROKERS) on the cluster `tally up` starts, the cluster's `default.replication.factor` on an external one. An existing topic with another replication factor is reported at start (Kafka cannot change it through a config).", "Kafka"),
+    Var("TALLY_TOPIC_MIN_INSYNC_REPLICAS", "topic_min_insync_replicas", "", _optional_int(1, 16), "`min.insync.replicas` of every topic Tally creates: with acks=all (every Tally producer) a write is acknowledged only once this many replicas hold it, and refused while fewer are in sync. Applied to existing topics at start. Empty: 2 on a local cluster of 3 or more nodes, else 1; the cluster's default on an external one.", "Kafka"),
     Var("TALLY_SCHEMA_REGISTRY_URL", "schema_registry_url", "", _url, "Confluent-compatible schema registry. When set, records use the Confluent wire format; otherwise Avro single-object encoding.", "Kafka"),
     # Product SDK (tally.producers.sdk), read by the applications that embed it
     Var("TALLY_DISABLED", "disabled", "0", _bool, "Opt-out: `1` turns the product SDK and the request middleware into no-ops (nothing is validated, queued or sent).", "Product SDK"),
@@ -219,6 +231,7 @@ class Settings:
     state_dir: Path = Path(".tally")
     broker: str = "kafka"
     kafka_bootstrap: str = ""
+    kafka_brokers: int = 1
     broker_port: int = 9092
     broker_heap_mb: int = 512
     clickhouse_url: str = ""
@@ -227,6 +240,8 @@ class Settings:
     log_level: str = "info"
     topic_prefix: str = "tally."
     topic_partitions: int = 12
+    topic_replication_factor: int | None = None
+    topic_min_insync_replicas: int | None = None
     schema_registry_url: str = ""
     disabled: bool = False
     sdk_app: str = ""
@@ -301,7 +316,21 @@ class Settings:
         if values["query_token"] and len(values["query_token"]) < 32:
             raise SettingsError("TALLY_QUERY_TOKEN: must be at least 32 characters (it opens analysts' SQL on TCP)")
         tally_env = {k: v for k, v in environ.items() if k.startswith("TALLY_")}
-        return cls(**values, env=tally_env)
+        settings = cls(**values, env=tally_env)
+        settings._check_replication()
+        return settings
+
+    def _check_replication(self) -> None:
+        if self.local_broker and self.kafka_brokers > 1 and self.broker != "kafka":
+            raise SettingsError(f"TALLY_KAFKA_BROKERS: a cluster of {self.kafka_brokers} nodes needs "
+                                f"TALLY_BROKER=kafka, got {self.broker!r}")
+        replicas, min_isr = self.replication_factor, self.min_insync_replicas
+        if self.local_broker and replicas is not None and replicas > self.kafka_brokers:
+            raise SettingsError(f"TALLY_TOPIC_REPLICATION_FACTOR: {replicas} replicas need as many "
+                                f"brokers, but TALLY_KAFKA_BROKERS is {self.kafka_brokers}")
+        if replicas is not None and min_isr is not None and min_isr > replicas:
+            raise SettingsError(f"TALLY_TOPIC_MIN_INSYNC_REPLICAS: {min_isr} is more than the "
+                                f"{replicas} replicas of each topic; every acks=all write would be refused")
 
     def public_env(self) -> dict[str, str]:
         """The TALLY_* variables without secrets: secret variables left out, passwords
@@ -322,8 +351,42 @@ class Settings:
 
     @property
     def bootstrap(self) -> str:
-        """Where clients connect: the external cluster, or the local broker."""
-        return self.kafka_bootstrap or f"127.0.0.1:{self.broker_port}"
+        """Where clients connect: the external cluster, or the local broker(s), as
+        host:port[,host:port...]."""
+        if self.kafka_bootstrap:
+            return self.kafka_bootstrap
+        return ",".join(f"127.0.0.1:{self.broker_port + 2 * i}" for i in range(self.kafka_brokers))
+
+    @property
+    def bootstrap_hosts(self) -> list[str]:
+        return self.bootstrap.split(",")
+
+    @property
+    def local_kafka(self) -> bool:
+        """`tally up` runs Apache Kafka here (whose replication Tally sizes)."""
+        return self.local_broker and self.broker == "kafka"
+
+    @property
+    def replication_factor(self) -> int | None:
+        """Replicas of each topic Tally creates; None: the cluster's default."""
+        if self.topic_replication_factor is not None:
+            return self.topic_replication_factor
+        if self.local_broker:  # Kafka, sized to its nodes; or Tansu, one node
+            from tally.infra.kafka import replication_defaults
+
+            return replication_defaults(self.kafka_brokers)[0]
+        return None
+
+    @property
+    def min_insync_replicas(self) -> int | None:
+        """min.insync.replicas of each topic Tally creates; None: the cluster's default."""
+        if self.topic_min_insync_replicas is not None:
+            return self.topic_min_insync_replicas
+        if self.local_kafka:
+            from tally.infra.kafka import replication_defaults
+
+            return replication_defaults(self.kafka_brokers)[1]
+        return None
 
     @property
     def local_broker(self) -> bool:

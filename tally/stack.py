@@ -7,6 +7,7 @@ process start time too, so a recycled PID is never mistaken for ours.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,10 +17,14 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tally.config import Settings, mask_password
+
+if TYPE_CHECKING:
+    from tally.infra.kafka import Node
 
 
 @dataclass
@@ -28,6 +33,7 @@ class Component:
     command: Callable[[Settings], list[str]]
     ready: Callable[[Settings], bool]
     describe: Callable[[Settings], str]
+    broker: bool = False  # a broker node: `tally up` starts them together (a quorum needs its peers)
 
 
 def _tally(*args: str) -> Callable[[Settings], list[str]]:
@@ -43,6 +49,48 @@ def _broker_command(s: Settings) -> list[str]:
 
     kafka.ensure_jars()
     return kafka.broker_command(s.state_dir / "kafka", s.broker_port, s.broker_heap_mb)
+
+
+def kafka_nodes(s: Settings) -> list[Node]:
+    """The nodes of the local Kafka cluster of TALLY_KAFKA_BROKERS > 1 nodes (infra/kafka.py)."""
+    from tally.infra import kafka
+
+    return kafka.cluster_nodes(s.state_dir / f"kafka-{s.kafka_brokers}", s.broker_port, s.kafka_brokers)
+
+
+def _node_command(node_id: int) -> Callable[[Settings], list[str]]:
+    def command(s: Settings) -> list[str]:
+        from tally.infra import kafka
+
+        kafka.ensure_jars()
+        nodes = kafka_nodes(s)
+        return kafka.node_command(nodes[0].data_dir.parent, nodes, node_id, s.broker_heap_mb)
+
+    return command
+
+
+def node_ready(s: Settings, node_id: int) -> bool:
+    """Node node_id of the local cluster answers, and the cluster counts it as a live broker."""
+    return kafka_node_live(kafka_nodes(s)[node_id - 1].address, node_id)
+
+
+def kafka_node_live(address: str, node_id: int) -> bool:
+    """The Kafka node at address answers metadata requests and lists itself among the
+    live brokers (registered with the quorum, not fenced)."""
+    if not port_open(*_host_port(address)):
+        return False
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        meta = AdminClient({"bootstrap.servers": address, "log_level": 3}).list_topics(timeout=3)
+    except Exception:
+        return False
+    return node_id in meta.brokers
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -62,8 +110,8 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
 
 
 def broker_ready(s: Settings) -> bool:
-    host, _, port = s.bootstrap.split(",")[0].rpartition(":")
-    if not port_open(host, int(port)):
+    """Some host of the bootstrap list answers metadata requests."""
+    if not any(port_open(*_host_port(h)) for h in s.bootstrap_hosts):
         return False
     from tally.topics import admin
 
@@ -116,7 +164,19 @@ def _loopback(host: str) -> str:
 
 
 def components(s: Settings) -> list[Component]:
-    return [c for c in COMPONENTS if c.name != "broker" or s.local_broker]
+    """What `tally up` runs, in start order: the local broker (one, or node 1..N of a
+    cluster, named broker-<i>) unless TALLY_KAFKA_BOOTSTRAP is set, then the rest."""
+    rest = [c for c in COMPONENTS if c.name != "broker"]
+    if not s.local_broker:
+        return rest
+    if s.kafka_brokers == 1:
+        return [replace(COMPONENTS[0], broker=True), *rest]
+    nodes = [Component(f"broker-{n.node_id}", _node_command(n.node_id),
+                       lambda s, i=n.node_id: node_ready(s, i),
+                       lambda s, n=n: f"kafka node {n.node_id} of {s.kafka_brokers} on {n.address}",
+                       broker=True)
+             for n in kafka_nodes(s)]
+    return [*nodes, *rest]
 
 
 # --- PID files ---------------------------------------------------------------
@@ -175,21 +235,24 @@ def spawn(s: Settings, comp: Component, env: dict[str, str]) -> int:
 
 def stop(s: Settings, name: str, timeout: float = 20.0) -> bool:
     """Stop a component's whole process group: SIGTERM, then SIGKILL after timeout."""
-    pid = running_pid(s, name)
-    if pid is None:
-        return False
+    return bool(stop_together(s, [name], timeout))
+
+
+def stop_together(s: Settings, names: list[str], timeout: float = 20.0) -> list[str]:
+    """Stop several components at once (the nodes of a cluster: one by one, the last
+    ones would wait for a quorum that is already gone). Returns the names stopped."""
+    pids = {name: pid for name in names if (pid := running_pid(s, name)) is not None}
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            break
+        alive = [pid for pid in pids.values() if _group_alive(pid)]
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, sig)
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and _group_alive(pid):
+        while time.monotonic() < deadline and any(_group_alive(pid) for pid in alive):
             time.sleep(0.1)
-        if not _group_alive(pid):
-            break
-    _pidfile(s, name).unlink(missing_ok=True)
-    return True
+    for name in pids:
+        _pidfile(s, name).unlink(missing_ok=True)
+    return list(pids)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -215,7 +278,7 @@ def wait_ready(s: Settings, comp: Component, timeout: float, on_tick: Callable[[
     while time.monotonic() < deadline:
         if comp.ready(s):
             return
-        if (comp.name != "broker" or s.local_broker) and running_pid(s, comp.name) is None:
+        if running_pid(s, comp.name) is None:
             raise RuntimeError(f"{comp.name} exited during start; see {s.log_dir / (comp.name + '.log')}")
         if on_tick:
             on_tick()

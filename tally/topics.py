@@ -2,16 +2,28 @@
 
 Topics are provisioned explicitly (`tally topics create`, run by `tally up`);
 brokers started by Tally have auto-creation switched off so a typo cannot
-silently create a new topic.
+silently create a new topic. Every topic Tally creates gets the replication
+settings, and existing ones are brought to them at start (`ensure`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import time
+from dataclasses import dataclass, field
 
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 
 from tally.config import Settings
+
+log = logging.getLogger(__name__)
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -54,28 +66,138 @@ def admin(settings: Settings) -> AdminClient:
                         "log_level": 3})
 
 
-def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
-    """Create missing topics; return the names created. Existing topics are left alone."""
-    client = admin(settings)
+@dataclass
+class TopicChanges:
+    """What ensure() did: topics created, settings changed, and what it could not fix."""
+
+    created: list[str] = field(default_factory=list)
+    altered: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def ensure_topics(settings: Settings, timeout: float = 30.0) -> TopicChanges:
+    """Create the pipeline's missing topics and bring existing ones to the replication settings."""
+    return ensure(settings, {settings.topic(s.name): (s.partitions or settings.topic_partitions, s.config)
+                             for s in specs(settings)}, timeout)
+
+
+def ensure(settings: Settings, wanted: dict[str, tuple[int, dict[str, str]]],
+           timeout: float = 30.0) -> TopicChanges:
+    """Create the missing topics of `wanted` (name -> partitions, config) with the replication
+    settings (TALLY_TOPIC_REPLICATION_FACTOR, TALLY_TOPIC_MIN_INSYNC_REPLICAS), then reconcile
+    every one of them: a different min.insync.replicas is altered in place; a different
+    replication factor cannot be, and is reported. Other existing configs are left alone."""
+    client = admin(settings)  # keep a reference: futures of a collected client never resolve
+    replicas, min_isr = settings.replication_factor, settings.min_insync_replicas
+    extra = {"min.insync.replicas": str(min_isr)} if min_isr is not None else {}
     existing = set(client.list_topics(timeout=timeout).topics)
-    new = []
-    for spec in specs(settings):
-        name = settings.topic(spec.name)
-        if name in existing:
-            continue
-        partitions = spec.partitions or settings.topic_partitions
-        new.append(NewTopic(name, num_partitions=partitions, replication_factor=-1, config=spec.config))
-    if not new:
-        return []
-    created = []
-    for name, fut in client.create_topics(new, operation_timeout=timeout).items():
-        try:
-            fut.result()
-            created.append(name)
-        except Exception as exc:  # a concurrent creator won the race: fine
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
+    new = [NewTopic(name, num_partitions=parts, replication_factor=replicas or -1, config={**config, **extra})
+           for name, (parts, config) in wanted.items() if name not in existing]
+    changes = TopicChanges(created=_create(client, new, timeout))
+    if replicas is not None or min_isr is not None:
+        _reconcile(client, sorted(wanted), existing, replicas, min_isr, changes, timeout)
+    for line in changes.altered:
+        log.info("topic %s", line)
+    for line in changes.warnings:
+        log.warning("%s", line)
+    return changes
+
+
+# Errors after which the same request can simply be sent again: the broker handle was
+# replaced while librdkafka learned the cluster, a connection dropped, a node was busy.
+TRANSIENT = frozenset({KafkaError._DESTROY_BROKER, KafkaError._TRANSPORT, KafkaError._TIMED_OUT,
+                       KafkaError.REQUEST_TIMED_OUT, KafkaError.NOT_CONTROLLER})
+
+
+def transient(err: KafkaError) -> bool:
+    return err.retriable() or err.code() in TRANSIENT
+
+
+def _create(client: AdminClient, new: list[NewTopic], timeout: float) -> list[str]:
+    """Create topics; the names created. A topic that exists meanwhile (a concurrent creator,
+    or our own attempt that failed on the way back) is fine; a transient error is retried."""
+    created: list[str] = []
+    deadline = time.monotonic() + timeout
+    while new:
+        by_name, new = {t.topic: t for t in new}, []
+        for name, fut in client.create_topics(list(by_name.values()), operation_timeout=timeout).items():
+            try:
+                fut.result()
+                created.append(name)
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    continue
+                if not transient(err) or time.monotonic() > deadline:
+                    raise
+                log.info("creating topic %s: %s; trying again", name, err.str())
+                new.append(by_name[name])
+        if new:
+            time.sleep(0.5)
     return created
+
+
+def _reconcile(client: AdminClient, names: list[str], existed: set[str], replicas: int | None,
+               min_isr: int | None, changes: TopicChanges, timeout: float) -> None:
+    topics = client.list_topics(timeout=timeout).topics
+    actual = {n: min(len(p.replicas) for p in topics[n].partitions.values())
+              for n in names if n in topics and topics[n].partitions}
+    for name, have in actual.items():
+        if replicas is not None and have != replicas:
+            changes.warnings.append(
+                f"topic {name} has replication factor {have}, the settings ask for {replicas} "
+                f"(TALLY_TOPIC_REPLICATION_FACTOR, or the local cluster's size): Kafka cannot change "
+                f"it through a config. Reassign its partitions (kafka-reassign-partitions.sh), "
+                f"or delete the topic, losing its records, and run `tally topics create`.")
+        if min_isr is not None and min_isr > have:
+            changes.warnings.append(
+                f"topic {name} has {have} replicas: min.insync.replicas {min_isr} "
+                f"(TALLY_TOPIC_MIN_INSYNC_REPLICAS) would refuse every acks=all write to it")
+    # Topics just created have the setting already (and a broker may not know them yet).
+    older = [n for n in actual if n in existed and min_isr is not None and min_isr <= actual[n]]
+    if not older:
+        return
+    to_alter = []
+    for name, configs in topic_configs(client, older, timeout).items():
+        current = configs["min.insync.replicas"].value
+        if current != str(min_isr):
+            to_alter.append(ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
+                ConfigEntry("min.insync.replicas", str(min_isr), incremental_operation=AlterConfigOpType.SET)]))
+            changes.altered.append(f"{name}: min.insync.replicas {current} -> {min_isr}")
+    for fut in (client.incremental_alter_configs(to_alter, request_timeout=timeout).values() if to_alter else []):
+        fut.result(timeout=timeout)
+
+
+def topic_configs(client: AdminClient, names: list[str], timeout: float = 30.0) -> dict[str, dict[str, ConfigEntry]]:
+    """The configs of existing topics. A topic created moments ago (by this or another
+    process) can be unknown to the broker asked for a while: asked again, until timeout."""
+    out: dict[str, dict[str, ConfigEntry]] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names if n not in out]
+        if not resources:
+            return out
+        for res, fut in client.describe_configs(resources, request_timeout=timeout).items():
+            try:
+                out[res.name] = fut.result(timeout=timeout)
+            except KafkaException as exc:
+                err = exc.args[0]
+                retry = err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART or transient(err)
+                if not retry or time.monotonic() > deadline:
+                    raise
+        time.sleep(0.2)
+
+
+def effective_replication_factor(settings: Settings, timeout: float = 30.0) -> int:
+    """The replication factor topics get: the setting, else the cluster's default."""
+    if settings.replication_factor is not None:
+        return settings.replication_factor
+    client = admin(settings)
+    broker = next(iter(client.list_topics(timeout=timeout).brokers))
+    res = ConfigResource(ConfigResource.Type.BROKER, str(broker))
+    configs = client.describe_configs([res], request_timeout=timeout)[res].result(timeout=timeout)
+    default = configs.get("default.replication.factor")
+    return int(default.value) if default is not None else 1  # a broker that does not say: one copy
 
 
 def describe_config(settings: Settings, name: str) -> dict[str, str]:

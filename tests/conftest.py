@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tally.config import Settings
+from tests.cluster import KafkaCluster
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -152,9 +153,34 @@ class Env:
 
 @pytest.fixture
 def tally_env(broker: Broker, tmp_path: Path) -> Env:
+    return isolated_env(broker.bootstrap, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """A 3-node Kafka cluster (KRaft, every node a broker and controller; replication
+    factor 3 and min.insync.replicas 2 by default), for the tests of one module."""
+    c = KafkaCluster.create(tmp_path_factory.mktemp("cluster"), nodes=3, heap_mb=320)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def cluster_env(cluster: KafkaCluster, tmp_path: Path) -> Env:
+    """Settings for one test on the 3-node cluster, through a comma-separated bootstrap list,
+    with the replication settings given explicitly (the cluster's defaults are the same)."""
+    return isolated_env(cluster.bootstrap, tmp_path, TALLY_TOPIC_REPLICATION_FACTOR="3",
+                    TALLY_TOPIC_MIN_INSYNC_REPLICAS="2")
+
+
+def isolated_env(bootstrap: str, tmp_path: Path, **extra: str) -> Env:
+    """Settings for one test: its own topics (created), ports and state dir on a cluster."""
     tag = uuid.uuid4().hex[:8]
     env = Env({
-        "TALLY_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "TALLY_KAFKA_BOOTSTRAP": bootstrap,
         "TALLY_STATE_DIR": str(tmp_path / "state"),
         "TALLY_TOPIC_PREFIX": f"t{tag}.",
         "TALLY_TOPIC_PARTITIONS": "4",
@@ -165,6 +191,7 @@ def tally_env(broker: Broker, tmp_path: Path) -> Env:
         "TALLY_ALLOWED_SITES": "example.com,localhost",
         "TALLY_SINK_BATCH_SECONDS": "0.2",
         "TALLY_LOG_LEVEL": "info",
+        **extra,
     })
     from tally.topics import ensure_topics
 

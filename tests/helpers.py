@@ -66,3 +66,89 @@ def read_beacons(settings: Settings, want: int = 0, timeout: float = 30) -> list
         return out
     finally:
         consumer.close()
+
+
+class BeaconLoad:
+    """Beacons sent to a running collector from a pool of threads, each with its own path
+    (`<prefix><i>`), until stopped or `total` were sent. Records which were acknowledged
+    (2xx: the collector says durable) and every other answer, so a test can check that the
+    warehouse holds exactly the acknowledged ones.
+
+        load = BeaconLoad(settings, "/chaos/", threads=16).start()
+        load.wait_sent(1000); ...break something...; load.stop()
+        assert not load.failed and len(load.acked) == load.sent
+    """
+
+    def __init__(self, settings: Settings, prefix: str, threads: int = 16, total: int | None = None,
+                 rate: float | None = None, site: str = "example.com", timeout: float = 30) -> None:
+        """rate: beacons per second over all threads (None: as fast as they are answered)."""
+        import threading
+        import time
+
+        self.url = collect_url(settings)
+        self.prefix, self.threads, self.total, self.site, self.timeout = prefix, threads, total, site, timeout
+        self.acked: set[str] = set()
+        self.failed: dict[str, str] = {}  # path -> status or error of a beacon not acknowledged
+        self.sent = 0
+        self.rate = rate
+        self._t0 = time.monotonic()
+        self._next = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def start(self) -> BeaconLoad:
+        import time
+
+        self._t0 = time.monotonic()
+        for t in self._workers:
+            t.start()
+        return self
+
+    def _take(self) -> int | None:
+        import time
+
+        with self._lock:
+            if self._stop.is_set() or (self.total is not None and self._next >= self.total):
+                return None
+            self._next += 1
+            i = self._next - 1
+        if self.rate:  # beacon i is due i/rate seconds after the start
+            time.sleep(max(0.0, self._t0 + i / self.rate - time.monotonic()))
+        return i
+
+    def _run(self) -> None:
+        while (i := self._take()) is not None:
+            path = f"{self.prefix}{i}"
+            try:
+                status, body, _ = post_json(self.url, {"site": self.site, "path": path},
+                                            headers={"User-Agent": BROWSER_UA}, timeout=self.timeout)
+                outcome = status if 200 <= status < 300 else f"{status} {body[:200]!r}"
+            except Exception as exc:  # a timeout or a refused connection: not acknowledged
+                outcome = f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                self.sent += 1
+                if isinstance(outcome, int):
+                    self.acked.add(path)
+                else:
+                    self.failed[path] = outcome
+
+    def wait_sent(self, n: int, timeout: float = 120) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self.sent < n:
+            if time.monotonic() > deadline or not any(t.is_alive() for t in self._workers):
+                raise AssertionError(f"only {self.sent} of {n} beacons sent")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop sending; returns once every request in flight was answered."""
+        self._stop.set()
+        for t in self._workers:
+            t.join()
+
+    def join(self) -> None:
+        """Wait until `total` beacons were sent."""
+        for t in self._workers:
+            t.join()

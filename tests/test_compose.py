@@ -18,11 +18,39 @@ SERVICES = COMPOSE["services"]
 TALLY_SERVICES = [n for n, s in SERVICES.items() if s.get("image") == "tally:latest"]
 
 
+KAFKA = sorted(n for n in SERVICES if n.startswith("kafka-"))
+
+
 def test_has_the_production_stack():
-    assert {"kafka", "schema-registry", "clickhouse", "collector", "worker", "sink", "dashboard"} <= set(SERVICES)
+    assert {"schema-registry", "clickhouse", "collector", "worker", "sink", "dashboard"} <= set(SERVICES)
     assert SERVICES["worker"]["deploy"]["replicas"] >= 2
-    assert "KRaft" in (REPO / "docker-compose.yml").read_text() or \
-        SERVICES["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert KAFKA == ["kafka-1", "kafka-2", "kafka-3"]
+
+
+def test_kafka_is_one_three_node_kraft_quorum_replicating_three_times():
+    envs = [SERVICES[n]["environment"] for n in KAFKA]
+    assert sorted(int(e["KAFKA_NODE_ID"]) for e in envs) == [1, 2, 3]
+    voters = {e["KAFKA_CONTROLLER_QUORUM_VOTERS"] for e in envs}
+    assert voters == {"1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"}
+    assert len({e["CLUSTER_ID"] for e in envs}) == 1
+    volumes = [SERVICES[n]["volumes"][0].split(":") for n in KAFKA]
+    assert len({v[0] for v in volumes}) == 3 and all(v[1] == e["KAFKA_LOG_DIRS"] for v, e in zip(volumes, envs, strict=True))
+    for name, e in zip(KAFKA, envs, strict=True):
+        assert e["KAFKA_PROCESS_ROLES"] == "broker,controller"
+        assert e["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{name}:9092"
+        assert int(e["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == int(e["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) == 3
+        assert int(e["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"]) == 3
+        assert int(e["KAFKA_MIN_INSYNC_REPLICAS"]) == int(e["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"]) == 2
+
+
+def test_every_client_lists_every_broker_and_tally_replicates_three_times():
+    everyone = ",".join(f"{n}:9092" for n in KAFKA)
+    assert SERVICES["schema-registry"]["environment"]["SCHEMA_REGISTRY_KAFKASTORE_BOOTSTRAP_SERVERS"] == everyone
+    for name in TALLY_SERVICES:
+        env = {k: interpolate(str(v)) for k, v in SERVICES[name]["environment"].items()}
+        s = Settings.from_env(env)
+        assert s.bootstrap == everyone, name
+        assert (s.replication_factor, s.min_insync_replicas) == (3, 2), name
 
 
 def test_every_variable_is_one_the_code_reads():

@@ -28,11 +28,41 @@ def test_defaults_run_the_local_stack():
     ("TALLY_KAFKA_BOOTSTRAP", "localhost", "host:port"),
     ("TALLY_CLICKHOUSE_URL", "ftp://x", "http"),
     ("TALLY_SINK_BATCH_SECONDS", "soon", "number"),
+    ("TALLY_KAFKA_BOOTSTRAP", "a:9092;b:9092", "separate hosts with commas"),
+    ("TALLY_KAFKA_BROKERS", "0", ">= 1"),
+    ("TALLY_TOPIC_REPLICATION_FACTOR", "three", "expected an integer"),
 ])
 def test_bad_values_name_the_variable(var, value, needle):
     with pytest.raises(SettingsError) as err:
         Settings.from_env({var: value})
     assert str(err.value).startswith(f"{var}: ") and needle in str(err.value)
+
+
+def test_replication_follows_the_local_cluster_and_leaves_an_external_one_its_defaults():
+    one, three = Settings.from_env({}), Settings.from_env({"TALLY_KAFKA_BROKERS": "3"})
+    assert (one.replication_factor, one.min_insync_replicas) == (1, 1)
+    assert (three.replication_factor, three.min_insync_replicas) == (3, 2)
+    assert three.bootstrap == "127.0.0.1:9092,127.0.0.1:9094,127.0.0.1:9096"
+    assert Settings.from_env({"TALLY_KAFKA_BROKERS": "5"}).replication_factor == 3
+    external = Settings.from_env({"TALLY_KAFKA_BOOTSTRAP": " k1:9092, k2:9092 ,k3:9092"})
+    assert external.bootstrap == "k1:9092,k2:9092,k3:9092"
+    assert external.bootstrap_hosts == ["k1:9092", "k2:9092", "k3:9092"]
+    assert (external.replication_factor, external.min_insync_replicas) == (None, None)
+    chosen = Settings.from_env({"TALLY_KAFKA_BOOTSTRAP": "k1:9092", "TALLY_TOPIC_REPLICATION_FACTOR": "3",
+                                "TALLY_TOPIC_MIN_INSYNC_REPLICAS": "2"})
+    assert (chosen.replication_factor, chosen.min_insync_replicas) == (3, 2)
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"TALLY_KAFKA_BROKERS": "3", "TALLY_BROKER": "tansu"}, "TALLY_KAFKA_BROKERS: a cluster of 3 nodes needs TALLY_BROKER=kafka"),
+    ({"TALLY_TOPIC_REPLICATION_FACTOR": "3"}, "TALLY_TOPIC_REPLICATION_FACTOR: 3 replicas need as many brokers"),
+    ({"TALLY_KAFKA_BROKERS": "3", "TALLY_TOPIC_MIN_INSYNC_REPLICAS": "4"}, "TALLY_TOPIC_MIN_INSYNC_REPLICAS: 4 is more than the 3 replicas"),
+    ({"TALLY_KAFKA_BOOTSTRAP": "k:1", "TALLY_TOPIC_REPLICATION_FACTOR": "2", "TALLY_TOPIC_MIN_INSYNC_REPLICAS": "3"},
+     "TALLY_TOPIC_MIN_INSYNC_REPLICAS: 3 is more than the 2 replicas"),
+])
+def test_replication_settings_that_cannot_work_are_refused(env, needle):
+    with pytest.raises(SettingsError, match=needle):
+        Settings.from_env(env)
 
 
 def test_bad_value_stops_the_cli_with_one_line():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tally.stack import http_ok
-from tests.conftest import start_pipeline, wait_for
-from tests.helpers import collect_url, post_json, query_rows
+from tests.conftest import free_port, start_pipeline, wait_for
+from tests.helpers import BROWSER_UA, collect_url, post_json, query_rows
 
 pytestmark = pytest.mark.integration
 
@@ -43,3 +43,20 @@ def test_rejected_site_is_400_naming_it(tally_env, spawn):
     assert status == 400 and b"site" in body
     status, body, _ = post_json(collect_url(s), {"site": "example.com"})
     assert status == 400 and b"path" in body
+
+
+def test_a_multi_host_bootstrap_list_works_in_every_component(tally_env, spawn):
+    """host:port,host:port reaches librdkafka (collector, sink), aiokafka through Faust (worker)
+    and the readiness checks; the first host listed is dead, so each must try the next."""
+    dead = f"127.0.0.1:{free_port()}"
+    tally_env.vars["TALLY_KAFKA_BOOTSTRAP"] = f"{dead},{tally_env.vars['TALLY_KAFKA_BOOTSTRAP']}"
+    s = tally_env.settings
+    assert s.bootstrap_hosts[0] == dead and len(s.bootstrap_hosts) == 2
+    procs = start_pipeline(tally_env, spawn)
+    status, body, _ = post_json(collect_url(s), {"site": "example.com", "path": "/two-hosts"},
+                                headers={"User-Agent": BROWSER_UA})
+    assert status == 204, body
+    wait_for(lambda: query_rows(s, "SELECT count() FROM pageviews WHERE path = '/two-hosts'")[0][0] == 1,
+             60, "the pageview in ClickHouse")
+    for p in procs:
+        assert p.alive(), p.output()[-2000:]

@@ -135,3 +135,57 @@ def test_up_query_down_and_broker_persistence(tmp_path):
 def test_down_when_nothing_runs_is_harmless(tmp_path):
     res = tally(stack_env(tmp_path), "down")
     assert res.returncode == 0
+
+
+def test_up_with_three_brokers_status_and_down(tmp_path):
+    """TALLY_KAFKA_BROKERS=3: a 3-node KRaft quorum, every topic (Faust's and the changelogs
+    included) replicated 3 times with min.insync.replicas 2, a status row per node, and the
+    stack keeps working with a node down."""
+    from confluent_kafka.admin import AdminClient
+    from tally.streams.state import faust_topics, state_topics
+
+    from tally.topics import specs
+    from tests.cluster import free_port_block, replication
+
+    env = stack_env(tmp_path)
+    env.update({"TALLY_KAFKA_BROKERS": "3", "TALLY_BROKER_PORT": str(free_port_block(6)),
+                "TALLY_BROKER_HEAP_MB": "320"})
+    settings = Settings.from_env(env)
+    state = settings.state_dir
+    nodes = ("broker-1", "broker-2", "broker-3")
+    try:
+        up = tally(env, "up")
+        assert up.returncode == 0, up.stderr
+        for name in (*nodes, "sink", "worker", "collector"):
+            assert f"started {name}" in up.stderr
+        status = json.loads(tally(env, "status", "--json").stdout)
+        comps = {c["component"]: c for c in status["components"]}
+        assert list(comps) == [*nodes, "sink", "worker", "collector"]
+        assert all(c["ready"] for c in comps.values()), comps
+
+        topics = ([settings.topic(t.name) for t in specs(settings)] + list(state_topics(settings).values())
+                  + list(faust_topics(settings)))
+        got = replication(AdminClient({"bootstrap.servers": settings.bootstrap}), [*topics, "__consumer_offsets"])
+        assert {t: v[:2] for t, v in got.items()} == dict.fromkeys([*topics, "__consumer_offsets"], (3, 2))
+        send_and_count(settings, "/three", 1, 1)
+
+        # One node SIGKILLed: its row says so, the others stay ready, beacons still get stored.
+        os.kill(pids(state)["broker-2"], signal.SIGKILL)
+        wait_for(lambda: not alive(pids(state).get("broker-2", 0)), 10, "node 2 gone")
+        rows = {c["component"]: c for c in json.loads(tally(env, "status", "--json").stdout)["components"]}
+        assert not rows["broker-2"]["ready"] and rows["broker-2"]["pid"] is None
+        assert rows["broker-1"]["ready"] and rows["broker-3"]["ready"]
+        send_and_count(settings, "/two-of-three", 2, 3)
+
+        # `tally up` again, with no settings given: the stack's own (three nodes) restart node 2 only.
+        bare = {k: v for k, v in env.items() if k not in ("TALLY_KAFKA_BROKERS", "TALLY_BROKER_PORT")}
+        again = tally(bare, "up")
+        assert again.returncode == 0, again.stderr
+        assert "started broker-2" in again.stderr and again.stderr.count("already running") == 5
+        assert "started broker " not in again.stderr  # no single broker on the default port
+    finally:
+        started = pids(state)
+        down = tally(env, "down")
+    assert down.returncode == 0, down.stderr
+    assert set(started) >= set(nodes) and not any(alive(p) for p in started.values()), started
+    assert not list((state / "run").glob("*.pid"))

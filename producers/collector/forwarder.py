@@ -13,8 +13,8 @@ Two modes:
   requests are answered, and the forwarder switches to spooling. Such a batch
   stays in librdkafka's queue ("in flight"): if librdkafka delivers it later,
   its spool entry is acknowledged and never replayed, so the broker's
-  return does not duplicate it; only if librdkafka gives up
-  (message.timeout.ms) is it replayed from the spool.
+  return does not duplicate it; only if librdkafka fails it (a
+  non-retriable error) is it replayed from the spool.
 - **spooling**: new batches go straight to the spool (no point waiting for a
   broker known to be away). A replay task probes the broker and, once it
   answers, produces the spooled batches in the order they were written. When
@@ -49,10 +49,13 @@ from tally.kafka import producer_config
 log = logging.getLogger(__name__)
 
 ONLINE, SPOOLING = "online", "spooling"
-# librdkafka keeps retrying a message this long before failing it. Requests never
-# wait for it (they are answered from the spool after TALLY_SPOOL_AFTER_MS); it
-# only bounds how long an in-flight batch holds up the replay behind it.
-MESSAGE_TIMEOUT_MS = 20000
+# librdkafka never gives up on a batch over a retriable error (0: no timeout). A batch
+# that timed out may still be in the leader's log, waiting for min.insync.replicas (two
+# of three nodes down, say); sending it again would store it twice once the followers
+# return. The idempotent producer's own retries cannot: the broker drops a repeated
+# sequence number. Requests never wait for this (they are answered from the spool after
+# TALLY_SPOOL_AFTER_MS); a batch in flight holds up the replay behind it until delivered.
+MESSAGE_TIMEOUT_MS = 0
 REPLAY_WINDOW = 64  # spooled batches produced before waiting for their acks
 
 
@@ -107,6 +110,10 @@ class Forwarder:
         self._spool_queue: list[_Batch] = []
         self._spool_busy = False
         self._in_flight: dict[int, _Batch] = {}  # spool id -> batch still in librdkafka
+        # Highest spool id whose batch _write_spool has finished with (registered as in
+        # flight, or acknowledged). The replay leaves younger ids alone: one of them may be
+        # a batch librdkafka still holds, and sending it again would store it twice.
+        self._settled = 0
         self._wake = asyncio.Event()
         self._replayer: asyncio.Task[None] | None = None
         self._stop = threading.Event()
@@ -118,6 +125,7 @@ class Forwarder:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.spool = await self._run_io(self._open_spool)
+        self._settled = max(self.spool.pending_ids(), default=0)  # left by earlier processes
         self._update_spool_gauges()
         if self.spool.pending_count:
             log.info("spool holds %d batches from before; replaying", self.spool.pending_count)
@@ -329,6 +337,7 @@ class Forwarder:
                     metrics.SPOOLED.inc(batch.count)
                     metrics.ACCEPTED.inc(batch.count)
                     _resolve(batch.futures, True)
+                self._settled = max([self._settled, *(i for i in ids if i is not None)])
                 self._update_spool_gauges()
         finally:
             self._spool_busy = False
@@ -383,7 +392,8 @@ class Forwarder:
                 log.info("spool drained; forwarding directly again")
                 return True
             return False
-        if not await self._broker_reachable():
+        ids = [i for i in ids if i <= self._settled]
+        if not ids or not await self._broker_reachable():
             return False
         for start in range(0, len(ids), REPLAY_WINDOW):
             window = ids[start:start + REPLAY_WINDOW]

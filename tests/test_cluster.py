@@ -1,0 +1,199 @@
+"""Chaos on a real three-node Kafka cluster (KRaft; replication factor 3, min.insync.replicas 2),
+with the whole pipeline (collector, worker, sink) running against it through a comma-separated
+bootstrap list and a load of beacons arriving while brokers die.
+
+The checks are the issue's: every beacon answered 2xx is stored exactly once (rows FINAL equal
+the acknowledged beacons, and `count()` equals `uniqExact(event_id)`, so not even an unmerged
+duplicate is left), and the aggregates agree with the raw rows (`tally reconcile`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.cluster import KafkaCluster
+from tests.conftest import Env, start_pipeline, wait_for
+from tests.helpers import BeaconLoad, query_rows, read_beacons
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+
+def readyz(settings) -> dict:
+    url = f"http://{settings.collector_host}:{settings.collector_port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+
+
+def stored(settings, prefix: str) -> tuple[int, int, int, int]:
+    """(rows FINAL, rows, distinct event_ids, distinct paths) of the beacons under prefix."""
+    final = query_rows(settings, f"SELECT count() FROM pageviews FINAL WHERE startsWith(path, '{prefix}')")
+    raw = query_rows(settings, "SELECT count(), uniqExact(event_id), uniqExact(path) FROM pageviews "
+                               f"WHERE startsWith(path, '{prefix}')")
+    return final[0][0], *raw[0]
+
+
+def assert_stored_exactly_once(env: Env, load: BeaconLoad, prefix: str, procs) -> None:
+    s = env.settings
+    acked = len(load.acked)
+    try:
+        wait_for(lambda: stored(s, prefix)[0] >= acked, 240, f"{acked} acknowledged beacons in ClickHouse")
+    except AssertionError:
+        from tests.stream_support import input_lag
+
+        raise AssertionError(f"{acked} acknowledged, stored (FINAL, rows, ids, paths): {stored(s, prefix)}; "
+                             f"stream input lag {input_lag(s)}\n{procs[1].output()[-4000:]}") from None
+    tails = "\n".join(f"--- {p.name}\n{p.output()[-2500:]}" for p in procs)
+    final, rows, ids, paths = stored(s, prefix)
+    assert (final, rows, ids, paths) == (acked, acked, acked, acked), tails
+    got = {r[0] for r in query_rows(s, f"SELECT path FROM pageviews WHERE startsWith(path, '{prefix}')")}
+    assert got == load.acked  # the acknowledged ones, not others
+    # ClickHouse folds repeated event_ids when it merges; the raw topic shows any that were sent.
+    raw = [b for b in read_beacons(s, acked) if b["path"].startswith(prefix)]
+    repeated = Counter(str(b["event_id"]) for b in raw)
+    twice = {i: n for i, n in repeated.items() if n > 1}
+    assert not twice, f"{len(twice)} beacons in {s.topic('beacons.raw')} more than once, e.g. {list(twice.items())[:3]}"
+
+    from tally.sinks.reconcile import reconcile
+
+    today = datetime.now(UTC).date()
+
+    def drift() -> list:
+        return [d for d in reconcile(s, today - timedelta(days=1), today + timedelta(days=1)) if d.drift]
+
+    # The worker emits window totals every TALLY_TOTALS_FLUSH_SECONDS; the sink follows.
+    try:
+        wait_for(lambda: not drift(), 120, "aggregates equal to the raw rows")
+    except AssertionError:
+        from tests.stream_support import input_lag
+
+        raise AssertionError(f"drift {drift()}; stream input lag {input_lag(s)}\n"
+                             f"{procs[1].output()[-6000:]}") from None
+    for p in procs:
+        assert p.alive(), f"{p.name} died:\n{p.output()[-3000:]}"
+
+
+def pipeline_topics(settings) -> list[str]:
+    from tally.streams.state import faust_topics, state_topics
+
+    from tally.topics import specs
+
+    return ([settings.topic(t.name) for t in specs(settings)] + list(state_topics(settings).values())
+            + list(faust_topics(settings)))
+
+
+def test_every_topic_gets_the_replication_settings_and_a_change_reaches_existing_ones(cluster, cluster_env):
+    from tally.streams.state import ensure_state_topics
+
+    from tally.topics import ensure, ensure_topics
+
+    s = cluster_env.settings  # TALLY_TOPIC_REPLICATION_FACTOR=3, TALLY_TOPIC_MIN_INSYNC_REPLICAS=2
+    assert s.bootstrap.count(",") == 2
+    created = ensure_state_topics(s).created
+    names = pipeline_topics(s)
+    assert len(created) == 3 and set(created) < set(names)  # two changelogs, Faust's leader topic
+    assert cluster.replication(names) == dict.fromkeys(names, (3, 2, True))
+
+    # Changed settings reach the existing topics the next time a component starts.
+    cluster_env.vars["TALLY_TOPIC_MIN_INSYNC_REPLICAS"] = "1"
+    lowered = cluster_env.settings
+    changes = ensure_topics(lowered)
+    assert not changes.created and not changes.warnings
+    assert sorted(line.split(":")[0] for line in changes.altered) == sorted(
+        lowered.topic(t) for t in ("beacons.raw", "pageviews.enriched", "product.events", "aggregates",
+                                   "drops", "bad-rows", "salts"))
+    assert all(line.endswith("min.insync.replicas 2 -> 1") for line in changes.altered)
+    assert len(ensure_state_topics(lowered).altered) == 3
+    # Each node applies a config change from the quorum's log: moments apart.
+    wait_for(lambda: cluster.replication(names) == dict.fromkeys(names, (3, 1, True)), 30,
+             "min.insync.replicas 1 on every node")
+    assert ensure_topics(lowered).altered == []  # nothing left to change
+
+    # A replication factor cannot change through a config: the start says so, naming the topic.
+    odd = lowered.topic("made-with-two-replicas")
+    cluster_env.vars.update({"TALLY_TOPIC_REPLICATION_FACTOR": "2", "TALLY_TOPIC_MIN_INSYNC_REPLICAS": "2"})
+    assert ensure(cluster_env.settings, {odd: (1, {})}).created == [odd]
+    assert cluster.replication([odd]) == {odd: (2, 2, True)}  # (and the metadata shows it now)
+    cluster_env.vars.update({"TALLY_TOPIC_REPLICATION_FACTOR": "3", "TALLY_TOPIC_MIN_INSYNC_REPLICAS": "3"})
+    changes = ensure(cluster_env.settings, {odd: (1, {})})
+    assert len(changes.warnings) == 2 and not changes.altered
+    assert f"topic {odd} has replication factor 2, the settings ask for 3" in changes.warnings[0]
+    assert "kafka-reassign-partitions" in changes.warnings[0]
+    # ...and never sets a min.insync.replicas that would refuse every write to it.
+    assert "min.insync.replicas 3" in changes.warnings[1] and "would refuse every acks=all write" in changes.warnings[1]
+    assert cluster.replication([odd]) == {odd: (2, 2, True)}
+
+
+@pytest.mark.chaos
+def test_leader_sigkilled_under_load_loses_and_duplicates_nothing(cluster: KafkaCluster, cluster_env, spawn):
+    env = cluster_env
+    env.vars["TALLY_RATE_LIMIT_PER_SECOND"] = "0"
+    s = env.settings
+    procs = start_pipeline(env, spawn)
+    raw = s.topic("beacons.raw")
+    victim = cluster.leader(raw, 0)
+
+    load = BeaconLoad(s, "/leader/", threads=16, rate=200).start()
+    load.wait_sent(1000)
+    t0 = time.monotonic()
+    cluster.kill(victim)
+    successor = cluster.wait_leader_elsewhere(raw, 0, victim)
+    failover = time.monotonic() - t0
+    load.wait_sent(load.sent + 1000)  # and on, with the new leader
+    load.stop()
+    wait_for(lambda: readyz(s)["mode"] == "online", 120, "the collector online again")
+    online = time.monotonic() - t0
+    print(f"leader {victim} of {raw}[0] SIGKILLed: node {successor} leads after {failover:.1f}s, "
+          f"the collector is online again after {online:.1f}s; {len(load.acked)} beacons acknowledged, "
+          f"{len(load.failed)} not")
+    assert not load.failed, dict(list(load.failed.items())[:5])
+
+    cluster.start(victim)
+    assert_stored_exactly_once(env, load, "/leader/", procs)
+    cluster.wait_in_sync([raw, s.topic("pageviews.enriched")])
+
+
+@pytest.mark.chaos
+def test_two_of_three_brokers_sigkilled_the_collector_spools_then_replays(cluster: KafkaCluster, cluster_env,
+                                                                          spawn):
+    env = cluster_env
+    env.vars.update({"TALLY_RATE_LIMIT_PER_SECOND": "0", "TALLY_SPOOL_AFTER_MS": "300"})
+    s = env.settings
+    procs = start_pipeline(env, spawn)
+
+    load = BeaconLoad(s, "/quorum/", threads=16, rate=200).start()
+    load.wait_sent(500)
+    survivor, *victims = sorted(cluster.running())
+    cluster.kill(*victims)
+    # acks=all with min.insync.replicas 2 cannot be met by one node: every beacon from now
+    # on is acknowledged from the spool.
+    wait_for(lambda: readyz(s)["mode"] == "spooling", 60, "the collector spooling")
+    spooling_at = load.sent
+    load.wait_sent(spooling_at + 1000, timeout=300)
+    spooled = readyz(s)["spool_batches"]
+    assert spooled > 0
+
+    # The nodes come back while beacons keep arriving: the collector replays its spool (new
+    # beacons queue behind it, in order) and then forwards directly again. (The load stops
+    # soon after: a spool drains only faster than it fills.)
+    t0 = time.monotonic()
+    cluster.start(*victims)
+    restarted = time.monotonic() - t0
+    load.wait_sent(load.sent + 200)
+    load.stop()
+    wait_for(lambda: readyz(s)["mode"] == "online", 240, "the collector online again (spool replayed)")
+    recovered = time.monotonic() - t0
+    print(f"nodes {victims} SIGKILLed, node {survivor} left: {spooled} batches in the spool 1000 "
+          f"beacons later; the nodes were live again after {restarted:.1f}s and the collector online "
+          f"after {recovered:.1f}s; {len(load.acked)} beacons acknowledged, {len(load.failed)} not")
+    assert not load.failed, dict(list(load.failed.items())[:5])
+    assert_stored_exactly_once(env, load, "/quorum/", procs)
+    cluster.wait_in_sync([s.topic("beacons.raw"), s.topic("pageviews.enriched")])
