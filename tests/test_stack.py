@@ -90,7 +90,7 @@ def test_up_query_down_and_broker_persistence(tmp_path):
         assert elapsed < 10  # acceptance: visible through tally query within 10 s
 
         again = tally(env, "up")
-        assert again.returncode == 0 and again.stderr.count("already running") == 5
+        assert again.returncode == 0 and again.stderr.count("already running") == 6
 
         # status finds the stack from the state dir alone (ports come from run/env.json).
         bare = {k: v for k, v in env.items() if k not in ("TALLY_COLLECTOR_PORT", "TALLY_QUERY_PORT",
@@ -156,11 +156,11 @@ def test_up_with_three_brokers_status_and_down(tmp_path):
     try:
         up = tally(env, "up")
         assert up.returncode == 0, up.stderr
-        for name in (*nodes, "sink", "worker", "collector"):
+        for name in (*nodes, "sink", "worker", "collector", "dashboard"):
             assert f"started {name}" in up.stderr
         status = json.loads(tally(env, "status", "--json").stdout)
         comps = {c["component"]: c for c in status["components"]}
-        assert list(comps) == [*nodes, "sink", "worker", "collector"]
+        assert list(comps) == [*nodes, "sink", "worker", "collector", "dashboard"]
         assert all(c["ready"] for c in comps.values()), comps
 
         topics = ([settings.topic(t.name) for t in specs(settings)] + list(state_topics(settings).values())
@@ -181,7 +181,7 @@ def test_up_with_three_brokers_status_and_down(tmp_path):
         bare = {k: v for k, v in env.items() if k not in ("TALLY_KAFKA_BROKERS", "TALLY_BROKER_PORT")}
         again = tally(bare, "up")
         assert again.returncode == 0, again.stderr
-        assert "started broker-2" in again.stderr and again.stderr.count("already running") == 5
+        assert "started broker-2" in again.stderr and again.stderr.count("already running") == 6
         assert "started broker " not in again.stderr  # no single broker on the default port
     finally:
         started = pids(state)
