@@ -164,8 +164,17 @@ def assert_converges(settings: Settings, expected: dict[tuple[str, str, str, int
     """Wait until the aggregates equal `expected` with no input lag left. Otherwise fail, and
     say which way: a STALL (input left and the totals stopped moving, or the timeout) or a
     DRIFT (all input processed and the totals settled on other numbers), with the drifting
-    keys and the tail of the worker's log. Returns the seconds it took."""
+    keys and the tail of the worker's log. Returns the seconds it took.
+
+    Totals count as settled only once the worker holds every partition's rebuilt state: a
+    worker still starting (slow on a loaded machine) has emitted nothing yet, and that is
+    neither a stall nor a drift."""
+    import re
     import time
+
+    def holds_every_partition() -> bool:
+        found = set(re.findall(r"web state of partition (\d+) rebuilt", worker.output()))
+        return len(found) >= settings.topic_partitions
 
     start = time.monotonic()
     deadline = start + timeout
@@ -179,7 +188,7 @@ def assert_converges(settings: Settings, expected: dict[tuple[str, str, str, int
         done = lag is not None and not any(lag.values())
         if done and got == expected:
             return time.monotonic() - start
-        if got != last:
+        if got != last or not holds_every_partition():
             last, moved = got, time.monotonic()
         elif done and time.monotonic() - moved > settle:
             break  # settled: nothing left to process and nothing changes
