@@ -18,7 +18,7 @@ from tally.config import Settings, SettingsError
 if TYPE_CHECKING:
     from tally.topics import TopicChanges
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # lines stay whole for scripts and logs
 
 
 def load_settings(stack: bool = False) -> Settings:
