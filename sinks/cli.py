@@ -19,7 +19,7 @@ FORMATS = {"table": "PrettyCompactNoEscapes", "json": "JSON", "csv": "CSVWithNam
 
 
 def _settings() -> Any:
-    from tally.cli import load_settings
+    from tally.runtime import load_settings
 
     return load_settings(stack=True)
 
@@ -27,7 +27,7 @@ def _settings() -> Any:
 def _run(sql: str, fmt: str) -> None:
     from tally.sinks.query import QueryError, run_sql
 
-    from tally.cli import console
+    from tally.runtime import console
 
     try:
         out = run_sql(_settings(), sql, FORMATS[fmt])
@@ -148,7 +148,7 @@ def reconcile(date_from: datetime | None, date_to: datetime | None, as_json: boo
     from tally.sinks.query import QueryError
     from tally.sinks.reconcile import reconcile as check
 
-    from tally.cli import console
+    from tally.runtime import console
 
     w = _window(date_from, date_to)
     try:

@@ -81,7 +81,7 @@ class Broker:
             self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         settings = Settings.from_env({"TALLY_KAFKA_BOOTSTRAP": self.bootstrap})
-        from tally.stack import broker_ready
+        from tally.ops.stack import broker_ready
 
         wait_for(lambda: broker_ready(settings), 90, f"broker on {self.bootstrap}")
 
@@ -206,7 +206,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         name = name or args[0]
         log = tmp_path / f"{name}-{len(procs)}.log"
         with open(log, "wb") as fh:
-            popen = subprocess.Popen([sys.executable, "-m", "tally.cli", *args], cwd=REPO,
+            popen = subprocess.Popen([sys.executable, "-m", "tally.ops", *args], cwd=REPO,
                                      env=env.child_env(), stdout=fh, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         proc = Proc(name, popen, log)
@@ -220,7 +220,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
 
 def start_pipeline(env: Env, spawn: Callable[..., Proc]) -> tuple[Proc, Proc, Proc]:
     """Sink, worker and collector as real processes, returned once each is ready."""
-    from tally.stack import http_ok, worker_ready
+    from tally.ops.stack import http_ok, worker_ready
 
     s = env.settings
     procs = (spawn(env, "sink"), spawn(env, "worker"), spawn(env, "collector"))

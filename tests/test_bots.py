@@ -62,7 +62,7 @@ def test_excluded_patterns_still_exist_upstream():
 
 def test_classify_ua_command_answers_in_order():
     lines = ["curl/8.5.0", BROWSERS[0], ""]
-    out = subprocess.run([sys.executable, "-m", "tally.cli", "classify-ua"], input="\n".join(lines) + "\n",
+    out = subprocess.run([sys.executable, "-m", "tally.ops", "classify-ua"], input="\n".join(lines) + "\n",
                          capture_output=True, text=True, check=True).stdout.splitlines()
     rows = [json.loads(x) for x in out]
     assert [r["ua"] for r in rows] == lines

@@ -45,8 +45,9 @@ def start_patiently(broker: Broker) -> None:
     try:
         broker.start()
     except AssertionError:
+        from tally.ops.stack import broker_ready
+
         from tally.config import Settings
-        from tally.stack import broker_ready
 
         s = Settings.from_env({"TALLY_KAFKA_BOOTSTRAP": broker.bootstrap})
         wait_for(lambda: broker_ready(s), 120, f"broker on {broker.bootstrap} (slow start)")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from tally.ops.stack import http_ok
 
-from tally.stack import http_ok
 from tests.conftest import start_pipeline, wait_for
 from tests.helpers import collect_url, post_json, query_rows
 

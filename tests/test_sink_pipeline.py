@@ -12,8 +12,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from tally.ops.stack import http_ok
 
-from tally.stack import http_ok
 from tests.conftest import REPO, wait_for
 from tests.helpers import query_rows
 from tests.sink_records import Records, pageview, recent_days
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 def tally(env, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tally.cli", *args], cwd=REPO, env=env.child_env(),
+    return subprocess.run([sys.executable, "-m", "tally.ops", *args], cwd=REPO, env=env.child_env(),
                           capture_output=True, text=True, timeout=120)
 
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 def tally(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tally.cli", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "tally.ops", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
