@@ -72,7 +72,7 @@ class Sink:
     def __init__(self, settings: Settings, client: Client) -> None:
         self.s = settings
         self.client = client
-        self.codec = default_codec()
+        self.codec = default_codec(settings)
         self.by_topic: dict[str, TableMapping] = {settings.topic(m.topic): m for m in MAPPINGS}
         self.passthrough = {m.table: Passthrough(self.codec, m.schema, m.columns)
                             for m in MAPPINGS if m.passthrough}

@@ -37,7 +37,7 @@ class EdgeDrops:
         self.topic = settings.topic("drops")
         self.interval = settings.drops_flush_seconds
         self.producer = producer
-        self.codec = default_codec()
+        self.codec = default_codec(settings)
         self.metric = DropCounter()
         self.counts: Counter[tuple[str, int, str]] = Counter()
         self._task: asyncio.Task[None] | None = None

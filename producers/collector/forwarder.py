@@ -86,7 +86,7 @@ class Forwarder:
         self.max_batch = max_batch
         self.spool_after = settings.spool_after_ms / 1000
         self.worker_index = worker_index
-        self.encoder = beacon_encoder(default_codec())
+        self.encoder = beacon_encoder(default_codec(settings))
         self.fatal_error: str | None = None
         self._producer_config = producer_config(settings, **{
             "linger.ms": 0, "socket.nagle.disable": True, "message.timeout.ms": MESSAGE_TIMEOUT_MS, "log_level": 3,
