@@ -43,8 +43,8 @@ from confluent_kafka import Producer
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tally.producers.middleware import TallyASGIMiddleware, TallyWSGIMiddleware  # noqa: E402
 from tally.producers.sdk import Client  # noqa: E402
+from tally.producers.sdk.middleware import TallyASGIMiddleware, TallyWSGIMiddleware  # noqa: E402
 
 from tally.config import Settings  # noqa: E402
 from tally.kafka import producer_config  # noqa: E402

@@ -245,7 +245,7 @@ _EVENTS: tuple[Event, ...] = (
           {"client_id": _id("Client of the project.", nullable=True),
            "billable": _bool("Whether the project is billable.")},
           subject_type="project", source="seed 004"),
-    # --- seed 001: API performance (emitted by tally.producers.middleware) -----
+    # --- seed 001: API performance (emitted by tally.producers.sdk.middleware) -----
     Event("api.request_slow", "api",
           "An API request took longer than 1 s.",
           "By the request-performance middleware when a request took over 1 s "

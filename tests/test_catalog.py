@@ -130,7 +130,7 @@ def test_memo_does_not_leak_between_events():
 def test_sdk_event_ids_are_uuid7():
     import uuid
 
-    from tally.producers.sdk import uuid7
+    from tally.ids import uuid7
 
     ids = {uuid7() for _ in range(2000)}
     assert len(ids) == 2000

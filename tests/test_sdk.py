@@ -62,7 +62,7 @@ def test_round_trip_plain_consumer_decodes_same_values(tally_env: Env):
             assert client.track(event, tenant_id=tenant, workspace_id="ws_1", actor="u_42",
                                 subject=subject, metadata=metadata, occurred_at=at)
         # Again without occurred_at: now every piece is known, so the fast path
-        # (tally.producers.fastpath) encodes them; the consumer must not tell.
+        # (tally.producers.sdk.pieces) encodes them; the consumer must not tell.
         before = int(time.time() * 1000)
         for event, tenant, subject, metadata in sent:
             assert client.track(event, tenant_id=tenant, workspace_id="ws_1", actor="u_42",

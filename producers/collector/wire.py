@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tally.producers.fastpath import uuid7_prefix, uuid7_tail
 from tally.schemas.codec import MAGIC, Codec
 from tally.schemas.fastwrite import Fallback, compile_writer, encoded, field_writers
+
+from tally.ids import uuid7_prefix, uuid7_tail
 
 SCHEMA = "beacon_batch"
 # The Beacon record's fields in order with their types; the pieces below follow it.

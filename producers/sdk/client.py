@@ -27,7 +27,7 @@ What it promises the host application:
 
 Counters: `client.stats()` (queued, delivered, pending, dropped by reason).
 
-Speed: track() is the closure tally.producers.fastpath compiles. An event made
+Speed: track() is the closure tally.producers.sdk.pieces compiles. An event made
 of pieces the catalog has already judged (tenants, actors, subjects, metadata
 pairs) is encoded from cached bytes; a new piece is judged alone by the
 catalog's rule for it; anything else (an unknown event, an explicit
@@ -51,11 +51,12 @@ from itertools import count
 from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, Producer
-from tally.producers.fastpath import FastEvents, Unavailable, uuid7
+from tally.producers.sdk.pieces import EventPieces, Unavailable
 from tally.schemas.catalog import CATALOG, check
 from tally.schemas.codec import Codec, default_codec
 
 from tally.config import Settings
+from tally.ids import uuid7
 from tally.kafka import producer_config
 
 log = logging.getLogger("tally.sdk")
@@ -136,13 +137,13 @@ class Client:
         self._dropped: Counter[str] = Counter()
         self._closed = False
         self._producer: Producer | None = None
-        self._fast: FastEvents | None = None
+        self._fast: EventPieces | None = None
         if self.disabled:
             return
         codec = codec or default_codec(settings)
         self._encode = codec.encode
         try:
-            self._fast = FastEvents(codec, self.app)
+            self._fast = EventPieces(codec, self.app)
         except Unavailable as exc:  # e.g. a schema registry: every event takes the full path
             log.info("tally sdk: no fast path (%s)", exc)
         conf = producer_config(settings, **{
@@ -165,7 +166,7 @@ class Client:
         self._poller.start()
         atexit.register(self.close, settings.sdk_exit_flush_seconds)
         if self._fast is not None:
-            # track() becomes the fast path's closure (tally.producers.fastpath): an
+            # track() becomes the fast path's closure (tally.producers.sdk.pieces): an
             # event of known pieces costs a few look-ups and one produce(); any
             # other event goes to the method below, which judges it in full.
             self.track = functools.update_wrapper(self._fast.compile_track(  # type: ignore[method-assign]

@@ -1,4 +1,4 @@
-"""The SDK's fast path: a product event's bytes from cached, already-judged pieces.
+"""A product event's bytes from cached, already-judged pieces: the SDK's track().
 
 Why: the SDK's target is 100k events/s from one Python process, so track()
 has a budget of a few µs. Building a record dict, running check() over it and
@@ -39,7 +39,6 @@ tests/test_schemas_fastwrite.py compares the result with fastavro's bytes.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -47,6 +46,8 @@ from typing import Any
 from tally.schemas.catalog import ACTOR_TYPES, CATALOG, KIND_CLASS, check_metadata_value, is_safe_id
 from tally.schemas.codec import MAGIC, Codec
 from tally.schemas.fastwrite import Fallback, compile_writer, encoded, field_writers
+
+from tally.ids import tail_pool, uuid7_prefix, uuid7_tail
 
 SCHEMA = "product_event"
 # product_event's fields in order with their types; the pieces below follow it.
@@ -70,56 +71,6 @@ _MAP_COUNT = tuple(bytes((2 * n,)) for n in range(64))  # zigzag varint of a sma
 
 class Unavailable(Exception):
     """The codec cannot take the fast path (schema registry, or another layout)."""
-
-
-# --- UUIDv7 ----------------------------------------------------------------------------
-# 48 bits of Unix ms, then 74 random bits (RFC 9562). The random part of the text
-# form, "aaa-vrrr-rrrrrrrrrrrr", is cut in blocks of 4096 from one os.urandom()
-# call with C-level slicing, so an id costs a list pop and a per-ms prefix instead
-# of a PRNG call and string formatting (uuid.uuid4()/uuid6.uuid7() cost several
-# µs). list.pop() is atomic under the GIL, so two threads never get the same
-# tail; a forked child empties the pool so pre-fork servers (gunicorn) do not
-# mint the parent's ids.
-_TAIL_BLOCK = 4096
-_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))  # variant bits 10
-_TAIL_LAYOUT = ((0, 0, 3), (4, 4, 4), (9, 8, 12))  # (to, from, width): 20 hex chars -> 21-char tail
-_tails: list[bytes] = []
-os.register_at_fork(after_in_child=_tails.clear)
-
-
-def _new_tails(n: int = _TAIL_BLOCK) -> list[bytes]:
-    raw = bytearray(os.urandom(10 * n))
-    raw[2::10] = raw[2::10].translate(_VARIANT)  # hex char 4 of each cell becomes 8, 9, a or b
-    hexed = raw.hex().encode()  # 20 hex chars per id; char 3 is unused (74 bits are needed)
-    cells = bytearray(b"-" * (21 * n))
-    for to, frm, width in _TAIL_LAYOUT:
-        for j in range(width):
-            cells[to + j::21] = hexed[frm + j::20]
-    block = bytes(cells)
-    return [block[i:i + 21] for i in range(0, 21 * n, 21)]
-
-
-def uuid7_tail() -> bytes:
-    """The random 21 characters of a UUIDv7's text form, as ASCII bytes."""
-    try:
-        return _tails.pop()
-    except IndexError:
-        fresh = _new_tails()
-        tail = fresh.pop()
-        _tails.extend(fresh)
-        return tail
-
-
-def uuid7_prefix(ms: int) -> str:
-    """The first 15 characters of a UUIDv7's text form: the ms timestamp and version."""
-    h = f"{ms:012x}"
-    return f"{h[:8]}-{h[8:]}-7"
-
-
-def uuid7(ms: int | None = None) -> str:
-    if ms is None:
-        ms = time.time_ns() // 1_000_000
-    return uuid7_prefix(ms) + uuid7_tail().decode()
 
 
 # --- the pieces --------------------------------------------------------------------------
@@ -153,7 +104,7 @@ class _Plan:
         self.fast = (head, required, user_initiated, self.subjects.get, self.pieces)
 
 
-class FastEvents:
+class EventPieces:
     """Product-event bytes from cached pieces; see the module docstring."""
 
     def __init__(self, codec: Codec, app: str) -> None:
@@ -228,7 +179,7 @@ class FastEvents:
         """
         plans_get, ids_get, users_get, actors_get = (
             self.fast_plans.get, self.ids.get, self.users.get, self.actors.get)
-        time_ns, pop, refill, clock_at = time.time_ns, _tails.pop, uuid7_tail, self._clock_at
+        time_ns, pop, refill, clock_at = time.time_ns, tail_pool.pop, uuid7_tail, self._clock_at
         new_id, new_actor, new_subject, new_piece = (
             self._new_id, self._new_actor, self._new_subject, self._new_piece)
         counts, map_end, join, piece_value_class = _MAP_COUNT, _MAP_END, b"".join, _PIECE_VALUE_CLASS

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
-from tally.producers.sdk import Actor, Client
+from tally.producers.sdk.client import Actor, Client
 from tally.schemas.catalog import METHODS
 
 Scope = tuple[str, str] | Callable[[Any], tuple[str, str] | None]
