@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
-from tally.schemas.fastwrite import Fallback, Writer, compile_writer
+from tally.schemas.avro_writer import Fallback, Writer, compile_writer
 
 if TYPE_CHECKING:
     from tally.config import Settings

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from tally.schemas.avro_writer import encode_long
 from tally.schemas.catalog import check as check_product_event
 from tally.schemas.codec import MAGIC, Codec, DecodeError, SchemaVersion, long_at
-from tally.schemas.fastwrite import encode_long
 
 PAGEVIEW_COLUMNS = (
     "event_id", "received_at", "site", "hostname", "path", "event", "visitor_id",

@@ -29,7 +29,8 @@ import faust
 from confluent_kafka import Producer
 from tally.schemas.codec import DecodeError, default_codec
 from tally.streams import beacons as stage1
-from tally.streams import fastread
+from tally.streams import projection
+from tally.streams.avro_bytes import writer_or_none
 from tally.streams.outputs import Outputs
 from tally.streams.product import product_delta
 from tally.streams.salts import SaltKeeper, expired, period_key
@@ -42,7 +43,6 @@ from tally.streams.windows import (
     pack_encoded,
     pageview_delta,
 )
-from tally.streams.wire import writer_or_none
 
 from tally import health
 from tally.config import Settings
@@ -90,14 +90,14 @@ def make_app(settings: Settings) -> faust.App:
         datadir=str(settings.state_dir / "faust"),
     )
     codec = default_codec(settings)
-    read_beacons = fastread.reader(codec, "beacon_batch")
-    read_pageviews = fastread.reader(codec, "pageview_batch", fastread.PAGEVIEW_FIELDS)
+    read_beacons = projection.reader(codec, "beacon_batch")
+    read_pageviews = projection.reader(codec, "pageview_batch", projection.PAGEVIEW_FIELDS)
     clock = Clock(settings)
     lateness_ms = min(settings.allowed_lateness_hours, settings.salt_grace_hours) * 3600_000
     cfg = stage1.Stage1Config(partitions=settings.topic_partitions, salt_period=settings.salt_period,
                               lateness_ms=lateness_ms, keep_user_agent=settings.keep_user_agent,
                               spam=load_spam_list(settings), raw_topic=settings.topic("beacons.raw"))
-    # The raw-bytes path (streams/wire.py) when the schemas have the shape it knows; else dicts.
+    # The raw-bytes path (streams/avro_bytes.py) when the schemas have the shape it knows; else dicts.
     fast = writer_or_none(lambda c: stage1.FastStage1(c, cfg), codec)
     if fast is None:
         log.warning("beacon/pageview schemas changed shape: stage 1 uses the slower dict path")

@@ -19,6 +19,7 @@ from functools import lru_cache
 from typing import Any
 
 from tally.schemas.codec import Codec, DecodeError
+from tally.streams.avro_bytes import BeaconReader, PageviewWriter, RawBeacon, zigzag_varints
 from tally.streams.badrows import bad_row, drop_counts
 from tally.streams.enrich import (
     VISITOR_DIGEST_BYTES,
@@ -32,7 +33,6 @@ from tally.streams.enrich import (
 )
 from tally.streams.salts import period_key
 from tally.streams.windows import pageview_delta, window_delta
-from tally.streams.wire import BeaconReader, PageviewWriter, RawBeacon, zigzag_varints
 
 DAY_MS = 86_400_000
 
@@ -72,7 +72,7 @@ def period_of(ms: int, salt_period: str) -> str:
 
 def periods_needed(batch: dict[str, Any], cfg: Stage1Config, now_ms: int) -> set[str]:
     """Salt periods this batch will hash with (items not already too late). Items come from
-    a fastread reader: received_at in epoch ms."""
+    a projection reader: received_at in epoch ms."""
     oldest = now_ms - cfg.lateness_ms
     return {period_of(ms, cfg.salt_period) for ms in {b["received_at"] for b in batch["items"]} if ms >= oldest}
 
@@ -131,7 +131,7 @@ def undecodable(value: bytes, exc: DecodeError, cfg: Stage1Config, partition: in
 
 
 class FastStage1:
-    """The same steps as process_batch, over raw bytes (streams/wire.py): strings are decoded
+    """The same steps as process_batch, over raw bytes (streams/avro_bytes.py): strings are decoded
     and enriched once per distinct value and kept as their encoded pageview pieces, and the
     visitor partitions' window deltas are built on the way. Output records and deltas are
     identical to process_batch's (tests/test_stream_wire.py).

@@ -327,7 +327,7 @@ class TotalsEncoder:
     SHARED_MAX = 200_000
 
     def __init__(self, codec: Any) -> None:
-        from tally.schemas.fastwrite import encoded, field_writers
+        from tally.schemas.avro_writer import encoded, field_writers
 
         self.codec = codec
         self._encoded = encoded

@@ -6,8 +6,8 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from tally.schemas.avro_writer import encode_long
 from tally.schemas.codec import MAGIC, DecodeError, default_codec, long_at
-from tally.schemas.fastwrite import encode_long
 
 
 def beacon() -> dict:

@@ -94,7 +94,7 @@ def test_replays_change_nothing_and_the_changelog_rebuilds_the_same_state():
 def test_stage1_never_hashes_unsalted_and_names_every_drop():
     from tally.schemas.codec import default_codec
     from tally.streams import beacons as stage1
-    from tally.streams.fastread import reader
+    from tally.streams.projection import reader
 
     codec = default_codec()
     now = datetime.now(UTC)

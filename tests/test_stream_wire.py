@@ -1,4 +1,4 @@
-"""The worker's hand-coded Avro path (streams/wire.py, beacons.FastStage1) against the
+"""The worker's hand-coded Avro path (streams/avro_bytes.py, beacons.FastStage1) against the
 reference path (fastavro + streams/enrich.py + beacons.process_batch): same pageview records
 to the byte, same window deltas, drops and bad rows; malformed bytes are DecodeErrors."""
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from tally.schemas.codec import DecodeError, default_codec
 from tally.streams import beacons as stage1
-from tally.streams.fastread import reader
+from tally.streams.avro_bytes import BeaconReader, read_beacon_items, zigzag_varints
+from tally.streams.projection import reader
 from tally.streams.windows import Delta, pageview_delta
-from tally.streams.wire import BeaconReader, read_beacon_items, zigzag_varints
 
 from tests.stream_support import CHROME, FIREFOX, GOOGLEBOT, IPHONE, beacon
 

@@ -37,6 +37,7 @@ from tally.producers.collector import drops as reasons
 from tally.producers.collector import metrics
 from tally.producers.collector.client_ip import ClientAddress
 from tally.producers.collector.drops import EdgeDrops
+from tally.producers.collector.encode import DictEncoder, PieceEncoder
 from tally.producers.collector.forwarder import Forwarder
 from tally.producers.collector.parse import (
     BadBeacon,
@@ -47,7 +48,6 @@ from tally.producers.collector.parse import (
     tally_beacon,
 )
 from tally.producers.collector.ratelimit import RateLimiter
-from tally.producers.collector.wire import DictEncoder, PieceEncoder
 
 from tally.config import Settings
 from tally.secrets import file_secret

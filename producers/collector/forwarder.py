@@ -39,8 +39,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from tally.producers.collector import metrics
+from tally.producers.collector.encode import beacon_encoder
 from tally.producers.collector.spool import Spool, SpoolLocked, adopt_orphans
-from tally.producers.collector.wire import beacon_encoder
 from tally.schemas.codec import default_codec
 
 from tally.config import Settings
@@ -99,7 +99,7 @@ class Forwarder:
         self._polling: Producer | None = None  # the producer the poll thread is polling
         self.spool: Spool | None = None
         self.mode = ONLINE
-        self._items: list[Any] = []  # encoded beacons (or dicts: see wire.py) of the next batch
+        self._items: list[Any] = []  # encoded beacons (or dicts: see encode.py) of the next batch
         self._waiting: list[asyncio.Future[bool]] = []  # their requests, in the same order
         self._flush_handle: asyncio.Handle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

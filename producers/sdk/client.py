@@ -33,7 +33,7 @@ pairs) is encoded from cached bytes; a new piece is judged alone by the
 catalog's rule for it; anything else (an unknown event, an explicit
 occurred_at, datetimes in metadata, odd types) goes through the full path
 below: a record, catalog.check(), the codec. Both give the same verdict and the
-same bytes (tests/test_schemas_fastwrite.py).
+same bytes (tests/test_schemas_avro_writer.py).
 """
 
 from __future__ import annotations

@@ -30,10 +30,10 @@ each about one piece, given the event:
   "now" (an explicit occurred_at takes the full path).
 
 Byte-identity: the pieces are made by the same compiled writers as the codec
-(tally.schemas.fastwrite), in schema field order, and the layout is checked
+(tally.schemas.avro_writer), in schema field order, and the layout is checked
 against the newest product_event schema at start (a schema change without a
 matching change here turns the fast path off rather than write wrong bytes).
-tests/test_schemas_fastwrite.py compares the result with fastavro's bytes.
+tests/test_schemas_avro_writer.py compares the result with fastavro's bytes.
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tally.schemas.avro_writer import Fallback, compile_writer, encoded, field_writers
 from tally.schemas.catalog import ACTOR_TYPES, CATALOG, KIND_CLASS, check_metadata_value, is_safe_id
 from tally.schemas.codec import MAGIC, Codec
-from tally.schemas.fastwrite import Fallback, compile_writer, encoded, field_writers
 
 from tally.ids import tail_pool, uuid7_prefix, uuid7_tail
 

@@ -27,10 +27,10 @@ from typing import Any
 
 import fastavro
 import numpy as np
+from tally.schemas.avro_writer import Fallback, encoded, field_writers
 from tally.schemas.codec import CONFLUENT_MAGIC, MAGIC, Codec, DecodeError
 from tally.schemas.codec import long_at as _long_at
-from tally.schemas.fastwrite import Fallback, encoded, field_writers
-from tally.streams.fastread import _plain
+from tally.streams.projection import _plain
 
 BEACON_SHAPE = [
     ("event_id", "string"), ("received_at", "long"), ("site", "string"), ("path", "string"),

@@ -9,7 +9,7 @@ is a count, the items and a 0, so each beacon becomes one join of cached
 bytes, and a micro-batch one more join.
 
 The pieces are made by the codec's own compiled writers
-(tally.schemas.fastwrite), and the layout is checked against the newest
+(tally.schemas.avro_writer), and the layout is checked against the newest
 beacon_batch schema at start: a schema change without a matching change here,
 or a schema registry (Confluent framing), selects `DictEncoder`, which builds
 dicts and calls the codec as before. tests/test_collector_units.py compares
@@ -21,8 +21,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tally.schemas.avro_writer import Fallback, compile_writer, encoded, field_writers
 from tally.schemas.codec import MAGIC, Codec
-from tally.schemas.fastwrite import Fallback, compile_writer, encoded, field_writers
 
 from tally.ids import uuid7_prefix, uuid7_tail
 

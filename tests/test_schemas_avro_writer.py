@@ -9,8 +9,8 @@ from datetime import UTC, date, datetime
 import fastavro
 import pytest
 from fastavro.utils import generate_many
+from tally.schemas.avro_writer import compile_writer
 from tally.schemas.codec import MAGIC, default_codec
-from tally.schemas.fastwrite import compile_writer
 
 CODEC = default_codec()
 
