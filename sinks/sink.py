@@ -47,6 +47,7 @@ from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from tally.config import Settings
 from tally.kafka import consumer_config, producer_config
+from tally.topics import BAD_ROWS, sink_group
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,9 @@ class Sink:
         self.by_topic: dict[str, TableMapping] = {settings.topic(m.topic): m for m in MAPPINGS}
         self.passthrough = {m.table: Passthrough(self.codec, m.schema, m.columns)
                             for m in MAPPINGS if m.passthrough}
-        self.bad_topic = settings.topic("bad-rows")
+        self.bad_topic = settings.topic(BAD_ROWS)
         # A bounded prefetch queue keeps memory flat while inserts are paused.
-        self.consumer = Consumer(consumer_config(settings, f"{settings.app_id}-sink",
+        self.consumer = Consumer(consumer_config(settings, sink_group(settings),
                                                  **{"queued.max.messages.kbytes": 32768}))
         self.producer = Producer(producer_config(settings))
         self.loader = AvroLoader(client, settings)

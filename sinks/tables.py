@@ -26,6 +26,8 @@ from tally.schemas.avro_writer import encode_long
 from tally.schemas.catalog import check as check_product_event
 from tally.schemas.codec import MAGIC, Codec, DecodeError, SchemaVersion, long_at
 
+from tally.topics import AGGREGATES, BAD_ROWS, DROPS, PAGEVIEWS_ENRICHED, PRODUCT_EVENTS
+
 PAGEVIEW_COLUMNS = (
     "event_id", "received_at", "site", "hostname", "path", "event", "visitor_id",
     "referrer_host", "referrer_source", "utm_source", "utm_medium", "utm_campaign",
@@ -133,12 +135,12 @@ def bad_row_rows(codec: Codec, value: bytes) -> list[list[Any]]:
 
 
 MAPPINGS = (
-    TableMapping("pageviews.enriched", "pageviews", PAGEVIEW_COLUMNS, pageview_rows, "pageview_batch",
+    TableMapping(PAGEVIEWS_ENRICHED, "pageviews", PAGEVIEW_COLUMNS, pageview_rows, "pageview_batch",
                  passthrough=True),
-    TableMapping("aggregates", "aggregates", AGGREGATE_COLUMNS, aggregate_rows, "window_aggregate"),
-    TableMapping("product.events", "product_events", PRODUCT_COLUMNS, product_rows, "product_event"),
-    TableMapping("drops", "drops", DROP_COLUMNS, drop_rows, "drop_count"),
-    TableMapping("bad-rows", "bad_rows", BAD_ROW_COLUMNS, bad_row_rows, "bad_row"),
+    TableMapping(AGGREGATES, "aggregates", AGGREGATE_COLUMNS, aggregate_rows, "window_aggregate"),
+    TableMapping(PRODUCT_EVENTS, "product_events", PRODUCT_COLUMNS, product_rows, "product_event"),
+    TableMapping(DROPS, "drops", DROP_COLUMNS, drop_rows, "drop_count"),
+    TableMapping(BAD_ROWS, "bad_rows", BAD_ROW_COLUMNS, bad_row_rows, "bad_row"),
 )
 
 

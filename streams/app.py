@@ -44,7 +44,7 @@ from tally.streams.windows import (
     pageview_delta,
 )
 
-from tally import health
+from tally import health, topics
 from tally.config import Settings
 from tally.kafka import producer_config
 
@@ -96,7 +96,7 @@ def make_app(settings: Settings) -> faust.App:
     lateness_ms = min(settings.allowed_lateness_hours, settings.salt_grace_hours) * 3600_000
     cfg = stage1.Stage1Config(partitions=settings.topic_partitions, salt_period=settings.salt_period,
                               lateness_ms=lateness_ms, keep_user_agent=settings.keep_user_agent,
-                              spam=load_spam_list(settings), raw_topic=settings.topic("beacons.raw"))
+                              spam=load_spam_list(settings), raw_topic=settings.topic(topics.BEACONS_RAW))
     # The raw-bytes path (streams/avro_bytes.py) when the schemas have the shape it knows; else dicts.
     fast = writer_or_none(lambda c: stage1.FastStage1(c, cfg), codec)
     if fast is None:
@@ -105,12 +105,12 @@ def make_app(settings: Settings) -> faust.App:
     def topic(name: str, **kw: Any) -> faust.TopicT:
         return app.topic(name, value_serializer="raw", key_serializer="raw", **kw)
 
-    raw = topic(settings.topic("beacons.raw"))
-    enriched = topic(settings.topic("pageviews.enriched"), partitions=settings.topic_partitions)
-    product = topic(settings.topic("product.events"))
-    aggregates = topic(settings.topic("aggregates"))  # written through librdkafka, see emit_totals
-    drops = topic(settings.topic("drops"))
-    bad_rows = topic(settings.topic("bad-rows"))
+    raw = topic(settings.topic(topics.BEACONS_RAW))
+    enriched = topic(settings.topic(topics.PAGEVIEWS_ENRICHED), partitions=settings.topic_partitions)
+    product = topic(settings.topic(topics.PRODUCT_EVENTS))
+    aggregates = topic(settings.topic(topics.AGGREGATES))  # written through librdkafka, see emit_totals
+    drops = topic(settings.topic(topics.DROPS))
+    bad_rows = topic(settings.topic(topics.BAD_ROWS))
     changelog_names = state_topics(settings)
     changelogs = {k: topic(v) for k, v in changelog_names.items()}
 
@@ -215,7 +215,7 @@ def make_app(settings: Settings) -> faust.App:
             try:
                 delta = pageview_delta(read_pageviews(event.value))
             except DecodeError as exc:
-                await send_bad(bad_row_of(settings.topic("pageviews.enriched"), event, exc))
+                await send_bad(bad_row_of(enriched.get_topic_name(), event, exc))
                 return
         if st.seen(delta.source_partition, delta.source_offset):
             return  # a replay of an input record already counted
@@ -240,7 +240,7 @@ def make_app(settings: Settings) -> faust.App:
         st = await stores["product"].get(p)
         if st.seen(p, o):
             return
-        delta, bad = product_delta(codec, event.value, settings.topic("product.events"), p, o,
+        delta, bad = product_delta(codec, event.value, product.get_topic_name(), p, o,
                                    clock.ms(), lateness_ms)
         if bad is not None:
             await send_bad(bad)
@@ -376,7 +376,6 @@ def bad_row_of(topic: str, event: Any, exc: Exception) -> dict[str, Any]:
 def run(settings: Settings) -> None:
     import sys
 
-    from tally.topics import ensure_topics
 
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     # Load the UA pattern sets now (a few seconds), not on the first batch.
@@ -384,7 +383,7 @@ def run(settings: Settings) -> None:
 
     agent_info("Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0")
     agent_info("curl/8.0")
-    ensure_topics(settings)
+    topics.ensure_topics(settings)
     ensure_state_topics(settings)
     app = make_app(settings)
     level = {"warning": "warn"}.get(settings.log_level, settings.log_level)

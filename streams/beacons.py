@@ -34,6 +34,8 @@ from tally.streams.enrich import (
 from tally.streams.salts import period_key
 from tally.streams.windows import pageview_delta, window_delta
 
+from tally.topics import BEACONS_RAW
+
 DAY_MS = 86_400_000
 
 
@@ -44,7 +46,7 @@ class Stage1Config:
     lateness_ms: int
     keep_user_agent: bool = False
     spam: frozenset[str] = frozenset()
-    raw_topic: str = "beacons.raw"
+    raw_topic: str = BEACONS_RAW
 
 
 @dataclass

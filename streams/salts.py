@@ -35,6 +35,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 
 from tally.config import Settings
 from tally.kafka import consumer_config, producer_config
+from tally.topics import SALTS
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class SaltKeeper:
     def __init__(self, settings: Settings, clock: Callable[[], datetime] | None = None,
                  proposer: str | None = None) -> None:
         self.settings = settings
-        self.topic = settings.topic("salts")
+        self.topic = settings.topic(SALTS)
         self.period = settings.salt_period
         self.grace = timedelta(hours=settings.salt_grace_hours)
         self.clock = clock or (lambda: datetime.now(UTC) + timedelta(seconds=settings.clock_offset_seconds))

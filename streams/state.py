@@ -21,7 +21,7 @@ from tally.streams.windows import DAY_MS, PartitionState, fold
 
 from tally.config import Settings
 from tally.kafka import consumer_config
-from tally.topics import admin
+from tally.topics import admin, state_topic
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,7 @@ KINDS = ("web", "product")
 
 
 def state_topics(settings: Settings) -> dict[str, str]:
-    return {"web": settings.topic(f"{settings.app_id}-web-state"),
-            "product": settings.topic(f"{settings.app_id}-product-state")}
+    return {kind: state_topic(settings, kind) for kind in KINDS}
 
 
 def ensure_state_topics(settings: Settings) -> None:

@@ -24,6 +24,7 @@ from tally.producers.collector.metrics import DropCounter
 from tally.schemas.codec import default_codec
 
 from tally.config import Settings
+from tally.topics import DROPS
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ GPC, DNT, EMPTY_UA, RATE_LIMITED, SPOOL_FULL = "gpc", "dnt", "empty_user_agent",
 
 class EdgeDrops:
     def __init__(self, settings: Settings, producer: Callable[[], Producer]) -> None:
-        self.topic = settings.topic("drops")
+        self.topic = settings.topic(DROPS)
         self.interval = settings.drops_flush_seconds
         self.producer = producer
         self.codec = default_codec(settings)

@@ -45,6 +45,7 @@ from tally.schemas.codec import default_codec
 
 from tally.config import Settings
 from tally.kafka import producer_config
+from tally.topics import BEACONS_RAW
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def spool_root(settings: Settings) -> Path:
 class Forwarder:
     def __init__(self, settings: Settings, worker_index: int = 0, max_batch: int = 500) -> None:
         self.settings = settings
-        self.topic = settings.topic("beacons.raw")
+        self.topic = settings.topic(BEACONS_RAW)
         self.max_batch = max_batch
         self.spool_after = settings.spool_after_ms / 1000
         self.worker_index = worker_index

@@ -58,10 +58,9 @@ from tally.schemas.codec import Codec, default_codec
 from tally.config import Settings
 from tally.ids import uuid7
 from tally.kafka import producer_config
+from tally.topics import PRODUCT_EVENTS
 
 log = logging.getLogger("tally.sdk")
-
-TOPIC = "product.events"
 
 # Drop reasons of the SDK itself; catalog rejections use catalog.REASONS.
 QUEUE_FULL = "queue_full"
@@ -127,7 +126,7 @@ class Client:
         self.disabled = settings.disabled
         self.strict = settings.sdk_strict if strict is None else strict
         self.app = settings.sdk_app if app is None else app
-        self.topic = settings.topic(TOPIC)
+        self.topic = settings.topic(PRODUCT_EVENTS)
         self.max_block = settings.sdk_max_block_ms / 1000
         self._lock = threading.Lock()
         # Events accepted into the queue: next() on a C counter is atomic under the
