@@ -25,14 +25,11 @@ from typing import Any
 from tally.schemas.avro_writer import encode_long
 from tally.schemas.catalog import check as check_product_event
 from tally.schemas.codec import MAGIC, Codec, DecodeError, SchemaVersion, long_at
+from tally.schemas.layouts import PAGEVIEW
 
 from tally.topics import AGGREGATES, BAD_ROWS, DROPS, PAGEVIEWS_ENRICHED, PRODUCT_EVENTS
 
-PAGEVIEW_COLUMNS = (
-    "event_id", "received_at", "site", "hostname", "path", "event", "visitor_id",
-    "referrer_host", "referrer_source", "utm_source", "utm_medium", "utm_campaign",
-    "browser", "os", "device", "user_agent", "props",
-)
+PAGEVIEW_COLUMNS = PAGEVIEW.names  # the pageviews table's columns are the pageview's fields
 AGGREGATE_COLUMNS = ("kind", "scope", "dimension", "window_start", "window_end", "partition",
                      "count", "uniques", "version")
 AGGREGATE_KINDS = frozenset({"site_hour", "site_day", "site_month", "path_day",

@@ -30,7 +30,7 @@ each about one piece, given the event:
   "now" (an explicit occurred_at takes the full path).
 
 Byte-identity: the pieces are made by the same compiled writers as the codec
-(tally.schemas.avro_writer), in schema field order, and the layout is checked
+(tally.schemas.avro_writer), in schema field order, and the layout (schemas/layouts.py) is checked
 against the newest product_event schema at start (a schema change without a
 matching change here turns the fast path off rather than write wrong bytes).
 tests/test_schemas_avro_writer.py compares the result with fastavro's bytes.
@@ -38,7 +38,6 @@ tests/test_schemas_avro_writer.py compares the result with fastavro's bytes.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -46,19 +45,11 @@ from typing import Any
 from tally.schemas.avro_writer import Fallback, compile_writer, encoded, field_writers
 from tally.schemas.catalog import ACTOR_TYPES, CATALOG, KIND_CLASS, check_metadata_value, is_safe_id
 from tally.schemas.codec import MAGIC, Codec
+from tally.schemas.layouts import PRODUCT_EVENT
 
 from tally.ids import tail_pool, uuid7_prefix, uuid7_tail
 
 SCHEMA = "product_event"
-# product_event's fields in order with their types; the pieces below follow it.
-LAYOUT = (
-    ("event_id", {"type": "string", "logicalType": "uuid"}),
-    ("event", "string"), ("feature_area", "string"), ("tenant_id", "string"),
-    ("workspace_id", "string"), ("actor_type", "string"), ("actor_id", "string"),
-    ("subject_type", "string"), ("subject_id", ["null", "string"]),
-    ("occurred_at", {"type": "long", "logicalType": "timestamp-millis"}), ("app", "string"),
-    ("metadata", {"type": "map", "values": ["null", "boolean", "long", "string"]}),
-)
 # Cache bounds: a full cache is emptied and refills with what recurs. Worst case
 # a few tens of MB in all; a typical app (tens of tenants, enum metadata) far less.
 _CACHE_MAX = 16384   # ids, users, other actors
@@ -111,9 +102,8 @@ class EventPieces:
         if codec.registry_url:
             raise Unavailable("Confluent wire format: the serializer writes the header")
         schema = codec.latest(SCHEMA)
-        fields = tuple((f["name"], f["type"]) for f in schema.raw["fields"])
-        if json.dumps(fields, sort_keys=True) != json.dumps(LAYOUT, sort_keys=True):
-            raise Unavailable(f"{schema.path.name} has another layout than the fast path's")
+        if not PRODUCT_EVENT.matches(schema.raw):
+            raise Unavailable(f"{schema.path.name} has another layout than schemas/layouts.py's")
         try:
             w = field_writers(schema.parsed)
         except Fallback:
