@@ -28,7 +28,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +36,20 @@ from clickhouse_connect.driver.exceptions import InterfaceError, OperationalErro
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge
 from tally.schemas.codec import DecodeError, default_codec
+from tally.schemas.reasons import Component
+from tally.schemas.records import bad_row
 from tally.sinks.avro_load import AvroLoader
 from tally.sinks.batch import Batch, dedup_token, intent_metadata, parse_intent
 from tally.sinks.migrate import migrate
 from tally.sinks.query_server import serve
-from tally.sinks.tables import MAPPINGS, ItemFrames, Passthrough, Rejected, TableMapping
+from tally.sinks.tables import (
+    BAD_ROW_COLUMNS,
+    MAPPINGS,
+    ItemFrames,
+    Passthrough,
+    Rejected,
+    TableMapping,
+)
 from tally.sinks.warehouse import connect
 from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
 
@@ -177,15 +185,12 @@ class Sink:
     def _reject(self, topic: str, partition: int, offset: int, value: bytes, exc: Rejected) -> None:
         BAD_RECORDS.labels(topic=topic.removeprefix(self.s.topic_prefix), reason=exc.reason).inc()
         log.warning("rejected %s/%d@%d (%s): %s", topic, partition, offset, exc.reason, exc.detail[:300])
-        now = datetime.now(UTC)
+        record = bad_row(exc.reason, exc.detail, Component.SINK, topic, partition, offset, value)
         if topic == self.bad_topic:
             # A broken bad row cannot go back to bad-rows (it would loop): store it directly.
-            self.batch.rows.setdefault("bad_rows", []).append(
-                [now, "sink", exc.reason, exc.detail, topic, partition, offset, value])
+            self.batch.rows.setdefault("bad_rows", []).append([record[c] for c in BAD_ROW_COLUMNS])
             self.batch.size += 1
             return
-        record = {"reason": exc.reason, "detail": exc.detail, "component": "sink", "source_topic": topic,
-                  "source_partition": partition, "source_offset": offset, "original": value, "failed_at": now}
         self.producer.produce(self.bad_topic, value=self.codec.encode("bad_row", record))
         self.producer.poll(0)
 

@@ -367,10 +367,11 @@ def delta_header(headers: Any) -> bytes | None:
 
 
 def bad_row_of(topic: str, event: Any, exc: Exception) -> dict[str, Any]:
-    from tally.streams.badrows import bad_row
+    from tally.schemas.reasons import BadRowReason, Component
+    from tally.schemas.records import bad_row
 
-    return bad_row("undecodable", str(exc), topic, event.message.partition, event.message.offset,
-                   bytes(event.value or b""))
+    return bad_row(BadRowReason.UNDECODABLE, str(exc), Component.WORKER, topic, event.message.partition,
+                   event.message.offset, event.value)
 
 
 def run(settings: Settings) -> None:

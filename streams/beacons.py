@@ -19,8 +19,9 @@ from functools import lru_cache
 from typing import Any
 
 from tally.schemas.codec import Codec, DecodeError
+from tally.schemas.reasons import BadRowReason, Component, DropReason
+from tally.schemas.records import bad_row, drop_count
 from tally.streams.avro_bytes import BeaconReader, PageviewWriter, RawBeacon, zigzag_varints
-from tally.streams.badrows import bad_row, drop_counts
 from tally.streams.enrich import (
     VISITOR_DIGEST_BYTES,
     AgentInfo,
@@ -82,30 +83,30 @@ def periods_needed(batch: dict[str, Any], cfg: Stage1Config, now_ms: int) -> set
 def process_batch(codec: Codec, batch: dict[str, Any], partition: int, offset: int,
                   salts: dict[str, bytes | None], cfg: Stage1Config, now_ms: int) -> Stage1Result:
     out = Stage1Result()
-    drops: dict[tuple[str, date, str], int] = defaultdict(int)
+    drops: dict[tuple[str, date, DropReason], int] = defaultdict(int)
     by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
     oldest = now_ms - cfg.lateness_ms
     for i, b in enumerate(batch["items"]):
         received: int = b["received_at"]
         if received < oldest:
             when = datetime.fromtimestamp(received / 1000, UTC).isoformat()
-            out.bad_rows.append(_item_bad_row(codec, b, "too_late", f"item {i}: received_at {when} "
+            out.bad_rows.append(_item_bad_row(codec, b, BadRowReason.TOO_LATE, f"item {i}: received_at {when} "
                                               f"is older than the allowed lateness", cfg, partition, offset))
             continue
         day = _day(received // DAY_MS)[0]
         if b.get("datacenter"):
-            drops[(b["site"], day, "datacenter")] += 1
+            drops[(b["site"], day, DropReason.DATACENTER)] += 1
             continue
         info = agent_info(b.get("user_agent") or "")
         if info.verdict.bot:
-            drops[(b["site"], day, info.verdict.reason or "bot")] += 1
+            drops[(b["site"], day, info.verdict.reason or DropReason.BOT)] += 1
             continue
         if cfg.spam and is_spam_referrer(referrer_host(b.get("referrer")), cfg.spam):
-            drops[(b["site"], day, "referrer_spam")] += 1
+            drops[(b["site"], day, DropReason.REFERRER_SPAM)] += 1
             continue
         salt = salts.get(period_of(received, cfg.salt_period))
         if salt is None:  # never hash unsalted
-            out.bad_rows.append(_item_bad_row(codec, b, "no_salt", f"item {i}: no salt for period "
+            out.bad_rows.append(_item_bad_row(codec, b, BadRowReason.NO_SALT, f"item {i}: no salt for period "
                                               f"{period_of(received, cfg.salt_period)}", cfg, partition, offset))
             continue
         pv = enrich(b, salt, info, cfg.keep_user_agent)
@@ -116,20 +117,25 @@ def process_batch(codec: Codec, batch: dict[str, Any], partition: int, offset: i
             "source_partition": partition, "source_offset": offset, "items": items})))
         out.deltas[p] = pageview_delta({"source_partition": partition, "source_offset": offset,
                                         "items": items}).encode()
-    out.drops = drop_counts(drops, partition, offset)
+    out.drops = _drop_counts(drops, partition, offset)
     return out
 
 
-def _item_bad_row(codec: Codec, beacon: dict[str, Any], reason: str, detail: str, cfg: Stage1Config,
+def _item_bad_row(codec: Codec, beacon: dict[str, Any], reason: BadRowReason, detail: str, cfg: Stage1Config,
                   partition: int, offset: int) -> dict[str, Any]:
     # The original record holds other, good beacons: keep exactly this one, re-encoded as a
     # one-item beacon_batch, so it can be replayed on its own.
-    return bad_row(reason, detail, cfg.raw_topic, partition, offset,
+    return bad_row(reason, detail, Component.WORKER, cfg.raw_topic, partition, offset,
                    codec.encode("beacon_batch", {"items": [beacon]}))
 
 
+def _drop_counts(counts: dict[tuple[str, date, DropReason], int], partition: int, offset: int) -> list[dict[str, Any]]:
+    return [drop_count(site, day, reason, n, Component.WORKER, partition, offset)
+            for (site, day, reason), n in sorted(counts.items())]
+
+
 def undecodable(value: bytes, exc: DecodeError, cfg: Stage1Config, partition: int, offset: int) -> dict[str, Any]:
-    return bad_row("undecodable", str(exc), cfg.raw_topic, partition, offset, bytes(value or b""))
+    return bad_row(BadRowReason.UNDECODABLE, str(exc), Component.WORKER, cfg.raw_topic, partition, offset, value)
 
 
 class FastStage1:
@@ -211,7 +217,7 @@ class FastStage1:
                 salts: dict[str, bytes | None], now_ms: int) -> Stage1Result:
         cfg = self.cfg
         out = Stage1Result()
-        drops: dict[tuple[str, date, str], int] = defaultdict(int)
+        drops: dict[tuple[str, date, DropReason], int] = defaultdict(int)
         oldest = now_ms - cfg.lateness_ms
         sites, agents, paths, ref_hosts, events = (self._sites, self._agents, self._paths, self._ref_hosts,
                                                    self._events)
@@ -229,21 +235,22 @@ class FastStage1:
             (_, _, eid, ts, ts_enc, site_enc, raw_path, ref, raw_event, props, ua, ip, datacenter) = it
             if ts < oldest:
                 when = datetime.fromtimestamp(ts / 1000, UTC).isoformat()
-                out.bad_rows.append(bad_row("too_late", f"item {i}: received_at {when} is older than the "
-                                            "allowed lateness", cfg.raw_topic, partition, offset,
+                out.bad_rows.append(bad_row(BadRowReason.TOO_LATE, f"item {i}: received_at {when} is older "
+                                            "than the allowed lateness", Component.WORKER, cfg.raw_topic,
+                                            partition, offset,
                                             self.read.one_item_record(body, it)))
                 continue
             site, site_raw = sites.get(site_enc) or self._site(site_enc)
             if datacenter:
-                drops[(site, _day(ts // DAY_MS)[0], "datacenter")] += 1
+                drops[(site, _day(ts // DAY_MS)[0], DropReason.DATACENTER)] += 1
                 continue
             info, agent_piece = agents.get(ua) or self._agent(ua)
             if info.verdict.bot:
-                drops[(site, _day(ts // DAY_MS)[0], info.verdict.reason or "bot")] += 1
+                drops[(site, _day(ts // DAY_MS)[0], info.verdict.reason or DropReason.BOT)] += 1
                 continue
             ref_host = "" if not ref else (ref_hosts.get(ref) if ref in ref_hosts else self._ref_host(ref))
             if spam and is_spam_referrer(ref_host, spam):
-                drops[(site, _day(ts // DAY_MS)[0], "referrer_spam")] += 1
+                drops[(site, _day(ts // DAY_MS)[0], DropReason.REFERRER_SPAM)] += 1
                 continue
             key = day_periods.get(ts // DAY_MS)
             if key is None:
@@ -252,8 +259,9 @@ class FastStage1:
             if hasher is None:
                 salt = salts.get(key)
                 if salt is None:  # never hash unsalted
-                    out.bad_rows.append(bad_row("no_salt", f"item {i}: no salt for period {key}", cfg.raw_topic,
-                                                partition, offset, self.read.one_item_record(body, it)))
+                    out.bad_rows.append(bad_row(BadRowReason.NO_SALT, f"item {i}: no salt for period {key}",
+                                                Component.WORKER, cfg.raw_topic, partition, offset,
+                                                self.read.one_item_record(body, it)))
                     continue
                 hasher = hashers[key] = blake2b(key=salt, digest_size=VISITOR_DIGEST_BYTES).copy
             host, path, host_enc, path_enc, utms = paths.get(raw_path) or self._path(raw_path)
@@ -278,7 +286,7 @@ class FastStage1:
             out.enriched.append((p, self.w.batch(partition, offset, [b"".join(accepted[j]) for j in idx])))
             out.deltas[p] = window_delta(partition, offset, [windows[j] for j in idx]).encode()
         out.accepted = len(accepted)
-        out.drops = drop_counts(drops, partition, offset)
+        out.drops = _drop_counts(drops, partition, offset)
         return out
 
 

@@ -13,7 +13,7 @@ words outside the device-model slot of mobile UAs, contact URLs), because lists 
 lag behind new bots. Every rule is checked against tests/data/ua_browsers.txt, which
 includes phones whose model name contains "bot" (CUBOT, "M BOT 551", ...).
 
-Drop reasons are a closed set, see REASONS.
+A bot's verdict names its drop reason (schemas/reasons.py): empty_user_agent, headless or bot.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import crawleruseragents
-
-REASONS = ("empty_user_agent", "headless", "bot", "datacenter", "referrer_spam")
+from tally.schemas.reasons import DropReason
 
 # Automation frameworks and headless browsers announce themselves in the UA.
 _HEADLESS = re.compile(
@@ -64,7 +63,7 @@ _BROWSER_NAME = re.compile(r"(Chrome|CriOS|Firefox|FxiOS|Safari|Edg|OPR|Version)
 @dataclass(frozen=True)
 class Verdict:
     bot: bool
-    reason: str | None  # one of REASONS, or None for a browser
+    reason: DropReason | None  # empty_user_agent, headless or bot; None for a browser
     rule: str = ""  # what matched: a pattern of crawler-user-agents, "spider", "shape:..."
 
 
@@ -144,17 +143,17 @@ def classify_ua(ua: str) -> Verdict:
     """Is this user agent a bot, and why? Cached per UA string (traffic repeats UAs heavily)."""
     ua = ua.strip()
     if not ua:
-        return Verdict(True, "empty_user_agent")
+        return Verdict(True, DropReason.EMPTY_USER_AGENT)
     if _headless_search(ua):
-        return Verdict(True, "headless", "headless")
+        return Verdict(True, DropReason.HEADLESS, "headless")
     pattern = _match_crawler(ua)
     if pattern is None and "Sogou" in ua and _SOGOU_SPIDER.search(ua):
         pattern = "Sogou spider"
     if pattern is not None:
-        return Verdict(True, "bot", pattern)
+        return Verdict(True, DropReason.BOT, pattern)
     rule = _shape_rule(ua)
     if rule is not None:
-        return Verdict(True, "bot", rule)
+        return Verdict(True, DropReason.BOT, rule)
     if _spider(ua):
-        return Verdict(True, "bot", "spider")
+        return Verdict(True, DropReason.BOT, "spider")
     return Verdict(False, None)

@@ -43,5 +43,5 @@ def test_plain_matching_ignores_logical_types_only():
 
 
 def test_the_sinks_pageview_columns_are_the_pageview_fields():
-    assert PAGEVIEW_COLUMNS == PAGEVIEW.names
+    assert PAGEVIEW.names == PAGEVIEW_COLUMNS
     assert PAGEVIEW.names[0] == "event_id" and "visitor_id" in PAGEVIEW.names

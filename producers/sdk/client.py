@@ -54,6 +54,7 @@ from confluent_kafka import KafkaError, Producer
 from tally.producers.sdk.pieces import EventPieces, Unavailable
 from tally.schemas.catalog import CATALOG, check
 from tally.schemas.codec import Codec, default_codec
+from tally.schemas.reasons import DropReason, EventProblem
 
 from tally.config import Settings
 from tally.ids import uuid7
@@ -62,12 +63,6 @@ from tally.topics import PRODUCT_EVENTS
 
 log = logging.getLogger("tally.sdk")
 
-# Drop reasons of the SDK itself; catalog rejections use catalog.REASONS.
-QUEUE_FULL = "queue_full"
-DELIVERY_FAILED = "delivery_failed"
-ENCODE_ERROR = "encode_error"
-EXIT_TIMEOUT = "exit_timeout"
-CLOSED = "closed"
 
 
 class RejectedEvent(ValueError):
@@ -95,7 +90,7 @@ class Stats:
     delivered: int       # acknowledged by the broker (acks=all)
     pending: int         # still queued or in flight
     failed: int          # not delivered in time (also in dropped[delivery_failed])
-    dropped: dict[str, int]  # every drop, by reason (catalog rejections included)
+    dropped: dict[str, int]  # every drop, by reason: a DropReason, or the EventProblem of a catalog rejection
     disabled: bool = False
 
     @property
@@ -192,7 +187,7 @@ class Client:
         pending = len(self._producer) if self._producer is not None else 0
         queued = _counted(self._queued)
         with self._lock:
-            failed, dropped = self._failed, dict(self._dropped)
+            failed, dropped = self._failed, {reason.value: n for reason, n in self._dropped.items()}
         return Stats(queued=queued, delivered=max(0, queued - failed - pending), pending=pending,
                      failed=failed, dropped=dropped, disabled=self.disabled)
 
@@ -213,7 +208,7 @@ class Client:
             return
         left = self._producer.flush(timeout)
         if left:
-            self._drop(EXIT_TIMEOUT, f"{left} events still queued after {timeout}s", left)
+            self._drop(DropReason.EXIT_TIMEOUT, f"{left} events still queued after {timeout}s", left)
             self._producer.purge()
             self._producer.poll(0)
         self._stop.set()
@@ -258,7 +253,7 @@ class Client:
                 "metadata": metadata or {},
             }
         except (TypeError, ValueError) as exc:
-            return self._reject("bad_type", f"{event!r}: {exc}")
+            return self._reject(EventProblem.BAD_TYPE, f"{event!r}: {exc}")
         bad = check(record)
         if (bad is not None and isinstance(metadata, Mapping)
                 and any(isinstance(v, datetime) for v in metadata.values())):
@@ -268,13 +263,13 @@ class Client:
                 record["metadata"] = {k: _millis(v) if isinstance(v, datetime) else v
                                       for k, v in metadata.items()}
             except ValueError as exc:
-                return self._reject("bad_type", f"{event}: {exc}")
+                return self._reject(EventProblem.BAD_TYPE, f"{event}: {exc}")
             bad = check(record)
         if bad is not None:
             return self._reject(*bad)
         return record
 
-    def _reject(self, reason: str, detail: str) -> None:
+    def _reject(self, reason: EventProblem, detail: str) -> None:
         if self.strict:
             raise RejectedEvent(reason, detail)
         self._drop(reason, detail)
@@ -288,7 +283,7 @@ class Client:
             self._producer.poll(min(left, 0.01))  # serves callbacks, frees queue space
             outcome = self._offer(value, key)
         if outcome is None:
-            self._drop(QUEUE_FULL, f"queue of {self.settings.sdk_queue_events} events is full")
+            self._drop(DropReason.QUEUE_FULL, f"queue of {self.settings.sdk_queue_events} events is full")
             return False
         return outcome
 
@@ -311,12 +306,12 @@ class Client:
         if record is None:
             return None
         if self._closed:
-            self._drop(CLOSED, "track() after close()")
+            self._drop(DropReason.CLOSED, "track() after close()")
             return None
         try:
             value = self._encode("product_event", record)
         except Exception as exc:  # check() passed, so this is a bug; never crash the host
-            self._drop(ENCODE_ERROR, f"{event}: {exc}")
+            self._drop(DropReason.ENCODE_ERROR, f"{event}: {exc}")
             return None
         fast = self._fast
         if fast is not None:
@@ -335,14 +330,16 @@ class Client:
         return True
 
     def _produce_failed(self, exc: Exception) -> bool:
-        self._drop(DELIVERY_FAILED, str(exc))
+        self._drop(DropReason.DELIVERY_FAILED, str(exc))
         return False
 
-    def count_drop(self, reason: str, detail: str, n: int = 1) -> None:
+    def count_drop(self, reason: DropReason, detail: str, n: int = 1) -> None:
         """Count events lost to `reason` (used by the middleware too)."""
         self._drop(reason, detail, n)
 
-    def _drop(self, reason: str, detail: str, n: int = 1) -> None:
+    def _drop(self, reason: DropReason | EventProblem, detail: str, n: int = 1) -> None:
+        if reason.__class__ is not DropReason and reason.__class__ is not EventProblem:
+            raise TypeError(f"expected a DropReason or a catalog EventProblem, got {reason!r}")
         with self._lock:
             first = reason not in self._dropped
             self._dropped[reason] += n
@@ -355,7 +352,7 @@ class Client:
                 self._failed += 1
             # Purged at close() were already counted as exit_timeout.
             if err.code() not in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):
-                self._drop(DELIVERY_FAILED, str(err))
+                self._drop(DropReason.DELIVERY_FAILED, str(err))
 
     def _on_error(self, err: KafkaError) -> None:
         # Broker down, DNS, auth...: librdkafka retries by itself; queued events
@@ -411,7 +408,7 @@ class AsyncClient:
                 await asyncio.sleep(0.005)  # the poll thread frees space meanwhile
                 queued = c._offer(value, key)
         if queued is None:
-            c._drop(QUEUE_FULL, f"queue of {c.settings.sdk_queue_events} events is full")
+            c._drop(DropReason.QUEUE_FULL, f"queue of {c.settings.sdk_queue_events} events is full")
             return False
         return queued
 
