@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
+from tally.sinks.sql import quote
 
 from tally.config import Settings
 
@@ -50,21 +51,17 @@ ENGINE = MergeTree ORDER BY (name, applied_at)
 """
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def template_values(settings: Settings) -> dict[str, str]:
     from tally.schemas.catalog import FAMILIES, FAMILY_LABELS
 
-    families = ", ".join(f"({_quote(f)}, {_quote(FAMILY_LABELS.get(f, f))}, {i})"
+    families = ", ".join(f"({quote(f)}, {quote(FAMILY_LABELS.get(f, f))}, {i})"
                          for i, f in enumerate(FAMILIES, 1))
     return {
         "raw_retention_days": str(settings.raw_retention_days),
         "product_retention_days": str(settings.product_retention_days),
         "bad_rows_retention_days": str(settings.bad_rows_retention_days),
         "families": f"[{families}]",
-        "family_names": "(" + ", ".join(_quote(f) for f in FAMILIES) + ")",
+        "family_names": "(" + ", ".join(quote(f) for f in FAMILIES) + ")",
     }
 
 
