@@ -29,6 +29,8 @@ from typing import Any
 
 from tally.schemas.reasons import EventProblem
 
+from tally.caches import bounded_add
+
 ACTOR_TYPES = ("user", "service", "system")
 
 # An opaque id: UUIDs, numeric ids, prefixed ids like tkt_01H... No spaces, no
@@ -383,9 +385,7 @@ def _check_ref(event: str, field_name: str, value: Any, required: bool) -> tuple
     if not isinstance(value, str):
         return EventProblem.BAD_TYPE, f"{event}: {field_name} must be a string id"
     if is_safe_id(value):
-        if len(_SAFE_IDS) >= _SAFE_MAX:
-            _SAFE_IDS.clear()
-        _SAFE_IDS.add(value)
+        bounded_add(_SAFE_IDS, value, _SAFE_MAX)
         return None
     return EventProblem.UNSAFE_VALUE, f"{event}: {field_name} {_why_unsafe(value)}; expected an opaque id"
 
@@ -471,9 +471,7 @@ def _check(record: Mapping[str, Any]) -> tuple[EventProblem, str] | None:
         if cls is str or cls is int:
             if known is None:
                 known = memo[key] = set()
-            elif len(known) >= _SAFE_MAX:
-                known.clear()
-            known.add(value)
+            bounded_add(known, value, _SAFE_MAX)
     for key in spec.required:
         if key not in metadata:
             return EventProblem.MISSING_FIELD, f"{name}: metadata key {key!r} is required"

@@ -35,6 +35,7 @@ from tally.streams.enrich import (
 from tally.streams.salts import period_key
 from tally.streams.windows import pageview_delta, window_delta
 
+from tally.caches import bounded_put
 from tally.topics import BEACONS_RAW
 
 DAY_MS = 86_400_000
@@ -170,7 +171,7 @@ class FastStage1:
     # -- cached pieces, computed on first sight of a value -------------------------------
     def _site(self, site_enc: bytes) -> tuple[str, bytes]:
         raw = bytes(site_enc[_prefix_len(site_enc):])
-        return self._put(self._sites, site_enc, (raw.decode(), raw))
+        return bounded_put(self._sites, site_enc, (raw.decode(), raw), self.CACHE_MAX)
 
     def _agent(self, ua: bytes) -> tuple[AgentInfo, bytes]:
         text = ua.decode()
@@ -178,7 +179,7 @@ class FastStage1:
         w = self.w
         piece = (w.enc("browser", info.browser) + w.enc("os", info.os) + w.enc("device", info.device)
                  + w.enc("user_agent", text if self.cfg.keep_user_agent else None))
-        return self._put(self._agents, ua, (info, piece))
+        return bounded_put(self._agents, ua, (info, piece), self.CACHE_MAX)
 
     def _path(self, path: bytes) -> tuple[str, str, bytes | None, bytes, bytes]:
         host, clean, query = normalize_path(path.decode())
@@ -190,27 +191,20 @@ class FastStage1:
 
         utms = (w.enc("utm_source", utm("utm_source")) + w.enc("utm_medium", utm("utm_medium"))
                 + w.enc("utm_campaign", utm("utm_campaign")))
-        return self._put(self._paths, path, (host, clean, w.enc("hostname", host) if host else None,
-                                             w.enc("path", clean), utms))
+        return bounded_put(self._paths, path, (host, clean, w.enc("hostname", host) if host else None,
+                                               w.enc("path", clean), utms), self.CACHE_MAX)
 
     def _ref_host(self, ref: bytes) -> str:
-        return self._put(self._ref_hosts, ref, referrer_host(ref.decode()))
+        return bounded_put(self._ref_hosts, ref, referrer_host(ref.decode()), self.CACHE_MAX)
 
     def _ref_piece(self, ref_host: str, page_host: str) -> bytes:
         w = self.w
-        return self._put(self._ref_pieces, (ref_host, page_host),
-                         w.enc("referrer_host", ref_host) + w.enc("referrer_source",
-                                                                  referrer_source(ref_host, page_host)))
+        return bounded_put(self._ref_pieces, (ref_host, page_host), w.enc("referrer_host", ref_host)
+                           + w.enc("referrer_source", referrer_source(ref_host, page_host)), self.CACHE_MAX)
 
     def _event(self, event_enc: bytes) -> tuple[bytes, bool]:
         event = bytes(event_enc[_prefix_len(event_enc):]).decode() or "pageview"
-        return self._put(self._events, event_enc, (self.w.enc("event", event), event == "pageview"))
-
-    def _put(self, cache: dict, key: Any, value: Any) -> Any:
-        if len(cache) >= self.CACHE_MAX:
-            cache.clear()
-        cache[key] = value
-        return value
+        return bounded_put(self._events, event_enc, (self.w.enc("event", event), event == "pageview"), self.CACHE_MAX)
 
     # -- one input record ----------------------------------------------------------------
     def process(self, body: bytes, items: list[RawBeacon], partition: int, offset: int,

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from tally.caches import bounded_put
+
 HOUR_MS = 3600_000
 DAY_MS = 24 * HOUR_MS
 MASK64 = (1 << 64) - 1
@@ -363,10 +365,9 @@ class TotalsEncoder:
                 # The same window exists in every partition: encode its fields once for all.
                 shared = self._shared.get((key, agg["window_end"]))
                 if shared is None:
-                    if len(self._shared) >= self.SHARED_MAX:
-                        self._shared.clear()
-                    shared = self._shared[(key, agg["window_end"])] = self._header + b"".join(
-                        self._encoded(self._fields[name], agg[name]) for name in self._fixed_names[:-1])
+                    shared = bounded_put(self._shared, (key, agg["window_end"]), self._header + b"".join(
+                        self._encoded(self._fields[name], agg[name]) for name in self._fixed_names[:-1]),
+                        self.SHARED_MAX)
                 fixed = shared + self._encoded(self._fields["partition"], st.partition)
             else:
                 fixed = self._header + self._fixed_body(agg)

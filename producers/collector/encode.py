@@ -24,11 +24,12 @@ from tally.schemas.avro_writer import Fallback, compile_writer, encoded, field_w
 from tally.schemas.codec import MAGIC, Codec
 from tally.schemas.layouts import BEACON
 
+from tally.caches import bounded_put
 from tally.ids import uuid7_prefix, uuid7_tail
 
 SCHEMA = "beacon_batch"
 _UUID_LEN = b"\x48"  # Avro length prefix of a 36-character string
-_CACHE_MAX = 4096  # entries per piece cache; a full cache is cleared (bounded memory)
+_CACHE_MAX = 4096  # entries per piece cache (tally.caches: cleared when full)
 _NO_PROPS = b"\x00"
 _DATACENTER = (b"\x00", b"\x01")
 
@@ -84,9 +85,7 @@ class PieceEncoder:
     def _cached(self, s: str) -> bytes:
         b = self._strings.get(s)
         if b is None:
-            if len(self._strings) >= _CACHE_MAX:
-                self._strings.clear()
-            b = self._strings[s] = encoded(self._string, s)
+            b = bounded_put(self._strings, s, encoded(self._string, s), _CACHE_MAX)
         return b
 
     def item(self, now_ms: int, site: str, path: str, referrer: str | None, event: str,
@@ -98,10 +97,7 @@ class PieceEncoder:
         strings = self._strings
         ref = self._null if referrer is None else self._referrers.get(referrer)
         if ref is None:
-            ref = encoded(self._referrer, referrer)
-            if len(self._referrers) >= _CACHE_MAX:
-                self._referrers.clear()
-            self._referrers[referrer] = ref  # type: ignore[index]
+            ref = bounded_put(self._referrers, referrer, encoded(self._referrer, referrer), _CACHE_MAX)
         return b"".join((
             self._ms_bytes, uuid7_tail(), self._ts_bytes,
             strings.get(site) or self._cached(site),

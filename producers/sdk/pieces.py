@@ -47,6 +47,7 @@ from tally.schemas.catalog import ACTOR_TYPES, CATALOG, KIND_CLASS, check_metada
 from tally.schemas.codec import MAGIC, Codec
 from tally.schemas.layouts import PRODUCT_EVENT
 
+from tally.caches import bounded_put
 from tally.ids import tail_pool, uuid7_prefix, uuid7_tail
 
 SCHEMA = "product_event"
@@ -246,7 +247,7 @@ class EventPieces:
         if value.__class__ is not str or not is_safe_id(value):
             return None
         b = self._enc(value)
-        _put(self.ids, value, b)
+        bounded_put(self.ids, value, b, _CACHE_MAX)
         return b
 
     def _new_actor(self, actor: Any, user_only: bool) -> bytes | None:
@@ -264,9 +265,9 @@ class EventPieces:
             return None
         b = self._enc(kind) + self._enc(actor_id)
         if kind == "user" and actor_id:
-            _put(self.users, actor, b)
+            bounded_put(self.users, actor, b, _CACHE_MAX)
             return b
-        _put(self.actors, actor, b)
+        bounded_put(self.actors, actor, b, _CACHE_MAX)
         return None if user_only else b
 
     def _new_subject(self, event: str, subject: Any) -> bytes | None:
@@ -282,7 +283,7 @@ class EventPieces:
         if subject_id and not is_safe_id(subject_id):
             return None
         b = self._enc(subject_type) + encoded(self._subject_id, subject_id)
-        _put(self.plans[event].subjects, subject, b, _SUBJECTS_MAX)
+        bounded_put(self.plans[event].subjects, subject, b, _SUBJECTS_MAX)
         return b
 
     def _new_piece(self, event: str, key: str, value: Any) -> bytes | None:
@@ -292,7 +293,7 @@ class EventPieces:
         b = self._piece(key, value)
         plan = self.plans[event]
         if key in plan.learnable:
-            _put(plan.pieces[key], value, b, _VALUES_MAX)
+            bounded_put(plan.pieces[key], value, b, _VALUES_MAX)
         return b
 
     def learn(self, record: Mapping[str, Any], actor: Any, subject: Any) -> None:
@@ -304,19 +305,19 @@ class EventPieces:
         for field in ("tenant_id", "workspace_id"):
             v = record[field]
             if v.__class__ is str and v not in self.ids:
-                _put(self.ids, v, enc(v))
+                bounded_put(self.ids, v, enc(v), _CACHE_MAX)
         actor_type, actor_id = record["actor_type"], record["actor_id"]
         if _plain_key(actor) and actor_type.__class__ is str and actor_id.__class__ is str:
             cache = self.users if actor_type == "user" and actor_id else self.actors
-            _put(cache, actor, enc(actor_type) + enc(actor_id))
+            bounded_put(cache, actor, enc(actor_type) + enc(actor_id), _CACHE_MAX)
         subject_type, subject_id = record["subject_type"], record["subject_id"]
         if _plain_key(subject) and subject_type.__class__ is str:
-            _put(plan.subjects, subject, enc(subject_type) + encoded(self._subject_id, subject_id), _SUBJECTS_MAX)
+            bounded_put(plan.subjects, subject, enc(subject_type) + encoded(self._subject_id, subject_id), _SUBJECTS_MAX)
         for k, v in record["metadata"].items():
             if k in plan.learnable and v.__class__ is plan.kinds[k]:
                 known = plan.pieces[k]
                 if v not in known:
-                    _put(known, v, self._piece(k, v), _VALUES_MAX)
+                    bounded_put(known, v, self._piece(k, v), _VALUES_MAX)
 
 
 def _plain_key(x: Any) -> bool:
@@ -325,10 +326,3 @@ def _plain_key(x: Any) -> bool:
         return True
     return (isinstance(x, tuple) and len(x) == 2 and x[0].__class__ is str
             and (x[1] is None or x[1].__class__ is str))
-
-
-def _put(cache: dict, key: Any, value: bytes, limit: int = 0) -> None:
-    if len(cache) >= (limit or _CACHE_MAX):
-        cache.clear()
-    cache[key] = value
-
