@@ -8,8 +8,8 @@ the pageview count; per product key the events and workspace ids.
 - `apply` skips a delta whose source offset is at or below the highest offset already
   applied for that source partition (the *watermark*). A replayed input record (after a
   crash, a rebalance or a producer retry) therefore changes nothing.
-- Every applied delta is also written to the partition's changelog topic (by app.py),
-  before the input offset is committed. A new owner of p rebuilds the state by folding
+- Every applied delta is also written to the partition's changelog topic (streams/state.py
+  packs it; the window stage emits it), before the input offset is committed. A new owner of p rebuilds the state by folding
   the changelog through the same `apply`, watermarks included, so a delta written twice
   (by a zombie worker, say) is applied once.
 - Aggregates carry `version` = events applied to that window so far. It only grows, and
@@ -378,30 +378,3 @@ class TotalsEncoder:
         enc, long_ = self._encoded, self._long
         uniques = len(w.visitors) if w.visitors is not None else 0
         return agg_key, b"".join((fixed, enc(long_, w.count), enc(long_, uniques), enc(long_, w.events)))
-
-
-def pack(deltas: list[Delta]) -> bytes:
-    """One changelog record: several deltas (product events are one delta per input record)."""
-    return pack_encoded([d.encode() for d in deltas])
-
-
-def pack_encoded(encoded: list[bytes]) -> bytes:
-    """pack() of deltas already encoded (stage 1 sends them encoded with each batch)."""
-    return b"".join(struct.pack(">I", len(raw)) + raw for raw in encoded)
-
-
-def unpack(data: bytes) -> Iterator[Delta]:
-    at = 0
-    while at < len(data):
-        (n,) = struct.unpack_from(">I", data, at)
-        yield Delta.decode(data[at + 4:at + 4 + n])
-        at += 4 + n
-
-
-def fold(partition: int, records: Iterable[bytes], open_after_ms: int | None = None) -> PartitionState:
-    state = PartitionState(partition)
-    for raw in records:
-        for d in unpack(raw):
-            state.apply(d, open_after_ms)
-    state.dirty = set(state.windows)  # re-emit everything after a recovery
-    return state

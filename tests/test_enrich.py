@@ -13,7 +13,8 @@ from tally.streams.enrich import (
     referrer_source,
     visitor_id,
 )
-from tally.streams.windows import Delta, PartitionState, VisitorSet, fold, pack, pageview_delta
+from tally.streams.state import fold, pack
+from tally.streams.windows import Delta, PartitionState, VisitorSet, pageview_delta
 
 from tests.stream_support import CHROME, IPHONE, beacon
 

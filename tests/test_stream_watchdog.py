@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from tally.streams.app import STALLED_EXIT
+from tally.streams.liveness import STALLED_EXIT
 
 from tests.conftest import REPO, wait_for
 from tests.stream_support import produce_batches, traffic
