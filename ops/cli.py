@@ -187,7 +187,8 @@ def status(as_json: bool) -> None:
             state = "[yellow]starting[/yellow]" if r["pid"] else "[red]down[/red]"
         if said.get("alive") and said.get("waiting_for"):
             state += f" (waiting for: {'; '.join(said['waiting_for'])})"
-        table.add_row(r["component"], str(r["pid"] or "-"), state, r["where"])
+        where = r["where"] + (f"; metrics {said['metrics']}" if said.get("alive") and said.get("metrics") else "")
+        table.add_row(r["component"], str(r["pid"] or "-"), state, where)
     out.print(table)
     for g in groups:
         t = Table("topic", "lag", "worst partition", title=f"consumer group {g.group} ({g.state})")

@@ -1,5 +1,6 @@
 """`tally worker`: one Faust app, read top-down: its topics, three agents that hand each
-record to a stage and emit what it returns, three timers and the rebalance hooks.
+record to a stage and emit what it returns, three timers, the metrics endpoint and the
+rebalance hooks.
 
     beacons.raw ──BeaconStage──▶ pageviews.enriched (partition = visitor % N) ──WindowStage──▶ window state
         └─▶ drops, bad-rows                                                      └─▶ <app>-web-state (changelog)
@@ -7,7 +8,8 @@ record to a stage and emit what it returns, three timers and the rebalance hooks
     every TALLY_TOTALS_FLUSH_SECONDS: the totals of changed windows ─▶ aggregates
 
 The stages are in streams/stages.py; window state, changelogs and rebuilds in state.py;
-outputs and totals in outputs.py; stall detection in watchdog.py and liveness.py.
+outputs and totals in outputs.py; stall detection in watchdog.py and liveness.py; /metrics in
+exporter.py.
 Exactness (docs/streams.md): the window state skips replays, and every applied delta is in
 its changelog before Faust commits the input. Worker group id = TALLY_APP_ID.
 """
@@ -21,7 +23,7 @@ from typing import Any
 
 import faust
 from tally.schemas.codec import default_codec
-from tally.streams import liveness
+from tally.streams import exporter, liveness
 from tally.streams.metrics import WorkerCounts
 from tally.streams.outputs import Out, Outputs, Totals
 from tally.streams.salts import SaltCache
@@ -89,9 +91,16 @@ def make_app(settings: Settings) -> faust.App:
     async def expire_salts() -> None:
         await salts.expire()
 
+    about: dict[str, Any] = {}  # for the health report: where the metrics are served
+
+    @app.task
+    async def serve_metrics() -> None:
+        served = exporter.serve(settings, exporter.WorkerCollector(counts, watchdog, stores))
+        about.update(metrics=served[0] if served else None)
+
     @app.timer(liveness.interval(settings))
     async def watch() -> None:
-        await liveness.check(settings, app, watchdog, stores, {})
+        await liveness.check(settings, app, watchdog, stores, about)
 
     @app.on_partitions_assigned.connect
     async def rebuild_assigned(app: Any, assigned: Any, **_: Any) -> None:

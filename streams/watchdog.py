@@ -78,6 +78,11 @@ class Watchdog:
         return [f"{what} ({now - since:.0f}s)" for what, since in
                 sorted(self._waits.values(), key=lambda w: w[1])]
 
+    def wait_ages(self) -> list[float]:
+        """Seconds since each wait in progress began or last made progress."""
+        now = self.clock()
+        return [now - since for _, since in list(self._waits.values())]
+
     # -- judged by the worker's timer ---------------------------------------------------
     def assigned(self, tps: list[TP]) -> None:
         now = self.clock()
