@@ -134,7 +134,7 @@ def test_disabled_is_a_no_op(tally_env: Env):
     settings = Settings.from_env({**tally_env.vars, "TALLY_DISABLED": "1"})
     client = Client(settings, strict=True)
     assert client.track("not.an_event", tenant_id="", workspace_id="") is False
-    assert client._producer is None and client.stats().disabled and client.stats().queued == 0
+    assert client.delivery is None and client.stats().disabled and client.stats().queued == 0
     client.close()
 
 

@@ -150,7 +150,7 @@ class EventPieces:
         """A metadata pair's bytes, typed by the value's class (None and str: plain bytes)."""
         return _PIECE_OF_CLASS.get(value.__class__, bytes)(self._enc(key) + encoded(self._value, value))
 
-    def _clock_at(self, ns: int) -> tuple[int, bytes, bytes]:
+    def clock_at(self, ns: int) -> tuple[int, bytes, bytes]:
         """(end of this ms in ns, header + uuid prefix, occurred_at + app) for a clock reading."""
         ms = ns // 1_000_000
         return ((ms + 1) * 1_000_000, self._header + uuid7_prefix(ms).encode(),
@@ -159,90 +159,12 @@ class EventPieces:
     def compile_track(self, produce: Callable[[str, bytes, str], None], topic: str,
                       queued: Callable[[], object], when_full: Callable[[bytes, str], Any],
                       failed: Callable[[Exception], bool], full: Callable[..., Any]) -> Callable[..., Any]:
-        """The SDK's track() as one closure over the caches (this runs per event).
-
-        An event made of known pieces is encoded here and handed to
-        produce(topic, value, tenant_id); then queued() counts it. A full queue
-        (BufferError) returns when_full(value, tenant_id); another produce error
-        returns failed(exc). Every other event returns full(event, tenant_id,
-        workspace_id, actor, subject, metadata, occurred_at). Clearing
-        `self.plans` (at close) sends everything to full().
-        """
-        plans_get, ids_get, users_get, actors_get = (
-            self.fast_plans.get, self.ids.get, self.users.get, self.actors.get)
-        time_ns, pop, refill, clock_at = time.time_ns, tail_pool.pop, uuid7_tail, self._clock_at
-        new_id, new_actor, new_subject, new_piece = (
-            self._new_id, self._new_actor, self._new_subject, self._new_piece)
-        counts, map_end, join, piece_value_class = _MAP_COUNT, _MAP_END, b"".join, _PIECE_VALUE_CLASS
-        clock = (0, b"", b"")
-
-        def track(event: str, *, tenant_id: str, workspace_id: str, actor: Any = None,
-                  subject: Any = None, metadata: Any = None, occurred_at: Any = None) -> Any:
-            nonlocal clock
-            plan = plans_get(event)
-            value = None
-            if plan is not None and occurred_at is None:
-                try:  # no verdict here: a miss or anything odd goes to full()
-                    head, required, user_only, subjects_get, pieces = plan
-                    # A piece not seen yet is judged alone by the catalog's rule for it
-                    # (new_*: None when the rule says no, and full() then names why).
-                    t = ids_get(tenant_id) or new_id(tenant_id)
-                    w = ids_get(workspace_id) or new_id(workspace_id)
-                    a = users_get(actor)
-                    if a is None:
-                        a = (None if user_only else actors_get(actor)) or new_actor(actor, user_only)
-                    s = subjects_get(subject) or new_subject(event, subject)
-                    if t and w and a and s:  # pieces are never empty bytes
-                        now = time_ns()
-                        if now >= clock[0]:
-                            clock = clock_at(now)
-                        try:
-                            tail = pop()
-                        except IndexError:
-                            tail = refill()
-                        if not metadata:
-                            if not required and (metadata is None or metadata.__class__ is dict):
-                                value = join((clock[1], tail, head, t, w, a, s, clock[2], map_end))
-                        elif metadata.__class__ is dict:
-                            parts = [clock[1], tail, head, t, w, a, s, clock[2], counts[len(metadata)]]
-                            append = parts.append
-                            for k, v in metadata.items():
-                                try:
-                                    b = pieces[k][v]
-                                except KeyError:  # an undeclared key, or a value not seen yet
-                                    b = new_piece(event, k, v)
-                                    if b is None:
-                                        break
-                                else:
-                                    # 1 found True's piece, or True found 1's: new_piece says no
-                                    if b.__class__ is not bytes and v.__class__ is not piece_value_class[b.__class__]:
-                                        break
-                                append(b)
-                            else:
-                                for k in required:
-                                    if k not in metadata:
-                                        break
-                                else:
-                                    append(map_end)
-                                    value = join(parts)
-                except Exception:
-                    value = None
-            if value is None:
-                return full(event, tenant_id, workspace_id, actor, subject, metadata, occurred_at)
-            try:
-                produce(topic, value, tenant_id)
-            except BufferError:
-                return when_full(value, tenant_id)
-            except Exception as exc:  # KafkaException after a fatal producer error
-                return failed(exc)
-            queued()
-            return True
-
-        return track
+        """The SDK's track() over these caches: see compile_track()."""
+        return compile_track(self, produce, topic, queued, when_full, failed, full)
 
     # --- pieces seen for the first time: the catalog's rule for that piece alone ---------
 
-    def _new_id(self, value: Any) -> bytes | None:
+    def new_id(self, value: Any) -> bytes | None:
         """A tenant or workspace id: check() requires a non-empty opaque id."""
         if value.__class__ is not str or not is_safe_id(value):
             return None
@@ -250,7 +172,7 @@ class EventPieces:
         bounded_put(self.ids, value, b, _CACHE_MAX)
         return b
 
-    def _new_actor(self, actor: Any, user_only: bool) -> bytes | None:
+    def new_actor(self, actor: Any, user_only: bool) -> bytes | None:
         """A user id (str) or an (actor_type, actor_id) pair; user_only: the event is
         user-initiated, so only a user with an id will do."""
         if actor.__class__ is str:
@@ -270,7 +192,7 @@ class EventPieces:
         bounded_put(self.actors, actor, b, _CACHE_MAX)
         return None if user_only else b
 
-    def _new_subject(self, event: str, subject: Any) -> bytes | None:
+    def new_subject(self, event: str, subject: Any) -> bytes | None:
         """(subject_type, subject_id): the event's subject type (or empty), an opaque id or None."""
         if subject is None:
             subject_type, subject_id = "", None
@@ -286,7 +208,7 @@ class EventPieces:
         bounded_put(self.plans[event].subjects, subject, b, _SUBJECTS_MAX)
         return b
 
-    def _new_piece(self, event: str, key: str, value: Any) -> bytes | None:
+    def new_piece(self, event: str, key: str, value: Any) -> bytes | None:
         """A metadata pair: a declared key, and a value check() accepts for it."""
         if value.__class__ not in _PIECE_OF_CLASS or check_metadata_value(event, key, value) is not None:
             return None
@@ -318,6 +240,94 @@ class EventPieces:
                 known = plan.pieces[k]
                 if v not in known:
                     bounded_put(known, v, self._piece(k, v), _VALUES_MAX)
+
+
+def compile_track(pieces: EventPieces, produce: Callable[[str, bytes, str], None], topic: str,
+                  queued: Callable[[], object], when_full: Callable[[bytes, str], Any],
+                  failed: Callable[[Exception], bool], full: Callable[..., Any]) -> Callable[..., Any]:
+    """The SDK's track() as one closure over the caches (this runs per event).
+
+    An event made of known pieces is encoded here and handed to
+    produce(topic, value, tenant_id); then queued() counts it. A full queue
+    (BufferError) returns when_full(value, tenant_id); another produce error
+    returns failed(exc). Every other event returns full(event, tenant_id,
+    workspace_id, actor, subject, metadata, occurred_at). Clearing
+    `pieces.fast_plans` (close()) sends everything to full().
+    """
+    plans_get, ids_get, users_get, actors_get = (
+        pieces.fast_plans.get, pieces.ids.get, pieces.users.get, pieces.actors.get)
+    time_ns, pop, refill, clock_at = time.time_ns, tail_pool.pop, uuid7_tail, pieces.clock_at
+    new_id, new_actor, new_subject, new_piece = (
+        pieces.new_id, pieces.new_actor, pieces.new_subject, pieces.new_piece)
+    counts, map_end, join, piece_value_class = _MAP_COUNT, _MAP_END, b"".join, _PIECE_VALUE_CLASS
+    clock = (0, b"", b"")
+
+    def with_metadata(event: str, pieces: dict, required: tuple[str, ...], metadata: dict,
+                      parts: list[bytes]) -> bytes | None:
+        """parts, then the metadata pairs' pieces and the map's end, joined; None when a
+        pair is not known (and not acceptable alone) or a required key is missing."""
+        append = parts.append
+        for k, v in metadata.items():
+            try:
+                b = pieces[k][v]
+            except KeyError:  # an undeclared key, or a value not seen yet
+                b = new_piece(event, k, v)
+                if b is None:
+                    return None
+            else:  # 1 found True's piece, or True found 1's: new_piece says no
+                if b.__class__ is not bytes and v.__class__ is not piece_value_class[b.__class__]:
+                    return None
+            append(b)
+        for k in required:
+            if k not in metadata:
+                return None
+        append(map_end)
+        return join(parts)
+
+    def track(event: str, *, tenant_id: str, workspace_id: str, actor: Any = None,
+              subject: Any = None, metadata: Any = None, occurred_at: Any = None) -> Any:
+        nonlocal clock
+        plan = plans_get(event)
+        value = None
+        if plan is not None and occurred_at is None:
+            try:  # no verdict here: a miss or anything odd goes to full()
+                head, required, user_only, subjects_get, pieces = plan
+                # A piece not seen yet is judged alone by the catalog's rule for it
+                # (new_*: None when the rule says no, and full() then names why).
+                t = ids_get(tenant_id) or new_id(tenant_id)
+                w = ids_get(workspace_id) or new_id(workspace_id)
+                a = users_get(actor)
+                if a is None:
+                    a = (None if user_only else actors_get(actor)) or new_actor(actor, user_only)
+                s = subjects_get(subject) or new_subject(event, subject)
+                if t and w and a and s:  # pieces are never empty bytes
+                    now = time_ns()
+                    if now >= clock[0]:
+                        clock = clock_at(now)
+                    try:
+                        tail = pop()
+                    except IndexError:
+                        tail = refill()
+                    if not metadata:
+                        if not required and (metadata is None or metadata.__class__ is dict):
+                            value = join((clock[1], tail, head, t, w, a, s, clock[2], map_end))
+                    elif metadata.__class__ is dict:
+                        value = with_metadata(event, pieces, required, metadata, [
+                            clock[1], tail, head, t, w, a, s, clock[2], counts[len(metadata)]])
+            except Exception:
+                value = None
+        if value is None:
+            return full(event, tenant_id, workspace_id, actor, subject, metadata, occurred_at)
+        try:
+            produce(topic, value, tenant_id)
+        except BufferError:
+            return when_full(value, tenant_id)
+        except Exception as exc:  # KafkaException after a fatal producer error
+            return failed(exc)
+        queued()
+        return True
+
+    return track
 
 
 def _plain_key(x: Any) -> bool:
