@@ -330,7 +330,7 @@ def make_app(settings: Settings, worker_index: int = 0) -> web.Application:
     async def lifecycle(app: web.Application):
         fwd = Forwarder(settings, worker_index)
         await fwd.start()
-        edge_drops = EdgeDrops(settings, lambda: fwd.producer)  # the current one (see _replace_producer)
+        edge_drops = EdgeDrops(settings, lambda: fwd.link.producer)  # the current one (kafka_link.py)
         edge_drops.start()
         collector.forwarder, collector.encoder, collector.drops = fwd, fwd.encoder, edge_drops
         app[FORWARDER], app[DROPS] = fwd, edge_drops
