@@ -71,6 +71,7 @@ def read_beacon_items(data: bytes) -> list[RawBeacon]:
 
     Strings shorter than 64 bytes (one-byte length) are sliced inline: a function call per
     field would cost as much as the rest of the loop."""
+    # unrolled: one block per field of the BEACON layout, in order, on purpose (see above)
     items: list[RawBeacon] = []
     append = items.append
     str_at = _str_at

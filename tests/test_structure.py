@@ -1,4 +1,5 @@
-"""The shape of the code base: no import loop among Tally's own modules."""
+"""The shape of the code base: no import loop among Tally's own modules, and no function
+too long to read in one sitting (but deliberately unrolled decoders, each marked)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 # Folder -> the package it is installed as (pyproject.toml [tool.setuptools] package-dir).
+MAX_FUNCTION_LINES = 100
+UNROLLED = "# unrolled:"  # the mark (and reason) of a decoder kept long on purpose, in its first lines
 PACKAGES = {"tally": "tally", "producers": "tally.producers", "streams": "tally.streams",
             "sinks": "tally.sinks", "schemas": "tally.schemas", "infra": "tally.infra", "ops": "tally.ops"}
 
@@ -86,3 +89,22 @@ def test_no_import_loop_among_tally_modules():
 
 def test_the_graph_finds_a_loop():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def long_functions(path: Path) -> list[str]:
+    lines = path.read_text().splitlines()
+    out = []
+    for node in ast.walk(ast.parse("\n".join(lines))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            size = node.end_lineno - node.lineno + 1
+            marked = any(UNROLLED in line for line in lines[node.lineno - 1:node.lineno + 10])
+            if size > MAX_FUNCTION_LINES and not marked:
+                out.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({size} lines)")
+    return out
+
+
+def test_no_function_over_100_lines_outside_bench_but_marked_decoders():
+    paths = [*modules().values(), *(REPO / "tests").rglob("*.py")]
+    assert [f for path in paths for f in long_functions(path)] == []
+    unrolled = REPO / "streams" / "avro_bytes.py"
+    assert UNROLLED in unrolled.read_text()  # the one decoder kept long, and marked
