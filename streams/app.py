@@ -27,7 +27,7 @@ from tally.streams import exporter, liveness
 from tally.streams.metrics import WorkerCounts
 from tally.streams.outputs import Out, Outputs, Totals
 from tally.streams.salts import SaltCache
-from tally.streams.stages import BeaconStage, Clock, In, ProductStage, WindowStage
+from tally.streams.stages import BeaconStage, Clock, In, ProductStage, Stage, WindowStage
 from tally.streams.state import ensure_state_topics, state_stores
 from tally.streams.watchdog import Watchdog
 
@@ -69,7 +69,7 @@ def make_app(settings: Settings) -> faust.App:
                 sends[o.topic] = app.topic(o.topic, value_serializer="raw", key_serializer="raw")
             await sends[o.topic].send(key=o.key, value=o.value, partition=o.partition, headers=o.headers)
 
-    def agent(topic: faust.TopicT, stage: Any) -> None:
+    def agent(topic: faust.TopicT, stage: Stage) -> None:
         async def run_stage(stream: Any) -> None:
             async for event in stream.events():
                 if settings.test_worker_hang == stage.name:  # test hook: this stage never finishes a record

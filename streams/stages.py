@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -91,17 +93,36 @@ def delta_header(headers: Any) -> bytes | None:
     return None
 
 
-class BeaconStage:
+class Stage:
+    """What every stage has: its name and input topic, the codec, the clock, the counts, and
+    the way to bad-rows."""
+
+    name: str
+    input: str  # the input topic, without the prefix
+
+    def __init__(self, settings: Settings, codec: Codec, clock: Clock, counts: WorkerCounts) -> None:
+        self.codec, self.clock, self.counts = codec, clock, counts
+        self.topic = settings.topic(self.input)
+        self.bad_rows = settings.topic(BAD_ROWS)
+
+    async def handle(self, rec: In) -> list[Out]:
+        raise NotImplementedError
+
+    def _bad(self, row: dict[str, Any]) -> Out:
+        self.counts.bad_rows[row["reason"]] += 1
+        return Out(self.bad_rows, self.codec.encode("bad_row", row))
+
+
+class BeaconStage(Stage):
     """Stage 1 (streams/beacons.py): decode, the steps, salt + hash, enrich, route."""
 
-    name = "stage1-beacons"
+    name, input = "stage1-beacons", BEACONS_RAW
 
     def __init__(self, settings: Settings, codec: Codec, clock: Clock, salts: SaltCache,
                  counts: WorkerCounts) -> None:
-        self.codec, self.clock, self.salts, self.counts = codec, clock, salts, counts
-        self.topic = settings.topic(BEACONS_RAW)
+        super().__init__(settings, codec, clock, counts)
+        self.salts = salts
         self.enriched, self.drops = settings.topic(PAGEVIEWS_ENRICHED), settings.topic(DROPS)
-        self.bad_rows = settings.topic(BAD_ROWS)
         self.cfg = beacons.Stage1Config(
             partitions=settings.topic_partitions, salt_period=settings.salt_period, lateness_ms=clock.lateness_ms,
             keep_user_agent=settings.keep_user_agent, spam=load_spam_list(settings), raw_topic=self.topic)
@@ -139,22 +160,25 @@ class BeaconStage:
         outputs += [Out(self.drops, self.codec.encode("drop_count", d), key=d["site"].encode()) for d in out.drops]
         return outputs + [self._bad(row) for row in out.bad_rows]
 
-    def _bad(self, row: dict[str, Any]) -> Out:
-        self.counts.bad_rows[row["reason"]] += 1
-        return Out(self.bad_rows, self.codec.encode("bad_row", row))
 
-
-class WindowStage:
-    """Stage 2 (streams/windows.py): partition p's window deltas, applied once each."""
-
-    name = "stage2-windows"
+class StateStage(Stage):
+    """A stage that keeps window state per input partition (rebuilt from its changelog)."""
 
     def __init__(self, settings: Settings, codec: Codec, clock: Clock, store: StateStore,
                  counts: WorkerCounts) -> None:
-        self.codec, self.clock, self.store, self.counts = codec, clock, store, counts
-        self.topic = settings.topic(PAGEVIEWS_ENRICHED)
-        self.bad_rows = settings.topic(BAD_ROWS)
-        self.read_pageviews = projection.reader(codec, "pageview_batch", projection.PAGEVIEW_FIELDS)
+        super().__init__(settings, codec, clock, counts)
+        self.store = store
+
+
+class WindowStage(StateStage):
+    """Stage 2 (streams/windows.py): partition p's window deltas, applied once each."""
+
+    name, input = "stage2-windows", PAGEVIEWS_ENRICHED
+
+    @cached_property
+    def read_pageviews(self) -> Callable[[bytes], dict[str, Any]]:
+        """The decoder of a batch that came without its delta header (only stage 2's fields)."""
+        return projection.reader(self.codec, "pageview_batch", projection.PAGEVIEW_FIELDS)
 
     async def handle(self, rec: In) -> list[Out]:
         self.counts.records[self.name] += 1
@@ -169,10 +193,8 @@ class WindowStage:
             try:
                 delta = pageview_delta(self.read_pageviews(rec.value))
             except DecodeError as exc:
-                row = bad_row(BadRowReason.UNDECODABLE, str(exc), Component.WORKER, rec.topic, rec.partition,
-                              rec.offset, rec.value)
-                self.counts.bad_rows[row["reason"]] += 1
-                return [Out(self.bad_rows, self.codec.encode("bad_row", row))]
+                return [self._bad(bad_row(BadRowReason.UNDECODABLE, str(exc), Component.WORKER, rec.topic,
+                                          rec.partition, rec.offset, rec.value))]
         if st.seen(delta.source_partition, delta.source_offset):
             return []  # a replay of an input record already counted
         t1 = time.perf_counter()
@@ -185,16 +207,10 @@ class WindowStage:
         return [Out(self.store.topic, pack_encoded([raw]) if raw else pack([delta]), rec.partition)]
 
 
-class ProductStage:
+class ProductStage(StateStage):
     """Product events (streams/product.py): validated again, counted per family and workspace."""
 
-    name = "product-windows"
-
-    def __init__(self, settings: Settings, codec: Codec, clock: Clock, store: StateStore,
-                 counts: WorkerCounts) -> None:
-        self.codec, self.clock, self.store, self.counts = codec, clock, store, counts
-        self.topic = settings.topic(PRODUCT_EVENTS)
-        self.bad_rows = settings.topic(BAD_ROWS)
+    name, input = "product-windows", PRODUCT_EVENTS
 
     async def handle(self, rec: In) -> list[Out]:
         self.counts.records[self.name] += 1
@@ -209,8 +225,7 @@ class ProductStage:
         st.apply(delta, open_after_ms=self.clock.open_after_ms())
         self.counts.steps.add("product", "validate+apply", time.perf_counter() - t0, 1)
         if bad is not None:
-            self.counts.bad_rows[bad["reason"]] += 1
-            outputs.append(Out(self.bad_rows, self.codec.encode("bad_row", bad)))
+            outputs.append(self._bad(bad))
         else:
             self.counts.accepted[self.name] += 1
         return outputs
