@@ -108,3 +108,20 @@ def test_no_function_over_100_lines_outside_bench_but_marked_decoders():
     assert [f for path in paths for f in long_functions(path)] == []
     unrolled = REPO / "streams" / "avro_bytes.py"
     assert UNROLLED in unrolled.read_text()  # the one decoder kept long, and marked
+
+
+# docs/architecture.md, "Where things live": each folder imports only folders above it.
+LAYERS = ["tally", "tally.infra", "tally.schemas", "tally.producers.collector", "tally.producers.sdk",
+          "tally.streams", "tally.sinks", "tally.ops"]
+
+
+def layer(module: str) -> int:
+    return max(i for i, name in enumerate(LAYERS) if module == name or module.startswith(name + "."))
+
+
+def test_each_folder_imports_only_the_folders_below_it_in_the_map():
+    mods = modules()
+    known = set(mods)
+    upward = [f"{name} -> {target}" for name, path in mods.items() for target in imports(name, path, known)
+              if layer(target) > layer(name)]
+    assert upward == []
