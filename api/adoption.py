@@ -13,7 +13,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from aiohttp import web
-from tally.api.server import ApiError, answer, authorize, now, rows
+from tally.api.handler import ApiError, answer, authorize, now, rows
 from tally.api.sql import Sql
 
 COLUMNS = "family, label, toInt64(events), toInt64(active_workspaces), toString(last_event_at)"

@@ -11,7 +11,7 @@ import click
 
 
 def _settings(stack: bool = True) -> Any:
-    from tally.cli import load_settings
+    from tally.runtime import load_settings
 
     return load_settings(stack=stack)
 
@@ -22,7 +22,7 @@ def dashboard() -> None:
     TALLY_DASHBOARD_HOST:TALLY_DASHBOARD_PORT (127.0.0.1:8001)."""
     from tally.api.server import run
 
-    from tally.cli import load_settings, setup_logging
+    from tally.runtime import load_settings, setup_logging
 
     settings = load_settings()
     setup_logging(settings)

@@ -21,9 +21,12 @@ from datetime import UTC, datetime
 from tally.producers.collector.ratelimit import RateLimiter
 from tally.sinks.keystore import KeyRecord
 
+from tally.caches import bounded_put
+
 PREFIX = "tly_"
 _KEY = re.compile(r"^tly_([0-9a-f]{12})_[A-Za-z0-9_-]{43}$")
 CACHE_SECONDS = 10.0  # a revoked key stops working within this time
+CACHE_KEYS = 10_000  # keys looked up and kept at once
 
 
 def hash_key(key: str) -> str:
@@ -71,10 +74,8 @@ class KeyChecker:
         hit = self.cache.get(key_id)
         if hit is not None and now - hit[0] < CACHE_SECONDS:
             return hit[1]
-        if len(self.cache) > 10_000:
-            self.cache.clear()
         record = await self.find(key_id)
-        self.cache[key_id] = (now, record)
+        bounded_put(self.cache, key_id, (now, record), CACHE_KEYS)
         return record
 
     async def check(self, authorization: str | None) -> Verdict:

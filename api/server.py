@@ -12,14 +12,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
 
-import orjson
 import uvloop
 from aiohttp import web
+from tally.api import adoption, stats
+from tally.api.handler import CLOCK, KEYS, SETTINGS, WAREHOUSE, ApiError, answer, failure
 from tally.api.keys import KeyChecker
-from tally.api.warehouse import QueryFailed, Unavailable, Warehouse, open_warehouse
-from tally.sinks.keystore import KeyRecord
+from tally.api.warehouse import Unavailable, Warehouse, open_warehouse
 from tally.sinks.readservice import host_of
 
 from tally.config import Settings
@@ -27,25 +26,6 @@ from tally.config import Settings
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
-SETTINGS = web.AppKey("settings", Settings)
-WAREHOUSE = web.AppKey("warehouse", Warehouse)
-KEYS = web.AppKey("keys", KeyChecker)
-CLOCK = web.AppKey("clock", Callable)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def answer(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
-def failure(status: int, message: str) -> web.Response:
-    return answer({"error": message}, status)
 
 
 @web.middleware
@@ -73,48 +53,11 @@ def host_check(settings: Settings) -> Callable:
     return check
 
 
-async def authorize(request: web.Request) -> KeyRecord:
-    verdict = await request.app[KEYS].check(request.headers.get("Authorization"))
-    if verdict.status != 200:
-        raise ApiError(verdict.status, verdict.message)
-    return verdict.record
-
-
-def require_site(key: KeyRecord, site: Any) -> str:
-    if not isinstance(site, str) or not site:
-        raise ApiError(400, "Missing site ID. Please provide the required site_id parameter with your request.")
-    if site not in key.sites:
-        raise ApiError(403, f"This API key has no access to site_id `{site}`.")
-    return site
-
-
-async def json_body(request: web.Request) -> Any:
-    if request.content_type != "application/json":
-        raise ApiError(415, "Content-Type must be application/json")
-    try:
-        return orjson.loads(await request.read())
-    except ValueError:
-        raise ApiError(400, "#: the body is not valid JSON") from None
-
-
-async def rows(request: web.Request, sql: Any) -> list[list[Any]]:
-    try:
-        return await request.app[WAREHOUSE].rows(sql)
-    except QueryFailed as exc:
-        raise ApiError(400, f"the query failed: {exc}") from None
-
-
-def now(request: web.Request) -> datetime:
-    return request.app[CLOCK]()
-
-
 async def healthz(request: web.Request) -> web.Response:
     return answer({"status": "ok"})
 
 
 def build_app(settings: Settings, warehouse: Warehouse, clock: Callable[[], datetime] | None = None) -> web.Application:
-    from tally.api import adoption, stats
-
     app = web.Application(middlewares=[errors, host_check(settings)], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     app[WAREHOUSE] = warehouse

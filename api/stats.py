@@ -5,9 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 from aiohttp import web
-from tally.api.request import RequestError, parse_request
-from tally.api.runner import Runner
-from tally.api.server import (
+from tally.api.handler import (
     SETTINGS,
     ApiError,
     answer,
@@ -17,6 +15,8 @@ from tally.api.server import (
     require_site,
     rows,
 )
+from tally.api.request import RequestError, parse_request
+from tally.api.runner import Runner
 from tally.api.sql import Sql, first_day_sql, realtime_sql
 
 

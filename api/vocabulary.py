@@ -9,6 +9,8 @@ on the translated values. One table per dimension, here only.
 
 from __future__ import annotations
 
+from tally.sinks.sql import quote
+
 # ua-parser browser family -> Plausible's browser name (its ingestion folds the mobile variants).
 BROWSERS = {
     "Mobile Safari": "Safari", "Mobile Safari UI/WKWebView": "Safari", "Chrome Mobile": "Chrome",
@@ -40,18 +42,14 @@ DIRECT = "Direct / None"
 NOT_SET = "(not set)"
 
 
-def _q(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _array(values: list[str]) -> str:
-    return "[" + ", ".join(_q(v) for v in values) + "]"
+    return "[" + ", ".join(quote(v) for v in values) + "]"
 
 
 def _translate(column: str, table: dict[str, str]) -> str:
     """The column's value through `table`, and (not set) for what is empty afterwards."""
     mapped = f"transform({column}, {_array(list(table))}, {_array(list(table.values()))}, {column})"
-    return f"if({mapped} = '', {_q(NOT_SET)}, {mapped})"
+    return f"if({mapped} = '', {quote(NOT_SET)}, {mapped})"
 
 
 def _without_www(column: str) -> str:
@@ -65,11 +63,11 @@ def _source() -> str:
     named = (f"transform(cutToFirstSignificantSubdomain({host}), {_array(list(SOURCE_DOMAINS))}, "
              f"{_array(list(SOURCE_DOMAINS.values()))}, {by_name})")
     return (f"multiIf(ifNull(utm_source, '') != '', utm_source, "
-            f"referrer_source IN ('direct', 'internal') OR {host} = '', {_q(DIRECT)}, {named})")
+            f"referrer_source IN ('direct', 'internal') OR {host} = '', {quote(DIRECT)}, {named})")
 
 
 def _utm(column: str) -> str:
-    return f"if(ifNull({column}, '') = '', {_q(NOT_SET)}, {column})"
+    return f"if(ifNull({column}, '') = '', {quote(NOT_SET)}, {column})"
 
 
 # Stats API dimension -> ClickHouse expression over a `pageviews` row.
@@ -78,12 +76,12 @@ EXPRESSIONS: dict[str, str] = {
     "event:name": "event",
     "event:hostname": f"if(hostname = '', '(none)', {_without_www('hostname')})",
     "visit:source": _source(),
-    "visit:referrer": (f"if(referrer_source IN ('direct', 'internal') OR referrer_host = '', {_q(DIRECT)}, "
+    "visit:referrer": (f"if(referrer_source IN ('direct', 'internal') OR referrer_host = '', {quote(DIRECT)}, "
                        f"{_without_www('referrer_host')})"),
     "visit:utm_source": _utm("utm_source"),
     "visit:utm_medium": _utm("utm_medium"),
     "visit:utm_campaign": _utm("utm_campaign"),
     "visit:browser": _translate("browser", BROWSERS),
     "visit:os": _translate("os", OPERATING_SYSTEMS),
-    "visit:device": f"transform(device, {_array(list(DEVICES))}, {_array(list(DEVICES.values()))}, {_q(NOT_SET)})",
+    "visit:device": f"transform(device, {_array(list(DEVICES))}, {_array(list(DEVICES.values()))}, {quote(NOT_SET)})",
 }

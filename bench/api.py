@@ -135,7 +135,7 @@ def main() -> None:
         service = ReadService(settings)
         service.start()
         child_env = {**{k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}, **env}
-        dashboard = subprocess.Popen([sys.executable, "-m", "tally.cli", "dashboard"], cwd=REPO, env=child_env,
+        dashboard = subprocess.Popen([sys.executable, "-m", "tally.ops", "dashboard"], cwd=REPO, env=child_env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             url = f"http://127.0.0.1:{settings.dashboard_port}"

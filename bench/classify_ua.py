@@ -4,7 +4,7 @@
 
 - cold_uas_per_s: every distinct UA of tests/data (15k browsers and bots) once, cache empty,
   in-process (classify_ua + JSON line), i.e. what an operator pays on a log of new UAs.
-- warm_uas_per_s: the real command (`python -m tally.cli classify-ua`, stdin -> stdout) on
+- warm_uas_per_s: the real command (`python -m tally.ops classify-ua`, stdin -> stdout) on
   --lines lines drawn Zipf-like from 2,000 real UAs (95% browsers, 5% bots), process start
   and pattern loading included. Target >= 100,000 UAs/s.
 - baseline_cat_per_s: the same input through `cat` (pipe and I/O cost alone), same run;
@@ -60,7 +60,7 @@ def main() -> None:
             out = subprocess.run(cmd, stdin=stdin, capture_output=True, check=True, cwd=REPO).stdout
             return time.perf_counter() - t, out.count(b"\n")
 
-    warm_s, n = timed([sys.executable, "-m", "tally.cli", "classify-ua"])
+    warm_s, n = timed([sys.executable, "-m", "tally.ops", "classify-ua"])
     assert n == args.lines, n
     cat_s, _ = timed(["cat"])
     warm, base = args.lines / warm_s, args.lines / cat_s

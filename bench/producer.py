@@ -43,8 +43,8 @@ from confluent_kafka import Producer
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tally.producers.middleware import TallyASGIMiddleware, TallyWSGIMiddleware  # noqa: E402
 from tally.producers.sdk import Client  # noqa: E402
+from tally.producers.sdk.middleware import TallyASGIMiddleware, TallyWSGIMiddleware  # noqa: E402
 
 from tally.config import Settings  # noqa: E402
 from tally.kafka import producer_config  # noqa: E402
@@ -95,8 +95,7 @@ def bench_raw(settings: Settings, work: list[tuple]) -> tuple[float, float]:
     client = Client(settings, app="bench", strict=True)  # only to build identical bytes
     values = []
     for event, tenant, ws, actor, subject, meta in work:
-        rec = client._record(event, tenant, ws, actor, subject, meta, None)
-        values.append((client._encode("product_event", rec), tenant))
+        values.append((client._full_value(event, tenant, ws, actor, subject, meta, None), tenant))
     client.close()
     gc.freeze()  # the pre-encoded messages are bench data: keep them out of GC passes too
     producer = Producer(producer_config(settings, **{"queue.buffering.max.messages": QUEUE}))

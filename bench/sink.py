@@ -126,12 +126,13 @@ def baseline(rows: list[dict], insert_rows: int, state: Path) -> dict[str, float
 
 def through_sink(settings: Settings, total: int) -> dict[str, float]:
     from tally.sinks import sink as sink_mod
+    from tally.sinks.metrics import ROWS
     from tally.sinks.migrate import migrate
     from tally.sinks.warehouse import connect
 
     client = connect(settings)
     migrate(client, settings)
-    counter = sink_mod.ROWS.labels(table="pageviews")
+    counter = ROWS.labels(table="pageviews")
     before = counter._value.get()
     s = sink_mod.Sink(settings, client)
     thread = threading.Thread(target=s.run, daemon=True)

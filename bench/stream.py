@@ -129,14 +129,14 @@ def cpu_seconds(pid: int) -> float:
 
 def bench_worker(settings: Settings, env: dict[str, str], records: list[bytes], log: Path) -> tuple[float, float]:
     with open(log, "wb") as fh:
-        cmd = [sys.executable, "-m", "tally.cli", "worker"]
+        cmd = [sys.executable, "-m", "tally.ops", "worker"]
         if os.environ.get("BENCH_PYSPY"):  # profile the worker: collapsed stacks to this file
             cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "-o",
                    os.environ["BENCH_PYSPY"], "--", *cmd]
         proc = subprocess.Popen(cmd, cwd=REPO, env=env,
                                 stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        from tally.stack import worker_ready
+        from tally.ops.stack import worker_ready
 
         deadline = time.monotonic() + 120
         while not worker_ready(settings):

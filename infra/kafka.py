@@ -22,6 +22,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from tally.config import replication_defaults
+
 KAFKA_DIR = Path(__file__).parent / "kafka"
 LIB_DIR = KAFKA_DIR / "lib"
 POM = KAFKA_DIR / "pom.xml"
@@ -87,12 +89,6 @@ def cluster_nodes(base_dir: Path, first_port: int, count: int) -> list[Node]:
 
 def bootstrap(nodes: list[Node]) -> str:
     return ",".join(n.address for n in nodes)
-
-
-def replication_defaults(count: int) -> tuple[int, int]:
-    """(replication factor, min.insync.replicas) for a cluster of `count` nodes."""
-    replicas = min(3, count)
-    return replicas, 2 if replicas >= 3 else 1
 
 
 def node_properties(node: Node, nodes: list[Node]) -> dict[str, str]:

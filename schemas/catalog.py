@@ -10,8 +10,8 @@ the catalog does not declare.
 `check(record)` is the single validator. The SDK calls it before an event
 leaves the application and the stream worker calls it again on the decoded
 `product_event` record (defence in depth). It returns None for a valid record,
-else `(reason, detail)`: reason is one of REASONS, detail names the event and
-the key. It never raises.
+else `(problem, detail)`: problem is a `EventProblem` (schemas/reasons.py), detail names the
+event and the key. It never raises.
 
 Adding an event: add an `Event(...)` below, run `tally catalog docs` (which
 regenerates docs/events.md; a test fails when it is stale) and add a line to
@@ -27,16 +27,9 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-# The closed set of reasons check() returns (the SDK counts drops by them).
-REASONS = (
-    "unknown_event",     # name not in the catalog
-    "wrong_feature_area",  # feature_area differs from the catalog's
-    "missing_field",     # tenant_id/workspace_id/occurred_at or a required key absent
-    "unknown_key",       # metadata key the event does not declare
-    "bad_type",          # value of the wrong type (e.g. a string for a boolean)
-    "bad_value",         # right type, outside the declared range or enum
-    "unsafe_value",      # free text, email, URL, token or nested blob
-)
+from tally.schemas.reasons import EventProblem
+
+from tally.caches import bounded_add
 
 ACTOR_TYPES = ("user", "service", "system")
 
@@ -245,7 +238,7 @@ _EVENTS: tuple[Event, ...] = (
           {"client_id": _id("Client of the project.", nullable=True),
            "billable": _bool("Whether the project is billable.")},
           subject_type="project", source="seed 004"),
-    # --- seed 001: API performance (emitted by tally.producers.middleware) -----
+    # --- seed 001: API performance (emitted by tally.producers.sdk.middleware) -----
     Event("api.request_slow", "api",
           "An API request took longer than 1 s.",
           "By the request-performance middleware when a request took over 1 s "
@@ -319,35 +312,35 @@ def _why_unsafe(value: str) -> str:
     return "is not a safe value"
 
 
-def _check_value(event: str, key: str, prop: Prop, value: Any) -> tuple[str, str] | None:
+def _check_value(event: str, key: str, prop: Prop, value: Any) -> tuple[EventProblem, str] | None:
     where = f"{event}: metadata key {key!r}"
     if value is None:
-        return None if prop.nullable else ("bad_type", f"{where} may not be null")
+        return None if prop.nullable else (EventProblem.BAD_TYPE, f"{where} may not be null")
     kind = prop.kind
     if isinstance(value, (dict, list, tuple, set, bytes, bytearray)):
-        return "unsafe_value", f"{where} is a nested blob ({type(value).__name__}); only scalar values are allowed"
+        return EventProblem.UNSAFE_VALUE, f"{where} is a nested blob ({type(value).__name__}); only scalar values are allowed"
     if kind == "bool":
-        return None if value is True or value is False else ("bad_type", f"{where} must be a boolean")
+        return None if value is True or value is False else (EventProblem.BAD_TYPE, f"{where} must be a boolean")
     if kind == "int" or kind == "timestamp":
         if value is True or value is False or not isinstance(value, int):
             if isinstance(value, str) and len(value) > 64 or isinstance(value, str) and _EMAIL.search(value):
-                return "unsafe_value", f"{where} {_why_unsafe(value)}"
-            return "bad_type", f"{where} must be an integer" + (" (epoch ms)" if kind == "timestamp" else "")
+                return EventProblem.UNSAFE_VALUE, f"{where} {_why_unsafe(value)}"
+            return EventProblem.BAD_TYPE, f"{where} must be an integer" + (" (epoch ms)" if kind == "timestamp" else "")
         if kind == "int":
             if 0 <= value <= prop.max:
                 return None
-            return "bad_value", f"{where} must be within 0..{prop.max}, got {value}"
+            return EventProblem.BAD_VALUE, f"{where} must be within 0..{prop.max}, got {value}"
         if _TS_MIN <= value <= _TS_MAX:
             return None
-        return "bad_value", f"{where} must be epoch milliseconds between 2000 and 2100, got {value}"
+        return EventProblem.BAD_VALUE, f"{where} must be epoch milliseconds between 2000 and 2100, got {value}"
     if not isinstance(value, str):
-        return "bad_type", f"{where} must be a string, got {type(value).__name__}"
+        return EventProblem.BAD_TYPE, f"{where} must be a string, got {type(value).__name__}"
     if kind == "enum":
         if value in prop.values:
             return None
         if len(value) > 64 or _EMAIL.search(value) or _URL.search(value) or " " in value:
-            return "unsafe_value", f"{where} {_why_unsafe(value)}"
-        return "bad_value", f"{where} must be one of {', '.join(prop.values)}, got {value!r}"
+            return EventProblem.UNSAFE_VALUE, f"{where} {_why_unsafe(value)}"
+        return EventProblem.BAD_VALUE, f"{where} must be one of {', '.join(prop.values)}, got {value!r}"
     if kind == "id":
         if _ID.fullmatch(value) and not _TOKEN.match(value):
             return None
@@ -356,7 +349,7 @@ def _check_value(event: str, key: str, prop: Prop, value: Any) -> tuple[str, str
             return None
     elif kind == "route" and _ROUTE.fullmatch(value):
         return None
-    return "unsafe_value", f"{where} {_why_unsafe(value)}; expected {prop.type_label()}"
+    return EventProblem.UNSAFE_VALUE, f"{where} {_why_unsafe(value)}; expected {prop.type_label()}"
 
 
 def is_safe_id(value: str) -> bool:
@@ -364,11 +357,11 @@ def is_safe_id(value: str) -> bool:
     return _ID.fullmatch(value) is not None and not _TOKEN.match(value)
 
 
-def check_metadata_value(event: str, key: str, value: Any) -> tuple[str, str] | None:
+def check_metadata_value(event: str, key: str, value: Any) -> tuple[EventProblem, str] | None:
     """check()'s verdict on one metadata value of a known event (None: allowed)."""
     prop = CATALOG[event].props.get(key)
     if prop is None:
-        return "unknown_key", f"{event}: metadata key {key!r} is not declared"
+        return EventProblem.UNKNOWN_KEY, f"{event}: metadata key {key!r} is not declared"
     return _check_value(event, key, prop, value)
 
 
@@ -384,22 +377,20 @@ _SAFE_VALUES: dict[str, dict[str, set[Any]]] = {}  # event -> key -> safe values
 _SAFE_MAX = 65536
 
 
-def _check_ref(event: str, field_name: str, value: Any, required: bool) -> tuple[str, str] | None:
+def _check_ref(event: str, field_name: str, value: Any, required: bool) -> tuple[EventProblem, str] | None:
     if value in _SAFE_IDS:
         return None
     if value is None or value == "":
-        return ("missing_field", f"{event}: {field_name} is required") if required else None
+        return (EventProblem.MISSING_FIELD, f"{event}: {field_name} is required") if required else None
     if not isinstance(value, str):
-        return "bad_type", f"{event}: {field_name} must be a string id"
+        return EventProblem.BAD_TYPE, f"{event}: {field_name} must be a string id"
     if is_safe_id(value):
-        if len(_SAFE_IDS) >= _SAFE_MAX:
-            _SAFE_IDS.clear()
-        _SAFE_IDS.add(value)
+        bounded_add(_SAFE_IDS, value, _SAFE_MAX)
         return None
-    return "unsafe_value", f"{event}: {field_name} {_why_unsafe(value)}; expected an opaque id"
+    return EventProblem.UNSAFE_VALUE, f"{event}: {field_name} {_why_unsafe(value)}; expected an opaque id"
 
 
-def check(record: Mapping[str, Any]) -> tuple[str, str] | None:
+def check(record: Mapping[str, Any]) -> tuple[EventProblem, str] | None:
     """None when the product event is valid, else (reason, detail).
 
     Works on what the SDK builds and on what the codec decodes (metadata values
@@ -409,18 +400,18 @@ def check(record: Mapping[str, Any]) -> tuple[str, str] | None:
         return _check(record)
     except Exception as exc:  # e.g. an unhashable id: still a verdict, not a crash
         name = record.get("event") if isinstance(record, Mapping) else None
-        return "bad_type", f"{name if isinstance(name, str) else 'event'}: {type(exc).__name__}: {exc}"
+        return EventProblem.BAD_TYPE, f"{name if isinstance(name, str) else 'event'}: {type(exc).__name__}: {exc}"
 
 
-def _check(record: Mapping[str, Any]) -> tuple[str, str] | None:
+def _check(record: Mapping[str, Any]) -> tuple[EventProblem, str] | None:
     name = record.get("event")
     spec = CATALOG.get(name) if isinstance(name, str) else None
     if spec is None:
         shown = name if isinstance(name, str) and len(name) <= 64 else f"<{type(name).__name__}>"
-        return "unknown_event", f"event {shown!r} is not in the catalog (see docs/events.md)"
+        return EventProblem.UNKNOWN_EVENT, f"event {shown!r} is not in the catalog (see docs/events.md)"
     fa = record.get("feature_area")
     if fa is not None and fa != spec.feature_area:
-        return "wrong_feature_area", f"{name}: feature_area must be {spec.feature_area!r}, got {fa!r}"
+        return EventProblem.WRONG_FEATURE_AREA, f"{name}: feature_area must be {spec.feature_area!r}, got {fa!r}"
     safe = _SAFE_IDS
     get = record.get
     tenant_id, workspace_id, actor_id, subject_id = (
@@ -432,33 +423,33 @@ def _check(record: Mapping[str, Any]) -> tuple[str, str] | None:
             return bad
     actor_type = get("actor_type", "user")
     if actor_type not in ACTOR_TYPES:
-        return "bad_value", f"{name}: actor_type must be one of {', '.join(ACTOR_TYPES)}, got {actor_type!r}"
+        return EventProblem.BAD_VALUE, f"{name}: actor_type must be one of {', '.join(ACTOR_TYPES)}, got {actor_type!r}"
     if not (actor_id in safe or not actor_id):
         bad = _check_ref(name, "actor_id", actor_id, False)
         if bad:
             return bad
     if spec.user_initiated and (actor_type != "user" or not actor_id):
-        return ("bad_value" if actor_id else "missing_field",
+        return (EventProblem.BAD_VALUE if actor_id else EventProblem.MISSING_FIELD,
                 f"{name}: adoption events are user-initiated; actor must be a user with an id "
                 f"(got actor_type {actor_type!r}, actor_id {actor_id!r})")
     subject_type = get("subject_type") or ""
     if subject_type and subject_type != spec.subject_type:
         expected = repr(spec.subject_type) if spec.subject_type else "empty (this event has no subject)"
-        return "bad_value", f"{name}: subject_type must be {expected}, got {subject_type!r}"
+        return EventProblem.BAD_VALUE, f"{name}: subject_type must be {expected}, got {subject_type!r}"
     if not (subject_id is None or subject_id in safe):
         bad = _check_ref(name, "subject_id", subject_id, False)
         if bad:
             return bad
     occurred = record.get("occurred_at")
     if occurred is None:
-        return "missing_field", f"{name}: occurred_at is required"
+        return EventProblem.MISSING_FIELD, f"{name}: occurred_at is required"
     if not isinstance(occurred, (datetime, int)) or occurred is True or occurred is False:
-        return "bad_type", f"{name}: occurred_at must be a datetime or epoch ms"
+        return EventProblem.BAD_TYPE, f"{name}: occurred_at must be a datetime or epoch ms"
     metadata = record.get("metadata")
     if metadata is None:
         metadata = {}
     elif metadata.__class__ is not dict and not isinstance(metadata, Mapping):
-        return "bad_type", f"{name}: metadata must be a mapping of key to scalar value"
+        return EventProblem.BAD_TYPE, f"{name}: metadata must be a mapping of key to scalar value"
     props = spec.props
     memo = _SAFE_VALUES.get(name)
     if memo is None:
@@ -473,19 +464,17 @@ def _check(record: Mapping[str, Any]) -> tuple[str, str] | None:
         if prop is None:
             allowed = ", ".join(props) or "none"
             shown = key if isinstance(key, str) and len(key) <= 64 else f"<{len(str(key))} chars>"
-            return "unknown_key", f"{name}: metadata key {shown!r} is not declared (allowed: {allowed})"
+            return EventProblem.UNKNOWN_KEY, f"{name}: metadata key {shown!r} is not declared (allowed: {allowed})"
         bad = _check_value(name, key, prop, value)
         if bad:
             return bad
         if cls is str or cls is int:
             if known is None:
                 known = memo[key] = set()
-            elif len(known) >= _SAFE_MAX:
-                known.clear()
-            known.add(value)
+            bounded_add(known, value, _SAFE_MAX)
     for key in spec.required:
         if key not in metadata:
-            return "missing_field", f"{name}: metadata key {key!r} is required"
+            return EventProblem.MISSING_FIELD, f"{name}: metadata key {key!r} is required"
     return None
 
 
@@ -536,7 +525,7 @@ def events_markdown() -> str:
             for key, p in e.props.items():
                 out.append(f"| `{key}` | {p.type_label()} | {'yes' if p.required else 'no'} | {p.doc} |")
     out += ["", "## Reject reasons", "", "`check()` and the SDK's drop counters use this closed set: "
-            + ", ".join(f"`{r}`" for r in REASONS) + ".", "", "## Changelog", ""]
+            + ", ".join(f"`{r}`" for r in EventProblem) + ".", "", "## Changelog", ""]
     for day, change in CHANGELOG:
         out.append(f"- {day}: {change}")
     return "\n".join(out) + "\n"

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
-from tally.schemas.fastwrite import Fallback, Writer, compile_writer
+from tally.schemas.avro_writer import Fallback, Writer, compile_writer
 
 if TYPE_CHECKING:
     from tally.config import Settings
@@ -223,15 +223,7 @@ def _codec(registry_url: str) -> Codec:
 
 
 def default_codec(settings: Settings | None = None) -> Codec:
-    """The process-wide codec. Without settings, TALLY_SCHEMA_REGISTRY_URL is read
-    (once) from the environment, so existing call sites pick the registry up."""
-    if settings is None:
-        settings = _env_settings()
-    return _codec(settings.schema_registry_url)
-
-
-@cache
-def _env_settings() -> Settings:
-    from tally.config import Settings
-
-    return Settings.from_env()
+    """The process-wide codec for these settings (the Confluent format when they name a
+    schema registry). Without settings: no registry, Avro single-object encoding. The codec
+    never reads the environment: settings are read once, at start, and passed down."""
+    return _codec(settings.schema_registry_url if settings is not None else "")

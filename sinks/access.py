@@ -17,6 +17,7 @@ import secrets
 from urllib.parse import unquote, urlsplit
 
 from tally.sinks.analyst import ANALYST_TABLES, ANALYST_VIEWS, limits
+from tally.sinks.sql import quote
 
 from tally.config import Settings
 
@@ -25,10 +26,6 @@ PROFILE = "tally_analyst"
 
 class AccessError(ValueError):
     pass
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _ident(name: str) -> str:
@@ -46,7 +43,7 @@ def _user(url: str, what: str) -> tuple[str, str, str]:
 def access_sql(settings: Settings) -> list[str]:
     """The statements for the users whose URLs are set; [] when none is."""
     owner = urlsplit(settings.clickhouse_url).username or "default"
-    profile = ", ".join(f"{name} = {value if isinstance(value, int) else _quote(value)} CONST"
+    profile = ", ".join(f"{name} = {value if isinstance(value, int) else quote(value)} CONST"
                         for name, value in limits(settings).items())
     out = [f"CREATE SETTINGS PROFILE OR REPLACE {PROFILE} SETTINGS readonly = 1 CONST, {profile}"]
     for url, what, extra in ((settings.analyst_clickhouse_url, "TALLY_ANALYST_CLICKHOUSE_URL", ()),
@@ -58,8 +55,8 @@ def access_sql(settings: Settings) -> list[str]:
             raise AccessError(f"{what} uses the sink's user {user!r}; readers need a user of their own")
         salt = secrets.token_hex(16)  # the printed hash is salted: no lookup table reverses it
         digest = hashlib.sha256((password + salt).encode()).hexdigest()
-        out.append(f"CREATE USER OR REPLACE {_ident(user)} IDENTIFIED WITH sha256_hash BY {_quote(digest)} "
-                   f"SALT {_quote(salt)} DEFAULT DATABASE {_ident(database)} SETTINGS PROFILE {_quote(PROFILE)}")
+        out.append(f"CREATE USER OR REPLACE {_ident(user)} IDENTIFIED WITH sha256_hash BY {quote(digest)} "
+                   f"SALT {quote(salt)} DEFAULT DATABASE {_ident(database)} SETTINGS PROFILE {quote(PROFILE)}")
         for table in sorted(ANALYST_TABLES | ANALYST_VIEWS) + list(extra):
             out.append(f"GRANT SELECT ON {_ident(database)}.{_ident(table)} TO {_ident(user)}")
     return out if len(out) > 1 else []

@@ -25,14 +25,11 @@ import tempfile
 from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
+from tally.sinks.sql import quote
 
 from tally.config import Settings
 
 _LOW_CARDINALITY = re.compile(r"^LowCardinality\((.*)\)$")
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def plain_type(ch_type: str) -> str:
@@ -56,7 +53,7 @@ class AvroLoader:
         cached = self._types.get(table)
         if cached is None:
             rows = self.client.query("SELECT name, type FROM system.columns WHERE database = currentDatabase() "
-                                     f"AND table = {_quote(table)} ORDER BY position").result_rows
+                                     f"AND table = {quote(table)} ORDER BY position").result_rows
             if not rows:
                 raise LookupError(f"table {table!r} does not exist (was `tally migrate` run?)")
             cached = self._types[table] = {name: plain_type(t) for name, t in rows}
@@ -64,7 +61,7 @@ class AvroLoader:
 
     def statement(self, table: str, columns: list[str], source: str) -> str:
         types = self.types(table)
-        structure = _quote(", ".join(f"`{c}` {types[c]}" for c in columns))
+        structure = quote(", ".join(f"`{c}` {types[c]}" for c in columns))
         cols = ", ".join(f"`{c}`" for c in columns)
         return f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {source.replace('{structure}', structure)}"
 
@@ -82,8 +79,8 @@ class AvroLoader:
                 fh.writelines(container)
             # Settings ride in the statement: clickhouse-connect's chDB backend would
             # otherwise apply them with SET and restore them, four more queries per insert.
-            clause = ", ".join(f"{k} = {_quote(str(v))}" for k, v in settings.items())
-            sql = self.statement(table, columns, f"file({_quote(str(path))}, 'Avro', {{structure}})")
+            clause = ", ".join(f"{k} = {quote(str(v))}" for k, v in settings.items())
+            sql = self.statement(table, columns, f"file({quote(str(path))}, 'Avro', {{structure}})")
             self.client.command(f"{sql} SETTINGS {clause}" if clause else sql)
         finally:
             path.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ MAX_CELL = 80  # characters of one cell in a terminal table; json and csv stay c
 
 
 def _settings() -> Any:
-    from tally.cli import load_settings
+    from tally.runtime import load_settings
 
     return load_settings(stack=True)
 
@@ -29,7 +29,7 @@ def _settings() -> Any:
 def _run(sql: str, fmt: str) -> None:
     from tally.sinks.query import QueryError, run_sql
 
-    from tally.cli import console
+    from tally.runtime import console
 
     try:
         out = run_sql(_settings(), sql, FORMATS[fmt])
@@ -55,7 +55,7 @@ def print_table(result: dict[str, Any]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from tally.cli import console
+    from tally.runtime import console
 
     table = Table()
     for column in result.get("meta", []):
@@ -180,7 +180,7 @@ def reconcile(date_from: datetime | None, date_to: datetime | None, as_json: boo
     from tally.sinks.query import QueryError
     from tally.sinks.reconcile import reconcile as check
 
-    from tally.cli import console
+    from tally.runtime import console
 
     w = _window(date_from, date_to)
     try:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
+from tally.sinks.sql import quote
 
 from tally.config import Settings
 
@@ -50,21 +51,17 @@ ENGINE = MergeTree ORDER BY (name, applied_at)
 """
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def template_values(settings: Settings) -> dict[str, str]:
     from tally.schemas.catalog import FAMILIES, FAMILY_LABELS
 
-    families = ", ".join(f"({_quote(f)}, {_quote(FAMILY_LABELS.get(f, f))}, {i})"
+    families = ", ".join(f"({quote(f)}, {quote(FAMILY_LABELS.get(f, f))}, {i})"
                          for i, f in enumerate(FAMILIES, 1))
     return {
         "raw_retention_days": str(settings.raw_retention_days),
         "product_retention_days": str(settings.product_retention_days),
         "bad_rows_retention_days": str(settings.bad_rows_retention_days),
         "families": f"[{families}]",
-        "family_names": "(" + ", ".join(_quote(f) for f in FAMILIES) + ")",
+        "family_names": "(" + ", ".join(quote(f) for f in FAMILIES) + ")",
     }
 
 
@@ -148,45 +145,3 @@ def migrate(client: Client, settings: Settings, ddl_dir: Path = DDL_DIR) -> list
         client.insert("tally_repeatable_migrations", [[mig.name, checksum]], column_names=["name", "checksum"])
         done.append(f"R_{mig.name} ({checksum})")
     return done
-
-
-class WarehouseBusy(RuntimeError):
-    """The embedded warehouse is open in another process, so this one cannot migrate it."""
-
-
-def migrate_command(settings: Settings) -> list[str]:
-    """What `tally migrate` does. A server is migrated directly. Embedded chDB allows one
-    process per data directory: while the stack runs, the sink owns it and applies
-    pending migrations (and retention changes) each time it starts, so the answer is a
-    clear WarehouseBusy naming the owner and how to restart it, not chDB's lock error."""
-    from tally.sinks.warehouse import connect
-
-    from tally.stack import http_ok, running_pid
-
-    restart = ("The sink applies pending migrations, and changed retention settings, each time it "
-               "starts: restart it to apply them (`tally down`, then `tally up` with the new TALLY_* "
-               "settings), or stop it and run `tally migrate` again.")
-    if settings.embedded_clickhouse:
-        pid = running_pid(settings, "sink")
-        endpoint = f"http://{settings.query_host}:{settings.query_port}"
-        if pid is not None or http_ok(f"{endpoint}/healthz"):
-            owner = f"pid {pid}" if pid is not None else f"query endpoint {endpoint}"
-            raise WarehouseBusy(f"the embedded warehouse {settings.clickhouse_dir} is owned by the running "
-                                f"sink ({owner}); only one process can open it. {restart}")
-    try:
-        client = connect(settings)
-    except Exception as exc:
-        if not settings.embedded_clickhouse:
-            raise
-        raise WarehouseBusy(f"cannot open the embedded warehouse {settings.clickhouse_dir} ({str(exc).strip()[:200]}). "
-                            f"Another process holds it: only one process can open it. If the stack runs, "
-                            f"the sink is that process. {restart}") from None
-    try:
-        applied = migrate(client, settings)
-        if not settings.embedded_clickhouse:
-            from tally.sinks.access import apply_access
-
-            applied += [f"read-only user {user}" for user in apply_access(client, settings)]
-        return applied
-    finally:
-        client.close()

@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
+from tally.sinks.sql import quote
+
 
 def literal(value: str | date | int) -> str:
     if isinstance(value, int):
         return str(value)
-    text = value.isoformat() if isinstance(value, date) else str(value)
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return quote(value.isoformat() if isinstance(value, date) else str(value))
 
 
 @dataclass(frozen=True)

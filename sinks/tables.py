@@ -22,15 +22,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from tally.schemas.avro_writer import encode_long
 from tally.schemas.catalog import check as check_product_event
 from tally.schemas.codec import MAGIC, Codec, DecodeError, SchemaVersion, long_at
-from tally.schemas.fastwrite import encode_long
+from tally.schemas.layouts import PAGEVIEW
+from tally.schemas.reasons import BadRowReason
 
-PAGEVIEW_COLUMNS = (
-    "event_id", "received_at", "site", "hostname", "path", "event", "visitor_id",
-    "referrer_host", "referrer_source", "utm_source", "utm_medium", "utm_campaign",
-    "browser", "os", "device", "user_agent", "props",
-)
+from tally.topics import AGGREGATES, BAD_ROWS, DROPS, PAGEVIEWS_ENRICHED, PRODUCT_EVENTS
+
+PAGEVIEW_COLUMNS = PAGEVIEW.names  # the pageviews table's columns are the pageview's fields
 AGGREGATE_COLUMNS = ("kind", "scope", "dimension", "window_start", "window_end", "partition",
                      "count", "uniques", "version")
 AGGREGATE_KINDS = frozenset({"site_hour", "site_day", "site_month", "path_day",
@@ -43,15 +43,12 @@ BAD_ROW_COLUMNS = ("failed_at", "component", "reason", "detail", "source_topic",
 
 
 class Rejected(ValueError):
-    """A record the sink cannot store; `reason` is one of a closed set."""
+    """A record the sink cannot store, and why."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: BadRowReason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
-
-
-REJECT_REASONS = ("undecodable", "invalid_event", "invalid_aggregate", "invalid_drop")
 
 
 @dataclass(frozen=True)
@@ -74,7 +71,7 @@ def _decode(codec: Codec, name: str, value: bytes) -> dict[str, Any]:
     try:
         return codec.decode(name, value)
     except DecodeError as exc:
-        raise Rejected("undecodable", str(exc)) from None
+        raise Rejected(BadRowReason.UNDECODABLE, str(exc)) from None
 
 
 def pageview_rows(codec: Codec, value: bytes) -> list[list[Any]]:
@@ -91,10 +88,10 @@ def pageview_rows(codec: Codec, value: bytes) -> list[list[Any]]:
 def aggregate_rows(codec: Codec, value: bytes) -> list[list[Any]]:
     a = _decode(codec, "window_aggregate", value)
     if a["kind"] not in AGGREGATE_KINDS:
-        raise Rejected("invalid_aggregate", f"kind {a['kind']!r} is not one of {sorted(AGGREGATE_KINDS)}")
+        raise Rejected(BadRowReason.INVALID_AGGREGATE, f"kind {a['kind']!r} is not one of {sorted(AGGREGATE_KINDS)}")
     for name in ("count", "uniques", "version", "partition"):
         if a[name] < 0:
-            raise Rejected("invalid_aggregate", f"{name} must be >= 0, got {a[name]}")
+            raise Rejected(BadRowReason.INVALID_AGGREGATE, f"{name} must be >= 0, got {a[name]}")
     return [[a["kind"], a["scope"], a["dimension"], _ts(a["window_start"]), _ts(a["window_end"]),
              a["partition"], a["count"], a["uniques"], a["version"]]]
 
@@ -111,7 +108,7 @@ def product_rows(codec: Codec, value: bytes) -> list[list[Any]]:
     e = _decode(codec, "product_event", value)
     problem = check_product_event(e)  # the catalog is the one validator (defence in depth)
     if problem:
-        raise Rejected("invalid_event", f"{problem[0]}: {problem[1]}")
+        raise Rejected(BadRowReason.INVALID_EVENT, f"{problem[0]}: {problem[1]}")
     meta = {k: _metadata_value(v) for k, v in (e.get("metadata") or {}).items()}
     event_id = e["event_id"] if isinstance(e["event_id"], uuid.UUID) else uuid.UUID(str(e["event_id"]))
     return [[event_id, e["event"], e["feature_area"], e["tenant_id"], e["workspace_id"], e["actor_type"],
@@ -121,7 +118,7 @@ def product_rows(codec: Codec, value: bytes) -> list[list[Any]]:
 def drop_rows(codec: Codec, value: bytes) -> list[list[Any]]:
     d = _decode(codec, "drop_count", value)
     if d["count"] < 0:
-        raise Rejected("invalid_drop", f"count must be >= 0, got {d['count']}")
+        raise Rejected(BadRowReason.INVALID_DROP, f"count must be >= 0, got {d['count']}")
     day = d["day"] if isinstance(d["day"], date) else date.fromordinal(date(1970, 1, 1).toordinal() + d["day"])
     return [[d["site"], day, d["reason"], d["component"], d["count"], d["source_partition"], d["source_offset"]]]
 
@@ -133,12 +130,12 @@ def bad_row_rows(codec: Codec, value: bytes) -> list[list[Any]]:
 
 
 MAPPINGS = (
-    TableMapping("pageviews.enriched", "pageviews", PAGEVIEW_COLUMNS, pageview_rows, "pageview_batch",
+    TableMapping(PAGEVIEWS_ENRICHED, "pageviews", PAGEVIEW_COLUMNS, pageview_rows, "pageview_batch",
                  passthrough=True),
-    TableMapping("aggregates", "aggregates", AGGREGATE_COLUMNS, aggregate_rows, "window_aggregate"),
-    TableMapping("product.events", "product_events", PRODUCT_COLUMNS, product_rows, "product_event"),
-    TableMapping("drops", "drops", DROP_COLUMNS, drop_rows, "drop_count"),
-    TableMapping("bad-rows", "bad_rows", BAD_ROW_COLUMNS, bad_row_rows, "bad_row"),
+    TableMapping(AGGREGATES, "aggregates", AGGREGATE_COLUMNS, aggregate_rows, "window_aggregate"),
+    TableMapping(PRODUCT_EVENTS, "product_events", PRODUCT_COLUMNS, product_rows, "product_event"),
+    TableMapping(DROPS, "drops", DROP_COLUMNS, drop_rows, "drop_count"),
+    TableMapping(BAD_ROWS, "bad_rows", BAD_ROW_COLUMNS, bad_row_rows, "bad_row"),
 )
 
 

@@ -1,264 +1,140 @@
-"""`tally worker`: one Faust app, two stages, read top-down.
+"""`tally worker`: one Faust app, read top-down: its topics, three agents that hand each
+record to a stage and emit what it returns, three timers, the metrics endpoint and the
+rebalance hooks.
 
-    beacons.raw ──stage 1──▶ pageviews.enriched (partition = visitor % N) ──stage 2──▶ aggregates
-        │  decode, drop bots, salt+hash, enrich                       window state of partition p
-        └─▶ drops, bad-rows                                                 └─▶ <app>-web-state (changelog)
-    product.events ──product stage──▶ aggregates (family/day, active workspaces), bad-rows
-                                          └─▶ <app>-product-state (changelog)
+    beacons.raw ──BeaconStage──▶ pageviews.enriched (partition = visitor % N) ──WindowStage──▶ window state
+        └─▶ drops, bad-rows                                                      └─▶ <app>-web-state (changelog)
+    product.events ──ProductStage──▶ product window state ─▶ <app>-product-state (changelog), bad-rows
+    every TALLY_TOTALS_FLUSH_SECONDS: the totals of changed windows ─▶ aggregates
 
-Records between stages are batches, so Faust's per-record cost (100-400 us) is paid once
-per batch. Each batch is processed in plain Python (streams/beacons.py, windows.py).
-
-Exactness (docs/streams.md): stage 2 keeps, per partition, the highest source offset applied
-per source partition and skips replays; every applied delta goes to a changelog topic before
-Faust commits the input offset (Faust flushes the producer before each commit), and a new
-owner of a partition rebuilds its state from that changelog. Worker group id = TALLY_APP_ID.
+The stages are in streams/stages.py; window state, changelogs and rebuilds in state.py;
+outputs and totals in outputs.py; stall detection in watchdog.py and liveness.py; /metrics in
+exporter.py.
+Exactness (docs/streams.md): the window state skips replays, and every applied delta is in
+its changelog before Faust commits the input. Worker group id = TALLY_APP_ID.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
-import os
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+import sys
 from typing import Any
 
 import faust
-from confluent_kafka import Producer
-from tally.schemas.codec import DecodeError, default_codec
-from tally.streams import beacons as stage1
-from tally.streams import fastread
-from tally.streams.outputs import Outputs
-from tally.streams.product import product_delta
-from tally.streams.salts import SaltKeeper, expired, period_key
-from tally.streams.state import StateStore, ensure_state_topics, read_changelog, state_topics
+from tally.schemas.codec import default_codec
+from tally.streams import exporter, liveness
+from tally.streams.metrics import WorkerCounts
+from tally.streams.outputs import Out, Outputs, Totals
+from tally.streams.salts import SaltCache
+from tally.streams.stages import BeaconStage, Clock, In, ProductStage, Stage, WindowStage
+from tally.streams.state import ensure_state_topics, state_stores
 from tally.streams.watchdog import Watchdog
-from tally.streams.windows import (
-    Delta,
-    TotalsEncoder,
-    pack,
-    pack_encoded,
-    pageview_delta,
-)
-from tally.streams.wire import writer_or_none
 
-from tally import health
+from tally import topics
 from tally.config import Settings
-from tally.kafka import producer_config
-
-log = logging.getLogger(__name__)
-
-DELTA_HEADER = "tally-delta"  # header of a pageview_batch record: its windows.Delta, encoded
-STALLED_EXIT = 75  # EX_TEMPFAIL: the watchdog found the worker stuck; restart it
-CLOSE_MARGIN_MS = 3600_000  # windows are forgotten this long after their lateness bound
-PRUNE_EVERY = 30  # flushes between two scans for windows to forget (a scan visits every window)
-
-
-class Clock:
-    def __init__(self, settings: Settings) -> None:
-        self.offset = timedelta(seconds=settings.clock_offset_seconds)
-
-    def now(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-    def ms(self) -> int:
-        return int(self.now().timestamp() * 1000)
-
-
-def load_spam_list(settings: Settings) -> frozenset[str]:
-    if not settings.referrer_spam_file:
-        return frozenset()
-    lines = Path(settings.referrer_spam_file).read_text().splitlines()
-    return frozenset(x.strip().lower() for x in lines if x.strip() and not x.startswith("#"))
 
 
 def make_app(settings: Settings, replication_factor: int | None = None) -> faust.App:
     """The worker's Faust app. replication_factor: of the topics Faust creates (the
     setting's, or the cluster's default, see topics.effective_replication_factor)."""
-    app = faust.App(
-        settings.app_id,
-        # One URL per host, not Tally's comma list as one string: Faust releases before
-        # faust-streaming#486 split that string on ";" only.
-        broker=[f"kafka://{host}" for host in settings.bootstrap_hosts],
-        topic_replication_factor=replication_factor or settings.replication_factor or 1,
-        store="memory://",
-        web_enabled=False,
-        topic_partitions=settings.topic_partitions,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=6.0,
-        broker_heartbeat_interval=1.0,
-        broker_commit_interval=1.0,
-        producer_acks=-1,
-        processing_guarantee=settings.processing_guarantee,
-        datadir=str(settings.state_dir / "faust"),
-    )
-    codec = default_codec(settings)
-    read_beacons = fastread.reader(codec, "beacon_batch")
-    read_pageviews = fastread.reader(codec, "pageview_batch", fastread.PAGEVIEW_FIELDS)
-    clock = Clock(settings)
-    lateness_ms = min(settings.allowed_lateness_hours, settings.salt_grace_hours) * 3600_000
-    cfg = stage1.Stage1Config(partitions=settings.topic_partitions, salt_period=settings.salt_period,
-                              lateness_ms=lateness_ms, keep_user_agent=settings.keep_user_agent,
-                              spam=load_spam_list(settings), raw_topic=settings.topic("beacons.raw"))
-    # The raw-bytes path (streams/wire.py) when the schemas have the shape it knows; else dicts.
-    fast = writer_or_none(lambda c: stage1.FastStage1(c, cfg), codec)
-    if fast is None:
-        log.warning("beacon/pageview schemas changed shape: stage 1 uses the slower dict path")
+    app = faust_app(settings, replication_factor)
+    codec, clock, counts = default_codec(settings), Clock(settings), WorkerCounts()
 
     def topic(name: str, **kw: Any) -> faust.TopicT:
-        return app.topic(name, value_serializer="raw", key_serializer="raw", **kw)
+        return app.topic(settings.topic(name), value_serializer="raw", key_serializer="raw", **kw)
 
-    raw = topic(settings.topic("beacons.raw"))
-    enriched = topic(settings.topic("pageviews.enriched"), partitions=settings.topic_partitions)
-    product = topic(settings.topic("product.events"))
-    aggregates = topic(settings.topic("aggregates"))  # written through librdkafka, see emit_totals
-    drops = topic(settings.topic("drops"))
-    bad_rows = topic(settings.topic("bad-rows"))
-    changelog_names = state_topics(settings)
-    changelogs = {k: topic(v) for k, v in changelog_names.items()}
-
-    stage_of_topic = {raw.get_topic_name(): "stage1-beacons", enriched.get_topic_name(): "stage2-windows",
-                      product.get_topic_name(): "product-windows"}
-    watchdog = Watchdog(settings.worker_stall_seconds, stage_of_topic)
-
-    def open_after_ms() -> int:
-        return clock.ms() - lateness_ms
-
-    def state_store(kind: str) -> StateStore:
-        def load(topic_name: str, partition: int) -> list[bytes]:
-            with watchdog.waiting(f"{kind} state of partition {partition}: changelog rebuild") as touch:
-                return read_changelog(settings, topic_name, partition, progress=touch)
-
-        return StateStore(kind, changelog_names[kind], load, open_after_ms)
-
-    stores = {"web": state_store("web"), "product": state_store("product")}
-    store_of_topic = {enriched.get_topic_name(): stores["web"], product.get_topic_name(): stores["product"]}
-
-    salts: dict[str, bytes] = {}
-    keeper: list[SaltKeeper] = []
-
-    async def salt_for(period: str) -> bytes | None:
-        if period in salts:
-            return salts[period]
-        if not keeper:
-            keeper.append(SaltKeeper(settings, clock=clock.now))
-        with watchdog.waiting(f"the salt of period {period}"):
-            salt = await asyncio.get_running_loop().run_in_executor(None, keeper[0].salt, period)
-        if salt is not None:
-            salts[period] = salt
-        return salt
-
-    # Outputs of a processed input record. With at-least-once they go through librdkafka and
-    # are flushed before every Faust commit (streams/outputs.py); with exactly_once through
-    # Faust, inside its transactions.
+    raw, product = topic(topics.BEACONS_RAW), topic(topics.PRODUCT_EVENTS)
+    enriched = topic(topics.PAGEVIEWS_ENRICHED, partitions=settings.topic_partitions)
+    names = {raw: BeaconStage.name, enriched: WindowStage.name, product: ProductStage.name}
+    watchdog = Watchdog(settings.worker_stall_seconds, {t.get_topic_name(): n for t, n in names.items()})
+    stores = state_stores(settings, watchdog, clock.open_after_ms)
+    store_of = {enriched.get_topic_name(): stores["web"], product.get_topic_name(): stores["product"]}
+    salts = SaltCache(settings, clock.now, watchdog)
+    stages = {raw: BeaconStage(settings, codec, clock, salts, counts),
+              enriched: WindowStage(settings, codec, clock, stores["web"], counts),
+              product: ProductStage(settings, codec, clock, stores["product"], counts)}
+    totals = Totals(settings, codec, stores, clock.open_after_ms)
+    # At least once (the default): outputs through librdkafka, delivered before every Faust
+    # commit (outputs.py). Exactly once: through Faust, inside its transactions.
     outputs = Outputs(settings, watchdog) if settings.processing_guarantee != "exactly_once" else None
+    if outputs is not None:
+        app.producer = outputs.faust_producer(app)
+    sends: dict[str, faust.TopicT] = {}
 
-    async def send_out(topic: faust.TopicT, value: bytes, partition: int | None = None,
-                       headers: list[tuple[str, bytes]] | None = None, key: bytes | None = None) -> None:
-        if outputs is None:
-            await topic.send(key=key, value=value, partition=partition, headers=headers)
-            return
-        if not outputs.attached:
-            outputs.attach(app)
-        outputs.produce(topic.get_topic_name(), value, partition, key=key, headers=headers)
+    async def emit(records: list[Out]) -> None:
+        for o in records:
+            if outputs is not None:
+                outputs.produce(o.topic, o.value, o.partition, key=o.key, headers=o.headers)
+                continue
+            if o.topic not in sends:
+                sends[o.topic] = app.topic(o.topic, value_serializer="raw", key_serializer="raw")
+            await sends[o.topic].send(key=o.key, value=o.value, partition=o.partition, headers=o.headers)
 
-    async def send_bad(row: dict[str, Any]) -> None:
-        await send_out(bad_rows, codec.encode("bad_row", row))
+    def agent(topic: faust.TopicT, stage: Stage) -> None:
+        async def run_stage(stream: Any) -> None:
+            async for event in stream.events():
+                if settings.test_worker_hang == stage.name:  # test hook: this stage never finishes a record
+                    with watchdog.waiting(f"test hook TALLY_TEST_WORKER_HANG={stage.name}"):
+                        await asyncio.Event().wait()
+                await emit(await stage.handle(In.of(event)))
+                watchdog.done(event.message.topic, event.message.partition, event.message.offset)
 
-    async def test_hang(stage: str) -> None:  # test hook: this stage never finishes a record
-        with watchdog.waiting(f"test hook TALLY_TEST_WORKER_HANG={stage}"):
-            await asyncio.Event().wait()
+        app.agent(topic, name=stage.name)(run_stage)
 
-    # -- stage 1: beacons.raw -> pageviews.enriched -----------------------------------------
-    async def beacons_record(event: Any) -> None:
-        p, o = event.message.partition, event.message.offset
-        try:
-            if fast is not None:
-                body, items = fast.read(event.value)
-            else:
-                batch = read_beacons(event.value)
-        except DecodeError as exc:
-            log.warning("bad row: undecodable beacon batch at %d@%d: %s", p, o, exc)
-            await send_bad(stage1.undecodable(event.value, exc, cfg, p, o))
-            return
-        now_ms = clock.ms()
-        if fast is not None:
-            period_salts = {k: await salt_for(k) for k in fast.periods_needed(items, now_ms)}
-            out = fast.process(body, items, p, o, period_salts, now_ms)
-        else:
-            period_salts = {k: await salt_for(k) for k in stage1.periods_needed(batch, cfg, now_ms)}
-            out = stage1.process_batch(codec, batch, p, o, period_salts, cfg, now_ms)
-        for partition, value in out.enriched:
-            # The batch's window delta rides along as a header: stage 2 applies it without
-            # decoding the pageviews (it decodes them only when the header is missing).
-            await send_out(enriched, value, partition, [(DELTA_HEADER, out.deltas[partition])])
-        for d in out.drops:
-            await send_out(drops, codec.encode("drop_count", d), key=d["site"].encode())
-        for row in out.bad_rows:
-            await send_bad(row)
+    for topic_, stage in stages.items():
+        agent(topic_, stage)
 
-    @app.agent(raw, name="stage1-beacons")
-    async def process_beacons(stream: Any) -> None:
-        async for event in stream.events():
-            if settings.test_worker_hang == "stage1-beacons":
-                await test_hang("stage1-beacons")
-            await beacons_record(event)
-            watchdog.done(raw.get_topic_name(), event.message.partition, event.message.offset)
+    @app.timer(settings.totals_flush_seconds)
+    async def emit_totals() -> None:
+        await totals.flush()
 
-    # -- stage 2: pageviews.enriched partition p -> window state of p -> aggregates ----------
-    async def windows_record(event: Any) -> None:
-        p = event.message.partition
-        st = await stores["web"].get(p)
-        raw = delta_header(event.message.headers)
-        try:
-            delta = Delta.decode(raw) if raw is not None else None
-        except Exception:  # a damaged header: the batch itself is the truth
-            delta = raw = None
-        if delta is None:
-            try:
-                delta = pageview_delta(read_pageviews(event.value))
-            except DecodeError as exc:
-                await send_bad(bad_row_of(settings.topic("pageviews.enriched"), event, exc))
-                return
-        if st.seen(delta.source_partition, delta.source_offset):
-            return  # a replay of an input record already counted
-        # The changelog record is sent before this event is acked; Faust flushes the
-        # producer before committing offsets, so a committed batch is always in the log.
-        await send_out(changelogs["web"], pack_encoded([raw]) if raw else pack([delta]), p)
-        st.apply(delta, open_after_ms=open_after_ms())
+    @app.timer(60.0)
+    async def expire_salts() -> None:
+        await salts.expire()
 
-    @app.agent(enriched, name="stage2-windows")
-    async def count_windows(stream: Any) -> None:
-        # One batch at a time. (stream.take_events, one changelog record per chunk, was ~10%
-        # faster but once left a newly joined worker stalled in the scaling test.)
-        async for event in stream.events():
-            if settings.test_worker_hang == "stage2-windows":
-                await test_hang("stage2-windows")
-            await windows_record(event)
-            watchdog.done(enriched.get_topic_name(), event.message.partition, event.message.offset)
+    about: dict[str, Any] = {}  # for the health report: where the metrics are served
 
-    # -- product telemetry ------------------------------------------------------------------
-    async def product_record(event: Any) -> None:
-        p, o = event.message.partition, event.message.offset
-        st = await stores["product"].get(p)
-        if st.seen(p, o):
-            return
-        delta, bad = product_delta(codec, event.value, settings.topic("product.events"), p, o,
-                                   clock.ms(), lateness_ms)
-        if bad is not None:
-            await send_bad(bad)
-        await send_out(changelogs["product"], pack([delta]), p)
-        st.apply(delta, open_after_ms=open_after_ms())
+    @app.task
+    async def serve_metrics() -> None:
+        served = exporter.serve(settings, exporter.WorkerCollector(counts, watchdog, stores))
+        about.update(metrics=served[0] if served else None)
 
-    @app.agent(product, name="product-windows")
-    async def count_product(stream: Any) -> None:
-        async for event in stream.events():
-            if settings.test_worker_hang == "product-windows":
-                await test_hang("product-windows")
-            await product_record(event)
-            watchdog.done(product.get_topic_name(), event.message.partition, event.message.offset)
+    @app.timer(liveness.interval(settings))
+    async def watch() -> None:
+        await liveness.check(settings, app, watchdog, stores, about)
+
+    @app.on_partitions_assigned.connect
+    async def rebuild_assigned(app: Any, assigned: Any, **_: Any) -> None:
+        # Rebuild (and so re-emit) every assigned partition's windows now, not on its first
+        # record: see streams/state.py for the stall this prevents.
+        for tp in assigned:
+            if tp.topic in store_of:
+                store_of[tp.topic].assigned(tp.partition)
+        watchdog.assigned([(tp.topic, tp.partition) for tp in assigned if tp.topic in watchdog.stages])
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(app: Any, revoked: Any, **_: Any) -> None:
+        # Another worker may own these partitions next and move their state on; when they
+        # come back they are rebuilt from the changelog instead of trusting a stale copy.
+        for tp in revoked:
+            if tp.topic in store_of:
+                store_of[tp.topic].revoked(tp.partition)
+        watchdog.revoked([(tp.topic, tp.partition) for tp in revoked])
+
+    return app
+
+
+def faust_app(settings: Settings, replication_factor: int | None = None) -> faust.App:
+    # One URL per host, not Tally's comma list as one string: Faust releases before
+    # faust-streaming#486 split that string on ";" only.
+    app = faust.App(settings.app_id, broker=[f"kafka://{host}" for host in settings.bootstrap_hosts],
+                    topic_replication_factor=replication_factor or settings.replication_factor or 1,
+                    store="memory://", web_enabled=False,
+                    topic_partitions=settings.topic_partitions, consumer_auto_offset_reset="earliest",
+                    broker_session_timeout=6.0, broker_heartbeat_interval=1.0, broker_commit_interval=1.0,
+                    producer_acks=-1, processing_guarantee=settings.processing_guarantee,
+                    datadir=str(settings.state_dir / "faust"))
 
     @app.task
     async def quiet_client_logs() -> None:
@@ -267,131 +143,19 @@ def make_app(settings: Settings, replication_factor: int | None = None) -> faust
         for name in ("aiokafka", "faust.topics", "faust.transport"):
             logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().level))
 
-    # Window totals go through librdkafka, not Faust: a flush can carry thousands of them,
-    # and their order relative to offset commits does not matter (a new owner of a
-    # partition re-emits every window; the version tells old totals from new ones).
-    totals_producer: list[Producer] = []
-
-    encode_total = TotalsEncoder(codec)
-    flushes = [0]
-
-    @app.timer(settings.totals_flush_seconds)
-    async def emit_totals() -> None:
-        if not totals_producer:
-            totals_producer.append(Producer(producer_config(settings)))
-            atexit.register(totals_producer[0].flush, 5)  # graceful stop: deliver the last totals
-        producer = totals_producer[0]
-        name = aggregates.get_topic_name()
-        flushes[0] += 1
-        prune = flushes[0] % PRUNE_EVERY == 0
-        closed_before = clock.ms() - lateness_ms - CLOSE_MARGIN_MS
-        for store in stores.values():
-            for st in list(store.states.values()):
-                for key, w in st.take_dirty_windows():
-                    agg_key, value = encode_total(st, key, w)
-                    while True:
-                        try:
-                            producer.produce(name, key=agg_key, value=value)
-                            break
-                        except BufferError:
-                            producer.poll(0.05)
-                if prune:
-                    st.prune(closed_before)
-                await asyncio.sleep(0)  # let the agents run between partitions
-        producer.poll(0)
-
-    @app.timer(60.0)
-    async def expire_salts() -> None:
-        if keeper:
-            await asyncio.get_running_loop().run_in_executor(None, keeper[0].expire)
-        grace = timedelta(hours=settings.salt_grace_hours)
-        for period in [k for k in salts if expired(k, clock.now(), grace)]:
-            del salts[period]  # forward secrecy applies to this process's memory too
-
-    @app.timer(watchdog_interval(settings))
-    async def watch() -> None:
-        held = [tp for tp in app.consumer.assignment() if tp.topic in stage_of_topic]
-        # End offsets through aiokafka (Faust's consumer). Not librdkafka's admin client: its
-        # coordinator requests can abort the process when the broker goes away
-        # (confluentinc/librdkafka#4605).
-        try:
-            ends = {(tp.topic, tp.partition): end for tp, end in
-                    (await asyncio.wait_for(app.consumer.highwaters(*held), 10)).items()} if held else {}
-        except Exception as exc:  # the broker is unreachable: that is an outage, not a stall
-            log.warning("watchdog: end offsets unavailable (%s)", exc or type(exc).__name__)
-            return
-        # Faust's record of this member's commits: where an unprocessed partition starts.
-        commits = getattr(app.consumer, "_committed_offset", {})
-        committed = {(tp.topic, tp.partition): commits.get(tp) for tp in held}
-        stall = watchdog.check(ends, committed)
-        report = {"state": "ok", "held": len(held), "lag": watchdog.lag(ends, committed),
-                  "waiting_for": watchdog.waits(),
-                  "rebuilding": {k: s.loading() for k, s in stores.items() if s.loading()}}
-        if stall is not None:
-            log.critical("stalled: %s; exiting (status %d) so a supervisor restarts the worker",
-                         stall.describe(), STALLED_EXIT)
-            health.write(settings, "worker", {**report, "state": "stalled", "detail": stall.describe()})
-            logging.shutdown()
-            os._exit(STALLED_EXIT)
-        health.write(settings, "worker", report)
-
-    @app.on_partitions_assigned.connect
-    async def rebuild_assigned(app: Any, assigned: Any, **_: Any) -> None:
-        # Rebuild (and so re-emit) every assigned partition's windows now, not on its first
-        # record: see streams/state.py for the stall this prevents.
-        for tp in assigned:
-            store = store_of_topic.get(tp.topic)
-            if store is not None:
-                store.assigned(tp.partition)
-        watchdog.assigned([(tp.topic, tp.partition) for tp in assigned if tp.topic in stage_of_topic])
-
-    @app.on_partitions_revoked.connect
-    async def forget_revoked(app: Any, revoked: Any, **_: Any) -> None:
-        # Another worker may own these partitions next and move their state on; when
-        # they come back we rebuild from the changelog instead of trusting a stale copy.
-        for tp in revoked:
-            store = store_of_topic.get(tp.topic)
-            if store is not None:
-                store.revoked(tp.partition)
-        watchdog.revoked([(tp.topic, tp.partition) for tp in revoked])
-
-    app.tally_period_key = period_key  # type: ignore[attr-defined]
     return app
 
 
-def watchdog_interval(settings: Settings) -> float:
-    """How often the watchdog looks: often enough to act within ~1/4 of the stall time."""
-    return max(0.5, min(10.0, settings.worker_stall_seconds / 4)) if settings.worker_stall_seconds else 10.0
-
-
-def delta_header(headers: Any) -> bytes | None:
-    for k, v in headers or ():
-        if k == DELTA_HEADER:
-            return v
-    return None
-
-
-def bad_row_of(topic: str, event: Any, exc: Exception) -> dict[str, Any]:
-    from tally.streams.badrows import bad_row
-
-    return bad_row("undecodable", str(exc), topic, event.message.partition, event.message.offset,
-                   bytes(event.value or b""))
-
-
 def run(settings: Settings) -> None:
-    import sys
-
-    from tally.topics import effective_replication_factor, ensure_topics
+    from tally.streams.enrich import agent_info
 
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     # Load the UA pattern sets now (a few seconds), not on the first batch.
-    from tally.streams.enrich import agent_info
-
     agent_info("Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0")
     agent_info("curl/8.0")
-    ensure_topics(settings)
+    topics.ensure_topics(settings)
     ensure_state_topics(settings)
-    app = make_app(settings, effective_replication_factor(settings))
+    app = make_app(settings, topics.effective_replication_factor(settings))
     level = {"warning": "warn"}.get(settings.log_level, settings.log_level)
     sys.argv = ["tally-worker", "worker", "--loglevel", level, "--without-web"]
     app.main()

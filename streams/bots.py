@@ -25,7 +25,8 @@ Spider class). A UA of an allowlisted family is dropped by a strong rule, or by 
 *plus* a weak signal (a second signal): in-app webviews append their app's name, which the
 lists also use for that app's link-preview bot. Any other UA is dropped by any one signal.
 
-Drop reasons are a closed set, see REASONS. tests/data/ua_labels holds the labelled set.
+A bot's verdict names its drop reason (schemas/reasons.py): empty_user_agent, headless or bot.
+tests/data/ua_labels holds the labelled set.
 """
 
 from __future__ import annotations
@@ -37,8 +38,7 @@ from functools import lru_cache
 from importlib.resources import files
 
 import crawleruseragents
-
-REASONS = ("empty_user_agent", "headless", "bot", "datacenter", "referrer_spam")
+from tally.schemas.reasons import DropReason
 
 # Automation frameworks and headless browsers announce themselves in the UA.
 _HEADLESS = re.compile(
@@ -126,7 +126,7 @@ _BROWSER_NAME = re.compile(r"(Chrome|CriOS|Firefox|FxiOS|Safari|Edg|OPR|Version)
 @dataclass(frozen=True)
 class Verdict:
     bot: bool
-    reason: str | None  # one of REASONS, or None for a browser
+    reason: DropReason | None  # empty_user_agent, headless or bot; None for a browser
     rule: str = ""  # what dropped it: a crawler-user-agents pattern, "matomo:<bot>", "spider", "shape:..."
 
 
@@ -270,12 +270,12 @@ def _decide(ua: str, trace: Trace | None) -> Verdict:
     ua = ua.strip()
     if not ua:
         step("empty user agent", "yes")
-        return Verdict(True, "empty_user_agent")
+        return Verdict(True, DropReason.EMPTY_USER_AGENT)
     m = _headless_search(ua)
     step("headless marker", m.group(0) if m else "none")
     if m:
         step("verdict", "bot (headless)")
-        return Verdict(True, "headless", "headless")
+        return Verdict(True, DropReason.HEADLESS, "headless")
     family, device = _agent(ua)
     human = _human(ua, family, device)
     step("human allowlist", f"yes, {human}" if human else f"no (ua-parser: family {family!r}, device {device!r})")
@@ -284,19 +284,19 @@ def _decide(ua: str, trace: Trace | None) -> Verdict:
     step("strong shape rules", f"shape:{m.group(0).lower()}" if m else "none")
     if m:
         step("verdict", f"bot (shape:{m.group(0).lower()}): a strong signal drops even an allowlisted browser")
-        return Verdict(True, "bot", f"shape:{m.group(0).lower()}")
+        return Verdict(True, DropReason.BOT, f"shape:{m.group(0).lower()}")
     hit = _match_list(visible)
     step("crawler lists", hit or "none")
     # uap-core's generic Spider patterns match inside words ("Caboto", "Voyager3"): a weak signal.
     weak = _weak_rule(ua, visible, family, device) or ("spider" if device == "Spider" else None)
     step("weak signals", weak or "none")
     if human and hit and weak:
-        verdict, why = Verdict(True, "bot", hit), f"{weak} confirms {hit} on an allowlisted browser"
+        verdict, why = Verdict(True, DropReason.BOT, hit), f"{weak} confirms {hit} on an allowlisted browser"
     elif human:
         verdict = Verdict(False, None)
         why = f"allowlisted browser with one signal only ({hit or weak})" if hit or weak else "allowlisted browser"
     elif hit or weak:
-        verdict, why = Verdict(True, "bot", hit or weak or ""), "one signal is enough outside the allowlist"
+        verdict, why = Verdict(True, DropReason.BOT, hit or weak or ""), "one signal is enough outside the allowlist"
     else:
         verdict, why = Verdict(False, None), "no signal"
     step("verdict", f"{'bot (' + verdict.rule + ')' if verdict.bot else 'browser'}: {why}")

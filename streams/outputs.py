@@ -1,4 +1,5 @@
-"""The worker's output records through librdkafka, delivered before Faust commits the input.
+"""The worker's output records through librdkafka, delivered before Faust commits the input;
+and the window totals, emitted by a timer through a producer of their own.
 
 Why: Faust's own send costs ~100 us of Python per record (futures, callbacks, aiokafka's
 batch builder); stage 1 writes one pageview_batch per visitor partition for every input
@@ -6,8 +7,9 @@ record, and stage 2 one changelog record per batch, so with at-least-once proces
 sends were a third of the worker's time. librdkafka's produce() is a few us.
 
 The guarantee is kept: Faust flushes its producer before every offset commit (and before a
-rebalance gives partitions away); `attach()` makes that flush also wait until librdkafka
-has delivered everything produced so far. A record is produced before its input event is
+rebalance gives partitions away); the worker gives Faust a producer whose flush first waits
+until librdkafka has delivered everything produced so far (`FlushingProducer`, a subclass
+set through Faust's public `App.producer`, not a patch of Faust's own object). A record is produced before its input event is
 acknowledged, so no committed input can have an undelivered output. A delivery that fails
 for good (after librdkafka's own retries) ends the process *before* any later commit: the
 restarted worker replays from the last commit, and the idempotent window state skips what
@@ -19,17 +21,47 @@ With `exactly_once` the worker keeps Faust's transactional sends instead (see ap
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, Producer
+from faust.transport.drivers.aiokafka import Producer as FaustProducer
+from tally.streams.state import StateStore
 from tally.streams.watchdog import Watchdog
+from tally.streams.windows import TotalsEncoder
 
 from tally.config import Settings
 from tally.kafka import producer_config
+from tally.topics import AGGREGATES
 
 log = logging.getLogger(__name__)
+PRUNE_EVERY = 30  # totals flushes between two scans for windows to forget (a scan visits every window)
+CLOSE_MARGIN_MS = 3600_000  # windows are forgotten this long after they closed
+
+
+@dataclass(frozen=True, slots=True)
+class Out:
+    """One output record of a stage: where it goes and what it holds."""
+
+    topic: str  # the full topic name
+    value: bytes
+    partition: int | None = None  # None: by key (murmur2), else librdkafka's choice
+    key: bytes | None = None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+def produce(producer: Producer, topic: str, value: bytes, **kw: Any) -> None:
+    """producer.produce(), waiting (polling) while librdkafka's queue is full."""
+    while True:
+        try:
+            producer.produce(topic, value=value, **kw)
+            return
+        except BufferError:  # the queue is full: let it deliver some
+            producer.poll(0.05)
 
 
 class Outputs:
@@ -39,7 +71,6 @@ class Outputs:
         # murmur2 for keyed records without a partition: the partitioner Java and aiokafka use.
         self.producer = Producer(producer_config(settings, on_delivery=self._delivered, partitioner="murmur2_random",
                                                  **{"delivery.report.only.error": True}))
-        self.attached = False
 
     def _delivered(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None and self.failed is None:
@@ -49,12 +80,7 @@ class Outputs:
     def produce(self, topic: str, value: bytes, partition: int | None = None, key: bytes | None = None,
                 headers: list[tuple[str, bytes]] | None = None) -> None:
         where = {} if partition is None else {"partition": partition}
-        while True:
-            try:
-                self.producer.produce(topic, value=value, key=key, headers=headers, **where)
-                break
-            except BufferError:  # librdkafka's queue is full: let it deliver some
-                self.producer.poll(0.05)
+        produce(self.producer, topic, value, key=key, headers=headers, **where)
         self.producer.poll(0)
 
     def flush_blocking(self, progress: Any = lambda: None) -> None:
@@ -83,14 +109,62 @@ class Outputs:
         except RuntimeError:  # the executor is shut down (worker stopping): flush in place
             self.flush_blocking(progress)
 
-    def attach(self, app: Any) -> None:
-        """Make Faust's pre-commit producer flush also flush these outputs."""
-        faust_producer = app.producer
-        faust_flush = faust_producer.flush
+    def faust_producer(self, app: Any) -> FlushingProducer:
+        """A producer for Faust (`app.producer = ...`, before the app starts) whose flush
+        delivers these outputs first."""
+        return FlushingProducer(self, app.transport, beacon=app.beacon)
 
-        async def flush_both() -> None:
-            await self.flush()
-            await faust_flush()
 
-        faust_producer.flush = flush_both
-        self.attached = True
+class FlushingProducer(FaustProducer):
+    """Faust's aiokafka producer. Faust awaits its flush() before every offset commit and
+    before a rebalance gives partitions away; this one first waits until the worker's own
+    librdkafka outputs are delivered."""
+
+    def __init__(self, outputs: Outputs, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.outputs = outputs
+
+    async def flush(self) -> None:
+        await self.outputs.flush()
+        await super().flush()
+
+
+class Totals:
+    """Window totals: every TALLY_TOTALS_FLUSH_SECONDS, the current total of each window that
+    changed, to `aggregates`, through a librdkafka producer of its own. A flush can carry
+    thousands of totals, and their order relative to offset commits does not matter: a new
+    owner of a partition re-emits every window, and the version tells old totals from new."""
+
+    def __init__(self, settings: Settings, codec: Any, stores: Mapping[str, StateStore],
+                 open_after_ms: Callable[[], int]) -> None:
+        self.settings = settings
+        self.topic = settings.topic(AGGREGATES)
+        self.stores = stores
+        self.open_after_ms = open_after_ms  # windows that ended before this are closed
+        self.encode = TotalsEncoder(codec)
+        self.flushes = 0
+        self._producer: Producer | None = None
+
+    def _started(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer(producer_config(self.settings))
+            atexit.register(self._producer.flush, 5)  # graceful stop: deliver the last totals
+        return self._producer
+
+    async def flush(self) -> int:
+        producer, topic, encode = self._started(), self.topic, self.encode
+        self.flushes += 1
+        prune = self.flushes % PRUNE_EVERY == 0
+        closed_before = self.open_after_ms() - CLOSE_MARGIN_MS
+        sent = 0
+        for store in self.stores.values():
+            for st in list(store.states.values()):
+                for key, w in st.take_dirty_windows():
+                    agg_key, value = encode(st, key, w)
+                    produce(producer, topic, value, key=agg_key)
+                    sent += 1
+                if prune:
+                    st.prune(closed_before)
+                await asyncio.sleep(0)  # let the agents run between partitions
+        producer.poll(0)
+        return sent

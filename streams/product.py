@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 from tally.schemas import catalog
 from tally.schemas.codec import Codec, DecodeError
-from tally.streams.badrows import bad_row
+from tally.schemas.reasons import BadRowReason, Component
+from tally.schemas.records import bad_row
 from tally.streams.windows import Delta, day_start
 
 
@@ -32,16 +33,17 @@ def product_delta(codec: Codec, value: bytes, topic: str, partition: int, offset
     try:
         event = codec.decode("product_event", value)
     except DecodeError as exc:
-        return d, bad_row("undecodable", str(exc), topic, partition, offset, bytes(value or b""))
+        return d, bad_row(BadRowReason.UNDECODABLE, str(exc), Component.WORKER, topic, partition, offset, value)
     problem = catalog.check(event)
     if problem is not None:
         reason, detail = problem
-        return d, bad_row("invalid_event", f"{reason}: {detail}", topic, partition, offset, bytes(value))
+        return d, bad_row(BadRowReason.INVALID_EVENT, f"{reason}: {detail}", Component.WORKER, topic, partition,
+                          offset, value)
     occurred = event["occurred_at"]
     ms = occurred if isinstance(occurred, int) else int(occurred.timestamp() * 1000)
     if ms < now_ms - lateness_ms:
-        return d, bad_row("too_late", f"occurred_at {ms} is older than the allowed lateness",
-                          topic, partition, offset, bytes(value))
+        return d, bad_row(BadRowReason.TOO_LATE, f"occurred_at {ms} is older than the allowed lateness",
+                          Component.WORKER, topic, partition, offset, value)
     family = catalog.CATALOG[event["event"]].feature_area
     ids = np.array([workspace_id(event["tenant_id"], event["workspace_id"])], dtype=np.uint64)
     d.product[(event["tenant_id"], family, day_start(ms))] = (1, ids)

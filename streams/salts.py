@@ -23,6 +23,7 @@ Salts are secrets: nothing here logs a salt value.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import threading
@@ -32,9 +33,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from tally.streams.watchdog import Watchdog
 
 from tally.config import Settings
 from tally.kafka import consumer_config, producer_config
+from tally.topics import SALTS
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,7 @@ class SaltKeeper:
     def __init__(self, settings: Settings, clock: Callable[[], datetime] | None = None,
                  proposer: str | None = None) -> None:
         self.settings = settings
-        self.topic = settings.topic("salts")
+        self.topic = settings.topic(SALTS)
         self.period = settings.salt_period
         self.grace = timedelta(hours=settings.salt_grace_hours)
         self.clock = clock or (lambda: datetime.now(UTC) + timedelta(seconds=settings.clock_offset_seconds))
@@ -186,3 +189,36 @@ class SaltKeeper:
     def known_periods(self) -> list[str]:
         with self._cond:
             return sorted({k.split(":", 1)[0] for k in self._live})
+
+
+class SaltCache:
+    """The salts this worker has looked up, by period, in front of a SaltKeeper (made on first
+    need). Lookups run in a thread and are waits the watchdog can name; expired salts are
+    forgotten here too (forward secrecy applies to this process's memory as well)."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], datetime], watchdog: Watchdog) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.watchdog = watchdog
+        self.grace = timedelta(hours=settings.salt_grace_hours)
+        self._salts: dict[str, bytes] = {}
+        self._keeper: SaltKeeper | None = None
+
+    async def get(self, period: str) -> bytes | None:
+        salt = self._salts.get(period)
+        if salt is not None:
+            return salt
+        if self._keeper is None:
+            self._keeper = SaltKeeper(self.settings, clock=self.clock)
+        with self.watchdog.waiting(f"the salt of period {period}"):
+            salt = await asyncio.get_running_loop().run_in_executor(None, self._keeper.salt, period)
+        if salt is not None:
+            self._salts[period] = salt
+        return salt
+
+    async def expire(self) -> None:
+        if self._keeper is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._keeper.expire)
+        now = self.clock()
+        for period in [k for k in self._salts if expired(k, now, self.grace)]:
+            del self._salts[period]

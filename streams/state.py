@@ -1,5 +1,5 @@
-"""The worker's window state and its changelogs: which topics hold them, how a partition's
-state is rebuilt, and when.
+"""The worker's window state and its changelogs: which topics hold them, how applied deltas
+are packed into changelog records, how a partition's state is rebuilt from them, and when.
 
 A partition's state is rebuilt as soon as the partition is assigned, not when its first
 record arrives: a new owner must re-emit every window (`fold` marks them all dirty), and
@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 from confluent_kafka import Consumer, TopicPartition
-from tally.streams.windows import DAY_MS, PartitionState, fold
+from tally.streams.watchdog import Watchdog
+from tally.streams.windows import DAY_MS, Delta, PartitionState
 
 from tally.config import Settings
 from tally.kafka import consumer_config
-from tally.topics import TopicChanges, ensure
+from tally.topics import TopicChanges, ensure, state_topic
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +30,7 @@ KINDS = ("web", "product")
 
 
 def state_topics(settings: Settings) -> dict[str, str]:
-    return {"web": settings.topic(f"{settings.app_id}-web-state"),
-            "product": settings.topic(f"{settings.app_id}-product-state")}
+    return {kind: state_topic(settings, kind) for kind in KINDS}
 
 
 def faust_topics(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
@@ -46,6 +47,33 @@ def ensure_state_topics(settings: Settings) -> TopicChanges:
     changelog = {"cleanup.policy": "delete", "retention.ms": retention}
     wanted = {t: (settings.topic_partitions, changelog) for t in state_topics(settings).values()}
     return ensure(settings, {**wanted, **faust_topics(settings)})
+
+
+def pack(deltas: list[Delta]) -> bytes:
+    """One changelog record: several deltas (product events are one delta per input record)."""
+    return pack_encoded([d.encode() for d in deltas])
+
+
+def pack_encoded(encoded: list[bytes]) -> bytes:
+    """pack() of deltas already encoded (stage 1 sends them encoded with each batch)."""
+    return b"".join(struct.pack(">I", len(raw)) + raw for raw in encoded)
+
+
+def unpack(data: bytes) -> Iterator[Delta]:
+    at = 0
+    while at < len(data):
+        (n,) = struct.unpack_from(">I", data, at)
+        yield Delta.decode(data[at + 4:at + 4 + n])
+        at += 4 + n
+
+
+def fold(partition: int, records: Iterable[bytes], open_after_ms: int | None = None) -> PartitionState:
+    state = PartitionState(partition)
+    for raw in records:
+        for d in unpack(raw):
+            state.apply(d, open_after_ms)
+    state.dirty = set(state.windows)  # re-emit everything after a recovery
+    return state
 
 
 def read_changelog(settings: Settings, topic: str, partition: int,
@@ -144,3 +172,16 @@ class StateStore:
 
 class Revoked(Exception):
     """A partition was revoked while its state was being rebuilt."""
+
+
+def state_stores(settings: Settings, watchdog: Watchdog, open_after_ms: Callable[[], int]) -> dict[str, StateStore]:
+    """The worker's window state of each kind, rebuilt from its changelog (the watchdog sees
+    a rebuild as a wait that moves with every fetch)."""
+    def store(kind: str) -> StateStore:
+        def load(topic: str, partition: int) -> list[bytes]:
+            with watchdog.waiting(f"{kind} state of partition {partition}: changelog rebuild") as touch:
+                return read_changelog(settings, topic, partition, progress=touch)
+
+        return StateStore(kind, state_topic(settings, kind), load, open_after_ms)
+
+    return {kind: store(kind) for kind in KINDS}

@@ -47,6 +47,9 @@ class Watchdog:
         self._moved: dict[TP, float] = {}  # when that partition last moved (or was assigned)
         self._waits: dict[int, tuple[str, float]] = {}  # id -> (what, since or last touch)
         self._wait_ids = iter(range(1 << 62))
+        # At the last check, per held partition: (records left, seconds without progress while
+        # records were left). The worker's /metrics shows it.
+        self.view: dict[TP, tuple[int, float]] = {}
 
     # -- reported by the stages ---------------------------------------------------------
     def done(self, topic: str, partition: int, offset: int) -> None:
@@ -75,6 +78,11 @@ class Watchdog:
         return [f"{what} ({now - since:.0f}s)" for what, since in
                 sorted(self._waits.values(), key=lambda w: w[1])]
 
+    def wait_ages(self) -> list[float]:
+        """Seconds since each wait in progress began or last made progress."""
+        now = self.clock()
+        return [now - since for _, since in list(self._waits.values())]
+
     # -- judged by the worker's timer ---------------------------------------------------
     def assigned(self, tps: list[TP]) -> None:
         now = self.clock()
@@ -99,15 +107,18 @@ class Watchdog:
 
         ends: end offset of every held partition. committed: the group's committed offset
         (None if never), the starting point of a partition this worker has not processed yet."""
+        now = self.clock()
+        self.view = {}
+        for tp, end in ends.items():
+            lag = end - self.position(tp, committed)
+            self.view[tp] = (max(0, lag), now - self._moved.setdefault(tp, now) if lag > 0 else 0.0)
         if self.stall_seconds <= 0:
             return None
-        now = self.clock()
         worst: Stall | None = None
         busy = [since for _, since in self._waits.values() if now - since < self.stall_seconds]
         for tp, end in ends.items():
             lag = end - self.position(tp, committed)
-            since = self._moved.setdefault(tp, now)
-            idle = now - since
+            idle = now - self._moved[tp]
             if lag <= 0 or idle < self.stall_seconds or busy:
                 continue
             if worst is None or idle > worst.seconds:

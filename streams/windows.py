@@ -8,8 +8,8 @@ the pageview count; per product key the events and workspace ids.
 - `apply` skips a delta whose source offset is at or below the highest offset already
   applied for that source partition (the *watermark*). A replayed input record (after a
   crash, a rebalance or a producer retry) therefore changes nothing.
-- Every applied delta is also written to the partition's changelog topic (by app.py),
-  before the input offset is committed. A new owner of p rebuilds the state by folding
+- Every applied delta is also written to the partition's changelog topic (streams/state.py
+  packs it; the window stage emits it), before the input offset is committed. A new owner of p rebuilds the state by folding
   the changelog through the same `apply`, watermarks included, so a delta written twice
   (by a zombie worker, say) is applied once.
 - Aggregates carry `version` = events applied to that window so far. It only grows, and
@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 import orjson
+
+from tally.caches import bounded_put
 
 HOUR_MS = 3600_000
 DAY_MS = 24 * HOUR_MS
@@ -327,7 +329,7 @@ class TotalsEncoder:
     SHARED_MAX = 200_000
 
     def __init__(self, codec: Any) -> None:
-        from tally.schemas.fastwrite import encoded, field_writers
+        from tally.schemas.avro_writer import encoded, field_writers
 
         self.codec = codec
         self._encoded = encoded
@@ -363,10 +365,9 @@ class TotalsEncoder:
                 # The same window exists in every partition: encode its fields once for all.
                 shared = self._shared.get((key, agg["window_end"]))
                 if shared is None:
-                    if len(self._shared) >= self.SHARED_MAX:
-                        self._shared.clear()
-                    shared = self._shared[(key, agg["window_end"])] = self._header + b"".join(
-                        self._encoded(self._fields[name], agg[name]) for name in self._fixed_names[:-1])
+                    shared = bounded_put(self._shared, (key, agg["window_end"]), self._header + b"".join(
+                        self._encoded(self._fields[name], agg[name]) for name in self._fixed_names[:-1]),
+                        self.SHARED_MAX)
                 fixed = shared + self._encoded(self._fields["partition"], st.partition)
             else:
                 fixed = self._header + self._fixed_body(agg)
@@ -377,30 +378,3 @@ class TotalsEncoder:
         enc, long_ = self._encoded, self._long
         uniques = len(w.visitors) if w.visitors is not None else 0
         return agg_key, b"".join((fixed, enc(long_, w.count), enc(long_, uniques), enc(long_, w.events)))
-
-
-def pack(deltas: list[Delta]) -> bytes:
-    """One changelog record: several deltas (product events are one delta per input record)."""
-    return pack_encoded([d.encode() for d in deltas])
-
-
-def pack_encoded(encoded: list[bytes]) -> bytes:
-    """pack() of deltas already encoded (stage 1 sends them encoded with each batch)."""
-    return b"".join(struct.pack(">I", len(raw)) + raw for raw in encoded)
-
-
-def unpack(data: bytes) -> Iterator[Delta]:
-    at = 0
-    while at < len(data):
-        (n,) = struct.unpack_from(">I", data, at)
-        yield Delta.decode(data[at + 4:at + 4 + n])
-        at += 4 + n
-
-
-def fold(partition: int, records: Iterable[bytes], open_after_ms: int | None = None) -> PartitionState:
-    state = PartitionState(partition)
-    for raw in records:
-        for d in unpack(raw):
-            state.apply(d, open_after_ms)
-    state.dirty = set(state.windows)  # re-emit everything after a recovery
-    return state

@@ -73,6 +73,13 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+def _port_or_off(raw: str) -> int | None:
+    v = raw.strip().lower()
+    if v == "off":
+        return None
+    return _int(0, 65535)(v)
+
+
 def _str(raw: str) -> str:
     return raw.strip()
 
@@ -142,6 +149,12 @@ class Var:
     secret: bool = False  # never printed, logged or written to run/env.json
 
 
+def replication_defaults(count: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for a local Kafka cluster of `count` nodes."""
+    replicas = min(3, count)
+    return replicas, 2 if replicas >= 3 else 1
+
+
 VARIABLES: tuple[Var, ...] = (
     # Local stack
     Var("TALLY_STATE_DIR", "state_dir", ".tally", _str, "Directory for all local state: broker log dirs, embedded ClickHouse, salts spool, PID files and logs.", "Local stack"),
@@ -195,6 +208,8 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_CLOCK_OFFSET_SECONDS", "clock_offset_seconds", "0", _int(), "Shifts the stream worker's clock (salt rotation, lateness). For tests and replays; leave 0 in production.", "Streams"),
     Var("TALLY_TOTALS_FLUSH_SECONDS", "totals_flush_seconds", "2", _float(0.1), "How often a stream worker emits the totals of the windows that changed (to the aggregates topic). Lower: fresher aggregates, more records.", "Streams"),
     Var("TALLY_WORKER_STALL_SECONDS", "worker_stall_seconds", "300", _float(0.0), "Watchdog: a stream worker that holds partitions with records left to process and makes no progress on one of them for this long logs the stuck stage and what it waits for, and exits with status 75 so its supervisor restarts it. 0 switches the watchdog off.", "Streams"),
+    Var("TALLY_WORKER_METRICS_HOST", "worker_metrics_host", "127.0.0.1", _str, "Address the stream worker's Prometheus endpoint (`/metrics`: step timings, drops and bad rows by reason, lag and stall time per partition) listens on. Loopback by default.", "Streams"),
+    Var("TALLY_WORKER_METRICS_PORT", "worker_metrics_port", "0", _port_or_off, "Port of the stream worker's `/metrics`. `0`: a free port chosen at start, so several workers can share a host; the worker logs it and writes it to its health report (`tally status --json`). Set a fixed port when one worker runs per host or container and Prometheus scrapes it; `off` switches the endpoint off.", "Streams"),
     Var("TALLY_TEST_WORKER_HANG", "test_worker_hang", "", _choice("", "stage1-beacons", "stage2-windows", "product-windows"), "Test hook: the named stage of the stream worker never finishes its first record (to test the watchdog). Never set in production.", "Streams"),
     # Sink and retention
     Var("TALLY_SINK_BATCH_ROWS", "sink_batch_rows", "10000", _int(1), "Rows at which the sink inserts its batch (see also TALLY_SINK_MAX_INSERT_ROWS).", "Sink"),
@@ -275,6 +290,8 @@ class Settings:
     processing_guarantee: str = "at_least_once"
     totals_flush_seconds: float = 2.0
     worker_stall_seconds: float = 300.0
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int | None = 0
     test_worker_hang: str = ""
     sink_batch_rows: int = 10000
     sink_max_insert_rows: int = 100000
@@ -372,8 +389,6 @@ class Settings:
         if self.topic_replication_factor is not None:
             return self.topic_replication_factor
         if self.local_broker:  # Kafka, sized to its nodes; or Tansu, one node
-            from tally.infra.kafka import replication_defaults
-
             return replication_defaults(self.kafka_brokers)[0]
         return None
 
@@ -383,8 +398,6 @@ class Settings:
         if self.topic_min_insync_replicas is not None:
             return self.topic_min_insync_replicas
         if self.local_kafka:
-            from tally.infra.kafka import replication_defaults
-
             return replication_defaults(self.kafka_brokers)[1]
         return None
 

@@ -27,6 +27,16 @@ log = logging.getLogger(__name__)
 
 DAY_MS = 24 * 3600 * 1000
 
+# The pipeline's topics, by their names without TALLY_TOPIC_PREFIX (settings.topic(name)
+# adds it). Every component names a topic through these.
+BEACONS_RAW = "beacons.raw"
+PAGEVIEWS_ENRICHED = "pageviews.enriched"
+PRODUCT_EVENTS = "product.events"
+AGGREGATES = "aggregates"
+DROPS = "drops"
+BAD_ROWS = "bad-rows"
+SALTS = "salts"
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -39,25 +49,36 @@ class TopicSpec:
 def specs(settings: Settings) -> list[TopicSpec]:
     bad_rows_ms = str(settings.bad_rows_retention_days * DAY_MS)
     return [
-        TopicSpec("beacons.raw", "Beacons as accepted by the collector (IP already pseudonymised).",
+        TopicSpec(BEACONS_RAW, "Beacons as accepted by the collector (IP already pseudonymised).",
                   None, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
-        TopicSpec("pageviews.enriched", "Pageviews after hashing, bot filtering and enrichment; keyed by visitor.",
+        TopicSpec(PAGEVIEWS_ENRICHED, "Pageviews after hashing, bot filtering and enrichment; keyed by visitor.",
                   None, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
-        TopicSpec("product.events", "Product usage events published by applications through the SDK.",
+        TopicSpec(PRODUCT_EVENTS, "Product usage events published by applications through the SDK.",
                   None, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
-        TopicSpec("aggregates", "Window totals; keyed by (kind, site, window, partition) so compaction keeps the latest.",
+        TopicSpec(AGGREGATES, "Window totals; keyed by (kind, site, window, partition) so compaction keeps the latest.",
                   None, {"cleanup.policy": "compact,delete", "retention.ms": str(60 * DAY_MS)}),
-        TopicSpec("drops", "Counts of dropped events per site, day and reason.",
+        TopicSpec(DROPS, "Counts of dropped events per site, day and reason.",
                   None, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
-        TopicSpec("bad-rows", "Rejected records with the reason and the original bytes.",
+        TopicSpec(BAD_ROWS, "Rejected records with the reason and the original bytes.",
                   None, {"cleanup.policy": "delete", "retention.ms": bad_rows_ms}),
         # Salts are secrets with a short life: compaction plus a short
         # delete.retention.ms makes tombstoned salts disappear from the log.
-        TopicSpec("salts", "Visitor-hash salts, one per period; tombstoned after the grace window.",
+        TopicSpec(SALTS, "Visitor-hash salts, one per period; tombstoned after the grace window.",
                   1, {"cleanup.policy": "compact", "delete.retention.ms": str(3600 * 1000),
                       "min.cleanable.dirty.ratio": "0.01", "segment.ms": str(3600 * 1000),
                       "max.compaction.lag.ms": str(3600 * 1000)}),
     ]
+
+
+def state_topic(settings: Settings, kind: str) -> str:
+    """The changelog of a stream worker's window state of one kind (web or product). Internal
+    to the worker, which creates it (streams/state.py); one per TALLY_APP_ID."""
+    return settings.topic(f"{settings.app_id}-{kind}-state")
+
+
+def sink_group(settings: Settings) -> str:
+    """The sink's consumer group (the stream workers' group is TALLY_APP_ID itself)."""
+    return f"{settings.app_id}-sink"
 
 
 def admin(settings: Settings) -> AdminClient:

@@ -25,9 +25,9 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient, ConfigSource
 from tally.infra import kafka
 from tally.infra.kafka import Node
+from tally.ops.stack import kafka_node_live
 
 from tally.config import Settings
-from tally.stack import kafka_node_live
 from tally.topics import topic_configs
 
 

@@ -35,6 +35,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listener_ports() -> dict[str, str]:
+    """Free ports for the collector, the sink's health endpoint and the dashboard."""
+    return {var: str(free_port()) for var in ("TALLY_COLLECTOR_PORT", "TALLY_QUERY_PORT", "TALLY_DASHBOARD_PORT")}
+
+
 def free_port_pair() -> int:
     """A port p with p+1 free too (the broker's controller listener)."""
     for _ in range(50):
@@ -82,7 +87,7 @@ class Broker:
             self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         settings = Settings.from_env({"TALLY_KAFKA_BOOTSTRAP": self.bootstrap})
-        from tally.stack import broker_ready
+        from tally.ops.stack import broker_ready
 
         wait_for(lambda: broker_ready(settings), 90, f"broker on {self.bootstrap}")
 
@@ -185,9 +190,7 @@ def isolated_env(bootstrap: str, tmp_path: Path, **extra: str) -> Env:
         "TALLY_TOPIC_PREFIX": f"t{tag}.",
         "TALLY_TOPIC_PARTITIONS": "4",
         "TALLY_APP_ID": f"tally-test-{tag}",
-        "TALLY_COLLECTOR_PORT": str(free_port()),
-        "TALLY_QUERY_PORT": str(free_port()),
-        "TALLY_DASHBOARD_PORT": str(free_port()),
+        **listener_ports(),
         "TALLY_ALLOWED_SITES": "example.com,localhost",
         "TALLY_SINK_BATCH_SECONDS": "0.2",
         "TALLY_LOG_LEVEL": "info",
@@ -234,7 +237,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         name = name or args[0]
         log = tmp_path / f"{name}-{len(procs)}.log"
         with open(log, "wb") as fh:
-            popen = subprocess.Popen([sys.executable, "-m", "tally.cli", *args], cwd=REPO,
+            popen = subprocess.Popen([sys.executable, "-m", "tally.ops", *args], cwd=REPO,
                                      env=env.child_env(), stdout=fh, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         proc = Proc(name, popen, log)
@@ -248,7 +251,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
 
 def start_pipeline(env: Env, spawn: Callable[..., Proc]) -> tuple[Proc, Proc, Proc]:
     """Sink, worker and collector as real processes, returned once each is ready."""
-    from tally.stack import http_ok, worker_ready
+    from tally.ops.stack import http_ok, worker_ready
 
     s = env.settings
     procs = (spawn(env, "sink"), spawn(env, "worker"), spawn(env, "collector"))

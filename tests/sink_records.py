@@ -114,6 +114,17 @@ class Records:
                   "subject_type": "", "subject_id": None, "occurred_at": when, "app": "test", "metadata": metadata}
         self.produce("product.events", self.codec.encode("product_event", record), key=tenant.encode())
 
+    def adoption_events(self, reports: int, workspaces: int, apart: timedelta) -> datetime:
+        """`reports` report.created events of tenant t1 over `workspaces` workspaces, `apart`
+        from each other back from now, and one onboarding checkpoint of tenant t2; returns now."""
+        now = datetime.now(UTC)
+        for i in range(reports):
+            self.product_event("report.created", "report", "t1", f"w{i % workspaces}", now - i * apart,
+                               {"report_type": "permission_posture", "format": "pdf"})
+        self.product_event("onboarding.checkpoint_completed", "onboarding", "t2", "w9", now,
+                           {"checkpoint": "connection_verified", "resumed": True, "step_index": 2})
+        return now
+
     def drop(self, site: str, d: date, reason: str, count: int) -> bytes:
         """Send one worker drop count from a new input record; returns the record's value."""
         self.sent.drops += count

@@ -148,7 +148,8 @@ def traffic(n: int, seed: int, now: datetime | None = None, batch: int = 100) ->
 
 def input_lag(settings: Settings) -> dict[str, int] | None:
     """The stream group's lag per input topic (None while the broker cannot say)."""
-    from tally.lag import group_report
+    from tally.ops.lag import group_report
+
     from tally.topics import admin
 
     inputs = {settings.topic(t) for t in ("beacons.raw", "pageviews.enriched", "product.events")}

@@ -23,9 +23,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from tally.ops.stack import http_ok
 from tally.sinks.query import SinkSocket
 
-from tally.stack import http_ok
 from tests.conftest import REPO, Env, wait_for
 from tests.helpers import query_rows
 from tests.sink_records import Records, recent_days
@@ -36,7 +36,7 @@ SECRET = Path("/etc/hostname").read_text().strip()
 
 
 def tally(env: Env, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tally.cli", *args], cwd=REPO, env=env.child_env(),
+    return subprocess.run([sys.executable, "-m", "tally.ops", *args], cwd=REPO, env=env.child_env(),
                           capture_output=True, text=True, timeout=120)
 
 

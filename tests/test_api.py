@@ -18,8 +18,9 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from tally.ops.stack import http_ok
 
-from tally.stack import http_ok
+from tally.config import Settings
 from tests.conftest import REPO, Env, start_pipeline, wait_for
 from tests.helpers import collect_url, post_json, query_rows
 from tests.sink_records import Records
@@ -96,7 +97,7 @@ def api(s, key: str | None, body, route: str = "/api/v2/query", headers: dict | 
 
 
 def tally(env: Env, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tally.cli", *args], cwd=REPO, env=env.child_env(),
+    return subprocess.run([sys.executable, "-m", "tally.ops", *args], cwd=REPO, env=env.child_env(),
                           capture_output=True, text=True, timeout=120)
 
 
@@ -167,6 +168,14 @@ def test_stats_api_answers_like_plausible_and_equals_the_raw_rows(tally_env, spa
                           "WHERE site = 'example.com' GROUP BY 1 ORDER BY 1")
     assert [[r["dimensions"][0], *r["metrics"]] for r in ts["results"]] == [[h, int(v), int(p)] for h, v, p in hours]
 
+    check_breakdowns(tally_env, key, beacons, today)
+    check_filters_comparisons_realtime(s, key, beacons, today, pageviews)
+    check_keys_and_errors(tally_env, key, other)
+    assert dashboard.alive(), dashboard.output()[-2000:]
+
+
+def check_breakdowns(tally_env: Env, key: str, beacons: list[dict], today: str) -> None:
+    s = tally_env.settings
     # --- breakdowns in Plausible's vocabulary, equal to the traffic sent
     for dimension, key_of in [("visit:device", lambda b: b["device"]), ("visit:browser", lambda b: b["browser"]),
                               ("visit:os", lambda b: b["os"]), ("visit:source", lambda b: b["source"]),
@@ -202,6 +211,8 @@ def test_stats_api_answers_like_plausible_and_equals_the_raw_rows(tally_env, spa
     assert [(r["dimensions"][0], r["metrics"]) for r in got["results"]] == [
         (name, [m[0], round(m[0] / 10 * 100, 1)]) for name, m in devices[1:3]]
 
+
+def check_filters_comparisons_realtime(s: Settings, key: str, beacons: list[dict], today: str, pageviews: int) -> None:
     # --- filters: is, is_not, contains, matches, and / or / not, case-insensitive
     def count(filters) -> int:
         status, got = api(s, key, {"site_id": "example.com", "metrics": ["events"], "date_range": "day",
@@ -234,6 +245,9 @@ def test_stats_api_answers_like_plausible_and_equals_the_raw_rows(tally_env, spa
     status, now_visitors = api(s, key, None, "/api/v1/stats/realtime/visitors?site_id=example.com")
     assert status == 200 and now_visitors == 10
 
+
+def check_keys_and_errors(tally_env: Env, key: str, other: str) -> None:
+    s = tally_env.settings
     # --- keys and errors
     ask = {"site_id": "example.com", "metrics": ["visitors"], "date_range": "day"}
     assert api(s, None, ask)[0] == 401
@@ -265,7 +279,6 @@ def test_stats_api_answers_like_plausible_and_equals_the_raw_rows(tally_env, spa
     assert key not in json.dumps(listed) and "key_hash" not in json.dumps(listed)
     assert tally(tally_env, "api-key", "revoke", other.split("_")[1]).returncode == 0
     wait_for(lambda: api(s, other, {**ask, "site_id": "localhost"})[0] == 401, 30, "revoked key refused")
-    assert dashboard.alive(), dashboard.output()[-2000:]
 
 
 def test_adoption_and_keys_at_rest(tally_env, spawn):
@@ -274,12 +287,7 @@ def test_adoption_and_keys_at_rest(tally_env, spawn):
     spawn(tally_env, "dashboard")
     wait_for(lambda: http_ok(f"http://127.0.0.1:{s.dashboard_port}/healthz"), 30, "dashboard")
     rec = Records(s, partitions=s.topic_partitions)
-    now = datetime.now(UTC)
-    for i in range(5):
-        rec.product_event("report.created", "report", "t1", f"w{i % 2}", now - timedelta(minutes=i),
-                          {"report_type": "permission_posture", "format": "pdf"})
-    rec.product_event("onboarding.checkpoint_completed", "onboarding", "t2", "w9", now,
-                      {"checkpoint": "connection_verified", "resumed": True, "step_index": 2})
+    now = rec.adoption_events(5, workspaces=2, apart=timedelta(minutes=1))
     rec.flush()
     wait_for(lambda: query_rows(s, "SELECT count() FROM product_events")[0][0] == 6, 90, "product events")
 

@@ -66,20 +66,20 @@ def test_unsupported_metrics_and_dimensions_are_named(b, name):
     assert name in error_of(b)
 
 
-@pytest.mark.parametrize("value, first, last", [
-    ("day", "2021-01-14", "2021-01-14"),
-    ("7d", "2021-01-07", "2021-01-13"),
-    ("30d", "2020-12-15", "2021-01-13"),
-    ("month", "2021-01-01", "2021-01-31"),
-    ("6mo", "2020-07-01", "2020-12-31"),
-    ("12mo", "2020-01-01", "2020-12-31"),
-    ("year", "2021-01-01", "2021-12-31"),
-    ("all", "2020-11-02", "2021-01-14"),
-    (["2021-01-01", "2021-01-31"], "2021-01-01", "2021-01-31"),
+@pytest.mark.parametrize("value, days", [
+    ("day", ("2021-01-14", "2021-01-14")),
+    ("7d", ("2021-01-07", "2021-01-13")),
+    ("30d", ("2020-12-15", "2021-01-13")),
+    ("month", ("2021-01-01", "2021-01-31")),
+    ("6mo", ("2020-07-01", "2020-12-31")),
+    ("12mo", ("2020-01-01", "2020-12-31")),
+    ("year", ("2021-01-01", "2021-12-31")),
+    ("all", ("2020-11-02", "2021-01-14")),
+    (["2021-01-01", "2021-01-31"], ("2021-01-01", "2021-01-31")),
 ])
-def test_date_ranges_are_plausibles(value, first, last):
+def test_date_ranges_are_plausibles(value, days):
     r = parse_date_range(value, TODAY, date(2020, 11, 2))
-    assert (str(r.first_day), str(r.last_day)) == (first, last) and r.whole_days
+    assert (str(r.first_day), str(r.last_day)) == days and r.whole_days
 
 
 def test_timestamp_ranges_keep_their_instants():
@@ -176,7 +176,7 @@ def test_terminal_cells_are_cut_json_and_csv_are_not():
 
 
 def test_secrets_stay_out_of_files_and_output(tmp_path):
-    from tally.stack import write_private
+    from tally.ops.stack import write_private
 
     env = {"TALLY_EDGE_SECRET": "edge-secret-value", "TALLY_CLICKHOUSE_URL": "http://tally:pw123@ch:8123/db",
            "TALLY_QUERY_TOKEN": "t" * 40, "TALLY_STATE_DIR": str(tmp_path)}
@@ -185,7 +185,7 @@ def test_secrets_stay_out_of_files_and_output(tmp_path):
     assert "edge-secret-value" not in text and "pw123" not in text and "t" * 40 not in text
     write_private(tmp_path / "run" / "env.json", text)
     assert stat.S_IMODE(os.stat(tmp_path / "run" / "env.json").st_mode) == 0o600
-    from tally.cli import main
+    from tally.ops.cli import main
 
     out = CliRunner().invoke(main, ["config", "check"], env=env)
     assert out.exit_code == 0 and "pw123" not in out.output and "edge-secret-value" not in out.output

@@ -143,7 +143,7 @@ def test_matomo_line_reader_matches_a_yaml_parser(path):
 def test_classify_ua_command_answers_in_order():
     lines = ["curl/8.5.0", "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
              "Chrome/120.0.0.0 Safari/537.36", ""]
-    out = subprocess.run([sys.executable, "-m", "tally.cli", "classify-ua"], input="\n".join(lines) + "\n",
+    out = subprocess.run([sys.executable, "-m", "tally.ops", "classify-ua"], input="\n".join(lines) + "\n",
                          capture_output=True, text=True, check=True).stdout.splitlines()
     rows = [json.loads(x) for x in out]
     assert [r["ua"] for r in rows] == lines
@@ -155,7 +155,7 @@ def test_classify_ua_command_answers_in_order():
 def test_classify_ua_explain_prints_the_decision_path():
     ua = ("Mozilla/5.0 (Linux; Android 7.1.2; G011A Build/N2G48H; wv) AppleWebKit/537.36 (KHTML, like Gecko) "
           "Version/4.0 Chrome/66.0.3359.158 Safari/537.36 Viber/11.9.5.8")
-    out = subprocess.run([sys.executable, "-m", "tally.cli", "classify-ua", "--explain"], input=ua + "\n",
+    out = subprocess.run([sys.executable, "-m", "tally.ops", "classify-ua", "--explain"], input=ua + "\n",
                          capture_output=True, text=True, check=True).stdout
     assert "=> browser" in out
     assert "human allowlist     yes, Chrome Mobile WebView" in out

@@ -81,6 +81,20 @@ def assert_stored_exactly_once(env: Env, load: BeaconLoad, prefix: str, procs) -
         assert p.alive(), f"{p.name} died:\n{p.output()[-3000:]}"
 
 
+def online_after(s, load: BeaconLoad, t0: float, timeout: float, what: str) -> float:
+    """Stop the load, wait for the collector to forward directly again: seconds since t0."""
+    load.stop()
+    wait_for(lambda: readyz(s)["mode"] == "online", timeout, what)
+    return time.monotonic() - t0
+
+
+def assert_settled(cluster: KafkaCluster, env: Env, load: BeaconLoad, prefix: str, procs) -> None:
+    """Every beacon sent was acknowledged and is stored exactly once; the replicas are in sync again."""
+    assert not load.failed, dict(list(load.failed.items())[:5])
+    assert_stored_exactly_once(env, load, prefix, procs)
+    cluster.wait_in_sync([env.settings.topic("beacons.raw"), env.settings.topic("pageviews.enriched")])
+
+
 def pipeline_topics(settings) -> list[str]:
     from tally.streams.state import faust_topics, state_topics
 
@@ -148,17 +162,12 @@ def test_leader_sigkilled_under_load_loses_and_duplicates_nothing(cluster: Kafka
     successor = cluster.wait_leader_elsewhere(raw, 0, victim)
     failover = time.monotonic() - t0
     load.wait_sent(load.sent + 1000)  # and on, with the new leader
-    load.stop()
-    wait_for(lambda: readyz(s)["mode"] == "online", 120, "the collector online again")
-    online = time.monotonic() - t0
+    online = online_after(s, load, t0, 120, "the collector online again")
     print(f"leader {victim} of {raw}[0] SIGKILLed: node {successor} leads after {failover:.1f}s, "
           f"the collector is online again after {online:.1f}s; {len(load.acked)} beacons acknowledged, "
           f"{len(load.failed)} not")
-    assert not load.failed, dict(list(load.failed.items())[:5])
-
     cluster.start(victim)
-    assert_stored_exactly_once(env, load, "/leader/", procs)
-    cluster.wait_in_sync([raw, s.topic("pageviews.enriched")])
+    assert_settled(cluster, env, load, "/leader/", procs)
 
 
 @pytest.mark.chaos
@@ -188,12 +197,8 @@ def test_two_of_three_brokers_sigkilled_the_collector_spools_then_replays(cluste
     cluster.start(*victims)
     restarted = time.monotonic() - t0
     load.wait_sent(load.sent + 200)
-    load.stop()
-    wait_for(lambda: readyz(s)["mode"] == "online", 240, "the collector online again (spool replayed)")
-    recovered = time.monotonic() - t0
+    recovered = online_after(s, load, t0, 240, "the collector online again (spool replayed)")
     print(f"nodes {victims} SIGKILLed, node {survivor} left: {spooled} batches in the spool 1000 "
           f"beacons later; the nodes were live again after {restarted:.1f}s and the collector online "
           f"after {recovered:.1f}s; {len(load.acked)} beacons acknowledged, {len(load.failed)} not")
-    assert not load.failed, dict(list(load.failed.items())[:5])
-    assert_stored_exactly_once(env, load, "/quorum/", procs)
-    cluster.wait_in_sync([s.topic("beacons.raw"), s.topic("pageviews.enriched")])
+    assert_settled(cluster, env, load, "/quorum/", procs)

@@ -6,8 +6,8 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from tally.schemas.avro_writer import encode_long
 from tally.schemas.codec import MAGIC, DecodeError, default_codec, long_at
-from tally.schemas.fastwrite import encode_long
 
 
 def beacon() -> dict:
@@ -48,3 +48,16 @@ def test_long_at_reads_what_encode_long_writes_and_rejects_bad_varints():
         long_at(encode_long(1 << 40)[:-1], 0)
     with pytest.raises(DecodeError, match="longer than 10 bytes"):
         long_at(b"\xff" * 11 + b"\x01", 0)
+
+
+def test_bounded_caches_empty_when_full_and_keep_what_comes_next():
+    from tally.caches import bounded_add, bounded_put
+
+    cache: dict[int, str] = {}
+    for i in range(5):
+        assert bounded_put(cache, i, str(i), 3) == str(i)
+    assert cache == {3: "3", 4: "4"}  # emptied when the 4th came, then refilled
+    seen: set[int] = set()
+    for i in range(7):
+        bounded_add(seen, i, 3)
+    assert seen == {6} and len(seen) <= 3

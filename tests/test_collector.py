@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from tally.ops.stack import http_ok
 from tally.schemas.codec import default_codec
 
 from tally.config import Settings
 from tally.kafka import consumer_config
-from tally.stack import http_ok
 from tests.conftest import REPO, Env, Proc, free_port, wait_for
 from tests.helpers import collect_url, post_json, read_beacons
 
@@ -76,7 +76,7 @@ def make_env(broker, tmp: Path, **extra: str) -> Env:
 
 def start_collector(env: Env, log: Path, *args: str) -> Proc:
     with open(log, "wb") as fh:
-        popen = subprocess.Popen([sys.executable, "-m", "tally.cli", "collector", *args], cwd=REPO,
+        popen = subprocess.Popen([sys.executable, "-m", "tally.ops", "collector", *args], cwd=REPO,
                                  env=env.child_env(), stdout=fh, stderr=subprocess.STDOUT,
                                  start_new_session=True)
     proc = Proc("collector", popen, log)

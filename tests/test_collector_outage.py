@@ -45,8 +45,9 @@ def start_patiently(broker: Broker) -> None:
     try:
         broker.start()
     except AssertionError:
+        from tally.ops.stack import broker_ready
+
         from tally.config import Settings
-        from tally.stack import broker_ready
 
         s = Settings.from_env({"TALLY_KAFKA_BOOTSTRAP": broker.bootstrap})
         wait_for(lambda: broker_ready(s), 120, f"broker on {broker.bootstrap} (slow start)")
@@ -166,14 +167,14 @@ def test_fatal_producer_error_replaces_the_producer_in_place(tmp_path, broker):
             first = [enc.item(1_763_780_000_000 + i, "example.com", f"/a{i}", None, "pageview", {},
                               FIREFOX, "ab" * 16, False) for i in range(20)]
             ok = list(await asyncio.gather(*(fwd.submit(x) for x in first)))
-            old = fwd.producer
+            old = fwd.link.producer
             # What librdkafka does on a fatal error: error_cb on the thread serving poll().
-            t = threading.Thread(target=fwd._on_client_error,
+            t = threading.Thread(target=fwd.link.on_client_error,
                                  args=(KafkaError(KafkaError._FATAL, "test: fatal", fatal=True),))
             t.start()
             t.join()
             await asyncio.sleep(0.1)
-            assert fwd.producer is not old and fwd.replaced_producers == 1
+            assert fwd.link.producer is not old and fwd.link.replaced == 1
             second = [enc.item(1_763_780_001_000 + i, "example.com", f"/b{i}", None, "pageview", {},
                                FIREFOX, "ab" * 16, False) for i in range(20)]
             ok += await asyncio.gather(*(fwd.submit(x) for x in second))
@@ -183,7 +184,7 @@ def test_fatal_producer_error_replaces_the_producer_in_place(tmp_path, broker):
                 await asyncio.sleep(0.05)
             ready, detail = fwd.ready()
             assert ready, detail
-            return ok, [x[1:37].decode() for x in first + second], detail, fwd.replaced_producers
+            return ok, [x[1:37].decode() for x in first + second], detail, fwd.link.replaced
         finally:
             await fwd.close()
 

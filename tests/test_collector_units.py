@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tally.producers.collector.client_ip import ClientAddress, parse_address
+from tally.producers.collector.encode import DictEncoder, PieceEncoder
 from tally.producers.collector.parse import (
     BadBeacon,
     clean_text,
@@ -19,9 +20,9 @@ from tally.producers.collector.parse import (
 )
 from tally.producers.collector.ratelimit import RateLimiter
 from tally.producers.collector.spool import HEADER, Spool, SpoolLocked, adopt_orphans
-from tally.producers.collector.wire import DictEncoder, PieceEncoder
-from tally.producers.fastpath import uuid7
 from tally.schemas.codec import default_codec
+
+from tally.ids import uuid7
 
 ALLOWED = frozenset({"example.com"})
 

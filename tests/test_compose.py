@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 from click.testing import CliRunner
+from tally.ops.cli import main
 
-from tally.cli import main
 from tally.config import VARIABLES, Settings
 
 REPO = Path(__file__).resolve().parent.parent

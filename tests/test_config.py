@@ -66,7 +66,7 @@ def test_replication_settings_that_cannot_work_are_refused(env, needle):
 
 
 def test_bad_value_stops_the_cli_with_one_line():
-    proc = subprocess.run([sys.executable, "-m", "tally.cli", "up"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "tally.ops", "up"], capture_output=True, text=True,
                           env={"TALLY_COLLECTOR_PORT": "eighty", "PATH": "/usr/bin:/bin"}, timeout=60)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

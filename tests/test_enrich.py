@@ -13,7 +13,8 @@ from tally.streams.enrich import (
     referrer_source,
     visitor_id,
 )
-from tally.streams.windows import Delta, PartitionState, VisitorSet, fold, pack, pageview_delta
+from tally.streams.state import fold, pack
+from tally.streams.windows import Delta, PartitionState, VisitorSet, pageview_delta
 
 from tests.stream_support import CHROME, IPHONE, beacon
 
@@ -94,7 +95,7 @@ def test_replays_change_nothing_and_the_changelog_rebuilds_the_same_state():
 def test_stage1_never_hashes_unsalted_and_names_every_drop():
     from tally.schemas.codec import default_codec
     from tally.streams import beacons as stage1
-    from tally.streams.fastread import reader
+    from tally.streams.projection import reader
 
     codec = default_codec()
     now = datetime.now(UTC)

@@ -15,7 +15,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from confluent_kafka import Consumer, TopicPartition
-from tally.producers.middleware import (
+from tally.producers.sdk import Client
+from tally.producers.sdk.middleware import (
     TallyASGIMiddleware,
     TallyWSGIMiddleware,
     aiohttp_middleware,
@@ -24,7 +25,6 @@ from tally.producers.middleware import (
     error_type,
     wsgi,
 )
-from tally.producers.sdk import Client
 from tally.schemas.catalog import check
 from tally.schemas.codec import Codec
 

@@ -73,7 +73,8 @@ def test_migrate_while_the_sink_owns_the_warehouse_says_how_to_apply(tally_env, 
     import subprocess
     import sys
 
-    from tally.stack import http_ok
+    from tally.ops.stack import http_ok
+
     from tests.conftest import REPO, wait_for
 
     s = tally_env.settings
@@ -81,7 +82,7 @@ def test_migrate_while_the_sink_owns_the_warehouse_says_how_to_apply(tally_env, 
     wait_for(lambda: http_ok(f"http://127.0.0.1:{s.query_port}/healthz"), 60, "sink endpoint")
 
     def tally_migrate() -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "tally.cli", "migrate"], cwd=REPO,
+        return subprocess.run([sys.executable, "-m", "tally.ops", "migrate"], cwd=REPO,
                               env={**tally_env.child_env(), "COLUMNS": "300"},
                               capture_output=True, text=True, timeout=120)
 

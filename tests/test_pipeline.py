@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from tally.ops.stack import http_ok
 
-from tally.stack import http_ok
 from tests.conftest import free_port, start_pipeline, wait_for
 from tests.helpers import BROWSER_UA, collect_url, post_json, query_rows
 

@@ -62,7 +62,7 @@ def test_round_trip_plain_consumer_decodes_same_values(tally_env: Env):
             assert client.track(event, tenant_id=tenant, workspace_id="ws_1", actor="u_42",
                                 subject=subject, metadata=metadata, occurred_at=at)
         # Again without occurred_at: now every piece is known, so the fast path
-        # (tally.producers.fastpath) encodes them; the consumer must not tell.
+        # (tally.producers.sdk.pieces) encodes them; the consumer must not tell.
         before = int(time.time() * 1000)
         for event, tenant, subject, metadata in sent:
             assert client.track(event, tenant_id=tenant, workspace_id="ws_1", actor="u_42",
@@ -134,7 +134,7 @@ def test_disabled_is_a_no_op(tally_env: Env):
     settings = Settings.from_env({**tally_env.vars, "TALLY_DISABLED": "1"})
     client = Client(settings, strict=True)
     assert client.track("not.an_event", tenant_id="", workspace_id="") is False
-    assert client._producer is None and client.stats().disabled and client.stats().queued == 0
+    assert client.delivery is None and client.stats().disabled and client.stats().queued == 0
     client.close()
 
 

@@ -14,10 +14,10 @@ import sys
 import urllib.request
 
 import pytest
+from tally.ops.stack import http_ok
 from tally.sinks.migrate import migrate
 from tally.sinks.warehouse import connect
 
-from tally.stack import http_ok
 from tests.conftest import REPO, Env, free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ def server(tmp_path):
 
 
 def tally(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tally.cli", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tally.ops", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=120)
 
 

@@ -10,8 +10,8 @@ import sys
 import time
 
 import pytest
+from tally.ops.stack import http_ok
 
-from tally.stack import http_ok
 from tests.conftest import REPO, Env, wait_for
 from tests.helpers import query_rows
 from tests.sink_records import Records, recent_days
@@ -57,7 +57,7 @@ def test_kill_between_insert_and_commit_leaves_no_duplicate(tally_env, spawn):
     assert (count, distinct) == (expected, expected)
     assert int(query_rows(s, "SELECT sum(count) FROM drops")[0][0]) == rec.sent.drops == 5 + 6 + 7
     lo, hi = str(days[-1]), str(days[0])
-    out = subprocess.run([sys.executable, "-m", "tally.cli", "reconcile", "--from", lo, "--to", hi, "--json"],
+    out = subprocess.run([sys.executable, "-m", "tally.ops", "reconcile", "--from", lo, "--to", hi, "--json"],
                          cwd=REPO, env=tally_env.child_env(), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert sink.alive(), sink.output()[-3000:]

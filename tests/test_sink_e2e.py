@@ -38,7 +38,7 @@ def test_beacons_to_rows_and_aggregates_reconcile(tally_env, spawn):
     wait_for(lambda: query_rows(s, f"SELECT toUInt32(pageviews), toUInt32(visitors) FROM site_stats_daily "
                                    f"WHERE site = 'example.com' AND day = '{today}'") == [[27, 3]],
              60, "site_day aggregates equal to the raw rows")
-    out = subprocess.run([sys.executable, "-m", "tally.cli", "reconcile", "--from", today, "--to", today, "--json"],
+    out = subprocess.run([sys.executable, "-m", "tally.ops", "reconcile", "--from", today, "--to", today, "--json"],
                          cwd=REPO, env=tally_env.child_env(), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert json.loads(out.stdout)["days"] == 1

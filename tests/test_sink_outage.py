@@ -10,8 +10,8 @@ import time
 import urllib.request
 
 import pytest
+from tally.ops.stack import http_ok
 
-from tally.stack import http_ok
 from tests.conftest import Env, wait_for
 from tests.helpers import query_rows
 from tests.sink_records import Records, recent_days
@@ -124,7 +124,7 @@ def test_server_mode_real_outage(tally_env, spawn, tmp_path):
         assert int(query_rows(s, "SELECT sum(count) FROM drops")[0][0]) == 6
         assert metric(s.query_port, "tally_sink_paused") == 0
         # Analysts' SQL against the server passes the guard too (and the analyst user is read-only).
-        out = subprocess.run([sys.executable, "-m", "tally.cli", "query", "DROP TABLE pageviews"], cwd=REPO,
+        out = subprocess.run([sys.executable, "-m", "tally.ops", "query", "DROP TABLE pageviews"], cwd=REPO,
                              env=env.child_env(), capture_output=True, text=True, timeout=60)
         assert out.returncode == 1 and "refused" in out.stderr.lower(), out.stderr
         assert query_rows(s, "SELECT count() FROM pageviews")[0][0] == expected

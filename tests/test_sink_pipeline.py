@@ -8,12 +8,12 @@ import json
 import subprocess
 import sys
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
+from tally.ops.stack import http_ok
 from tally.sinks.query import SinkSocket
 
-from tally.stack import http_ok
 from tests.conftest import REPO, wait_for
 from tests.helpers import query_rows
 from tests.sink_records import Records, pageview, recent_days
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 def tally(env, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tally.cli", *args], cwd=REPO, env=env.child_env(),
+    return subprocess.run([sys.executable, "-m", "tally.ops", *args], cwd=REPO, env=env.child_env(),
                           capture_output=True, text=True, timeout=120)
 
 
@@ -50,12 +50,7 @@ def test_sink_stores_every_topic_exactly(tally_env, spawn):
     rec.pageviews(600, days)
     rec.aggregates_from_sent(version=1, skew=5)   # stale totals...
     rec.aggregates_from_sent(version=2)           # ...replaced by the re-emitted ones
-    now = datetime.now(UTC)
-    for i in range(7):
-        rec.product_event("report.created", "report", "t1", f"w{i % 3}", now - timedelta(hours=i),
-                          {"report_type": "permission_posture", "format": "pdf"})
-    rec.product_event("onboarding.checkpoint_completed", "onboarding", "t2", "w9", now,
-                      {"checkpoint": "connection_verified", "resumed": True, "step_index": 2})
+    now = rec.adoption_events(7, workspaces=3, apart=timedelta(hours=1))
     rec.drop("a.test", days[0], "bot", 3)
     replayed = rec.drop("a.test", days[0], "bot", 4)
     rec.drop("b.test", days[1], "datacenter", 2)
@@ -104,6 +99,12 @@ def test_sink_stores_every_topic_exactly(tally_env, spawn):
     assert "TTL" not in ddl["aggregates"] and "TTL" not in ddl["drops"]
     assert "ReplacingMergeTree(version)" in ddl["aggregates"] and "ReplacingMergeTree" in ddl["drops"]
 
+    _reports_reconcile_read_only_and_retention(tally_env, sink, rec, days, now, expected_rows)
+
+
+def _reports_reconcile_read_only_and_retention(tally_env, sink, rec, days, now, expected_rows):
+    """The second half of test_sink_stores_every_topic_exactly, on the data it stored."""
+    s = tally_env.settings
     # Named reports through the running sink's endpoint.
     lo, hi = str(days[-1]), str(days[0])
     out = tally(tally_env, "query", "stats", "--site", "a.test", "--from", lo, "--to", hi, "--format", "json")

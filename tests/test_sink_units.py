@@ -106,3 +106,11 @@ def test_row_builders_reject_with_named_reasons():
     ok = product_rows(codec, codec.encode("product_event", {**event, "workspace_id": "w1",
                                                             "metadata": {"report_type": "x", "finding_count": 3}}))
     assert ok[0][-1] == {"report_type": "x", "finding_count": "3"}
+
+
+def test_sql_literals_are_quoted_in_one_place():
+    from tally.sinks.reports import literal
+    from tally.sinks.sql import quote
+
+    assert quote("it's a \\ test") == "'it\\'s a \\\\ test'"
+    assert literal("o'clock") == quote("o'clock") and literal(7) == "7"

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from tally.config import Settings
-from tests.conftest import REPO, free_port, free_port_pair, wait_for
+from tests.conftest import REPO, free_port_pair, listener_ports, wait_for
 from tests.helpers import BROWSER_UA, collect_url, post_json, query_rows
 
 pytestmark = pytest.mark.integration
 
 
 def tally(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tally.cli", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "tally.ops", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -31,9 +31,7 @@ def stack_env(tmp_path: Path, broker: str = "kafka") -> dict[str, str]:
         "TALLY_STATE_DIR": str(tmp_path / "state"),
         "TALLY_BROKER": broker,
         "TALLY_BROKER_PORT": str(free_port_pair()),
-        "TALLY_COLLECTOR_PORT": str(free_port()),
-        "TALLY_QUERY_PORT": str(free_port()),
-        "TALLY_DASHBOARD_PORT": str(free_port()),
+        **listener_ports(),
         "TALLY_EDGE_SECRET": "edge-secret-for-the-stack-test",
         "TALLY_TOPIC_PARTITIONS": "3",
         "TALLY_SINK_BATCH_SECONDS": "0.2",

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from tally.ops.stack import worker_ready
 
-from tally.stack import worker_ready
 from tests.conftest import wait_for
 from tests.stream_support import (
     CHROME,

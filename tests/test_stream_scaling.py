@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from tally.ops.lag import group_report
 
-from tally.lag import group_report
 from tally.topics import admin
 from tests.conftest import wait_for
 from tests.stream_support import expected_aggregates, latest_aggregates, produce_batches, traffic

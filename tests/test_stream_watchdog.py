@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from tally.streams.app import STALLED_EXIT
+from tally.streams.liveness import STALLED_EXIT
 
 from tests.conftest import REPO, wait_for
 from tests.stream_support import produce_batches, traffic
@@ -27,7 +27,7 @@ def test_a_hung_stage_is_named_and_the_worker_exits_for_its_supervisor(tally_env
     assert "stalled: stage2-windows made no progress on " + s.topic("pageviews.enriched") in log, log[-3000:]
     assert "waiting for: test hook TALLY_TEST_WORKER_HANG=stage2-windows" in log, log[-3000:]
 
-    status = subprocess.run([sys.executable, "-m", "tally.cli", "status", "--json"], cwd=REPO,
+    status = subprocess.run([sys.executable, "-m", "tally.ops", "status", "--json"], cwd=REPO,
                             env=tally_env.child_env(), capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stderr
     row = next(r for r in json.loads(status.stdout)["components"] if r["component"] == "worker")

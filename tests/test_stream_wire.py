@@ -1,6 +1,7 @@
-"""The worker's hand-coded Avro path (streams/wire.py, beacons.FastStage1) against the
-reference path (fastavro + streams/enrich.py + beacons.process_batch): same pageview records
-to the byte, same window deltas, drops and bad rows; malformed bytes are DecodeErrors."""
+"""The worker's hand-coded Avro path (streams/avro_bytes.py, beacons.FastStage1) against the
+reference path (fastavro + streams/enrich.py + beacons.process_batch): same verdicts (drops
+and bad rows, by reason), same pageview records to the byte, same window deltas; both follow
+beacons.STEPS; malformed bytes are DecodeErrors."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ from datetime import UTC, datetime, timedelta
 import fastavro
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tally.schemas.codec import DecodeError, default_codec
+from tally.schemas.reasons import BadRowReason, DropReason
 from tally.streams import beacons as stage1
-from tally.streams.fastread import reader
+from tally.streams.avro_bytes import BeaconReader, read_beacon_items, zigzag_varints
+from tally.streams.enrich import visitor_id, visitor_ids
+from tally.streams.projection import reader
 from tally.streams.windows import Delta, pageview_delta
-from tally.streams.wire import BeaconReader, read_beacon_items, zigzag_varints
 
 from tests.stream_support import CHROME, FIREFOX, GOOGLEBOT, IPHONE, beacon
 
@@ -72,6 +77,87 @@ def test_fast_stage1_equals_the_reference_path(keep_ua):
             return [{k: v for k, v in r.items() if k != "failed_at"} for r in result.bad_rows]
         assert rows(got) == rows(want)
     assert fast._agents and fast._paths  # the caches were used
+
+
+def _both_paths(codec, cfg, record, partition, offset, salts, now_ms):
+    """(fast result, reference result) of one record, and the drops and bad rows as comparable rows."""
+    fast = stage1.FastStage1(codec, cfg)
+    body, items = fast.read(record)
+    got = fast.process(body, items, partition, offset, salts, now_ms)
+    want = stage1.process_batch(codec, reader(codec, "beacon_batch")(record), partition, offset, salts, cfg, now_ms)
+    return got, want
+
+
+def _assert_same(got, want):
+    def rows(result):
+        return [{k: v for k, v in r.items() if k != "failed_at"} for r in result.bad_rows]
+    assert got.drops == want.drops and rows(got) == rows(want)  # the verdicts
+    assert got.enriched == want.enriched  # the bytes
+    assert got.deltas == want.deltas and got.accepted == want.accepted
+
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+_beacons = st.builds(
+    beacon, site=st.sampled_from(["site1.example", "b\u00fccher.example"]), path=st.sampled_from(PATHS),
+    ua=st.sampled_from(UAS), ip=st.sampled_from(["ip-1", "ip-2", "", "ip-\u00e9"]),
+    received_at=st.sampled_from([NOW, NOW - timedelta(hours=1), NOW - timedelta(hours=30),
+                                 NOW - timedelta(hours=60)]),
+    referrer=st.sampled_from(REFERRERS), datacenter=st.booleans(), event=st.sampled_from(["pageview", "", "signup"]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(items=st.lists(_beacons, min_size=0, max_size=40), keep_ua=st.booleans(), spam=st.booleans(),
+       salted_days=st.sets(st.sampled_from([0, 1, 2])), offset=st.integers(0, 2**40))
+def test_both_paths_give_the_same_verdicts_and_bytes(items, keep_ua, spam, salted_days, offset):
+    codec = default_codec()
+    now_ms = int(NOW.timestamp() * 1000)
+    cfg = stage1.Stage1Config(partitions=4, salt_period="day", lateness_ms=48 * 3600_000, keep_user_agent=keep_ua,
+                              spam=frozenset({"spam.example"}) if spam else frozenset())
+    salts = {stage1.period_of(now_ms - d * 86_400_000, "day"): SALT for d in salted_days}  # the rest: no salt
+    got, want = _both_paths(codec, cfg, codec.encode("beacon_batch", {"items": items}), 3, offset, salts, now_ms)
+    _assert_same(got, want)
+    stopped = sum(d["count"] for d in got.drops) + len(got.bad_rows)
+    assert got.accepted + stopped == len(items)  # every beacon is accounted for, once
+
+
+def test_the_fast_path_takes_its_order_and_reasons_from_steps(monkeypatch):
+    codec = default_codec()
+    now_ms = int(NOW.timestamp() * 1000)
+    cfg = stage1.Stage1Config(partitions=2, salt_period="day", lateness_ms=48 * 3600_000)
+    both = [beacon(ua=GOOGLEBOT, datacenter=True, received_at=NOW)]  # a bot from a datacenter
+    record = codec.encode("beacon_batch", {"items": both})
+    salts = {stage1.period_of(now_ms, "day"): SALT}
+    assert [r for r, _ in stage1.STEPS] == [BadRowReason.TOO_LATE, DropReason.DATACENTER, DropReason.BOT,
+                                            DropReason.REFERRER_SPAM, BadRowReason.NO_SALT]
+    got, want = _both_paths(codec, cfg, record, 0, 1, salts, now_ms)
+    assert [d["reason"] for d in got.drops] == [d["reason"] for d in want.drops] == ["datacenter"]
+    swapped = list(stage1.STEPS)
+    swapped[1], swapped[2] = swapped[2], swapped[1]  # the bot step before the datacenter step
+    monkeypatch.setattr(stage1, "STEPS", swapped)
+    got, want = _both_paths(codec, cfg, record, 0, 1, salts, now_ms)
+    assert [d["reason"] for d in got.drops] == [d["reason"] for d in want.drops] == ["bot"]
+    monkeypatch.setattr(stage1, "STEPS", [(BadRowReason.NO_SALT, stage1.no_salt)])  # only the salt step
+    got, want = _both_paths(codec, cfg, record, 0, 1, {}, now_ms)
+    _assert_same(got, want)
+    assert [b["reason"] for b in got.bad_rows] == ["no_salt"] and not got.drops
+
+
+def test_each_step_is_timed_once_per_record():
+    codec = default_codec()
+    now_ms = int(NOW.timestamp() * 1000)
+    cfg = stage1.Stage1Config(partitions=2, salt_period="day", lateness_ms=48 * 3600_000)
+    fast = stage1.FastStage1(codec, cfg)
+    body, items = fast.read(codec.encode("beacon_batch", {"items": [beacon(received_at=NOW)] * 3}))
+    fast.process(body, items, 0, 1, {stage1.period_of(now_ms, "day"): SALT}, now_ms)
+    steps = {step: n for (stage, step), n in fast.times.items.items() if stage == "beacons"}
+    assert steps == {"too_late": 3, "datacenter": 3, "bot": 3, "referrer_spam": 3, "no_salt": 3, "enrich": 3}
+    assert all(s >= 0 for s in fast.times.seconds.values())
+
+
+def test_one_visitor_hash_for_both_paths():
+    keys = [("site1.example", "ip-1", FIREFOX), ("b\u00fccher.example", "", "")]
+    assert visitor_ids(SALT, [tuple(x.encode() for x in k) for k in keys]) == [visitor_id(SALT, *k) for k in keys]
+    assert visitor_id(SALT, *keys[0]) != visitor_id(bytes(32), *keys[0])  # salted
 
 
 def test_delta_header_equals_the_delta_of_the_decoded_batch():

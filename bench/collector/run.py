@@ -62,8 +62,9 @@ sys.path.insert(0, str(REPO))
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "beacons.lua"
 
+from tally.ops.stack import http_ok  # noqa: E402
+
 from tally.config import Settings  # noqa: E402
-from tally.stack import http_ok  # noqa: E402
 from tally.topics import ensure_topics  # noqa: E402
 
 
@@ -285,7 +286,7 @@ def main() -> None:
             base_url = f"http://127.0.0.1:{base_port}"
             port = free_port()
             cenv = {**env, "TALLY_COLLECTOR_PORT": str(port)}
-            collector = start([sys.executable, "-m", "tally.cli", "collector"], cenv, tmp / "collector.log", server_cpus)
+            collector = start([sys.executable, "-m", "tally.ops", "collector"], cenv, tmp / "collector.log", server_cpus)
             procs.append(collector)
             url = f"http://127.0.0.1:{port}"
             wait_http(f"{url}/healthz")
@@ -336,7 +337,7 @@ def main() -> None:
             os.sched_setaffinity(0, every_cpu)
             place_tree(os.getpid(), every_cpu)
             port2 = free_port()
-            collector2 = start([sys.executable, "-m", "tally.cli", "collector", "--workers", "2"],
+            collector2 = start([sys.executable, "-m", "tally.ops", "collector", "--workers", "2"],
                                {**env, "TALLY_COLLECTOR_PORT": str(port2)}, tmp / "collector2.log")
             procs.append(collector2)
             url2 = f"http://127.0.0.1:{port2}"

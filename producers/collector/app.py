@@ -33,10 +33,10 @@ import iporigin
 import uvloop
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from tally.producers.collector import drops as reasons
 from tally.producers.collector import metrics
 from tally.producers.collector.client_ip import ClientAddress
 from tally.producers.collector.drops import EdgeDrops
+from tally.producers.collector.encode import DictEncoder, PieceEncoder
 from tally.producers.collector.forwarder import Forwarder
 from tally.producers.collector.parse import (
     BadBeacon,
@@ -47,7 +47,7 @@ from tally.producers.collector.parse import (
     tally_beacon,
 )
 from tally.producers.collector.ratelimit import RateLimiter
-from tally.producers.collector.wire import DictEncoder, PieceEncoder
+from tally.schemas.reasons import DropReason
 
 from tally.config import Settings
 from tally.secrets import file_secret
@@ -147,14 +147,14 @@ class Collector:
         assert self.drops is not None and self.forwarder is not None and self.encoder is not None
         # Privacy choices first: a visitor who opted out costs nothing more.
         if s.honor_gpc and headers.get("Sec-GPC", "").strip() == "1":
-            self.drops.add(beacon.site, now_ms, reasons.GPC)
+            self.drops.add(beacon.site, now_ms, DropReason.GPC)
             return None
         if s.honor_dnt and headers.get("DNT", "").strip() == "1":
-            self.drops.add(beacon.site, now_ms, reasons.DNT)
+            self.drops.add(beacon.site, now_ms, DropReason.DNT)
             return None
         user_agent = clean_text(headers.get("User-Agent", ""))
         if s.drop_empty_ua and not user_agent.strip():
-            self.drops.add(beacon.site, now_ms, reasons.EMPTY_UA)
+            self.drops.add(beacon.site, now_ms, DropReason.EMPTY_USER_AGENT)
             return None
         if self.addresses.trusted:
             xff = tuple(headers.getall("X-Forwarded-For", ()))
@@ -164,7 +164,7 @@ class Collector:
         else:
             pseudonym, datacenter = self.client(request.remote, ())
         if self.limiter is not None and not self.limiter.allow(pseudonym):
-            self.drops.add(beacon.site, now_ms, reasons.RATE_LIMITED)
+            self.drops.add(beacon.site, now_ms, DropReason.RATE_LIMITED)
             return None
         # The beacon's Avro bytes (event_id minted here), or a dict when the fast encoder is off.
         item = self.encoder.item(now_ms, beacon.site, beacon.path, beacon.referrer, beacon.event,
@@ -173,7 +173,7 @@ class Collector:
 
     def _spool_full(self, beacon: BeaconRequest) -> web.Response:
         assert self.drops is not None
-        self.drops.add(beacon.site, int(time.time() * 1000), reasons.SPOOL_FULL)
+        self.drops.add(beacon.site, int(time.time() * 1000), DropReason.SPOOL_FULL)
         return web.json_response({"detail": "broker unreachable and spool full; retry later"},
                                  status=503, headers={"Retry-After": RETRY_AFTER_SECONDS})
 
@@ -330,7 +330,7 @@ def make_app(settings: Settings, worker_index: int = 0) -> web.Application:
     async def lifecycle(app: web.Application):
         fwd = Forwarder(settings, worker_index)
         await fwd.start()
-        edge_drops = EdgeDrops(settings, lambda: fwd.producer)  # the current one (see _replace_producer)
+        edge_drops = EdgeDrops(settings, lambda: fwd.link.producer)  # the current one (kafka_link.py)
         edge_drops.start()
         collector.forwarder, collector.encoder, collector.drops = fwd, fwd.encoder, edge_drops
         app[FORWARDER], app[DROPS] = fwd, edge_drops

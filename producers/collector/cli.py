@@ -29,7 +29,7 @@ log = logging.getLogger("tally.collector")
               help="Processes sharing the port (default: TALLY_COLLECTOR_WORKERS).")
 def collector(workers: int | None) -> None:
     """Run the edge collector (HTTP beacons -> Kafka) in the foreground."""
-    from tally.cli import load_settings, setup_logging
+    from tally.runtime import load_settings, setup_logging
 
     settings = load_settings()
     setup_logging(settings)

@@ -22,27 +22,30 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 from tally.producers.collector.metrics import DropCounter
 from tally.schemas.codec import default_codec
+from tally.schemas.reasons import Component, DropReason
+from tally.schemas.records import drop_count
 
 from tally.config import Settings
+from tally.topics import DROPS
 
 log = logging.getLogger(__name__)
 
 MS_PER_DAY = 86_400_000
-# Closed set of reasons the collector uses (schemas/avro/drop_count.v1.avsc lists them all).
-GPC, DNT, EMPTY_UA, RATE_LIMITED, SPOOL_FULL = "gpc", "dnt", "empty_user_agent", "rate_limited", "spool_full"
 
 
 class EdgeDrops:
     def __init__(self, settings: Settings, producer: Callable[[], Producer]) -> None:
-        self.topic = settings.topic("drops")
+        self.topic = settings.topic(DROPS)
         self.interval = settings.drops_flush_seconds
         self.producer = producer
-        self.codec = default_codec()
+        self.codec = default_codec(settings)
         self.metric = DropCounter()
-        self.counts: Counter[tuple[str, int, str]] = Counter()
+        self.counts: Counter[tuple[str, int, DropReason]] = Counter()
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, site: str, received_ms: int, reason: str, n: int = 1) -> None:
+    def add(self, site: str, received_ms: int, reason: DropReason, n: int = 1) -> None:
+        if reason.__class__ is not DropReason:
+            raise TypeError(f"expected a DropReason, got {reason!r}")
         self.metric.inc(reason, n)
         self.counts[(site, received_ms // MS_PER_DAY, reason)] += n
 
@@ -63,10 +66,9 @@ class EdgeDrops:
         counts, self.counts = self.counts, Counter()
         loop = asyncio.get_running_loop()
         for (site, day, reason), n in counts.items():
-            record = {"site": site, "day": day, "reason": reason, "count": n,
-                      "component": "collector", "source_partition": -1, "source_offset": secrets.randbits(63)}
+            record = drop_count(site, day, reason, n, Component.COLLECTOR, -1, secrets.randbits(63))
 
-            def delivered(err: KafkaError | None, _msg: Any, key: tuple[str, int, str] = (site, day, reason),
+            def delivered(err: KafkaError | None, _msg: Any, key: tuple[str, int, DropReason] = (site, day, reason),
                           n: int = n) -> None:
                 if err is not None:
                     loop.call_soon_threadsafe(self._retry, key, n)
@@ -77,5 +79,5 @@ class EdgeDrops:
             except (BufferError, KafkaException):
                 self.counts[(site, day, reason)] += n
 
-    def _retry(self, key: tuple[str, int, str], n: int) -> None:
+    def _retry(self, key: tuple[str, int, DropReason], n: int) -> None:
         self.counts[key] += n

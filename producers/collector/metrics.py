@@ -18,6 +18,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from tally.schemas.reasons import DropReason
 
 REQUESTS = Counter("tally_collector_requests_total", "HTTP requests by route and status.",
                    ["route", "status"])
@@ -78,7 +79,7 @@ class DropCounter:
     def __init__(self) -> None:
         self._children: dict[str, Counter] = {}
 
-    def inc(self, reason: str, n: int = 1) -> None:
+    def inc(self, reason: DropReason, n: int = 1) -> None:
         child = self._children.get(reason)
         if child is None:
             child = self._children[reason] = DROPPED.labels(reason)

@@ -37,7 +37,7 @@ class Component:
 
 
 def _tally(*args: str) -> Callable[[Settings], list[str]]:
-    return lambda s: [sys.executable, "-m", "tally.cli", *args]
+    return lambda s: [sys.executable, "-m", "tally.ops", *args]
 
 
 def _broker_command(s: Settings) -> list[str]:

@@ -10,7 +10,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from tally.config import Settings
-from tally.topics import admin
+from tally.topics import admin, sink_group
 
 
 @dataclass
@@ -31,7 +31,7 @@ class GroupReport:
 
 def groups(settings: Settings) -> list[str]:
     """The consumer groups of this stack: the stream app and the sink."""
-    return [settings.app_id, f"{settings.app_id}-sink"]
+    return [settings.app_id, sink_group(settings)]
 
 
 def group_report(client: AdminClient, group: str, timeout: float = 5.0) -> GroupReport:

@@ -1,4 +1,4 @@
-"""The SDK's fast path: a product event's bytes from cached, already-judged pieces.
+"""A product event's bytes from cached, already-judged pieces: the SDK's track().
 
 Why: the SDK's target is 100k events/s from one Python process, so track()
 has a budget of a few µs. Building a record dict, running check() over it and
@@ -30,34 +30,27 @@ each about one piece, given the event:
   "now" (an explicit occurred_at takes the full path).
 
 Byte-identity: the pieces are made by the same compiled writers as the codec
-(tally.schemas.fastwrite), in schema field order, and the layout is checked
+(tally.schemas.avro_writer), in schema field order, and the layout (schemas/layouts.py) is checked
 against the newest product_event schema at start (a schema change without a
 matching change here turns the fast path off rather than write wrong bytes).
-tests/test_schemas_fastwrite.py compares the result with fastavro's bytes.
+tests/test_schemas_avro_writer.py compares the result with fastavro's bytes.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tally.schemas.avro_writer import Fallback, compile_writer, encoded, field_writers
 from tally.schemas.catalog import ACTOR_TYPES, CATALOG, KIND_CLASS, check_metadata_value, is_safe_id
 from tally.schemas.codec import MAGIC, Codec
-from tally.schemas.fastwrite import Fallback, compile_writer, encoded, field_writers
+from tally.schemas.layouts import PRODUCT_EVENT
+
+from tally.caches import bounded_put
+from tally.ids import tail_pool, uuid7_prefix, uuid7_tail
 
 SCHEMA = "product_event"
-# product_event's fields in order with their types; the pieces below follow it.
-LAYOUT = (
-    ("event_id", {"type": "string", "logicalType": "uuid"}),
-    ("event", "string"), ("feature_area", "string"), ("tenant_id", "string"),
-    ("workspace_id", "string"), ("actor_type", "string"), ("actor_id", "string"),
-    ("subject_type", "string"), ("subject_id", ["null", "string"]),
-    ("occurred_at", {"type": "long", "logicalType": "timestamp-millis"}), ("app", "string"),
-    ("metadata", {"type": "map", "values": ["null", "boolean", "long", "string"]}),
-)
 # Cache bounds: a full cache is emptied and refills with what recurs. Worst case
 # a few tens of MB in all; a typical app (tens of tenants, enum metadata) far less.
 _CACHE_MAX = 16384   # ids, users, other actors
@@ -70,56 +63,6 @@ _MAP_COUNT = tuple(bytes((2 * n,)) for n in range(64))  # zigzag varint of a sma
 
 class Unavailable(Exception):
     """The codec cannot take the fast path (schema registry, or another layout)."""
-
-
-# --- UUIDv7 ----------------------------------------------------------------------------
-# 48 bits of Unix ms, then 74 random bits (RFC 9562). The random part of the text
-# form, "aaa-vrrr-rrrrrrrrrrrr", is cut in blocks of 4096 from one os.urandom()
-# call with C-level slicing, so an id costs a list pop and a per-ms prefix instead
-# of a PRNG call and string formatting (uuid.uuid4()/uuid6.uuid7() cost several
-# µs). list.pop() is atomic under the GIL, so two threads never get the same
-# tail; a forked child empties the pool so pre-fork servers (gunicorn) do not
-# mint the parent's ids.
-_TAIL_BLOCK = 4096
-_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))  # variant bits 10
-_TAIL_LAYOUT = ((0, 0, 3), (4, 4, 4), (9, 8, 12))  # (to, from, width): 20 hex chars -> 21-char tail
-_tails: list[bytes] = []
-os.register_at_fork(after_in_child=_tails.clear)
-
-
-def _new_tails(n: int = _TAIL_BLOCK) -> list[bytes]:
-    raw = bytearray(os.urandom(10 * n))
-    raw[2::10] = raw[2::10].translate(_VARIANT)  # hex char 4 of each cell becomes 8, 9, a or b
-    hexed = raw.hex().encode()  # 20 hex chars per id; char 3 is unused (74 bits are needed)
-    cells = bytearray(b"-" * (21 * n))
-    for to, frm, width in _TAIL_LAYOUT:
-        for j in range(width):
-            cells[to + j::21] = hexed[frm + j::20]
-    block = bytes(cells)
-    return [block[i:i + 21] for i in range(0, 21 * n, 21)]
-
-
-def uuid7_tail() -> bytes:
-    """The random 21 characters of a UUIDv7's text form, as ASCII bytes."""
-    try:
-        return _tails.pop()
-    except IndexError:
-        fresh = _new_tails()
-        tail = fresh.pop()
-        _tails.extend(fresh)
-        return tail
-
-
-def uuid7_prefix(ms: int) -> str:
-    """The first 15 characters of a UUIDv7's text form: the ms timestamp and version."""
-    h = f"{ms:012x}"
-    return f"{h[:8]}-{h[8:]}-7"
-
-
-def uuid7(ms: int | None = None) -> str:
-    if ms is None:
-        ms = time.time_ns() // 1_000_000
-    return uuid7_prefix(ms) + uuid7_tail().decode()
 
 
 # --- the pieces --------------------------------------------------------------------------
@@ -153,16 +96,15 @@ class _Plan:
         self.fast = (head, required, user_initiated, self.subjects.get, self.pieces)
 
 
-class FastEvents:
+class EventPieces:
     """Product-event bytes from cached pieces; see the module docstring."""
 
     def __init__(self, codec: Codec, app: str) -> None:
         if codec.registry_url:
             raise Unavailable("Confluent wire format: the serializer writes the header")
         schema = codec.latest(SCHEMA)
-        fields = tuple((f["name"], f["type"]) for f in schema.raw["fields"])
-        if json.dumps(fields, sort_keys=True) != json.dumps(LAYOUT, sort_keys=True):
-            raise Unavailable(f"{schema.path.name} has another layout than the fast path's")
+        if not PRODUCT_EVENT.matches(schema.raw):
+            raise Unavailable(f"{schema.path.name} has another layout than schemas/layouts.py's")
         try:
             w = field_writers(schema.parsed)
         except Fallback:
@@ -208,7 +150,7 @@ class FastEvents:
         """A metadata pair's bytes, typed by the value's class (None and str: plain bytes)."""
         return _PIECE_OF_CLASS.get(value.__class__, bytes)(self._enc(key) + encoded(self._value, value))
 
-    def _clock_at(self, ns: int) -> tuple[int, bytes, bytes]:
+    def clock_at(self, ns: int) -> tuple[int, bytes, bytes]:
         """(end of this ms in ns, header + uuid prefix, occurred_at + app) for a clock reading."""
         ms = ns // 1_000_000
         return ((ms + 1) * 1_000_000, self._header + uuid7_prefix(ms).encode(),
@@ -217,98 +159,20 @@ class FastEvents:
     def compile_track(self, produce: Callable[[str, bytes, str], None], topic: str,
                       queued: Callable[[], object], when_full: Callable[[bytes, str], Any],
                       failed: Callable[[Exception], bool], full: Callable[..., Any]) -> Callable[..., Any]:
-        """The SDK's track() as one closure over the caches (this runs per event).
-
-        An event made of known pieces is encoded here and handed to
-        produce(topic, value, tenant_id); then queued() counts it. A full queue
-        (BufferError) returns when_full(value, tenant_id); another produce error
-        returns failed(exc). Every other event returns full(event, tenant_id,
-        workspace_id, actor, subject, metadata, occurred_at). Clearing
-        `self.plans` (at close) sends everything to full().
-        """
-        plans_get, ids_get, users_get, actors_get = (
-            self.fast_plans.get, self.ids.get, self.users.get, self.actors.get)
-        time_ns, pop, refill, clock_at = time.time_ns, _tails.pop, uuid7_tail, self._clock_at
-        new_id, new_actor, new_subject, new_piece = (
-            self._new_id, self._new_actor, self._new_subject, self._new_piece)
-        counts, map_end, join, piece_value_class = _MAP_COUNT, _MAP_END, b"".join, _PIECE_VALUE_CLASS
-        clock = (0, b"", b"")
-
-        def track(event: str, *, tenant_id: str, workspace_id: str, actor: Any = None,
-                  subject: Any = None, metadata: Any = None, occurred_at: Any = None) -> Any:
-            nonlocal clock
-            plan = plans_get(event)
-            value = None
-            if plan is not None and occurred_at is None:
-                try:  # no verdict here: a miss or anything odd goes to full()
-                    head, required, user_only, subjects_get, pieces = plan
-                    # A piece not seen yet is judged alone by the catalog's rule for it
-                    # (new_*: None when the rule says no, and full() then names why).
-                    t = ids_get(tenant_id) or new_id(tenant_id)
-                    w = ids_get(workspace_id) or new_id(workspace_id)
-                    a = users_get(actor)
-                    if a is None:
-                        a = (None if user_only else actors_get(actor)) or new_actor(actor, user_only)
-                    s = subjects_get(subject) or new_subject(event, subject)
-                    if t and w and a and s:  # pieces are never empty bytes
-                        now = time_ns()
-                        if now >= clock[0]:
-                            clock = clock_at(now)
-                        try:
-                            tail = pop()
-                        except IndexError:
-                            tail = refill()
-                        if not metadata:
-                            if not required and (metadata is None or metadata.__class__ is dict):
-                                value = join((clock[1], tail, head, t, w, a, s, clock[2], map_end))
-                        elif metadata.__class__ is dict:
-                            parts = [clock[1], tail, head, t, w, a, s, clock[2], counts[len(metadata)]]
-                            append = parts.append
-                            for k, v in metadata.items():
-                                try:
-                                    b = pieces[k][v]
-                                except KeyError:  # an undeclared key, or a value not seen yet
-                                    b = new_piece(event, k, v)
-                                    if b is None:
-                                        break
-                                else:
-                                    # 1 found True's piece, or True found 1's: new_piece says no
-                                    if b.__class__ is not bytes and v.__class__ is not piece_value_class[b.__class__]:
-                                        break
-                                append(b)
-                            else:
-                                for k in required:
-                                    if k not in metadata:
-                                        break
-                                else:
-                                    append(map_end)
-                                    value = join(parts)
-                except Exception:
-                    value = None
-            if value is None:
-                return full(event, tenant_id, workspace_id, actor, subject, metadata, occurred_at)
-            try:
-                produce(topic, value, tenant_id)
-            except BufferError:
-                return when_full(value, tenant_id)
-            except Exception as exc:  # KafkaException after a fatal producer error
-                return failed(exc)
-            queued()
-            return True
-
-        return track
+        """The SDK's track() over these caches: see compile_track()."""
+        return compile_track(self, produce, topic, queued, when_full, failed, full)
 
     # --- pieces seen for the first time: the catalog's rule for that piece alone ---------
 
-    def _new_id(self, value: Any) -> bytes | None:
+    def new_id(self, value: Any) -> bytes | None:
         """A tenant or workspace id: check() requires a non-empty opaque id."""
         if value.__class__ is not str or not is_safe_id(value):
             return None
         b = self._enc(value)
-        _put(self.ids, value, b)
+        bounded_put(self.ids, value, b, _CACHE_MAX)
         return b
 
-    def _new_actor(self, actor: Any, user_only: bool) -> bytes | None:
+    def new_actor(self, actor: Any, user_only: bool) -> bytes | None:
         """A user id (str) or an (actor_type, actor_id) pair; user_only: the event is
         user-initiated, so only a user with an id will do."""
         if actor.__class__ is str:
@@ -323,12 +187,12 @@ class FastEvents:
             return None
         b = self._enc(kind) + self._enc(actor_id)
         if kind == "user" and actor_id:
-            _put(self.users, actor, b)
+            bounded_put(self.users, actor, b, _CACHE_MAX)
             return b
-        _put(self.actors, actor, b)
+        bounded_put(self.actors, actor, b, _CACHE_MAX)
         return None if user_only else b
 
-    def _new_subject(self, event: str, subject: Any) -> bytes | None:
+    def new_subject(self, event: str, subject: Any) -> bytes | None:
         """(subject_type, subject_id): the event's subject type (or empty), an opaque id or None."""
         if subject is None:
             subject_type, subject_id = "", None
@@ -341,17 +205,17 @@ class FastEvents:
         if subject_id and not is_safe_id(subject_id):
             return None
         b = self._enc(subject_type) + encoded(self._subject_id, subject_id)
-        _put(self.plans[event].subjects, subject, b, _SUBJECTS_MAX)
+        bounded_put(self.plans[event].subjects, subject, b, _SUBJECTS_MAX)
         return b
 
-    def _new_piece(self, event: str, key: str, value: Any) -> bytes | None:
+    def new_piece(self, event: str, key: str, value: Any) -> bytes | None:
         """A metadata pair: a declared key, and a value check() accepts for it."""
         if value.__class__ not in _PIECE_OF_CLASS or check_metadata_value(event, key, value) is not None:
             return None
         b = self._piece(key, value)
         plan = self.plans[event]
         if key in plan.learnable:
-            _put(plan.pieces[key], value, b, _VALUES_MAX)
+            bounded_put(plan.pieces[key], value, b, _VALUES_MAX)
         return b
 
     def learn(self, record: Mapping[str, Any], actor: Any, subject: Any) -> None:
@@ -363,19 +227,107 @@ class FastEvents:
         for field in ("tenant_id", "workspace_id"):
             v = record[field]
             if v.__class__ is str and v not in self.ids:
-                _put(self.ids, v, enc(v))
+                bounded_put(self.ids, v, enc(v), _CACHE_MAX)
         actor_type, actor_id = record["actor_type"], record["actor_id"]
         if _plain_key(actor) and actor_type.__class__ is str and actor_id.__class__ is str:
             cache = self.users if actor_type == "user" and actor_id else self.actors
-            _put(cache, actor, enc(actor_type) + enc(actor_id))
+            bounded_put(cache, actor, enc(actor_type) + enc(actor_id), _CACHE_MAX)
         subject_type, subject_id = record["subject_type"], record["subject_id"]
         if _plain_key(subject) and subject_type.__class__ is str:
-            _put(plan.subjects, subject, enc(subject_type) + encoded(self._subject_id, subject_id), _SUBJECTS_MAX)
+            bounded_put(plan.subjects, subject, enc(subject_type) + encoded(self._subject_id, subject_id), _SUBJECTS_MAX)
         for k, v in record["metadata"].items():
             if k in plan.learnable and v.__class__ is plan.kinds[k]:
                 known = plan.pieces[k]
                 if v not in known:
-                    _put(known, v, self._piece(k, v), _VALUES_MAX)
+                    bounded_put(known, v, self._piece(k, v), _VALUES_MAX)
+
+
+def compile_track(pieces: EventPieces, produce: Callable[[str, bytes, str], None], topic: str,
+                  queued: Callable[[], object], when_full: Callable[[bytes, str], Any],
+                  failed: Callable[[Exception], bool], full: Callable[..., Any]) -> Callable[..., Any]:
+    """The SDK's track() as one closure over the caches (this runs per event).
+
+    An event made of known pieces is encoded here and handed to
+    produce(topic, value, tenant_id); then queued() counts it. A full queue
+    (BufferError) returns when_full(value, tenant_id); another produce error
+    returns failed(exc). Every other event returns full(event, tenant_id,
+    workspace_id, actor, subject, metadata, occurred_at). Clearing
+    `pieces.fast_plans` (close()) sends everything to full().
+    """
+    plans_get, ids_get, users_get, actors_get = (
+        pieces.fast_plans.get, pieces.ids.get, pieces.users.get, pieces.actors.get)
+    time_ns, pop, refill, clock_at = time.time_ns, tail_pool.pop, uuid7_tail, pieces.clock_at
+    new_id, new_actor, new_subject, new_piece = (
+        pieces.new_id, pieces.new_actor, pieces.new_subject, pieces.new_piece)
+    counts, map_end, join, piece_value_class = _MAP_COUNT, _MAP_END, b"".join, _PIECE_VALUE_CLASS
+    clock = (0, b"", b"")
+
+    def with_metadata(event: str, pieces: dict, required: tuple[str, ...], metadata: dict,
+                      parts: list[bytes]) -> bytes | None:
+        """parts, then the metadata pairs' pieces and the map's end, joined; None when a
+        pair is not known (and not acceptable alone) or a required key is missing."""
+        append = parts.append
+        for k, v in metadata.items():
+            try:
+                b = pieces[k][v]
+            except KeyError:  # an undeclared key, or a value not seen yet
+                b = new_piece(event, k, v)
+                if b is None:
+                    return None
+            else:  # 1 found True's piece, or True found 1's: new_piece says no
+                if b.__class__ is not bytes and v.__class__ is not piece_value_class[b.__class__]:
+                    return None
+            append(b)
+        for k in required:
+            if k not in metadata:
+                return None
+        append(map_end)
+        return join(parts)
+
+    def track(event: str, *, tenant_id: str, workspace_id: str, actor: Any = None,
+              subject: Any = None, metadata: Any = None, occurred_at: Any = None) -> Any:
+        nonlocal clock
+        plan = plans_get(event)
+        value = None
+        if plan is not None and occurred_at is None:
+            try:  # no verdict here: a miss or anything odd goes to full()
+                head, required, user_only, subjects_get, pieces = plan
+                # A piece not seen yet is judged alone by the catalog's rule for it
+                # (new_*: None when the rule says no, and full() then names why).
+                t = ids_get(tenant_id) or new_id(tenant_id)
+                w = ids_get(workspace_id) or new_id(workspace_id)
+                a = users_get(actor)
+                if a is None:
+                    a = (None if user_only else actors_get(actor)) or new_actor(actor, user_only)
+                s = subjects_get(subject) or new_subject(event, subject)
+                if t and w and a and s:  # pieces are never empty bytes
+                    now = time_ns()
+                    if now >= clock[0]:
+                        clock = clock_at(now)
+                    try:
+                        tail = pop()
+                    except IndexError:
+                        tail = refill()
+                    if not metadata:
+                        if not required and (metadata is None or metadata.__class__ is dict):
+                            value = join((clock[1], tail, head, t, w, a, s, clock[2], map_end))
+                    elif metadata.__class__ is dict:
+                        value = with_metadata(event, pieces, required, metadata, [
+                            clock[1], tail, head, t, w, a, s, clock[2], counts[len(metadata)]])
+            except Exception:
+                value = None
+        if value is None:
+            return full(event, tenant_id, workspace_id, actor, subject, metadata, occurred_at)
+        try:
+            produce(topic, value, tenant_id)
+        except BufferError:
+            return when_full(value, tenant_id)
+        except Exception as exc:  # KafkaException after a fatal producer error
+            return failed(exc)
+        queued()
+        return True
+
+    return track
 
 
 def _plain_key(x: Any) -> bool:
@@ -384,10 +336,3 @@ def _plain_key(x: Any) -> bool:
         return True
     return (isinstance(x, tuple) and len(x) == 2 and x[0].__class__ is str
             and (x[1] is None or x[1].__class__ is str))
-
-
-def _put(cache: dict, key: Any, value: bytes, limit: int = 0) -> None:
-    if len(cache) >= (limit or _CACHE_MAX):
-        cache.clear()
-    cache[key] = value
-

@@ -21,6 +21,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from tally.caches import bounded_put
+
 Writer = Callable[[Any, list], None]
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
@@ -73,9 +75,7 @@ def _string(v: Any, out: list) -> None:
         raw = v.encode()
         b = encode_long(len(raw)) + raw
         if len(raw) <= 64:
-            if len(_STR_CACHE) >= _CACHE_MAX:
-                _STR_CACHE.clear()
-            _STR_CACHE[v] = b
+            bounded_put(_STR_CACHE, v, b, _CACHE_MAX)
     out.append(b)
 
 
@@ -283,12 +283,8 @@ def _map(value: Writer) -> Writer:
                         b = b"".join(part)
                         if len(b) <= 96 and k.__class__ is str:
                             if by_value is None:
-                                if len(pairs) >= 1024:
-                                    pairs.clear()
-                                by_value = pairs[k] = {}
-                            if len(by_value) >= _CACHE_MAX:
-                                by_value.clear()
-                            by_value[x] = b
+                                by_value = bounded_put(pairs, k, {}, 1024)
+                            bounded_put(by_value, x, b, _CACHE_MAX)
                     append(b)
                 else:
                     _string(k, out)

@@ -12,8 +12,8 @@ in schema order. So:
   device, ...) into pageview items, with the bytes of event_id, received_at, event and props
   copied unchanged from the beacon.
 
-Both are used only for the schema shapes below, checked against the repo's schemas when the
-worker starts; any other writer version is decoded by fastavro and re-encoded in the known
+Both are used only for the layouts declared in schemas/layouts.py, checked against the
+repo's schemas when the worker starts; any other writer version is decoded by fastavro and re-encoded in the known
 shape first. Anything malformed raises DecodeError, like the codec. tests/test_stream_wire.py
 checks both against fastavro and the dict path (streams/enrich.py) byte for byte / field by
 field.
@@ -27,40 +27,16 @@ from typing import Any
 
 import fastavro
 import numpy as np
+from tally.schemas.avro_writer import Fallback, encoded, field_writers
 from tally.schemas.codec import CONFLUENT_MAGIC, MAGIC, Codec, DecodeError
 from tally.schemas.codec import long_at as _long_at
-from tally.schemas.fastwrite import Fallback, encoded, field_writers
-from tally.streams.fastread import _plain
-
-BEACON_SHAPE = [
-    ("event_id", "string"), ("received_at", "long"), ("site", "string"), ("path", "string"),
-    ("referrer", ["null", "string"]), ("event", "string"), ("props", {"type": "map", "values": "string"}),
-    ("user_agent", "string"), ("ip_pseudonym", "string"), ("datacenter", "boolean"),
-]
-PAGEVIEW_SHAPE = [
-    ("event_id", "string"), ("received_at", "long"), ("site", "string"), ("hostname", "string"),
-    ("path", "string"), ("event", "string"), ("visitor_id", "long"), ("referrer_host", "string"),
-    ("referrer_source", "string"), ("utm_source", ["null", "string"]), ("utm_medium", ["null", "string"]),
-    ("utm_campaign", ["null", "string"]), ("browser", "string"), ("os", "string"), ("device", "string"),
-    ("user_agent", ["null", "string"]), ("props", {"type": "map", "values": "string"}),
-]
+from tally.schemas.layouts import BEACON, PAGEVIEW
 
 # One decoded beacon, as raw bytes. *_enc fields include their Avro length prefix and are
 # copied into the pageview unchanged; the others are the string's UTF-8 bytes.
 # (start, end, event_id_enc, received_at, received_at_enc, site_enc, path, referrer | None,
 #  event_enc, props_enc, user_agent, ip_pseudonym, datacenter)
 RawBeacon = tuple[int, int, bytes, int, bytes, bytes, bytes, "bytes | None", bytes, bytes, bytes, bytes, int]
-
-
-def _item_shape(raw_schema: dict[str, Any]) -> list[tuple[str, Any]]:
-    items = next(f for f in raw_schema["fields"] if f["name"] == "items")["type"]["items"]
-    out = []
-    for f in _plain(items)["fields"]:
-        t = f["type"]
-        if isinstance(t, dict) and t.get("type") in ("string", "long", "boolean"):
-            t = t["type"]
-        out.append((f["name"], t))
-    return out
 
 
 def _str_at(data: bytes, pos: int) -> tuple[int, int]:
@@ -91,10 +67,11 @@ def _map_end(data: bytes, pos: int) -> int:
 
 
 def read_beacon_items(data: bytes) -> list[RawBeacon]:
-    """The items of one beacon_batch body in BEACON_SHAPE (no header), as RawBeacon tuples.
+    """The items of one beacon_batch body in the BEACON layout (no header), as RawBeacon tuples.
 
     Strings shorter than 64 bytes (one-byte length) are sliced inline: a function call per
     field would cost as much as the rest of the loop."""
+    # unrolled: one block per field of the BEACON layout, in order, on purpose (see above)
     items: list[RawBeacon] = []
     append = items.append
     str_at = _str_at
@@ -198,13 +175,13 @@ def read_beacon_items(data: bytes) -> list[RawBeacon]:
 
 
 class BeaconReader:
-    """beacon_batch record bytes -> (body in BEACON_SHAPE, its items). Records of a writer
+    """beacon_batch record bytes -> (body in the BEACON layout, its items). Records of a writer
     schema in that shape are sliced as they are; any other encoding is decoded by the codec
     and re-encoded in the shape (rare: the collector writes the newest schema)."""
 
     def __init__(self, codec: Codec) -> None:
         self.codec = codec
-        shaped = [v for v in codec.versions["beacon_batch"] if _item_shape(v.raw) == BEACON_SHAPE]
+        shaped = [v for v in codec.versions["beacon_batch"] if BEACON.matches(v.raw, plain=True)]
         if not shaped:
             raise Fallback  # no schema in the shape this reader knows: the worker uses the dict path
         self._shape_fps = {v.fingerprint for v in shaped}
@@ -252,7 +229,7 @@ class PageviewWriter:
 
     def __init__(self, codec: Codec) -> None:
         latest = codec.latest("pageview_batch")
-        if _item_shape(latest.raw) != PAGEVIEW_SHAPE:
+        if not PAGEVIEW.matches(latest.raw, plain=True):
             raise Fallback
         items = next(f for f in latest.parsed["fields"] if f["name"] == "items")["type"]["items"]
         self.fields = field_writers(items)

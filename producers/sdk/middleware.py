@@ -24,8 +24,9 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
-from tally.producers.sdk import Actor, Client
+from tally.producers.sdk.client import Actor, Client
 from tally.schemas.catalog import METHODS
+from tally.schemas.reasons import DropReason
 
 Scope = tuple[str, str] | Callable[[Any], tuple[str, str] | None]
 
@@ -88,7 +89,7 @@ class Reporter:
                 track("api.request_very_slow", tenant_id=tenant_id, workspace_id=workspace_id,
                       actor=actor, metadata=meta)
         except Exception:  # reporting must never break the host's request
-            self.client.count_drop("middleware_error", "could not report a request")
+            self.client.count_drop(DropReason.MIDDLEWARE_ERROR, "could not report a request")
 
 
 # --- ASGI ------------------------------------------------------------------------

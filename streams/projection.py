@@ -19,24 +19,11 @@ from typing import Any
 import fastavro
 from fastavro.schema import parse_schema
 from tally.schemas.codec import MAGIC, Codec, DecodeError
-
-_BASE = {"timestamp-millis": "long", "uuid": "string", "date": "int"}
-
-
-def _plain(t: Any) -> Any:
-    """The type without logical types (so values stay ints and strings)."""
-    if isinstance(t, dict):
-        if t.get("logicalType") in _BASE and isinstance(t.get("type"), str):
-            return t["type"]
-        t = {k: _plain(v) for k, v in t.items()}
-        return t
-    if isinstance(t, list):
-        return [_plain(x) for x in t]
-    return t
+from tally.schemas.layouts import plain_type
 
 
 def _project(raw: dict[str, Any], keep_items: set[str] | None) -> dict[str, Any]:
-    schema = _plain(copy.deepcopy(raw))
+    schema = plain_type(copy.deepcopy(raw))
     if keep_items is not None:
         items = next(f for f in schema["fields"] if f["name"] == "items")["type"]["items"]
         items["fields"] = [f for f in items["fields"] if f["name"] in keep_items]
@@ -60,7 +47,7 @@ def reader(codec: Codec, name: str, keep_items: set[str] | None = None) -> Calla
     projected = parse_schema(_project(codec.latest(name).raw, keep_items), _write_hint=True)
     # The writer schemas without their logical types: same bytes on the wire, but fastavro
     # then hands us plain longs and strings instead of building datetimes and UUIDs.
-    by_fp = {v.fingerprint: parse_schema(_plain(v.raw), _write_hint=True) for v in codec.versions[name]}
+    by_fp = {v.fingerprint: parse_schema(plain_type(v.raw), _write_hint=True) for v in codec.versions[name]}
 
     def decode(data: bytes) -> dict[str, Any]:
         if data[:2] == MAGIC and len(data) >= 10:

@@ -1,9 +1,11 @@
-"""The `tally` command: one entry point for every component and operation."""
+"""The `tally` command: one entry point for every component and operation.
+
+Each stage keeps its own commands in its own `cli.py`; they are registered at the bottom
+of this file, the one place a new area adds its commands."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import time
@@ -13,32 +15,10 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 
-from tally.config import Settings, SettingsError
+from tally.runtime import console, load_settings, setup_logging
 
 if TYPE_CHECKING:
     from tally.topics import TopicChanges
-
-console = Console(stderr=True, soft_wrap=True)  # lines stay whole for scripts and logs
-
-
-def load_settings(stack: bool = False) -> Settings:
-    """Settings from the environment. stack=True also applies the TALLY_* variables
-    `tally up` was given (kept in <state>/run/env.json), so `status`, `query` and
-    `down` find the stack where it was started."""
-    try:
-        settings = Settings.from_env()
-        saved = settings.run_dir / "env.json"
-        if stack and saved.exists():
-            settings = Settings.from_env({**json.loads(saved.read_text()), **os.environ})
-        return settings
-    except SettingsError as exc:
-        console.print(f"[red]configuration error[/red]: {exc}")
-        sys.exit(2)
-
-
-def setup_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -91,7 +71,7 @@ def migrate(print_access_sql: bool) -> None:
     """Apply pending ClickHouse migrations (infra/clickhouse/) and print what was applied.
     On a server, also create the read-only analyst and dashboard users (sinks/access.py)."""
     settings = load_settings()
-    from tally.sinks.migrate import WarehouseBusy, migrate_command
+    from tally.ops.migrate import WarehouseBusy, migrate_command
 
     if print_access_sql:
         from tally.sinks.access import access_sql
@@ -133,7 +113,9 @@ def up(timeout: float) -> None:
     Returns when every component is ready. Running it again while the stack
     runs starts only what is missing.
     """
-    from tally import health, stack
+    from tally.ops import stack
+
+    from tally import health
     from tally.topics import ensure_topics
 
     settings = load_settings()
@@ -188,7 +170,7 @@ def report_topics(changes: TopicChanges) -> None:
 @main.command()
 def down() -> None:
     """Stop every process `tally up` started (dashboard, collector, worker, sink, broker nodes)."""
-    from tally import stack
+    from tally.ops import stack
 
     settings = load_settings(stack=True)
     comps = stack.components(settings)
@@ -209,8 +191,10 @@ def status(as_json: bool) -> None:
     """
     from dataclasses import asdict
 
-    from tally import health, stack
-    from tally.lag import stack_groups
+    from tally.ops import stack
+    from tally.ops.lag import stack_groups
+
+    from tally import health
 
     settings = load_settings(stack=True)
     rows = []
@@ -243,7 +227,8 @@ def status(as_json: bool) -> None:
             state = "[yellow]starting[/yellow]" if r["pid"] else "[red]down[/red]"
         if said.get("alive") and said.get("waiting_for"):
             state += f" (waiting for: {'; '.join(said['waiting_for'])})"
-        table.add_row(r["component"], str(r["pid"] or "-"), state, r["where"])
+        where = r["where"] + (f"; metrics {said['metrics']}" if said.get("alive") and said.get("metrics") else "")
+        table.add_row(r["component"], str(r["pid"] or "-"), state, where)
     out.print(table)
     for g in groups:
         t = Table("topic", "lag", "worst partition", title=f"consumer group {g.group} ({g.state})")
@@ -263,7 +248,7 @@ def status(as_json: bool) -> None:
 @click.option("--beacons", default=30, show_default=True, help="How many demo beacons to send.")
 def demo(beacons: int) -> None:
     """Send a little demo traffic through the running collector."""
-    from tally.demo import send_demo_traffic
+    from tally.ops.demo import send_demo_traffic
 
     settings = load_settings(stack=True)
     sent = send_demo_traffic(settings, beacons)
@@ -302,7 +287,3 @@ from tally.streams.cli import classify_ua_command  # noqa: E402
 
 for command in (collector, schemas, catalog, query, reconcile, classify_ua_command, dashboard, api_key):
     main.add_command(command)
-
-
-if __name__ == "__main__":
-    main()

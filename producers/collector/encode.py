@@ -9,8 +9,8 @@ is a count, the items and a 0, so each beacon becomes one join of cached
 bytes, and a micro-batch one more join.
 
 The pieces are made by the codec's own compiled writers
-(tally.schemas.fastwrite), and the layout is checked against the newest
-beacon_batch schema at start: a schema change without a matching change here,
+(tally.schemas.avro_writer), in the order of the beacon layout declared in
+schemas/layouts.py, checked against the newest beacon_batch schema at start: a schema change without a matching change here,
 or a schema registry (Confluent framing), selects `DictEncoder`, which builds
 dicts and calls the codec as before. tests/test_collector_units.py compares
 both encoders' bytes and fastavro's decoding.
@@ -18,24 +18,18 @@ both encoders' bytes and fastavro's decoding.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from tally.producers.fastpath import uuid7_prefix, uuid7_tail
+from tally.schemas.avro_writer import Fallback, compile_writer, encoded, field_writers
 from tally.schemas.codec import MAGIC, Codec
-from tally.schemas.fastwrite import Fallback, compile_writer, encoded, field_writers
+from tally.schemas.layouts import BEACON
+
+from tally.caches import bounded_put
+from tally.ids import uuid7_prefix, uuid7_tail
 
 SCHEMA = "beacon_batch"
-# The Beacon record's fields in order with their types; the pieces below follow it.
-LAYOUT = (
-    ("event_id", {"type": "string", "logicalType": "uuid"}),
-    ("received_at", {"type": "long", "logicalType": "timestamp-millis"}),
-    ("site", "string"), ("path", "string"), ("referrer", ["null", "string"]),
-    ("event", "string"), ("props", {"type": "map", "values": "string"}),
-    ("user_agent", "string"), ("ip_pseudonym", "string"), ("datacenter", "boolean"),
-)
 _UUID_LEN = b"\x48"  # Avro length prefix of a 36-character string
-_CACHE_MAX = 4096  # entries per piece cache; a full cache is cleared (bounded memory)
+_CACHE_MAX = 4096  # entries per piece cache (tally.caches: cleared when full)
 _NO_PROPS = b"\x00"
 _DATACENTER = (b"\x00", b"\x01")
 
@@ -67,11 +61,10 @@ class PieceEncoder:
         if codec.registry_url:
             raise Unavailable("Confluent wire format: the registry serializer writes the header")
         schema = codec.latest(SCHEMA)
+        if not BEACON.matches(schema.raw):
+            raise Unavailable(f"{schema.path.name} has another beacon layout than schemas/layouts.py's")
         [items] = [f for f in schema.parsed["fields"] if f["name"] == "items"]
         record = items["type"]["items"]
-        raw = [(f["name"], f["type"]) for f in record["fields"]]
-        if json.dumps(raw, sort_keys=True) != json.dumps(LAYOUT, sort_keys=True):
-            raise Unavailable(f"{schema.path.name} has another beacon layout than the fast encoder's")
         try:
             w = field_writers(record)
         except Fallback:
@@ -92,9 +85,7 @@ class PieceEncoder:
     def _cached(self, s: str) -> bytes:
         b = self._strings.get(s)
         if b is None:
-            if len(self._strings) >= _CACHE_MAX:
-                self._strings.clear()
-            b = self._strings[s] = encoded(self._string, s)
+            b = bounded_put(self._strings, s, encoded(self._string, s), _CACHE_MAX)
         return b
 
     def item(self, now_ms: int, site: str, path: str, referrer: str | None, event: str,
@@ -106,10 +97,7 @@ class PieceEncoder:
         strings = self._strings
         ref = self._null if referrer is None else self._referrers.get(referrer)
         if ref is None:
-            ref = encoded(self._referrer, referrer)
-            if len(self._referrers) >= _CACHE_MAX:
-                self._referrers.clear()
-            self._referrers[referrer] = ref  # type: ignore[index]
+            ref = bounded_put(self._referrers, referrer, encoded(self._referrer, referrer), _CACHE_MAX)
         return b"".join((
             self._ms_bytes, uuid7_tail(), self._ts_bytes,
             strings.get(site) or self._cached(site),

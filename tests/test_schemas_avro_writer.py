@@ -9,8 +9,8 @@ from datetime import UTC, date, datetime
 import fastavro
 import pytest
 from fastavro.utils import generate_many
+from tally.schemas.avro_writer import compile_writer
 from tally.schemas.codec import MAGIC, default_codec
-from tally.schemas.fastwrite import compile_writer
 
 CODEC = default_codec()
 
@@ -68,7 +68,7 @@ def test_cached_pairs_keep_bool_and_int_apart():
         assert type(CODEC.decode("product_event", CODEC.encode("product_event", rec))["metadata"]["a"]) is type(meta["a"])
 
 
-# --- the SDK's fast path (tally.producers.fastpath) ---------------------------------
+# --- the SDK's cached pieces (tally.producers.sdk.pieces) ---------------------------------
 # An event of known pieces is validated and encoded from caches. It must give the
 # catalog's verdict on every input and fastavro's bytes on every accepted one.
 
@@ -114,11 +114,11 @@ def _random_call(rnd):
 def test_fast_path_gives_the_catalogs_verdict_and_fastavros_bytes(tiny_caches, monkeypatch):
     import random
 
-    from tally.producers import fastpath
+    from tally.producers.sdk import pieces
 
     if tiny_caches:  # caches emptied all the time, pre-seeded entries included
         for name in ("_CACHE_MAX", "_SUBJECTS_MAX", "_VALUES_MAX"):
-            monkeypatch.setattr(fastpath, name, 2)
+            monkeypatch.setattr(pieces, name, 2)
     client, reference = _sdk_client(), _sdk_client()
     sent: list[bytes] = []
     full: list[bytes | None] = []
@@ -179,37 +179,37 @@ def test_fast_path_off_for_a_registry_or_another_layout(tmp_path):
     import json
     import shutil
 
-    from tally.producers.fastpath import FastEvents, Unavailable
+    from tally.producers.sdk.pieces import EventPieces, Unavailable
     from tally.schemas.codec import SCHEMA_DIR, Codec
 
     with pytest.raises(Unavailable):
-        FastEvents(Codec(registry_url="http://127.0.0.1:9"), "app")
+        EventPieces(Codec(registry_url="http://127.0.0.1:9"), "app")
     shutil.copytree(SCHEMA_DIR, tmp_path / "avro")
     raw = json.loads((SCHEMA_DIR / "product_event.v1.avsc").read_text())
     raw["fields"].insert(3, {"name": "region", "type": "string", "default": "", "doc": "x"})
     (tmp_path / "avro" / "product_event.v2.avsc").write_text(json.dumps(raw))
     with pytest.raises(Unavailable, match="layout"):
-        FastEvents(Codec(tmp_path / "avro"), "app")
+        EventPieces(Codec(tmp_path / "avro"), "app")
 
 
 def test_uuid7_tails_are_not_shared_with_a_forked_child():
     import os
 
-    from tally.producers import fastpath
+    from tally import ids
 
-    fastpath.uuid7_tail()  # the pool is filled
-    parents_next = fastpath._tails[-1]
+    ids.uuid7_tail()  # the pool is filled
+    parents_next = ids.tail_pool[-1]
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
-        os.write(write, fastpath.uuid7_tail())
+        os.write(write, ids.uuid7_tail())
         os._exit(0)
     os.close(write)
     os.waitpid(pid, 0)
     childs = os.read(read, 64)
     os.close(read)
     assert len(childs) == 21 and childs != parents_next
-    u = uuid.UUID(fastpath.uuid7(1_763_780_000_000))
+    u = uuid.UUID(ids.uuid7(1_763_780_000_000))
     assert u.version == 7 and u.variant == uuid.RFC_4122
 
 

@@ -1,0 +1,237 @@
+"""The collector's way through a broker outage: micro-batches made durable on disk (spool.py)
+in groups, one fsync per group, on an I/O thread of their own (`Spooler`); and the replay
+of what was spooled, in the order it was written, once the broker answers (`Replayer`).
+
+A spooled batch that librdkafka still holds ("in flight", after a slow acknowledgement) is
+acknowledged in the spool if librdkafka delivers it, and replayed only if librdkafka fails
+it (a non-retriable error): the broker's return does not duplicate it. The replay also
+leaves alone every entry younger than the last one the Spooler has settled, since one of
+them may be a batch librdkafka still holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, KafkaException
+from tally.producers.collector import metrics
+from tally.producers.collector.kafka_link import ProducerLink
+from tally.producers.collector.microbatch import MicroBatch, resolve, set_once
+from tally.producers.collector.spool import Spool, SpoolLocked, adopt_orphans
+
+from tally.config import Settings
+
+log = logging.getLogger(__name__)
+
+REPLAY_WINDOW = 64  # spooled batches produced before waiting for their acks
+
+
+def spool_root(settings: Settings) -> Path:
+    return settings.state_dir / "spool"
+
+
+class Spooler:
+    def __init__(self, settings: Settings, worker_index: int) -> None:
+        self.settings = settings
+        self.worker_index = worker_index
+        self.spool: Spool | None = None
+        self.in_flight: dict[int, MicroBatch] = {}  # spool id -> batch still in librdkafka
+        # Highest spool id whose batch _write has finished with (registered as in flight,
+        # or acknowledged). The replay leaves younger ids alone: one of them may be a batch
+        # librdkafka still holds, and sending it again would store it twice.
+        self.settled = 0
+        self._queue: list[MicroBatch] = []
+        self._busy = False
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def open(self) -> Spool:
+        self._loop = asyncio.get_running_loop()
+        self.spool = await self.run_io(self._open)
+        self.settled = max(self.spool.pending_ids(), default=0)  # left by earlier processes
+        self.gauges()
+        return self.spool
+
+    def _open(self) -> Spool:
+        root = spool_root(self.settings)
+        max_bytes = self.settings.spool_max_mb << 20
+        index = self.worker_index
+        while True:  # the preferred directory may be owned by another collector on this state dir
+            spool = Spool(root / f"w{index}", max_bytes)
+            try:
+                spool.open()
+                break
+            except SpoolLocked:
+                index += 1
+        moved = adopt_orphans(spool, root)
+        if moved:
+            log.info("adopted %d spooled batches left by a previous worker", moved)
+        return spool
+
+    async def run_io(self, fn: Callable[..., Any], *args: Any) -> Any:
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._io, fn, *args)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waits to be written."""
+        return not self._busy and not self._queue
+
+    def put(self, batch: MicroBatch) -> None:
+        """Write the batch to the spool (with the others that come meanwhile) and answer its
+        requests: True once fsync'd, False if the disk refused it."""
+        self._queue.append(batch)
+        if not self._busy:
+            self._busy = True
+            asyncio.ensure_future(self._write())
+
+    async def _write(self) -> None:
+        assert self.spool is not None
+        try:
+            while self._queue:
+                group, self._queue = self._queue, []
+                try:
+                    ids = await self.run_io(self.spool.append, [b.value for b in group])
+                except OSError as exc:  # disk full, I/O error: not durable, so not accepted
+                    log.error("spool write failed: %s", exc)
+                    ids = [None] * len(group)
+                for batch, spool_id in zip(group, ids, strict=True):
+                    if batch.answered:  # delivered by Kafka while waiting for the disk
+                        if spool_id is not None:
+                            await self.run_io(self.spool.ack, [spool_id])
+                        continue
+                    batch.answered = True
+                    if spool_id is None:
+                        resolve(batch.futures, False)
+                        continue
+                    batch.spool_id = spool_id
+                    if batch.outcome is not None and not batch.outcome.done():
+                        self.in_flight[spool_id] = batch  # librdkafka still trying
+                    metrics.SPOOLED.inc(batch.count)
+                    metrics.ACCEPTED.inc(batch.count)
+                    resolve(batch.futures, True)
+                self.settled = max([self.settled, *(i for i in ids if i is not None)])
+                self.gauges()
+        finally:
+            self._busy = False
+
+    def gauges(self) -> None:
+        if self.spool is not None:
+            metrics.SPOOL_ENTRIES.set(self.spool.pending_count)
+            metrics.SPOOL_BYTES.set(self.spool.size_bytes)
+
+    async def drain(self) -> None:
+        """Wait for the writes in progress; acknowledge what librdkafka delivered meanwhile."""
+        while not self.idle:
+            await asyncio.sleep(0.01)
+        # Spooled batches that librdkafka delivered meanwhile must not be replayed next start.
+        delivered = [sid for sid, b in self.in_flight.items()
+                     if b.outcome is not None and b.outcome.done() and b.outcome.result()]
+        if delivered and self.spool is not None:
+            await self.run_io(self.spool.ack, delivered)
+
+    async def close(self) -> None:
+        if self.spool is not None:
+            await self.run_io(self.spool.close)
+        self._io.shutdown(wait=True)
+
+
+class Modes(Protocol):
+    """What the replay needs of the forwarder's state machine."""
+
+    online: bool
+
+    def drained(self) -> bool: ...  # the spool is empty: go online; False if batches still wait
+
+
+class Replayer:
+    """Spooled batches back to Kafka, in order, while the forwarder is spooling."""
+
+    def __init__(self, spooler: Spooler, link: ProducerLink, topic: str, modes: Modes, wake: asyncio.Event) -> None:
+        self.spooler, self.link, self.topic, self.modes, self.wake = spooler, link, topic, modes, wake
+
+    async def run(self) -> None:
+        backoff = 0.2
+        while True:
+            if self.modes.online:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            try:
+                progress = await self.once()
+            except Exception:  # never let the replayer die; it is the only way out of spooling
+                log.exception("replay failed")
+                progress = False
+            if progress:
+                backoff = 0.2
+                await asyncio.sleep(0)
+                continue
+            # Blocked (broker away, or nothing to do yet): probe again after a backoff.
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _broker_reachable(self) -> bool:
+        def probe() -> bool:
+            try:
+                self.link.producer.list_topics(self.topic, timeout=2)
+                return True
+            except KafkaException:
+                return False
+
+        return await asyncio.get_running_loop().run_in_executor(None, probe)
+
+    async def once(self) -> bool:
+        """Deliver spooled batches in order. True when progress was made (or we are online again)."""
+        sp = self.spooler
+        assert sp.spool is not None
+        ids: list[int] = await sp.run_io(sp.spool.pending_ids)
+        if not ids:
+            return self.modes.drained()
+        ids = [i for i in ids if i <= sp.settled]
+        if not ids or not await self._broker_reachable():
+            return False
+        for start in range(0, len(ids), REPLAY_WINDOW):
+            window = ids[start:start + REPLAY_WINDOW]
+            waits: list[tuple[int, asyncio.Future[bool], bool]] = []
+            for spool_id in window:
+                in_flight = sp.in_flight.get(spool_id)
+                if in_flight is not None and in_flight.outcome is not None:
+                    # Still in librdkafka's queue: wait for it rather than send it twice.
+                    waits.append((spool_id, in_flight.outcome, True))
+                    continue
+                value = await sp.run_io(sp.spool.read, spool_id)
+                waits.append((spool_id, self._produce(value), False))
+            delivered = []
+            for spool_id, fut, was_in_flight in waits:
+                ok = await fut
+                sp.in_flight.pop(spool_id, None)
+                if not ok and was_in_flight:  # librdkafka gave up on it: send it ourselves
+                    ok = await self._produce(await sp.run_io(sp.spool.read, spool_id))
+                if not ok:
+                    break
+                delivered.append(spool_id)
+            if delivered:
+                await sp.run_io(sp.spool.ack, delivered)
+                metrics.REPLAYED.inc(len(delivered))
+                sp.gauges()
+            if len(delivered) < len(window):
+                return False  # the broker went away again; retry from the first undelivered
+        return True  # loop again: drained only when pending_ids() comes back empty
+
+    def _produce(self, value: bytes) -> asyncio.Future[bool]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+
+        def delivered(err: KafkaError | None, _msg: Any) -> None:
+            loop.call_soon_threadsafe(set_once, fut, err is None)
+
+        try:
+            self.link.producer.produce(self.topic, value=value, on_delivery=delivered)
+        except (BufferError, KafkaException):
+            fut.set_result(False)
+        return fut

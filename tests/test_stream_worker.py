@@ -1,0 +1,31 @@
+"""The worker's wiring (streams/app.py), against the real broker: Faust's pre-commit flush
+delivers the worker's own outputs first, without patching Faust."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tally.streams.app import make_app
+from tally.streams.outputs import FlushingProducer
+
+from tally.topics import BAD_ROWS
+from tests.stream_support import read_all
+
+
+def test_fausts_flush_delivers_the_workers_outputs_first(tally_env):
+    settings = tally_env.settings
+    app = make_app(settings)
+    producer = app.producer
+    assert isinstance(producer, FlushingProducer)  # Faust's own producer class, subclassed, not patched
+    producer.outputs.produce(settings.topic(BAD_ROWS), b"an output record")
+    assert len(producer.outputs.producer) == 1  # queued in librdkafka, not delivered yet
+    asyncio.run(producer.flush())  # what Faust awaits before committing offsets
+    assert len(producer.outputs.producer) == 0
+    assert [m.value() for m in read_all(settings, BAD_ROWS)] == [b"an output record"]
+
+
+def test_exactly_once_keeps_fausts_transactional_producer(tally_env):
+    from tally.config import Settings
+
+    settings = Settings.from_env({**tally_env.vars, "TALLY_PROCESSING_GUARANTEE": "exactly_once"})
+    assert not isinstance(make_app(settings).producer, FlushingProducer)
