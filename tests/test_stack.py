@@ -171,7 +171,9 @@ def test_up_with_three_brokers_status_and_down(tmp_path):
         # One node SIGKILLed: its row says so, the others stay ready, beacons still get stored.
         os.kill(pids(state)["broker-2"], signal.SIGKILL)
         wait_for(lambda: not alive(pids(state).get("broker-2", 0)), 10, "node 2 gone")
-        rows = {c["component"]: c for c in json.loads(tally(env, "status", "--json").stdout)["components"]}
+        out = tally(env, "status", "--json")
+        assert out.returncode == 0, out.stderr
+        rows = {c["component"]: c for c in json.loads(out.stdout)["components"]}
         assert not rows["broker-2"]["ready"] and rows["broker-2"]["pid"] is None
         assert rows["broker-1"]["ready"] and rows["broker-3"]["ready"]
         send_and_count(settings, "/two-of-three", 2, 3)
