@@ -81,26 +81,33 @@ class Logged:
 Position = Callable[[], tuple[dict[int, int], dict[int, int]]]  # (committed, end) offsets per partition
 
 
-def rollup_sql() -> str:
-    """One day's rollup rows for every site and dimension, in one pass over the raw rows."""
+def rollup_select(where: str) -> str:
+    """The rollup rows (site, day, dimension, value, pageviews, visitors, events) of the raw
+    rows that match `where`, for every dimension at once: one pass, one grouping set per
+    dimension."""
     n = len(DIMENSIONS)
     exprs = ", ".join(f"{EXPRESSIONS[d]} AS d{i}" for i, d in enumerate(DIMENSIONS))
     # grouping(dI) is 0 in the grouping set that holds dI.
     names = ", ".join(f"grouping(d{i}) = 0, '{d}'" for i, d in enumerate(DIMENSIONS[:-1]))
     values = ", ".join(f"grouping(d{i}) = 0, d{i}" for i in range(n - 1))
-    sets = ", ".join(f"(site, d{i})" for i in range(n))
+    sets = ", ".join(f"(site, day, d{i})" for i in range(n))
     return f"""
-INSERT INTO daily_stats (site, day, dimension, value, pageviews, visitors, events, version)
-SELECT site, {{day:Date}}, multiIf({names}, '{DIMENSIONS[-1]}'), multiIf({values}, d{n - 1}),
-       countIf(event = 'pageview'), uniqExact(visitor_id), count(), {{version:UInt64}}
+SELECT site, day, multiIf({names}, '{DIMENSIONS[-1]}') AS dimension, multiIf({values}, d{n - 1}) AS value,
+       countIf(event = 'pageview') AS pageviews, uniqExact(visitor_id) AS visitors, count() AS events
 FROM
 (
-    SELECT site, event, visitor_id, {exprs}
+    SELECT site, toDate(received_at) AS day, event, visitor_id, {exprs}
     FROM pageviews FINAL
-    WHERE received_at >= toDateTime64({{day:Date}}, 3, 'UTC') AND received_at < toDateTime64({{day:Date}} + 1, 3, 'UTC')
+    WHERE {where}
 )
 GROUP BY GROUPING SETS ({sets})
 """
+
+
+ONE_DAY = ("received_at >= toDateTime64({day:Date}, 3, 'UTC') "
+           "AND received_at < toDateTime64({day:Date} + 1, 3, 'UTC')")
+INSERT_SQL = ("INSERT INTO daily_stats (site, day, dimension, value, pageviews, visitors, events, version) "
+              f"SELECT *, {{version:UInt64}} FROM ({rollup_select(ONE_DAY)})")
 
 
 def fingerprint_sql() -> str:
@@ -220,7 +227,7 @@ class Rollups:
 
     def _compute(self, day: date, current: dict[str, Print], sites: set[str], closed: bool, now: datetime) -> None:
         version = _micros(datetime.now(UTC))
-        self.client.command(rollup_sql(), parameters={"day": day, "version": version}, settings=BUILD_SETTINGS)
+        self.client.command(INSERT_SQL, parameters={"day": day, "version": version}, settings=BUILD_SETTINGS)
         stamp = datetime.now(UTC)
         rows = [[site, day, version, current.get(site, Print(0, 0)).rows, current.get(site, Print(0, 0)).stamp,
                  RULES, int(closed), stamp, version] for site in sorted(sites)]
@@ -268,6 +275,8 @@ class Rollups:
         self.stopping.set()
         if self.thread is not None:
             self.thread.join(60)
+        if self.thread is None or not self.thread.is_alive():
+            self.client.close()
 
 
 def kept_from(settings: Settings, today: date) -> date:

@@ -41,6 +41,7 @@ from tally.sinks.avro_load import AvroLoader
 from tally.sinks.batch import Batch, dedup_token, intent_metadata, parse_intent
 from tally.sinks.migrate import migrate
 from tally.sinks.readservice import ReadService
+from tally.sinks.rollups import start as start_rollups
 from tally.sinks.tables import MAPPINGS, ItemFrames, Passthrough, Rejected, TableMapping
 from tally.sinks.warehouse import connect
 from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
@@ -407,6 +408,7 @@ def run(settings: Settings) -> None:
     service.start()
     log.info("health and metrics on http://%s:%d%s", settings.query_host, settings.query_port,
              f"; warehouse socket {settings.socket_path}" if settings.embedded_clickhouse else "")
+    rollups = start_rollups(settings, lambda: connect(settings))  # its own thread and session
     sink = Sink(settings, client)
     sink.stopping = stopping
     try:
@@ -416,4 +418,5 @@ def run(settings: Settings) -> None:
             raise
         log.info("stopped with an uncommitted batch (%s); it is read again at the next start", exc)
     finally:
+        rollups.stop()
         service.stop()

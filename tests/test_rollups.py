@@ -1,0 +1,210 @@
+"""Daily breakdown rollups on the real engine (chDB, in this process): the builder
+(sinks/rollups.py) against the raw rows, and the Stats API's SQL (api/sql.py) that
+mixes rollups with raw rows, run through the SQL guard on an analyst session.
+
+The builder is driven check by check here, without Kafka (nothing is on its way to
+the warehouse); tests/test_api.py runs it inside the sink, on the real pipeline."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from datetime import UTC, date, datetime, time, timedelta
+
+import pytest
+from tally.api.request import parse_request
+from tally.api.sql import Builder
+from tally.api.vocabulary import EXPRESSIONS
+from tally.sinks.migrate import migrate
+from tally.sinks.query import AnalystSession
+from tally.sinks.rollups import DIMENSIONS, Rollups, kept_from
+from tally.sinks.warehouse import connect
+
+from tally.config import Settings
+
+pytestmark = pytest.mark.integration
+
+COLUMNS = ["event_id", "received_at", "site", "hostname", "path", "event", "visitor_id", "referrer_host",
+           "referrer_source", "utm_source", "utm_medium", "utm_campaign", "browser", "os", "device"]
+REFERRERS = [("", "direct"), ("www.google.com", "search"), ("t.co", "social"), ("blog.example.org", "other"),
+             ("a.test", "internal")]
+TECH = [("Firefox", "Linux", "desktop"), ("Mobile Safari", "iOS", "mobile"), ("Chrome", "Android", "tablet"),
+        ("Edge", "Windows", "desktop")]
+
+
+def rows_for(day: date, n: int, site: str = "a.test", seed: int = 0) -> list[list]:
+    """n events of one site and day, with every dimension varying."""
+    out = []
+    for i in range(n):
+        k = i + seed
+        ref, source = REFERRERS[k % len(REFERRERS)]
+        browser, os_name, device = TECH[k % len(TECH)]
+        utm = ("newsletter", "email", "launch") if k % 7 == 0 else (None, None, None)
+        out.append([uuid.uuid4(), datetime.combine(day, time(0), UTC) + timedelta(seconds=37 * k % 86400),
+                    site, site, f"/p/{k % 5}", "signup" if k % 6 == 0 else "pageview",
+                    (k % 13) + 1000 * day.toordinal(), ref, source, *utm, browser, os_name, device])
+    return out
+
+
+def insert(client, rows: list[list]) -> None:
+    client.insert("pageviews", rows, column_names=COLUMNS)
+
+
+def raw_breakdown(client, dimension: str, day: date, site: str = "a.test") -> dict[str, tuple[int, int, int]]:
+    """The raw-row computation the API made before rollups: one GROUP BY per dimension."""
+    rows = client.query(f"SELECT {EXPRESSIONS[dimension]} AS v, countIf(event = 'pageview'), uniqExact(visitor_id), "
+                        "count() FROM pageviews FINAL WHERE site = {s:String} AND toDate(received_at) = {d:Date} "
+                        "GROUP BY v", parameters={"s": site, "d": day}).result_rows
+    return {r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in rows}
+
+
+def rolled(client, dimension: str, day: date, site: str = "a.test") -> dict[str, tuple[int, int, int]]:
+    rows = client.query("SELECT value, pageviews, visitors, events FROM breakdowns_daily WHERE site = {s:String} "
+                        "AND day = {d:Date} AND dimension = {dim:String}",
+                        parameters={"s": site, "d": day, "dim": dimension}).result_rows
+    return {r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in rows}
+
+
+def log_of(client, day: date, site: str = "a.test") -> tuple | None:
+    rows = client.query("SELECT version, raw_rows, closed, rules FROM daily_stats_log FINAL "
+                        "WHERE site = {s:String} AND day = {d:Date}", parameters={"s": site, "d": day}).result_rows
+    return rows[0] if rows else None
+
+
+@pytest.fixture
+def warehouse(tmp_path):
+    s = Settings.from_env({"TALLY_STATE_DIR": str(tmp_path), "TALLY_RAW_RETENTION_DAYS": "30"})
+    client = connect(s)
+    migrate(client, s)
+    session = AnalystSession(s)
+    yield s, client, session
+    session.close()
+    client.close()
+
+
+def api_answer(session: AnalystSession, s: Settings, body: dict, rollups: bool = True) -> list:
+    """The Stats API's SQL for `body`, through the guard on a read-only analyst session;
+    rollups=False: the raw-row SQL the API would run without them."""
+    today = datetime.now(UTC).date()
+    q = parse_request({"site_id": "a.test", **body}, today)
+    sql = Builder(q, s.salt_period, kept_from(s, today) if rollups else None).build(q.range)
+    assert ("daily_stats" in sql.text) == rollups, sql.text
+    return json.loads(session.run(sql.text, "JSONCompact", sql.params))["data"]
+
+
+SHAPES = [
+    {"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "pagination": {"limit": 3}},
+    {"metrics": ["visitors"], "dimensions": ["visit:source"], "include": {"total_rows": True}},
+    {"metrics": ["visitors", "events"], "dimensions": ["visit:device"]},
+    {"metrics": ["events", "pageviews"], "dimensions": ["visit:browser"],
+     "filters": [["contains", "visit:browser", ["fire", "SAF"], {"case_sensitive": False}]]},
+    {"metrics": ["visitors"], "dimensions": ["visit:utm_campaign"], "order_by": [["visit:utm_campaign", "asc"]]},
+    {"metrics": ["visitors", "pageviews", "events"], "dimensions": ["event:name"]},
+]
+
+
+def test_rollups_equal_the_raw_rows_and_heal_themselves(warehouse):
+    s, client, session = warehouse
+    client.command("SYSTEM STOP MERGES pageviews")  # duplicates stay unmerged until the test merges them
+    today = datetime.now(UTC).date()
+    old, closed, open_day = today - timedelta(days=15), today - timedelta(days=5), today - timedelta(days=1)
+    for i, day in enumerate((old, closed, open_day, today)):
+        insert(client, rows_for(day, 60 + 10 * i))
+        insert(client, rows_for(day, 9, site="b.test", seed=3))
+    # A batch replayed within a larger one (an identical block would be deduplicated by
+    # ClickHouse itself): the same events twice, unmerged until FINAL or a merge.
+    replayed = rows_for(closed, 4, seed=100)
+    insert(client, replayed)
+    insert(client, replayed + rows_for(closed, 1, seed=200))
+
+    builder = Rollups(s, client)
+    first = builder.check()
+    # Days older than the recheck window are computed at once; recent ones once they held still.
+    assert first.computed == [old] and set(first.waiting) == {closed, open_day}
+    second = builder.check()
+    assert set(second.computed) == {closed, open_day} and not second.waiting
+    assert log_of(client, old)[2] == 1 and log_of(client, closed)[2] == 1  # past the lateness: closed
+    assert log_of(client, open_day)[2] == 0 and log_of(client, today) is None  # today is never rolled up
+    assert log_of(client, closed)[1] == 70 + 4 + 5  # the fingerprint counts the unmerged rows
+
+    for day, dimension, site in itertools.product((old, closed, open_day), DIMENSIONS, ("a.test", "b.test")):
+        assert rolled(client, dimension, day, site) == raw_breakdown(client, dimension, day, site), (day, dimension)
+    # The replayed events count once.
+    assert sum(v[2] for v in rolled(client, "event:page", closed).values()) == 70 + 4 + 1
+    assert builder.check().computed == []  # nothing changed
+
+    # The API: rollups for old, closed and open_day, raw rows for today; the same answers.
+    ranges = [["30d"], [str(old), str(today)], [str(closed), str(open_day)]]
+    for shape, rng in itertools.product(SHAPES, ranges):
+        body = {**shape, "date_range": rng[0] if len(rng) == 1 else rng}
+        assert api_answer(session, s, body) == api_answer(session, s, body, rollups=False), body
+
+    # A late event for the open day: the API sees it at once (the fingerprint no longer
+    # matches, so that day is read from the raw rows), before any check.
+    insert(client, rows_for(open_day, 1, seed=7))
+    body = {"metrics": ["visitors", "pageviews", "events"], "dimensions": ["visit:source"],
+            "date_range": [str(old), str(today)]}
+    assert api_answer(session, s, body) == api_answer(session, s, body, rollups=False)
+
+    # A late event for a closed day (a sink replaying after an outage): the next check
+    # sees the changed fingerprint, the one after recomputes the day.
+    before = log_of(client, closed)
+    insert(client, rows_for(closed, 2, seed=500))
+    third = builder.check()
+    assert closed in third.waiting and open_day in third.waiting
+    fourth = builder.check()
+    assert set(fourth.computed) == {closed, open_day}
+    after = log_of(client, closed)
+    assert after[0] > before[0] and after[1] == before[1] + 2 and after[2] == 1
+    for dimension in DIMENSIONS:
+        assert rolled(client, dimension, closed) == raw_breakdown(client, dimension, closed), dimension
+    for shape in SHAPES:
+        body = {**shape, "date_range": [str(old), str(today)]}
+        assert api_answer(session, s, body) == api_answer(session, s, body, rollups=False), body
+    # The superseded version is deleted at the next check.
+    versions = "SELECT count(DISTINCT version) FROM daily_stats WHERE day = {d:Date}"
+    assert client.query(versions, parameters={"d": closed}).result_rows[0][0] == 2
+    builder.check()
+    assert client.query(versions, parameters={"d": closed}).result_rows[0][0] == 1
+
+    # Merging folds the replayed duplicates: the fingerprint changes, the numbers do not.
+    client.command("SYSTEM START MERGES pageviews")
+    client.command("OPTIMIZE TABLE pageviews FINAL")
+    builder.check()
+    assert set(builder.check().computed) == {closed}
+    assert log_of(client, closed)[1] == 75 + 2
+    assert rolled(client, "event:page", closed) == raw_breakdown(client, "event:page", closed)
+
+
+def test_vocabulary_changes_and_expired_raw_rows(warehouse):
+    s, client, session = warehouse
+    today = datetime.now(UTC).date()
+    old, recent = today - timedelta(days=20), today - timedelta(days=6)
+    for day in (old, recent):
+        insert(client, rows_for(day, 40))
+    builder = Rollups(s, client)
+    builder.check()
+    builder.check()
+    body = {"metrics": ["visitors", "pageviews"], "dimensions": ["visit:source"], "date_range": [str(old), str(today)]}
+    expected = api_answer(session, s, body, rollups=False)
+
+    # A rollup made with another vocabulary is not used while its raw rows exist, and
+    # the next check recomputes it.
+    version, rows, _, _ = log_of(client, recent)
+    client.insert("daily_stats_log", [["a.test", recent, version, rows, 0, "older-rules", 1, datetime.now(UTC),
+                                       version + 1]],
+                  column_names=["site", "day", "version", "raw_rows", "raw_stamp", "rules", "closed", "computed_at",
+                                "updated"])
+    assert api_answer(session, s, body) == expected
+    assert builder.check().computed == [recent]
+    assert log_of(client, recent)[3] != "older-rules"
+
+    # Past raw retention the rollup stays and answers; the raw rows are gone.
+    shorter = Settings.from_env({"TALLY_STATE_DIR": str(s.state_dir), "TALLY_RAW_RETENTION_DAYS": "12"})
+    assert kept_from(shorter, today) > old
+    client.command("DELETE FROM pageviews WHERE toDate(received_at) = {d:Date}", parameters={"d": old})
+    assert raw_breakdown(client, "visit:source", old) == {}
+    expired = Rollups(shorter, client)
+    assert old not in expired.check().computed + expired.check().computed
+    assert api_answer(session, shorter, body) == expected
