@@ -83,6 +83,8 @@ class AnalystPool:
         self.local = threading.local()
         self.pending = 0
         self.lock = threading.Lock()
+        # At most `slots` queries run at once, whichever socket they came from.
+        self.running = threading.BoundedSemaphore(self.slots)
 
     @staticmethod
     def _init_thread() -> None:
@@ -95,17 +97,43 @@ class AnalystPool:
             session = self.local.session = AnalystSession(self.settings, self.guard)
         return session
 
-    async def run(self, fn: Callable[[], Answer]) -> Answer:
+    def _admit(self) -> Answer | None:
+        """None: the query may wait for a slot; otherwise the 503 to answer."""
         with self.lock:
             if self.pending >= self.slots * QUEUE_PER_SLOT:
                 QUERIES.labels(outcome="busy").inc()
                 return error(503, f"{self.pending} analyst queries are waiting; try again shortly")
             self.pending += 1
+        return None
+
+    def _done(self) -> None:
+        with self.lock:
+            self.pending -= 1
+
+    def run_here(self, fn: Callable[[], Answer]) -> Answer:
+        """Run fn on the calling thread (one of the framed socket's, at nice 10) once a slot is free."""
+        busy = self._admit()
+        if busy is not None:
+            return busy
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+            with self.running:
+                return fn()
         finally:
-            with self.lock:
-                self.pending -= 1
+            self._done()
+
+    async def run(self, fn: Callable[[], Answer]) -> Answer:
+        busy = self._admit()
+        if busy is not None:
+            return busy
+
+        def limited() -> Answer:
+            with self.running:
+                return fn()
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, limited)
+        finally:
+            self._done()
 
     def sql(self, sql: str, fmt: str, params: dict[str, Any]) -> Answer:
         try:
@@ -135,6 +163,10 @@ class KeyOps:
         if self._client is None:  # only ever used from the one executor thread
             self._client = connect(self.settings)
         return self._client
+
+    def find(self, key_id: str) -> keystore.KeyRecord | None:
+        """From any thread (the framed socket's): on the keys' own thread and session."""
+        return self.executor.submit(lambda: keystore.find(self._session(), key_id)).result()
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -255,6 +287,7 @@ class ReadService:
         self.ready = threading.Event()
         self.failed: BaseException | None = None
         self.thread = threading.Thread(target=self._serve, name="read-service", daemon=True)
+        self.sql_socket: Any = None  # sinks/sqlsocket.py, embedded mode
 
     def start(self) -> None:
         self.thread.start()
@@ -298,6 +331,10 @@ class ReadService:
             s.socket_path.unlink(missing_ok=True)
             await self._site(sock, lambda r: web.UnixSite(r, str(s.socket_path)))
             os.chmod(s.socket_path, 0o600)
+            from tally.sinks.sqlsocket import SqlSocket
+
+            self.sql_socket = SqlSocket(s.sql_socket_path, self.pool, self.keys)
+            self.sql_socket.start()
 
     async def _site(self, app: web.Application, site: Callable[[web.AppRunner], web.BaseSite]) -> None:
         runner = web.AppRunner(app, access_log=None)  # no client addresses in logs
@@ -314,6 +351,8 @@ class ReadService:
             asyncio.run_coroutine_threadsafe(cleanup(), self.loop).result(10)
             self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        if self.sql_socket is not None:
+            self.sql_socket.stop()
         if self.pool is not None:
             self.pool.shutdown()
             self.keys.executor.shutdown(wait=False, cancel_futures=True)

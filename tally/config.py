@@ -352,6 +352,11 @@ class Settings:
         """The sink's Unix socket: the warehouse's read service in embedded mode (mode 0600)."""
         return self.run_dir / "warehouse.sock"
 
+    @property
+    def sql_socket_path(self) -> Path:
+        """The sink's framed socket for the dashboard's queries (sinks/sqlsocket.py, mode 0600)."""
+        return self.run_dir / "warehouse-sql.sock"
+
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 

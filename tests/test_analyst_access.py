@@ -45,6 +45,25 @@ def sql(s, text: str) -> tuple[int, dict | bytes]:
     return status, (json.loads(body) if status != 200 else body)
 
 
+def framed(s, request: dict | bytes, raw: bool = False, claimed: int | None = None) -> tuple[int, dict | bytes]:
+    """One request on the sink's framed socket (sinks/sqlsocket.py), on a new connection;
+    a malformed frame (raw bytes) must close it after the answer."""
+    import socket
+    import struct
+
+    body = request if raw else json.dumps(request).encode()
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(120)
+        conn.connect(str(s.sql_socket_path))
+        conn.sendall(struct.pack(">I", len(body) if claimed is None else claimed) + body)
+        stream = conn.makefile("rb")
+        size, status = struct.unpack(">IH", stream.read(6))
+        data = stream.read(size)
+        if raw:
+            assert stream.read(1) == b""
+    return status, (json.loads(data) if status != 200 else data)
+
+
 def http(url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, str]:
     req = urllib.request.Request(url, data=body, headers=headers or {}, method="POST" if body is not None else "GET")
     try:
@@ -105,7 +124,19 @@ def test_escapes_refused_on_the_socket_and_tally_query(analyst_env, spawn, tmp_p
         assert SECRET not in json.dumps(body)
         res = tally(analyst_env, "query", text)
         assert res.returncode == 1 and why in res.stderr and SECRET not in res.stdout + res.stderr, (text, res.stderr)
+        status, body = framed(s, {"sql": text, "params": {}})  # the dashboard's socket: the same guard
+        assert status == 400 and body["refused"] and why in body["error"], (text, status, body)
     assert not out.exists()
+    status, body = framed(s, {"sql": "SELECT count() FROM pageviews"})
+    assert status == 200 and json.loads(body)["data"] == [[0]]
+    for bad in (b"{not json", b"[1]", json.dumps({"sql": "SELECT 1", "format": "CSV"}).encode(),
+                json.dumps({"key_id": 1}).encode()):
+        status, body = framed(s, bad, raw=True)
+        assert status == 400 and "request" in body["error"], (bad, body)
+    status, body = framed(s, b"", raw=True, claimed=512 * 1024 + 1)  # answered before the body is read
+    assert status == 400 and "at most" in body["error"]
+    status, body = framed(s, {"key_id": "000000000000"})
+    assert status == 404
     assert query_rows(s, "SELECT count() FROM pageviews")[0][0] == 0  # analyst SQL still answers
 
     # Nothing on TCP serves SQL: every port the sink listens on refuses it.
@@ -118,15 +149,16 @@ def test_escapes_refused_on_the_socket_and_tally_query(analyst_env, spawn, tmp_p
             assert status in (404, 405), (port, route, status)
         assert http(f"http://127.0.0.1:{port}/healthz")[0] == 200
 
-    # The socket: the owner's only, and another user cannot connect.
-    assert stat.S_IMODE(s.socket_path.stat().st_mode) == 0o600
+    # The sockets: the owner's only, and another user cannot connect.
     assert stat.S_IMODE(s.run_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(s.state_dir.stat().st_mode) == 0o700
     probe = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\n"
              "try:\n s.connect(sys.argv[1]); print('connected')\nexcept OSError as e: print(type(e).__name__)")
-    res = subprocess.run(["/usr/bin/python3", "-c", probe, str(s.socket_path)], user=65534, group=65534,
-                         capture_output=True, text=True, timeout=30)
-    assert res.stdout.strip() == "PermissionError", res.stdout + res.stderr
+    for path in (s.socket_path, s.sql_socket_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        res = subprocess.run(["/usr/bin/python3", "-c", probe, str(path)], user=65534, group=65534,
+                             capture_output=True, text=True, timeout=30)
+        assert res.stdout.strip() == "PermissionError", res.stdout + res.stderr
     assert sink.alive(), sink.output()[-2000:]
 
 

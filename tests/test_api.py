@@ -312,7 +312,7 @@ def test_adoption_and_keys_at_rest(tally_env, spawn):
 
     # At rest: the warehouse holds the keys' SHA-256 only.
     sink.stop()
-    assert not s.socket_path.exists()  # the sink removed its socket and released the warehouse
+    assert not s.socket_path.exists() and not s.sql_socket_path.exists()  # sockets removed, warehouse released
     from tally.sinks import keystore
     from tally.sinks.warehouse import connect
 
