@@ -12,10 +12,10 @@ Two sources, chosen per query:
 - a breakdown by one dimension (top pages, sources, devices, ...), unfiltered or
   filtered on that dimension only, over whole days: the daily rollups (`daily_stats`,
   sinks/rollups.py) of the days that have a usable one, plus the raw rows of the
-  other days (today, days not computed yet), summed per value. A rollup is usable
-  when its day is closed, or when the fingerprint of the day's raw rows still equals
-  the one it was computed from (checked in the same query), and, while the day's raw
-  rows exist, when it was computed with the current vocabulary. Visitors summed over
+  other days (today, days not computed yet or changed since), summed per value. A
+  rollup is usable while the fingerprint of its day's raw rows still equals the one it
+  was computed from and it was computed with the current vocabulary (checked in the
+  same query); where the raw rows have started to expire, as it is. Visitors summed over
   days are exact under the daily salt, as for the aggregates; with a monthly salt a
   multi-day breakdown with visitors reads the raw rows;
 - otherwise the raw rows (`pageviews` FINAL, so a replayed event counts once):
@@ -100,33 +100,21 @@ def rollup_dimension(q: StatsQuery, rng: Range, extra: Filter | None, salt_perio
     return dim
 
 
-# The (day, version) of each day whose rollup this query may use: closed days, and open
-# days whose raw rows still have the fingerprint the rollup was computed from; while a
-# day's raw rows exist (from {kept}), only rollups of the current vocabulary.
+# The (day, version) of each day whose rollup this query may use: its raw rows still have
+# the fingerprint it was computed from (from the `day_prints` projection) and it was
+# computed with the current vocabulary; before {kept}, where the raw rows expire, any.
 USABLE_ROLLUPS = f"""
 SELECT groupArray((day, version)) FROM
 (
-    SELECT day, version FROM
-    (
-        SELECT day, version, raw_rows, raw_stamp, rules, closed FROM daily_stats_log FINAL
-        WHERE site = {{site:String}} AND day BETWEEN {{d0:Date}} AND {{d1:Date}}
-    )
-    WHERE (rules = {{rules:String}} OR day < {{kept:Date}})
-      AND (closed OR (day, raw_rows, raw_stamp) IN
-      (
-          SELECT toDate(received_at) AS day, {ROWS}, {STAMP} FROM pageviews
-          WHERE site = {{site:String}} AND toDate(received_at) IN
-          (
-              SELECT day FROM
-              (
-                  SELECT day, closed FROM daily_stats_log FINAL
-                  WHERE site = {{site:String}} AND day BETWEEN {{d0:Date}} AND {{d1:Date}}
-              )
-              WHERE NOT closed
-          )
-          GROUP BY day
-      ))
-)"""
+    SELECT day, version, raw_rows, raw_stamp, rules FROM daily_stats_log FINAL
+    WHERE site = {{site:String}} AND day BETWEEN {{d0:Date}} AND {{d1:Date}}
+)
+WHERE day < {{kept:Date}} OR (rules = {{rules:String}} AND (day, raw_rows, raw_stamp) IN
+(
+    SELECT toDate(received_at) AS day, {ROWS}, {STAMP} FROM pageviews
+    WHERE site = {{site:String}} AND toDate(received_at) BETWEEN {{d0:Date}} AND {{d1:Date}}
+    GROUP BY day
+))"""
 # The days of the range without a usable rollup: their raw rows are read.
 RAW_DAYS = ("SELECT day FROM (SELECT arrayJoin(arrayMap(i -> {d0:Date} + i, "
             "range(toUInt32(dateDiff('day', {d0:Date}, {d1:Date}) + 1)))) AS day) "

@@ -9,10 +9,10 @@ partitions). Uniques agree exactly when the visitor salt rotates daily (the
 default): a visitor then has one id per site and day.
 
 It also checks the daily breakdown rollups (`daily_stats`, sinks/rollups.py) the
-Stats API reads: for every site and day of the window whose rollup is in use
-(closed, or an open day whose raw rows still have the fingerprint it was computed
-from) and whose raw rows are all still kept, every dimension value is recomputed from
-the raw rows and compared with the rollup. A value on one side only is drift too.
+Stats API reads: for every site and day of the window whose rollup is in use (its raw
+rows, all still kept, have the fingerprint it was computed from), every dimension
+value is recomputed from the raw rows and compared with the rollup. A value on one
+side only is drift too.
 """
 
 from __future__ import annotations
@@ -85,16 +85,15 @@ class RollupCheck:
 ROLLUPS_IN_USE = f"""
 SELECT toString(day), groupArray(site) FROM
 (
-    SELECT site, day, raw_rows, raw_stamp, rules, closed FROM daily_stats_log FINAL
+    SELECT site, day, raw_rows, raw_stamp, rules FROM daily_stats_log FINAL
     WHERE day BETWEEN {{lo:Date}} AND {{hi:Date}}
 )
-WHERE day >= {{kept:Date}} AND rules = {{rules:String}}
-  AND (closed OR (site, day, raw_rows, raw_stamp) IN
-  (
-      SELECT site, toDate(received_at) AS day, {ROWS}, {STAMP} FROM pageviews
-      WHERE received_at >= toDateTime64({{lo:Date}}, 3, 'UTC') AND received_at < toDateTime64({{hi:Date}} + 1, 3, 'UTC')
-      GROUP BY site, day
-  ))
+WHERE day >= {{kept:Date}} AND rules = {{rules:String}} AND (site, day, raw_rows, raw_stamp) IN
+(
+    SELECT site, toDate(received_at) AS day, {ROWS}, {STAMP} FROM pageviews
+    WHERE toDate(received_at) BETWEEN {{lo:Date}} AND {{hi:Date}}
+    GROUP BY site, day
+)
 GROUP BY day ORDER BY day
 """
 ROLLUP_DAY = f"""

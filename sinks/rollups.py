@@ -8,23 +8,22 @@ breakdown dimension at once, in the vocabulary of api/vocabulary.py, and the API
 reads them instead (api/sql.py).
 
 Exactness. Each rollup is recorded in `daily_stats_log` with the fingerprint of the
-raw rows it was computed from: their count and the sum of each row's millisecond of
-the day, over the unmerged rows (a late row or a folded duplicate changes it; only
-the columns ClickHouse reads for `received_at` are scanned). A check every
-TALLY_ROLLUP_CHECK_SECONDS fingerprints the recent days and recomputes a day whose
-fingerprint changed (late rows, deletions) or whose vocabulary changed, once it held
-still for one check (no wasted work while a backlog is still arriving). A day is
-*closed* once no event for it can reach the warehouse any more: stage 1 drops events
-older than the allowed lateness (by the worker clock, plus a margin), and the sink has
-committed past the `pageviews.enriched` offsets seen after that. Readers trust a
-closed day's rollup; for a day not closed yet they use it only when its fingerprint
-still equals the raw rows' (checked in the same query), and read the raw rows otherwise.
+raw rows it was computed from: per site and day, their count and the sum of each
+row's millisecond of the day, over the unmerged rows, so a late row, a replayed
+duplicate, a merge folding it or a deletion changes it. The engine keeps these sums
+per part in the `day_prints` projection of `pageviews`, so reading them costs a few
+rows per part. A reader uses a day's rollup only while the day's raw rows still have
+that fingerprint (checked in the same query), and reads the raw rows otherwise: an
+answer never lags the raw rows. Days whose raw rows have started to expire keep
+their rollups as they are, like `aggregates`.
 
-Recomputing writes a new version of the whole day, then switches the log to it;
-the superseded version is deleted at the next check (no reader still uses it).
-Days past raw retention keep their rollups, like `aggregates`. Runs in the sink,
-on a thread of its own with its own session, at a lower CPU priority: inserts never
-wait for it.
+A check every TALLY_ROLLUP_CHECK_SECONDS compares the fingerprints of every day whose
+raw rows are all kept with the log, and (re)computes a day that is over and whose
+fingerprint or vocabulary changed, once it held still for one check (no wasted work
+while late rows or a backlog are still arriving). Recomputing writes a new version of
+the whole day, then switches the log to it; the superseded version is deleted at the
+next check, when no query still reads it. Runs in the sink, on a thread of its own
+with its own session, at a lower CPU priority: inserts never wait for it.
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 from clickhouse_connect.driver.client import Client
 from prometheus_client import Counter, Gauge
@@ -51,9 +49,9 @@ DIMENSIONS: tuple[str, ...] = tuple(EXPRESSIONS)
 # The vocabulary a rollup was computed with: a changed translation table recomputes
 # the days that still have raw rows.
 RULES = hashlib.sha256(repr(sorted(EXPRESSIONS.items())).encode()).hexdigest()[:16]
-CLOSE_MARGIN = timedelta(hours=1)  # as the stream's windows: events in flight past the lateness bound
-RETENTION_MARGIN_DAYS = 2  # never recompute a day whose raw rows the TTL may have started to delete
-# The fingerprint of a day's raw rows, the same text here and in the API's queries.
+RETENTION_MARGIN_DAYS = 2  # the TTL deletes row by row: leave the oldest days alone
+# The fingerprint of a day's raw rows: the same text here, in the API's queries and in the
+# `day_prints` projection of `pageviews` that answers it (infra/clickhouse/009_daily_stats.sql).
 ROWS = "count()"
 STAMP = "sum(toUInt64(toUnixTimestamp64Milli(received_at) % 86400000))"
 # The query settings of the builder: background work, below the sink's inserts.
@@ -75,10 +73,6 @@ class Logged:
     version: int
     print: Print
     rules: str
-    closed: bool
-
-
-Position = Callable[[], tuple[dict[int, int], dict[int, int]]]  # (committed, end) offsets per partition
 
 
 def rollup_select(where: str) -> str:
@@ -108,138 +102,90 @@ ONE_DAY = ("received_at >= toDateTime64({day:Date}, 3, 'UTC') "
            "AND received_at < toDateTime64({day:Date} + 1, 3, 'UTC')")
 INSERT_SQL = ("INSERT INTO daily_stats (site, day, dimension, value, pageviews, visitors, events, version) "
               f"SELECT *, {{version:UInt64}} FROM ({rollup_select(ONE_DAY)})")
-
-
-def fingerprint_sql() -> str:
-    return (f"SELECT site, toDate(received_at) AS day, {ROWS}, {STAMP} FROM pageviews "
-            "WHERE received_at >= toDateTime64({lo:Date}, 3, 'UTC') AND received_at < toDateTime64({hi:Date}, 3, 'UTC') "
-            "GROUP BY site, day")
-
-
-LOG_SQL = ("SELECT site, day, version, raw_rows, raw_stamp, rules, closed FROM daily_stats_log FINAL "
-           "WHERE day >= {lo:Date}")
+# Per site and day, from the `day_prints` projection (the WHERE and GROUP BY use its keys only).
+PRINTS_SQL = (f"SELECT site, toDate(received_at) AS day, {ROWS}, {STAMP} FROM pageviews "
+              "WHERE toDate(received_at) >= {lo:Date} AND toDate(received_at) < {hi:Date} GROUP BY site, day")
+LOG_SQL = "SELECT site, day, version, raw_rows, raw_stamp, rules FROM daily_stats_log FINAL WHERE day >= {lo:Date}"
 ORPHANS_SQL = ("SELECT DISTINCT day FROM daily_stats WHERE day >= {lo:Date} AND (site, day, version) NOT IN "
                "(SELECT site, day, version FROM daily_stats_log FINAL WHERE day >= {lo:Date})")
-LOG_COLUMNS = ("site", "day", "version", "raw_rows", "raw_stamp", "rules", "closed", "computed_at", "updated")
+LOG_COLUMNS = ("site", "day", "version", "raw_rows", "raw_stamp", "rules", "computed_at", "updated")
 
 
-def _micros(now: datetime) -> int:
-    return int(now.timestamp() * 1_000_000)
+def kept_from(settings: Settings, today: date) -> date:
+    """The oldest day whose raw rows are all still there (the TTL deletes them row by row):
+    rollups are checked and computed from here on; older ones are kept as they are."""
+    return today - timedelta(days=settings.raw_retention_days - RETENTION_MARGIN_DAYS)
+
+
+def _micros() -> int:
+    return int(datetime.now(UTC).timestamp() * 1_000_000)
 
 
 @dataclass
 class Report:
     computed: list[date] = field(default_factory=list)
-    closed: list[date] = field(default_factory=list)
     waiting: list[date] = field(default_factory=list)  # changed since the last check: computed once still
 
 
 class Rollups:
     """The builder. `check()` is one pass; `start()` runs it every TALLY_ROLLUP_CHECK_SECONDS
-    on a thread of its own. `position` gives the sink's committed and end offsets of
-    `pageviews.enriched` (None: nothing is on its way to the warehouse, as in a
-    warehouse written directly)."""
+    on a thread of its own."""
 
-    def __init__(self, settings: Settings, client: Client, position: Position | None = None,
-                 clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(self, settings: Settings, client: Client, clock: Callable[[], datetime] | None = None) -> None:
         self.s = settings
         self.client = client
-        self.position = position
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.lateness = timedelta(hours=min(settings.allowed_lateness_hours, settings.salt_grace_hours))
-        # Days within this many days are checked every time; older ones once, at the first check.
-        self.recheck_days = self.lateness.days + 1 + enriched_retention_days(settings)
-        self.seen: dict[date, dict[str, Print]] = {}  # fingerprints at the last check
-        self.marks: dict[date, dict[int, int]] = {}  # end offsets seen once a day was past its lateness
+        self.seen: dict[date, dict[str, Print]] | None = None  # fingerprints at the last check
         self.superseded: set[date] = set()  # days with an older version to delete
         self.first = True
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
 
-    # --- one check ---------------------------------------------------------------
-
     def check(self) -> Report:
-        now = self.clock()
-        today = now.date()
-        floor = kept_from(self.s, today)
-        recent = max(floor, today - timedelta(days=self.recheck_days))
-        lo = floor if self.first else recent
+        today = self.clock().date()
+        lo = kept_from(self.s, today)
         report = Report()
         if lo >= today:
             return report
         self._delete_superseded()
         if self.first:  # left by a process that stopped before deleting them
             self.superseded.update(d for (d,) in self.client.query(ORPHANS_SQL, parameters={"lo": lo}).result_rows)
+            self.first = False
         prints: dict[date, dict[str, Print]] = {}
-        for site, day, rows, stamp in self.client.query(fingerprint_sql(), parameters={"lo": lo, "hi": today}).result_rows:
+        for site, day, rows, stamp in self.client.query(PRINTS_SQL, parameters={"lo": lo, "hi": today}).result_rows:
             prints.setdefault(day, {})[site] = Print(int(rows), int(stamp))
         logged: dict[date, dict[str, Logged]] = {}
-        for site, day, version, rows, stamp, rules, closed in self.client.query(LOG_SQL, parameters={"lo": lo}).result_rows:
-            logged.setdefault(day, {})[site] = Logged(int(version), Print(int(rows), int(stamp)), rules, bool(closed))
-        position: tuple[dict[int, int], dict[int, int]] | None | bool = False  # False: not asked yet
+        for site, day, version, rows, stamp, rules in self.client.query(LOG_SQL, parameters={"lo": lo}).result_rows:
+            logged.setdefault(day, {})[site] = Logged(int(version), Print(int(rows), int(stamp)), rules)
+        seen, self.seen = self.seen, prints
         for day in sorted(set(prints) | set(logged), reverse=True):  # the most recent days matter most
             if self.stopping.is_set():
                 break
             current, done = prints.get(day, {}), logged.get(day, {})
             sites = set(current) | set(done)
-            fresh = all(site in done and done[site].print == current.get(site, Print(0, 0)) and done[site].rules == RULES
-                        for site in sites)
-            past_lateness = now + timedelta(seconds=self.s.clock_offset_seconds) >= (
-                datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC) + self.lateness + CLOSE_MARGIN)
-            closed = False
-            if past_lateness and (not fresh or not all(done[s].closed for s in sites)):
-                if position is False:
-                    position = self._position()
-                closed = self._caught_up(day, position)
-            if not fresh:
-                # A day older than the recent window cannot change any more: no need to wait.
-                if day < recent or self.seen.get(day) == current:
-                    self._compute(day, current, sites, closed, now)
-                    report.computed.append(day)
-                else:
-                    report.waiting.append(day)
-            elif closed and not all(done[s].closed for s in sites):
-                self._mark_closed(day, done, now)
-                report.closed.append(day)
-            self.seen[day] = current
-        self.seen = {d: p for d, p in self.seen.items() if d >= recent}
-        self.marks = {d: m for d, m in self.marks.items() if d >= recent}
-        self.first = False
+            if all(site in done and done[site].print == current.get(site, Print(0, 0)) and done[site].rules == RULES
+                   for site in sites):
+                continue
+            if seen is not None and seen.get(day, {}) == current:
+                self._compute(day, current, sites)
+                report.computed.append(day)
+            else:
+                report.waiting.append(day)
         return report
 
-    def _position(self) -> tuple[dict[int, int], dict[int, int]] | None:
-        if self.position is None:
-            return {}, {}
-        try:
-            return self.position()
-        except Exception as exc:  # the broker is away: no day closes until it answers
-            log.warning("cannot read the sink's offsets (%s); no day closes at this check", str(exc).strip()[:300])
-            return None
-
-    def _caught_up(self, day: date, position: tuple[dict[int, int], dict[int, int]] | None) -> bool:
-        """Has the sink stored everything stage 1 wrote before this day's lateness ran out?
-        The end offsets seen at the first check after that moment are the mark."""
-        if position is None:
-            return False
-        committed, ends = position
-        mark = self.marks.setdefault(day, dict(ends))
-        return all(committed.get(p, -1) >= end for p, end in mark.items() if end > 0)
-
-    def _compute(self, day: date, current: dict[str, Print], sites: set[str], closed: bool, now: datetime) -> None:
-        version = _micros(datetime.now(UTC))
+    def _compute(self, day: date, current: dict[str, Print], sites: set[str]) -> None:
+        """A new version of the day's rollups, then the log rows that put it in force. The
+        fingerprint recorded is the one read before computing: rows that arrive meanwhile
+        make it differ from the raw rows', so readers skip the day until the next computation."""
+        version = _micros()
         self.client.command(INSERT_SQL, parameters={"day": day, "version": version}, settings=BUILD_SETTINGS)
-        stamp = datetime.now(UTC)
+        now = datetime.now(UTC)
         rows = [[site, day, version, current.get(site, Print(0, 0)).rows, current.get(site, Print(0, 0)).stamp,
-                 RULES, int(closed), stamp, version] for site in sorted(sites)]
+                 RULES, now, version] for site in sorted(sites)]
         self.client.insert("daily_stats_log", rows, column_names=list(LOG_COLUMNS))
         self.superseded.add(day)
         COMPUTED.inc()
-        log.info("rollups of %s computed (%d sites%s)", day, len(sites), ", closed" if closed else "")
-
-    def _mark_closed(self, day: date, done: dict[str, Logged], now: datetime) -> None:
-        updated = _micros(datetime.now(UTC))
-        rows = [[site, day, e.version, e.print.rows, e.print.stamp, e.rules, 1, now, updated] for site, e in sorted(done.items())]
-        self.client.insert("daily_stats_log", rows, column_names=list(LOG_COLUMNS))
+        log.info("rollups of %s computed (%d sites)", day, len(sites))
 
     def _delete_superseded(self) -> None:
         """Versions replaced at an earlier check: no query still reads them (a query reads
@@ -279,51 +225,8 @@ class Rollups:
             self.client.close()
 
 
-def kept_from(settings: Settings, today: date) -> date:
-    """The oldest day whose raw rows are all still there (the TTL deletes them row by row):
-    rollups are computed from here on; older ones are kept as they are."""
-    return today - timedelta(days=settings.raw_retention_days - RETENTION_MARGIN_DAYS)
-
-
-def enriched_retention_days(settings: Settings) -> int:
-    """How long the sink can still find a record in `pageviews.enriched` (its retention)."""
-    from tally.topics import specs
-
-    spec = next(t for t in specs(settings) if t.name == "pageviews.enriched")
-    return -(-int(spec.config["retention.ms"]) // 86_400_000)
-
-
-def kafka_position(settings: Settings) -> Position:
-    """The sink group's committed offsets and the end offsets of `pageviews.enriched`."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import OffsetSpec
-
-    from tally.topics import admin
-
-    client = admin(settings)
-    topic = settings.topic("pageviews.enriched")
-    group = f"{settings.app_id}-sink"
-
-    def position() -> tuple[dict[int, int], dict[int, int]]:
-        meta = client.list_topics(topic, timeout=10).topics[topic]
-        tps = [TopicPartition(topic, p) for p in sorted(meta.partitions)]
-        ends = client.list_offsets({tp: OffsetSpec.latest() for tp in tps}, request_timeout=10)
-        committed = client.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)],
-                                                       request_timeout=10)[group].result(10)
-        return ({tp.partition: tp.offset for tp in committed.topic_partitions},
-                {tp.partition: f.result(10).offset for tp, f in ends.items()})
-
-    return position
-
-
 def start(settings: Settings, connect: Callable[[], Client]) -> Rollups:
     """The sink's hook: the builder on its own session and thread."""
-    rollups = Rollups(settings, connect(), kafka_position(settings))
+    rollups = Rollups(settings, connect())
     rollups.start()
     return rollups
-
-
-def log_rows(client: Client) -> list[tuple[Any, ...]]:
-    """The rollup log, newest row per site and day (for tests and `tally reconcile`)."""
-    return client.query("SELECT site, day, version, raw_rows, raw_stamp, rules, closed FROM daily_stats_log FINAL "
-                        "ORDER BY site, day").result_rows

@@ -18,6 +18,7 @@ from tally.api.sql import Builder
 from tally.api.vocabulary import EXPRESSIONS
 from tally.sinks.migrate import migrate
 from tally.sinks.query import AnalystSession
+from tally.sinks.reconcile import reconcile_rollups
 from tally.sinks.rollups import DIMENSIONS, Rollups, kept_from
 from tally.sinks.warehouse import connect
 
@@ -67,7 +68,7 @@ def rolled(client, dimension: str, day: date, site: str = "a.test") -> dict[str,
 
 
 def log_of(client, day: date, site: str = "a.test") -> tuple | None:
-    rows = client.query("SELECT version, raw_rows, closed, rules FROM daily_stats_log FINAL "
+    rows = client.query("SELECT version, raw_rows, rules FROM daily_stats_log FINAL "
                         "WHERE site = {s:String} AND day = {d:Date}", parameters={"s": site, "d": day}).result_rows
     return rows[0] if rows else None
 
@@ -108,73 +109,81 @@ def test_rollups_equal_the_raw_rows_and_heal_themselves(warehouse):
     s, client, session = warehouse
     client.command("SYSTEM STOP MERGES pageviews")  # duplicates stay unmerged until the test merges them
     today = datetime.now(UTC).date()
-    old, closed, open_day = today - timedelta(days=15), today - timedelta(days=5), today - timedelta(days=1)
-    for i, day in enumerate((old, closed, open_day, today)):
+    old, mid, yesterday = today - timedelta(days=15), today - timedelta(days=5), today - timedelta(days=1)
+    for i, day in enumerate((old, mid, yesterday, today)):
         insert(client, rows_for(day, 60 + 10 * i))
         insert(client, rows_for(day, 9, site="b.test", seed=3))
     # A batch replayed within a larger one (an identical block would be deduplicated by
     # ClickHouse itself): the same events twice, unmerged until FINAL or a merge.
-    replayed = rows_for(closed, 4, seed=100)
+    replayed = rows_for(mid, 4, seed=100)
     insert(client, replayed)
-    insert(client, replayed + rows_for(closed, 1, seed=200))
+    insert(client, replayed + rows_for(mid, 1, seed=200))
 
     builder = Rollups(s, client)
     first = builder.check()
-    # Days older than the recheck window are computed at once; recent ones once they held still.
-    assert first.computed == [old] and set(first.waiting) == {closed, open_day}
+    # Days that are over are computed once their raw rows held still for a check; today never.
+    assert first.computed == [] and set(first.waiting) == {old, mid, yesterday}
     second = builder.check()
-    assert set(second.computed) == {closed, open_day} and not second.waiting
-    assert log_of(client, old)[2] == 1 and log_of(client, closed)[2] == 1  # past the lateness: closed
-    assert log_of(client, open_day)[2] == 0 and log_of(client, today) is None  # today is never rolled up
-    assert log_of(client, closed)[1] == 70 + 4 + 5  # the fingerprint counts the unmerged rows
+    assert set(second.computed) == {old, mid, yesterday} and not second.waiting
+    assert log_of(client, today) is None
+    assert log_of(client, mid)[1] == 70 + 4 + 5  # the fingerprint counts the unmerged rows
 
-    for day, dimension, site in itertools.product((old, closed, open_day), DIMENSIONS, ("a.test", "b.test")):
+    for day, dimension, site in itertools.product((old, mid, yesterday), DIMENSIONS, ("a.test", "b.test")):
         assert rolled(client, dimension, day, site) == raw_breakdown(client, dimension, day, site), (day, dimension)
     # The replayed events count once.
-    assert sum(v[2] for v in rolled(client, "event:page", closed).values()) == 70 + 4 + 1
+    assert sum(v[2] for v in rolled(client, "event:page", mid).values()) == 70 + 4 + 1
     assert builder.check().computed == []  # nothing changed
 
-    # The API: rollups for old, closed and open_day, raw rows for today; the same answers.
-    ranges = [["30d"], [str(old), str(today)], [str(closed), str(open_day)]]
+    # The API: rollups for old, mid and yesterday, raw rows for today; the same answers.
+    ranges = [["30d"], [str(old), str(today)], [str(mid), str(yesterday)]]
     for shape, rng in itertools.product(SHAPES, ranges):
         body = {**shape, "date_range": rng[0] if len(rng) == 1 else rng}
         assert api_answer(session, s, body) == api_answer(session, s, body, rollups=False), body
 
-    # A late event for the open day: the API sees it at once (the fingerprint no longer
-    # matches, so that day is read from the raw rows), before any check.
-    insert(client, rows_for(open_day, 1, seed=7))
-    body = {"metrics": ["visitors", "pageviews", "events"], "dimensions": ["visit:source"],
-            "date_range": [str(old), str(today)]}
-    assert api_answer(session, s, body) == api_answer(session, s, body, rollups=False)
-
-    # A late event for a closed day (a sink replaying after an outage): the next check
-    # sees the changed fingerprint, the one after recomputes the day.
-    before = log_of(client, closed)
-    insert(client, rows_for(closed, 2, seed=500))
+    # Late events (a sink replaying after an outage): the API sees them at once (the
+    # fingerprints no longer match, so those days are read from the raw rows), before any
+    # check; the next check sees the change, the one after recomputes the days.
+    before = log_of(client, mid)
+    insert(client, rows_for(yesterday, 1, seed=7))
+    insert(client, rows_for(mid, 2, seed=500))
+    for shape in SHAPES:
+        body = {**shape, "date_range": [str(old), str(today)]}
+        assert api_answer(session, s, body) == api_answer(session, s, body, rollups=False), body
     third = builder.check()
-    assert closed in third.waiting and open_day in third.waiting
+    assert set(third.waiting) == {mid, yesterday}
     fourth = builder.check()
-    assert set(fourth.computed) == {closed, open_day}
-    after = log_of(client, closed)
-    assert after[0] > before[0] and after[1] == before[1] + 2 and after[2] == 1
+    assert set(fourth.computed) == {mid, yesterday}
+    after = log_of(client, mid)
+    assert after[0] > before[0] and after[1] == before[1] + 2
     for dimension in DIMENSIONS:
-        assert rolled(client, dimension, closed) == raw_breakdown(client, dimension, closed), dimension
+        assert rolled(client, dimension, mid) == raw_breakdown(client, dimension, mid), dimension
     for shape in SHAPES:
         body = {**shape, "date_range": [str(old), str(today)]}
         assert api_answer(session, s, body) == api_answer(session, s, body, rollups=False), body
     # The superseded version is deleted at the next check.
     versions = "SELECT count(DISTINCT version) FROM daily_stats WHERE day = {d:Date}"
-    assert client.query(versions, parameters={"d": closed}).result_rows[0][0] == 2
+    assert client.query(versions, parameters={"d": mid}).result_rows[0][0] == 2
     builder.check()
-    assert client.query(versions, parameters={"d": closed}).result_rows[0][0] == 1
+    assert client.query(versions, parameters={"d": mid}).result_rows[0][0] == 1
+
+    # The API reads the rollups (a forged rollup value shows), and reconcile finds the drift.
+    version = log_of(client, mid)[0]
+    client.insert("daily_stats", [["a.test", mid, "visit:source", "Forged", 1, 1, 1, version]],
+                  column_names=["site", "day", "dimension", "value", "pageviews", "visitors", "events", "version"])
+    body = {"metrics": ["visitors"], "dimensions": ["visit:source"], "date_range": [str(mid), str(mid)]}
+    assert ["Forged", 1] in api_answer(session, s, body)
+    drift = [r for r in reconcile_rollups(s, old, today) if r.drift]
+    assert [(r.site, r.day, r.differing) for r in drift] == [("a.test", str(mid), 1)]
+    client.command("DELETE FROM daily_stats WHERE value = 'Forged'")
+    assert not any(r.drift for r in reconcile_rollups(s, old, today))
 
     # Merging folds the replayed duplicates: the fingerprint changes, the numbers do not.
     client.command("SYSTEM START MERGES pageviews")
     client.command("OPTIMIZE TABLE pageviews FINAL")
     builder.check()
-    assert set(builder.check().computed) == {closed}
-    assert log_of(client, closed)[1] == 75 + 2
-    assert rolled(client, "event:page", closed) == raw_breakdown(client, "event:page", closed)
+    assert set(builder.check().computed) == {mid}
+    assert log_of(client, mid)[1] == 75 + 2
+    assert rolled(client, "event:page", mid) == raw_breakdown(client, "event:page", mid)
 
 
 def test_vocabulary_changes_and_expired_raw_rows(warehouse):
@@ -191,14 +200,15 @@ def test_vocabulary_changes_and_expired_raw_rows(warehouse):
 
     # A rollup made with another vocabulary is not used while its raw rows exist, and
     # the next check recomputes it.
-    version, rows, _, _ = log_of(client, recent)
-    client.insert("daily_stats_log", [["a.test", recent, version, rows, 0, "older-rules", 1, datetime.now(UTC),
+    stamp = client.query("SELECT raw_stamp FROM daily_stats_log FINAL WHERE day = {d:Date}",
+                         parameters={"d": recent}).result_rows[0][0]
+    version, rows, _ = log_of(client, recent)
+    client.insert("daily_stats_log", [["a.test", recent, version, rows, stamp, "older-rules", datetime.now(UTC),
                                        version + 1]],
-                  column_names=["site", "day", "version", "raw_rows", "raw_stamp", "rules", "closed", "computed_at",
-                                "updated"])
+                  column_names=["site", "day", "version", "raw_rows", "raw_stamp", "rules", "computed_at", "updated"])
     assert api_answer(session, s, body) == expected
     assert builder.check().computed == [recent]
-    assert log_of(client, recent)[3] != "older-rules"
+    assert log_of(client, recent)[2] != "older-rules"
 
     # Past raw retention the rollup stays and answers; the raw rows are gone.
     shorter = Settings.from_env({"TALLY_STATE_DIR": str(s.state_dir), "TALLY_RAW_RETENTION_DAYS": "12"})
