@@ -1,6 +1,6 @@
 """SQL for a typed Stats API query: never user SQL, values only as query parameters.
 
-Two sources, chosen per query:
+Three sources, chosen per query:
 
 - the stream's aggregates (`aggregates` FINAL, summed over stream partitions, as the
   analysts' views and `tally reconcile` read them) when they answer the question:
@@ -15,7 +15,8 @@ Two sources, chosen per query:
   other days (today, days not computed yet or changed since), summed per value. A
   rollup is usable while the fingerprint of its day's raw rows still equals the one it
   was computed from and it was computed with the current vocabulary (checked in the
-  same query); where the raw rows have started to expire, as it is. Visitors summed over
+  same query); where the raw rows have started to expire, only if it was sealed (found
+  equal to the complete raw rows just before they started to expire). Visitors summed over
   days are exact under the daily salt, as for the aggregates; with a monthly salt a
   multi-day breakdown with visitors reads the raw rows;
 - otherwise the raw rows (`pageviews` FINAL, so a replayed event counts once):
@@ -102,14 +103,14 @@ def rollup_dimension(q: StatsQuery, rng: Range, extra: Filter | None, salt_perio
 
 # The (day, version) of each day whose rollup this query may use: its raw rows still have
 # the fingerprint it was computed from (from the `day_prints` projection) and it was
-# computed with the current vocabulary; before {kept}, where the raw rows expire, any.
+# computed with the current vocabulary; before {kept}, where the raw rows expire, a sealed one.
 USABLE_ROLLUPS = f"""
 SELECT groupArray((day, version)) FROM
 (
-    SELECT day, version, raw_rows, raw_stamp, rules FROM daily_stats_log FINAL
+    SELECT day, version, raw_rows, raw_stamp, rules, sealed FROM daily_stats_log FINAL
     WHERE site = {{site:String}} AND day BETWEEN {{d0:Date}} AND {{d1:Date}}
 )
-WHERE day < {{kept:Date}} OR (rules = {{rules:String}} AND (day, raw_rows, raw_stamp) IN
+WHERE (day < {{kept:Date}} AND sealed = 1) OR (day >= {{kept:Date}} AND rules = {{rules:String}} AND (day, raw_rows, raw_stamp) IN
 (
     SELECT toDate(received_at) AS day, {ROWS}, {STAMP} FROM pageviews
     WHERE site = {{site:String}} AND toDate(received_at) BETWEEN {{d0:Date}} AND {{d1:Date}}
@@ -123,8 +124,9 @@ RAW_DAYS = ("SELECT day FROM (SELECT arrayJoin(arrayMap(i -> {d0:Date} + i, "
 
 class Builder:
     def __init__(self, q: StatsQuery, salt_period: str = "day", kept: date | None = None) -> None:
-        """kept: the first day whose raw rows all still exist (rollups from before it are
-        used whatever vocabulary they were computed with); None: no rollups."""
+        """kept: the first day whose raw rows all still exist (sinks/rollups.py kept_from;
+        before it only sealed rollups are used, whatever vocabulary they were computed
+        with); None: no rollups."""
         self.q = q
         self.salt_period = salt_period
         self.kept = kept

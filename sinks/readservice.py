@@ -7,6 +7,8 @@ reach what:
 - Unix socket `<state>/run/warehouse.sock`, mode 0600 in a 0700 directory: only
   the sink's own OS user. No web page can send to it, no other local user can
   open it. Serves guarded SQL (`POST /v1/sql`) and the typed API-key operations.
+  Next to it, `warehouse-sql.sock` (sinks/sqlsocket.py, the same mode) serves the
+  dashboard's guarded SQL and key lookups as length-prefixed frames.
 - TCP `TALLY_QUERY_HOST:TALLY_QUERY_PORT` (loopback): `/healthz` and `/metrics`
   only. Analysts' SQL is served there too only when TALLY_QUERY_TOKEN is set,
   and then only with `Authorization: Bearer <token>`, a Host header from
@@ -96,6 +98,13 @@ class AnalystPool:
         if session is None:
             session = self.local.session = AnalystSession(self.settings, self.guard)
         return session
+
+    def close_session(self) -> None:
+        """Close the calling thread's session (a framed-socket thread whose connection ended)."""
+        session = getattr(self.local, "session", None)
+        if session is not None:
+            session.close()
+            self.local.session = None
 
     def _admit(self) -> Answer | None:
         """None: the query may wait for a slot; otherwise the 503 to answer."""
@@ -331,7 +340,7 @@ class ReadService:
             s.socket_path.unlink(missing_ok=True)
             await self._site(sock, lambda r: web.UnixSite(r, str(s.socket_path)))
             os.chmod(s.socket_path, 0o600)
-            from tally.sinks.sqlsocket import SqlSocket
+            from tally.sinks.sqlsocket import SqlSocket  # it imports this module
 
             self.sql_socket = SqlSocket(s.sql_socket_path, self.pool, self.keys)
             self.sql_socket.start()

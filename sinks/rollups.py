@@ -8,14 +8,19 @@ breakdown dimension at once, in the vocabulary of api/vocabulary.py, and the API
 reads them instead (api/sql.py).
 
 Exactness. Each rollup is recorded in `daily_stats_log` with the fingerprint of the
-raw rows it was computed from: per site and day, their count and the sum of each
-row's millisecond of the day, over the unmerged rows, so a late row, a replayed
-duplicate, a merge folding it or a deletion changes it. The engine keeps these sums
-per part in the `day_prints` projection of `pageviews`, so reading them costs a few
-rows per part. A reader uses a day's rollup only while the day's raw rows still have
-that fingerprint (checked in the same query), and reads the raw rows otherwise: an
-answer never lags the raw rows. Days whose raw rows have started to expire keep
-their rollups as they are, like `aggregates`.
+raw rows it was computed from: per site and day, their count and the sum (modulo
+2^64) of a 64-bit hash of each row's content, over the unmerged rows, so a late row,
+a replayed duplicate, a merge folding it, a deletion or a changed row changes it. The
+engine keeps these sums per part in the `day_prints` projection of `pageviews`, so
+reading them costs a few rows per part. A reader uses a day's rollup only while the
+day's raw rows still have that fingerprint (checked in the same query), and reads the
+raw rows otherwise: an answer never lags the raw rows.
+
+Expiry. The TTL deletes a day's raw rows during day + TALLY_RAW_RETENTION_DAYS. On the
+last SEAL_DAYS days before that, the builder seals a rollup whose fingerprint is still
+equal: it then holds what the complete raw rows gave, and keeps answering for that day
+once they expire, like `aggregates`. A day that expires without a sealed rollup is
+read from what is left of its raw rows.
 
 A check every TALLY_ROLLUP_CHECK_SECONDS compares the fingerprints of every day whose
 raw rows are all kept with the log, and (re)computes a day that is over and whose
@@ -49,11 +54,14 @@ DIMENSIONS: tuple[str, ...] = tuple(EXPRESSIONS)
 # The vocabulary a rollup was computed with: a changed translation table recomputes
 # the days that still have raw rows.
 RULES = hashlib.sha256(repr(sorted(EXPRESSIONS.items())).encode()).hexdigest()[:16]
-RETENTION_MARGIN_DAYS = 2  # the TTL deletes row by row: leave the oldest days alone
-# The fingerprint of a day's raw rows: the same text here, in the API's queries and in the
-# `day_prints` projection of `pageviews` that answers it (infra/clickhouse/009_daily_stats.sql).
+SEAL_DAYS = 2  # a rollup is sealed on the last days before its raw rows start to expire
+# The fingerprint of a day's raw rows: the same expressions here, in the API's queries and
+# in the `day_prints` projection of `pageviews` that answers them
+# (infra/clickhouse/009_daily_stats.sql; tests/test_rollups.py checks the projection is used).
+# Every column a rollup reads is hashed, so a replay that changed a row changes it too.
 ROWS = "count()"
-STAMP = "sum(toUInt64(toUnixTimestamp64Milli(received_at) % 86400000))"
+STAMP = ("sum(sipHash64(tuple(event_id, received_at, hostname, path, event, visitor_id, referrer_host, "
+         "referrer_source, utm_source, utm_medium, utm_campaign, browser, os, device)))")
 # The query settings of the builder: background work, below the sink's inserts.
 BUILD_SETTINGS = {"max_threads": 2, "os_thread_priority": 10}
 
@@ -73,6 +81,7 @@ class Logged:
     version: int
     print: Print
     rules: str
+    sealed: bool
 
 
 def rollup_select(where: str) -> str:
@@ -105,16 +114,18 @@ INSERT_SQL = ("INSERT INTO daily_stats (site, day, dimension, value, pageviews, 
 # Per site and day, from the `day_prints` projection (the WHERE and GROUP BY use its keys only).
 PRINTS_SQL = (f"SELECT site, toDate(received_at) AS day, {ROWS}, {STAMP} FROM pageviews "
               "WHERE toDate(received_at) >= {lo:Date} AND toDate(received_at) < {hi:Date} GROUP BY site, day")
-LOG_SQL = "SELECT site, day, version, raw_rows, raw_stamp, rules FROM daily_stats_log FINAL WHERE day >= {lo:Date}"
+LOG_SQL = ("SELECT site, day, version, raw_rows, raw_stamp, rules, sealed FROM daily_stats_log FINAL "
+           "WHERE day >= {lo:Date}")
 ORPHANS_SQL = ("SELECT DISTINCT day FROM daily_stats WHERE day >= {lo:Date} AND (site, day, version) NOT IN "
                "(SELECT site, day, version FROM daily_stats_log FINAL WHERE day >= {lo:Date})")
-LOG_COLUMNS = ("site", "day", "version", "raw_rows", "raw_stamp", "rules", "computed_at", "updated")
+LOG_COLUMNS = ("site", "day", "version", "raw_rows", "raw_stamp", "rules", "sealed", "computed_at", "updated")
 
 
 def kept_from(settings: Settings, today: date) -> date:
-    """The oldest day whose raw rows are all still there (the TTL deletes them row by row):
-    rollups are checked and computed from here on; older ones are kept as they are."""
-    return today - timedelta(days=settings.raw_retention_days - RETENTION_MARGIN_DAYS)
+    """The oldest day whose raw rows are all still there: the TTL deletes a row once it is
+    TALLY_RAW_RETENTION_DAYS old, so the rows of `today - retention` are expiring. Rollups
+    are checked and computed from here on; before it only sealed ones answer."""
+    return today - timedelta(days=settings.raw_retention_days - 1)
 
 
 def _micros() -> int:
@@ -125,6 +136,7 @@ def _micros() -> int:
 class Report:
     computed: list[date] = field(default_factory=list)
     waiting: list[date] = field(default_factory=list)  # changed since the last check: computed once still
+    sealed: list[date] = field(default_factory=list)
 
 
 class Rollups:
@@ -155,8 +167,8 @@ class Rollups:
         for site, day, rows, stamp in self.client.query(PRINTS_SQL, parameters={"lo": lo, "hi": today}).result_rows:
             prints.setdefault(day, {})[site] = Print(int(rows), int(stamp))
         logged: dict[date, dict[str, Logged]] = {}
-        for site, day, version, rows, stamp, rules in self.client.query(LOG_SQL, parameters={"lo": lo}).result_rows:
-            logged.setdefault(day, {})[site] = Logged(int(version), Print(int(rows), int(stamp)), rules)
+        for site, day, version, rows, stamp, rules, sealed in self.client.query(LOG_SQL, parameters={"lo": lo}).result_rows:
+            logged.setdefault(day, {})[site] = Logged(int(version), Print(int(rows), int(stamp)), rules, bool(sealed))
         seen, self.seen = self.seen, prints
         for day in sorted(set(prints) | set(logged), reverse=True):  # the most recent days matter most
             if self.stopping.is_set():
@@ -165,6 +177,9 @@ class Rollups:
             sites = set(current) | set(done)
             if all(site in done and done[site].print == current.get(site, Print(0, 0)) and done[site].rules == RULES
                    for site in sites):
+                if day < lo + timedelta(days=SEAL_DAYS) and not all(done[site].sealed for site in sites):
+                    self._seal(day, {site: done[site] for site in sites})
+                    report.sealed.append(day)
                 continue
             if seen is not None and seen.get(day, {}) == current:
                 self._compute(day, current, sites)
@@ -181,11 +196,20 @@ class Rollups:
         self.client.command(INSERT_SQL, parameters={"day": day, "version": version}, settings=BUILD_SETTINGS)
         now = datetime.now(UTC)
         rows = [[site, day, version, current.get(site, Print(0, 0)).rows, current.get(site, Print(0, 0)).stamp,
-                 RULES, now, version] for site in sorted(sites)]
+                 RULES, 0, now, version] for site in sorted(sites)]
         self.client.insert("daily_stats_log", rows, column_names=list(LOG_COLUMNS))
         self.superseded.add(day)
         COMPUTED.inc()
         log.info("rollups of %s computed (%d sites)", day, len(sites))
+
+    def _seal(self, day: date, done: dict[str, Logged]) -> None:
+        """The day's raw rows expire soon and still have the fingerprint of its rollups: mark
+        them as the day's answer for when the raw rows are gone (the same version, sealed)."""
+        now, updated = datetime.now(UTC), _micros()
+        rows = [[site, day, d.version, d.print.rows, d.print.stamp, d.rules, 1, now, updated]
+                for site, d in sorted(done.items())]
+        self.client.insert("daily_stats_log", rows, column_names=list(LOG_COLUMNS))
+        log.info("rollups of %s sealed: their raw rows expire soon", day)
 
     def _delete_superseded(self) -> None:
         """Versions replaced at an earlier check: no query still reads them (a query reads

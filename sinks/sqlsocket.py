@@ -87,13 +87,18 @@ class SqlSocket:
                     if size > MAX_FRAME:
                         self._send(conn, error(400, f"a request frame is at most {MAX_FRAME} bytes"))
                         return
-                    answer, keep = self._answer(stream.read(size))
+                    try:
+                        answer, keep = self._answer(stream.read(size))
+                    except Exception:  # a bug must cost this connection only, never the read service
+                        log.exception("framed socket: a request failed")
+                        answer, keep = error(500, "the read service failed to answer this request"), False
                     self._send(conn, answer)
                     if not keep:
                         return
         except OSError:
             return
         finally:
+            self.pool.close_session()
             with self.lock:
                 self.connections.discard(conn)
 

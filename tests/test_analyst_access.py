@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -48,9 +50,6 @@ def sql(s, text: str) -> tuple[int, dict | bytes]:
 def framed(s, request: dict | bytes, raw: bool = False, claimed: int | None = None) -> tuple[int, dict | bytes]:
     """One request on the sink's framed socket (sinks/sqlsocket.py), on a new connection;
     a malformed frame (raw bytes) must close it after the answer."""
-    import socket
-    import struct
-
     body = request if raw else json.dumps(request).encode()
     with socket.socket(socket.AF_UNIX) as conn:
         conn.settimeout(120)
@@ -62,6 +61,20 @@ def framed(s, request: dict | bytes, raw: bool = False, claimed: int | None = No
         if raw:
             assert stream.read(1) == b""
     return status, (json.loads(data) if status != 200 else data)
+
+
+def unanswered_or_refused(s, data: bytes) -> bool:
+    """Send `data` and close the sending side: the read service answers 400 or nothing, and closes."""
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(60)
+        conn.connect(str(s.sql_socket_path))
+        conn.sendall(data)
+        conn.shutdown(socket.SHUT_WR)
+        answer = conn.makefile("rb").read()
+    if not answer:
+        return True
+    size, status = struct.unpack(">IH", answer[:6])
+    return status == 400 and len(answer) == 6 + size
 
 
 def http(url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, str]:
@@ -135,6 +148,17 @@ def test_escapes_refused_on_the_socket_and_tally_query(analyst_env, spawn, tmp_p
         assert status == 400 and "request" in body["error"], (bad, body)
     status, body = framed(s, b"", raw=True, claimed=512 * 1024 + 1)  # answered before the body is read
     assert status == 400 and "at most" in body["error"]
+    status, body = framed(s, b"", raw=True, claimed=2**32 - 1)
+    assert status == 400 and "at most" in body["error"]
+    for garbage in (b"\xff\xfe\x00garbage", bytes(range(256)), b"\x00" * 64):
+        status, body = framed(s, garbage, raw=True)
+        assert status == 400 and "request" in body["error"], (garbage, body)
+    for params in ({"p": {"nested": [1]}}, {"p": "x" * 1000}, {"p": None}):  # values that are no UInt8
+        status, body = framed(s, {"sql": "SELECT {p:UInt8}", "params": params})
+        assert status == 400 and "error" in body, (params, status, body)
+    # Cut short: a partial header, a body shorter than its length: the connection just ends.
+    for cut in (b"\x00\x00", struct.pack(">I", 100) + b'{"sql": "SEL'):
+        assert unanswered_or_refused(s, cut)
     status, body = framed(s, {"key_id": "000000000000"})
     assert status == 404
     assert query_rows(s, "SELECT count() FROM pageviews")[0][0] == 0  # analyst SQL still answers
@@ -235,8 +259,6 @@ def test_sql_on_tcp_needs_the_token_an_allowed_host_and_no_origin(tally_env, spa
     status, text = http(url, json.dumps({"sql": "SELECT file('/etc/hostname')"}).encode(), good)
     assert status == 400 and json.loads(text)["refused"] and SECRET not in text
     # A negative Content-Length is a bad request, not an unbounded read.
-    import socket
-
     with socket.create_connection(("127.0.0.1", s.query_port), timeout=10) as conn:
         conn.sendall(b"POST /v1/sql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -1\r\n\r\n")
         assert conn.recv(200).split(b" ")[1] == b"400"

@@ -14,12 +14,12 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 from tally.api.request import parse_request
-from tally.api.sql import Builder
+from tally.api.sql import USABLE_ROLLUPS, Builder
 from tally.api.vocabulary import EXPRESSIONS
 from tally.sinks.migrate import migrate
 from tally.sinks.query import AnalystSession
 from tally.sinks.reconcile import reconcile_rollups
-from tally.sinks.rollups import DIMENSIONS, Rollups, kept_from
+from tally.sinks.rollups import DIMENSIONS, PRINTS_SQL, RULES, Rollups, kept_from
 from tally.sinks.warehouse import connect
 
 from tally.config import Settings
@@ -186,7 +186,7 @@ def test_rollups_equal_the_raw_rows_and_heal_themselves(warehouse):
     assert rolled(client, "event:page", mid) == raw_breakdown(client, "event:page", mid)
 
 
-def test_vocabulary_changes_and_expired_raw_rows(warehouse):
+def test_vocabulary_changes(warehouse):
     s, client, session = warehouse
     today = datetime.now(UTC).date()
     old, recent = today - timedelta(days=20), today - timedelta(days=6)
@@ -203,18 +203,85 @@ def test_vocabulary_changes_and_expired_raw_rows(warehouse):
     stamp = client.query("SELECT raw_stamp FROM daily_stats_log FINAL WHERE day = {d:Date}",
                          parameters={"d": recent}).result_rows[0][0]
     version, rows, _ = log_of(client, recent)
-    client.insert("daily_stats_log", [["a.test", recent, version, rows, stamp, "older-rules", datetime.now(UTC),
+    client.insert("daily_stats_log", [["a.test", recent, version, rows, stamp, "older-rules", 0, datetime.now(UTC),
                                        version + 1]],
-                  column_names=["site", "day", "version", "raw_rows", "raw_stamp", "rules", "computed_at", "updated"])
+                  column_names=["site", "day", "version", "raw_rows", "raw_stamp", "rules", "sealed", "computed_at",
+                                "updated"])
     assert api_answer(session, s, body) == expected
     assert builder.check().computed == [recent]
     assert log_of(client, recent)[2] != "older-rules"
+    assert api_answer(session, s, body) == expected
 
-    # Past raw retention the rollup stays and answers; the raw rows are gone.
+
+def test_expired_raw_rows(warehouse):
+    """A rollup sealed just before its raw rows expire answers for them afterwards; a day
+    that expires without one is read from what is left of its raw rows."""
+    s, client, session = warehouse
+    today = datetime.now(UTC).date()
+    sealed, stale = today - timedelta(days=20), today - timedelta(days=19)
+    for day in (sealed, stale):
+        insert(client, rows_for(day, 40))
+    builder = Rollups(s, client)
+    builder.check()
+    assert set(builder.check().computed) == {sealed, stale}
+
+    def body(day: date) -> dict:
+        return {"metrics": ["visitors", "pageviews"], "dimensions": ["visit:source"], "date_range": [str(day), str(day)]}
+
+    # A late row for `stale`: its rollup no longer matches. The raw rows of both days
+    # expire soon (retention 21 days): the builder seals the rollup that still matches.
+    insert(client, rows_for(stale, 1, seed=900))
+    expected = api_answer(session, s, body(sealed), rollups=False)
+    soon = Settings.from_env({"TALLY_STATE_DIR": str(s.state_dir), "TALLY_RAW_RETENTION_DAYS": "21"})
+    assert kept_from(soon, today) == sealed
+    report = Rollups(soon, client).check()
+    assert report.sealed == [sealed] and report.waiting == [stale]
+    assert api_answer(session, soon, body(sealed)) == expected
+
+    # The raw rows expire (deleted here as the TTL would): the sealed rollup answers for
+    # its day, the other day's raw rows answer for it.
     shorter = Settings.from_env({"TALLY_STATE_DIR": str(s.state_dir), "TALLY_RAW_RETENTION_DAYS": "12"})
-    assert kept_from(shorter, today) > old
-    client.command("DELETE FROM pageviews WHERE toDate(received_at) = {d:Date}", parameters={"d": old})
-    assert raw_breakdown(client, "visit:source", old) == {}
+    assert kept_from(shorter, today) > stale
+    client.command("DELETE FROM pageviews WHERE toDate(received_at) = {d:Date}", parameters={"d": sealed})
+    client.command("DELETE FROM pageviews WHERE toDate(received_at) = {d:Date} AND path = '/p/1'", parameters={"d": stale})
+    assert raw_breakdown(client, "visit:source", sealed) == {}
     expired = Rollups(shorter, client)
-    assert old not in expired.check().computed + expired.check().computed
-    assert api_answer(session, shorter, body) == expected
+    assert expired.check().computed + expired.check().computed == []
+    assert api_answer(session, shorter, body(sealed)) == expected
+    left = api_answer(session, shorter, body(stale), rollups=False)
+    assert left and api_answer(session, shorter, body(stale)) == left
+    assert rolled(client, "visit:source", stale) != raw_breakdown(client, "visit:source", stale)
+
+
+def test_a_replay_that_changed_a_row_is_seen_after_the_merge(warehouse):
+    """The same event again with another path (a replay enriched differently), folded by a
+    merge into one row per event_id: the same count, another content, another fingerprint."""
+    s, client, session = warehouse
+    day = datetime.now(UTC).date() - timedelta(days=3)
+    rows = rows_for(day, 30)
+    insert(client, rows)
+    builder = Rollups(s, client)
+    builder.check()
+    assert builder.check().computed == [day]
+    changed = list(rows[0])
+    changed[COLUMNS.index("path")] = "/changed"
+    insert(client, [changed])
+    client.command("OPTIMIZE TABLE pageviews FINAL")
+    assert client.query("SELECT count() FROM pageviews").result_rows[0][0] == 30
+    body = {"metrics": ["visitors", "pageviews"], "dimensions": ["event:page"], "date_range": [str(day), str(day)]}
+    answer = api_answer(session, s, body)
+    assert "/changed" in [row[0] for row in answer] and answer == api_answer(session, s, body, rollups=False)
+
+
+def test_fingerprints_come_from_the_projection(warehouse):
+    """The builder's and the API's fingerprint queries are answered by `day_prints`, not by
+    reading every row: the expressions match the projection's."""
+    s, client, session = warehouse
+    today = datetime.now(UTC).date()
+    insert(client, rows_for(today - timedelta(days=2), 50))
+    plan = "\n".join(r[0] for r in client.query("EXPLAIN " + PRINTS_SQL, parameters={
+        "lo": today - timedelta(days=5), "hi": today}).result_rows)
+    assert "ReadFromMergeTree (day_prints)" in plan, plan
+    params = {"site": "a.test", "d0": today - timedelta(days=7), "d1": today, "kept": kept_from(s, today), "rules": RULES}
+    plan = "\n".join(r[0] for r in client.query("EXPLAIN " + USABLE_ROLLUPS, parameters=params).result_rows)
+    assert "ReadFromMergeTree (day_prints)" in plan, plan

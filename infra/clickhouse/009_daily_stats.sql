@@ -21,10 +21,12 @@ PARTITION BY toYYYYMM(day)
 ORDER BY (site, dimension, day, value);
 
 -- One row per site and day that has a rollup: its version, the fingerprint of the raw
--- rows it was computed from (row count and the sum of each row's millisecond of the
--- day, both over the unmerged rows) and the vocabulary it was computed with (`rules`).
--- Readers use a rollup only while the raw rows still have that fingerprint. A newer row
--- (higher `updated`) replaces an older one: read with FINAL.
+-- rows it was computed from (row count and the sum of a hash of each row's content,
+-- both over the unmerged rows) and the vocabulary it was computed with (`rules`).
+-- Readers use a rollup only while the raw rows still have that fingerprint. `sealed`:
+-- the builder found the fingerprint still equal on the last days before the raw rows
+-- start to expire; only a sealed rollup answers for a day whose raw rows expire. A
+-- newer row (higher `updated`) replaces an older one: read with FINAL.
 CREATE TABLE IF NOT EXISTS daily_stats_log
 (
     site        LowCardinality(String),
@@ -33,6 +35,7 @@ CREATE TABLE IF NOT EXISTS daily_stats_log
     raw_rows    UInt64,
     raw_stamp   UInt64,
     rules       String,
+    sealed      UInt8,
     computed_at DateTime64(3, 'UTC'),
     updated     UInt64
 )
@@ -50,7 +53,9 @@ ALTER TABLE pageviews MODIFY SETTING deduplicate_merge_projection_mode = 'rebuil
 
 ALTER TABLE pageviews ADD PROJECTION IF NOT EXISTS day_prints
 (
-    SELECT site, toDate(received_at), count(), sum(toUInt64(toUnixTimestamp64Milli(received_at) % 86400000))
+    SELECT site, toDate(received_at), count(),
+           sum(sipHash64(tuple(event_id, received_at, hostname, path, event, visitor_id, referrer_host, referrer_source,
+                               utm_source, utm_medium, utm_campaign, browser, os, device)))
     GROUP BY site, toDate(received_at)
 );
 
