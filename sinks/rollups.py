@@ -26,8 +26,8 @@ A check every TALLY_ROLLUP_CHECK_SECONDS compares the fingerprints of every day 
 raw rows are all kept with the log, and (re)computes a day that is over and whose
 fingerprint or vocabulary changed, once it held still for one check (no wasted work
 while late rows or a backlog are still arriving). Recomputing writes a new version of
-the whole day, then switches the log to it; the superseded version is deleted at the
-next check, when no query still reads it. Runs in the sink, on a thread of its own
+the whole day, then switches the log to it; the superseded version is deleted at a
+later check, once no query can still be reading it (twice TALLY_ANALYST_MAX_SECONDS). Runs in the sink, on a thread of its own
 with its own session, at a lower CPU priority: inserts never wait for it.
 """
 
@@ -38,6 +38,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -148,7 +149,10 @@ class Rollups:
         self.client = client
         self.clock = clock or (lambda: datetime.now(UTC))
         self.seen: dict[date, dict[str, Print]] | None = None  # fingerprints at the last check
-        self.superseded: set[date] = set()  # days with an older version to delete
+        self.superseded: dict[date, float] = {}  # days with an older version to delete: since when
+        # A query reads the log, then the rollups: an old version stays until no query that
+        # read the log before the switch can still run (the engine stops them at the limit).
+        self.grace_seconds = 2.0 * settings.analyst_max_seconds
         self.first = True
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
@@ -161,7 +165,8 @@ class Rollups:
             return report
         self._delete_superseded()
         if self.first:  # left by a process that stopped before deleting them
-            self.superseded.update(d for (d,) in self.client.query(ORPHANS_SQL, parameters={"lo": lo}).result_rows)
+            for (d,) in self.client.query(ORPHANS_SQL, parameters={"lo": lo}).result_rows:
+                self.superseded.setdefault(d, time.monotonic())
             self.first = False
         prints: dict[date, dict[str, Print]] = {}
         for site, day, rows, stamp in self.client.query(PRINTS_SQL, parameters={"lo": lo, "hi": today}).result_rows:
@@ -198,7 +203,7 @@ class Rollups:
         rows = [[site, day, version, current.get(site, Print(0, 0)).rows, current.get(site, Print(0, 0)).stamp,
                  RULES, 0, now, version] for site in sorted(sites)]
         self.client.insert("daily_stats_log", rows, column_names=list(LOG_COLUMNS))
-        self.superseded.add(day)
+        self.superseded[day] = time.monotonic()
         COMPUTED.inc()
         log.info("rollups of %s computed (%d sites)", day, len(sites))
 
@@ -212,14 +217,16 @@ class Rollups:
         log.info("rollups of %s sealed: their raw rows expire soon", day)
 
     def _delete_superseded(self) -> None:
-        """Versions replaced at an earlier check: no query still reads them (a query reads
-        the log and the rollups together, and no analyst query runs longer than a check)."""
-        for day in sorted(self.superseded):
+        """Versions replaced long enough ago that no query still reads them."""
+        now = time.monotonic()
+        for day, since in sorted(self.superseded.items()):
+            if now - since < self.grace_seconds:
+                continue
             self.client.command(
                 "DELETE FROM daily_stats WHERE day = {day:Date} AND version NOT IN "
                 "(SELECT version FROM daily_stats_log FINAL WHERE day = {day:Date})",
                 parameters={"day": day}, settings=BUILD_SETTINGS)
-        self.superseded.clear()
+            del self.superseded[day]
 
     # --- the background thread --------------------------------------------------------
 
