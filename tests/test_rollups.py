@@ -190,15 +190,21 @@ def test_rollups_equal_the_raw_rows_and_heal_themselves(warehouse):
     assert rolled(client, "event:page", mid) == raw_breakdown(client, "event:page", mid)
 
 
+def rolled_up(s: Settings, client, days: list[date], n: int = 40) -> Rollups:
+    """n events on each day, rolled up by a builder's two checks (the second computes them)."""
+    for day in days:
+        insert(client, rows_for(day, n))
+    builder = Rollups(s, client)
+    builder.check()
+    assert set(builder.check().computed) == set(days)
+    return builder
+
+
 def test_vocabulary_changes(warehouse):
     s, client, session = warehouse
     today = datetime.now(UTC).date()
     old, recent = today - timedelta(days=20), today - timedelta(days=6)
-    for day in (old, recent):
-        insert(client, rows_for(day, 40))
-    builder = Rollups(s, client)
-    builder.check()
-    builder.check()
+    builder = rolled_up(s, client, [old, recent])
     body = {"metrics": ["visitors", "pageviews"], "dimensions": ["visit:source"], "date_range": [str(old), str(today)]}
     expected = api_answer(session, s, body, rollups=False)
 
@@ -223,11 +229,7 @@ def test_expired_raw_rows(warehouse):
     s, client, session = warehouse
     today = datetime.now(UTC).date()
     sealed, stale = today - timedelta(days=20), today - timedelta(days=19)
-    for day in (sealed, stale):
-        insert(client, rows_for(day, 40))
-    builder = Rollups(s, client)
-    builder.check()
-    assert set(builder.check().computed) == {sealed, stale}
+    rolled_up(s, client, [sealed, stale])
 
     def body(day: date) -> dict:
         return {"metrics": ["visitors", "pageviews"], "dimensions": ["visit:source"], "date_range": [str(day), str(day)]}
@@ -262,12 +264,11 @@ def test_a_replay_that_changed_a_row_is_seen_after_the_merge(warehouse):
     merge into one row per event_id: the same count, another content, another fingerprint."""
     s, client, session = warehouse
     day = datetime.now(UTC).date() - timedelta(days=3)
-    rows = rows_for(day, 30)
-    insert(client, rows)
-    builder = Rollups(s, client)
-    builder.check()
-    assert builder.check().computed == [day]
-    changed = list(rows[0])
+    rolled_up(s, client, [day], n=30)
+    changed = list(rows_for(day, 1)[0])  # the day's first event again: its time, attributes and event_id
+    changed[COLUMNS.index("event_id")] = client.query(
+        "SELECT event_id FROM pageviews WHERE received_at = {t:DateTime64(3, 'UTC')}",
+        parameters={"t": changed[COLUMNS.index("received_at")]}).result_rows[0][0]
     changed[COLUMNS.index("path")] = "/changed"
     insert(client, [changed])
     client.command("OPTIMIZE TABLE pageviews FINAL")
