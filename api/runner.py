@@ -87,18 +87,23 @@ def comparison_range(q: StatsQuery, today: date) -> Range:
 
 
 class Runner:
-    def __init__(self, q: StatsQuery, rows: Rows, salt_period: str = "day") -> None:
+    def __init__(self, q: StatsQuery, rows: Rows, salt_period: str = "day", kept: date | None = None) -> None:
+        """kept: see Builder (None: no rollups)."""
         self.q = q
         self.rows = rows
         self.salt_period = salt_period
+        self.kept = kept
+
+    def builder(self) -> Builder:
+        return Builder(self.q, self.salt_period, self.kept)
 
     async def fetch(self, rng: Range, extra: Filter | None = None, paginate: bool = True) -> tuple[list[dict[str, Any]], int]:
         """Result rows (dimensions, metrics in the query's order) and the count before pagination."""
         q = self.q
-        sql = Builder(q, self.salt_period).build(rng, extra, paginate=paginate)
+        sql = self.builder().build(rng, extra, paginate=paginate)
         total_visitors = None
         if "percentage" in q.metrics:  # over the whole filtered set, without `extra`; both at once
-            data, totals = await asyncio.gather(self.rows(sql), self.rows(Builder(q, self.salt_period).build(rng, totals=True)))
+            data, totals = await asyncio.gather(self.rows(sql), self.rows(self.builder().build(rng, totals=True)))
             total_visitors = int(totals[0][0]) if totals else 0
         else:
             data = await self.rows(sql)

@@ -28,27 +28,25 @@ log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
 
 
-@web.middleware
-async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return failure(exc.status, exc.message)
-    except Unavailable as exc:
-        return failure(503, f"the warehouse is unavailable: {exc}")
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return failure(exc.status, exc.reason)
+def guard(settings: Settings) -> Callable:
+    """The one middleware: the Host check (not on /healthz), then errors as JSON."""
+    allowed = settings.dashboard_allowed_hosts
 
-
-def host_check(settings: Settings) -> Callable:
     @web.middleware
-    async def check(request: web.Request, handler: Callable) -> web.StreamResponse:
+    async def check(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         host = host_of(request.headers.get("Host", "")).lower()
-        if host not in settings.dashboard_allowed_hosts and request.path != "/healthz":
+        if host not in allowed and request.path != "/healthz":
             return failure(403, f"Host {host!r} is not one of TALLY_DASHBOARD_ALLOWED_HOSTS")
-        return await handler(request)
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return failure(exc.status, exc.message)
+        except Unavailable as exc:
+            return failure(503, f"the warehouse is unavailable: {exc}")
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return failure(exc.status, exc.reason)
 
     return check
 
@@ -58,7 +56,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def build_app(settings: Settings, warehouse: Warehouse, clock: Callable[[], datetime] | None = None) -> web.Application:
-    app = web.Application(middlewares=[errors, host_check(settings)], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[guard(settings)], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     app[WAREHOUSE] = warehouse
     app[KEYS] = KeyChecker(warehouse.find_key, settings.api_rate_limit_per_hour, settings.api_rate_limit_burst)

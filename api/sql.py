@@ -1,6 +1,6 @@
 """SQL for a typed Stats API query: never user SQL, values only as query parameters.
 
-Two sources, chosen per query:
+Three sources, chosen per query:
 
 - the stream's aggregates (`aggregates` FINAL, summed over stream partitions, as the
   analysts' views and `tally reconcile` read them) when they answer the question:
@@ -9,6 +9,16 @@ Two sources, chosen per query:
   (`path_day`). Visitors over several days are the sum of daily visitors, which is
   what they are when the visitor salt rotates daily (the default): with a monthly
   salt such queries read the raw rows instead;
+- a breakdown by one dimension (top pages, sources, devices, ...), unfiltered or
+  filtered on that dimension only, over whole days: the daily rollups (`daily_stats`,
+  sinks/rollups.py) of the days that have a usable one, plus the raw rows of the
+  other days (today, days not computed yet or changed since), summed per value. A
+  rollup is usable while the fingerprint of its day's raw rows still equals the one it
+  was computed from and it was computed with the current vocabulary (checked in the
+  same query); where the raw rows have started to expire, only if it was sealed (found
+  equal to the complete raw rows just before they started to expire). Visitors summed over
+  days are exact under the daily salt, as for the aggregates; with a monthly salt a
+  multi-day breakdown with visitors reads the raw rows;
 - otherwise the raw rows (`pageviews` FINAL, so a replayed event counts once):
   visitors are `uniqExact(visitor_id)`, pageviews the events named `pageview`.
 
@@ -19,13 +29,17 @@ filter clauses, page), so the SQL guard checks each shape once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import date
 from typing import Any
 
 from tally.api.request import Branch, Filter, Range, StatsQuery
-from tally.api.vocabulary import EXPRESSIONS
+from tally.sinks.rollups import DIMENSIONS as ROLLUP_DIMENSIONS
+from tally.sinks.rollups import ROWS, RULES, STAMP
+from tally.sinks.vocabulary import EXPRESSIONS
 
 RAW_METRICS = {"visitors": "uniqExact(visitor_id)", "pageviews": "countIf(event = 'pageview')", "events": "count()"}
 AGG_METRICS = {"visitors": "sum(uniques)", "pageviews": "sum(count)"}
+ROLLUP_METRICS = {"visitors": "visitors", "pageviews": "pageviews", "events": "events"}  # columns of daily_stats
 TIME_FORMATS = {  # bucket label of a UTC timestamp column, as Plausible prints them
     "time:hour": "formatDateTime(toStartOfHour({c}), '%Y-%m-%d %H:00:00', 'UTC')",
     "time:day": "toString(toDate({c}))",
@@ -70,10 +84,52 @@ def aggregate_kind(q: StatsQuery, rng: Range, extra: Filter | None, salt_period:
     return None
 
 
+def dimensions_of(f: Filter) -> set[str]:
+    return set().union(*(dimensions_of(c) for c in f.children)) if isinstance(f, Branch) else {f.dimension}
+
+
+def rollup_dimension(q: StatsQuery, rng: Range, extra: Filter | None, salt_period: str) -> str | None:
+    """The dimension whose daily rollups answer this query exactly (with the raw rows of
+    the days without one), or None."""
+    if not rng.whole_days or len(q.dimensions) != 1 or q.dimensions[0] not in ROLLUP_DIMENSIONS:
+        return None
+    dim = q.dimensions[0]
+    if any(dimensions_of(f) != {dim} for f in (*q.filters, *([extra] if extra is not None else []))):
+        return None  # a filter on another dimension selects rows, not values
+    if "visitors" in metric_columns(q.metrics) and salt_period != "day" and rng.days() > 1:
+        return None
+    return dim
+
+
+# The (day, version) of each day whose rollup this query may use: its raw rows still have
+# the fingerprint it was computed from (from the `day_prints` projection) and it was
+# computed with the current vocabulary; before {kept}, where the raw rows expire, a sealed one.
+USABLE_ROLLUPS = f"""
+SELECT groupArray((day, version)) FROM
+(
+    SELECT day, version, raw_rows, raw_stamp, rules, sealed FROM daily_stats_log FINAL
+    WHERE site = {{site:String}} AND day BETWEEN {{d0:Date}} AND {{d1:Date}}
+)
+WHERE (day < {{kept:Date}} AND sealed = 1) OR (day >= {{kept:Date}} AND rules = {{rules:String}} AND (day, raw_rows, raw_stamp) IN
+(
+    SELECT toDate(received_at) AS day, {ROWS}, {STAMP} FROM pageviews
+    WHERE site = {{site:String}} AND toDate(received_at) BETWEEN {{d0:Date}} AND {{d1:Date}}
+    GROUP BY day
+))"""
+# The days of the range without a usable rollup: their raw rows are read.
+RAW_DAYS = ("SELECT day FROM (SELECT arrayJoin(arrayMap(i -> {d0:Date} + i, "
+            "range(toUInt32(dateDiff('day', {d0:Date}, {d1:Date}) + 1)))) AS day) "
+            "WHERE day NOT IN (SELECT arrayJoin(rolled).1)")
+
+
 class Builder:
-    def __init__(self, q: StatsQuery, salt_period: str = "day") -> None:
+    def __init__(self, q: StatsQuery, salt_period: str = "day", kept: date | None = None) -> None:
+        """kept: the first day whose raw rows all still exist (sinks/rollups.py kept_from;
+        before it only sealed rollups are used, whatever vocabulary they were computed
+        with); None: no rollups."""
         self.q = q
         self.salt_period = salt_period
+        self.kept = kept
         self.params: dict[str, Any] = {}
 
     def param(self, value: Any, ptype: str) -> str:
@@ -89,6 +145,8 @@ class Builder:
         kind = aggregate_kind(q, rng, extra, self.salt_period)
         self.params = {"site": q.site, "t0": _ts(rng.first), "t1": _ts(rng.end), "week_floor": str(rng.first_day)}
         cols = metric_columns(q.metrics)
+        if kind is None and self.kept is not None and rollup_dimension(q, rng, extra, self.salt_period):
+            return self.rollup(q, rng, extra, paginate)
         if kind is not None:
             time_col = "window_start"
             dim_sql = [("dimension" if d == "event:page" else TIME_FORMATS[d].format(c=time_col)) for d in dims]
@@ -108,10 +166,14 @@ class Builder:
         if not any(d == "time:week" for d in dims):
             self.params.pop("week_floor")
         select = [f"{sql} AS d{i}" for i, sql in enumerate(dim_sql)] + [f"toInt64({sql}) AS m_{m}" for m, sql in zip(cols, metric_sql, strict=True)]
+        return self.finish(f"FROM {source} WHERE {' AND '.join(where)}", select, q, dims, cols, paginate)
+
+    def finish(self, source: str, select: list[str], q: StatsQuery, dims: tuple[str, ...], cols: tuple[str, ...],
+               paginate: bool, prefix: str = "") -> Sql:
         want_total = paginate and q.total_rows and bool(dims)
         if want_total:
             select.append("toInt64(count() OVER ()) AS total_rows")
-        text = f"SELECT {', '.join(select)} FROM {source} WHERE {' AND '.join(where)}"
+        text = f"{prefix}SELECT {', '.join(select)} {source}"
         if dims:
             text += f" GROUP BY {', '.join(f'd{i}' for i in range(len(dims)))}"
             text += f" ORDER BY {self.order(dims, cols)}"
@@ -119,6 +181,26 @@ class Builder:
                 text += " LIMIT {limit:UInt64} OFFSET {offset:UInt64}"
                 self.params.update(limit=q.limit, offset=q.offset)
         return Sql(text, dict(self.params), dims, cols, want_total)
+
+    def rollup(self, q: StatsQuery, rng: Range, extra: Filter | None, paginate: bool) -> Sql:
+        """A one-dimension breakdown: the usable daily rollups plus the raw rows of the other
+        days, summed per value (exact: per-day visitors add up under the daily salt)."""
+        dim = q.dimensions[0]
+        cols = metric_columns(q.metrics)
+        self.params.pop("week_floor")
+        self.params.update(d0=str(rng.first_day), d1=str(rng.last_day), rules=RULES, kept=str(self.kept))
+        filters = (*q.filters, *([extra] if extra is not None else []))
+        rolled = ["value AS d0", *(f"{ROLLUP_METRICS[m]} AS m{i}" for i, m in enumerate(cols))]
+        rolled_where = ["site = {site:String}", f"dimension = '{dim}'", "day BETWEEN {d0:Date} AND {d1:Date}",
+                        "(day, version) IN (SELECT arrayJoin(rolled))", *(self.condition(f, "value") for f in filters)]
+        raw = [f"{EXPRESSIONS[dim]} AS d0", *(f"{RAW_METRICS[m]} AS m{i}" for i, m in enumerate(cols))]
+        raw_where = ["site = {site:String}", "received_at >= toDateTime64({t0:String}, 3, 'UTC')",
+                     "received_at < toDateTime64({t1:String}, 3, 'UTC')", f"toDate(received_at) IN ({RAW_DAYS})",
+                     *(self.condition(f) for f in filters)]
+        source = (f"FROM (SELECT {', '.join(rolled)} FROM daily_stats WHERE {' AND '.join(rolled_where)} "
+                  f"UNION ALL SELECT {', '.join(raw)} FROM pageviews FINAL WHERE {' AND '.join(raw_where)} GROUP BY d0)")
+        select = ["d0", *(f"toInt64(sum(m{i})) AS m_{m}" for i, m in enumerate(cols))]
+        return self.finish(source, select, q, q.dimensions, cols, paginate, f"WITH ({USABLE_ROLLUPS}) AS rolled ")
 
     def order(self, dims: tuple[str, ...], cols: tuple[str, ...]) -> str:
         terms, used = [], set()
@@ -135,13 +217,14 @@ class Builder:
         terms += [f"d{i} ASC" for i in range(len(dims)) if f"d{i}" not in used]  # a stable order for ties
         return ", ".join(terms)
 
-    def condition(self, f: Filter) -> str:
+    def condition(self, f: Filter, column: str | None = None) -> str:
+        """The filter as SQL over a `pageviews` row, or over `column` (a rollup's value)."""
         if isinstance(f, Branch):
-            parts = [self.condition(c) for c in f.children]
+            parts = [self.condition(c, column) for c in f.children]
             if f.op == "not":
                 return f"NOT ({parts[0]})"
             return "(" + f" {f.op.upper()} ".join(parts) + ")"
-        expr = EXPRESSIONS[f.dimension]
+        expr = column or EXPRESSIONS[f.dimension]
         clauses = list(f.clauses)
         if not f.case_sensitive:
             expr, clauses = f"lowerUTF8({expr})", [c.lower() for c in clauses]

@@ -18,6 +18,7 @@ from tally.api.handler import (
 from tally.api.request import RequestError, parse_request
 from tally.api.runner import Runner
 from tally.api.sql import Sql, first_day_sql, realtime_sql
+from tally.sinks.rollups import kept_from
 
 
 async def first_day(request: web.Request, site: str) -> date | None:
@@ -38,7 +39,8 @@ async def query(request: web.Request) -> web.Response:
         q = parse_request(body, today, start)
     except RequestError as exc:
         raise ApiError(400, str(exc)) from None
-    runner = Runner(q, lambda sql: rows(request, sql), request.app[SETTINGS].salt_period)
+    settings = request.app[SETTINGS]
+    runner = Runner(q, lambda sql: rows(request, sql), settings.salt_period, kept_from(settings, today))
     return answer(await runner.run(now(request)))
 
 

@@ -4,17 +4,16 @@ or the server's read-only dashboard user. Same two calls either way."""
 from __future__ import annotations
 
 import asyncio
-import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-import aiohttp
 import orjson
 from clickhouse_connect.driver.exceptions import OperationalError
 from tally.api.sql import Sql
 from tally.sinks import keystore
 from tally.sinks.keystore import KeyRecord
 from tally.sinks.sqlguard import engine_message
+from tally.sinks.sqlsocket import ANSWER, HEADER
 
 from tally.config import Settings
 
@@ -35,46 +34,93 @@ class Warehouse(Protocol):
     async def close(self) -> None: ...
 
 
+class FramedPool:
+    """Kept connections to the sink's framed socket (sinks/sqlsocket.py): a request is a
+    length-prefixed JSON object, an answer a length, a status and the body. Over HTTP on
+    the sink's other socket the same queries cost 0.8 ms more each (aiohttp's client,
+    server and executor hop; measured), a fifth of an aggregate query's own time."""
+
+    def __init__(self, path: str, timeout: float, keep: int = 8) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.keep = keep
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def call(self, request: dict[str, Any]) -> tuple[int, bytes]:
+        body = orjson.dumps(request)
+        frame = HEADER.pack(len(body)) + body
+        while self.idle:  # a kept connection the sink closed meanwhile (it restarted) fails before answering
+            try:
+                return await self._exchange(self.idle.pop(), frame)
+            except _Stale:
+                continue
+        try:
+            conn = await asyncio.open_unix_connection(self.path)
+        except OSError as exc:
+            raise Unavailable(f"the sink's warehouse socket does not answer ({exc}); is the sink running?") from None
+        try:
+            return await self._exchange(conn, frame)
+        except _Stale:
+            raise Unavailable("the sink closed the connection without answering") from None
+
+    async def _exchange(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], frame: bytes) -> tuple[int, bytes]:
+        reader, writer = conn
+        try:
+            async with asyncio.timeout(self.timeout):
+                writer.write(frame)
+                try:
+                    size, status = ANSWER.unpack(await reader.readexactly(ANSWER.size))
+                except asyncio.IncompleteReadError as exc:
+                    if exc.partial:
+                        raise
+                    raise _Stale from None  # closed before answering: nothing ran
+                data = await reader.readexactly(size)
+        except _Stale:
+            writer.close()
+            raise
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            writer.close()
+            raise Unavailable(f"the sink's read service failed to answer ({type(exc).__name__})") from None
+        if len(self.idle) < self.keep:
+            self.idle.append(conn)
+        else:
+            writer.close()
+        return status, data
+
+    async def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
+class _Stale(Exception):
+    """A kept connection the other side had closed: retried on a new one."""
+
+
 class SocketWarehouse:
-    """Through the sink's read service (sinks/readservice.py), guarded like any SQL there."""
+    """Through the sink's read service (its framed socket), guarded like any SQL there."""
 
     def __init__(self, settings: Settings) -> None:
-        self.path = str(settings.socket_path)
-        self.timeout = aiohttp.ClientTimeout(total=settings.analyst_max_seconds * 4 + 30)
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=self.path), timeout=self.timeout)
-        return self._session
-
-    async def _call(self, method: str, route: str, body: Any = None) -> tuple[int, bytes]:
-        try:
-            async with self.session.request(method, f"http://sink{route}", json=body) as resp:
-                return resp.status, await resp.read()
-        except (aiohttp.ClientConnectionError, FileNotFoundError) as exc:
-            raise Unavailable(f"the sink's warehouse socket does not answer ({exc}); is the sink running?") from None
+        self.pool = FramedPool(str(settings.sql_socket_path), settings.analyst_max_seconds * 4 + 30)
 
     async def rows(self, sql: Sql) -> list[list[Any]]:
-        status, body = await self._call("POST", "/v1/sql", {"sql": sql.text, "params": sql.params, "format": "JSONCompact"})
+        status, body = await self.pool.call({"sql": sql.text, "params": sql.params})
         if status == 503:
-            raise Unavailable(json.loads(body).get("error", "busy"))
+            raise Unavailable(orjson.loads(body).get("error", "busy"))
         if status != 200:
-            raise QueryFailed(json.loads(body or b"{}").get("error", f"HTTP {status}"))
+            raise QueryFailed(orjson.loads(body or b"{}").get("error", f"status {status}"))
         return orjson.loads(body)["data"]
 
     async def find_key(self, key_id: str) -> KeyRecord | None:
-        status, body = await self._call("GET", f"/v1/keys/{key_id}")
+        status, body = await self.pool.call({"key_id": key_id})
         if status == 404:
             return None
         if status != 200:
-            raise Unavailable(f"key lookup failed: HTTP {status}")
-        return KeyRecord.from_json(json.loads(body))
+            raise Unavailable(f"key lookup failed: status {status}")
+        return KeyRecord.from_json(orjson.loads(body))
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.pool.close()
 
 
 class ServerWarehouse:

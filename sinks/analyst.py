@@ -11,7 +11,7 @@ from tally.config import Settings
 
 # Raw tables and views analysts read (docs/analysts.md).
 ANALYST_TABLES: frozenset[str] = frozenset({
-    "pageviews", "aggregates", "product_events", "drops", "bad_rows",
+    "pageviews", "aggregates", "product_events", "drops", "bad_rows", "daily_stats", "daily_stats_log", "breakdowns_daily",
     "site_stats_hourly", "site_stats_daily", "site_stats_monthly", "path_stats_daily",
     "product_family_daily", "active_workspaces_daily", "drops_daily", "bad_rows_unique",
 })

@@ -174,24 +174,29 @@ def query_adoption(tenant: str | None, date_from: datetime | None, date_to: date
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def reconcile(date_from: datetime | None, date_to: datetime | None, as_json: bool) -> None:
     """Recompute pageviews and visitors per site and day from the raw rows and compare
-    them with the aggregates. Exits 1 when any site/day drifts."""
+    them with the aggregates, and the daily breakdown rollups in use with the raw rows.
+    Exits 1 when any site/day drifts."""
     from rich.console import Console
     from rich.table import Table
     from tally.sinks.query import QueryError
     from tally.sinks.reconcile import reconcile as check
+    from tally.sinks.reconcile import reconcile_rollups
 
     from tally.runtime import console
 
     w = _window(date_from, date_to)
     try:
         days = check(_settings(), w.date_from, w.date_to)
+        rollups = reconcile_rollups(_settings(), w.date_from, w.date_to)
     except QueryError as exc:
         console.print(f"[red]reconcile failed[/red]: {exc}")
         sys.exit(2)
     drift = [d for d in days if d.drift]
+    rollup_drift = [r for r in rollups if r.drift]
     if as_json:
         click.echo(json.dumps({"from": str(w.date_from), "to": str(w.date_to), "days": len(days),
-                               "drift": [d.__dict__ for d in drift]}))
+                               "drift": [d.__dict__ for d in drift], "rollup_days": len(rollups),
+                               "rollup_drift": [r.__dict__ for r in rollup_drift]}))
     else:
         table = Table("site", "day", "raw pageviews", "agg pageviews", "raw visitors", "agg visitors", "drift",
                       title=f"reconcile {w.date_from} .. {w.date_to}")
@@ -200,4 +205,10 @@ def reconcile(date_from: datetime | None, date_to: datetime | None, as_json: boo
                           str(d.agg_visitors), "[red]DRIFT[/red]" if d.drift else "ok")
         Console().print(table)
         console.print(f"{len(days)} site-days checked, {len(drift)} with drift")
-    sys.exit(1 if drift else 0)
+        if rollups:
+            table = Table("site", "day", "values", "differing", "drift", title="daily breakdown rollups")
+            for r in rollups:
+                table.add_row(r.site, r.day, str(r.values), str(r.differing), "[red]DRIFT[/red]" if r.drift else "ok")
+            Console().print(table)
+        console.print(f"{len(rollups)} site-days of breakdown rollups checked, {len(rollup_drift)} with drift")
+    sys.exit(1 if drift or rollup_drift else 0)

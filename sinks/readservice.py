@@ -7,6 +7,8 @@ reach what:
 - Unix socket `<state>/run/warehouse.sock`, mode 0600 in a 0700 directory: only
   the sink's own OS user. No web page can send to it, no other local user can
   open it. Serves guarded SQL (`POST /v1/sql`) and the typed API-key operations.
+  Next to it, `warehouse-sql.sock` (sinks/sqlsocket.py, the same mode) serves the
+  dashboard's guarded SQL and key lookups as length-prefixed frames.
 - TCP `TALLY_QUERY_HOST:TALLY_QUERY_PORT` (loopback): `/healthz` and `/metrics`
   only. Analysts' SQL is served there too only when TALLY_QUERY_TOKEN is set,
   and then only with `Authorization: Bearer <token>`, a Host header from
@@ -22,26 +24,23 @@ long, uses too much memory, or reads or returns too much.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
 import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import uvloop
 from aiohttp import web
-from clickhouse_connect.driver.client import Client
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tally.sinks import keystore
-from tally.sinks.query import FORMATS, AnalystSession, QueryError
+from tally.sinks.analystpool import AnalystPool, Answer, KeyOps, error
+from tally.sinks.query import FORMATS
 from tally.sinks.sqlguard import Guard
-from tally.sinks.warehouse import connect
+from tally.sinks.sqlsocket import SqlSocket
 
 from tally.config import Settings
 from tally.secrets import private_dir
@@ -49,94 +48,6 @@ from tally.secrets import private_dir
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 512 * 1024
-QUEUE_PER_SLOT = 8
-CONTENT_TYPES = {"JSON": "application/json", "JSONCompact": "application/json", "JSONEachRow": "application/x-ndjson",
-                 "CSVWithNames": "text/csv", "TabSeparatedWithNames": "text/tab-separated-values"}
-
-QUERIES = Counter("tally_analyst_queries_total", "Analyst queries by outcome (ok, refused, failed, busy).",
-                  ["outcome"])
-
-
-class Busy(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-
-
-def error(status: int, message: str, **extra: Any) -> Answer:
-    return Answer(status, json.dumps({"error": message, **extra}).encode())
-
-
-class AnalystPool:
-    """Runs analyst queries on their own threads, each with its own read-only chDB session."""
-
-    def __init__(self, settings: Settings, guard: Guard) -> None:
-        self.settings = settings
-        self.guard = guard
-        self.slots = settings.analyst_concurrency
-        self.executor = ThreadPoolExecutor(self.slots, thread_name_prefix="analyst", initializer=self._init_thread)
-        self.local = threading.local()
-        self.pending = 0
-        self.lock = threading.Lock()
-
-    @staticmethod
-    def _init_thread() -> None:
-        with contextlib.suppress(OSError):  # nice 10, this thread only: under CPU pressure inserts go first
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-
-    def session(self) -> AnalystSession:
-        session = getattr(self.local, "session", None)
-        if session is None:
-            session = self.local.session = AnalystSession(self.settings, self.guard)
-        return session
-
-    async def run(self, fn: Callable[[], Answer]) -> Answer:
-        with self.lock:
-            if self.pending >= self.slots * QUEUE_PER_SLOT:
-                QUERIES.labels(outcome="busy").inc()
-                return error(503, f"{self.pending} analyst queries are waiting; try again shortly")
-            self.pending += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
-        finally:
-            with self.lock:
-                self.pending -= 1
-
-    def sql(self, sql: str, fmt: str, params: dict[str, Any]) -> Answer:
-        try:
-            out = self.session().run(sql, fmt, params)
-        except QueryError as exc:
-            QUERIES.labels(outcome="refused" if exc.refused else "failed").inc()
-            return error(400, str(exc), refused=exc.refused)
-        QUERIES.labels(outcome="ok").inc()
-        return Answer(200, out, CONTENT_TYPES[fmt])
-
-    def shutdown(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-class KeyOps:
-    """The typed API-key operations, on a session of their own (they write)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="api-keys")
-        self._client: Client | None = None
-
-    async def run(self, fn: Callable[[Client], Any]) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, lambda: fn(self._session()))
-
-    def _session(self) -> Client:
-        if self._client is None:  # only ever used from the one executor thread
-            self._client = connect(self.settings)
-        return self._client
-
-
 async def _json_body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(text=json.dumps({"error": "the body must be JSON (Content-Type: application/json)"}),
@@ -255,6 +166,7 @@ class ReadService:
         self.ready = threading.Event()
         self.failed: BaseException | None = None
         self.thread = threading.Thread(target=self._serve, name="read-service", daemon=True)
+        self.sql_socket: Any = None  # sinks/sqlsocket.py, embedded mode
 
     def start(self) -> None:
         self.thread.start()
@@ -298,6 +210,8 @@ class ReadService:
             s.socket_path.unlink(missing_ok=True)
             await self._site(sock, lambda r: web.UnixSite(r, str(s.socket_path)))
             os.chmod(s.socket_path, 0o600)
+            self.sql_socket = SqlSocket(s.sql_socket_path, self.pool, self.keys)
+            self.sql_socket.start()
 
     async def _site(self, app: web.Application, site: Callable[[web.AppRunner], web.BaseSite]) -> None:
         runner = web.AppRunner(app, access_log=None)  # no client addresses in logs
@@ -314,6 +228,8 @@ class ReadService:
             asyncio.run_coroutine_threadsafe(cleanup(), self.loop).result(10)
             self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        if self.sql_socket is not None:
+            self.sql_socket.stop()
         if self.pool is not None:
             self.pool.shutdown()
             self.keys.executor.shutdown(wait=False, cancel_futures=True)

@@ -7,16 +7,23 @@ FINAL, so an unmerged replay cannot inflate it) and compares them with the
 `site_day` aggregates (highest version per stream partition, summed across
 partitions). Uniques agree exactly when the visitor salt rotates daily (the
 default): a visitor then has one id per site and day.
+
+It also checks the daily breakdown rollups (`daily_stats`, sinks/rollups.py) the
+Stats API reads: for every site and day of the window whose rollup is in use (its raw
+rows, all still kept, have the fingerprint it was computed from), every dimension
+value is recomputed from the raw rows and compared with the rollup. A value on one
+side only is drift too.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 
 from tally.sinks.query import run_sql
 from tally.sinks.reports import Window, literal
+from tally.sinks.rollups import ONE_DAY, ROWS, RULES, STAMP, kept_from, rollup_select
 
 from tally.config import Settings
 
@@ -60,3 +67,54 @@ def reconcile(settings: Settings, date_from: date, date_to: date) -> list[DayChe
     out = run_sql(settings, reconcile_sql(Window(date_from, date_to)), "JSONCompact")
     return [DayCheck(str(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]))
             for r in json.loads(out)["data"]]
+
+
+@dataclass(frozen=True)
+class RollupCheck:
+    site: str
+    day: str
+    values: int  # (dimension, value) pairs compared
+    differing: int
+
+    @property
+    def drift(self) -> bool:
+        return self.differing > 0
+
+
+# Site-days whose rollup the API uses and whose raw rows can still be read.
+ROLLUPS_IN_USE = f"""
+SELECT toString(day), groupArray(site) FROM
+(
+    SELECT site, day, raw_rows, raw_stamp, rules FROM daily_stats_log FINAL
+    WHERE day BETWEEN {{lo:Date}} AND {{hi:Date}}
+)
+WHERE day >= {{kept:Date}} AND rules = {{rules:String}} AND (site, day, raw_rows, raw_stamp) IN
+(
+    SELECT site, toDate(received_at) AS day, {ROWS}, {STAMP} FROM pageviews
+    WHERE toDate(received_at) BETWEEN {{lo:Date}} AND {{hi:Date}}
+    GROUP BY site, day
+)
+GROUP BY day ORDER BY day
+"""
+ROLLUP_DAY = f"""
+SELECT if(r.site = '', b.site, r.site) AS s, count(),
+       countIf(r.pageviews != b.pageviews OR r.visitors != b.visitors OR r.events != b.events)
+FROM (SELECT * FROM ({rollup_select(ONE_DAY)}) WHERE site IN {{sites:Array(String)}}) AS r
+FULL OUTER JOIN
+(
+    SELECT site, dimension, value, pageviews, visitors, events FROM breakdowns_daily
+    WHERE day = {{day:Date}} AND site IN {{sites:Array(String)}}
+) AS b
+ON r.site = b.site AND r.dimension = b.dimension AND r.value = b.value
+GROUP BY s ORDER BY s
+"""
+
+
+def reconcile_rollups(settings: Settings, date_from: date, date_to: date) -> list[RollupCheck]:
+    kept = max(date_from, kept_from(settings, datetime.now(UTC).date()))
+    params = {"lo": str(date_from), "hi": str(date_to), "kept": str(kept), "rules": RULES}
+    out = []
+    for day, sites in json.loads(run_sql(settings, ROLLUPS_IN_USE, "JSONCompact", params))["data"]:
+        rows = json.loads(run_sql(settings, ROLLUP_DAY, "JSONCompact", {"day": day, "sites": sites}))["data"]
+        out += [RollupCheck(str(site), day, int(n), int(bad)) for site, n, bad in rows]
+    return out

@@ -41,6 +41,7 @@ from tally.sinks.metrics import BAD_RECORDS, PENDING_MAX
 from tally.sinks.migrate import migrate
 from tally.sinks.readservice import ReadService
 from tally.sinks.replay import Replay
+from tally.sinks.rollups import start as start_rollups
 from tally.sinks.tables import BAD_ROW_COLUMNS, MAPPINGS, Rejected, TableMapping
 from tally.sinks.warehouse import connect
 from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
@@ -256,6 +257,7 @@ def run(settings: Settings) -> None:
     service.start()
     log.info("health and metrics on http://%s:%d%s", settings.query_host, settings.query_port,
              f"; warehouse socket {settings.socket_path}" if settings.embedded_clickhouse else "")
+    rollups = start_rollups(settings, lambda: connect(settings))  # its own thread and session
     sink = Sink(settings, client, stopping)
     try:
         sink.run()
@@ -264,4 +266,5 @@ def run(settings: Settings) -> None:
             raise
         log.info("stopped with an uncommitted batch (%s); it is read again at the next start", exc)
     finally:
+        rollups.stop()
         service.stop()

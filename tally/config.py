@@ -218,6 +218,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_RAW_RETENTION_DAYS", "raw_retention_days", "540", _int(1), "TTL of raw pageview rows in ClickHouse, in days.", "Sink"),
     Var("TALLY_PRODUCT_RETENTION_DAYS", "product_retention_days", "90", _int(1), "TTL of raw product usage events in ClickHouse, in days.", "Sink"),
     Var("TALLY_BAD_ROWS_RETENTION_DAYS", "bad_rows_retention_days", "30", _int(1), "TTL of bad rows in ClickHouse and of the bad-rows topic, in days.", "Sink"),
+    Var("TALLY_ROLLUP_CHECK_SECONDS", "rollup_check_seconds", "60", _float(0.1), "How often the sink checks the daily breakdown rollups (`daily_stats`) against the raw rows of recent days and computes the days that are over or changed (docs/api.md).", "Sink"),
     # Analyst access (docs/api.md, docs/analysts.md)
     Var("TALLY_ANALYST_MAX_SECONDS", "analyst_max_seconds", "30", _int(1, 3600), "Longest run time of one analyst query (`tally query`, the Stats API): ClickHouse's max_execution_time, enforced by the engine.", "Analyst access"),
     Var("TALLY_ANALYST_MAX_MEMORY_MB", "analyst_max_memory_mb", "1024", _int(16), "Most memory one analyst query may use (max_memory_usage).", "Analyst access"),
@@ -301,6 +302,7 @@ class Settings:
     raw_retention_days: int = 540
     product_retention_days: int = 90
     bad_rows_retention_days: int = 30
+    rollup_check_seconds: float = 60.0
     analyst_max_seconds: int = 30
     analyst_max_memory_mb: int = 1024
     analyst_max_rows_to_read: int = 1_000_000_000
@@ -425,6 +427,11 @@ class Settings:
     def socket_path(self) -> Path:
         """The sink's Unix socket: the warehouse's read service in embedded mode (mode 0600)."""
         return self.run_dir / "warehouse.sock"
+
+    @property
+    def sql_socket_path(self) -> Path:
+        """The sink's framed socket for the dashboard's queries (sinks/sqlsocket.py, mode 0600)."""
+        return self.run_dir / "warehouse-sql.sock"
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

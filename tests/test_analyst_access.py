@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -43,6 +45,36 @@ def tally(env: Env, *args: str) -> subprocess.CompletedProcess:
 def sql(s, text: str) -> tuple[int, dict | bytes]:
     status, body = SinkSocket(s.socket_path, timeout=120).request("POST", "/v1/sql", {"sql": text, "format": "JSONCompact"})
     return status, (json.loads(body) if status != 200 else body)
+
+
+def framed(s, request: dict | bytes, raw: bool = False, claimed: int | None = None) -> tuple[int, dict | bytes]:
+    """One request on the sink's framed socket (sinks/sqlsocket.py), on a new connection;
+    a malformed frame (raw bytes) must close it after the answer."""
+    body = request if raw else json.dumps(request).encode()
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(120)
+        conn.connect(str(s.sql_socket_path))
+        conn.sendall(struct.pack(">I", len(body) if claimed is None else claimed) + body)
+        stream = conn.makefile("rb")
+        size, status = struct.unpack(">IH", stream.read(6))
+        data = stream.read(size)
+        if raw:
+            assert stream.read(1) == b""
+    return status, (json.loads(data) if status != 200 else data)
+
+
+def unanswered_or_refused(s, data: bytes) -> bool:
+    """Send `data` and close the sending side: the read service answers 400 or nothing, and closes."""
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(60)
+        conn.connect(str(s.sql_socket_path))
+        conn.sendall(data)
+        conn.shutdown(socket.SHUT_WR)
+        answer = conn.makefile("rb").read()
+    if not answer:
+        return True
+    size, status = struct.unpack(">IH", answer[:6])
+    return status == 400 and len(answer) == 6 + size
 
 
 def http(url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, str]:
@@ -105,7 +137,30 @@ def test_escapes_refused_on_the_socket_and_tally_query(analyst_env, spawn, tmp_p
         assert SECRET not in json.dumps(body)
         res = tally(analyst_env, "query", text)
         assert res.returncode == 1 and why in res.stderr and SECRET not in res.stdout + res.stderr, (text, res.stderr)
+        status, body = framed(s, {"sql": text, "params": {}})  # the dashboard's socket: the same guard
+        assert status == 400 and body["refused"] and why in body["error"], (text, status, body)
     assert not out.exists()
+    status, body = framed(s, {"sql": "SELECT count() FROM pageviews"})
+    assert status == 200 and json.loads(body)["data"] == [[0]]
+    for bad in (b"{not json", b"[1]", json.dumps({"sql": "SELECT 1", "format": "CSV"}).encode(),
+                json.dumps({"key_id": 1}).encode()):
+        status, body = framed(s, bad, raw=True)
+        assert status == 400 and "request" in body["error"], (bad, body)
+    status, body = framed(s, b"", raw=True, claimed=512 * 1024 + 1)  # answered before the body is read
+    assert status == 400 and "at most" in body["error"]
+    status, body = framed(s, b"", raw=True, claimed=2**32 - 1)
+    assert status == 400 and "at most" in body["error"]
+    for garbage in (b"\xff\xfe\x00garbage", bytes(range(256)), b"\x00" * 64):
+        status, body = framed(s, garbage, raw=True)
+        assert status == 400 and "request" in body["error"], (garbage, body)
+    for params in ({"p": {"nested": [1]}}, {"p": "x" * 1000}, {"p": None}):  # values that are no UInt8
+        status, body = framed(s, {"sql": "SELECT {p:UInt8}", "params": params})
+        assert status == 400 and "error" in body, (params, status, body)
+    # Cut short: a partial header, a body shorter than its length: the connection just ends.
+    for cut in (b"\x00\x00", struct.pack(">I", 100) + b'{"sql": "SEL'):
+        assert unanswered_or_refused(s, cut)
+    status, body = framed(s, {"key_id": "000000000000"})
+    assert status == 404
     assert query_rows(s, "SELECT count() FROM pageviews")[0][0] == 0  # analyst SQL still answers
 
     # Nothing on TCP serves SQL: every port the sink listens on refuses it.
@@ -118,15 +173,16 @@ def test_escapes_refused_on_the_socket_and_tally_query(analyst_env, spawn, tmp_p
             assert status in (404, 405), (port, route, status)
         assert http(f"http://127.0.0.1:{port}/healthz")[0] == 200
 
-    # The socket: the owner's only, and another user cannot connect.
-    assert stat.S_IMODE(s.socket_path.stat().st_mode) == 0o600
+    # The sockets: the owner's only, and another user cannot connect.
     assert stat.S_IMODE(s.run_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(s.state_dir.stat().st_mode) == 0o700
     probe = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\n"
              "try:\n s.connect(sys.argv[1]); print('connected')\nexcept OSError as e: print(type(e).__name__)")
-    res = subprocess.run(["/usr/bin/python3", "-c", probe, str(s.socket_path)], user=65534, group=65534,
-                         capture_output=True, text=True, timeout=30)
-    assert res.stdout.strip() == "PermissionError", res.stdout + res.stderr
+    for path in (s.socket_path, s.sql_socket_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        res = subprocess.run(["/usr/bin/python3", "-c", probe, str(path)], user=65534, group=65534,
+                             capture_output=True, text=True, timeout=30)
+        assert res.stdout.strip() == "PermissionError", res.stdout + res.stderr
     assert sink.alive(), sink.output()[-2000:]
 
 
@@ -203,8 +259,6 @@ def test_sql_on_tcp_needs_the_token_an_allowed_host_and_no_origin(tally_env, spa
     status, text = http(url, json.dumps({"sql": "SELECT file('/etc/hostname')"}).encode(), good)
     assert status == 400 and json.loads(text)["refused"] and SECRET not in text
     # A negative Content-Length is a bad request, not an unbounded read.
-    import socket
-
     with socket.create_connection(("127.0.0.1", s.query_port), timeout=10) as conn:
         conn.sendall(b"POST /v1/sql HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -1\r\n\r\n")
         assert conn.recv(200).split(b" ")[1] == b"400"

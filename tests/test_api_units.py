@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from tally.api.keys import INVALID, MISSING, KeyChecker, hash_key, key_id_of, new_key
 from tally.api.request import Range, RequestError, parse_date_range, parse_request
 from tally.api.runner import comparison_range, percent_change, time_labels
-from tally.api.sql import Builder, aggregate_kind
+from tally.api.sql import Builder, aggregate_kind, rollup_dimension
 from tally.sinks.cli import cell
 
 from tally.config import Settings
@@ -190,3 +190,24 @@ def test_secrets_stay_out_of_files_and_output(tmp_path):
     out = CliRunner().invoke(main, ["config", "check"], env=env)
     assert out.exit_code == 0 and "pw123" not in out.output and "edge-secret-value" not in out.output
     assert '"edge_secret": "***"' in out.output
+
+
+def test_one_dimension_breakdowns_read_the_daily_rollups():
+    def dim(salt: str = "day", **kw):
+        q = parse_request(body(**kw), TODAY)
+        return rollup_dimension(q, q.range, None, salt)
+
+    assert dim(dimensions=["visit:source"], date_range="30d") == "visit:source"
+    assert dim(dimensions=["event:page"], date_range="7d", filters=[["contains", "event:page", ["/docs"]]]) == "event:page"
+    assert dim(dimensions=["visit:source"], filters=[["is", "visit:device", ["Mobile"]]]) is None  # selects rows
+    assert dim(dimensions=["visit:source", "visit:device"]) is None
+    assert dim(dimensions=["time:day"], date_range="30d") is None  # the aggregates answer it
+    assert dim(salt="month", dimensions=["visit:source"], date_range="30d") is None  # visitors over days
+    assert dim(salt="month", metrics=["pageviews"], dimensions=["visit:source"], date_range="30d") == "visit:source"
+    assert dim(salt="month", dimensions=["visit:source"], date_range="day") == "visit:source"
+    assert dim(dimensions=["visit:os"], date_range=["2021-01-01T10:00:00Z", "2021-01-02T10:00:00Z"]) is None
+    q = parse_request(body(dimensions=["visit:os"], date_range="7d"), TODAY)
+    assert "daily_stats" in Builder(q, "day", TODAY).build(q.range).text
+    assert "daily_stats" not in Builder(q).build(q.range).text  # no retention floor given: raw rows only
+    totals = Builder(q, "day", TODAY).build(q.range, totals=True)  # the percentage denominator
+    assert "daily_stats" not in totals.text and "site_day" in totals.text

@@ -148,3 +148,15 @@ FROM bad_rows
 ORDER BY failed_at
 LIMIT 1 BY component, reason, source_topic, source_partition, source_offset, cityHash64(original),
            if(source_offset < 0, rowNumberInAllBlocks(), 0)
+;
+
+-- The daily breakdown rollups in force (sinks/rollups.py): per site, day, Stats API
+-- dimension and value (Plausible's words: `Google`, `Direct / None`, `Mobile`, ...), the
+-- pageviews, exact visitors and events of that day. Days are those the sink has computed:
+-- days that are over; today is not here.
+--   SELECT value AS source, sum(visitors) FROM breakdowns_daily
+--   WHERE site = 'example.com' AND dimension = 'visit:source' AND day >= today() - 30 GROUP BY source
+CREATE OR REPLACE VIEW breakdowns_daily AS
+SELECT site, day, dimension, value, pageviews, visitors, events
+FROM daily_stats
+WHERE (site, day, version) IN (SELECT site, day, version FROM daily_stats_log FINAL)
