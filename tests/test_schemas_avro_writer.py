@@ -102,7 +102,8 @@ def _random_call(rnd):
             continue  # leaves required keys out now and then
         good = {"enum": list(prop.values), "bool": [True, False], "int": [0, 3, prop.max],
                 "timestamp": [1_763_780_000_000], "id": ["p_1", "x-2"], "type": ["policy_sync", "a.b"],
-                "route": ["/t/{id}", "/*"]}[prop.kind]
+                "route": ["/t/{id}", "/*"], "money": [0, 1250, prop.max],
+                "enum_list": ["", ",".join(prop.values[:1]), ",".join(prop.values[:2]), list(prop.values[:2])]}[prop.kind]
         bad = [None, 1, True, 1.0, -1, prop.max + 1, "jane@example.com", "x" * 70, "", [1], "https://a.b/?q=1"]
         metadata[key] = rnd.choice(good * 12 + bad)
     if rnd.random() < 0.1:
