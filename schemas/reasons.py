@@ -40,6 +40,7 @@ class DropReason(StrEnum):
     EXIT_TIMEOUT = "exit_timeout"  # still queued when the exit flush ended
     CLOSED = "closed"  # track() after close()
     MIDDLEWARE_ERROR = "middleware_error"  # the request middleware could not report a request
+    NO_SCOPE = "no_scope"  # track_performance() outside a request and without a tenant scope
 
 
 class BadRowReason(StrEnum):

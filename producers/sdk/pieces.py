@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tally.producers.sdk.context import current, with_request_id
 from tally.schemas.avro_writer import Fallback, compile_writer, encoded, field_writers
 from tally.schemas.catalog import ACTOR_TYPES, CATALOG, KIND_CLASS, check_metadata_value, is_safe_id
 from tally.schemas.codec import MAGIC, Codec
@@ -131,13 +132,14 @@ class EventPieces:
             for key, prop in spec.props.items():
                 plan.kinds[key] = KIND_CLASS[prop.kind]
                 known = plan.pieces[key] = {}
-                if prop.kind != "timestamp":
+                if prop.kind != "timestamp" and key != "request_id":  # these rarely repeat
                     plan.learnable.add(key)
                 for v in (*prop.values, True, False, None):
                     if check_metadata_value(name, key, v) is None:  # the catalog's own verdict
                         known[v] = self._piece(key, v)
             self.plans[name] = plan
-            self.fast_plans[name] = plan.fast
+            if spec.status not in ("draft", "deprecated"):  # the full path rejects or counts these
+                self.fast_plans[name] = plan.fast
 
     def close(self) -> None:
         """From now on every event goes to the full path."""
@@ -261,6 +263,7 @@ def compile_track(pieces: EventPieces, produce: Callable[[str, bytes, str], None
         pieces.new_id, pieces.new_actor, pieces.new_subject, pieces.new_piece)
     counts, map_end, join, piece_value_class = _MAP_COUNT, _MAP_END, b"".join, _PIECE_VALUE_CLASS
     clock = (0, b"", b"")
+    in_request = current
 
     def with_metadata(event: str, pieces: dict, required: tuple[str, ...], metadata: dict,
                       parts: list[bytes]) -> bytes | None:
@@ -287,6 +290,8 @@ def compile_track(pieces: EventPieces, produce: Callable[[str, bytes, str], None
     def track(event: str, *, tenant_id: str, workspace_id: str, actor: Any = None,
               subject: Any = None, metadata: Any = None, occurred_at: Any = None) -> Any:
         nonlocal clock
+        if in_request() is not None:  # inside a request: the event carries its request_id
+            metadata = with_request_id(metadata)
         plan = plans_get(event)
         value = None
         if plan is not None and occurred_at is None:

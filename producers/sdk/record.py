@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from tally.producers.sdk.context import with_request_id
 from tally.schemas.catalog import CATALOG, Prop, canonical_list, check
 from tally.schemas.reasons import EventProblem
 
@@ -56,6 +57,7 @@ def product_record(event: str, tenant_id: str, workspace_id: str, actor: Any, su
             actor_type, actor_id = actor
         subject_type, subject_id = ("", None) if subject is None else subject
         spec = CATALOG.get(event)
+        metadata = with_request_id(metadata)
         now = time.time_ns() // 1_000_000
         record = {
             "event_id": uuid7(now), "event": event,
