@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -863,6 +863,53 @@ def _check(record: Mapping[str, Any]) -> tuple[EventProblem, str] | None:
         if key not in metadata:
             return EventProblem.MISSING_FIELD, f"{name}: metadata key {key!r} is required"
     return None
+
+
+# --- catalog lint --------------------------------------------------------------------
+
+# Key names that say "personal data or free text": the catalog carries safe kinds only,
+# and a key named like this invites the wrong value even when its kind is safe.
+_UNSAFE_KEY_NAMES = frozenset({"email", "user_email", "name", "username", "user_name", "full_name",
+                               "first_name", "last_name", "title", "description", "note", "notes", "comment",
+                               "message", "error_message", "query", "search_query", "url", "ip", "ip_address",
+                               "phone", "address_line", "password", "token", "user_id", "admin_user_id"})
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # error | warning
+    event: str  # "" for the catalog as a whole
+    message: str
+
+
+def lint(today: date) -> list[Finding]:
+    """The catalog's rules beyond what import enforces: errors (unsafe key names, missing
+    docs) and warnings (a review due, events in review, deprecated or draft, seed events
+    missing from the seed map)."""
+    out: list[Finding] = []
+    for e in _EVENTS:
+        spec = CATALOG.get(e.name, e)
+        if not spec.doc.strip() or not spec.fires.strip():
+            out.append(Finding("error", e.name, "needs what it means (doc) and when it fires"))
+        for key in spec.own_props:
+            if key in _UNSAFE_KEY_NAMES:
+                out.append(Finding("error", e.name, f"key {key!r} names personal data or free text; "
+                                                    "carry a boolean, a count or an opaque id instead"))
+        if spec.status == "review":
+            out.append(Finding("warning", e.name, "in review: decide to keep it (active) or deprecate it"))
+        elif spec.status == "deprecated":
+            out.append(Finding("warning", e.name, f"deprecated, replaced by {spec.replaced_by}"))
+        elif spec.status == "draft":
+            out.append(Finding("warning", e.name, "draft: rejected until made active"))
+    mapped = {name for _, _, name, _ in SEED_MAP}
+    for e in _EVENTS:
+        if e.source in ("seed 001", "seed 004") and e.name not in mapped and not e.name.startswith("api."):
+            out.append(Finding("warning", e.name, f"from {e.source} but not in SEED_MAP"))
+    due = date.fromisoformat(LAST_UPDATED) + timedelta(days=REVIEW_CYCLE_DAYS)
+    if today > due:
+        out.append(Finding("warning", "", f"the catalog's review was due on {due} (last updated {LAST_UPDATED}, "
+                                          f"review cycle {REVIEW_CYCLE_DAYS} days)"))
+    return out
 
 
 # --- docs/events.md ------------------------------------------------------------------

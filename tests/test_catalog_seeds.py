@@ -149,3 +149,17 @@ def test_docs_list_every_seed_001_and_004_event():
         assert event or why  # an exclusion says why
     for key in ("**Owner:**", "**Last updated:**", "**Review cycle:**"):
         assert key in md
+
+
+def test_lint_is_clean_today_and_names_what_breaks_the_rules(monkeypatch):
+    from datetime import date, timedelta
+
+    today = date.fromisoformat(catalog.LAST_UPDATED)
+    assert catalog.lint(today) == []
+    overdue = catalog.lint(today + timedelta(days=catalog.REVIEW_CYCLE_DAYS + 1))
+    assert [(f.level, f.event) for f in overdue] == [("warning", "")] and "review was due" in overdue[0].message
+    bad = dataclasses.replace(CATALOG["client.created"], status="review",
+                              props={**CATALOG["client.created"].own_props, "email": catalog._id("x")})
+    monkeypatch.setitem(CATALOG, "client.created", bad)
+    found = {(f.level, f.event, f.message.split(":")[0].split(" ")[0]) for f in catalog.lint(today)}
+    assert found == {("error", "client.created", "key"), ("warning", "client.created", "in")}

@@ -7,6 +7,9 @@ bad rows at the worker and the sink."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -17,10 +20,10 @@ from tally.producers.sdk import Client
 from tally.producers.sdk.context import request_context
 from tally.producers.sdk.middleware import TallyASGIMiddleware
 from tally.producers.sdk.performance import track_performance
-from tally.schemas.catalog import LATENCY_BUCKETS_MS
+from tally.schemas.catalog import CATALOG, LATENCY_BUCKETS_MS
 from tally.schemas.codec import default_codec
 
-from tests.conftest import wait_for
+from tests.conftest import REPO, wait_for
 from tests.helpers import query_rows
 from tests.stream_support import decoded, latest_aggregates, produce
 
@@ -149,3 +152,16 @@ def test_seed_events_through_worker_and_sink(tally_env, spawn):
     wait_for(lambda: q("SELECT count() FROM bad_rows WHERE component = 'sink'")[0][0] == 1, 30, "sink bad row")
     detail = q("SELECT reason, detail FROM bad_rows WHERE component = 'sink'")[0]
     assert detail[0] == "invalid_event" and "'fields_changed'" in detail[1]
+
+    # catalog health: volume, last seen, rejections by reason, never fired; then the lint
+    out = subprocess.run([sys.executable, "-m", "tally.ops", "catalog", "report", "--format", "json"], cwd=REPO,
+                         env=tally_env.child_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = {r["event"]: r for r in json.loads(out.stdout)["data"]}
+    assert list(rows) == list(CATALOG)  # every catalog event, in catalog order
+    assert int(rows["invoice.created"]["events"]) == 3 and rows["invoice.created"]["never_fired"] == 0
+    assert rows["invoice.created"]["last_seen"].startswith(datetime.now(UTC).date().isoformat()[:7])
+    assert int(rows["project.updated"]["rejected"]) == 1  # the worker's and the sink's bad rows: one record
+    assert [(problem, int(n)) for problem, n in rows["project.updated"]["rejected_by_reason"]] == [("bad_value", 1)]
+    assert rows["system.error"]["never_fired"] == 1 and int(rows["system.error"]["events"]) == 0
+    assert rows["system.error"]["last_seen"] is None and rows["system.error"]["status"] == "active"
