@@ -44,7 +44,14 @@ from typing import Any
 
 from tally.producers.sdk.context import current, with_request_id
 from tally.schemas.avro_writer import Fallback, compile_writer, encoded, field_writers
-from tally.schemas.catalog import ACTOR_TYPES, CATALOG, KIND_CLASS, check_metadata_value, is_safe_id
+from tally.schemas.catalog import (
+    ACTOR_TYPES,
+    CATALOG,
+    KIND_CLASS,
+    canonical_list,
+    check_metadata_value,
+    is_safe_id,
+)
 from tally.schemas.codec import MAGIC, Codec
 from tally.schemas.layouts import PRODUCT_EVENT
 
@@ -79,6 +86,7 @@ class _IntPiece(bytes):
 # A number's piece is found by equality, so its class says which value class it needs.
 _PIECE_VALUE_CLASS: dict[type, type] = {_BoolPiece: bool, _IntPiece: int}
 _PIECE_OF_CLASS: dict[type, type] = {bool: _BoolPiece, int: _IntPiece, str: bytes}
+_LIST_CLASSES = frozenset({list, tuple, set, frozenset})  # an enum_list's value as the caller may give it
 
 
 class _Plan:
@@ -212,12 +220,28 @@ class EventPieces:
 
     def new_piece(self, event: str, key: str, value: Any) -> bytes | None:
         """A metadata pair: a declared key, and a value check() accepts for it."""
+        if value.__class__ in _LIST_CLASSES:
+            return self._list_piece(event, key, value)
         if value.__class__ not in _PIECE_OF_CLASS or check_metadata_value(event, key, value) is not None:
             return None
         b = self._piece(key, value)
         plan = self.plans[event]
         if key in plan.learnable:
             bounded_put(plan.pieces[key], value, b, _VALUES_MAX)
+        return b
+
+    def _list_piece(self, event: str, key: str, value: Any) -> bytes | None:
+        """A list of enum values given as a list, tuple or set: the piece of its canonical
+        string, as the full path sends it (record.py). Tuples and frozensets are kept."""
+        prop = CATALOG[event].props.get(key)
+        if prop is None or prop.kind != "enum_list":
+            return None
+        canonical = canonical_list(prop, value)
+        if canonical.__class__ is not str or check_metadata_value(event, key, canonical) is not None:
+            return None
+        b = self._piece(key, canonical)
+        if value.__class__ is tuple or value.__class__ is frozenset:
+            bounded_put(self.plans[event].pieces[key], value, b, _VALUES_MAX)
         return b
 
     def learn(self, record: Mapping[str, Any], actor: Any, subject: Any) -> None:
@@ -273,7 +297,7 @@ def compile_track(pieces: EventPieces, produce: Callable[[str, bytes, str], None
         for k, v in metadata.items():
             try:
                 b = pieces[k][v]
-            except KeyError:  # an undeclared key, or a value not seen yet
+            except (KeyError, TypeError):  # an undeclared key, a value not seen yet, or a list
                 b = new_piece(event, k, v)
                 if b is None:
                     return None
