@@ -230,9 +230,19 @@ class EventPieces:
             bounded_put(plan.pieces[key], value, b, _VALUES_MAX)
         return b
 
+    def list_piece(self, event: str, key: str, value: Any) -> bytes | None:
+        """A list or set given for an enum-list key: found by its items (as a tuple or a
+        frozenset), else judged like a new one."""
+        try:
+            b = self.plans[event].pieces[key].get(tuple(value) if value.__class__ is list else frozenset(value))
+        except (KeyError, TypeError):  # an undeclared key, or unhashable items
+            return None
+        return b if b is not None else self._list_piece(event, key, value)
+
     def _list_piece(self, event: str, key: str, value: Any) -> bytes | None:
         """A list of enum values given as a list, tuple or set: the piece of its canonical
-        string, as the full path sends it (record.py). Tuples and frozensets are kept."""
+        string, as the full path sends it (record.py), kept under its items (a tuple for a
+        list, a frozenset for a set) so the next equal list is one look-up."""
         prop = CATALOG[event].props.get(key)
         if prop is None or prop.kind != "enum_list":
             return None
@@ -240,8 +250,8 @@ class EventPieces:
         if canonical.__class__ is not str or check_metadata_value(event, key, canonical) is not None:
             return None
         b = self._piece(key, canonical)
-        if value.__class__ is tuple or value.__class__ is frozenset:
-            bounded_put(self.plans[event].pieces[key], value, b, _VALUES_MAX)
+        held = tuple(value) if value.__class__ is list else frozenset(value) if value.__class__ is set else value
+        bounded_put(self.plans[event].pieces[key], held, b, _VALUES_MAX)
         return b
 
     def learn(self, record: Mapping[str, Any], actor: Any, subject: Any) -> None:
@@ -283,8 +293,8 @@ def compile_track(pieces: EventPieces, produce: Callable[[str, bytes, str], None
     plans_get, ids_get, users_get, actors_get = (
         pieces.fast_plans.get, pieces.ids.get, pieces.users.get, pieces.actors.get)
     time_ns, pop, refill, clock_at = time.time_ns, tail_pool.pop, uuid7_tail, pieces.clock_at
-    new_id, new_actor, new_subject, new_piece = (
-        pieces.new_id, pieces.new_actor, pieces.new_subject, pieces.new_piece)
+    new_id, new_actor, new_subject, new_piece, list_pieces = (
+        pieces.new_id, pieces.new_actor, pieces.new_subject, pieces.new_piece, pieces.list_piece)
     counts, map_end, join, piece_value_class = _MAP_COUNT, _MAP_END, b"".join, _PIECE_VALUE_CLASS
     clock = (0, b"", b"")
     in_request = current
@@ -297,8 +307,12 @@ def compile_track(pieces: EventPieces, produce: Callable[[str, bytes, str], None
         for k, v in metadata.items():
             try:
                 b = pieces[k][v]
-            except (KeyError, TypeError):  # an undeclared key, a value not seen yet, or a list
+            except KeyError:  # an undeclared key, or a value not seen yet
                 b = new_piece(event, k, v)
+                if b is None:
+                    return None
+            except TypeError:  # unhashable: a list or set for an enum-list key, kept by its items
+                b = list_pieces(event, k, v)
                 if b is None:
                     return None
             else:  # 1 found True's piece, or True found 1's: new_piece says no
