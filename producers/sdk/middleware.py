@@ -273,7 +273,8 @@ class TallyWSGIMiddleware:
     """WSGI middleware: `app.wsgi_app = TallyWSGIMiddleware(app.wsgi_app, client, scope=...)`.
 
     The duration is until the app returns its response iterable (streamed
-    bodies are not included).
+    bodies are not included), and so is the request context: events tracked while
+    a streamed body is produced carry no request_id.
     """
 
     def __init__(self, app: Any, client: Client, scope: Scope, *,
