@@ -54,7 +54,8 @@ QUEUE = 2_000_000
 
 
 def workload(n: int) -> list[tuple]:
-    """n track() argument tuples: 50 tenants, 10k subjects, the five adoption families."""
+    """n track() argument tuples: 50 tenants, 10k subjects, the five adoption families and
+    three events with seeds 001 and 004's kinds (money, enum lists, envelope keys)."""
     kinds = [
         ("report.created", "stored_report", lambda i: {"report_type": "permission_posture", "format": "json",
                                                        "finding_count": i % 500}),
@@ -64,6 +65,12 @@ def workload(n: int) -> list[tuple]:
          lambda i: {"checkpoint": "permissions_granted", "step_index": i % 5 + 1}),
         ("support.diagnostics_opened", "tenant", lambda i: {"entry_point": "tenant_dashboard"}),
         ("review_pack.requested", "review_pack", lambda i: {"include_pii": False, "section_count": 4}),
+        # seeds 001 and 004's kinds: money, enum lists (as the caller gives them), the envelope
+        ("invoice.created", "invoice", lambda i: {"total_amount": 1000 * (i % 97), "currency": "EUR",
+                                                  "num_line_items": i % 9, "success": True}),
+        ("project.updated", "project", lambda i: {"fields_changed": ("budget", "status") if i % 2 else ("name",)}),
+        ("ticket.updated", "ticket", lambda i: {"fields_changed": ["status", "assignee"], "status_changed": True,
+                                                "duration_ms": i % 300}),
     ]
     out = []
     for i in range(n):

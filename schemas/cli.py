@@ -62,3 +62,22 @@ def catalog_list() -> None:
 
     for name, e in CATALOG.items():
         click.echo(f"{name}\t{e.feature_area}")
+
+
+@catalog.command("lint")
+def catalog_lint() -> None:
+    """Check the catalog's rules and docs/events.md; exit 1 on an error (warnings: exit 0)."""
+    from datetime import UTC, datetime
+
+    from tally.schemas.catalog import CATALOG, Finding, events_markdown, lint
+
+    findings = lint(datetime.now(UTC).date())
+    if not EVENTS_MD.exists() or EVENTS_MD.read_text() != events_markdown():
+        findings.append(Finding("error", "", "docs/events.md is stale: run `tally catalog docs`"))
+    for f in findings:
+        click.echo(f"{f.level}: {f.event + ': ' if f.event else ''}{f.message}", err=f.level == "error")
+    errors = sum(f.level == "error" for f in findings)
+    click.echo(f"{len(CATALOG)} events; {errors} error(s), {len(findings) - errors} warning(s)")
+    if errors:
+        sys.exit(1)
+

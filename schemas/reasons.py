@@ -40,6 +40,7 @@ class DropReason(StrEnum):
     EXIT_TIMEOUT = "exit_timeout"  # still queued when the exit flush ended
     CLOSED = "closed"  # track() after close()
     MIDDLEWARE_ERROR = "middleware_error"  # the request middleware could not report a request
+    NO_SCOPE = "no_scope"  # track_performance() outside a request and without a tenant scope
 
 
 class BadRowReason(StrEnum):
@@ -55,6 +56,7 @@ class EventProblem(StrEnum):
     """What catalog.check() finds wrong with a product event."""
 
     UNKNOWN_EVENT = "unknown_event"  # name not in the catalog
+    DRAFT_EVENT = "draft_event"  # in the catalog as a draft: defined, not live yet
     WRONG_FEATURE_AREA = "wrong_feature_area"  # feature_area differs from the catalog's
     MISSING_FIELD = "missing_field"  # tenant_id/workspace_id/occurred_at or a required key absent
     UNKNOWN_KEY = "unknown_key"  # metadata key the event does not declare

@@ -212,3 +212,15 @@ def reconcile(date_from: datetime | None, date_to: datetime | None, as_json: boo
             Console().print(table)
         console.print(f"{len(rollups)} site-days of breakdown rollups checked, {len(rollup_drift)} with drift")
     sys.exit(1 if drift or rollup_drift else 0)
+
+
+@click.command("report")
+@window_options
+@format_option
+def catalog_report(date_from: datetime | None, date_to: datetime | None, fmt: str) -> None:
+    """Per catalog event: volume and last sighting in the window, rejections by reason,
+    and the events that never fired (default window: the last 30 days)."""
+    from tally.schemas.catalog import CATALOG
+    from tally.sinks.reports import catalog_report_sql
+
+    _run(catalog_report_sql(_window(date_from, date_to), [(n, e.status) for n, e in CATALOG.items()]), fmt)

@@ -62,3 +62,28 @@ def adoption_sql(w: Window, tenant: str | None = None) -> str:
     if tenant is not None:
         return f"SELECT * FROM adoption_by_tenant(tenant = {literal(tenant)}, {w.args()})"
     return f"SELECT * FROM adoption_summary({w.args()})"
+
+
+def catalog_report_sql(w: Window, events: list[tuple[str, str]]) -> str:
+    """Catalog health (`tally catalog report`): per catalog event (name, lifecycle status),
+    its volume and last sighting in the window, the records rejected for it by reason, and
+    whether it never fired. Rejections are the worker's and the sink's bad rows (each
+    record once, whichever stage rejected it); the SDK's own rejections are in its Stats."""
+    lo, hi = literal(w.date_from), literal(w.date_to)
+    rows = ", ".join(f"({literal(name)}, {literal(status)}, {i})" for i, (name, status) in enumerate(events))
+    return f"""SELECT c.event AS event, c.status AS status, e.events AS events,
+       if(e.events = 0, NULL, e.last_seen) AS last_seen, r.rejected AS rejected,
+       r.by_reason AS rejected_by_reason, e.events = 0 AS never_fired
+FROM (SELECT tupleElement(x, 1) AS event, tupleElement(x, 2) AS status, tupleElement(x, 3) AS position
+      FROM (SELECT arrayJoin([{rows}]) AS x)) AS c
+LEFT JOIN (SELECT event, count() AS events, max(occurred_at) AS last_seen FROM product_events
+           WHERE toDate(occurred_at) BETWEEN {lo} AND {hi} GROUP BY event) AS e ON e.event = c.event
+LEFT JOIN (SELECT event, sum(n) AS rejected, arraySort(groupArray((problem, n))) AS by_reason
+           FROM (SELECT extract(detail, '^[a-z_]+: (?:event .)?([a-z][a-z0-9_]*[.][a-z0-9_.]*[a-z0-9_])') AS event,
+                        extract(detail, '^([a-z_]+): ') AS problem,
+                        uniqExact(source_topic, source_partition, source_offset) AS n
+                 FROM bad_rows WHERE reason = 'invalid_event' AND toDate(failed_at) BETWEEN {lo} AND {hi}
+                 GROUP BY event, problem)
+           GROUP BY event) AS r ON r.event = c.event
+ORDER BY c.position
+SETTINGS join_use_nulls = 0"""

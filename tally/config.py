@@ -181,6 +181,10 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_SDK_MAX_BLOCK_MS", "sdk_max_block_ms", "0", _int(0, 60_000), "Longest time track() waits for queue space before it drops the event. 0: never wait.", "Product SDK"),
     Var("TALLY_SDK_DELIVERY_TIMEOUT_MS", "sdk_delivery_timeout_ms", "30000", _int(1000), "An event not acknowledged by the broker within this time is dropped (reason delivery_failed).", "Product SDK"),
     Var("TALLY_SDK_EXIT_FLUSH_SECONDS", "sdk_exit_flush_seconds", "5", _float(0.0), "How long interpreter exit waits for queued events to be delivered.", "Product SDK"),
+    Var("TALLY_SDK_PROFILE", "sdk_profile", "hosted", _choice("hosted", "on_premise"), "Collection profile. `hosted`: ids as the application gives them. `on_premise`: actor and subject ids are replaced by keyed pseudonyms (the key is generated once in the state directory, mode 0600, and never leaves the installation) and per-request slow/failed API events are off (the per-minute route rollups stay).", "Product SDK"),
+    Var("TALLY_SDK_SLOW_OPERATION_MS", "sdk_slow_operation_ms", "500", _int(1, 3_600_000), "track_performance(): an operation slower than this emits service_operation.slow.", "Product SDK"),
+    Var("TALLY_SDK_SLOW_REQUEST_MS", "sdk_slow_request_ms", "1000", _int(1, 3_600_000), "Request middleware: a request slower than this emits api.request_slow.", "Product SDK"),
+    Var("TALLY_SDK_VERY_SLOW_REQUEST_MS", "sdk_very_slow_request_ms", "2000", _int(1, 3_600_000), "Request middleware: a request slower than this also emits api.request_very_slow.", "Product SDK"),
     # Collector
     Var("TALLY_COLLECTOR_HOST", "collector_host", "127.0.0.1", _str, "Address the collector listens on.", "Collector"),
     Var("TALLY_COLLECTOR_PORT", "collector_port", "8000", _int(1, 65535), "Port the collector listens on.", "Collector"),
@@ -266,6 +270,10 @@ class Settings:
     sdk_max_block_ms: int = 0
     sdk_delivery_timeout_ms: int = 30000
     sdk_exit_flush_seconds: float = 5.0
+    sdk_profile: str = "hosted"
+    sdk_slow_operation_ms: int = 500
+    sdk_slow_request_ms: int = 1000
+    sdk_very_slow_request_ms: int = 2000
     collector_host: str = "127.0.0.1"
     collector_port: int = 8000
     allowed_sites: tuple[str, ...] = ("localhost", "example.com")

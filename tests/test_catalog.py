@@ -56,7 +56,7 @@ def test_unsafe_string_values_are_named(value, why):
 def test_unknown_key_named():
     assert check(record(metadata={"report_type": "x", "note": "hello"})) == (
         "unknown_key",
-        "report.created: metadata key 'note' is not declared (allowed: report_type, format, finding_count)",
+        "report.created: metadata key 'note' is not declared (allowed: report_type, format, finding_count, request_id, success, duration_ms)",
     )
 
 
@@ -184,4 +184,5 @@ def test_check_never_raises_and_passes_only_safe_strings(event, key, value):
 
 def _example(prop):
     return {"id": "x1", "enum": prop.values[0] if prop.values else "", "bool": True, "timestamp": 1763780000000,
-            "int": 1, "type": "policy_sync", "route": "/a/{b}"}[prop.kind]
+            "int": 1, "type": "policy_sync", "route": "/a/{b}", "money": 1250,
+            "enum_list": ",".join(prop.values[:2])}[prop.kind]

@@ -39,13 +39,14 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: list[dict] = []
+        self.rollups: list[dict] = []  # api.request_rollup, kept apart: sent when a minute ends
         self.drops: list[str] = []
 
     def track(self, event, *, tenant_id, workspace_id, actor=None, subject=None, metadata=None):
         rec = {"event": event, "tenant_id": tenant_id, "workspace_id": workspace_id,
                "actor_type": actor[0], "actor_id": actor[1], "occurred_at": 0, "metadata": metadata}
         assert check(rec) is None, check(rec)
-        self.events.append(rec)
+        (self.rollups if event == "api.request_rollup" else self.events).append(rec)
         return True
 
     def count_drop(self, reason, detail, n=1):
@@ -172,12 +173,15 @@ def test_buckets_and_error_types():
 # --- aiohttp, through the real SDK and broker -----------------------------------
 
 @pytest.mark.integration
-def test_aiohttp_slow_request_reaches_kafka(tally_env: Env):
+def test_aiohttp_request_events_rollups_and_request_id_reach_kafka(tally_env: Env):
     settings = tally_env.settings
     client = Client(settings, app="web", strict=True)
 
     async def slow(request):
         await asyncio.sleep(0.15)
+        # tracked by the handler: carries the request's id without being told
+        client.track("ticket.created", tenant_id="tenant-9", workspace_id="ws-9", actor="u_1",
+                     subject=("ticket", "k_1"), metadata={"ticket_type": "incident"})
         return web.Response(text="ok")
 
     async def fast(request):
@@ -189,29 +193,44 @@ def test_aiohttp_slow_request_reaches_kafka(tally_env: Env):
         app.router.add_get("/projects/{project_id}/export", slow)
         app.router.add_get("/health", fast)
         async with TestClient(TestServer(app)) as http:
-            assert (await http.get("/health")).status == 200
-            assert (await http.get("/projects/p-123/export?token=abc")).status == 200
+            for _ in range(3):
+                assert (await http.get("/health")).status == 200
+            assert (await http.get("/projects/p-123/export?token=abc",
+                                   headers={"X-Request-ID": "req-77"})).status == 200
             assert (await http.get("/nope")).status == 404
 
     asyncio.run(main())
-    assert client.flush(20) == 0
-    assert client.stats().delivered == 1
-    client.close()
+    client.close()  # sends the minute's rollups, then flushes
+    assert client.stats().delivered == 5 and client.stats().dropped == {}
 
     topic = settings.topic("product.events")
     consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": uuid.uuid4().hex,
                          "auto.offset.reset": "earliest"})
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-    msg = None
-    deadline = time.monotonic() + 20
-    while msg is None and time.monotonic() < deadline:
+    msgs = []
+    deadline = time.monotonic() + 30
+    while len(msgs) < 5 and time.monotonic() < deadline:
         m = consumer.poll(0.5)
-        msg = m if m is not None and not m.error() else None
+        if m is not None and not m.error():
+            msgs.append(m)
     consumer.close()
-    assert msg is not None
-    rec = Codec().decode("product_event", msg.value())
-    assert rec["event"] == "api.request_slow" and rec["tenant_id"] == "tenant-9"
-    assert rec["metadata"] == {"route": "/projects/{project_id}/export", "method": "GET",
-                               "status_class": "2xx", "duration_bucket": "<1s"}
-    assert b"p-123" not in msg.value() and b"token" not in msg.value()
+    records = [Codec().decode("product_event", m.value()) for m in msgs]
+    by_event: dict[str, list[dict]] = {}
+    for rec in records:
+        assert rec["tenant_id"] == "tenant-9"
+        by_event.setdefault(rec["event"], []).append(rec["metadata"])
+    [slow_meta] = by_event["api.request_slow"]
+    assert {k: slow_meta[k] for k in ("route", "method", "status_class", "duration_bucket", "request_id")} == {
+        "route": "/projects/{project_id}/export", "method": "GET", "status_class": "2xx",
+        "duration_bucket": "<1s", "request_id": "req-77"}
+    assert by_event["ticket.created"][0]["request_id"] == "req-77"  # propagated through contextvars
+    rollups = {(r["route"], r["method"]): r for r in by_event["api.request_rollup"]}
+    assert sorted(rollups) == [("/*", "GET"), ("/health", "GET"), ("/projects/{project_id}/export", "GET")]
+    health, export, missing = rollups[("/health", "GET")], rollups[("/projects/{project_id}/export", "GET")], \
+        rollups[("/*", "GET")]
+    assert (health["count"], health["errors"], health["client_errors"]) == (3, 0, 0)
+    assert (missing["count"], missing["client_errors"]) == (1, 1)
+    assert export["count"] == 1 and export["duration_max_ms"] >= 150 and export["le_100ms"] == 0
+    assert export["le_5000ms"] == 1 and "request_id" not in export  # a rollup belongs to no request
+    assert all(b"p-123" not in m.value() and b"token" not in m.value() for m in msgs)

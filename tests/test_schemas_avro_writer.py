@@ -102,7 +102,8 @@ def _random_call(rnd):
             continue  # leaves required keys out now and then
         good = {"enum": list(prop.values), "bool": [True, False], "int": [0, 3, prop.max],
                 "timestamp": [1_763_780_000_000], "id": ["p_1", "x-2"], "type": ["policy_sync", "a.b"],
-                "route": ["/t/{id}", "/*"]}[prop.kind]
+                "route": ["/t/{id}", "/*"], "money": [0, 1250, prop.max],
+                "enum_list": ["", ",".join(prop.values[:1]), ",".join(prop.values[:2]), list(prop.values[:2])]}[prop.kind]
         bad = [None, 1, True, 1.0, -1, prop.max + 1, "jane@example.com", "x" * 70, "", [1], "https://a.b/?q=1"]
         metadata[key] = rnd.choice(good * 12 + bad)
     if rnd.random() < 0.1:
@@ -110,11 +111,15 @@ def _random_call(rnd):
     return event, tenant, workspace, actor, subject, rnd.choice([metadata] * 8 + [None, {}, [("a", 1)]])
 
 
-@pytest.mark.parametrize("tiny_caches", [False, True])
-def test_fast_path_gives_the_catalogs_verdict_and_fastavros_bytes(tiny_caches, monkeypatch):
+@pytest.mark.parametrize("tiny_caches,in_request", [(False, False), (True, False), (False, True)])
+def test_fast_path_gives_the_catalogs_verdict_and_fastavros_bytes(tiny_caches, in_request, monkeypatch):
+    """in_request: calls inside request contexts, so events carry a request_id (some callers
+    pass their own)."""
+    import contextlib
     import random
 
     from tally.producers.sdk import pieces
+    from tally.producers.sdk.context import request_context
 
     if tiny_caches:  # caches emptied all the time, pre-seeded entries included
         for name in ("_CACHE_MAX", "_SUBJECTS_MAX", "_VALUES_MAX"):
@@ -133,13 +138,17 @@ def test_fast_path_gives_the_catalogs_verdict_and_fastavros_bytes(tiny_caches, m
     rnd = random.Random(7)
     fast_hits = accepted = 0
     ids = set()
-    for _ in range(4000):
+    for i in range(4000):
         event, tenant, workspace, actor, subject, metadata = _random_call(rnd)
-        # The reference: another client's full path (record, check(), codec), no caches involved.
-        expected = reference._full_value(event, tenant, workspace, actor, subject, metadata, None)
-        n_sent, n_full = len(sent), len(full)
-        ok = track(event, tenant_id=tenant, workspace_id=workspace, actor=actor, subject=subject,
-                   metadata=metadata)
+        if in_request and isinstance(metadata, dict) and i % 7 == 0:
+            metadata["request_id"] = rnd.choice(["own-1", "bad id", 5])
+        ctx = request_context(f"req-{i // 50}") if in_request else contextlib.nullcontext()
+        with ctx:
+            # The reference: another client's full path (record, check(), codec), no caches involved.
+            expected = reference._full_value(event, tenant, workspace, actor, subject, metadata, None)
+            n_sent, n_full = len(sent), len(full)
+            ok = track(event, tenant_id=tenant, workspace_id=workspace, actor=actor, subject=subject,
+                       metadata=metadata)
         assert ok is (expected is not None), (event, tenant, workspace, actor, subject, metadata)
         accepted += ok
         if len(sent) > n_sent:  # the fast path took it

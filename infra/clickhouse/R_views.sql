@@ -159,4 +159,83 @@ LIMIT 1 BY component, reason, source_topic, source_partition, source_offset, cit
 CREATE OR REPLACE VIEW breakdowns_daily AS
 SELECT site, day, dimension, value, pageviews, visitors, events
 FROM daily_stats
-WHERE (site, day, version) IN (SELECT site, day, version FROM daily_stats_log FINAL)
+WHERE (site, day, version) IN (SELECT site, day, version FROM daily_stats_log FINAL);
+
+-- Seeds 001 and 004: named views over product_events (FINAL: each event once).
+-- Metadata values are strings in the map: numbers are read with toInt64OrZero, and
+-- lists of enum values are comma-joined (has(splitByChar(',', ...), 'value')).
+
+-- API latency and errors per tenant, route, method and minute, from the middleware's
+-- api.request_rollup events (a process sends one per route, method and minute, and the
+-- sums add the processes up). le_* are cumulative counts by latency bound.
+CREATE OR REPLACE VIEW api_routes_minutely AS
+SELECT tenant_id AS tenant, metadata['route'] AS route, metadata['method'] AS method,
+       toDateTime(intDiv(toInt64OrZero(metadata['minute']), 1000), 'UTC') AS minute,
+       sum(toInt64OrZero(metadata['count'])) AS requests,
+       sum(toInt64OrZero(metadata['errors'])) AS errors,
+       sum(toInt64OrZero(metadata['client_errors'])) AS client_errors,
+       sum(toInt64OrZero(metadata['duration_sum_ms'])) AS duration_sum_ms,
+       max(toInt64OrZero(metadata['duration_max_ms'])) AS duration_max_ms,
+       sum(toInt64OrZero(metadata['le_50ms'])) AS le_50ms, sum(toInt64OrZero(metadata['le_100ms'])) AS le_100ms,
+       sum(toInt64OrZero(metadata['le_250ms'])) AS le_250ms, sum(toInt64OrZero(metadata['le_500ms'])) AS le_500ms,
+       sum(toInt64OrZero(metadata['le_1000ms'])) AS le_1000ms, sum(toInt64OrZero(metadata['le_2000ms'])) AS le_2000ms,
+       sum(toInt64OrZero(metadata['le_5000ms'])) AS le_5000ms
+FROM product_events FINAL WHERE event = 'api.request_rollup'
+GROUP BY tenant, route, method, minute;
+
+-- Per day: error rate and p95 per route. p95_ms is the smallest histogram bound that
+-- holds 95% of the requests (NULL: above 5000 ms).
+CREATE OR REPLACE VIEW api_routes_daily AS
+SELECT tenant, route, method, toDate(minute) AS day, sum(requests) AS requests, sum(errors) AS errors,
+       sum(client_errors) AS client_errors, if(requests = 0, 0, errors / requests) AS error_rate,
+       if(requests = 0, 0, sum(duration_sum_ms) / requests) AS mean_ms, max(duration_max_ms) AS max_ms,
+       multiIf(sum(le_50ms) >= 0.95 * requests, 50, sum(le_100ms) >= 0.95 * requests, 100,
+               sum(le_250ms) >= 0.95 * requests, 250, sum(le_500ms) >= 0.95 * requests, 500,
+               sum(le_1000ms) >= 0.95 * requests, 1000, sum(le_2000ms) >= 0.95 * requests, 2000,
+               sum(le_5000ms) >= 0.95 * requests, 5000, NULL) AS p95_ms
+FROM api_routes_minutely
+GROUP BY tenant, route, method, day;
+
+-- Slow and failing service operations (track_performance) per day.
+CREATE OR REPLACE VIEW slow_operations_daily AS
+SELECT tenant_id AS tenant, toDate(occurred_at) AS day, metadata['operation'] AS operation,
+       countIf(event = 'service_operation.slow') AS slow, countIf(event = 'service_operation.failed') AS failed,
+       quantileExactIf(0.95)(toInt64OrZero(metadata['duration_ms']), event = 'service_operation.slow') AS slow_p95_ms
+FROM product_events FINAL WHERE feature_area = 'service_operation'
+GROUP BY tenant, day, operation;
+
+-- Ticket volume and resolution time by priority (seed 001).
+CREATE OR REPLACE VIEW ticket_volume_daily AS
+SELECT tenant_id AS tenant, toDate(occurred_at) AS day, metadata['priority_id'] AS priority_id,
+       countIf(event = 'ticket.created') AS created, countIf(event = 'ticket.resolved') AS resolved,
+       avgIf(toInt64OrZero(metadata['time_to_resolution_minutes']),
+             event = 'ticket.resolved' AND mapContains(metadata, 'time_to_resolution_minutes')) AS avg_resolution_minutes
+FROM product_events FINAL WHERE event IN ('ticket.created', 'ticket.resolved')
+GROUP BY tenant, day, priority_id;
+
+-- Login failures by reason (seed 001).
+CREATE OR REPLACE VIEW login_failures_daily AS
+SELECT tenant_id AS tenant, toDate(occurred_at) AS day, metadata['failure_reason'] AS failure_reason,
+       metadata['provider'] AS provider, count() AS failures
+FROM product_events FINAL WHERE event = 'auth.login_failed'
+GROUP BY tenant, day, failure_reason, provider;
+
+-- Timer usage (seed 004): timers started, stopped, auto-stopped when idle, and tracked time.
+CREATE OR REPLACE VIEW timer_usage_daily AS
+SELECT tenant_id AS tenant, toDate(occurred_at) AS day,
+       countIf(event = 'timer.started') AS started, countIf(event = 'timer.stopped') AS stopped,
+       countIf(event = 'timer.idle_detected') AS idle_stopped,
+       uniqExactIf(actor_id, event = 'timer.started') AS users,
+       sumIf(toInt64OrZero(metadata['duration_seconds']), event IN ('timer.stopped', 'timer.idle_detected'))
+           AS tracked_seconds
+FROM product_events FINAL WHERE feature_area = 'timer'
+GROUP BY tenant, day;
+
+-- Invoice totals by status and currency (seed 004): created totals, paid amounts, sent counts.
+-- Amounts are minor units (cents), never summed across currencies.
+CREATE OR REPLACE VIEW invoice_totals_daily AS
+SELECT tenant_id AS tenant, toDate(occurred_at) AS day, splitByChar('.', event)[2] AS status,
+       metadata['currency'] AS currency, count() AS invoices,
+       sum(toInt64OrZero(if(event = 'invoice.paid', metadata['amount'], metadata['total_amount']))) AS amount_minor
+FROM product_events FINAL WHERE feature_area = 'invoice'
+GROUP BY tenant, day, status, currency

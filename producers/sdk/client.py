@@ -44,14 +44,17 @@ import atexit
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from tally.producers.sdk.delivery import Delivery, Drops
 from tally.producers.sdk.pieces import EventPieces, Unavailable
+from tally.producers.sdk.profiles import ON_PREMISE, Pseudonyms
 from tally.producers.sdk.record import Rejection, product_record
+from tally.schemas.catalog import CATALOG
 from tally.schemas.codec import Codec, default_codec
 from tally.schemas.reasons import DropReason
 
@@ -88,6 +91,7 @@ class Stats:
     failed: int          # not delivered in time (also in dropped[delivery_failed])
     dropped: dict[str, int]  # every drop, by reason: a DropReason, or the EventProblem of a catalog rejection
     disabled: bool = False
+    deprecated: dict[str, int] = field(default_factory=dict)  # deprecated events tracked (still sent), by name
 
     @property
     def dropped_total(self) -> int:
@@ -107,11 +111,17 @@ class Client:
         self.topic = settings.topic(PRODUCT_EVENTS)
         self.max_block = settings.sdk_max_block_ms / 1000
         self.drops = Drops()
+        self.profile = settings.sdk_profile
+        self.pseudonyms: Pseudonyms | None = None
+        self._deprecated: Counter[str] = Counter()
+        self._before_close: list[Callable[[], None]] = []
         self._closed = False
         self.delivery: Delivery | None = None
         self._fast: EventPieces | None = None
         if self.disabled:
             return
+        if self.profile == ON_PREMISE:
+            self.pseudonyms = Pseudonyms.for_installation(settings)
         codec = codec or default_codec(settings)
         self._encode = codec.encode
         try:
@@ -129,6 +139,9 @@ class Client:
                 d.produce, self.topic, d.queued.__next__,
                 when_full=lambda value, key: d.send_when_space(value, key, self.max_block),
                 failed=d.produce_failed, full=self._track_full), Client.track)
+        if self.pseudonyms is not None:
+            self.track = functools.update_wrapper(  # type: ignore[method-assign]
+                _pseudonymised(self.track, self.pseudonyms), Client.track)
 
     # --- the API ------------------------------------------------------------------
 
@@ -148,7 +161,12 @@ class Client:
     def stats(self) -> Stats:
         queued, failed, pending = self.delivery.counts() if self.delivery is not None else (0, 0, 0)
         return Stats(queued=queued, delivered=max(0, queued - failed - pending), pending=pending,
-                     failed=failed, dropped=self.drops.by_reason(), disabled=self.disabled)
+                     failed=failed, dropped=self.drops.by_reason(), disabled=self.disabled,
+                     deprecated=dict(self._deprecated))
+
+    def before_close(self, hook: Callable[[], None]) -> None:
+        """Run hook at close(), before the final flush (the middleware sends its rollups)."""
+        self._before_close.append(hook)
 
     def flush(self, timeout: float = 10.0) -> int:
         """Wait up to timeout for queued events; return how many are still pending."""
@@ -158,6 +176,11 @@ class Client:
         """Flush (bounded), then stop. Events still pending are counted as exit_timeout."""
         if self._closed:
             return
+        for hook in self._before_close:
+            try:
+                hook()
+            except Exception:  # a hook must not stop the flush
+                log.exception("tally sdk: a close hook failed")
         self._closed = True
         if self._fast is not None:
             self._fast.close()  # every track() now takes the full path, which counts it as closed
@@ -203,6 +226,11 @@ class Client:
         if self._closed:
             self.drops.add(DropReason.CLOSED, "track() after close()")
             return None
+        spec = CATALOG[event]
+        if spec.status == "deprecated":  # still sent; warned once, counted (Stats.deprecated)
+            if event not in self._deprecated:
+                log.warning("tally sdk: event %s is deprecated; use %s (docs/events.md)", event, spec.replaced_by)
+            self._deprecated[event] += 1
         try:
             value = self._encode("product_event", record)
         except Exception as exc:  # check() passed, so this is a bug; never crash the host
@@ -211,6 +239,18 @@ class Client:
         if self._fast is not None:
             self._fast.learn(record, actor, subject)
         return value
+
+
+def _pseudonymised(track: Callable[..., Any], p: Pseudonyms) -> Callable[..., Any]:
+    """track() with actor and subject ids replaced by their pseudonyms (on_premise)."""
+    actor_of, subject_of = p.actor, p.subject
+
+    def pseudonymised_track(event: str, *, tenant_id: str, workspace_id: str, actor: Any = None,
+                            subject: Any = None, metadata: Any = None, occurred_at: Any = None) -> Any:
+        return track(event, tenant_id=tenant_id, workspace_id=workspace_id, actor=actor_of(actor),
+                     subject=subject_of(subject), metadata=metadata, occurred_at=occurred_at)
+
+    return pseudonymised_track
 
 
 class _Full(NamedTuple):
@@ -236,6 +276,8 @@ class AsyncClient:
             d = c.delivery
             self._track = c._fast.compile_track(d.produce, c.topic, d.queued.__next__, when_full=_Full,
                                                 failed=d.produce_failed, full=self._track_full)
+        if c.pseudonyms is not None:
+            self._track = _pseudonymised(self._track, c.pseudonyms)
 
     async def track(self, event: str, *, tenant_id: str, workspace_id: str,
                     actor: str | Actor | tuple[str, str] | None = None,

@@ -42,8 +42,16 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tally.producers.sdk.context import current, with_request_id
 from tally.schemas.avro_writer import Fallback, compile_writer, encoded, field_writers
-from tally.schemas.catalog import ACTOR_TYPES, CATALOG, KIND_CLASS, check_metadata_value, is_safe_id
+from tally.schemas.catalog import (
+    ACTOR_TYPES,
+    CATALOG,
+    KIND_CLASS,
+    canonical_list,
+    check_metadata_value,
+    is_safe_id,
+)
 from tally.schemas.codec import MAGIC, Codec
 from tally.schemas.layouts import PRODUCT_EVENT
 
@@ -78,6 +86,7 @@ class _IntPiece(bytes):
 # A number's piece is found by equality, so its class says which value class it needs.
 _PIECE_VALUE_CLASS: dict[type, type] = {_BoolPiece: bool, _IntPiece: int}
 _PIECE_OF_CLASS: dict[type, type] = {bool: _BoolPiece, int: _IntPiece, str: bytes}
+_LIST_CLASSES = frozenset({list, tuple, set, frozenset})  # an enum_list's value as the caller may give it
 
 
 class _Plan:
@@ -131,13 +140,14 @@ class EventPieces:
             for key, prop in spec.props.items():
                 plan.kinds[key] = KIND_CLASS[prop.kind]
                 known = plan.pieces[key] = {}
-                if prop.kind != "timestamp":
+                if prop.kind != "timestamp" and key != "request_id":  # these rarely repeat
                     plan.learnable.add(key)
                 for v in (*prop.values, True, False, None):
                     if check_metadata_value(name, key, v) is None:  # the catalog's own verdict
                         known[v] = self._piece(key, v)
             self.plans[name] = plan
-            self.fast_plans[name] = plan.fast
+            if spec.status not in ("draft", "deprecated"):  # the full path rejects or counts these
+                self.fast_plans[name] = plan.fast
 
     def close(self) -> None:
         """From now on every event goes to the full path."""
@@ -210,12 +220,38 @@ class EventPieces:
 
     def new_piece(self, event: str, key: str, value: Any) -> bytes | None:
         """A metadata pair: a declared key, and a value check() accepts for it."""
+        if value.__class__ in _LIST_CLASSES:
+            return self._list_piece(event, key, value)
         if value.__class__ not in _PIECE_OF_CLASS or check_metadata_value(event, key, value) is not None:
             return None
         b = self._piece(key, value)
         plan = self.plans[event]
         if key in plan.learnable:
             bounded_put(plan.pieces[key], value, b, _VALUES_MAX)
+        return b
+
+    def list_piece(self, event: str, key: str, value: Any) -> bytes | None:
+        """A list or set given for an enum-list key: found by its items (as a tuple or a
+        frozenset), else judged like a new one."""
+        try:
+            b = self.plans[event].pieces[key].get(tuple(value) if value.__class__ is list else frozenset(value))
+        except (KeyError, TypeError):  # an undeclared key, or unhashable items
+            return None
+        return b if b is not None else self._list_piece(event, key, value)
+
+    def _list_piece(self, event: str, key: str, value: Any) -> bytes | None:
+        """A list of enum values given as a list, tuple or set: the piece of its canonical
+        string, as the full path sends it (record.py), kept under its items (a tuple for a
+        list, a frozenset for a set) so the next equal list is one look-up."""
+        prop = CATALOG[event].props.get(key)
+        if prop is None or prop.kind != "enum_list":
+            return None
+        canonical = canonical_list(prop, value)
+        if canonical.__class__ is not str or check_metadata_value(event, key, canonical) is not None:
+            return None
+        b = self._piece(key, canonical)
+        held = tuple(value) if value.__class__ is list else frozenset(value) if value.__class__ is set else value
+        bounded_put(self.plans[event].pieces[key], held, b, _VALUES_MAX)
         return b
 
     def learn(self, record: Mapping[str, Any], actor: Any, subject: Any) -> None:
@@ -257,10 +293,11 @@ def compile_track(pieces: EventPieces, produce: Callable[[str, bytes, str], None
     plans_get, ids_get, users_get, actors_get = (
         pieces.fast_plans.get, pieces.ids.get, pieces.users.get, pieces.actors.get)
     time_ns, pop, refill, clock_at = time.time_ns, tail_pool.pop, uuid7_tail, pieces.clock_at
-    new_id, new_actor, new_subject, new_piece = (
-        pieces.new_id, pieces.new_actor, pieces.new_subject, pieces.new_piece)
+    new_id, new_actor, new_subject, new_piece, list_pieces = (
+        pieces.new_id, pieces.new_actor, pieces.new_subject, pieces.new_piece, pieces.list_piece)
     counts, map_end, join, piece_value_class = _MAP_COUNT, _MAP_END, b"".join, _PIECE_VALUE_CLASS
     clock = (0, b"", b"")
+    in_request = current
 
     def with_metadata(event: str, pieces: dict, required: tuple[str, ...], metadata: dict,
                       parts: list[bytes]) -> bytes | None:
@@ -272,6 +309,10 @@ def compile_track(pieces: EventPieces, produce: Callable[[str, bytes, str], None
                 b = pieces[k][v]
             except KeyError:  # an undeclared key, or a value not seen yet
                 b = new_piece(event, k, v)
+                if b is None:
+                    return None
+            except TypeError:  # unhashable: a list or set for an enum-list key, kept by its items
+                b = list_pieces(event, k, v)
                 if b is None:
                     return None
             else:  # 1 found True's piece, or True found 1's: new_piece says no
@@ -287,6 +328,8 @@ def compile_track(pieces: EventPieces, produce: Callable[[str, bytes, str], None
     def track(event: str, *, tenant_id: str, workspace_id: str, actor: Any = None,
               subject: Any = None, metadata: Any = None, occurred_at: Any = None) -> Any:
         nonlocal clock
+        if in_request() is not None:  # inside a request: the event carries its request_id
+            metadata = with_request_id(metadata)
         plan = plans_get(event)
         value = None
         if plan is not None and occurred_at is None:

@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from tally.schemas.catalog import CATALOG, check
+from tally.producers.sdk.context import with_request_id
+from tally.schemas.catalog import CATALOG, Prop, canonical_list, check
 from tally.schemas.reasons import EventProblem
 
 from tally.ids import uuid7
@@ -31,6 +32,15 @@ def millis(value: datetime | int | float) -> int:
     return int(value)
 
 
+_CONVERTED = (datetime, list, tuple, set, frozenset)
+
+
+def _wire_value(prop: Prop | None, value: Any) -> Any:
+    if isinstance(value, datetime):
+        return millis(value)
+    return value if prop is None else canonical_list(prop, value)
+
+
 def product_record(event: str, tenant_id: str, workspace_id: str, actor: Any, subject: Any,
                    metadata: Mapping[str, Any] | None, occurred_at: datetime | int | None,
                    app: str) -> dict[str, Any]:
@@ -47,6 +57,7 @@ def product_record(event: str, tenant_id: str, workspace_id: str, actor: Any, su
             actor_type, actor_id = actor
         subject_type, subject_id = ("", None) if subject is None else subject
         spec = CATALOG.get(event)
+        metadata = with_request_id(metadata)
         now = time.time_ns() // 1_000_000
         record = {
             "event_id": uuid7(now), "event": event,
@@ -60,12 +71,12 @@ def product_record(event: str, tenant_id: str, workspace_id: str, actor: Any, su
     except (TypeError, ValueError) as exc:
         raise Rejection(EventProblem.BAD_TYPE, f"{event!r}: {exc}") from None
     bad = check(record)
-    if (bad is not None and isinstance(metadata, Mapping)
-            and any(isinstance(v, datetime) for v in metadata.values())):
-        # Aware datetimes are sent as epoch ms; converted only when present, so the
-        # common call pays nothing for it.
+    if (bad is not None and spec is not None and isinstance(metadata, Mapping)
+            and any(isinstance(v, _CONVERTED) for v in metadata.values())):
+        # Aware datetimes are sent as epoch ms and lists of enum values as their canonical
+        # string; converted only when present, so the common call pays nothing for it.
         try:
-            record["metadata"] = {k: millis(v) if isinstance(v, datetime) else v for k, v in metadata.items()}
+            record["metadata"] = {k: _wire_value(spec.props.get(k), v) for k, v in metadata.items()}
         except ValueError as exc:
             raise Rejection(EventProblem.BAD_TYPE, f"{event}: {exc}") from None
         bad = check(record)
