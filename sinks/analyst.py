@@ -14,6 +14,8 @@ ANALYST_TABLES: frozenset[str] = frozenset({
     "pageviews", "aggregates", "product_events", "drops", "bad_rows", "daily_stats", "daily_stats_log", "breakdowns_daily",
     "site_stats_hourly", "site_stats_daily", "site_stats_monthly", "path_stats_daily",
     "product_family_daily", "active_workspaces_daily", "drops_daily", "bad_rows_unique",
+    "api_routes_minutely", "api_routes_daily", "slow_operations_daily", "ticket_volume_daily",
+    "login_failures_daily", "timer_usage_daily", "invoice_totals_daily",
 })
 # Parameterized views: called like table functions, `top_pages(site = ..., ...)`.
 ANALYST_VIEWS: frozenset[str] = frozenset({
