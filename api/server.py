@@ -1,4 +1,4 @@
-"""`tally dashboard`: the Stats API (and, later, the web dashboard) on 127.0.0.1:8001.
+"""`tally dashboard`: the Stats API and the web dashboard (api/web) on 127.0.0.1:8001.
 
 Every request passes, in order: the Host check (TALLY_DASHBOARD_ALLOWED_HOSTS,
 so a DNS-rebinding page cannot reach it), then, on /api/*, the bearer key (401
@@ -31,6 +31,7 @@ SETTINGS = web.AppKey("settings", Settings)
 WAREHOUSE = web.AppKey("warehouse", Warehouse)
 KEYS = web.AppKey("keys", KeyChecker)
 CLOCK = web.AppKey("clock", Callable)
+SESSION_SCOPE = "tally.scope"  # a browser's scope (session or shared link), set by api/web
 
 
 class ApiError(Exception):
@@ -74,6 +75,8 @@ def host_check(settings: Settings) -> Callable:
 
 
 async def authorize(request: web.Request) -> KeyRecord:
+    if (scope := request.get(SESSION_SCOPE)) is not None:
+        return scope
     verdict = await request.app[KEYS].check(request.headers.get("Authorization"))
     if verdict.status != 200:
         raise ApiError(verdict.status, verdict.message)
@@ -114,6 +117,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 def build_app(settings: Settings, warehouse: Warehouse, clock: Callable[[], datetime] | None = None) -> web.Application:
     from tally.api import adoption, stats
+    from tally.api.web import app as web_dashboard
 
     app = web.Application(middlewares=[errors, host_check(settings)], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
@@ -123,6 +127,7 @@ def build_app(settings: Settings, warehouse: Warehouse, clock: Callable[[], date
     app.router.add_get("/healthz", healthz)
     stats.setup(app)
     adoption.setup(app)
+    web_dashboard.setup(app)
 
     async def close(app: web.Application) -> None:
         await warehouse.close()
@@ -134,6 +139,6 @@ def build_app(settings: Settings, warehouse: Warehouse, clock: Callable[[], date
 def run(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM. LookupError: server mode without the dashboard's user."""
     app = build_app(settings, open_warehouse(settings))
-    log.info("Stats API on http://%s:%d", settings.dashboard_host, settings.dashboard_port)
+    log.info("Stats API and dashboard on http://%s:%d", settings.dashboard_host, settings.dashboard_port)
     web.run_app(app, host=settings.dashboard_host, port=settings.dashboard_port, access_log=None, print=None,
                 loop=uvloop.new_event_loop())
