@@ -138,7 +138,7 @@ def test_no_session_gets_nothing(dashboard):
     assert login.status == 200
     csp = login.headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
-    assert login.headers["Referrer-Policy"] == "no-referrer" and login.headers["X-Frame-Options"] == "DENY"
+    assert login.headers["Referrer-Policy"] == "same-origin" and login.headers["X-Frame-Options"] == "DENY"
 
 
 def test_login_sets_a_strict_httponly_cookie_and_never_a_fixated_one(dashboard):

@@ -71,7 +71,9 @@ async def headers(request: web.Request, handler: Callable[[web.Request], Awaitab
     response = await handler(request)
     response.headers.setdefault("Content-Security-Policy", CSP)
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"  # a shared link's token never leaves in a Referer
+    # A shared link's token never leaves in a Referer; same-origin (not no-referrer) so that
+    # browsers still send a real Origin on our own form posts (no-referrer makes it "null").
+    response.headers["Referrer-Policy"] = "same-origin"
     response.headers["X-Frame-Options"] = "DENY"
     if not request.path.startswith("/static/"):
         response.headers["Cache-Control"] = "no-store"
