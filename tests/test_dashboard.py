@@ -260,5 +260,7 @@ def test_accounts_are_stored_hashed_and_out_of_analysts_reach(dashboard):
     for table in ("dashboard_users", "share_links"):
         out = tally(env, "query", f"SELECT * FROM {table}")
         assert out.returncode == 1 and table in out.stderr
+    info = tally(env, "user", "login-info").stdout
+    assert f"Dashboard: {base}/" in info and "Sign in as admin@example.com" in info
     assert tally(env, "user", "delete", "viewer@example.com").returncode == 0
     wait_for(lambda: Browser(base).login("viewer@example.com").status == 401, 30, "deleted user refused")

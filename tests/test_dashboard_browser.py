@@ -201,6 +201,7 @@ def test_dashboard_in_chromium_shows_the_apis_numbers(tally_env, spawn, chromium
             await cdp.screenshot(artifacts / "operations.png")
 
             # --- a shared link: no session needed, and dead after revoke
+            await cdp.call("Page.navigate", url="about:blank")  # no page left polling with the old session
             await cdp.call("Network.clearBrowserCookies")
             out = tally(tally_env, "share", "create", "--site", "example.com")
             assert out.returncode == 0, out.stderr

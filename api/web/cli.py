@@ -107,6 +107,27 @@ def delete_user(email: str) -> None:
     click.echo(f"deleted {existing.email}")
 
 
+@user.command("login-info")
+def login_info() -> None:
+    """Print the dashboard's URL and how to sign in (`make up` ends with it)."""
+    from tally.sinks import accountstore
+
+    settings = _settings()
+    click.echo(f"Dashboard: {dashboard_url(settings)}/")
+    try:
+        users = _with_store(settings, lambda c: [u.public() for u in accountstore.all_users(c)],
+                            lambda sock: sock.json("GET", "/v1/users"))
+    except Exception as exc:  # the URL is still worth printing
+        click.echo(f"(accounts could not be listed: {exc})")
+        return
+    admins = [u["email"] for u in users if not u["deleted_at"] and u["role"] == "admin"]
+    if admins:
+        click.echo(f"Sign in as {', '.join(admins)} (admin), or add someone: tally user create EMAIL --site SITE")
+    else:
+        click.echo("No admin account yet; create one, then sign in with it: "
+                   ".venv/bin/tally user create you@example.com --role admin")
+
+
 @click.group("share")
 def share() -> None:
     """Read-only shared links to one site's dashboard (no sign-in needed)."""

@@ -130,6 +130,6 @@ refreshed every 5 seconds. <span id="checked"></span></p>
 <h2>Components</h2><table id="components"><thead><tr><th scope="col">Component</th><th scope="col">PID</th>
 <th scope="col">Ready</th><th scope="col">Where</th><th scope="col">Health</th></tr></thead><tbody></tbody></table>
 <h2>Consumer groups</h2><table id="groups"><thead><tr><th scope="col">Group</th><th scope="col">State</th>
-<th scope="col">Members</th><th scope="col">Topic</th><th scope="col" class="num">Lag</th>
+<th scope="col">Members: partitions owned</th><th scope="col">Topic</th><th scope="col" class="num">Lag</th>
 <th scope="col" class="num">Worst partition</th></tr></thead><tbody></tbody></table></section>"""
     return _page("Operations", body, {"page": "operations", "csrf": csrf}, _nav(user, csrf))

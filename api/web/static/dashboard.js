@@ -133,7 +133,8 @@
       if (chart) chart.destroy();
       chart = new uPlot({width: Math.max(320, el.clientWidth || 800), height: 240, series,
                          axes: [{stroke: "currentColor"}, {stroke: "currentColor"}],
-                         scales: {x: {time: true}}, legend: {show: true}}, values, el);
+                         scales: {x: {time: true}}, legend: {show: true},
+                         tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC")}, values, el);  // the API's days are UTC
     }
 
     async function panel(section) {
@@ -289,7 +290,10 @@
           const tr = document.createElement("tr");
           cell(tr, c.component); cell(tr, c.pid === null ? "not running" : String(c.pid));
           cell(tr, c.ready ? "ready" : "not ready", c.ready ? "ok" : "bad"); cell(tr, c.where || "");
-          cell(tr, c.health ? Object.entries(c.health).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ") : "");
+          const h = c.health || {};
+          const stalled = h.state && h.state !== "ok";
+          cell(tr, c.health ? [h.state, ...Object.entries(h).filter(([k]) => !["state", "updated", "alive"].includes(k))
+            .map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`)].join(", ") : "", stalled ? "bad" : "");
           comps.appendChild(tr);
         }
         const groups = $("groups").querySelector("tbody");
@@ -297,7 +301,8 @@
         for (const g of data.groups) {
           for (const lag of (g.lag.length ? g.lag : [{topic: "", total: 0, worst_partition: -1, worst_lag: 0}])) {
             const tr = document.createElement("tr");
-            cell(tr, g.group); cell(tr, g.state); cell(tr, String(g.members.length)); cell(tr, lag.topic);
+            const owners = g.members.map((m) => `${m.client_id}: ${(m.partitions[lag.topic] || []).join(" ") || "none"}`);
+            cell(tr, g.group); cell(tr, g.state); cell(tr, owners.join("; ") || "no members"); cell(tr, lag.topic);
             cell(tr, fmt.format(lag.total), "num");
             cell(tr, lag.worst_partition < 0 ? "" : `p${lag.worst_partition}: ${fmt.format(lag.worst_lag)}`, "num");
             groups.appendChild(tr);
