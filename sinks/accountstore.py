@@ -153,15 +153,24 @@ def account_routes(app: web.Application, run: Any) -> None:
         found = await run(lambda c: find_user(c, request.match_info["email"]))
         return web.json_response(found.to_json()) if found else missing("user")
 
-    async def save_user(request: web.Request) -> web.Response:
+    async def save(request: web.Request, parse: Any, problem: Any, put: Any) -> web.Response:
+        """Store a record sent by `tally user`/`tally share` once it is well formed."""
         try:
-            record = UserRecord.from_json(await body(request) or {})
+            record = parse(await body(request) or {})
         except (KeyError, TypeError, ValueError) as exc:
-            return bad(f"bad user record: {exc}")
-        if record.role not in ROLES or "@" not in record.email or not record.password_hash.startswith("$argon2"):
-            return bad("a user needs an email, a role (admin or viewer) and an argon2 password_hash")
-        await run(lambda c: put_user(c, record))
+            return bad(f"bad record: {exc}")
+        if (why := problem(record)) is not None:
+            return bad(why)
+        await run(lambda c: put(c, record))
         return web.json_response(record.public(), status=201)
+
+    async def save_user(request: web.Request) -> web.Response:
+        def problem(u: UserRecord) -> str | None:
+            if u.role not in ROLES or "@" not in u.email or not u.password_hash.startswith("$argon2"):
+                return "a user needs an email, a role (admin or viewer) and an argon2 password_hash"
+            return None
+
+        return await save(request, UserRecord.from_json, problem, put_user)
 
     async def links(request: web.Request) -> web.Response:
         return web.json_response([x.public() for x in await run(all_links)])
@@ -171,14 +180,12 @@ def account_routes(app: web.Application, run: Any) -> None:
         return web.json_response(found.to_json()) if found else missing("link")
 
     async def save_link(request: web.Request) -> web.Response:
-        try:
-            record = LinkRecord.from_json(await body(request) or {})
-        except (KeyError, TypeError, ValueError) as exc:
-            return bad(f"bad link record: {exc}")
-        if not record.link_id or len(record.token_hash) != 64 or not record.site:
-            return bad("a link needs link_id, a SHA-256 token_hash and a site")
-        await run(lambda c: put_link(c, record))
-        return web.json_response(record.public(), status=201)
+        def problem(x: LinkRecord) -> str | None:
+            if not x.link_id or len(x.token_hash) != 64 or not x.site:
+                return "a link needs link_id, a SHA-256 token_hash and a site"
+            return None
+
+        return await save(request, LinkRecord.from_json, problem, put_link)
 
     async def revoke(request: web.Request) -> web.Response:
         found = await run(lambda c: revoke_link(c, request.match_info["link_id"]))

@@ -260,6 +260,17 @@ def test_accounts_are_stored_hashed_and_out_of_analysts_reach(dashboard):
     for table in ("dashboard_users", "share_links"):
         out = tally(env, "query", f"SELECT * FROM {table}")
         assert out.returncode == 1 and table in out.stderr
+    from tally.sinks.query import SinkSocket
+
+    sock = SinkSocket(env.settings.socket_path, timeout=30)  # the sink refuses malformed records
+    when = "2026-01-01T00:00:00+00:00"
+    for route, record, why in (
+            ("/v1/users", {"email": "x@y.z", "password_hash": "plain", "role": "admin", "sites": [], "created_at": when},
+             "argon2"),
+            ("/v1/users", {"email": "x@y.z"}, "bad record"),
+            ("/v1/shares", {"link_id": "a", "token_hash": "short", "site": "a", "created_at": when}, "SHA-256")):
+        status, body = sock.request("POST", route, record)
+        assert status == 400 and why in json.loads(body)["error"], body
     info = tally(env, "user", "login-info").stdout
     assert f"Dashboard: {base}/" in info and "Sign in as admin@example.com" in info
     assert tally(env, "user", "delete", "viewer@example.com").returncode == 0

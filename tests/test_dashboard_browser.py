@@ -23,8 +23,8 @@ import pytest
 
 from tally.stack import http_ok
 from tests.conftest import start_pipeline, wait_for
-from tests.helpers import collect_url, post_json, query_rows
-from tests.test_api import api, new_key, tally, traffic
+from tests.helpers import query_rows
+from tests.test_api import api, new_key, send, tally, traffic
 from tests.test_dashboard import PASSWORD, make_user
 from tests.test_tracker_browser import CDP, chromium  # noqa: F401 (the fixture)
 
@@ -92,14 +92,7 @@ def test_dashboard_in_chromium_shows_the_apis_numbers(tally_env, spawn, chromium
     base = f"http://127.0.0.1:{s.dashboard_port}"
     wait_for(lambda: http_ok(f"{base}/healthz"), 30, "dashboard")
 
-    beacons = traffic()
-    for b in beacons:
-        body = {"site": "example.com", "path": b["path"], "referrer": b["ref"]}
-        if b["event"] != "pageview":
-            body.update(event=b["event"], props={"plan": "pro"})
-        status, resp, _ = post_json(collect_url(s), body, headers={
-            "User-Agent": b["ua"], "X-Forwarded-For": f"203.0.113.{10 + b['visitor']}"})
-        assert status in (202, 204), resp
+    beacons = send(s, traffic())
     today = datetime.now(UTC).date().isoformat()
     pageviews = sum(b["event"] == "pageview" for b in beacons)
     wait_for(lambda: query_rows(s, "SELECT count() FROM pageviews FINAL WHERE site = 'example.com'")[0][0]
