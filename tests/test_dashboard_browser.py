@@ -144,6 +144,12 @@ def test_dashboard_in_chromium_shows_the_apis_numbers(tally_env, spawn, chromium
             assert json.loads(await cdp.eval("document.getElementById('chart').dataset.points")) == [
                 by_label.get(label, 0) for label in series["meta"]["time_labels"]]
             assert await cdp.eval("document.querySelectorAll('#chart canvas').length") == 1
+            await cdp.eval("document.querySelector('.stat[data-metric=\"pageviews\"]').click()")  # picks the chart
+            await cdp.until("new URL(location.href).searchParams.get('metric') === 'pageviews'", "chart metric")
+            by_label = {r["dimensions"][0]: r["metrics"][1] for r in series["results"]}
+            await cdp.until("document.getElementById('chart').dataset.points === "
+                            + json.dumps(json.dumps([by_label.get(label, 0) for label in series["meta"]["time_labels"]],
+                                                    separators=(",", ":"))), "pageviews chart")
             for panel, dim in (("pages", "event:page"), ("sources", "visit:source"), ("devices", "visit:browser"),
                                ("events", "event:name")):
                 assert as_dict(json.loads(await cdp.eval(rows_js(panel)))) == breakdown(dim, []), panel

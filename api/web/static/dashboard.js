@@ -92,9 +92,16 @@
       const box = $("stats");
       box.replaceChildren();
       STATS.forEach(([key, label], i) => {
-        const div = document.createElement("div");
+        const div = document.createElement("button");  // as in Plausible: a stat picks the chart's metric
+        div.type = "button";
         div.className = "stat";
         div.dataset.metric = key;
+        div.setAttribute("aria-pressed", String(key === state.metric));
+        div.addEventListener("click", () => {
+          state.metric = key; $("metric").value = key; saveState();
+          box.querySelectorAll(".stat").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.metric === key)));
+          timeseries().catch(showError);
+        });
         const name = document.createElement("div"); name.className = "label"; name.textContent = label;
         const value = document.createElement("div"); value.className = "value"; value.textContent = fmt.format(row.metrics[i]);
         div.append(name, value);
