@@ -18,6 +18,8 @@ up: setup
 	@echo "                (a browser User-Agent: curl's own is classified as a bot and dropped, with a counted reason)"
 	@echo "Query:          .venv/bin/tally query \"SELECT * FROM pageviews ORDER BY received_at DESC LIMIT 10\""
 	@echo "Status / stop:  .venv/bin/tally status   /   .venv/bin/tally down"
+	@echo
+	@.venv/bin/tally user login-info
 
 down:
 	@.venv/bin/tally down

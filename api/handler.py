@@ -21,6 +21,7 @@ SETTINGS = web.AppKey("settings", Settings)
 WAREHOUSE = web.AppKey("warehouse", Warehouse)
 KEYS = web.AppKey("keys", KeyChecker)
 CLOCK = web.AppKey("clock", Callable)
+SESSION_SCOPE = "tally.scope"  # a browser's scope (session or shared link), set by api/web
 
 
 class ApiError(Exception):
@@ -40,6 +41,8 @@ def failure(status: int, message: str) -> web.Response:
 
 
 async def authorize(request: web.Request) -> KeyRecord:
+    if (scope := request.get(SESSION_SCOPE)) is not None:
+        return scope
     verdict = await request.app[KEYS].check(request.headers.get("Authorization"))
     if verdict.status != 200:
         raise ApiError(verdict.status, verdict.message)

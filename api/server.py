@@ -1,4 +1,4 @@
-"""`tally dashboard`: the Stats API (and, later, the web dashboard) on 127.0.0.1:8001.
+"""`tally dashboard`: the Stats API and the web dashboard (api/web) on 127.0.0.1:8001.
 
 Every request passes, in order: the Host check (TALLY_DASHBOARD_ALLOWED_HOSTS,
 so a DNS-rebinding page cannot reach it), then, on /api/*, the bearer key (401
@@ -19,6 +19,7 @@ from tally.api import adoption, stats
 from tally.api.handler import CLOCK, KEYS, SETTINGS, WAREHOUSE, ApiError, answer, failure
 from tally.api.keys import KeyChecker
 from tally.api.warehouse import Unavailable, Warehouse, open_warehouse
+from tally.api.web import app as web_dashboard
 from tally.sinks.readservice import host_of
 
 from tally.config import Settings
@@ -64,6 +65,7 @@ def build_app(settings: Settings, warehouse: Warehouse, clock: Callable[[], date
     app.router.add_get("/healthz", healthz)
     stats.setup(app)
     adoption.setup(app)
+    web_dashboard.setup(app)
 
     async def close(app: web.Application) -> None:
         await warehouse.close()
@@ -75,6 +77,6 @@ def build_app(settings: Settings, warehouse: Warehouse, clock: Callable[[], date
 def run(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM. LookupError: server mode without the dashboard's user."""
     app = build_app(settings, open_warehouse(settings))
-    log.info("Stats API on http://%s:%d", settings.dashboard_host, settings.dashboard_port)
+    log.info("Stats API and dashboard on http://%s:%d", settings.dashboard_host, settings.dashboard_port)
     web.run_app(app, host=settings.dashboard_host, port=settings.dashboard_port, access_log=None, print=None,
                 loop=uvloop.new_event_loop())

@@ -280,6 +280,7 @@ def config_check() -> None:
 # --- commands contributed by each stage --------------------------------------------
 # Each area keeps its commands in its own module; they are registered here.
 from tally.api.cli import api_key, dashboard  # noqa: E402
+from tally.api.web.cli import share, user  # noqa: E402
 from tally.producers.collector.cli import collector  # noqa: E402
 from tally.schemas.cli import catalog, schemas  # noqa: E402
 from tally.sinks.cli import catalog_report, query, reconcile  # noqa: E402
@@ -287,5 +288,6 @@ from tally.streams.cli import classify_ua_command  # noqa: E402
 
 catalog.add_command(catalog_report)  # the catalog's health, read from the warehouse
 
-for command in (collector, schemas, catalog, query, reconcile, classify_ua_command, dashboard, api_key):
+for command in (collector, schemas, catalog, query, reconcile, classify_ua_command, dashboard, api_key, user,
+                share):
     main.add_command(command)

@@ -47,7 +47,7 @@ def access_sql(settings: Settings) -> list[str]:
                         for name, value in limits(settings).items())
     out = [f"CREATE SETTINGS PROFILE OR REPLACE {PROFILE} SETTINGS readonly = 1 CONST, {profile}"]
     for url, what, extra in ((settings.analyst_clickhouse_url, "TALLY_ANALYST_CLICKHOUSE_URL", ()),
-                             (settings.dashboard_clickhouse_url, "TALLY_DASHBOARD_CLICKHOUSE_URL", ("api_keys",))):
+                             (settings.dashboard_clickhouse_url, "TALLY_DASHBOARD_CLICKHOUSE_URL", ("api_keys", "dashboard_users", "share_links"))):
         if not url:
             continue
         user, password, database = _user(url, what)

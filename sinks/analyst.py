@@ -22,8 +22,9 @@ ANALYST_VIEWS: frozenset[str] = frozenset({
     "top_pages", "top_pages_raw", "top_sources", "top_browsers", "top_operating_systems",
     "top_devices", "adoption_summary", "adoption_by_tenant",
 })
-# Tables no analyst query may touch: API keys and the migration ledgers.
-PRIVATE_TABLES: frozenset[str] = frozenset({"api_keys", "tally_migrations", "tally_repeatable_migrations"})
+# Tables no analyst query may touch: API keys, dashboard accounts and the migration ledgers.
+PRIVATE_TABLES: frozenset[str] = frozenset({"api_keys", "dashboard_users", "share_links", "tally_migrations",
+                                           "tally_repeatable_migrations"})
 
 # System tables that describe neither users, grants, settings profiles nor server files.
 SYSTEM_TABLES: frozenset[str] = frozenset({

@@ -37,6 +37,7 @@ import uvloop
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tally.sinks import keystore
+from tally.sinks.accountstore import account_routes
 from tally.sinks.analystpool import AnalystPool, Answer, KeyOps, error
 from tally.sinks.query import FORMATS
 from tally.sinks.sqlguard import Guard
@@ -205,6 +206,7 @@ class ReadService:
             sock.router.add_get("/metrics", metrics)
             sock.router.add_post("/v1/sql", sql_handler(self.pool))
             key_routes(sock, self.keys)
+            account_routes(sock, self.keys.run)
             # A socket left by a killed sink: this process holds the warehouse lock, so no
             # other sink is listening on it.
             s.socket_path.unlink(missing_ok=True)

@@ -238,7 +238,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_DASHBOARD_HOST", "dashboard_host", "127.0.0.1", _str, "Address `tally dashboard` (the Stats API) listens on.", "Dashboard and API"),
     Var("TALLY_DASHBOARD_PORT", "dashboard_port", "8001", _int(1, 65535), "Port `tally dashboard` listens on.", "Dashboard and API"),
     Var("TALLY_DASHBOARD_ALLOWED_HOSTS", "dashboard_allowed_hosts", "localhost,127.0.0.1,[::1]", _csv, "Host header values the dashboard answers (DNS-rebinding guard); add the public hostname when it is exposed.", "Dashboard and API"),
-    Var("TALLY_DASHBOARD_CLICKHOUSE_URL", "dashboard_clickhouse_url", "", _url, "Server mode: URL of the dashboard's read-only user (the analyst grants plus reading `api_keys`). `tally migrate` creates it.", "Dashboard and API"),
+    Var("TALLY_DASHBOARD_CLICKHOUSE_URL", "dashboard_clickhouse_url", "", _url, "Server mode: URL of the dashboard's read-only user (the analyst grants plus reading `api_keys`, `dashboard_users` and `share_links`). `tally migrate` creates it.", "Dashboard and API"),
     Var("TALLY_API_RATE_LIMIT_PER_HOUR", "api_rate_limit_per_hour", "600", _int(1), "Requests per hour each API key may make (token bucket); beyond it the API answers 429.", "Dashboard and API"),
     Var("TALLY_API_RATE_LIMIT_BURST", "api_rate_limit_burst", "60", _int(1), "Requests an API key may make at once before the hourly rate applies.", "Dashboard and API"),
     Var("TALLY_TEST_SINK_CRASH_AFTER_INSERT", "test_sink_crash_after_insert", "0", _bool, "Test hook: the sink kills itself (SIGKILL) after its first insert and before committing the offsets. Never set in production.", "Sink"),

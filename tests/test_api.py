@@ -69,6 +69,18 @@ def traffic() -> list[dict]:
     return out
 
 
+def send(s, beacons: list[dict]) -> list[dict]:
+    """Post the beacons to the collector, each from its visitor's address and browser."""
+    for b in beacons:
+        body = {"site": "example.com", "path": b["path"], "referrer": b["ref"]}
+        if b["event"] != "pageview":
+            body.update(event=b["event"], props={"plan": "pro"})
+        status, resp, _ = post_json(collect_url(s), body, headers={
+            "User-Agent": b["ua"], "X-Forwarded-For": f"203.0.113.{10 + b['visitor']}"})
+        assert status in (202, 204), resp
+    return beacons
+
+
 def expected(beacons: list[dict], key) -> dict[str, list[int]]:
     """Dimension value -> [visitors, pageviews, events], as the API must count them."""
     acc: dict[str, list] = defaultdict(lambda: [set(), 0, 0])
@@ -119,14 +131,7 @@ def test_stats_api_answers_like_plausible_and_equals_the_raw_rows(tally_env, spa
     dashboard = spawn(tally_env, "dashboard")
     wait_for(lambda: http_ok(f"http://127.0.0.1:{s.dashboard_port}/healthz"), 30, "dashboard")
 
-    beacons = traffic()
-    for b in beacons:
-        body = {"site": "example.com", "path": b["path"], "referrer": b["ref"]}
-        if b["event"] != "pageview":
-            body.update(event=b["event"], props={"plan": "pro"})
-        status, resp, _ = post_json(collect_url(s), body, headers={
-            "User-Agent": b["ua"], "X-Forwarded-For": f"203.0.113.{10 + b['visitor']}"})
-        assert status in (202, 204), resp
+    beacons = send(s, traffic())
     for i in range(3):
         post_json(collect_url(s), {"site": "localhost", "path": f"/other/{i}"},
                   headers={"User-Agent": UAS[0][0], "X-Forwarded-For": "203.0.113.99"})

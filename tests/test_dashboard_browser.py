@@ -1,0 +1,268 @@
+"""The web dashboard in real headless Chromium against the real stack (Kafka broker,
+collector, stream worker, sink with chDB, `tally dashboard`), seeded with the known
+traffic of test_api.py: sign in through the form, the numbers shown equal the Stats
+API's answers (asked with an API key), clicking a source filters every panel, the
+adoption page shows its zero state, a shared link works without a session and stops
+after revoke, and no request leaves 127.0.0.1. Screenshots of every page are saved
+(TALLY_TEST_ARTIFACTS, else the test's tmp dir); docs/dashboard.md uses them."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import urllib.parse
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from tally.ops.stack import http_ok
+
+from tests.conftest import start_pipeline, wait_for
+from tests.helpers import query_rows
+from tests.test_api import api, new_key, send, tally, traffic
+from tests.test_dashboard import PASSWORD, make_user
+from tests.test_tracker_browser import CDP, chromium  # noqa: F401 (the fixture)
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not shutil.which("chromium"), reason="chromium not installed "
+                                 "(infra/bootstrap.sh installs it)")]
+
+
+class RecordingCDP(CDP):
+    """The DevTools client, keeping the events it reads past (every request the page makes)."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        super().__init__(ws)
+        self.requests: list[str] = []
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        msg_id = next(self.ids)
+        await self.ws.send_json({"id": msg_id, "method": method, "params": params})
+        while True:
+            msg = await asyncio.wait_for(self.ws.receive_json(), 30)
+            if msg.get("method") == "Network.requestWillBeSent":
+                self.requests.append(msg["params"]["request"]["url"])
+            if msg.get("id") == msg_id:
+                assert "error" not in msg, msg
+                return msg["result"]
+
+    async def until(self, expression: str, what: str, seconds: float = 30) -> Any:
+        for _ in range(int(seconds * 10)):
+            value = await self.eval(expression)
+            if value:
+                return value
+            await asyncio.sleep(0.1)
+        where = await self.eval("location.href + ' ' + document.documentElement.outerHTML.slice(0, 3000)")
+        raise AssertionError(f"{what}: {expression} stayed false on {where}")
+
+    async def loaded(self) -> None:
+        state = await self.until("document.readyState === 'complete' && ['1', 'error'].includes(document.body.dataset.loaded) "
+                                 "&& document.body.dataset.loaded", "page loaded")
+        assert state == "1", await self.eval("document.getElementById('error') && document.getElementById('error').textContent")
+
+    async def screenshot(self, path: Path) -> None:
+        shot = await self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        path.write_bytes(base64.b64decode(shot["data"]))
+
+
+STATS_JS = "JSON.stringify([...document.querySelectorAll('.stat')].map(s => [s.dataset.metric, " \
+           "Number(s.querySelector('.value').textContent.replaceAll(',', ''))]))"
+
+
+def rows_js(panel: str) -> str:
+    return f"document.getElementById('panel-{panel}').dataset.rows"
+
+
+def as_dict(rows: list[list]) -> dict[str, list[int]]:
+    return {r[0]: list(r[1:]) for r in rows}
+
+
+@dataclass
+class Run:
+    """What the browser steps share: the stack's settings, a key for the API's own answers."""
+
+    env: Any
+    key: str
+    base: str
+    artifacts: Path
+    beacons: list[dict]
+    pageviews: int
+
+    def expect(self, extra: dict) -> dict:
+        q = {"site_id": "example.com", "metrics": ["visitors", "pageviews", "events"], "date_range": "day", **extra}
+        status, got = api(self.env.settings, self.key, q)
+        assert status == 200, got
+        return got
+
+    def breakdown(self, dim: str, filters: list) -> dict[str, list[int]]:
+        got = self.expect({"dimensions": [dim], "filters": filters, "order_by": [["visitors", "desc"]],
+                           "pagination": {"limit": 10}})
+        return {r["dimensions"][0]: r["metrics"] for r in got["results"]}
+
+
+async def sign_in(cdp: RecordingCDP, run: Run) -> None:
+    """Sign in through the form; the session cookie is HttpOnly."""
+    # --- sign in through the form
+    await cdp.navigate(f"{run.base}/login")
+    await cdp.screenshot(run.artifacts / "login.png")
+    await cdp.eval(f"document.getElementById('email').value = 'admin@example.com';"
+                   f"document.getElementById('password').value = {json.dumps(PASSWORD)};"
+                   "document.querySelector('main form').submit()")
+    await cdp.until("location.pathname === '/' && document.readyState === 'complete' "
+                    "&& document.querySelector('.sites') !== null", "signed in")
+    assert await cdp.eval("document.cookie") == ""  # HttpOnly: no script can read the session
+
+
+async def site_equals_api(cdp: RecordingCDP, run: Run) -> None:
+    """The site dashboard for today equals the API's answers."""
+    # --- the site dashboard for today equals the API
+    await cdp.navigate(f"{run.base}/sites/example.com?period=day")
+    await cdp.loaded()
+    top = run.expect({"include": {"comparisons": {"mode": "previous_period"}}})["results"][0]["metrics"]
+    assert json.loads(await cdp.eval(STATS_JS)) == [["visitors", top[0]], ["pageviews", top[1]],
+                                                    ["events", top[2]]]
+    assert top == [10, run.pageviews, len(run.beacons)]
+    series = run.expect({"dimensions": ["time"], "include": {"time_labels": True}})
+    by_label = {r["dimensions"][0]: r["metrics"][0] for r in series["results"]}
+    assert json.loads(await cdp.eval("document.getElementById('chart').dataset.points")) == [
+        by_label.get(label, 0) for label in series["meta"]["time_labels"]]
+    assert await cdp.eval("document.querySelectorAll('#chart canvas').length") == 1
+    await cdp.eval("document.querySelector('.stat[data-metric=\"pageviews\"]').click()")  # picks the chart
+    await cdp.until("new URL(location.href).searchParams.get('metric') === 'pageviews'", "chart metric")
+    by_label = {r["dimensions"][0]: r["metrics"][1] for r in series["results"]}
+    await cdp.until("document.getElementById('chart').dataset.points === "
+                    + json.dumps(json.dumps([by_label.get(label, 0) for label in series["meta"]["time_labels"]],
+                                            separators=(",", ":"))), "pageviews chart")
+    for panel, dim in (("pages", "event:page"), ("sources", "visit:source"), ("devices", "visit:browser"),
+                       ("events", "event:name")):
+        assert as_dict(json.loads(await cdp.eval(rows_js(panel)))) == run.breakdown(dim, []), panel
+    await cdp.eval("document.querySelector('#panel-devices [data-dim=\"visit:device\"]').click()")
+    await cdp.until("document.getElementById('panel-devices').dataset.dim === 'visit:device'", "device tab")
+    assert as_dict(json.loads(await cdp.eval(rows_js("devices")))) == run.breakdown("visit:device", [])
+    await cdp.screenshot(run.artifacts / "dashboard.png")
+
+
+async def source_filter(cdp: RecordingCDP, run: Run) -> None:
+    """Clicking a source filters every panel, shows a chip, and goes into the URL."""
+    # --- clicking a source filters every panel, shows a chip, and goes into the URL
+    await cdp.eval("[...document.querySelectorAll('#panel-sources .row-filter')]"
+                   ".find(b => b.textContent === 'Google').click()")
+    await cdp.until("document.querySelectorAll('.chip').length === 1", "filter chip")
+    await cdp.loaded()
+    google = [["is", "visit:source", ["Google"]]]
+    top = run.expect({"filters": google})["results"][0]["metrics"]
+    assert json.loads(await cdp.eval(STATS_JS)) == [["visitors", top[0]], ["pageviews", top[1]],
+                                                    ["events", top[2]]]
+    assert 0 < top[0] < 10
+    assert as_dict(json.loads(await cdp.eval(rows_js("pages")))) == run.breakdown("event:page", google)
+    assert as_dict(json.loads(await cdp.eval(rows_js("devices")))) == run.breakdown("visit:device", google)
+    assert "f=visit%3Asource%7CGoogle" in await cdp.eval("location.search")
+    await cdp.screenshot(run.artifacts / "dashboard-filtered.png")
+    await cdp.eval("document.querySelector('.chip').click()")
+    await cdp.until("document.querySelectorAll('.chip').length === 0", "chip removed")
+    await cdp.loaded()
+    assert json.loads(await cdp.eval(STATS_JS))[0] == ["visitors", 10]
+
+
+async def adoption_zero_state(cdp: RecordingCDP, run: Run) -> None:
+    """Product adoption: the explicit zero state for an empty window."""
+    # --- product adoption: the explicit zero state for an empty window
+    await cdp.navigate(f"{run.base}/adoption")
+    await cdp.loaded()
+    await cdp.eval("document.getElementById('afrom').value = '2020-01-01';"
+                   "document.getElementById('ato').value = '2020-01-31';"
+                   "document.getElementById('aapply').click()")
+    await cdp.until("document.body.dataset.empty === 'true'", "adoption zero state")
+    await cdp.loaded()
+    rows = json.loads(await cdp.eval("JSON.stringify([...document.querySelectorAll('#adoption tbody tr')]"
+                                     ".map(tr => [...tr.children].map(td => td.textContent)))"))
+    assert len(rows) == 6 and rows[-1][0] == "all"
+    assert all(r[2] == "0" and r[3] == "0" and r[4] == "no signal yet" for r in rows)
+    await cdp.screenshot(run.artifacts / "adoption.png")
+
+
+async def operations_page(cdp: RecordingCDP, run: Run) -> None:
+    """Operations (admins): the components are listed."""
+    # --- operations (admins)
+    await cdp.navigate(f"{run.base}/operations")
+    await cdp.loaded()
+    names = await cdp.eval("[...document.querySelectorAll('#components tbody tr td:first-child')]"
+                           ".map(td => td.textContent)")
+    assert {"sink", "worker", "collector", "dashboard"} <= set(names)
+    await cdp.screenshot(run.artifacts / "operations.png")
+
+
+async def shared_link(cdp: RecordingCDP, run: Run) -> None:
+    """A shared link: no session needed, and dead after revoke."""
+    # --- a shared link: no session needed, and dead after revoke
+    await cdp.call("Page.navigate", url="about:blank")  # no page left polling with the old session
+    await cdp.call("Network.clearBrowserCookies")
+    out = tally(run.env, "share", "create", "--site", "example.com")
+    assert out.returncode == 0, out.stderr
+    link = out.stdout.strip().splitlines()[-1]
+    path = urllib.parse.urlsplit(link).path
+    await cdp.navigate(f"{run.base}{path}?period=day")
+    await cdp.loaded()
+    assert json.loads(await cdp.eval(STATS_JS))[0] == ["visitors", 10]
+    assert (await cdp.call("Network.getAllCookies"))["cookies"] == []
+    await cdp.screenshot(run.artifacts / "shared.png")
+    link_id = json.loads(tally(run.env, "share", "list", "--json").stdout)[0]["link_id"]
+    assert tally(run.env, "share", "revoke", link_id).returncode == 0
+    for _ in range(300):
+        await cdp.navigate(f"{run.base}{path}?period=day")
+        if (await cdp.eval("document.title")).startswith("Link not valid"):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the revoked link still opens the dashboard")
+
+
+def test_dashboard_in_chromium_shows_the_apis_numbers(tally_env, spawn, chromium, tmp_path):  # noqa: F811
+    tally_env.vars.update({"TALLY_TRUSTED_PROXIES": "127.0.0.1/32", "TALLY_API_RATE_LIMIT_BURST": "1000"})
+    s = tally_env.settings
+    artifacts = Path(os.environ.get("TALLY_TEST_ARTIFACTS") or tmp_path / "screenshots")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    start_pipeline(tally_env, spawn)
+    spawn(tally_env, "dashboard")
+    base = f"http://127.0.0.1:{s.dashboard_port}"
+    wait_for(lambda: http_ok(f"{base}/healthz"), 30, "dashboard")
+
+    beacons = send(s, traffic())
+    today = datetime.now(UTC).date().isoformat()
+    pageviews = sum(b["event"] == "pageview" for b in beacons)
+    wait_for(lambda: query_rows(s, "SELECT count() FROM pageviews FINAL WHERE site = 'example.com'")[0][0]
+             == len(beacons), 120, "every beacon stored")
+    wait_for(lambda: query_rows(s, f"SELECT toUInt32(pageviews), toUInt32(visitors) FROM site_stats_daily "
+                                   f"WHERE site = 'example.com' AND day = '{today}'") == [[pageviews, 10]],
+             120, "site_day aggregates")
+    make_user(tally_env, "admin@example.com", "--role", "admin")
+    key = new_key(tally_env, "--site", "example.com")
+
+    run = Run(tally_env, key, base, artifacts, beacons, pageviews)
+
+    async def drive() -> None:
+        async with aiohttp.ClientSession() as http, http.ws_connect(chromium, max_msg_size=0) as ws:
+            cdp = RecordingCDP(ws)
+            for domain in ("Page", "Runtime", "Network"):
+                await cdp.call(f"{domain}.enable")
+            await cdp.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1,
+                           mobile=False)
+
+            await sign_in(cdp, run)
+            await site_equals_api(cdp, run)
+            await source_filter(cdp, run)
+            await adoption_zero_state(cdp, run)
+            await operations_page(cdp, run)
+            await shared_link(cdp, run)
+            # --- nothing left 127.0.0.1
+            assert cdp.requests
+            outside = [u for u in cdp.requests if not u.startswith(f"{base}/") and not u.startswith(("data:", "blob:"))]
+            assert outside == []
+
+    asyncio.run(drive())
