@@ -85,5 +85,4 @@ LEFT JOIN (SELECT event, sum(n) AS rejected, arraySort(groupArray((problem, n)))
                  FROM bad_rows WHERE reason = 'invalid_event' AND toDate(failed_at) BETWEEN {lo} AND {hi}
                  GROUP BY event, problem)
            GROUP BY event) AS r ON r.event = c.event
-ORDER BY c.position
-SETTINGS join_use_nulls = 0"""
+ORDER BY c.position"""  # unmatched joins give 0, not NULL (join_use_nulls is 0 by default)
