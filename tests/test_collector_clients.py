@@ -77,6 +77,10 @@ def test_datacenter_flag_is_iporigins_answer():
     samples += [str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(20000)]
     samples += [str(ipaddress.IPv6Address((0x2 << 124) | rng.getrandbits(125))) for _ in range(5000)]
     samples += ["127.0.0.1", "10.1.2.3", "192.168.1.1", "::1", "fe80::1", "100.64.0.1", "0.0.0.0"]
+    for table, cls in ((ranges.v4, ipaddress.IPv4Address), (ranges.v6, ipaddress.IPv6Address)):
+        for i in [i for i, touch in enumerate(table.touch_special) if touch]:  # ranges with reserved parts
+            s, e = table.starts[i], table.ends[i]
+            samples += [str(cls(v)) for v in (s, (s + e) // 2, e)]
     flagged = 0
     for text in samples:
         client = parse_client(text)
