@@ -195,7 +195,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_HONOR_GPC", "honor_gpc", "true", _bool, "Drop beacons (answering 204) from browsers that send `Sec-GPC: 1`.", "Collector"),
     Var("TALLY_HONOR_DNT", "honor_dnt", "false", _bool, "Drop beacons (answering 204) from browsers that send `DNT: 1`.", "Collector"),
     Var("TALLY_DROP_EMPTY_UA", "drop_empty_ua", "false", _bool, "Drop beacons (answering 204) that have no User-Agent header.", "Collector"),
-    Var("TALLY_RATE_LIMIT_PER_SECOND", "rate_limit_per_second", "20", _float(0.0), "Sustained beacons per second per client (token bucket, per collector worker). 0 switches the limit off.", "Collector"),
+    Var("TALLY_RATE_LIMIT_PER_SECOND", "rate_limit_per_second", "20", _float(0.0), "Sustained beacons per second per client (token bucket, per collector worker; an IPv6 client is its /64). 0 switches the limit off.", "Collector"),
     Var("TALLY_RATE_LIMIT_BURST", "rate_limit_burst", "200", _int(1), "Bucket size of the per-client rate limit: beacons a client may send at once.", "Collector"),
     Var("TALLY_SPOOL_MAX_MB", "spool_max_mb", "256", _int(1), "Largest size of each collector worker's on-disk spool (used while the broker is unreachable). When full the collector answers 503.", "Collector"),
     Var("TALLY_SPOOL_AFTER_MS", "spool_after_ms", "1000", _int(50, 60000), "How long a beacon waits for the Kafka acknowledgement before it is written to the spool and answered.", "Collector"),

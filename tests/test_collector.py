@@ -373,6 +373,23 @@ def test_rate_limit_drops_floods_and_counts_them_in_metrics_and_the_drops_topic(
     assert len(set(ids)) == len(ids) and all(i >= 0 for i in ids), ids  # never taken for a replay
 
 
+def test_rate_limit_holds_an_ipv6_client_rotating_inside_its_64(strict):
+    """One subscriber holds a whole /64: new addresses inside it share one bucket,
+    while each beacon keeps its own address's pseudonym."""
+    m = mark()
+    for i in range(1, 13):  # burst 5, 0.5/s: about 5 of 12 pass
+        headers = {"X-Forwarded-For": f"2a01:4f8:c0c:{m[:4]}:{i:x}::{i:x}"}
+        assert strict.post({"site": "example.com", "path": f"/{m}/rot/{i}"}, headers=headers)[0] == 204
+    for i in range(1, 7):  # other /64s: a bucket each
+        headers = {"X-Forwarded-For": f"2a01:4f8:c0d:{i:x}::1"}
+        assert strict.post({"site": "example.com", "path": f"/{m}/spread/{i}"}, headers=headers)[0] == 204
+    got = beacons_for(strict, m, 11, settle=1.0)
+    rotating = [b for b in got if "/rot/" in b["path"]]
+    assert 5 <= len(rotating) <= 7
+    assert len({b["ip_pseudonym"] for b in rotating}) == len(rotating)
+    assert len([b for b in got if "/spread/" in b["path"]]) == 6
+
+
 # --- the tracker and operations ---------------------------------------------------------
 
 def test_tracker_script_is_served_small(default):

@@ -4,7 +4,9 @@ It stays thin (Snowplow style): parse the body once into a `BeaconRequest`,
 validate it, apply the edge's privacy choices, pseudonymise the IP, forward.
 Bots are *not* judged here: they get a 204 like everyone and the stream drops
 them with a counted reason. The raw client IP never leaves this process: it
-is replaced by a keyed BLAKE2b pseudonym, plus a datacenter flag.
+is replaced by a keyed BLAKE2b pseudonym (pseudonym.py), plus a datacenter flag
+(datacenter.py). Nearly every beacon of real traffic comes from an address not
+seen recently, so that per-client work is made cheap rather than cached.
 
 Routes:
     POST /api/v1/collect   Tally's beacon  -> 204
@@ -19,22 +21,21 @@ from __future__ import annotations
 import asyncio
 import gc
 import gzip
-import hashlib
 import logging
 import re
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from functools import lru_cache, partial
+from functools import partial
 from importlib import resources
 from typing import Any
 
-import iporigin
 import uvloop
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from tally.producers.collector import metrics
 from tally.producers.collector.client_ip import ClientAddress
+from tally.producers.collector.datacenter import DatacenterRanges
 from tally.producers.collector.drops import EdgeDrops
 from tally.producers.collector.encode import DictEncoder, PieceEncoder
 from tally.producers.collector.forwarder import Forwarder
@@ -46,6 +47,7 @@ from tally.producers.collector.parse import (
     plausible_beacon,
     tally_beacon,
 )
+from tally.producers.collector.pseudonym import Pseudonyms
 from tally.producers.collector.ratelimit import RateLimiter
 from tally.schemas.reasons import DropReason
 
@@ -56,9 +58,6 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 8 * 1024
 RETRY_AFTER_SECONDS = "30"
-# Address kinds that mean "a machine, not a person's connection". VPN and Tor
-# exits are left out on purpose: behind them are people browsing.
-DATACENTER_KINDS = frozenset({iporigin.HOSTING, iporigin.CDN, iporigin.BOT})
 FORWARDER = web.AppKey("forwarder", Forwarder)
 DROPS = web.AppKey("drops", EdgeDrops)
 
@@ -70,17 +69,6 @@ def _bad(detail: str, status: int = 400) -> web.Response:
     return web.json_response({"detail": detail}, status=status)
 
 
-@lru_cache(maxsize=65536)
-def in_datacenter(ip: str) -> bool:
-    """True when ip is in a published cloud/hosting/CDN/crawler range (iporigin's offline table)."""
-    if not ip:
-        return False
-    try:
-        return iporigin.classify(ip).kind in DATACENTER_KINDS
-    except ValueError:
-        return False
-
-
 def tracker_script() -> bytes:
     return resources.files("tally.producers").joinpath("static/tally.js").read_bytes()
 
@@ -89,26 +77,22 @@ class Collector:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         secret = settings.edge_secret.encode() or file_secret(settings.state_dir / "secrets" / "edge.key")
-        self._edge_key = hashlib.blake2b(secret, digest_size=32).digest()
+        self.pseudonyms = Pseudonyms(secret)
+        self.datacenters = DatacenterRanges()
         self.allowed = frozenset(settings.allowed_sites)
         self.addresses = ClientAddress(settings.trusted_proxies)
         self.limiter = (RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
                         if settings.rate_limit_per_second > 0 else None)
-        # Visitors send several beacons from one address: resolving, hashing and
-        # classifying it once per address saves ~15 µs a request. The raw address
-        # stays in this process's memory only.
-        self.client = lru_cache(maxsize=65536)(self._client_uncached)
         self.forwarder: Forwarder | None = None
         self.encoder: PieceEncoder | DictEncoder | None = None
         self.drops: EdgeDrops | None = None
 
-    def ip_pseudonym(self, ip: str) -> str:
-        return hashlib.blake2b(ip.encode(), key=self._edge_key, digest_size=16).hexdigest()
-
-    def _client_uncached(self, peer: str | None, forwarded_for: tuple[str, ...]) -> tuple[str, bool]:
-        """(IP pseudonym, datacenter flag) of the client behind this peer and XFF chain."""
-        ip = self.addresses.resolve(peer, forwarded_for)
-        return self.ip_pseudonym(ip), in_datacenter(ip)
+    def client(self, peer: str | None, forwarded_for: tuple[str, ...]) -> tuple[str, bytes, bool]:
+        """(IP pseudonym, rate-limit key, datacenter flag) of the client behind this peer and
+        XFF chain. The raw address lives only in this call."""
+        client = self.addresses.client(peer, forwarded_for)
+        pseudonym, limit_key = self.pseudonyms.of(client)
+        return pseudonym, limit_key, client is not None and self.datacenters.contains(*client)
 
     # --- beacon routes ---------------------------------------------------------
 
@@ -156,14 +140,9 @@ class Collector:
         if s.drop_empty_ua and not user_agent.strip():
             self.drops.add(beacon.site, now_ms, DropReason.EMPTY_USER_AGENT)
             return None
-        if self.addresses.trusted:
-            xff = tuple(headers.getall("X-Forwarded-For", ()))
-            # Long chains are resolved uncached: 65,536 cached 8 KB headers would be 0.5 GB.
-            client = self.client if sum(map(len, xff)) <= 256 else self._client_uncached
-            pseudonym, datacenter = client(request.remote, xff)
-        else:
-            pseudonym, datacenter = self.client(request.remote, ())
-        if self.limiter is not None and not self.limiter.allow(pseudonym):
+        xff = tuple(headers.getall("X-Forwarded-For", ())) if self.addresses.trusted else ()
+        pseudonym, limit_key, datacenter = self.client(request.remote, xff)
+        if self.limiter is not None and not self.limiter.allow(limit_key):
             self.drops.add(beacon.site, now_ms, DropReason.RATE_LIMITED)
             return None
         # The beacon's Avro bytes (event_id minted here), or a dict when the fast encoder is off.

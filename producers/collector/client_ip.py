@@ -6,26 +6,38 @@ right and the first (rightmost) address that is not a trusted proxy is the
 client. Everything left of it was written by the client itself and is
 ignored: a visitor who prepends fake entries still maps to one address.
 
-The raw address is only ever held in memory inside the collector process;
-what leaves it is a keyed pseudonym (see app.py).
+The raw address is only held in memory while its request is handled; what
+leaves this module is (version, integer value, canonical text), and what leaves
+the collector is a keyed pseudonym (pseudonym.py). Nothing here is cached per
+client: almost every beacon of real traffic comes from an address not seen
+recently, so a per-address cache would miss, and hold raw addresses.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
+
+from tally.caches import bounded_put
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# (IP version, the address as an integer, its canonical text)
+Client = tuple[int, int, str]
+_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
+_TEN_ZEROS = bytes(10)
 
 
-def parse_address(text: str) -> Address | None:
+def parse_client(text: str) -> Client | None:
     """An address from one XFF entry, or None if it is not one.
 
     Accepts what proxies actually write: `1.2.3.4`, `1.2.3.4:5678`, `::1`,
     `[::1]`, `[::1]:5678`, optionally quoted; IPv4-mapped IPv6 becomes IPv4
-    so the same client is the same address on dual-stack sockets.
+    so the same client is the same address on dual-stack sockets. IPv4 is
+    parsed by inet_pton (strict dotted decimal, as ipaddress: the text accepted
+    is already canonical) and IPv6 by inet_pton/inet_ntop: several times cheaper
+    than ipaddress, and the same values and text.
     """
     s = text.strip().strip('"').strip()
     if not s or len(s) > 64:
@@ -38,13 +50,33 @@ def parse_address(text: str) -> Address | None:
     elif s.count(":") == 1:  # IPv4 with a port
         s = s.split(":", 1)[0]
     s = s.split("%", 1)[0]  # zone index of a link-local IPv6 address
+    if ":" not in s:
+        try:
+            return 4, int.from_bytes(socket.inet_pton(_AF_INET, s), "big"), s
+        except (OSError, ValueError):
+            return None
     try:
-        addr = ipaddress.ip_address(s)
-    except ValueError:
+        packed = socket.inet_pton(_AF_INET6, s)
+    except (OSError, ValueError):
         return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
+    if packed.startswith(_TEN_ZEROS):  # IPv4-mapped and the like: ipaddress's rules and text
+        try:
+            addr = ipaddress.IPv6Address(s)
+        except ValueError:
+            return None
+        if addr.ipv4_mapped is not None:
+            v4 = addr.ipv4_mapped
+            return 4, int(v4), str(v4)
+        return 6, int(addr), str(addr)
+    # inet_ntop writes RFC 5952 text (lower case, the first longest run of two or more
+    # zero groups as ::), which is what ipaddress writes for these addresses.
+    return 6, int.from_bytes(packed, "big"), socket.inet_ntop(_AF_INET6, packed)
+
+
+def parse_address(text: str) -> Address | None:
+    """parse_client's address as an ipaddress object."""
+    client = parse_client(text)
+    return None if client is None else ipaddress.ip_address(client[2])
 
 
 def _entries(headers: Iterable[str]) -> list[str]:
@@ -57,27 +89,44 @@ def _entries(headers: Iterable[str]) -> list[str]:
 class ClientAddress:
     def __init__(self, trusted: Sequence[Network]) -> None:
         self.trusted = tuple(trusted)
-        self._is_trusted = lru_cache(maxsize=4096)(self._lookup)
+        # (version, first, last) as integers: a check is a few comparisons, no objects.
+        self._ranges = tuple((n.version, int(n.network_address), int(n.broadcast_address)) for n in self.trusted)
+        # Peers that are trusted proxies (few, and not visitors), parsed once.
+        self._proxies: dict[str, Client] = {}
 
-    def _lookup(self, addr: Address) -> bool:
-        return any(addr.version == net.version and addr in net for net in self.trusted)
+    def _is_trusted(self, client: Client) -> bool:
+        version, value, _ = client
+        for v, first, last in self._ranges:  # noqa: SIM110 (a loop: no generator set up per call)
+            if v == version and first <= value <= last:
+                return True
+        return False
 
-    def resolve(self, peer: str | None, forwarded_for: Sequence[str]) -> str:
-        """The client address as text; '' when there is none (e.g. a Unix socket)."""
-        peer_addr = parse_address(peer or "")
+    def client(self, peer: str | None, forwarded_for: Sequence[str]) -> Client | None:
+        """The client address; None when there is none (e.g. a Unix socket)."""
+        peer_addr = self._proxies.get(peer) if peer else None
         if peer_addr is None:
-            return ""
-        if not self.trusted or not forwarded_for or not self._is_trusted(peer_addr):
-            return str(peer_addr)
+            peer_addr = parse_client(peer or "")
+            if peer_addr is None:
+                return None
+            if not self._ranges or not self._is_trusted(peer_addr):
+                return peer_addr
+            bounded_put(self._proxies, peer, peer_addr, 1024)
+        if not forwarded_for:
+            return peer_addr
         # The peer is a trusted proxy: walk the chain right to left.
         last_trusted = peer_addr
         for entry in reversed(_entries(forwarded_for)[-64:]):  # bound the work per request
-            addr = parse_address(entry)
+            addr = parse_client(entry)
             if addr is None:
                 # Garbage can only come from the client's side of the chain;
                 # the last trusted hop is the best we know.
-                return str(last_trusted)
+                return last_trusted
             if not self._is_trusted(addr):
-                return str(addr)
+                return addr
             last_trusted = addr
-        return str(last_trusted)
+        return last_trusted
+
+    def resolve(self, peer: str | None, forwarded_for: Sequence[str]) -> str:
+        """The client address as text; '' when there is none."""
+        client = self.client(peer, forwarded_for)
+        return "" if client is None else client[2]
