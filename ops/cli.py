@@ -291,3 +291,7 @@ catalog.add_command(catalog_report)  # the catalog's health, read from the wareh
 for command in (collector, schemas, catalog, query, reconcile, classify_ua_command, dashboard, api_key, user,
                 share):
     main.add_command(command)
+
+
+if __name__ == "__main__":  # `python -m tally.ops.cli` works like `python -m tally.ops`
+    main()

@@ -100,7 +100,7 @@ def make_user(env: Env, email: str, *args: str) -> None:
 
     from tests.conftest import REPO
 
-    out = subprocess.run([sys.executable, "-m", "tally.ops.cli", "user", "create", email, "--password-stdin", *args],
+    out = subprocess.run([sys.executable, "-m", "tally.ops", "user", "create", email, "--password-stdin", *args],
                          cwd=REPO, env=env.child_env(), input=PASSWORD + "\n", capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr

@@ -251,7 +251,7 @@ class OperationsStatus:
         async with self.lock:
             if self.value is None or time.monotonic() - self.at > OPS_CACHE_SECONDS:
                 proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "tally.ops.cli", "status", "--json",
+                    sys.executable, "-m", "tally.ops", "status", "--json",
                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
                 out, _ = await asyncio.wait_for(proc.communicate(), 60)
                 try:
