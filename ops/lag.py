@@ -4,6 +4,9 @@ when to add stream workers."""
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
@@ -68,7 +71,22 @@ def group_report(client: AdminClient, group: str, timeout: float = 5.0) -> Group
     return report
 
 
-def stack_groups(settings: Settings) -> list[GroupReport]:
+def stack_groups(settings: Settings, timeout: float = 30.0) -> list[GroupReport]:
+    """The groups' reports, asked in a child process: librdkafka's group admin calls can
+    abort the whole process when a broker dies mid-request (librdkafka#4605), and `tally
+    status` must still answer then, saying the groups are unknown."""
+    ctx = multiprocessing.get_context("spawn")  # no inherited librdkafka threads
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        try:
+            return pool.submit(_stack_groups, settings).result(timeout)
+        except BrokenProcessPool:
+            why = "aborted"
+        except TimeoutError:
+            why = "timed out"
+    return [GroupReport(group, f"unknown (the Kafka admin client {why})") for group in groups(settings)]
+
+
+def _stack_groups(settings: Settings) -> list[GroupReport]:
     client = admin(settings)  # keep a reference: futures of a collected client never resolve
     out = []
     for group in groups(settings):
