@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -91,6 +92,35 @@ def _cidrs(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...
     return tuple(nets)
 
 
+def _names(raw: str) -> tuple[str, ...]:
+    """Comma-separated names or glob patterns, case kept (query parameter names)."""
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def _regexes(raw: str) -> tuple[re.Pattern[str], ...]:
+    out = []
+    for part in raw.split():
+        try:
+            out.append(re.compile(part))
+        except re.error as exc:
+            raise ValueError(f"{part!r} is not a regular expression ({exc})") from None
+    return tuple(out)
+
+
+def _props_allowlist(raw: str) -> dict[str, frozenset[str]]:
+    """`site:key,site:key,*:key` as {site: keys}."""
+    out: dict[str, set[str]] = {}
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        site, sep, key = part.partition(":")
+        if not sep or not site.strip() or not key.strip():
+            raise ValueError(f"expected site:key (or *:key), got {part!r}")
+        out.setdefault(site.strip().lower(), set()).add(key.strip())
+    return {site: frozenset(keys) for site, keys in out.items()}
+
+
 def _url(raw: str) -> str:
     v = raw.strip()
     if v and not v.startswith(("http://", "https://")):
@@ -146,6 +176,9 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_ALLOWED_SITES", "allowed_sites", "localhost,example.com", _csv, "Comma-separated sites (hostnames) the collector accepts beacons for. Empty rejects everything.", "Collector"),
     Var("TALLY_TRUSTED_PROXIES", "trusted_proxies", "", _cidrs, "Comma-separated IPs/CIDRs of reverse proxies whose X-Forwarded-For is believed.", "Collector"),
     Var("TALLY_EDGE_SECRET", "edge_secret", "", _str, "Secret key for the collector's IP pseudonym. Empty: generated once and kept in the state directory (mode 0600).", "Collector"),
+    Var("TALLY_QUERY_PARAMS", "query_params", "utm_*", _names, "Query parameters a beacon's path keeps (comma-separated names or glob patterns); every other parameter, and any value that looks like personal data or a secret, is removed at the collector.", "Collector"),
+    Var("TALLY_PATH_REDACT_PATTERNS", "path_redact_patterns", "", _regexes, "Extra regular expressions (whitespace-separated): a path segment or query value matching one becomes `:redacted`. Emails, UUIDs, long hex/base64 tokens, secrets, card numbers, IBANs, IP literals and phone numbers are always redacted.", "Collector"),
+    Var("TALLY_PROPS_ALLOWLIST", "props_allowlist", "", _props_allowlist, "Custom-event props kept, as `site:key` pairs (comma-separated; `*:key` for every site). Other props, and values over 100 characters or that look like personal data, are dropped and counted (prop_not_allowed, prop_unsafe_value). Empty: no props are kept.", "Collector"),
     Var("TALLY_CORS_ORIGINS", "cors_origins", "*", _csv, "Origins allowed to send beacons from browsers (Access-Control-Allow-Origin): `*` for any, or comma-separated origins such as https://example.com.", "Collector"),
     Var("TALLY_HONOR_GPC", "honor_gpc", "true", _bool, "Drop beacons (answering 204) from browsers that send `Sec-GPC: 1`.", "Collector"),
     Var("TALLY_HONOR_DNT", "honor_dnt", "false", _bool, "Drop beacons (answering 204) from browsers that send `DNT: 1`.", "Collector"),
@@ -208,6 +241,9 @@ class Settings:
     allowed_sites: tuple[str, ...] = ("localhost", "example.com")
     trusted_proxies: tuple[Any, ...] = ()
     edge_secret: str = ""
+    query_params: tuple[str, ...] = ("utm_*",)
+    path_redact_patterns: tuple[Any, ...] = ()
+    props_allowlist: Mapping[str, frozenset[str]] = field(default_factory=dict)
     cors_origins: tuple[str, ...] = ("*",)
     honor_gpc: bool = True
     honor_dnt: bool = False

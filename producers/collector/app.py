@@ -38,6 +38,7 @@ from tally.producers.collector.client_ip import ClientAddress
 from tally.producers.collector.drops import EdgeDrops
 from tally.producers.collector.encode import DictEncoder, PieceEncoder
 from tally.producers.collector.forwarder import Forwarder
+from tally.producers.collector.minimise import Minimiser
 from tally.producers.collector.parse import (
     BadBeacon,
     BeaconRequest,
@@ -91,6 +92,7 @@ class Collector:
         secret = settings.edge_secret.encode() or file_secret(settings.state_dir / "secrets" / "edge.key")
         self._edge_key = hashlib.blake2b(secret, digest_size=32).digest()
         self.allowed = frozenset(settings.allowed_sites)
+        self.minimiser = Minimiser(settings)
         self.addresses = ClientAddress(settings.trusted_proxies)
         self.limiter = (RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
                         if settings.rate_limit_per_second > 0 else None)
@@ -166,9 +168,16 @@ class Collector:
         if self.limiter is not None and not self.limiter.allow(pseudonym):
             self.drops.add(beacon.site, now_ms, DropReason.RATE_LIMITED)
             return None
+        # Minimisation (minimise.py): only what may be kept goes on to Kafka.
+        m = self.minimiser
+        props = beacon.props
+        if props:
+            props, dropped = m.props(beacon.site, props)
+            for reason, n in dropped.items():
+                self.drops.add(beacon.site, now_ms, reason, n)
         # The beacon's Avro bytes (event_id minted here), or a dict when the fast encoder is off.
-        item = self.encoder.item(now_ms, beacon.site, beacon.path, beacon.referrer, beacon.event,
-                                 beacon.props, user_agent, pseudonym, datacenter)
+        item = self.encoder.item(now_ms, beacon.site, m.path(beacon.path), m.referrer(beacon.referrer),
+                                 beacon.event, props, user_agent, pseudonym, datacenter)
         return self.forwarder.submit(item)
 
     def _spool_full(self, beacon: BeaconRequest) -> web.Response:
