@@ -59,7 +59,8 @@ def product_record(event: str, tenant_id: str, workspace_id: str, actor: Any, su
         }
     except (TypeError, ValueError) as exc:
         raise Rejection(EventProblem.BAD_TYPE, f"{event!r}: {exc}") from None
-    bad = check(record)
+    # An explicit occurred_at must be near now (catalog.DEFAULT_WINDOW_MS).
+    bad = check(record, None if occurred_at is None else now)
     if (bad is not None and isinstance(metadata, Mapping)
             and any(isinstance(v, datetime) for v in metadata.values())):
         # Aware datetimes are sent as epoch ms; converted only when present, so the
@@ -68,7 +69,7 @@ def product_record(event: str, tenant_id: str, workspace_id: str, actor: Any, su
             record["metadata"] = {k: millis(v) if isinstance(v, datetime) else v for k, v in metadata.items()}
         except ValueError as exc:
             raise Rejection(EventProblem.BAD_TYPE, f"{event}: {exc}") from None
-        bad = check(record)
+        bad = check(record, None if occurred_at is None else now)
     if bad is not None:
         raise Rejection(*bad)
     return record
