@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 
 from tally.config import Settings
 
@@ -24,6 +30,14 @@ AGGREGATES = "aggregates"
 DROPS = "drops"
 BAD_ROWS = "bad-rows"
 SALTS = "salts"
+EDGE_KEYS = "edge-keys"
+
+HOUR_MS = 3600 * 1000
+# Keys topics: compaction with a short tombstone life; LogAppendTime gives keepers the
+# broker's clock (tally/periodkeys.py: no expiry on one possibly wrong clock).
+KEYS_CONFIG = {"cleanup.policy": "compact", "delete.retention.ms": str(HOUR_MS),
+               "min.cleanable.dirty.ratio": "0.01", "segment.ms": str(HOUR_MS),
+               "max.compaction.lag.ms": str(HOUR_MS), "message.timestamp.type": "LogAppendTime"}
 
 
 @dataclass(frozen=True)
@@ -36,25 +50,29 @@ class TopicSpec:
 
 def specs(settings: Settings) -> list[TopicSpec]:
     bad_rows_ms = str(settings.bad_rows_retention_days * DAY_MS)
+    # Topics with personal data roll a segment at least daily, so retention deletes whole
+    # segments on time (a segment is deleted only once its newest record is past retention).
+    personal = {"cleanup.policy": "delete", "segment.ms": str(DAY_MS)}
+    # beacons.raw holds edge pseudonyms: kept no longer than the edge keys that made them.
+    raw_ms = str(settings.salt_grace_hours * HOUR_MS)
     return [
         TopicSpec(BEACONS_RAW, "Beacons as accepted by the collector (IP already pseudonymised).",
-                  None, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
+                  None, {**personal, "retention.ms": raw_ms}),
         TopicSpec(PAGEVIEWS_ENRICHED, "Pageviews after hashing, bot filtering and enrichment; keyed by visitor.",
-                  None, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
+                  None, {**personal, "retention.ms": str(7 * DAY_MS)}),
         TopicSpec(PRODUCT_EVENTS, "Product usage events published by applications through the SDK.",
-                  None, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
+                  None, {**personal, "retention.ms": str(7 * DAY_MS)}),
         TopicSpec(AGGREGATES, "Window totals; keyed by (kind, site, window, partition) so compaction keeps the latest.",
                   None, {"cleanup.policy": "compact,delete", "retention.ms": str(60 * DAY_MS)}),
         TopicSpec(DROPS, "Counts of dropped events per site, day and reason.",
                   None, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
         TopicSpec(BAD_ROWS, "Rejected records with the reason and the original bytes.",
-                  None, {"cleanup.policy": "delete", "retention.ms": bad_rows_ms}),
-        # Salts are secrets with a short life: compaction plus a short
-        # delete.retention.ms makes tombstoned salts disappear from the log.
-        TopicSpec(SALTS, "Visitor-hash salts, one per period; tombstoned after the grace window.",
-                  1, {"cleanup.policy": "compact", "delete.retention.ms": str(3600 * 1000),
-                      "min.cleanable.dirty.ratio": "0.01", "segment.ms": str(3600 * 1000),
-                      "max.compaction.lag.ms": str(3600 * 1000)}),
+                  None, {**personal, "retention.ms": bad_rows_ms}),
+        # Salts and edge keys are secrets with a short life: compaction plus a short
+        # delete.retention.ms makes tombstoned keys disappear from the log.
+        TopicSpec(SALTS, "Visitor-hash salts, one per period; tombstoned after the grace window.", 1, KEYS_CONFIG),
+        TopicSpec(EDGE_KEYS, "Collectors' IP-pseudonym keys, one per period; tombstoned after the grace window.",
+                  1, KEYS_CONFIG),
     ]
 
 
@@ -76,7 +94,7 @@ def admin(settings: Settings) -> AdminClient:
 
 
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
-    """Create missing topics; return the names created. Existing topics are left alone."""
+    """Create missing topics and reconcile the configs of existing ones; return the names created."""
     client = admin(settings)
     existing = set(client.list_topics(timeout=timeout).topics)
     new = []
@@ -86,17 +104,37 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             continue
         partitions = spec.partitions or settings.topic_partitions
         new.append(NewTopic(name, num_partitions=partitions, replication_factor=-1, config=spec.config))
-    if not new:
-        return []
     created = []
-    for name, fut in client.create_topics(new, operation_timeout=timeout).items():
+    for name, fut in (client.create_topics(new, operation_timeout=timeout).items() if new else ()):
         try:
             fut.result()
             created.append(name)
-        except Exception as exc:  # a concurrent creator won the race: fine
+        except Exception as exc:  # it existed already (a concurrent creator, or metadata lag): fine
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
+    reconcile_configs(settings, client, [settings.topic(sp.name) for sp in specs(settings)
+                                         if settings.topic(sp.name) not in created], timeout)
     return created
+
+
+def reconcile_configs(settings: Settings, client: AdminClient, names: list[str], timeout: float) -> list[str]:
+    """Set each existing topic's spec configs that differ (a changed retention reaches old
+    topics too); return the names altered. Configs outside the spec are left alone."""
+    wanted = {settings.topic(sp.name): sp.config for sp in specs(settings)}
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
+    if not resources:
+        return []
+    current = {r.name: {k: v.value for k, v in fut.result(timeout=timeout).items()}
+               for r, fut in client.describe_configs(resources).items()}
+    changes = []
+    for name, config in current.items():
+        diff = {k: v for k, v in wanted[name].items() if config.get(k) != v}
+        if diff:
+            changes.append(ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
+                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in diff.items()]))
+    for fut in client.incremental_alter_configs(changes).values() if changes else ():
+        fut.result(timeout=timeout)
+    return [c.name for c in changes]
 
 
 def describe_config(settings: Settings, name: str) -> dict[str, str]:

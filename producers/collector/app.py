@@ -36,6 +36,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from tally.producers.collector import metrics
 from tally.producers.collector.client_ip import ClientAddress
 from tally.producers.collector.drops import EdgeDrops
+from tally.producers.collector.edgekeys import EdgeKeys
 from tally.producers.collector.encode import DictEncoder, PieceEncoder
 from tally.producers.collector.forwarder import Forwarder
 from tally.producers.collector.minimise import Minimiser
@@ -90,7 +91,7 @@ class Collector:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         secret = settings.edge_secret.encode() or file_secret(settings.state_dir / "secrets" / "edge.key")
-        self._edge_key = hashlib.blake2b(secret, digest_size=32).digest()
+        self.edge_keys = EdgeKeys(settings, secret)
         self.allowed = frozenset(settings.allowed_sites)
         self.minimiser = Minimiser(settings)
         self.addresses = ClientAddress(settings.trusted_proxies)
@@ -104,13 +105,14 @@ class Collector:
         self.encoder: PieceEncoder | DictEncoder | None = None
         self.drops: EdgeDrops | None = None
 
-    def ip_pseudonym(self, ip: str) -> str:
-        return hashlib.blake2b(ip.encode(), key=self._edge_key, digest_size=16).hexdigest()
+    def ip_pseudonym(self, ip: str, site_key: bytes) -> str:
+        return hashlib.blake2b(ip.encode(), key=site_key, digest_size=16).hexdigest()
 
-    def _client_uncached(self, peer: str | None, forwarded_for: tuple[str, ...]) -> tuple[str, bool]:
-        """(IP pseudonym, datacenter flag) of the client behind this peer and XFF chain."""
+    def _client_uncached(self, peer: str | None, forwarded_for: tuple[str, ...], site_key: bytes) -> tuple[str, bool]:
+        """(IP pseudonym, datacenter flag) of the client behind this peer and XFF chain, on
+        one site in the current period (edgekeys.py)."""
         ip = self.addresses.resolve(peer, forwarded_for)
-        return self.ip_pseudonym(ip), in_datacenter(ip)
+        return self.ip_pseudonym(ip, site_key), in_datacenter(ip)
 
     # --- beacon routes ---------------------------------------------------------
 
@@ -158,13 +160,16 @@ class Collector:
         if s.drop_empty_ua and not user_agent.strip():
             self.drops.add(beacon.site, now_ms, DropReason.EMPTY_USER_AGENT)
             return None
+        site_key, new_period = self.edge_keys.site_key(now_ms, beacon.site)
+        if new_period:  # pseudonyms under the old period's key are not kept (forward secrecy)
+            self.client.cache_clear()
         if self.addresses.trusted:
             xff = tuple(headers.getall("X-Forwarded-For", ()))
             # Long chains are resolved uncached: 65,536 cached 8 KB headers would be 0.5 GB.
             client = self.client if sum(map(len, xff)) <= 256 else self._client_uncached
-            pseudonym, datacenter = client(request.remote, xff)
+            pseudonym, datacenter = client(request.remote, xff, site_key)
         else:
-            pseudonym, datacenter = self.client(request.remote, ())
+            pseudonym, datacenter = self.client(request.remote, (), site_key)
         if self.limiter is not None and not self.limiter.allow(pseudonym):
             self.drops.add(beacon.site, now_ms, DropReason.RATE_LIMITED)
             return None
@@ -337,6 +342,24 @@ def make_app(settings: Settings, worker_index: int = 0) -> web.Application:
     app.router.add_route("*", "/{tail:.*}", guard("unmatched", not_found))
 
     async def lifecycle(app: web.Application):
+        loop = asyncio.get_running_loop()
+        # The period's agreed key before the first beacon, if the broker answers soon; else
+        # the start goes on and the refresh finishes in its thread (edgekeys.py: local key).
+        first = loop.run_in_executor(None, collector.edge_keys.refresh)
+        try:
+            await asyncio.wait_for(asyncio.shield(first), 10.0)
+        except TimeoutError:
+            log.warning("edge keys: topic not readable yet; starting with a local key")
+
+        async def refresh_edge_keys() -> None:
+            while True:
+                await asyncio.sleep(30.0)
+                try:
+                    await loop.run_in_executor(None, collector.edge_keys.refresh)
+                except Exception:  # a broker hiccup: the next pass retries
+                    log.exception("edge keys: refresh failed")
+
+        refresher = asyncio.create_task(refresh_edge_keys())
         fwd = Forwarder(settings, worker_index)
         await fwd.start()
         edge_drops = EdgeDrops(settings, lambda: fwd.link.producer)  # the current one (kafka_link.py)
@@ -360,6 +383,8 @@ def make_app(settings: Settings, worker_index: int = 0) -> web.Application:
         gc.set_threshold(7000, 10, 10)
         yield
         syncer.cancel()
+        refresher.cancel()
+        collector.edge_keys.close()
         requests.sync()
         await edge_drops.close()
         await fwd.close()
