@@ -209,7 +209,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_SINK_BATCH_SECONDS", "sink_batch_seconds", "1.0", _float(0.01), "Longest time a row waits in the sink before its batch is inserted.", "Sink"),
     Var("TALLY_RAW_RETENTION_DAYS", "raw_retention_days", "540", _int(1), "TTL of raw pageview rows in ClickHouse, in days.", "Sink"),
     Var("TALLY_PRODUCT_RETENTION_DAYS", "product_retention_days", "90", _int(1), "TTL of raw product usage events in ClickHouse, in days.", "Sink"),
-    Var("TALLY_BAD_ROWS_RETENTION_DAYS", "bad_rows_retention_days", "30", _int(1), "TTL of bad rows in ClickHouse and of the bad-rows topic, in days.", "Sink"),
+    Var("TALLY_BAD_ROWS_RETENTION_DAYS", "bad_rows_retention_days", "7", _int(1), "TTL of bad rows in ClickHouse and of the bad-rows topic, in days.", "Sink"),
     Var("TALLY_TEST_SINK_CRASH_AFTER_INSERT", "test_sink_crash_after_insert", "0", _bool, "Test hook: the sink kills itself (SIGKILL) after its first insert and before committing the offsets. Never set in production.", "Sink"),
     Var("TALLY_TEST_SINK_OUTAGE_FILE", "test_sink_outage_file", "", _str, "Test hook: while this file exists, every sink insert fails as if ClickHouse were unreachable. Never set in production.", "Sink"),
 )
@@ -274,7 +274,7 @@ class Settings:
     test_sink_outage_file: str = ""
     raw_retention_days: int = 540
     product_retention_days: int = 90
-    bad_rows_retention_days: int = 30
+    bad_rows_retention_days: int = 7
     env: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
