@@ -233,8 +233,10 @@ def config_docs(output: Path) -> None:
 @config.command("check")
 def config_check() -> None:
     """Validate the TALLY_* environment and print the effective settings."""
+    from tally.config import shown_settings
+
     settings = load_settings()
-    click.echo(json.dumps({k: str(v) for k, v in vars(settings).items() if k != "env"}, indent=2))
+    click.echo(json.dumps(shown_settings(settings), indent=2))
 
 
 # --- commands contributed by each stage --------------------------------------------

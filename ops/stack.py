@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tally.config import Settings
+from tally.config import Settings, masked
 
 
 @dataclass
@@ -96,7 +96,7 @@ COMPONENTS: list[Component] = [
               lambda s: f"{s.broker} broker on {s.bootstrap}"),
     Component("sink", _tally("sink"),
               lambda s: http_ok(f"http://{s.query_host}:{s.query_port}/healthz"),
-              lambda s: f"sink -> {'embedded ClickHouse ' + str(s.clickhouse_dir) if s.embedded_clickhouse else s.clickhouse_url}; "
+              lambda s: f"sink -> {'embedded ClickHouse ' + str(s.clickhouse_dir) if s.embedded_clickhouse else masked(s.clickhouse_url)}; "
                         f"query endpoint http://{s.query_host}:{s.query_port}"),
     Component("worker", _tally("worker"), worker_ready,
               lambda s: f"stream worker (app id {s.app_id})"),

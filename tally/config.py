@@ -121,6 +121,20 @@ def _props_allowlist(raw: str) -> dict[str, frozenset[str]]:
     return {site: frozenset(keys) for site, keys in out.items()}
 
 
+def _edge_secret(raw: str) -> str:
+    """Empty (a generated key file), or at least 32 bytes that look random."""
+    v = raw.strip()
+    if v and (len(v.encode()) < 32 or len(set(v)) < 16):
+        raise ValueError("needs at least 32 random bytes, e.g. the output of `openssl rand -base64 32` "
+                         f"(got {len(v.encode())} bytes with {len(set(v))} distinct characters)")
+    return v
+
+
+def masked(url: str) -> str:
+    """A URL with its password (and any user info) replaced, for output and logs."""
+    return re.sub(r"(?<=://)[^/@\s]*@", "***@", url)
+
+
 def _url(raw: str) -> str:
     v = raw.strip()
     if v and not v.startswith(("http://", "https://")):
@@ -175,7 +189,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_COLLECTOR_PORT", "collector_port", "8000", _int(1, 65535), "Port the collector listens on.", "Collector"),
     Var("TALLY_ALLOWED_SITES", "allowed_sites", "localhost,example.com", _csv, "Comma-separated sites (hostnames) the collector accepts beacons for. Empty rejects everything.", "Collector"),
     Var("TALLY_TRUSTED_PROXIES", "trusted_proxies", "", _cidrs, "Comma-separated IPs/CIDRs of reverse proxies whose X-Forwarded-For is believed.", "Collector"),
-    Var("TALLY_EDGE_SECRET", "edge_secret", "", _str, "Secret key for the collector's IP pseudonym. Empty: generated once and kept in the state directory (mode 0600).", "Collector"),
+    Var("TALLY_EDGE_SECRET", "edge_secret", "", _edge_secret, "Secret key mixed into the collector's IP pseudonym with the per-period edge keys (at least 32 random bytes, e.g. `openssl rand -base64 32`). Empty: generated once and kept in the state directory (mode 0600).", "Collector"),
     Var("TALLY_QUERY_PARAMS", "query_params", "utm_*", _names, "Query parameters a beacon's path keeps (comma-separated names or glob patterns); every other parameter, and any value that looks like personal data or a secret, is removed at the collector.", "Collector"),
     Var("TALLY_PATH_REDACT_PATTERNS", "path_redact_patterns", "", _regexes, "Extra regular expressions (whitespace-separated): a path segment or query value matching one becomes `:redacted`. Emails, UUIDs, long hex/base64 tokens, secrets, card numbers, IBANs, IP literals and phone numbers are always redacted.", "Collector"),
     Var("TALLY_PROPS_ALLOWLIST", "props_allowlist", "", _props_allowlist, "Custom-event props kept, as `site:key` pairs (comma-separated; `*:key` for every site). Other props, and values over 100 characters or that look like personal data, are dropped and counted (prop_not_allowed, prop_unsafe_value). Empty: no props are kept.", "Collector"),
@@ -321,6 +335,25 @@ class Settings:
 
 
 assert {f.name for f in fields(Settings)} - {"env"} == {v.attr for v in VARIABLES}
+
+
+SECRET_ATTRS = frozenset({"edge_secret"})
+URL_ATTRS = frozenset({"clickhouse_url", "schema_registry_url"})
+
+
+def shown_settings(settings: Settings) -> dict[str, str]:
+    """The settings as text for an operator's screen: secrets hidden, URL credentials masked."""
+    out = {}
+    for f in fields(settings):
+        if f.name == "env":
+            continue
+        value = str(getattr(settings, f.name))
+        if f.name in SECRET_ATTRS:
+            value = "(set)" if value else "(empty: generated file)"
+        elif f.name in URL_ATTRS:
+            value = masked(value)
+        out[f.name] = value
+    return out
 
 
 def configuration_markdown() -> str:

@@ -394,7 +394,7 @@ def make_app(settings: Settings, worker_index: int = 0) -> web.Application:
 
 
 _ADDRESS = re.compile(
-    r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.])"  # IPv4
+    r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?!\w|\.\d)"  # IPv4 (also at the end of a sentence)
     r"|(?<![\w:])[0-9A-Fa-f:]*::[0-9A-Fa-f:.]*(?![\w:])"  # IPv6 with ::
     r"|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])"  # full IPv6
 )
