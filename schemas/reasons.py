@@ -25,7 +25,7 @@ class DropReason(StrEnum):
     # At the edge (the collector), answered like an accepted beacon (spool_full: 503)
     GPC = "gpc"  # the browser sent Sec-GPC: 1 (TALLY_HONOR_GPC)
     DNT = "dnt"  # the browser sent DNT: 1 (TALLY_HONOR_DNT)
-    EMPTY_USER_AGENT = "empty_user_agent"  # no User-Agent (edge: TALLY_DROP_EMPTY_UA; worker: always)
+    EMPTY_USER_AGENT = "empty_user_agent"  # no User-Agent, when TALLY_DROP_EMPTY_UA is on (edge and worker)
     RATE_LIMITED = "rate_limited"  # over the per-client rate limit
     SPOOL_FULL = "spool_full"  # broker unreachable and the spool full
     # At the edge, one count per prop removed from an accepted beacon (minimise.py)

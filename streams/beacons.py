@@ -63,6 +63,7 @@ class Stage1Config:
     lateness_ms: int
     keep_user_agent: bool = False
     spam: frozenset[str] = frozenset()
+    drop_empty_ua: bool = False  # seed 002: beacons without a user agent are recorded unless configured
     raw_topic: str = BEACONS_RAW
 
 
@@ -156,7 +157,8 @@ def bot(rec: Record, items: list[Any]) -> tuple[list[Any], Stopped]:
     """A bot by its user agent; the verdict names the reason (streams/bots.py)."""
     def verdict(b: dict[str, Any]) -> tuple[Reason | None, str] | None:
         v = agent_info(b.get("user_agent") or "").verdict
-        return (v.reason, "") if v.bot else None
+        return (v.reason, "") if v.bot and (v.reason is not DropReason.EMPTY_USER_AGENT or drop_empty) else None
+    drop_empty = rec.cfg.drop_empty_ua
     return _split(items, verdict)
 
 
@@ -313,9 +315,10 @@ class FastStage1:
         agents, agent = self._agents, self._agent
         kept: list[RawBeacon] = []
         stopped: Stopped = []
+        drop_empty = rec.cfg.drop_empty_ua
         for it in items:
             verdict = (agents.get(it[10]) or agent(it[10]))[0].verdict
-            if verdict.bot:
+            if verdict.bot and (verdict.reason is not DropReason.EMPTY_USER_AGENT or drop_empty):
                 stopped.append((it, verdict.reason, ""))
             else:
                 kept.append(it)

@@ -196,7 +196,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_CORS_ORIGINS", "cors_origins", "*", _csv, "Origins allowed to send beacons from browsers (Access-Control-Allow-Origin): `*` for any, or comma-separated origins such as https://example.com.", "Collector"),
     Var("TALLY_HONOR_GPC", "honor_gpc", "true", _bool, "Drop beacons (answering 204) from browsers that send `Sec-GPC: 1`.", "Collector"),
     Var("TALLY_HONOR_DNT", "honor_dnt", "false", _bool, "Drop beacons (answering 204) from browsers that send `DNT: 1`.", "Collector"),
-    Var("TALLY_DROP_EMPTY_UA", "drop_empty_ua", "false", _bool, "Drop beacons (answering 204) that have no User-Agent header.", "Collector"),
+    Var("TALLY_DROP_EMPTY_UA", "drop_empty_ua", "false", _bool, "Drop beacons that have no User-Agent header (the collector answers 204; the stream worker drops those already in Kafka), counted as empty_user_agent. Off: they are recorded, as other pageviews.", "Collector"),
     Var("TALLY_RATE_LIMIT_PER_SECOND", "rate_limit_per_second", "20", _float(0.0), "Sustained beacons per second per client (token bucket, per collector worker). 0 switches the limit off.", "Collector"),
     Var("TALLY_RATE_LIMIT_BURST", "rate_limit_burst", "200", _int(1), "Bucket size of the per-client rate limit: beacons a client may send at once.", "Collector"),
     Var("TALLY_SPOOL_MAX_MB", "spool_max_mb", "256", _int(1), "Largest size of each collector worker's on-disk spool (used while the broker is unreachable). When full the collector answers 503.", "Collector"),

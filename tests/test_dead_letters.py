@@ -64,3 +64,19 @@ def test_a_beacon_dead_letter_is_a_redacted_beacon_on_both_worker_paths():
 def test_bad_rows_live_seven_days_by_default():
     [var] = [v for v in VARIABLES if v.env == "TALLY_BAD_ROWS_RETENTION_DAYS"]
     assert var.default == "7"
+
+
+def test_empty_user_agents_are_recorded_by_default_and_dropped_when_configured():
+    """Seed 002: a beacon without a user agent counts unless TALLY_DROP_EMPTY_UA is on (both worker paths)."""
+    codec = default_codec()
+    now = datetime.now(UTC)
+    value = codec.encode("beacon_batch", {"items": [beacon(received_at=now, ua="")]})
+    now_ms = int(now.timestamp() * 1000)
+    salts = {stage1.period_of(now_ms, "day"): b"s" * 32}
+    for drop, accepted, drops in ((False, 1, []), (True, 0, ["empty_user_agent"])):
+        cfg = stage1.Stage1Config(partitions=2, salt_period="day", lateness_ms=48 * 3600_000, drop_empty_ua=drop)
+        slow = stage1.process_batch(codec, reader(codec, "beacon_batch")(value), 0, 1, salts, cfg, now_ms)
+        fast_stage = stage1.FastStage1(codec, cfg)
+        fast = fast_stage.process(*fast_stage.read(value), 0, 1, salts, now_ms)
+        for out in (slow, fast):
+            assert out.accepted == accepted and [d["reason"] for d in out.drops] == drops
