@@ -164,7 +164,7 @@ class Var:
 VARIABLES: tuple[Var, ...] = (
     # Local stack
     Var("TALLY_STATE_DIR", "state_dir", ".tally", _str, "Directory for all local state: broker log dirs, embedded ClickHouse, salts spool, PID files and logs.", "Local stack"),
-    Var("TALLY_BROKER", "broker", "kafka", _choice("kafka", "tansu"), "Which local broker `tally up` starts: `kafka` (Apache Kafka in KRaft mode, persistent, supports transactions) or `tansu` (lighter, memory-only: a restart loses every topic).", "Local stack"),
+    Var("TALLY_BROKER", "broker", "kafka", _choice("kafka", "tansu"), "Which local broker `tally up` starts: `kafka` (Apache Kafka in KRaft mode, persistent, supports transactions) or `tansu` (lighter, memory-only: a restart loses every topic; needs the `tansu` extra).", "Local stack"),
     Var("TALLY_KAFKA_BOOTSTRAP", "kafka_bootstrap", "", _bootstrap, "Bootstrap servers of an external Kafka cluster. When set, no local broker is started.", "Local stack"),
     Var("TALLY_BROKER_PORT", "broker_port", "9092", _int(1, 65535), "Port of the local broker's client listener (127.0.0.1).", "Local stack"),
     Var("TALLY_BROKER_HEAP_MB", "broker_heap_mb", "512", _int(128), "Java heap of the local Kafka broker, in MiB.", "Local stack"),
