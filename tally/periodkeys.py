@@ -211,6 +211,8 @@ class PeriodKeys:
     def expire(self) -> list[str]:
         """Tombstone every key (and proposal) whose period is past the grace window by both
         this keeper's clock and the broker's; tombstones not acknowledged are retried."""
+        if not self._caught_up.wait(10.0):  # what is live is known only once the topic is read
+            return []
         now = self.clock()
         with self._cond:
             due = [k for k in self._live if expired(k.split(":", 1)[0], now, self.grace)]

@@ -7,8 +7,10 @@ silently create a new topic.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -124,8 +126,7 @@ def reconcile_configs(settings: Settings, client: AdminClient, names: list[str],
     resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in names]
     if not resources:
         return []
-    current = {r.name: {k: v.value for k, v in fut.result(timeout=timeout).items()}
-               for r, fut in client.describe_configs(resources).items()}
+    current = _describe(client, resources, timeout)
     changes = []
     for name, config in current.items():
         diff = {k: v for k, v in wanted[name].items() if config.get(k) != v}
@@ -135,6 +136,27 @@ def reconcile_configs(settings: Settings, client: AdminClient, names: list[str],
     for fut in client.incremental_alter_configs(changes).values() if changes else ():
         fut.result(timeout=timeout)
     return [c.name for c in changes]
+
+
+def _describe(client: AdminClient, resources: list[ConfigResource], timeout: float) -> dict[str, dict[str, str]]:
+    """Configs of the topics; a topic just created may be unknown to the broker for a moment
+    (KRaft: its metadata follows the controller's), so that error is waited out."""
+    deadline = time.monotonic() + timeout
+    out: dict[str, dict[str, str]] = {}
+    pending = resources
+    while pending:
+        missing = []
+        for r, fut in client.describe_configs(pending).items():
+            try:
+                out[r.name] = {k: v.value for k, v in fut.result(timeout=timeout).items()}
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART or time.monotonic() > deadline:
+                    raise
+                missing.append(ConfigResource(ConfigResource.Type.TOPIC, r.name))
+        pending = missing
+        if pending:
+            time.sleep(0.2)
+    return out
 
 
 def describe_config(settings: Settings, name: str) -> dict[str, str]:
