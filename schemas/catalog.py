@@ -37,6 +37,7 @@ from functools import cached_property
 from typing import Any
 
 from tally.schemas.reasons import EventProblem
+from tally.schemas.sensitive import sensitive
 
 from tally.caches import bounded_add
 
@@ -52,6 +53,12 @@ _ROUTE = re.compile(r"/[A-Za-z0-9_{}<>:.*/-]{0,199}")
 _EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
 _TOKEN = re.compile(r"(?:eyJ[\w-]{8,}\.[\w-]{8,}\.|(?:sk|pk|rk|ghp|gho|xox[bap]|AKIA)[_-]?[A-Za-z0-9]{12,})")
 _URL = re.compile(r"(?:[a-z][a-z0-9+.-]*://|www\.)", re.IGNORECASE)
+# The publishing application's name (TALLY_SDK_APP): a short label, or empty.
+_APP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# occurred_at may differ from the checker's clock by this much either way when a clock is
+# given (the worker passes TALLY_ALLOWED_LATENESS_HOURS; this is its default): an event
+# stamped in 2099 would outlive every TTL.
+DEFAULT_WINDOW_MS = 48 * 3_600_000
 
 # Timestamps in metadata are epoch milliseconds (as the SDK normalises
 # datetimes); the range rejects seconds-vs-millis mix-ups and garbage.
@@ -662,6 +669,9 @@ def _why_unsafe(value: str) -> str:
         return "is a URL with a query string" if "?" in value else "is a URL"
     if _TOKEN.search(value):
         return "looks like a token or secret"
+    found = sensitive(value)
+    if found is not None:
+        return f"looks like personal data or a secret ({found})"
     if len(value) > 64:
         return f"is free text ({len(value)} chars)"
     if any(c.isspace() for c in value):
@@ -695,18 +705,18 @@ def _check_value(event: str, key: str, prop: Prop, value: Any) -> tuple[EventPro
     if kind == "enum":
         if value in prop.values:
             return None
-        if len(value) > 64 or _EMAIL.search(value) or _URL.search(value) or " " in value:
+        if len(value) > 64 or _EMAIL.search(value) or _URL.search(value) or " " in value or sensitive(value):
             return EventProblem.UNSAFE_VALUE, f"{where} {_why_unsafe(value)}"
         return EventProblem.BAD_VALUE, f"{where} must be one of {', '.join(prop.values)}, got {value!r}"
     if kind == "enum_list":
         return _check_list(where, prop, value)
     if kind == "id":
-        if _ID.fullmatch(value) and not _TOKEN.match(value):
+        if is_safe_id(value):
             return None
     elif kind == "type":
-        if _TYPE.fullmatch(value):
+        if _TYPE.fullmatch(value) and sensitive(value) is None:
             return None
-    elif kind == "route" and _ROUTE.fullmatch(value):
+    elif kind == "route" and is_safe_route(value):
         return None
     return EventProblem.UNSAFE_VALUE, f"{where} {_why_unsafe(value)}; expected {prop.type_label()}"
 
@@ -729,8 +739,15 @@ def _check_list(where: str, prop: Prop, value: str) -> tuple[EventProblem, str] 
 
 
 def is_safe_id(value: str) -> bool:
-    """check()'s rule for a non-empty tenant, workspace, actor or subject id."""
-    return _ID.fullmatch(value) is not None and not _TOKEN.match(value)
+    """check()'s rule for a non-empty tenant, workspace, actor or subject id: an opaque id
+    that is no secret, JWT, card number, IBAN, IP literal or phone number."""
+    return _ID.fullmatch(value) is not None and not _TOKEN.match(value) and sensitive(value) is None
+
+
+def is_safe_route(value: str) -> bool:
+    """A route template none of whose segments is personal data or a secret."""
+    return _ROUTE.fullmatch(value) is not None and not any(
+        sensitive(seg) for seg in value.split("/") if seg and not seg.startswith(("{", "<", ":")))
 
 
 def check_metadata_value(event: str, key: str, value: Any) -> tuple[EventProblem, str] | None:
@@ -775,17 +792,32 @@ def _check_ref(event: str, field_name: str, value: Any, required: bool) -> tuple
     return EventProblem.UNSAFE_VALUE, f"{event}: {field_name} {_why_unsafe(value)}; expected an opaque id"
 
 
-def check(record: Mapping[str, Any]) -> tuple[EventProblem, str] | None:
+def check(record: Mapping[str, Any], now_ms: int | None = None,
+          window_ms: int = DEFAULT_WINDOW_MS) -> tuple[EventProblem, str] | None:
     """None when the product event is valid, else (reason, detail).
 
     Works on what the SDK builds and on what the codec decodes (metadata values
-    None/bool/int/str; occurred_at a datetime or epoch ms). Never raises.
+    None/bool/int/str; occurred_at a datetime or epoch ms). With `now_ms`, occurred_at
+    must lie within now ± window_ms. Never raises.
     """
     try:
-        return _check(record)
+        return _check(record) or check_occurred_at(record, now_ms, window_ms)
     except Exception as exc:  # e.g. an unhashable id: still a verdict, not a crash
         name = record.get("event") if isinstance(record, Mapping) else None
         return EventProblem.BAD_TYPE, f"{name if isinstance(name, str) else 'event'}: {type(exc).__name__}: {exc}"
+
+
+def check_occurred_at(record: Mapping[str, Any], now_ms: int | None,
+                      window_ms: int = DEFAULT_WINDOW_MS) -> tuple[EventProblem, str] | None:
+    """check()'s bound on the occurred_at of a record check() accepted otherwise."""
+    if now_ms is None:
+        return None
+    occurred = record["occurred_at"]
+    ms = occurred if isinstance(occurred, int) else int(occurred.timestamp() * 1000)
+    if abs(ms - now_ms) <= window_ms:
+        return None
+    return (EventProblem.BAD_VALUE, f"{record['event']}: occurred_at {ms} is more than "
+            f"{window_ms // 3_600_000} h from now ({now_ms})")
 
 
 def _check(record: Mapping[str, Any]) -> tuple[EventProblem, str] | None:
@@ -827,6 +859,10 @@ def _check(record: Mapping[str, Any]) -> tuple[EventProblem, str] | None:
         bad = _check_ref(name, "subject_id", subject_id, False)
         if bad:
             return bad
+    app = get("app")
+    if app and not (isinstance(app, str) and _APP.fullmatch(app) and sensitive(app) is None):
+        shown = app if isinstance(app, str) and len(app) <= 64 and sensitive(app) is None else "<redacted>"
+        return EventProblem.UNSAFE_VALUE, f"{name}: app {shown!r} is not a short application name"
     occurred = record.get("occurred_at")
     if occurred is None:
         return EventProblem.MISSING_FIELD, f"{name}: occurred_at is required"

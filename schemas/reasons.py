@@ -25,9 +25,12 @@ class DropReason(StrEnum):
     # At the edge (the collector), answered like an accepted beacon (spool_full: 503)
     GPC = "gpc"  # the browser sent Sec-GPC: 1 (TALLY_HONOR_GPC)
     DNT = "dnt"  # the browser sent DNT: 1 (TALLY_HONOR_DNT)
-    EMPTY_USER_AGENT = "empty_user_agent"  # no User-Agent (edge: TALLY_DROP_EMPTY_UA; worker: always)
+    EMPTY_USER_AGENT = "empty_user_agent"  # no User-Agent, when TALLY_DROP_EMPTY_UA is on (edge and worker)
     RATE_LIMITED = "rate_limited"  # over the per-client rate limit
     SPOOL_FULL = "spool_full"  # broker unreachable and the spool full
+    # At the edge, one count per prop removed from an accepted beacon (minimise.py)
+    PROP_NOT_ALLOWED = "prop_not_allowed"  # key not on TALLY_PROPS_ALLOWLIST for the site
+    PROP_UNSAFE_VALUE = "prop_unsafe_value"  # allowlisted key, value long or personal data
     # In the stream worker's stage 1
     DATACENTER = "datacenter"  # the client address is in a cloud, hosting or crawler range
     HEADLESS = "headless"  # an automation framework or headless browser

@@ -89,6 +89,10 @@ def make_app(settings: Settings, replication_factor: int | None = None) -> faust
     async def emit_totals() -> None:
         await totals.flush()
 
+    @app.task
+    async def start_salts() -> None:
+        await salts.expire()  # starts the keeper with the worker, not at its first beacon
+
     @app.timer(60.0)
     async def expire_salts() -> None:
         await salts.expire()

@@ -32,7 +32,7 @@ from typing import Any
 
 from tally.schemas.codec import Codec, DecodeError
 from tally.schemas.reasons import BadRowReason, Component, DropReason
-from tally.schemas.records import bad_row, drop_count
+from tally.schemas.records import bad_row, drop_count, redact_text
 from tally.streams.avro_bytes import BeaconReader, PageviewWriter, RawBeacon, zigzag_varints
 from tally.streams.enrich import (
     AgentInfo,
@@ -63,6 +63,7 @@ class Stage1Config:
     lateness_ms: int
     keep_user_agent: bool = False
     spam: frozenset[str] = frozenset()
+    drop_empty_ua: bool = False  # seed 002: beacons without a user agent are recorded unless configured
     raw_topic: str = BEACONS_RAW
 
 
@@ -156,7 +157,8 @@ def bot(rec: Record, items: list[Any]) -> tuple[list[Any], Stopped]:
     """A bot by its user agent; the verdict names the reason (streams/bots.py)."""
     def verdict(b: dict[str, Any]) -> tuple[Reason | None, str] | None:
         v = agent_info(b.get("user_agent") or "").verdict
-        return (v.reason, "") if v.bot else None
+        return (v.reason, "") if v.bot and (v.reason is not DropReason.EMPTY_USER_AGENT or drop_empty) else None
+    drop_empty = rec.cfg.drop_empty_ua
     return _split(items, verdict)
 
 
@@ -221,9 +223,9 @@ def process_batch(codec: Codec, batch: dict[str, Any], partition: int, offset: i
         if reason.__class__ is DropReason:
             rec.drops[(b["site"], _day(b["received_at"] // DAY_MS)[0], reason)] += 1
         else:  # a bad row keeps exactly this beacon, as a one-item beacon_batch it can be replayed from
-            original = codec.encode("beacon_batch", {"items": [b]})
+            original = codec.encode("beacon_batch", {"items": [redacted_beacon(b)]})
             rec.bad_rows.append((rec.index(b), bad_row(reason, detail, Component.WORKER, cfg.raw_topic,
-                                                       partition, offset, original)))
+                                                       partition, offset, original, redacted=True)))
 
     kept = run_steps(STEPS, rec, stop, times)
     out = Stage1Result()
@@ -241,6 +243,17 @@ def process_batch(codec: Codec, batch: dict[str, Any], partition: int, offset: i
     out.drops = rec.drop_counts()
     out.bad_rows = [row for _, row in sorted(rec.bad_rows, key=lambda r: r[0])]
     return out
+
+
+def redacted_beacon(b: dict[str, Any]) -> dict[str, Any]:
+    """A beacon as a dead letter keeps it: no pseudonym, no query string, the referrer's
+    origin, no props; still a beacon_batch item (its event_id and times are kept)."""
+    referrer = b.get("referrer")
+    if referrer:
+        scheme, _, rest = referrer.partition("://")
+        referrer = f"{scheme}://{rest.split('/', 1)[0].rsplit('@', 1)[-1]}" if rest else None
+    return {**b, "ip_pseudonym": "", "path": redact_text(b["path"].partition("?")[0]), "referrer": referrer,
+            "props": {}}
 
 
 def undecodable(value: bytes, exc: DecodeError, cfg: Stage1Config, partition: int, offset: int) -> dict[str, Any]:
@@ -302,9 +315,10 @@ class FastStage1:
         agents, agent = self._agents, self._agent
         kept: list[RawBeacon] = []
         stopped: Stopped = []
+        drop_empty = rec.cfg.drop_empty_ua
         for it in items:
             verdict = (agents.get(it[10]) or agent(it[10]))[0].verdict
-            if verdict.bot:
+            if verdict.bot and (verdict.reason is not DropReason.EMPTY_USER_AGENT or drop_empty):
                 stopped.append((it, verdict.reason, ""))
             else:
                 kept.append(it)
@@ -381,8 +395,10 @@ class FastStage1:
                 site = (sites.get(it[5]) or self._site(it[5]))[0]
                 rec.drops[(site, _day(it[3] // DAY_MS)[0], reason)] += 1
             else:  # the bad row keeps exactly this beacon's bytes, as a one-item beacon_batch
+                one = self.codec.decode("beacon_batch", self.read.one_item_record(body, it))
+                original = self.codec.encode("beacon_batch", {"items": [redacted_beacon(one["items"][0])]})
                 rec.bad_rows.append((rec.index(it), bad_row(reason, detail, Component.WORKER, cfg.raw_topic,
-                                                            partition, offset, self.read.one_item_record(body, it))))
+                                                            partition, offset, original, redacted=True)))
 
         kept = run_steps(self._steps, rec, stop, times)
         out = Stage1Result()

@@ -44,6 +44,10 @@ def product_delta(codec: Codec, value: bytes, topic: str, partition: int, offset
     if ms < now_ms - lateness_ms:
         return d, bad_row(BadRowReason.TOO_LATE, f"occurred_at {ms} is older than the allowed lateness",
                           Component.WORKER, topic, partition, offset, value)
+    problem = catalog.check_occurred_at(event, now_ms, lateness_ms)  # e.g. stamped in 2099
+    if problem is not None:
+        return d, bad_row(BadRowReason.INVALID_EVENT, f"{problem[0]}: {problem[1]}", Component.WORKER, topic,
+                          partition, offset, value)
     family = catalog.CATALOG[event["event"]].feature_area
     ids = np.array([workspace_id(event["tenant_id"], event["workspace_id"])], dtype=np.uint64)
     d.product[(event["tenant_id"], family, day_start(ms))] = (1, ids)

@@ -125,7 +125,8 @@ class BeaconStage(Stage):
         self.enriched, self.drops = settings.topic(PAGEVIEWS_ENRICHED), settings.topic(DROPS)
         self.cfg = beacons.Stage1Config(
             partitions=settings.topic_partitions, salt_period=settings.salt_period, lateness_ms=clock.lateness_ms,
-            keep_user_agent=settings.keep_user_agent, spam=load_spam_list(settings), raw_topic=self.topic)
+            keep_user_agent=settings.keep_user_agent, spam=load_spam_list(settings), raw_topic=self.topic,
+            drop_empty_ua=settings.drop_empty_ua)
         # The byte-level path when the schemas have the layouts it knows; else dicts.
         self.fast = writer_or_none(lambda c: beacons.FastStage1(c, self.cfg, counts.steps), codec)
         self.read_dicts = projection.reader(codec, "beacon_batch")

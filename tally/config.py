@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -98,6 +99,44 @@ def _cidrs(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...
     return tuple(nets)
 
 
+def _names(raw: str) -> tuple[str, ...]:
+    """Comma-separated names or glob patterns, case kept (query parameter names)."""
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def _regexes(raw: str) -> tuple[re.Pattern[str], ...]:
+    out = []
+    for part in raw.split():
+        try:
+            out.append(re.compile(part))
+        except re.error as exc:
+            raise ValueError(f"{part!r} is not a regular expression ({exc})") from None
+    return tuple(out)
+
+
+def _props_allowlist(raw: str) -> dict[str, frozenset[str]]:
+    """`site:key,site:key,*:key` as {site: keys}."""
+    out: dict[str, set[str]] = {}
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        site, sep, key = part.partition(":")
+        if not sep or not site.strip() or not key.strip():
+            raise ValueError(f"expected site:key (or *:key), got {part!r}")
+        out.setdefault(site.strip().lower(), set()).add(key.strip())
+    return {site: frozenset(keys) for site, keys in out.items()}
+
+
+def _edge_secret(raw: str) -> str:
+    """Empty (a generated key file), or at least 32 bytes that look random."""
+    v = raw.strip()
+    if v and (len(v.encode()) < 32 or len(set(v)) < 16):
+        raise ValueError("needs at least 32 random bytes, e.g. the output of `openssl rand -base64 32` "
+                         f"(got {len(v.encode())} bytes with {len(set(v))} distinct characters)")
+    return v
+
+
 def _url(raw: str) -> str:
     v = raw.strip()
     if v and not v.startswith(("http://", "https://")):
@@ -158,7 +197,7 @@ def replication_defaults(count: int) -> tuple[int, int]:
 VARIABLES: tuple[Var, ...] = (
     # Local stack
     Var("TALLY_STATE_DIR", "state_dir", ".tally", _str, "Directory for all local state: broker log dirs, embedded ClickHouse, salts spool, PID files and logs.", "Local stack"),
-    Var("TALLY_BROKER", "broker", "kafka", _choice("kafka", "tansu"), "Which local broker `tally up` starts: `kafka` (Apache Kafka in KRaft mode, persistent, supports transactions) or `tansu` (lighter, memory-only: a restart loses every topic).", "Local stack"),
+    Var("TALLY_BROKER", "broker", "kafka", _choice("kafka", "tansu"), "Which local broker `tally up` starts: `kafka` (Apache Kafka in KRaft mode, persistent, supports transactions) or `tansu` (lighter, memory-only: a restart loses every topic; needs the `tansu` extra).", "Local stack"),
     Var("TALLY_KAFKA_BOOTSTRAP", "kafka_bootstrap", "", _bootstrap, "Bootstrap servers of an external Kafka cluster, comma-separated (`host:port,host:port`). When set, no local broker is started.", "Local stack"),
     Var("TALLY_KAFKA_BROKERS", "kafka_brokers", "1", _int(1, 9), "Nodes of the local Kafka cluster `tally up` starts (KRaft; each node is a broker and a controller). `3` gives a quorum that keeps running with one node down, with topics replicated 3 times and `min.insync.replicas` 2. Node i listens on TALLY_BROKER_PORT + 2(i-1) (and the next port for the quorum); a cluster of N > 1 nodes keeps its data in `<state>/kafka-N/`, so changing N starts a new, empty cluster.", "Local stack"),
     Var("TALLY_BROKER_PORT", "broker_port", "9092", _int(1, 65535), "Port of the local broker's client listener (127.0.0.1); the first node's, with TALLY_KAFKA_BROKERS > 1.", "Local stack"),
@@ -190,11 +229,14 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_COLLECTOR_PORT", "collector_port", "8000", _int(1, 65535), "Port the collector listens on.", "Collector"),
     Var("TALLY_ALLOWED_SITES", "allowed_sites", "localhost,example.com", _csv, "Comma-separated sites (hostnames) the collector accepts beacons for. Empty rejects everything.", "Collector"),
     Var("TALLY_TRUSTED_PROXIES", "trusted_proxies", "", _cidrs, "Comma-separated IPs/CIDRs of reverse proxies whose X-Forwarded-For is believed.", "Collector"),
-    Var("TALLY_EDGE_SECRET", "edge_secret", "", _str, "Secret key for the collector's IP pseudonym. Empty: generated once and kept in the state directory (mode 0600).", "Collector", secret=True),
+    Var("TALLY_EDGE_SECRET", "edge_secret", "", _edge_secret, "Secret key mixed into the collector's IP pseudonym with the per-period edge keys (at least 32 random bytes, e.g. `openssl rand -base64 32`). Empty: generated once and kept in the state directory (mode 0600).", "Collector", secret=True),
+    Var("TALLY_QUERY_PARAMS", "query_params", "utm_*", _names, "Query parameters a beacon's path keeps (comma-separated names or glob patterns); every other parameter, and any value that looks like personal data or a secret, is removed at the collector.", "Collector"),
+    Var("TALLY_PATH_REDACT_PATTERNS", "path_redact_patterns", "", _regexes, "Extra regular expressions (whitespace-separated): a path segment or query value matching one becomes `:redacted`. Emails, UUIDs, long hex/base64 tokens, secrets, card numbers, IBANs, IP literals and phone numbers are always redacted.", "Collector"),
+    Var("TALLY_PROPS_ALLOWLIST", "props_allowlist", "", _props_allowlist, "Custom-event props kept, as `site:key` pairs (comma-separated; `*:key` for every site). Other props, and values over 100 characters or that look like personal data, are dropped and counted (prop_not_allowed, prop_unsafe_value). Empty: no props are kept.", "Collector"),
     Var("TALLY_CORS_ORIGINS", "cors_origins", "*", _csv, "Origins allowed to send beacons from browsers (Access-Control-Allow-Origin): `*` for any, or comma-separated origins such as https://example.com.", "Collector"),
     Var("TALLY_HONOR_GPC", "honor_gpc", "true", _bool, "Drop beacons (answering 204) from browsers that send `Sec-GPC: 1`.", "Collector"),
     Var("TALLY_HONOR_DNT", "honor_dnt", "false", _bool, "Drop beacons (answering 204) from browsers that send `DNT: 1`.", "Collector"),
-    Var("TALLY_DROP_EMPTY_UA", "drop_empty_ua", "false", _bool, "Drop beacons (answering 204) that have no User-Agent header.", "Collector"),
+    Var("TALLY_DROP_EMPTY_UA", "drop_empty_ua", "false", _bool, "Drop beacons that have no User-Agent header (the collector answers 204; the stream worker drops those already in Kafka), counted as empty_user_agent. Off: they are recorded, as other pageviews.", "Collector"),
     Var("TALLY_RATE_LIMIT_PER_SECOND", "rate_limit_per_second", "20", _float(0.0), "Sustained beacons per second per client (token bucket, per collector worker; an IPv6 client is its /64). 0 switches the limit off.", "Collector"),
     Var("TALLY_RATE_LIMIT_BURST", "rate_limit_burst", "200", _int(1), "Bucket size of the per-client rate limit: beacons a client may send at once.", "Collector"),
     Var("TALLY_SPOOL_MAX_MB", "spool_max_mb", "256", _int(1), "Largest size of each collector worker's on-disk spool (used while the broker is unreachable). When full the collector answers 503.", "Collector"),
@@ -221,7 +263,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_SINK_BATCH_SECONDS", "sink_batch_seconds", "1.0", _float(0.01), "Longest time a row waits in the sink before its batch is inserted.", "Sink"),
     Var("TALLY_RAW_RETENTION_DAYS", "raw_retention_days", "540", _int(1), "TTL of raw pageview rows in ClickHouse, in days.", "Sink"),
     Var("TALLY_PRODUCT_RETENTION_DAYS", "product_retention_days", "90", _int(1), "TTL of raw product usage events in ClickHouse, in days.", "Sink"),
-    Var("TALLY_BAD_ROWS_RETENTION_DAYS", "bad_rows_retention_days", "30", _int(1), "TTL of bad rows in ClickHouse and of the bad-rows topic, in days.", "Sink"),
+    Var("TALLY_BAD_ROWS_RETENTION_DAYS", "bad_rows_retention_days", "7", _int(1), "TTL of bad rows in ClickHouse and of the bad-rows topic, in days.", "Sink"),
     Var("TALLY_ROLLUP_CHECK_SECONDS", "rollup_check_seconds", "60", _float(0.1), "How often the sink checks the daily breakdown rollups (`daily_stats`) against the raw rows of recent days and computes the days that are over or changed (docs/api.md).", "Sink"),
     # Analyst access (docs/api.md, docs/analysts.md)
     Var("TALLY_ANALYST_MAX_SECONDS", "analyst_max_seconds", "30", _int(1, 3600), "Longest run time of one analyst query (`tally query`, the Stats API): ClickHouse's max_execution_time, enforced by the engine.", "Analyst access"),
@@ -279,6 +321,9 @@ class Settings:
     allowed_sites: tuple[str, ...] = ("localhost", "example.com")
     trusted_proxies: tuple[Any, ...] = ()
     edge_secret: str = ""
+    query_params: tuple[str, ...] = ("utm_*",)
+    path_redact_patterns: tuple[Any, ...] = ()
+    props_allowlist: Mapping[str, frozenset[str]] = field(default_factory=dict)
     cors_origins: tuple[str, ...] = ("*",)
     honor_gpc: bool = True
     honor_dnt: bool = False
@@ -309,7 +354,7 @@ class Settings:
     test_sink_outage_file: str = ""
     raw_retention_days: int = 540
     product_retention_days: int = 90
-    bad_rows_retention_days: int = 30
+    bad_rows_retention_days: int = 7
     rollup_check_seconds: float = 60.0
     analyst_max_seconds: int = 30
     analyst_max_memory_mb: int = 1024

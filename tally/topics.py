@@ -36,6 +36,14 @@ AGGREGATES = "aggregates"
 DROPS = "drops"
 BAD_ROWS = "bad-rows"
 SALTS = "salts"
+EDGE_KEYS = "edge-keys"
+
+HOUR_MS = 3600 * 1000
+# Keys topics: compaction with a short tombstone life; LogAppendTime gives keepers the
+# broker's clock (tally/periodkeys.py: no expiry on one possibly wrong clock).
+KEYS_CONFIG = {"cleanup.policy": "compact", "delete.retention.ms": str(HOUR_MS),
+               "min.cleanable.dirty.ratio": "0.01", "segment.ms": str(HOUR_MS),
+               "max.compaction.lag.ms": str(HOUR_MS), "message.timestamp.type": "LogAppendTime"}
 
 
 @dataclass(frozen=True)
@@ -48,25 +56,29 @@ class TopicSpec:
 
 def specs(settings: Settings) -> list[TopicSpec]:
     bad_rows_ms = str(settings.bad_rows_retention_days * DAY_MS)
+    # Topics with personal data roll a segment at least daily, so retention deletes whole
+    # segments on time (a segment is deleted only once its newest record is past retention).
+    personal = {"cleanup.policy": "delete", "segment.ms": str(DAY_MS)}
+    # beacons.raw holds edge pseudonyms: kept no longer than the edge keys that made them.
+    raw_ms = str(settings.salt_grace_hours * HOUR_MS)
     return [
         TopicSpec(BEACONS_RAW, "Beacons as accepted by the collector (IP already pseudonymised).",
-                  None, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
+                  None, {**personal, "retention.ms": raw_ms}),
         TopicSpec(PAGEVIEWS_ENRICHED, "Pageviews after hashing, bot filtering and enrichment; keyed by visitor.",
-                  None, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
+                  None, {**personal, "retention.ms": str(7 * DAY_MS)}),
         TopicSpec(PRODUCT_EVENTS, "Product usage events published by applications through the SDK.",
-                  None, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
+                  None, {**personal, "retention.ms": str(7 * DAY_MS)}),
         TopicSpec(AGGREGATES, "Window totals; keyed by (kind, site, window, partition) so compaction keeps the latest.",
                   None, {"cleanup.policy": "compact,delete", "retention.ms": str(60 * DAY_MS)}),
         TopicSpec(DROPS, "Counts of dropped events per site, day and reason.",
                   None, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
         TopicSpec(BAD_ROWS, "Rejected records with the reason and the original bytes.",
-                  None, {"cleanup.policy": "delete", "retention.ms": bad_rows_ms}),
-        # Salts are secrets with a short life: compaction plus a short
-        # delete.retention.ms makes tombstoned salts disappear from the log.
-        TopicSpec(SALTS, "Visitor-hash salts, one per period; tombstoned after the grace window.",
-                  1, {"cleanup.policy": "compact", "delete.retention.ms": str(3600 * 1000),
-                      "min.cleanable.dirty.ratio": "0.01", "segment.ms": str(3600 * 1000),
-                      "max.compaction.lag.ms": str(3600 * 1000)}),
+                  None, {**personal, "retention.ms": bad_rows_ms}),
+        # Salts and edge keys are secrets with a short life: compaction plus a short
+        # delete.retention.ms makes tombstoned keys disappear from the log.
+        TopicSpec(SALTS, "Visitor-hash salts, one per period; tombstoned after the grace window.", 1, KEYS_CONFIG),
+        TopicSpec(EDGE_KEYS, "Collectors' IP-pseudonym keys, one per period; tombstoned after the grace window.",
+                  1, KEYS_CONFIG),
     ]
 
 
@@ -107,7 +119,8 @@ def ensure(settings: Settings, wanted: dict[str, tuple[int, dict[str, str]]],
     """Create the missing topics of `wanted` (name -> partitions, config) with the replication
     settings (TALLY_TOPIC_REPLICATION_FACTOR, TALLY_TOPIC_MIN_INSYNC_REPLICAS), then reconcile
     every one of them: a different min.insync.replicas is altered in place; a different
-    replication factor cannot be, and is reported. Other existing configs are left alone."""
+    replication factor cannot be, and is reported. The configs of `wanted` are set on
+    existing topics too (a changed retention reaches old topics); others are left alone."""
     client = admin(settings)  # keep a reference: futures of a collected client never resolve
     replicas, min_isr = settings.replication_factor, settings.min_insync_replicas
     extra = {"min.insync.replicas": str(min_isr)} if min_isr is not None else {}
@@ -117,6 +130,7 @@ def ensure(settings: Settings, wanted: dict[str, tuple[int, dict[str, str]]],
     changes = TopicChanges(created=_create(client, new, timeout))
     if replicas is not None or min_isr is not None:
         _reconcile(client, sorted(wanted), existing, replicas, min_isr, changes, timeout)
+    _reconcile_configs(client, {n: config for n, (_, config) in wanted.items() if n in existing}, changes, timeout)
     for line in changes.altered:
         log.info("topic %s", line)
     for line in changes.warnings:
@@ -185,6 +199,23 @@ def _reconcile(client: AdminClient, names: list[str], existed: set[str], replica
             to_alter.append(ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
                 ConfigEntry("min.insync.replicas", str(min_isr), incremental_operation=AlterConfigOpType.SET)]))
             changes.altered.append(f"{name}: min.insync.replicas {current} -> {min_isr}")
+    for fut in (client.incremental_alter_configs(to_alter, request_timeout=timeout).values() if to_alter else []):
+        fut.result(timeout=timeout)
+
+
+def _reconcile_configs(client: AdminClient, wanted: dict[str, dict[str, str]], changes: TopicChanges,
+                       timeout: float) -> None:
+    """Set each existing topic's configs of `wanted` that differ from what the broker has."""
+    if not wanted:
+        return
+    to_alter = []
+    for name, configs in topic_configs(client, sorted(wanted), timeout).items():
+        diff = {k: v for k, v in wanted[name].items() if k not in configs or configs[k].value != v}
+        if diff:
+            to_alter.append(ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
+                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in sorted(diff.items())]))
+            changes.altered.append(f"{name}: " + ", ".join(f"{k} {configs[k].value if k in configs else '-'} -> {v}"
+                                                         for k, v in sorted(diff.items())))
     for fut in (client.incremental_alter_configs(to_alter, request_timeout=timeout).values() if to_alter else []):
         fut.result(timeout=timeout)
 

@@ -90,7 +90,7 @@ def start_collector(env: Env, log: Path, *args: str) -> Proc:
 def collectors(broker, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("collectors")
     envs = {
-        "default": make_env(broker, tmp),
+        "default": make_env(broker, tmp, TALLY_PROPS_ALLOWLIST="*:plan,*:seats,*:trial,example.com:file"),
         "strict": make_env(broker, tmp, TALLY_HONOR_DNT="1", TALLY_DROP_EMPTY_UA="1",
                            TALLY_RATE_LIMIT_PER_SECOND="0.5", TALLY_RATE_LIMIT_BURST="5",
                            TALLY_TRUSTED_PROXIES="127.0.0.1/32",
@@ -136,13 +136,14 @@ def mark() -> str:
 
 def test_accepted_beacon_is_204_without_body_and_reaches_kafka_pseudonymised(default):
     m = mark()
-    status, body, headers = default.post({"site": "Example.com", "path": f"/{m}?x=1",
-                                          "referrer": "https://www.google.com/"})
+    status, body, headers = default.post({"site": "Example.com", "path": f"/{m}/bob@example.com?x=1",
+                                          "referrer": "https://www.google.com/search?q=bob"})
     assert status == 204 and body == b""
     assert headers.get("Access-Control-Allow-Origin") == "*"
     [b] = beacons_for(default, m, 1)
-    assert b["site"] == "example.com" and b["path"] == f"/{m}?x=1"
-    assert b["referrer"] == "https://www.google.com/" and b["event"] == "pageview" and b["props"] == {}
+    # Minimised at the edge (minimise.py): no query string, no email, the referrer's origin.
+    assert b["site"] == "example.com" and b["path"] == f"/{m}/:email"
+    assert b["referrer"] == "https://www.google.com" and b["event"] == "pageview" and b["props"] == {}
     assert b["user_agent"] == FIREFOX
     assert b["event_id"].version == 7
     assert re.fullmatch(r"[0-9a-f]{32}", b["ip_pseudonym"])
@@ -152,20 +153,22 @@ def test_accepted_beacon_is_204_without_body_and_reaches_kafka_pseudonymised(def
 def test_custom_event_with_props_and_text_plain_body(default):
     m = mark()
     raw = json.dumps({"site": "example.com", "path": f"/{m}", "event": "signup",
-                      "props": {"plan": "pro", "seats": 3, "trial": True, "none": None}}).encode()
+                      "props": {"plan": "pro", "seats": 3, "trial": True, "none": None,
+                                "email": "bob@example.com"}}).encode()
     status, body, _ = default.post(None, raw=raw, headers={"Content-Type": "text/plain;charset=UTF-8"})
     assert status == 204, body
     [b] = beacons_for(default, m, 1)
     assert b["event"] == "signup" and b["props"] == {"plan": "pro", "seats": "3", "trial": "true"}
+    assert 'reason="prop_not_allowed"' in default.metrics()  # the email prop, dropped and counted
 
 
-def test_long_path_and_referrer_are_truncated_to_2000(default):
+def test_long_path_is_truncated_to_2000_and_the_referrer_cut_to_its_origin(default):
     m = mark()
-    status, _, _ = default.post({"site": "example.com", "path": f"/{m}/" + "a" * 3000,
+    status, _, _ = default.post({"site": "example.com", "path": f"/{m}/" + "x" * 3000,
                                  "referrer": "https://r.example/" + "b" * 3000})
     assert status == 204
     [b] = beacons_for(default, m, 1)
-    assert len(b["path"]) == 2000 and len(b["referrer"]) == 2000
+    assert len(b["path"]) == 2000 and b["referrer"] == "https://r.example"
 
 
 def test_plausible_event_api_shape(default):
@@ -179,8 +182,8 @@ def test_plausible_event_api_shape(default):
     assert status == 202
     got = sorted(beacons_for(default, m, 2), key=lambda b: b["event"])
     assert [(b["site"], b["event"]) for b in got] == [("example.com", "Download"), ("example.com", "pageview")]
-    assert got[0]["props"] == {"file": "a.pdf"} and got[1]["referrer"] == "https://news.example/"
-    assert got[1]["path"] == f"https://example.com/{m}?utm_source=x"
+    assert got[0]["props"] == {"file": "a.pdf"} and got[1]["referrer"] == "https://news.example"
+    assert got[1]["path"] == f"/{m}?utm_source=x"  # Plausible's full URL, minimised
     status, body, _ = default.post({"n": "pageview", "u": "https://x/", "d": "other.org"}, path="/api/event")
     assert status == 400 and b"d " in body
 

@@ -93,34 +93,40 @@ def test_datacenter_flag_is_iporigins_answer():
 
 # --- pseudonym and rate-limit key ----------------------------------------------------------
 
-def test_pseudonym_is_the_keyed_blake2b_of_the_address_text():
+SITE_KEY = bytes(range(64))  # a site's key for one period (edgekeys.py)
+
+
+def test_pseudonym_is_the_keyed_blake2b_of_the_address_text_under_the_site_key():
     p = Pseudonyms(b"edge secret")
-    key = hashlib.blake2b(b"edge secret", digest_size=32).digest()
     for text in ("81.2.69.160", "2a01:4f8:1:2::3"):
-        want = hashlib.blake2b(text.encode(), key=key, digest_size=16).hexdigest()
-        assert p.of(parse_client(text))[0] == want
-    assert Pseudonyms(b"other").of(parse_client("81.2.69.160"))[0] != p.of(parse_client("81.2.69.160"))[0]
-    assert p.of(None)[0] == hashlib.blake2b(b"", key=key, digest_size=16).hexdigest()
+        want = hashlib.blake2b(text.encode(), key=SITE_KEY, digest_size=16).hexdigest()
+        assert p.of(parse_client(text), SITE_KEY)[0] == want == p.text(text, SITE_KEY)
+    other_site = bytes(64)
+    assert p.of(parse_client("81.2.69.160"), other_site)[0] != p.of(parse_client("81.2.69.160"), SITE_KEY)[0]
+    assert p.of(None, SITE_KEY)[0] == hashlib.blake2b(b"", key=SITE_KEY, digest_size=16).hexdigest()
+    # The rate-limit key follows the client across sites (a flood over many sites is one client).
+    assert p.of(parse_client("81.2.69.160"), other_site)[1] == p.of(parse_client("81.2.69.160"), SITE_KEY)[1]
+    assert Pseudonyms(b"other").of(parse_client("81.2.69.160"), SITE_KEY)[1] != p.of(parse_client("81.2.69.160"), SITE_KEY)[1]
 
 
 def test_ipv6_clients_share_one_rate_limit_key_per_64_and_ipv4_one_per_address():
     p = Pseudonyms(b"edge secret")
-    same_64 = {p.of(parse_client(f"2a01:4f8:1:2:{i:x}::{i:x}")) for i in range(1, 50)}
+    same_64 = {p.of(parse_client(f"2a01:4f8:1:2:{i:x}::{i:x}"), SITE_KEY) for i in range(1, 50)}
     assert len({pseudonym for pseudonym, _ in same_64}) == 49  # visitors are still told apart ...
     assert len({key for _, key in same_64}) == 1  # ... but share one bucket
-    assert p.of(parse_client("2a01:4f8:1:3::1"))[1] != next(iter(same_64))[1]  # the next /64
-    assert len({p.of(parse_client(f"81.2.69.{i}"))[1] for i in range(50)}) == 50
+    assert p.of(parse_client("2a01:4f8:1:3::1"), SITE_KEY)[1] != next(iter(same_64))[1]  # the next /64
+    assert len({p.of(parse_client(f"81.2.69.{i}"), SITE_KEY)[1] for i in range(50)}) == 50
     for text in ("81.2.69.160", "2a01:4f8:1:2::3"):  # keys carry no raw address
         packed = ipaddress.ip_address(text).packed
-        assert packed[:8] not in p.of(parse_client(text))[1]
+        assert packed[:8] not in p.of(parse_client(text), SITE_KEY)[1]
 
 
 def test_rotating_inside_a_64_is_rate_limited_as_one_client():
     p, now = Pseudonyms(b"k"), [0.0]
     rl = RateLimiter(rate=1, burst=5, clock=lambda: now[0])
-    rotating = [rl.allow(p.of(parse_client(f"2a01:4f8:1:2::{i:x}"))[1]) for i in range(1, 21)]
+    rotating = [rl.allow(p.of(parse_client(f"2a01:4f8:1:2::{i:x}"), SITE_KEY)[1]) for i in range(1, 21)]
     assert rotating.count(True) == 5
-    spread = [rl.allow(p.of(parse_client(f"2a01:4f8:1:{i:x}::1"))[1]) for i in range(100, 120)]
+    spread = [rl.allow(p.of(parse_client(f"2a01:4f8:1:{i:x}::1"), SITE_KEY)[1]) for i in range(100, 120)]
     assert all(spread)
 
 
@@ -130,7 +136,7 @@ def test_rate_limit_memory_is_bounded_under_a_client_flood_and_a_flooder_stays_l
     now = [0.0]
     rl = RateLimiter(rate=20, burst=200, clock=lambda: now[0], max_clients=10_000)
     p = Pseudonyms(b"k")
-    flooder = p.of(parse_client("81.2.69.160"))[1]
+    flooder = p.of(parse_client("81.2.69.160"), SITE_KEY)[1]
     allowed = held = 0
     tracemalloc.start()
     try:

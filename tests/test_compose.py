@@ -15,6 +15,7 @@ from tally.config import VARIABLES, Settings
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
+OPERATOR_SET = "Zk3pQ9vL2xT7mB4nR8wY1sD6fH0jG5cA+e/iOp1="
 TALLY_SERVICES = [n for n, s in SERVICES.items() if s.get("image") == "tally:latest"]
 
 
@@ -62,8 +63,9 @@ def test_every_variable_is_one_the_code_reads():
 
 
 def interpolate(value: str) -> str:
-    """Compose's ${VAR:-default} and ${VAR:?error} with nothing set in the environment."""
-    return re.sub(r"\$\{\w+(?::-([^}]*)|:\?[^}]*)\}", lambda m: m[1] if m[1] is not None else "set-by-operator",
+    """Compose's ${VAR:-default} and ${VAR:?error} with nothing set in the environment (a
+    required value stands for what an operator sets: random, as `openssl rand -base64 32`)."""
+    return re.sub(r"\$\{\w+(?::-([^}]*)|:\?[^}]*)\}", lambda m: m[1] if m[1] is not None else OPERATOR_SET,
                   value)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -63,6 +64,23 @@ def test_two_workers_started_together_hash_with_one_salt(tally_env, spawn):
     wait_for(lambda: [k.split(":")[0] for k in live_keys(s)] == [today], 30, "exactly one live salt")
 
 
+def test_a_keeper_whose_clock_runs_72_hours_ahead_never_tombstones_the_live_salt(tally_env):
+    s = tally_env.settings
+    today = period_key(datetime.now(UTC), "day")
+    keeper = SaltKeeper(s)
+    salt = keeper.salt(today)
+    assert salt is not None
+    ahead = SaltKeeper(s, clock=lambda: datetime.now(UTC) + timedelta(hours=72))  # a wrong system clock
+    assert ahead.salt(today) is None  # by its own clock today is over: it hashes nothing with it
+    assert ahead.expire() == []  # but the broker's clock says today is live: nothing destroyed
+    assert today in ahead.known_periods()
+    assert live_keys(s)[f"{today}:{keeper.proposer}"] == salt
+    late = SaltKeeper(s)  # a worker with the right clock still gets the same salt
+    assert late.salt(today) == salt
+    for k in (keeper, ahead, late):
+        k.close()
+
+
 def test_old_salt_is_tombstoned_after_the_grace_window(tally_env, spawn):
     s = tally_env.settings
     now = datetime.now(UTC)
@@ -72,8 +90,11 @@ def test_old_salt_is_tombstoned_after_the_grace_window(tally_env, spawn):
     assert salt is not None
     keeper.close()
 
-    later = now + timedelta(days=3)  # past the end of today + 48 h grace
-    future = SaltKeeper(s, clock=lambda: later)
+    # Three days later (past the end of today + 48 h grace) for the keeper and, through the
+    # test hook TALLY_CLOCK_OFFSET_SECONDS, for its reading of the broker's clock too.
+    shifted = replace(s, clock_offset_seconds=3 * 86400)
+    future = SaltKeeper(shifted)
+    later = future.clock()
     assert future.salt(today) is None  # an expired period gets no salt, old or new
     assert today not in future.known_periods()
     new_salt = future.salt(period_key(later, "day"))

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -48,7 +48,8 @@ def read_all(settings: Settings, expect: int, timeout: float = 30.0) -> list:
 
 def test_round_trip_plain_consumer_decodes_same_values(tally_env: Env):
     settings = tally_env.settings
-    at = datetime(2026, 11, 22, 3, 4, 5, 123000, tzinfo=UTC)
+    # An explicit occurred_at must lie within now ± 48 h (catalog.DEFAULT_WINDOW_MS).
+    at = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=123000)
     sent = [
         ("onboarding.checkpoint_completed", "tenant-a", ("onboarding_session", "os_1"),
          {"checkpoint": "permissions_granted", "step_index": 2, "resumed": False}),

@@ -95,7 +95,7 @@ def test_sink_stores_every_topic_exactly(tally_env, spawn):
            ("pageviews", "product_events", "bad_rows", "aggregates", "drops")}
     assert "TTL toDateTime(received_at) + toIntervalDay(540)" in ddl["pageviews"]
     assert "TTL toDateTime(occurred_at) + toIntervalDay(90)" in ddl["product_events"]
-    assert "TTL toDateTime(failed_at) + toIntervalDay(30)" in ddl["bad_rows"]
+    assert "TTL toDateTime(failed_at) + toIntervalDay(7)" in ddl["bad_rows"]
     assert "TTL" not in ddl["aggregates"] and "TTL" not in ddl["drops"]
     assert "ReplacingMergeTree(version)" in ddl["aggregates"] and "ReplacingMergeTree" in ddl["drops"]
 

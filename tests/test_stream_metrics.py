@@ -100,6 +100,7 @@ def _non_loopback_address() -> str | None:
 def test_a_running_worker_reports_its_steps_and_drops(tally_env, spawn):
     s = tally_env.settings
     tally_env.vars["TALLY_WORKER_STALL_SECONDS"] = "20"  # the health report every 5 s
+    tally_env.vars["TALLY_DROP_EMPTY_UA"] = "1"  # recorded by default (seed 002); dropped when configured
     spawn(tally_env, "worker")
     produce_batches(s, [[beacon(ua=FIREFOX, ip=f"ip-{i}") for i in range(20)] + [beacon(ua=GOOGLEBOT), beacon(ua="")]
                         + [beacon(ua=CHROME, datacenter=True)]], partition=0)

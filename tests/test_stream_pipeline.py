@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 def test_worker_counts_drops_and_rejects(tally_env, spawn):
     s = tally_env.settings
+    tally_env.vars["TALLY_DROP_EMPTY_UA"] = "1"  # recorded by default (seed 002); dropped when configured
     worker = spawn(tally_env, "worker")
     now = datetime.now(UTC)
     good = [beacon(path=f"/p/{i % 3}?utm_source=news&x=1", ua=(FIREFOX, CHROME, IPHONE)[i % 3],

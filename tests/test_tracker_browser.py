@@ -3,7 +3,9 @@
 A page on one origin embeds the tracker from the collector (another origin,
 so CORS is real). Exactly one beacon reaches Kafka for the load, one more for
 a pushState navigation, none for a replaceState to the same URL, one for a
-custom event; nothing is stored in the browser; GPC in the browser sends nothing.
+custom event; the tracker sends the pathname, utm_* and data-query-params parameters and the
+referrer's origin only; nothing is stored in the browser; GPC in the browser sends nothing;
+data-notice shows one line.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.parse
 import urllib.request
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -37,7 +40,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 PAGE = """<!doctype html>
 <html><head><title>tally test</title>
-<script defer data-site="example.com" src="{collector}/js/tally.js"></script>
+<script defer data-site="example.com" data-query-params="lang" {notice} src="{collector}/js/tally.js"></script>
 </head><body><h1>hello</h1></body></html>
 """
 
@@ -71,11 +74,15 @@ class CDP:
 
     async def navigate(self, url: str) -> None:
         await self.call("Page.navigate", url=url)
-        for _ in range(100):  # wait for the deferred tracker to have run
-            if await self.eval("document.readyState") == "complete":
+        await self.navigated(urllib.parse.urlsplit(url).path)
+
+    async def navigated(self, path: str) -> None:
+        """Wait until the page at `path` has loaded (and its deferred tracker has run)."""
+        for _ in range(100):
+            if await self.eval("location.pathname + ' ' + document.readyState") == f"{path} complete":
                 return
             await asyncio.sleep(0.1)
-        raise AssertionError(f"{url} did not load")
+        raise AssertionError(f"{path} did not load")
 
 
 @pytest.fixture
@@ -112,13 +119,16 @@ def chromium(tmp_path):
 
 
 def test_tracker_counts_loads_spa_navigations_and_events_and_stores_nothing(broker, tmp_path, site, chromium):
-    env = make_env(broker, tmp_path)
+    # The collector would keep `from` (and drops every non-allowlisted prop): seeing it
+    # missing proves the tracker itself leaves it out.
+    env = make_env(broker, tmp_path, TALLY_QUERY_PARAMS="utm_*,lang,from", TALLY_PROPS_ALLOWLIST="*:plan,*:seats")
     s = env.settings
     collector_proc = start_collector(env, tmp_path / "collector.log")
     root, origin = site
     collector = f"http://127.0.0.1:{s.collector_port}"
-    (root / "index.html").write_text(PAGE.format(collector=collector))
-    (root / "gpc.html").write_text(PAGE.format(collector=collector))
+    (root / "index.html").write_text(PAGE.format(collector=collector, notice=""))
+    (root / "notice.html").write_text(PAGE.format(collector=collector, notice="data-notice"))
+    (root / "gpc.html").write_text(PAGE.format(collector=collector, notice=""))
 
     def beacons(want: int, settle: float = 2.0) -> list[dict]:
         wait_for(lambda: len(read_beacons(s, 0, timeout=5)) >= want, 30, f"{want} beacons", interval=0.3)
@@ -131,16 +141,18 @@ def test_tracker_counts_loads_spa_navigations_and_events_and_stores_nothing(brok
             cdp = CDP(ws)
             await cdp.call("Page.enable")
             await cdp.call("Runtime.enable")
-            await cdp.navigate(f"{origin}/index.html?from=test")
+            await cdp.navigate(f"{origin}/index.html?from=test&utm_source=news&lang=de&email=a%40b.example#top")
             got = await asyncio.to_thread(beacons, 1)
             assert len(got) == 1, got
             b = got[0]
-            assert (b["site"], b["path"], b["event"]) == ("example.com", "/index.html?from=test", "pageview")
+            assert (b["site"], b["path"], b["event"]) == ("example.com", "/index.html?utm_source=news&lang=de",
+                                                         "pageview")
+            assert await cdp.eval("document.querySelectorAll('p').length") == 0  # no notice unless asked
             assert "Chrome" in b["user_agent"]
 
             await cdp.eval("history.pushState({}, '', '/spa/next')")
             got = await asyncio.to_thread(beacons, 2)
-            assert [x["path"] for x in got] == ["/index.html?from=test", "/spa/next"]
+            assert [x["path"] for x in got] == ["/index.html?utm_source=news&lang=de", "/spa/next"]
 
             await cdp.eval("history.replaceState({step: 2}, '', '/spa/next')")  # same URL: no pageview
             await cdp.eval("tally('signup', {plan: 'pro', seats: 3})")
@@ -154,14 +166,22 @@ def test_tracker_counts_loads_spa_navigations_and_events_and_stores_nothing(brok
             assert await cdp.eval("localStorage.length + sessionStorage.length") == 0
             assert await cdp.eval("indexedDB.databases().then(d => d.length)") == 0
 
+            # A link from the page: the next page's beacon carries the referrer's origin only.
+            await cdp.eval("location.href = '/notice.html?x=1'")
+            got = await asyncio.to_thread(beacons, 4)
+            await cdp.navigated("/notice.html")
+            assert (got[3]["path"], got[3]["referrer"]) == ("/notice.html", origin)
+            assert await cdp.eval("document.body.lastElementChild.textContent") == (
+                "Privacy-friendly analytics: no cookies, no IP addresses stored.")
+
             # With Global Privacy Control on in the browser, the tracker sends nothing.
             await cdp.call("Page.addScriptToEvaluateOnNewDocument",
                            source="Object.defineProperty(navigator, 'globalPrivacyControl', {get: () => true})")
             await cdp.navigate(f"{origin}/gpc.html")
             assert await cdp.eval("navigator.globalPrivacyControl") is True
             await cdp.eval("tally('should-not-send')")
-            got = await asyncio.to_thread(beacons, 3)
-            assert len(got) == 3, got
+            got = await asyncio.to_thread(beacons, 4)
+            assert len(got) == 4, got
 
     try:
         asyncio.run(drive())

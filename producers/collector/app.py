@@ -37,8 +37,10 @@ from tally.producers.collector import metrics
 from tally.producers.collector.client_ip import ClientAddress
 from tally.producers.collector.datacenter import DatacenterRanges
 from tally.producers.collector.drops import EdgeDrops
+from tally.producers.collector.edgekeys import EdgeKeys
 from tally.producers.collector.encode import DictEncoder, PieceEncoder
 from tally.producers.collector.forwarder import Forwarder
+from tally.producers.collector.minimise import Minimiser
 from tally.producers.collector.parse import (
     BadBeacon,
     BeaconRequest,
@@ -79,7 +81,9 @@ class Collector:
         secret = settings.edge_secret.encode() or file_secret(settings.state_dir / "secrets" / "edge.key")
         self.pseudonyms = Pseudonyms(secret)
         self.datacenters = DatacenterRanges()
+        self.edge_keys = EdgeKeys(settings, secret)
         self.allowed = frozenset(settings.allowed_sites)
+        self.minimiser = Minimiser(settings)
         self.addresses = ClientAddress(settings.trusted_proxies)
         self.limiter = (RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
                         if settings.rate_limit_per_second > 0 else None)
@@ -87,12 +91,15 @@ class Collector:
         self.encoder: PieceEncoder | DictEncoder | None = None
         self.drops: EdgeDrops | None = None
 
-    def client(self, peer: str | None, forwarded_for: tuple[str, ...]) -> tuple[str, bytes, bool]:
-        """(IP pseudonym, rate-limit key, datacenter flag) of the client behind this peer and
-        XFF chain. The raw address lives only in this call."""
+    def client(self, peer: str | None, forwarded_for: tuple[str, ...], site_key: bytes) -> tuple[str, bytes, bool]:
+        """(IP pseudonym on this site in this period, rate-limit key, datacenter flag) of the
+        client behind this peer and XFF chain. The raw address lives only in this call."""
         client = self.addresses.client(peer, forwarded_for)
-        pseudonym, limit_key = self.pseudonyms.of(client)
+        pseudonym, limit_key = self.pseudonyms.of(client, site_key)
         return pseudonym, limit_key, client is not None and self.datacenters.contains(*client)
+
+    def ip_pseudonym(self, ip: str, site_key: bytes) -> str:
+        return self.pseudonyms.text(ip, site_key)
 
     # --- beacon routes ---------------------------------------------------------
 
@@ -140,14 +147,24 @@ class Collector:
         if s.drop_empty_ua and not user_agent.strip():
             self.drops.add(beacon.site, now_ms, DropReason.EMPTY_USER_AGENT)
             return None
+        site_key, new_period = self.edge_keys.site_key(now_ms, beacon.site)
+        if new_period:  # the old period's prepared keys are not kept (forward secrecy)
+            self.pseudonyms.forget()
         xff = tuple(headers.getall("X-Forwarded-For", ())) if self.addresses.trusted else ()
-        pseudonym, limit_key, datacenter = self.client(request.remote, xff)
+        pseudonym, limit_key, datacenter = self.client(request.remote, xff, site_key)
         if self.limiter is not None and not self.limiter.allow(limit_key):
             self.drops.add(beacon.site, now_ms, DropReason.RATE_LIMITED)
             return None
+        # Minimisation (minimise.py): only what may be kept goes on to Kafka.
+        m = self.minimiser
+        props = beacon.props
+        if props:
+            props, dropped = m.props(beacon.site, props)
+            for reason, n in dropped.items():
+                self.drops.add(beacon.site, now_ms, reason, n)
         # The beacon's Avro bytes (event_id minted here), or a dict when the fast encoder is off.
-        item = self.encoder.item(now_ms, beacon.site, beacon.path, beacon.referrer, beacon.event,
-                                 beacon.props, user_agent, pseudonym, datacenter)
+        item = self.encoder.item(now_ms, beacon.site, m.path(beacon.path), m.referrer(beacon.referrer),
+                                 beacon.event, props, user_agent, pseudonym, datacenter)
         return self.forwarder.submit(item)
 
     def _spool_full(self, beacon: BeaconRequest) -> web.Response:
@@ -307,6 +324,24 @@ def make_app(settings: Settings, worker_index: int = 0) -> web.Application:
     app.router.add_route("*", "/{tail:.*}", guard("unmatched", not_found))
 
     async def lifecycle(app: web.Application):
+        loop = asyncio.get_running_loop()
+        # The period's agreed key before the first beacon, if the broker answers soon; else
+        # the start goes on and the refresh finishes in its thread (edgekeys.py: local key).
+        first = loop.run_in_executor(None, collector.edge_keys.refresh)
+        try:
+            await asyncio.wait_for(asyncio.shield(first), 10.0)
+        except TimeoutError:
+            log.warning("edge keys: topic not readable yet; starting with a local key")
+
+        async def refresh_edge_keys() -> None:
+            while True:
+                await asyncio.sleep(30.0)
+                try:
+                    await loop.run_in_executor(None, collector.edge_keys.refresh)
+                except Exception:  # a broker hiccup: the next pass retries
+                    log.exception("edge keys: refresh failed")
+
+        refresher = asyncio.create_task(refresh_edge_keys())
         fwd = Forwarder(settings, worker_index)
         await fwd.start()
         edge_drops = EdgeDrops(settings, lambda: fwd.link.producer)  # the current one (kafka_link.py)
@@ -330,6 +365,8 @@ def make_app(settings: Settings, worker_index: int = 0) -> web.Application:
         gc.set_threshold(7000, 10, 10)
         yield
         syncer.cancel()
+        refresher.cancel()
+        collector.edge_keys.close()
         requests.sync()
         await edge_drops.close()
         await fwd.close()
@@ -339,7 +376,7 @@ def make_app(settings: Settings, worker_index: int = 0) -> web.Application:
 
 
 _ADDRESS = re.compile(
-    r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.])"  # IPv4
+    r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?!\w|\.\d)"  # IPv4 (also at the end of a sentence)
     r"|(?<![\w:])[0-9A-Fa-f:]*::[0-9A-Fa-f:.]*(?![\w:])"  # IPv6 with ::
     r"|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])"  # full IPv6
 )

@@ -12,13 +12,19 @@ the collector turns it into `400 {"detail": ...}`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import orjson
+from tally.schemas.sensitive import sensitive
 
 MAX_FIELD = 2000  # path, referrer, user agent, prop values (characters)
-MAX_EVENT = 120
+MAX_EVENT = 64
+# Event names are labels, not data: letters, digits, spaces and _ . : / -, e.g. Plausible's
+# "Outbound Link: Click" or "signup".
+EVENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.:/-]*")
 MAX_PROPS = 30
 MAX_PROP_KEY = 300
 PAGEVIEW = "pageview"
@@ -96,7 +102,24 @@ def _event(value: Any, name: str) -> str:
         return PAGEVIEW
     if not isinstance(value, str) or not value.strip():
         raise BadBeacon(f"{name} must be a non-empty string")
-    return clean_text(value.strip(), MAX_EVENT)
+    value = value.strip()
+    problem = _event_problem(value)
+    if problem:
+        raise BadBeacon(f"{name} {problem}")
+    return value
+
+
+@lru_cache(maxsize=4096)
+def _event_problem(value: str) -> str | None:
+    """What is wrong with an event name (names repeat, so the verdict is cached)."""
+    if len(value) > MAX_EVENT:
+        return f"is longer than {MAX_EVENT} characters"
+    if not EVENT_NAME.fullmatch(value):
+        return "may hold only letters, digits, spaces and _ . : / -"
+    found = sensitive(value)
+    if found is not None:
+        return f"looks like personal data or a secret ({found})"
+    return None
 
 
 def _props(value: Any, name: str) -> dict[str, str]:

@@ -70,7 +70,8 @@ def product_record(event: str, tenant_id: str, workspace_id: str, actor: Any, su
         }
     except (TypeError, ValueError) as exc:
         raise Rejection(EventProblem.BAD_TYPE, f"{event!r}: {exc}") from None
-    bad = check(record)
+    # An explicit occurred_at must be near now (catalog.DEFAULT_WINDOW_MS).
+    bad = check(record, None if occurred_at is None else now)
     if (bad is not None and spec is not None and isinstance(metadata, Mapping)
             and any(isinstance(v, _CONVERTED) for v in metadata.values())):
         # Aware datetimes are sent as epoch ms and lists of enum values as their canonical
@@ -79,7 +80,7 @@ def product_record(event: str, tenant_id: str, workspace_id: str, actor: Any, su
             record["metadata"] = {k: _wire_value(spec.props.get(k), v) for k, v in metadata.items()}
         except ValueError as exc:
             raise Rejection(EventProblem.BAD_TYPE, f"{event}: {exc}") from None
-        bad = check(record)
+        bad = check(record, None if occurred_at is None else now)
     if bad is not None:
         raise Rejection(*bad)
     return record

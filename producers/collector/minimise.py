@@ -1,0 +1,111 @@
+"""Data minimisation at the edge: what a beacon may carry before it reaches Kafka.
+
+Applied by the collector to every beacon, from tally.js, Plausible's tracker or any
+other client, so what the tracker already trims is enforced for all of them:
+- the path keeps the pathname and the allowlisted query parameters (TALLY_QUERY_PARAMS,
+  `utm_*` by default) whose values are not personal data; the fragment and `;params`
+  (`;jsessionid=...`) are removed; a segment that is an email, a UUID, a long hex or
+  base64 token, a secret, a card number, an IBAN, an IP literal or a phone number (see
+  tally.schemas.sensitive), or matches TALLY_PATH_REDACT_PATTERNS, becomes `:kind`
+  (`/users/:email/orders/:uuid`);
+- the referrer keeps its origin only (`https://news.example`);
+- props keep the keys allowlisted for the site (TALLY_PROPS_ALLOWLIST) whose values are
+  short and not personal data; every other prop is dropped and counted by reason.
+Event names are checked where the body is parsed (parse.py: a 400 naming the field).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections import Counter
+from functools import lru_cache
+from urllib.parse import unquote, urlsplit
+
+from tally.schemas.reasons import DropReason
+from tally.schemas.sensitive import kind, sensitive
+
+from tally.config import Settings
+
+MAX_PROP_VALUE = 100  # characters; longer values are free text
+_CACHE = 65536
+
+
+def redact_segment(segment: str, extra: tuple[re.Pattern[str], ...] = ()) -> str:
+    """The segment, or `:kind` when it is personal data, a secret or an identifier-like token."""
+    if not segment:
+        return segment
+    decoded = unquote(segment)
+    found = kind(decoded)
+    if found is None and any(p.search(decoded) for p in extra):
+        found = "redacted"
+    return f":{found}" if found else segment
+
+
+def _query_filter(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    if not patterns:
+        return re.compile(r"(?!)")  # matches nothing
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns))
+
+
+class Minimiser:
+    def __init__(self, settings: Settings) -> None:
+        self._query_keys = _query_filter(settings.query_params)
+        self._extra = tuple(settings.path_redact_patterns)
+        self._props = settings.props_allowlist
+        self.path = lru_cache(maxsize=_CACHE)(self._path)
+        self.referrer = lru_cache(maxsize=_CACHE)(referrer_origin)
+
+    def _path(self, raw: str) -> str:
+        """Pathname plus the allowed query parameters of a path or a full URL."""
+        if raw.startswith(("http://", "https://")):
+            try:
+                parts = urlsplit(raw)
+            except ValueError:
+                return "/"
+            path, query = parts.path, parts.query
+        else:
+            path, _, query = raw.partition("#")[0].partition("?")
+        segments = [redact_segment(s.partition(";")[0], self._extra) for s in path.split("/")]
+        clean = "/".join(segments)
+        if not clean.startswith("/"):
+            clean = "/" + clean
+        kept = [pair for pair in query.split("&") if pair and self._keep_param(pair)]
+        return clean + ("?" + "&".join(kept) if kept else "")
+
+    def _keep_param(self, pair: str) -> bool:
+        key, _, value = pair.partition("=")
+        key, value = unquote(key), unquote(value.replace("+", " "))
+        return (self._query_keys.fullmatch(key) is not None and len(value) <= MAX_PROP_VALUE
+                and sensitive(value) is None and not any(p.search(value) for p in self._extra))
+
+    def props(self, site: str, props: dict[str, str]) -> tuple[dict[str, str], Counter[DropReason]]:
+        """The props this site may keep, and the count of dropped ones by reason."""
+        dropped: Counter[DropReason] = Counter()
+        if not props:
+            return props, dropped
+        allowed = self._props.get(site, frozenset()) | self._props.get("*", frozenset())
+        kept: dict[str, str] = {}
+        for key, value in props.items():
+            if key not in allowed:
+                dropped[DropReason.PROP_NOT_ALLOWED] += 1
+            elif len(value) > MAX_PROP_VALUE or sensitive(value) is not None or "://" in value \
+                    or any(p.search(value) for p in self._extra):
+                dropped[DropReason.PROP_UNSAFE_VALUE] += 1
+            else:
+                kept[key] = value
+        return kept, dropped
+
+
+def referrer_origin(raw: str | None) -> str | None:
+    """scheme://host[:port] of a referrer; None when it has no host (or cannot be parsed)."""
+    if not raw:
+        return None
+    try:
+        parts = urlsplit(raw.strip())
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not parts.scheme or not host:
+        return None
+    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port else "")
