@@ -9,24 +9,13 @@ the same numbers `tally query adoption [--tenant]` prints.
 
 from __future__ import annotations
 
-from datetime import date, timedelta
 from typing import Any
 
 from aiohttp import web
-from tally.api.handler import ApiError, answer, authorize, now, rows
+from tally.api.handler import ApiError, answer, authorize, date_window, rows
 from tally.api.sql import Sql
 
 COLUMNS = "family, label, toInt64(events), toInt64(active_workspaces), toString(last_event_at)"
-
-
-def _day(request: web.Request, name: str, default: date) -> date:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        return date.fromisoformat(raw)
-    except ValueError:
-        raise ApiError(400, f"{name}: expected a date as YYYY-MM-DD, got {raw!r}") from None
 
 
 def _when(value: str | None) -> str | None:
@@ -39,10 +28,7 @@ async def adoption(request: web.Request) -> web.Response:
     if "*" not in key.tenants and (tenant is None or tenant not in key.tenants):
         scope = f"tenant `{tenant}`" if tenant else "all tenants (leave out `tenant` only with a `*` key)"
         raise ApiError(403, f"This API key has no access to the product adoption of {scope}.")
-    to = _day(request, "to", now(request).date())
-    frm = _day(request, "from", to - timedelta(days=29))
-    if to < frm:
-        raise ApiError(400, f"to: {to} is before from ({frm})")
+    frm, to = date_window(request)
     params: dict[str, Any] = {"a": str(frm), "b": str(to)}
     if tenant is None:
         sql = f"SELECT {COLUMNS} FROM adoption_summary(date_from = {{a:String}}, date_to = {{b:String}})"

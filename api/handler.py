@@ -6,7 +6,7 @@ middlewares and its routes in server.py."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -75,3 +75,22 @@ async def rows(request: web.Request, sql: Any) -> list[list[Any]]:
 
 def now(request: web.Request) -> datetime:
     return request.app[CLOCK]()
+
+
+def date_window(request: web.Request, days: int = 30) -> tuple[date, date]:
+    """`from` and `to` (YYYY-MM-DD, inclusive) of a Tally endpoint; default: the last `days` days."""
+
+    def day(name: str, default: date) -> date:
+        raw = request.query.get(name)
+        if raw is None:
+            return default
+        try:
+            return date.fromisoformat(raw)
+        except ValueError:
+            raise ApiError(400, f"{name}: expected a date as YYYY-MM-DD, got {raw!r}") from None
+
+    to = day("to", now(request).date())
+    frm = day("from", to - timedelta(days=days - 1))
+    if to < frm:
+        raise ApiError(400, f"to: {to} is before from ({frm})")
+    return frm, to

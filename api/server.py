@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import uvloop
 from aiohttp import web
-from tally.api import adoption, stats
+from tally.api import adoption, catalog, stats
 from tally.api.handler import CLOCK, KEYS, SETTINGS, WAREHOUSE, ApiError, answer, failure
 from tally.api.keys import KeyChecker
 from tally.api.warehouse import Unavailable, Warehouse, open_warehouse
@@ -65,6 +65,7 @@ def build_app(settings: Settings, warehouse: Warehouse, clock: Callable[[], date
     app.router.add_get("/healthz", healthz)
     stats.setup(app)
     adoption.setup(app)
+    catalog.setup(app)
     web_dashboard.setup(app)
 
     async def close(app: web.Application) -> None:

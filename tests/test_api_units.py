@@ -178,7 +178,7 @@ def test_terminal_cells_are_cut_json_and_csv_are_not():
 def test_secrets_stay_out_of_files_and_output(tmp_path):
     from tally.ops.stack import write_private
 
-    env = {"TALLY_EDGE_SECRET": "edge-secret-value", "TALLY_CLICKHOUSE_URL": "http://tally:pw123@ch:8123/db",
+    env = {"TALLY_EDGE_SECRET": "edge-secret-value-Qw7Zx3Kp9Lm2Rt5Vb8", "TALLY_CLICKHOUSE_URL": "http://tally:pw123@ch:8123/db",
            "TALLY_QUERY_TOKEN": "t" * 40, "TALLY_STATE_DIR": str(tmp_path)}
     s = Settings.from_env(env)
     text = json.dumps(s.public_env())

@@ -165,3 +165,26 @@ def test_seed_events_through_worker_and_sink(tally_env, spawn):
     assert [(problem, int(n)) for problem, n in rows["project.updated"]["rejected_by_reason"]] == [("bad_value", 1)]
     assert rows["system.error"]["never_fired"] == 1 and int(rows["system.error"]["events"]) == 0
     assert rows["system.error"]["last_seen"] is None and rows["system.error"]["status"] == "active"
+    _api_report_equals_the_cli(tally_env, spawn, rows)
+
+
+def _api_report_equals_the_cli(tally_env, spawn, cli_rows: dict) -> None:
+    """The Stats API's catalog report answers the same rows, for a key covering every tenant only."""
+    from tests.test_api import api, new_key
+
+    s = tally_env.settings
+    spawn(tally_env, "dashboard")
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{s.dashboard_port}/healthz"), 30, "dashboard")
+    route = "/api/tally/v1/catalog"
+    status, got = api(s, new_key(tally_env, "--site", "example.com", "--tenant", T), None, route)
+    assert status == 403 and "every tenant" in got["error"], got
+    key = new_key(tally_env, "--tenant", "*")
+    assert api(s, key, None, route + "?from=2026-13-01")[0] == 400
+    status, got = api(s, key, None, route)
+    assert status == 200, got
+    assert [e["event"] for e in got["events"]] == list(cli_rows)
+    for e in got["events"]:
+        want = cli_rows[e["event"]]
+        assert (e["status"], e["events"], e["rejected"], e["never_fired"]) == (
+            want["status"], int(want["events"]), int(want["rejected"]), bool(int(want["never_fired"])))
+        assert e["rejected_by_reason"] == {p: int(n) for p, n in want["rejected_by_reason"]}

@@ -32,7 +32,7 @@ def stack_env(tmp_path: Path, broker: str = "kafka") -> dict[str, str]:
         "TALLY_BROKER": broker,
         "TALLY_BROKER_PORT": str(free_port_pair()),
         **listener_ports(),
-        "TALLY_EDGE_SECRET": "edge-secret-for-the-stack-test",
+        "TALLY_EDGE_SECRET": "edge-secret-for-the-stack-test-Zq8Xw3Rv",
         "TALLY_TOPIC_PARTITIONS": "3",
         "TALLY_SINK_BATCH_SECONDS": "0.2",
         "TALLY_ALLOWED_SITES": "stack.test",

@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     env = {"TALLY_STATE_DIR": tempfile.mkdtemp(prefix="tally-per-client-"), "TALLY_ALLOWED_SITES": "example.com",
-           "TALLY_TRUSTED_PROXIES": "127.0.0.1", "TALLY_EDGE_SECRET": "bench"}
+           "TALLY_TRUSTED_PROXIES": "127.0.0.1", "TALLY_EDGE_SECRET": "bench-edge-secret-Qw7Zx3Kp9Lm2Rt5Vb8Nc4"}
     settings = Settings.from_env(env)
     collector = Collector(settings)
     clock = [0.0]
