@@ -34,7 +34,9 @@ PAGEVIEW_COLUMNS = PAGEVIEW.names  # the pageviews table's columns are the pagev
 AGGREGATE_COLUMNS = ("kind", "scope", "dimension", "window_start", "window_end", "partition",
                      "count", "uniques", "version")
 AGGREGATE_KINDS = frozenset({"site_hour", "site_day", "site_month", "path_day",
-                             "product_family_day", "active_workspaces_day"})
+                             "product_family_day", "active_workspaces_day",
+                             # sessions (streams/sessions.py): counted in the hour or day they started
+                             "visits_hour", "bounces_hour", "visit_duration_hour", "entry_page_day", "exit_page_day"})
 PRODUCT_COLUMNS = ("event_id", "event", "feature_area", "tenant_id", "workspace_id", "actor_type",
                    "actor_id", "subject_type", "subject_id", "occurred_at", "app", "metadata")
 DROP_COLUMNS = ("site", "day", "reason", "component", "count", "source_partition", "source_offset")

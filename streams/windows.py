@@ -30,12 +30,18 @@ from typing import Any
 
 import numpy as np
 import orjson
+from tally.streams.sessions import Attrs, Session, Sessions
 
 from tally.caches import bounded_put
 
 HOUR_MS = 3600_000
 DAY_MS = 24 * HOUR_MS
 MASK64 = (1 << 64) - 1
+
+
+def period_end(ms: int, salt_period: str) -> int:
+    """End of the salt period of an event: sessions end there (the visitor id changes)."""
+    return ms - ms % DAY_MS + DAY_MS if salt_period == "day" else month_bounds(ms - ms % DAY_MS)[1]
 
 
 def hour_start(ms: int) -> int:
@@ -131,6 +137,10 @@ class Delta:
     paths: dict[tuple[str, str, int], int] = field(default_factory=dict)
     # (tenant, family, day_start) -> (events, workspace ids)
     product: dict[tuple[str, str, int], tuple[int, np.ndarray]] = field(default_factory=dict)
+    # Session input (empty when sessions are off): the timeout, and per event
+    # (visitor id, received_at ms, is_pageview, path, period end ms, attrs).
+    session_timeout_ms: int = 0
+    events: list[tuple[int, int, bool, str, int, Attrs]] = field(default_factory=list)
 
     def encode(self) -> bytes:
         """Compact bytes for the changelog: a JSON header and the raw id arrays."""
@@ -145,8 +155,19 @@ class Delta:
             flat.extend(ids.tolist() if isinstance(ids, np.ndarray) else ids)
         # orjson: the same compact JSON as json.dumps (UTF-8 instead of \u escapes, which both
         # read alike), at a fraction of the cost: every input record is encoded and decoded once.
-        head = orjson.dumps({"s": self.source_partition, "o": self.source_offset, "h": hours,
-                             "p": [[s, p, d, n] for (s, p, d), n in self.paths.items()], "w": product})
+        head = {"s": self.source_partition, "o": self.source_offset, "h": hours,
+                "p": [[s, p, d, n] for (s, p, d), n in self.paths.items()], "w": product}
+        if self.events:
+            attrs: dict[Attrs, int] = {}
+            rows = []
+            for vid, ms, is_pv, path, pend, a in self.events:
+                i = attrs.get(a)
+                if i is None:
+                    i = attrs[a] = len(attrs)
+                rows.append((ms, is_pv, path, pend, i))
+                flat.append(vid)
+            head["x"] = {"t": self.session_timeout_ms, "a": list(attrs), "e": rows}
+        head = orjson.dumps(head)
         return struct.pack(">I", len(head)) + head + np.array(flat, dtype=np.uint64).tobytes()
 
     @classmethod
@@ -166,23 +187,45 @@ class Delta:
             at += k
         for s, p, day, cnt in head["p"]:
             d.paths[(s, p, day)] = cnt
+        x = head.get("x")
+        if x:
+            d.session_timeout_ms = x["t"]
+            attrs = [tuple(a) for a in x["a"]]
+            d.events = [(ids[at + j], ms, bool(pv), path, pend, attrs[i])
+                        for j, (ms, pv, path, pend, i) in enumerate(x["e"])]
         return d
 
 
-def pageview_delta(batch: dict[str, Any]) -> Delta:
-    """The delta of one decoded pageview_batch record."""
-    return window_delta(batch["source_partition"], batch["source_offset"],
-                        ((pv["site"], _ms(pv["received_at"]), pv["event"] == "pageview", pv["path"], pv["visitor_id"])
-                         for pv in batch["items"]))
+def pageview_attrs(pv: dict[str, Any]) -> Attrs:
+    """What a session keeps of its entry pageview (missing UTM values as "")."""
+    return (pv["site"], pv["referrer_source"], pv["referrer_host"], pv["utm_source"] or "", pv["utm_medium"] or "",
+            pv["utm_campaign"] or "", pv["device"], pv["browser"], pv["os"])
 
 
-def window_delta(source_partition: int, source_offset: int,
-                 items: Iterable[tuple[str, int, bool, str, int]]) -> Delta:
+def pageview_delta(batch: dict[str, Any], session_timeout_ms: int = 0, salt_period: str = "day") -> Delta:
+    """The delta of one decoded pageview_batch record (with session input when the timeout is set)."""
+    rows: Iterable[tuple[Any, ...]]
+    if session_timeout_ms:
+        rows = ((pv["site"], ms, pv["event"] == "pageview", pv["path"], pv["visitor_id"], pageview_attrs(pv),
+                 period_end(ms, salt_period)) for pv in batch["items"] for ms in (_ms(pv["received_at"]),))
+    else:
+        rows = ((pv["site"], _ms(pv["received_at"]), pv["event"] == "pageview", pv["path"], pv["visitor_id"])
+                for pv in batch["items"])
+    return window_delta(batch["source_partition"], batch["source_offset"], rows, session_timeout_ms)
+
+
+def window_delta(source_partition: int, source_offset: int, items: Iterable[tuple[Any, ...]],
+                 session_timeout_ms: int = 0) -> Delta:
     """The delta of one batch of pageviews given as (site, received_at ms, is_pageview, path,
-    visitor_id): stage 1 builds it while encoding the batch, stage 2 from a decoded batch."""
+    visitor_id), plus (attrs, period end ms) when sessions are on: stage 1 builds it while
+    encoding the batch, stage 2 from a decoded batch."""
     d = Delta(source_partition, source_offset)
     hours: dict[tuple[str, int], list[Any]] = {}
     paths = d.paths
+    if session_timeout_ms:
+        d.session_timeout_ms = session_timeout_ms
+        d.events = [(it[4] & MASK64, it[1], it[2], it[3], it[6], it[5]) for it in items]
+        items = d.events and [(a[5][0], a[1], a[2], a[3], a[0]) for a in d.events]
     for site, ms, is_pv, path, visitor in items:
         key = (site, ms - ms % HOUR_MS)
         h = hours.get(key)
@@ -225,6 +268,8 @@ class PartitionState:
         self.dirty: set[AggKey] = set()
         # (site, hour_start) -> its site_hour, site_day and site_month keys with their ends
         self._hour_keys: dict[tuple[str, int], tuple[tuple[AggKey, int], ...]] = {}
+        self.sessions = Sessions()
+        self.session_events = 0  # session events applied: the version of the session windows
 
     def seen(self, source_partition: int, source_offset: int) -> bool:
         return source_offset <= self.watermarks.get(source_partition, -1)
@@ -273,7 +318,40 @@ class PartitionState:
                 w.events += events
                 w.count += events
                 w.visitors.add_many(ids)  # type: ignore[union-attr]
+        if d.events:
+            self._apply_sessions(d, open_after_ms)
         return True
+
+    def _apply_sessions(self, d: Delta, open_after_ms: int | None) -> None:
+        """Each event joins its visitor's sessions; the sessions it replaced are taken out of
+        the session windows and the one it is part of now is put in."""
+        add, timeout, count = self.sessions.add, d.session_timeout_ms, self._count_session
+        for vid, ms, is_pv, path, pend, attrs in d.events:
+            self.session_events += 1
+            was, now = add((attrs[0], vid, pend), ms, is_pv, path, attrs, timeout)
+            for s in was:
+                count(s, -1, open_after_ms)
+            count(now, 1, open_after_ms)
+
+    def _count_session(self, s: Session, sign: int, open_after_ms: int | None) -> None:
+        """Add (sign 1) or take out (-1) one session in the windows of its start. The
+        session windows are additive over time as well as over partitions (a visit is
+        counted once, in the hour it started), so days and months are sums of hours."""
+        site, start = s.attrs[0], s.start
+        hour, day = start - start % HOUR_MS, start - start % DAY_MS
+        version = self.session_events
+        window = self._window
+        if open_after_ms is None or hour + HOUR_MS >= open_after_ms:
+            for kind, n in (("visits_hour", 1), ("bounces_hour", s.bounce), ("visit_duration_hour", s.duration_ms)):
+                if n:
+                    w = window((kind, site, "", hour), hour + HOUR_MS, with_visitors=False)
+                    w.count += sign * n
+                    w.events = version
+        if open_after_ms is None or day + DAY_MS >= open_after_ms:
+            for kind, path in (("entry_page_day", s.entry[2]), ("exit_page_day", s.exit[2])):
+                w = window((kind, site, path, day), day + DAY_MS, with_visitors=False)
+                w.count += sign
+                w.events = version
 
     def _window(self, key: AggKey, end: int, with_visitors: bool) -> Window:
         w = self.windows.get(key)
@@ -308,6 +386,7 @@ class PartitionState:
         for k in old:
             del self.windows[k], self.ends[k]
             self.dirty.discard(k)
+        self.sessions.prune(closed_before_ms)
         return len(old)
 
     def memory_bytes(self) -> int:
