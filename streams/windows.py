@@ -393,6 +393,22 @@ class PartitionState:
         return sum(w.visitors.nbytes() for w in self.windows.values() if w.visitors is not None)
 
 
+def session_record(st: PartitionState, key: tuple[str, int, int, int], s: Session | None) -> dict[str, Any]:
+    """The `session` record of one session key: its current state, or its removal."""
+    site, vid, _, start = key
+    signed = vid - (1 << 64) if vid >= 1 << 63 else vid  # as pageviews.visitor_id
+    if s is None:
+        return {"site": site, "visitor_id": signed, "session_start": start, "session_end": start,
+                "partition": st.partition, "entry_page": "", "exit_page": "", "pageviews": 0, "events": 0,
+                "duration_ms": 0, "bounce": False, "version": st.session_events, "deleted": True}
+    _, ref_source, ref_host, utm_s, utm_m, utm_c, device, browser, os_ = s.attrs
+    return {"site": site, "visitor_id": signed, "session_start": s.start, "session_end": s.end,
+            "partition": st.partition, "entry_page": s.entry[2], "exit_page": s.exit[2], "pageviews": s.pageviews,
+            "events": s.events, "duration_ms": s.duration_ms, "bounce": s.bounce, "referrer_source": ref_source,
+            "referrer_host": ref_host, "utm_source": utm_s, "utm_medium": utm_m, "utm_campaign": utm_c,
+            "device": device, "browser": browser, "os": os_, "version": st.session_events, "deleted": False}
+
+
 def aggregate_key(agg: dict[str, Any]) -> bytes:
     return "|".join((agg["kind"], agg["scope"], agg["dimension"], str(agg["window_start"]),
                      str(agg["partition"]))).encode()

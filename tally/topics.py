@@ -24,6 +24,7 @@ AGGREGATES = "aggregates"
 DROPS = "drops"
 BAD_ROWS = "bad-rows"
 SALTS = "salts"
+SESSIONS = "sessions"
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ def specs(settings: Settings) -> list[TopicSpec]:
                   None, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
         TopicSpec(AGGREGATES, "Window totals; keyed by (kind, site, window, partition) so compaction keeps the latest.",
                   None, {"cleanup.policy": "compact,delete", "retention.ms": str(60 * DAY_MS)}),
+        TopicSpec(SESSIONS, "Session (visit) states; keyed by (site, visitor, start) so compaction keeps the latest.",
+                  None, {"cleanup.policy": "compact,delete", "retention.ms": str(7 * DAY_MS)}),
         TopicSpec(DROPS, "Counts of dropped events per site, day and reason.",
                   None, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
         TopicSpec(BAD_ROWS, "Rejected records with the reason and the original bytes.",
