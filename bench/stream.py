@@ -18,6 +18,11 @@ in collector-sized batches of 200 beacons, over 6 partitions.
   the figure that does not depend on what else the shared machine runs.
 - raw_events_per_s: a raw aiokafka consumer (getmany, no decoding) over the same records,
   counting the beacons they carry. ratio = worker / raw.
+- sessions: the same records through a second worker with sessions off
+  (TALLY_SESSION_TIMEOUT_SECONDS=0), on fresh topics, in the same run, before the worker with
+  sessions on (the default, 30 minutes): sessions_ratio = events/s on / events/s off, and
+  sessions_cpu_ratio the same per CPU second (the figure less moved by other load).
+  Target sessions_ratio >= 0.8.
 - state_bytes_per_visitor_window: bytes of VisitorSet per (visitor, window) for 1M visitors in
   one window, next to the same for a Python set of ints. Target <= 64.
 The last line is one JSON object. BENCH_PYSPY=<file> profiles the worker with py-spy (if
@@ -219,20 +224,26 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="tally-bench-") as tmp, \
             bench_kafka(Path(tmp), args.bootstrap, heap_mb=768) as bootstrap:
-        tag = uuid.uuid4().hex[:6]
-        env_vars = {"TALLY_KAFKA_BOOTSTRAP": bootstrap, "TALLY_TOPIC_PREFIX": f"bench{tag}.",
-                    "TALLY_TOPIC_PARTITIONS": str(PARTITIONS), "TALLY_STATE_DIR": str(Path(tmp) / "state"),
-                    "TALLY_APP_ID": f"bench-stream-{tag}", "TALLY_LOG_LEVEL": "warning"}
-        settings = Settings.from_env(env_vars)
-        ensure_topics(settings)
         print(f"encoding {args.events:,} beacons...", file=sys.stderr)
         records = workload(args.events)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")} | env_vars
-        secs, cpu = bench_worker(settings, env, records, Path(tmp) / "worker.log")
-        worker_rate = args.events / secs
-        cpu_rate = args.events / cpu
-        print(f"worker: {args.events:,} events in {secs:.2f}s = {worker_rate:,.0f} events/s "
-              f"({cpu:.1f} CPU s: {cpu_rate:,.0f} events per CPU second; load {os.getloadavg()[0]:.1f})",
+        rates = {}
+        for label, timeout in (("sessions off", "0"), ("sessions on", "1800")):
+            tag = uuid.uuid4().hex[:6]
+            env_vars = {"TALLY_KAFKA_BOOTSTRAP": bootstrap, "TALLY_TOPIC_PREFIX": f"bench{tag}.",
+                        "TALLY_TOPIC_PARTITIONS": str(PARTITIONS), "TALLY_STATE_DIR": str(Path(tmp) / tag),
+                        "TALLY_APP_ID": f"bench-stream-{tag}", "TALLY_LOG_LEVEL": "warning",
+                        "TALLY_SESSION_TIMEOUT_SECONDS": timeout}
+            settings = Settings.from_env(env_vars)
+            ensure_topics(settings)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")} | env_vars
+            secs, cpu = bench_worker(settings, env, records, Path(tmp) / f"worker-{tag}.log")
+            rates[label] = (args.events / secs, args.events / cpu)
+            print(f"worker, {label}: {args.events:,} events in {secs:.2f}s = {rates[label][0]:,.0f} events/s "
+                  f"({cpu:.1f} CPU s: {rates[label][1]:,.0f} events per CPU second; "
+                  f"load {os.getloadavg()[0]:.1f})", file=sys.stderr)
+        worker_rate, cpu_rate = rates["sessions on"]
+        off_rate, off_cpu_rate = rates["sessions off"]
+        print(f"sessions on / off: {worker_rate / off_rate:.3f} (per CPU second {cpu_rate / off_cpu_rate:.3f})",
               file=sys.stderr)
         raw_secs, raw_records = asyncio.run(bench_raw(settings))
         raw_rate = raw_records * BATCH / raw_secs
@@ -243,6 +254,9 @@ def main() -> None:
           f"(Python set of ints: {mem['python_set_bytes_per_visitor']:.1f})", file=sys.stderr)
     print(json.dumps({"events": args.events, "batch": BATCH, "worker_events_per_s": round(worker_rate),
                       "worker_events_per_cpu_s": round(cpu_rate),
+                      "sessions_off_events_per_s": round(off_rate), "sessions_off_events_per_cpu_s": round(off_cpu_rate),
+                      "sessions_ratio": round(worker_rate / off_rate, 3),
+                      "sessions_cpu_ratio": round(cpu_rate / off_cpu_rate, 3),
                       "raw_events_per_s": round(raw_rate), "ratio": round(worker_rate / raw_rate, 4),
                       **{k: round(v, 1) for k, v in mem.items()}}))
 

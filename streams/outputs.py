@@ -30,9 +30,10 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 from faust.transport.drivers.aiokafka import Producer as FaustProducer
+from tally.streams.session_rows import SessionEncoder
 from tally.streams.state import StateStore
 from tally.streams.watchdog import Watchdog
-from tally.streams.windows import TotalsEncoder, session_record
+from tally.streams.windows import TotalsEncoder
 
 from tally.config import Settings
 from tally.kafka import producer_config
@@ -140,7 +141,7 @@ class Totals:
         self.settings = settings
         self.topic = settings.topic(AGGREGATES)
         self.sessions_topic = settings.topic(SESSIONS)
-        self.codec = codec
+        self.encode_session = SessionEncoder(codec)
         self.stores = stores
         self.open_after_ms = open_after_ms  # windows that ended before this are closed
         self.encode = TotalsEncoder(codec)
@@ -175,8 +176,8 @@ class Totals:
     def _sessions(self, producer: Producer, st: Any) -> int:
         """The sessions that changed: their current state, or their removal. Like the totals,
         versioned, so a re-emission after a rebuild replaces nothing newer."""
-        changes = st.sessions.take_changes()
+        changes, encode, topic = st.sessions.take_changes(), self.encode_session, self.sessions_topic
         for key, s in changes.items():
-            value = self.codec.encode("session", session_record(st, key, s))
-            produce(producer, self.sessions_topic, value, key=f"{key[0]}|{key[1]}|{key[3]}".encode())
+            kafka_key, value = encode(st.partition, st.session_events, key, s)
+            produce(producer, topic, value, key=kafka_key)
         return len(changes)

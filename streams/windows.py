@@ -116,7 +116,7 @@ class VisitorSet:
         return self.main.nbytes + len(self.buf) * 56
 
 
-@dataclass
+@dataclass(slots=True)
 class Window:
     events: int = 0  # every event applied: the version
     count: int = 0  # pageviews (web) or events (product)
@@ -324,34 +324,55 @@ class PartitionState:
 
     def _apply_sessions(self, d: Delta, open_after_ms: int | None) -> None:
         """Each event joins its visitor's sessions; the sessions it replaced are taken out of
-        the session windows and the one it is part of now is put in."""
-        add, timeout, count = self.sessions.add, d.session_timeout_ms, self._count_session
+        the session windows and the one it is part of now is put in. Nearly always the event
+        just grows one visit (same start): then only what changed is counted."""
+        add, timeout, count, bump = self.sessions.add, d.session_timeout_ms, self._count_session, self._bump
+        opened = -1 if open_after_ms is None else open_after_ms
         for vid, ms, is_pv, path, pend, attrs in d.events:
             self.session_events += 1
             was, now = add((attrs[0], vid, pend), ms, is_pv, path, attrs, timeout)
+            if len(was) == 1 and was[0].start == now.start and was[0].entry[2] == now.entry[2]:
+                old, start, site = was[0], now.start, attrs[0]
+                hour = start - start % HOUR_MS
+                if hour + HOUR_MS >= opened:
+                    if now.end != old.end:
+                        bump(("visit_duration_hour", site, "", hour), hour + HOUR_MS, now.end - old.end)
+                    if now.bounce != old.bounce:
+                        bump(("bounces_hour", site, "", hour), hour + HOUR_MS, now.bounce - old.bounce)
+                day = start - start % DAY_MS
+                if now.exit[2] != old.exit[2] and day + DAY_MS >= opened:
+                    bump(("exit_page_day", site, old.exit[2], day), day + DAY_MS, -1)
+                    bump(("exit_page_day", site, now.exit[2], day), day + DAY_MS, 1)
+                continue
             for s in was:
-                count(s, -1, open_after_ms)
-            count(now, 1, open_after_ms)
+                count(s, -1, opened)
+            count(now, 1, opened)
 
-    def _count_session(self, s: Session, sign: int, open_after_ms: int | None) -> None:
+    def _bump(self, key: AggKey, end: int, n: int) -> None:
+        """Add n to a session window (created at 0): its version is the session events applied."""
+        w = self.windows.get(key)
+        if w is None:
+            w = self.windows[key] = Window()
+            self.ends[key] = end
+        w.count += n
+        w.events = self.session_events
+        self.dirty.add(key)
+
+    def _count_session(self, s: Session, sign: int, opened: int) -> None:
         """Add (sign 1) or take out (-1) one session in the windows of its start. The
         session windows are additive over time as well as over partitions (a visit is
         counted once, in the hour it started), so days and months are sums of hours."""
-        site, start = s.attrs[0], s.start
+        site, start, bump = s.attrs[0], s.start, self._bump
         hour, day = start - start % HOUR_MS, start - start % DAY_MS
-        version = self.session_events
-        window = self._window
-        if open_after_ms is None or hour + HOUR_MS >= open_after_ms:
-            for kind, n in (("visits_hour", 1), ("bounces_hour", s.bounce), ("visit_duration_hour", s.duration_ms)):
-                if n:
-                    w = window((kind, site, "", hour), hour + HOUR_MS, with_visitors=False)
-                    w.count += sign * n
-                    w.events = version
-        if open_after_ms is None or day + DAY_MS >= open_after_ms:
-            for kind, path in (("entry_page_day", s.entry[2]), ("exit_page_day", s.exit[2])):
-                w = window((kind, site, path, day), day + DAY_MS, with_visitors=False)
-                w.count += sign
-                w.events = version
+        if hour + HOUR_MS >= opened:
+            bump(("visits_hour", site, "", hour), hour + HOUR_MS, sign)
+            if s.bounce:
+                bump(("bounces_hour", site, "", hour), hour + HOUR_MS, sign)
+            if s.end != start:
+                bump(("visit_duration_hour", site, "", hour), hour + HOUR_MS, sign * (s.end - start))
+        if day + DAY_MS >= opened:
+            bump(("entry_page_day", site, s.entry[2], day), day + DAY_MS, sign)
+            bump(("exit_page_day", site, s.exit[2], day), day + DAY_MS, sign)
 
     def _window(self, key: AggKey, end: int, with_visitors: bool) -> Window:
         w = self.windows.get(key)
@@ -391,22 +412,6 @@ class PartitionState:
 
     def memory_bytes(self) -> int:
         return sum(w.visitors.nbytes() for w in self.windows.values() if w.visitors is not None)
-
-
-def session_record(st: PartitionState, key: tuple[str, int, int, int], s: Session | None) -> dict[str, Any]:
-    """The `session` record of one session key: its current state, or its removal."""
-    site, vid, _, start = key
-    signed = vid - (1 << 64) if vid >= 1 << 63 else vid  # as pageviews.visitor_id
-    if s is None:
-        return {"site": site, "visitor_id": signed, "session_start": start, "session_end": start,
-                "partition": st.partition, "entry_page": "", "exit_page": "", "pageviews": 0, "events": 0,
-                "duration_ms": 0, "bounce": False, "version": st.session_events, "deleted": True}
-    _, ref_source, ref_host, utm_s, utm_m, utm_c, device, browser, os_ = s.attrs
-    return {"site": site, "visitor_id": signed, "session_start": s.start, "session_end": s.end,
-            "partition": st.partition, "entry_page": s.entry[2], "exit_page": s.exit[2], "pageviews": s.pageviews,
-            "events": s.events, "duration_ms": s.duration_ms, "bounce": s.bounce, "referrer_source": ref_source,
-            "referrer_host": ref_host, "utm_source": utm_s, "utm_medium": utm_m, "utm_campaign": utm_c,
-            "device": device, "browser": browser, "os": os_, "version": st.session_events, "deleted": False}
 
 
 def aggregate_key(agg: dict[str, Any]) -> bytes:
