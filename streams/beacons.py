@@ -275,6 +275,7 @@ class FastStage1:
         self._ref_hosts: dict[bytes, str] = {}
         self._ref_pieces: dict[tuple[str, str], tuple[bytes, str]] = {}  # -> (piece, referrer source)
         self._events: dict[bytes, tuple[bytes, bool]] = {}
+        self._countries: dict[bytes, str] = {}  # country_enc -> country (for the sessions)
         self._direct = w.enc("referrer_host", "") + w.enc("referrer_source", "direct")
         byte_steps: dict[Step, Step] = {too_late: self._too_late, datacenter: self._datacenter, bot: self._bot,
                                         referrer_spam: self._referrer_spam, no_salt: self._no_salt}
@@ -401,7 +402,7 @@ class FastStage1:
         partition visitor % N, with each partition's window delta."""
         sites, agents, paths, events = self._sites, self._agents, self._paths, self._events
         ref_hosts, ref_pieces, direct, period = self._ref_hosts, self._ref_pieces, self._direct, self.cfg.salt_period
-        timeout = self.cfg.session_timeout_ms
+        timeout, countries = self.cfg.session_timeout_ms, self._countries
         accepted: list[list[Any]] = []  # encoded pieces of each pageview; [6] = visitor id
         # [site, received_at, is_pageview, path, visitor] (+ [session attrs, period end] with sessions)
         windows: list[list[Any]] = []
@@ -409,7 +410,7 @@ class FastStage1:
         keys: list[tuple[bytes, bytes, bytes]] = []  # (site, IP pseudonym, UA): the visitor hash's input
         day_periods: dict[int, str] = {}
         for it in items:
-            (_, _, eid, ts, ts_enc, site_enc, raw_path, ref, raw_event, props, ua, ip, _) = it
+            (_, _, eid, ts, ts_enc, site_enc, raw_path, ref, raw_event, props, ua, ip, _, country_enc) = it
             site, site_raw = sites.get(site_enc) or self._site(site_enc)
             info, agent_piece = agents.get(ua) or self._agent(ua)
             if ts // DAY_MS not in day_periods:
@@ -425,12 +426,16 @@ class FastStage1:
             event_enc, is_pv = events.get(raw_event) or self._event(raw_event)
             keys.append((site_raw, ip, ua))
             if timeout:
+                country = countries.get(country_enc)
+                if country is None:
+                    country = bounded_put(countries, country_enc, bytes(country_enc[_prefix_len(country_enc):]).decode(),
+                                          self.CACHE_MAX)
                 windows.append([site, ts, is_pv, path, 0, (site, source, ref_host, *utm_values, info.device,
-                                                           info.browser, info.os), period_ends[ts // DAY_MS]])
+                                                           info.browser, info.os, country), period_ends[ts // DAY_MS]])
             else:
                 windows.append([site, ts, is_pv, path, 0])
             accepted.append([eid, ts_enc, site_enc, host_enc or site_enc, path_enc, event_enc, None, ref_piece,
-                             utms, agent_piece, props])
+                             utms, agent_piece, props, country_enc])
         vids = self._visitors(items, keys, day_periods, rec.salts)
         by_partition: dict[int, list[int]] = defaultdict(list)
         n_parts = self.cfg.partitions

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# (site, referrer_source, referrer_host, utm_source, utm_medium, utm_campaign, device, browser, os)
-# of the event: a session keeps its entry pageview's. Missing UTM values are "".
-Attrs = tuple[str, str, str, str, str, str, str, str, str]
+# (site, referrer_source, referrer_host, utm_source, utm_medium, utm_campaign, device, browser, os,
+# country) of the event: a session keeps its entry pageview's. Missing values are "".
+Attrs = tuple[str, str, str, str, str, str, str, str, str, str]
 VisitorKey = tuple[str, int, int]  # site, visitor id (unsigned 64 bits), period end (ms)
 SessionKey = tuple[str, int, int, int]  # site, visitor id, period end, session start (ms)
 

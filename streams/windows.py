@@ -199,7 +199,7 @@ class Delta:
 def pageview_attrs(pv: dict[str, Any]) -> Attrs:
     """What a session keeps of its entry pageview (missing UTM values as "")."""
     return (pv["site"], pv["referrer_source"], pv["referrer_host"], pv["utm_source"] or "", pv["utm_medium"] or "",
-            pv["utm_campaign"] or "", pv["device"], pv["browser"], pv["os"])
+            pv["utm_campaign"] or "", pv["device"], pv["browser"], pv["os"], pv.get("country") or "")
 
 
 def pageview_delta(batch: dict[str, Any], session_timeout_ms: int = 0, salt_period: str = "day") -> Delta:

@@ -27,10 +27,10 @@ GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.
 
 def beacon(site: str = "example.com", path: str = "/", ua: str = FIREFOX, ip: str = "ip-1",
            received_at: datetime | None = None, referrer: str | None = None, datacenter: bool = False,
-           event: str = "pageview") -> dict[str, Any]:
+           event: str = "pageview", country: str = "") -> dict[str, Any]:
     return {"event_id": str(uuid.uuid4()), "received_at": received_at or datetime.now(UTC), "site": site,
             "path": path, "referrer": referrer, "event": event, "props": {}, "user_agent": ua,
-            "ip_pseudonym": ip, "datacenter": datacenter}
+            "ip_pseudonym": ip, "datacenter": datacenter, "country": country}
 
 
 def produce(settings: Settings, topic: str, values: Iterable[bytes], partition: int | None = None,

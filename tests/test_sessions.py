@@ -21,7 +21,7 @@ from tests.test_stream_wire import SALT, _batch
 MIN = 60_000
 T = 30 * MIN
 BASE = int(datetime(2026, 11, 20, 12, 0, tzinfo=UTC).timestamp() * 1000)
-ATTRS = ("a.com", "direct", "", "", "", "", "desktop", "Firefox", "Linux")
+ATTRS = ("a.com", "direct", "", "", "", "", "desktop", "Firefox", "Linux", "")
 
 
 def _state_of(events: list[tuple[int, int, bool, str]], timeout: int = T, chunk: int = 3,
@@ -128,7 +128,7 @@ def test_session_rows_are_byte_identical_to_the_codec():
     encode = SessionEncoder(codec)
     assert encode.fast
     s = Sessions()
-    attrs = ("b\u00fccher.example", "search", "www.google.com", "news", "", "winter", "mobile", "Mobile Safari", "iOS")
+    attrs = ("b\u00fccher.example", "search", "www.google.com", "news", "", "winter", "mobile", "Mobile Safari", "iOS", "DE")
     for vid in (1, 2**63 + 5, 2**64 - 1):
         key = ("b\u00fccher.example", vid, period_end(BASE, "day"))
         s.add(key, BASE, True, "/x", attrs, T)

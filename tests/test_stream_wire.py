@@ -42,7 +42,7 @@ def _batch(rnd: random.Random, now: datetime, n: int) -> list[dict]:
                    ua=rnd.choice(UAS), ip=rnd.choice(["ip-1", "ip-2", "ip-\u00e9", ""]),
                    received_at=now - timedelta(hours=rnd.choice([0, 0, 0, 1, 30, 47, 60])),
                    referrer=rnd.choice(REFERRERS), datacenter=rnd.random() < 0.05,
-                   event=rnd.choice(["pageview", "pageview", "", "signup"]))
+                   event=rnd.choice(["pageview", "pageview", "", "signup"]), country=rnd.choice(["", "US", "GB"]))
         if rnd.random() < 0.2:
             b["props"] = {"plan": rnd.choice(["pro", "free"]), "k\u00e9y": "v"}
         out.append(b)

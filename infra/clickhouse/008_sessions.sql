@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS sessions
     device          LowCardinality(String),
     browser         LowCardinality(String),
     os              LowCardinality(String),
+    country         LowCardinality(String),
     version         UInt64,
     deleted         UInt8
 )

@@ -38,6 +38,7 @@ from tally.producers.collector.client_ip import ClientAddress
 from tally.producers.collector.drops import EdgeDrops
 from tally.producers.collector.encode import DictEncoder, PieceEncoder
 from tally.producers.collector.forwarder import Forwarder
+from tally.producers.collector.geo import country_of
 from tally.producers.collector.parse import (
     BadBeacon,
     BeaconRequest,
@@ -105,10 +106,11 @@ class Collector:
     def ip_pseudonym(self, ip: str) -> str:
         return hashlib.blake2b(ip.encode(), key=self._edge_key, digest_size=16).hexdigest()
 
-    def _client_uncached(self, peer: str | None, forwarded_for: tuple[str, ...]) -> tuple[str, bool]:
-        """(IP pseudonym, datacenter flag) of the client behind this peer and XFF chain."""
+    def _client_uncached(self, peer: str | None, forwarded_for: tuple[str, ...]) -> tuple[str, bool, str]:
+        """(IP pseudonym, datacenter flag, country) of the client behind this peer and XFF
+        chain: the country is looked up from the raw address, which goes no further."""
         ip = self.addresses.resolve(peer, forwarded_for)
-        return self.ip_pseudonym(ip), in_datacenter(ip)
+        return self.ip_pseudonym(ip), in_datacenter(ip), country_of(ip)
 
     # --- beacon routes ---------------------------------------------------------
 
@@ -160,15 +162,15 @@ class Collector:
             xff = tuple(headers.getall("X-Forwarded-For", ()))
             # Long chains are resolved uncached: 65,536 cached 8 KB headers would be 0.5 GB.
             client = self.client if sum(map(len, xff)) <= 256 else self._client_uncached
-            pseudonym, datacenter = client(request.remote, xff)
+            pseudonym, datacenter, country = client(request.remote, xff)
         else:
-            pseudonym, datacenter = self.client(request.remote, ())
+            pseudonym, datacenter, country = self.client(request.remote, ())
         if self.limiter is not None and not self.limiter.allow(pseudonym):
             self.drops.add(beacon.site, now_ms, DropReason.RATE_LIMITED)
             return None
         # The beacon's Avro bytes (event_id minted here), or a dict when the fast encoder is off.
         item = self.encoder.item(now_ms, beacon.site, beacon.path, beacon.referrer, beacon.event,
-                                 beacon.props, user_agent, pseudonym, datacenter)
+                                 beacon.props, user_agent, pseudonym, datacenter, country)
         return self.forwarder.submit(item)
 
     def _spool_full(self, beacon: BeaconRequest) -> web.Response:
