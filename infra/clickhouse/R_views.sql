@@ -115,6 +115,24 @@ WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND 
 GROUP BY browser
 ORDER BY pageviews DESC, browser;
 
+-- Countries (ISO 3166-1 alpha-2, '' = unknown) from the raw rows, with the visits that
+-- entered from each (a visit's country is its entry pageview's).
+CREATE OR REPLACE VIEW top_countries AS
+SELECT p.country AS country, p.pageviews AS pageviews, p.visitors AS visitors, ifNull(v.visits, 0) AS visits
+FROM (
+    SELECT country, countIf(event = 'pageview') AS pageviews, uniqExact(visitor_id) AS visitors
+    FROM pageviews
+    WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND {date_to:Date}
+    GROUP BY country
+) AS p
+LEFT JOIN (
+    SELECT country, count() AS visits
+    FROM sessions FINAL
+    WHERE site = {site:String} AND toDate(session_start) BETWEEN {date_from:Date} AND {date_to:Date}
+    GROUP BY country
+) AS v USING (country)
+ORDER BY pageviews DESC, country;
+
 CREATE OR REPLACE VIEW top_operating_systems AS
 SELECT os, countIf(event = 'pageview') AS pageviews, uniqExact(visitor_id) AS visitors
 FROM pageviews
