@@ -141,8 +141,9 @@ def query_adoption(date_from: datetime | None, date_to: datetime | None, fmt: st
 @window_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def reconcile(date_from: datetime | None, date_to: datetime | None, as_json: bool) -> None:
-    """Recompute pageviews and visitors per site and day from the raw rows and compare
-    them with the aggregates. Exits 1 when any site/day drifts."""
+    """Recompute pageviews and visitors per site and day from the raw rows, and visits,
+    bounces and visit duration from a sessionisation of them, and compare them with the
+    aggregates. Exits 1 when any site/day drifts."""
     from rich.console import Console
     from rich.table import Table
     from tally.sinks.query import QueryError
@@ -161,11 +162,13 @@ def reconcile(date_from: datetime | None, date_to: datetime | None, as_json: boo
         click.echo(json.dumps({"from": str(w.date_from), "to": str(w.date_to), "days": len(days),
                                "drift": [d.__dict__ for d in drift]}))
     else:
-        table = Table("site", "day", "raw pageviews", "agg pageviews", "raw visitors", "agg visitors", "drift",
+        table = Table("site", "day", "raw pageviews", "agg pageviews", "raw visitors", "agg visitors",
+                      "raw visits/bounces/ms", "agg visits/bounces/ms", "drift",
                       title=f"reconcile {w.date_from} .. {w.date_to}")
         for d in days:
             table.add_row(d.site, d.day, str(d.raw_pageviews), str(d.agg_pageviews), str(d.raw_visitors),
-                          str(d.agg_visitors), "[red]DRIFT[/red]" if d.drift else "ok")
+                          str(d.agg_visitors), "/".join(map(str, d.raw_sessions)), "/".join(map(str, d.agg_sessions)),
+                          "[red]DRIFT[/red]" if d.drift else "ok")
         Console().print(table)
         console.print(f"{len(days)} site-days checked, {len(drift)} with drift")
     sys.exit(1 if drift else 0)

@@ -98,3 +98,14 @@ def test_the_sessions_table_holds_each_visit_once_in_its_latest_state(tally_env,
     entries = query_rows(s, "SELECT path, visits FROM entry_pages_daily WHERE day = '2029-12-31' ORDER BY path")
     assert [[r[0], int(r[1])] for r in entries] == [["/a0", 1], ["/b", 1], ["/c1", 1], ["/c2", 1], ["/d1", 1],
                                                     ["/e1", 1]]
+    # tally reconcile sessionises the raw rows itself and finds the same visits, bounces, durations
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = subprocess.run([sys.executable, "-m", "tally.ops", "reconcile", "--from", "2029-12-31", "--to", "2030-01-01",
+                          "--json"], cwd=REPO, env=tally_env.child_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["days"] == 2

@@ -35,15 +35,15 @@ GROUP BY site, hour;
 
 CREATE OR REPLACE VIEW session_stats_daily AS
 SELECT site, toDate(hour) AS day, sum(visits) AS visits, sum(bounces) AS bounces,
-       if(visits = 0, 0, bounces / visits) AS bounce_rate,
-       if(visits = 0, 0, sum(duration_ms) / visits / 1000) AS visit_duration_seconds
+       sum(duration_ms) AS total_duration_ms, if(visits = 0, 0, bounces / visits) AS bounce_rate,
+       if(visits = 0, 0, total_duration_ms / visits / 1000) AS visit_duration_seconds
 FROM session_stats_hourly
 GROUP BY site, day;
 
 CREATE OR REPLACE VIEW session_stats_monthly AS
 SELECT site, toStartOfMonth(hour) AS month, sum(visits) AS visits, sum(bounces) AS bounces,
-       if(visits = 0, 0, bounces / visits) AS bounce_rate,
-       if(visits = 0, 0, sum(duration_ms) / visits / 1000) AS visit_duration_seconds
+       sum(duration_ms) AS total_duration_ms, if(visits = 0, 0, bounces / visits) AS bounce_rate,
+       if(visits = 0, 0, total_duration_ms / visits / 1000) AS visit_duration_seconds
 FROM session_stats_hourly
 GROUP BY site, month;
 
