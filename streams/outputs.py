@@ -176,8 +176,8 @@ class Totals:
     def _sessions(self, producer: Producer, st: Any) -> int:
         """The sessions that changed: their current state, or their removal. Like the totals,
         versioned, so a re-emission after a rebuild replaces nothing newer."""
-        changes, encode, topic = st.sessions.take_changes(), self.encode_session, self.sessions_topic
-        for key, s in changes.items():
-            kafka_key, value = encode(st.partition, st.session_events, key, s)
+        changes, topic = st.sessions.take_changes(), self.sessions_topic
+        rows = self.encode_session.many(st.partition, st.session_events, changes)
+        for kafka_key, value in rows:
             produce(producer, topic, value, key=kafka_key)
-        return len(changes)
+        return len(rows)

@@ -141,3 +141,5 @@ def test_session_rows_are_byte_identical_to_the_codec():
             record = session_record(partition, version, key, sess)
             assert encode(partition, version, key, sess)[1] == codec.encode("session", record)
             assert codec.decode("session", encode(partition, version, key, sess)[1])["deleted"] is (sess is None)
+        # the batch path (one vectorised pass over a flush's changes) gives the same records
+        assert encode.many(partition, version, changes) == [encode(partition, version, k, s) for k, s in changes.items()]
