@@ -86,7 +86,26 @@ class Sessions:
             self.changes[(*key, ms)] = new
             return [], new
         # The sessions this event reaches: those with start - timeout < ms < end + timeout.
-        # The runs are sorted and far apart, so they are adjacent, and nearly always the last.
+        # The runs are sorted and far apart, so they are adjacent, and nearly always the last:
+        # then it grows in place (the same result as absorbing one_event, without building it).
+        last = runs[-1]
+        if (last.start - timeout_ms < ms and ms - last.end < timeout_ms
+                and (len(runs) == 1 or ms - runs[-2].end >= timeout_ms)):
+            was = Session(last.start, last.end, last.pageviews, last.events, last.entry, last.exit)
+            if ms < last.start:
+                last.start = ms
+                self.changes[(*key, was.start)] = None
+            elif ms > last.end:
+                last.end = ms
+            last.pageviews += is_pv
+            last.events += 1
+            entry, exit_ = (0 if is_pv else 1, ms, path, attrs), (1 if is_pv else 0, ms, path)
+            if entry < last.entry:
+                last.entry = entry
+            if exit_ > last.exit:
+                last.exit = exit_
+            self.changes[(*key, last.start)] = last
+            return [was], last
         hi = len(runs)
         while hi and runs[hi - 1].start - timeout_ms >= ms:
             hi -= 1
