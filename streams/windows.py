@@ -426,6 +426,11 @@ class PartitionState:
         return sum(w.visitors.nbytes() for w in self.windows.values() if w.visitors is not None)
 
 
+def _avro_string(v: str) -> bytes:
+    raw = v.encode()
+    return encode_long(len(raw)) + raw
+
+
 def aggregate_key(agg: dict[str, Any]) -> bytes:
     return "|".join((agg["kind"], agg["scope"], agg["dimension"], str(agg["window_start"]),
                      str(agg["partition"]))).encode()
@@ -452,6 +457,13 @@ class TotalsEncoder:
         self._header: bytes | None | bool = False  # found on first use (a registry may be slow)
         self._partition_last = self._fixed_names[-1:] == ["partition"]
         self._shared: dict[tuple[AggKey, int], bytes] = {}  # header + fixed fields but the partition
+        # The fields' types as window_aggregate v1 has them: the fixed fields are then written
+        # directly (strings and varints), not through the general writers. Session windows
+        # make a new window for most new visits, so this runs thousands of times per flush.
+        types = [(f["name"], f["type"] if isinstance(f["type"], str) else f["type"].get("type")) for f in schema["fields"]]
+        self._plain = types == [("kind", "string"), ("scope", "string"), ("dimension", "string"), ("window_start", "long"),
+                                ("window_end", "long"), ("partition", "int"), ("count", "long"), ("uniques", "long"),
+                                ("version", "long")]
 
     def _find_header(self) -> bytes | None:
         """The record prefix, or None when totals must go through the codec whole."""
@@ -467,6 +479,15 @@ class TotalsEncoder:
     def __call__(self, st: PartitionState, key: AggKey, w: Window) -> tuple[bytes, bytes]:
         if self._header is False:
             self._header = self._find_header()
+        if w.wire is None and self._plain and self._header is not None:
+            kind, scope, dimension, start = key
+            end = st.ends[key]
+            shared = self._shared.get((key, end))
+            if shared is None:
+                shared = bounded_put(self._shared, (key, end), b"".join((
+                    self._header, _avro_string(kind), _avro_string(scope), _avro_string(dimension), encode_long(start),
+                    encode_long(end))), self.SHARED_MAX)
+            w.wire = (shared + encode_long(st.partition), f"{kind}|{scope}|{dimension}|{start}|{st.partition}".encode())
         if w.wire is None:
             agg = {"kind": key[0], "scope": key[1], "dimension": key[2], "window_start": key[3],
                    "window_end": st.ends[key], "partition": st.partition}

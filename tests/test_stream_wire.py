@@ -214,7 +214,8 @@ def test_totals_encoder_writes_what_the_codec_writes():
     t = int(datetime(2026, 11, 22, 10, 30, tzinfo=UTC).timestamp() * 1000)
     for o in range(3):
         st.apply(pageview_delta({"source_partition": 0, "source_offset": o, "items": [
-            {"site": "a.com", "path": f"/p{o % 2}", "event": "pageview", "visitor_id": v, "received_at": t}
+            {"site": "b\u00fccher.example", "path": f"/p{o % 2}/\u00e9t\u00e9", "event": "pageview", "visitor_id": v,
+             "received_at": t}
             for v in range(-5, 40 * o)]}))
         encode = TotalsEncoder(codec)
         emitted = st.take_dirty_windows()
