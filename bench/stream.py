@@ -5,9 +5,12 @@ with a raw aiokafka consumer loop over the same topic in the same run; plus wind
 
 Without --bootstrap it starts its own single-node Kafka broker (infra/kafka).
 
-Traffic is realistic and repetitive: Zipf-distributed sites (50), paths (2,000), user agents
-(2,000 real browser UAs from tests/data plus 5% bots) and visitors (200,000 IP pseudonyms),
-in collector-sized batches of 200 beacons, over 6 partitions.
+Traffic is realistic and repetitive: Zipf-distributed sites (50), paths (2,000) and user
+agents (2,000 real browser UAs from tests/data plus 5% bots), in collector-sized batches of
+200 beacons, over 6 partitions. Two workloads (--traffic, both by default; see workload()):
+"visits", visits of a few pageviews (mean 3) by one visitor each, their pageviews ~50 s
+apart; and "independent", where site, UA and IP pseudonym (Zipf over 200,000) are drawn per
+event, so nearly every event is a new visitor: the worst case for sessions.
 
 - worker_events_per_s: one worker process (decode, bot filter, salt + hash, enrich, encode,
   route to visitor partitions, window state with changelog, aggregates) from the moment the
@@ -18,11 +21,11 @@ in collector-sized batches of 200 beacons, over 6 partitions.
   the figure that does not depend on what else the shared machine runs.
 - raw_events_per_s: a raw aiokafka consumer (getmany, no decoding) over the same records,
   counting the beacons they carry. ratio = worker / raw.
-- sessions: the same records through a second worker with sessions off
+- sessions: per workload, the same records through a worker with sessions off
   (TALLY_SESSION_TIMEOUT_SECONDS=0), on fresh topics, in the same run, before the worker with
-  sessions on (the default, 30 minutes): sessions_ratio = events/s on / events/s off, and
-  sessions_cpu_ratio the same per CPU second (the figure less moved by other load).
-  Target sessions_ratio >= 0.8.
+  sessions on (the default, 30 minutes): sessions_<traffic>.ratio = events/s on / events/s
+  off, and cpu_ratio the same per CPU second (the figure less moved by other load).
+  Target ratio >= 0.8.
 - state_bytes_per_visitor_window: bytes of VisitorSet per (visitor, window) for 1M visitors in
   one window, next to the same for a Python set of ints. Target <= 64.
 The last line is one JSON object. BENCH_PYSPY=<file> profiles the worker with py-spy (if
