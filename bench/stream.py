@@ -5,9 +5,12 @@ with a raw aiokafka consumer loop over the same topic in the same run; plus wind
 
 Without --bootstrap it starts its own single-node Kafka broker (infra/kafka).
 
-Traffic is realistic and repetitive: Zipf-distributed sites (50), paths (2,000), user agents
-(2,000 real browser UAs from tests/data plus 5% bots) and visitors (200,000 IP pseudonyms),
-in collector-sized batches of 200 beacons, over 6 partitions.
+Traffic is realistic and repetitive: Zipf-distributed sites (50), paths (2,000) and user
+agents (2,000 real browser UAs from tests/data plus 5% bots), in collector-sized batches of
+200 beacons, over 6 partitions. Two workloads (--traffic, both by default; see workload()):
+"visits", visits of a few pageviews (mean 3) by one visitor each, their pageviews ~50 s
+apart; and "independent", where site, UA and IP pseudonym (Zipf over 200,000) are drawn per
+event, so nearly every event is a new visitor: the worst case for sessions.
 
 - worker_events_per_s: one worker process (decode, bot filter, salt + hash, enrich, encode,
   route to visitor partitions, window state with changelog, aggregates) from the moment the
@@ -18,6 +21,11 @@ in collector-sized batches of 200 beacons, over 6 partitions.
   the figure that does not depend on what else the shared machine runs.
 - raw_events_per_s: a raw aiokafka consumer (getmany, no decoding) over the same records,
   counting the beacons they carry. ratio = worker / raw.
+- sessions: per workload, the same records through a worker with sessions off
+  (TALLY_SESSION_TIMEOUT_SECONDS=0), on fresh topics, in the same run, before the worker with
+  sessions on (the default, 30 minutes): sessions_<traffic>.ratio = events/s on / events/s
+  off, and cpu_ratio the same per CPU second (the figure less moved by other load).
+  Target ratio >= 0.8.
 - state_bytes_per_visitor_window: bytes of VisitorSet per (visitor, window) for 1M visitors in
   one window, next to the same for a Python set of ints. Target <= 64.
 The last line is one JSON object. BENCH_PYSPY=<file> profiles the worker with py-spy (if
@@ -61,7 +69,19 @@ def zipf_choice(rnd: np.random.Generator, n_items: int, size: int, a: float = 1.
     return rnd.choice(n_items, size=size, p=p / p.sum())
 
 
-def workload(n: int) -> list[bytes]:
+GAP = 25_000  # input events between two pageviews of one visit (more than one totals flush holds)
+
+
+def workload(n: int, traffic: str = "visits") -> list[bytes]:
+    """n beacons in batches of BATCH, received over the last 600 s, in time order.
+
+    traffic "visits": visits of a few pageviews (geometric, mean 3: a third are bounces),
+    each by its own visitor (a fixed site, IP pseudonym and user agent), the pageviews of a
+    visit GAP events (about 50 s) apart, so that each lands in another totals flush as it
+    would at a live site's pace: every pageview changes its visit and its session row.
+    traffic "independent": site, path, user agent and IP pseudonym drawn independently per
+    event, so the visitor id (a hash of site, IP and UA) is new for nearly every event:
+    the worst case for sessions (three quarters of the events start a visit)."""
     rnd = np.random.default_rng(5)
     browsers = (REPO / "tests/data/ua_browsers.txt").read_text().splitlines()
     bots = (REPO / "tests/data/ua_bots.txt").read_text().splitlines()
@@ -71,13 +91,27 @@ def workload(n: int) -> list[bytes]:
     paths = zipf_choice(rnd, 2000, n)
     uas = zipf_choice(rnd, len(pool), n)
     visitors = zipf_choice(rnd, 200_000, n, a=1.05)
+    if traffic == "visits":
+        # Visit v's events sit at positions start_v + j * GAP; site, UA and IP are the visit's.
+        slots: list[tuple[int, int]] = []  # (position, visit)
+        v = 0
+        while len(slots) < n:
+            start, k = int(rnd.integers(0, n)), int(rnd.geometric(1 / 3))
+            slots += [(start + j * GAP, v) for j in range(k)]
+            v += 1
+        slots.sort()
+        order = [visit for _, visit in slots[:n]]
+        sites, uas = sites[order], uas[order]
+        visitors = np.array(order) + 1_000_000  # IP pseudonyms: one per visit
     now = datetime.now(UTC)
     codec = default_codec()
     records = []
     for start in range(0, n, BATCH):
         items = []
         for i in range(start, min(n, start + BATCH)):
-            items.append({"event_id": str(uuid.uuid4()), "received_at": now - timedelta(seconds=int(i % 600)),
+            items.append({"event_id": str(uuid.uuid4()),
+                          "received_at": now - (timedelta(milliseconds=600_000 * (n - i) // n) if traffic == "visits"
+                                                else timedelta(seconds=int(i % 600))),
                           "site": f"site{sites[i]}.example", "path": f"/docs/{paths[i]}?ref=x",
                           "referrer": "https://www.google.com/" if i % 3 == 0 else None, "event": "pageview",
                           "props": {}, "user_agent": pool[uas[i]], "ip_pseudonym": f"{visitors[i]:016x}",
@@ -214,26 +248,39 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=300_000)
     ap.add_argument("--bootstrap", default="", help="use this Kafka instead of starting one")
+    ap.add_argument("--traffic", nargs="+", choices=["visits", "independent"], default=["visits", "independent"],
+                    help="workloads to run (see workload()); the first gives worker_events_per_s")
     args = ap.parse_args()
     from tests.conftest import bench_kafka
 
     with tempfile.TemporaryDirectory(prefix="tally-bench-") as tmp, \
             bench_kafka(Path(tmp), args.bootstrap, heap_mb=768) as bootstrap:
-        tag = uuid.uuid4().hex[:6]
-        env_vars = {"TALLY_KAFKA_BOOTSTRAP": bootstrap, "TALLY_TOPIC_PREFIX": f"bench{tag}.",
-                    "TALLY_TOPIC_PARTITIONS": str(PARTITIONS), "TALLY_STATE_DIR": str(Path(tmp) / "state"),
-                    "TALLY_APP_ID": f"bench-stream-{tag}", "TALLY_LOG_LEVEL": "warning"}
-        settings = Settings.from_env(env_vars)
-        ensure_topics(settings)
-        print(f"encoding {args.events:,} beacons...", file=sys.stderr)
-        records = workload(args.events)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")} | env_vars
-        secs, cpu = bench_worker(settings, env, records, Path(tmp) / "worker.log")
-        worker_rate = args.events / secs
-        cpu_rate = args.events / cpu
-        print(f"worker: {args.events:,} events in {secs:.2f}s = {worker_rate:,.0f} events/s "
-              f"({cpu:.1f} CPU s: {cpu_rate:,.0f} events per CPU second; load {os.getloadavg()[0]:.1f})",
-              file=sys.stderr)
+        results: dict[str, dict[str, float]] = {}
+        for traffic in args.traffic:
+            print(f"encoding {args.events:,} beacons ({traffic})...", file=sys.stderr)
+            records = workload(args.events, traffic)
+            rates = {}
+            for label, timeout in (("sessions off", "0"), ("sessions on", "1800")):
+                tag = uuid.uuid4().hex[:6]
+                env_vars = {"TALLY_KAFKA_BOOTSTRAP": bootstrap, "TALLY_TOPIC_PREFIX": f"bench{tag}.",
+                            "TALLY_TOPIC_PARTITIONS": str(PARTITIONS), "TALLY_STATE_DIR": str(Path(tmp) / tag),
+                            "TALLY_APP_ID": f"bench-stream-{tag}", "TALLY_LOG_LEVEL": "warning",
+                            "TALLY_SESSION_TIMEOUT_SECONDS": timeout}
+                settings = Settings.from_env(env_vars)
+                ensure_topics(settings)
+                env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")} | env_vars
+                secs, cpu = bench_worker(settings, env, records, Path(tmp) / f"worker-{tag}.log")
+                rates[label] = (args.events / secs, args.events / cpu)
+                print(f"worker, {traffic}, {label}: {args.events:,} events in {secs:.2f}s = "
+                      f"{rates[label][0]:,.0f} events/s ({cpu:.1f} CPU s: {rates[label][1]:,.0f} events per CPU "
+                      f"second; load {os.getloadavg()[0]:.1f})", file=sys.stderr)
+            (on, on_cpu), (off, off_cpu) = rates["sessions on"], rates["sessions off"]
+            results[traffic] = {"events_per_s": on, "events_per_cpu_s": on_cpu, "off_events_per_s": off,
+                                "off_events_per_cpu_s": off_cpu, "ratio": on / off, "cpu_ratio": on_cpu / off_cpu}
+            print(f"{traffic}: sessions on / off: {on / off:.3f} (per CPU second {on_cpu / off_cpu:.3f})",
+                  file=sys.stderr)
+        main_result = results[args.traffic[0]]
+        worker_rate, cpu_rate = main_result["events_per_s"], main_result["events_per_cpu_s"]
         raw_secs, raw_records = asyncio.run(bench_raw(settings))
         raw_rate = raw_records * BATCH / raw_secs
         print(f"raw aiokafka: {raw_records:,} records in {raw_secs:.2f}s = {raw_rate:,.0f} events/s",
@@ -241,8 +288,10 @@ def main() -> None:
     mem = state_memory()
     print(f"state: {mem['state_bytes_per_visitor_window']:.1f} bytes/visitor/window "
           f"(Python set of ints: {mem['python_set_bytes_per_visitor']:.1f})", file=sys.stderr)
+    sessions = {f"sessions_{t}": {k: round(v, 3 if "ratio" in k else None) for k, v in r.items()}
+                for t, r in results.items()}
     print(json.dumps({"events": args.events, "batch": BATCH, "worker_events_per_s": round(worker_rate),
-                      "worker_events_per_cpu_s": round(cpu_rate),
+                      "worker_events_per_cpu_s": round(cpu_rate), **sessions,
                       "raw_events_per_s": round(raw_rate), "ratio": round(worker_rate / raw_rate, 4),
                       **{k: round(v, 1) for k, v in mem.items()}}))
 

@@ -89,14 +89,14 @@ _OPTIONAL = ["null", "string"]
 BEACON = _checked(Layout("beacon_batch", ("items",), (
     ("event_id", _UUID), ("received_at", _MILLIS), ("site", "string"), ("path", "string"),
     ("referrer", _OPTIONAL), ("event", "string"), ("props", _STRING_MAP), ("user_agent", "string"),
-    ("ip_pseudonym", "string"), ("datacenter", "boolean"),
+    ("ip_pseudonym", "string"), ("datacenter", "boolean"), ("country", "string"),
 )))
 PAGEVIEW = _checked(Layout("pageview_batch", ("items",), (
     ("event_id", _UUID), ("received_at", _MILLIS), ("site", "string"), ("hostname", "string"),
     ("path", "string"), ("event", "string"), ("visitor_id", "long"), ("referrer_host", "string"),
     ("referrer_source", "string"), ("utm_source", _OPTIONAL), ("utm_medium", _OPTIONAL),
     ("utm_campaign", _OPTIONAL), ("browser", "string"), ("os", "string"), ("device", "string"),
-    ("user_agent", _OPTIONAL), ("props", _STRING_MAP),
+    ("user_agent", _OPTIONAL), ("props", _STRING_MAP), ("country", "string"),
 )))
 PRODUCT_EVENT = _checked(Layout("product_event", (), (
     ("event_id", _UUID), ("event", "string"), ("feature_area", "string"), ("tenant_id", "string"),

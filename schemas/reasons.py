@@ -53,6 +53,7 @@ class BadRowReason(StrEnum):
     NO_SALT = "no_salt"  # no salt for its period: never hashed unsalted (worker)
     INVALID_AGGREGATE = "invalid_aggregate"  # a window total with an unknown kind or a negative count (sink)
     INVALID_DROP = "invalid_drop"  # a drop count below zero (sink)
+    INVALID_SESSION = "invalid_session"  # a session record with a negative count (sink)
 
 
 class EventProblem(StrEnum):

@@ -173,9 +173,10 @@ def query_adoption(tenant: str | None, date_from: datetime | None, date_to: date
 @window_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def reconcile(date_from: datetime | None, date_to: datetime | None, as_json: bool) -> None:
-    """Recompute pageviews and visitors per site and day from the raw rows and compare
-    them with the aggregates, and the daily breakdown rollups in use with the raw rows.
-    Exits 1 when any site/day drifts."""
+    """Recompute pageviews and visitors per site and day from the raw rows, and visits,
+    bounces and visit duration from a sessionisation of them, and compare them with the
+    aggregates; and the daily breakdown rollups in use with the raw rows. Exits 1 when
+    any site/day drifts."""
     from rich.console import Console
     from rich.table import Table
     from tally.sinks.query import QueryError
@@ -198,11 +199,13 @@ def reconcile(date_from: datetime | None, date_to: datetime | None, as_json: boo
                                "drift": [d.__dict__ for d in drift], "rollup_days": len(rollups),
                                "rollup_drift": [r.__dict__ for r in rollup_drift]}))
     else:
-        table = Table("site", "day", "raw pageviews", "agg pageviews", "raw visitors", "agg visitors", "drift",
+        table = Table("site", "day", "raw pageviews", "agg pageviews", "raw visitors", "agg visitors",
+                      "raw visits/bounces/ms", "agg visits/bounces/ms", "drift",
                       title=f"reconcile {w.date_from} .. {w.date_to}")
         for d in days:
             table.add_row(d.site, d.day, str(d.raw_pageviews), str(d.agg_pageviews), str(d.raw_visitors),
-                          str(d.agg_visitors), "[red]DRIFT[/red]" if d.drift else "ok")
+                          str(d.agg_visitors), "/".join(map(str, d.raw_sessions)), "/".join(map(str, d.agg_sessions)),
+                          "[red]DRIFT[/red]" if d.drift else "ok")
         Console().print(table)
         console.print(f"{len(days)} site-days checked, {len(drift)} with drift")
         if rollups:

@@ -13,6 +13,12 @@ Stats API reads: for every site and day of the window whose rollup is in use (it
 rows, all still kept, have the fingerprint it was computed from), every dimension
 value is recomputed from the raw rows and compared with the rollup. A value on one
 side only is drift too.
+
+With sessions on, it also sessionises the raw rows (window functions: a new visit where a
+visitor's gap reaches TALLY_SESSION_TIMEOUT_SECONDS, or the salt period changes) and
+compares visits, bounces and total duration per site and start day with the session
+aggregates (`session_stats_daily`). With monthly salts a visit that started before the
+window is cut at its start; daily salts (the default) make that impossible.
 """
 
 from __future__ import annotations
@@ -36,16 +42,69 @@ class DayCheck:
     agg_pageviews: int
     raw_visitors: int
     agg_visitors: int
+    # visits, bounces, total duration (ms): raw sessionisation, session aggregates (0s when sessions are off)
+    raw_sessions: tuple[int, int, int] = (0, 0, 0)
+    agg_sessions: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def drift(self) -> bool:
-        return self.raw_pageviews != self.agg_pageviews or self.raw_visitors != self.agg_visitors
+        return (self.raw_pageviews != self.agg_pageviews or self.raw_visitors != self.agg_visitors
+                or self.raw_sessions != self.agg_sessions)
 
 
-def reconcile_sql(w: Window) -> str:
+def sessions_sql(w: Window, timeout_ms: int, salt_period: str) -> str:
+    """Visits, bounces and duration per site and start day, sessionised from the raw rows."""
     lo, hi = literal(w.date_from), literal(w.date_to)
+    period, first = (("toDate(received_at)", f"toDate({lo})") if salt_period == "day"
+                     else ("toStartOfMonth(received_at)", f"toStartOfMonth(toDate({lo}))"))
+    # a total order (event_id breaks ties), so both window passes see the same sequence
+    frame = "PARTITION BY site, visitor_id, period ORDER BY ts, event_id"
     return f"""
-SELECT site, day, r.pageviews, a.pageviews, r.visitors, a.visitors
+SELECT site, toDate(fromUnixTimestamp64Milli(start, 'UTC')) AS day, count() AS visits,
+       countIf(pvs = 1 AND evs = 1) AS bounces, sum(stop - start) AS duration_ms
+FROM (
+    SELECT site, visitor_id, period, visit, min(ts) AS start, max(ts) AS stop,
+           countIf(event = 'pageview') AS pvs, count() AS evs
+    FROM (
+        SELECT *, sum(new) OVER ({frame} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS visit
+        FROM (
+            SELECT site, visitor_id, period, ts, event_id, event,
+                   ts - lagInFrame(ts, 1, toInt64(0)) OVER ({frame} ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)
+                       >= {int(timeout_ms)} AS new
+            FROM (
+                SELECT site, visitor_id, {period} AS period, toUnixTimestamp64Milli(received_at) AS ts, event_id, event
+                FROM pageviews FINAL
+                WHERE {period} BETWEEN {first} AND {hi}
+            )
+        )
+    )
+    GROUP BY site, visitor_id, period, visit
+)
+WHERE day BETWEEN {lo} AND {hi}
+GROUP BY site, day"""
+
+
+def reconcile_sql(w: Window, timeout_ms: int = 0, salt_period: str = "day") -> str:
+    lo, hi = literal(w.date_from), literal(w.date_to)
+    if not timeout_ms:
+        return _site_days_sql(lo, hi)
+    return f"""
+SELECT c.site, c.day, raw_pageviews, agg_pageviews, raw_visitors, agg_visitors,
+       ifNull(s.visits, 0), ifNull(s.bounces, 0), ifNull(s.duration_ms, 0),
+       ifNull(v.visits, 0), ifNull(v.bounces, 0), ifNull(v.total_duration_ms, 0)
+FROM ({_site_days_sql(lo, hi)}) AS c
+LEFT JOIN ({sessions_sql(w, timeout_ms, salt_period)}) AS s ON s.site = c.site AND s.day = c.day
+LEFT JOIN (SELECT site, day, visits, bounces, total_duration_ms FROM session_stats_daily
+           WHERE day BETWEEN {lo} AND {hi})
+    AS v ON v.site = c.site AND v.day = c.day
+ORDER BY c.site, c.day
+"""
+
+
+def _site_days_sql(lo: str, hi: str) -> str:
+    return f"""
+SELECT site, day, r.pageviews AS raw_pageviews, a.pageviews AS agg_pageviews, r.visitors AS raw_visitors,
+       a.visitors AS agg_visitors
 FROM
 (
     SELECT site, toDate(received_at) AS day, countIf(event = 'pageview') AS pageviews,
@@ -64,9 +123,13 @@ ORDER BY site, day
 
 
 def reconcile(settings: Settings, date_from: date, date_to: date) -> list[DayCheck]:
-    out = run_sql(settings, reconcile_sql(Window(date_from, date_to)), "JSONCompact")
-    return [DayCheck(str(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]))
-            for r in json.loads(out)["data"]]
+    timeout_ms = settings.session_timeout_seconds * 1000
+    out = run_sql(settings, reconcile_sql(Window(date_from, date_to), timeout_ms, settings.salt_period), "JSONCompact")
+    rows = json.loads(out)["data"]
+    if not timeout_ms:
+        return [DayCheck(str(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows]
+    return [DayCheck(str(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]),
+                     (int(r[6]), int(r[7]), int(r[8])), (int(r[9]), int(r[10]), int(r[11]))) for r in rows]
 
 
 @dataclass(frozen=True)

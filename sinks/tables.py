@@ -28,16 +28,21 @@ from tally.schemas.codec import MAGIC, Codec, DecodeError, SchemaVersion, long_a
 from tally.schemas.layouts import PAGEVIEW
 from tally.schemas.reasons import BadRowReason
 
-from tally.topics import AGGREGATES, BAD_ROWS, DROPS, PAGEVIEWS_ENRICHED, PRODUCT_EVENTS
+from tally.topics import AGGREGATES, BAD_ROWS, DROPS, PAGEVIEWS_ENRICHED, PRODUCT_EVENTS, SESSIONS
 
 PAGEVIEW_COLUMNS = PAGEVIEW.names  # the pageviews table's columns are the pageview's fields
 AGGREGATE_COLUMNS = ("kind", "scope", "dimension", "window_start", "window_end", "partition",
                      "count", "uniques", "version")
 AGGREGATE_KINDS = frozenset({"site_hour", "site_day", "site_month", "path_day",
-                             "product_family_day", "active_workspaces_day"})
+                             "product_family_day", "active_workspaces_day",
+                             # sessions (streams/sessions.py): counted in the hour or day they started
+                             "visits_hour", "bounces_hour", "visit_duration_hour", "entry_page_day", "exit_page_day"})
 PRODUCT_COLUMNS = ("event_id", "event", "feature_area", "tenant_id", "workspace_id", "actor_type",
                    "actor_id", "subject_type", "subject_id", "occurred_at", "app", "metadata")
 DROP_COLUMNS = ("site", "day", "reason", "component", "count", "source_partition", "source_offset")
+SESSION_COLUMNS = ("site", "visitor_id", "session_start", "session_end", "partition", "entry_page", "exit_page",
+                   "pageviews", "events", "duration_ms", "bounce", "referrer_source", "referrer_host", "utm_source",
+                   "utm_medium", "utm_campaign", "device", "browser", "os", "country", "version", "deleted")
 BAD_ROW_COLUMNS = ("failed_at", "component", "reason", "detail", "source_topic", "source_partition",
                    "source_offset", "original")
 
@@ -96,6 +101,17 @@ def aggregate_rows(codec: Codec, value: bytes) -> list[list[Any]]:
              a["partition"], a["count"], a["uniques"], a["version"]]]
 
 
+def session_rows(codec: Codec, value: bytes) -> list[list[Any]]:
+    r = _decode(codec, "session", value)
+    for name in ("pageviews", "events", "duration_ms", "version", "partition"):
+        if r[name] < 0:
+            raise Rejected(BadRowReason.INVALID_SESSION, f"{name} must be >= 0, got {r[name]}")
+    row = [r[c] for c in SESSION_COLUMNS]
+    row[2], row[3] = _ts(row[2]), _ts(row[3])
+    row[10], row[21] = int(row[10]), int(row[21])
+    return [row]
+
+
 def _metadata_value(value: Any) -> str:
     if value is None:
         return "null"
@@ -133,6 +149,7 @@ MAPPINGS = (
     TableMapping(PAGEVIEWS_ENRICHED, "pageviews", PAGEVIEW_COLUMNS, pageview_rows, "pageview_batch",
                  passthrough=True),
     TableMapping(AGGREGATES, "aggregates", AGGREGATE_COLUMNS, aggregate_rows, "window_aggregate"),
+    TableMapping(SESSIONS, "sessions", SESSION_COLUMNS, session_rows, "session"),
     TableMapping(PRODUCT_EVENTS, "product_events", PRODUCT_COLUMNS, product_rows, "product_event"),
     TableMapping(DROPS, "drops", DROP_COLUMNS, drop_rows, "drop_count"),
     TableMapping(BAD_ROWS, "bad_rows", BAD_ROW_COLUMNS, bad_row_rows, "bad_row"),

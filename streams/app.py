@@ -17,6 +17,7 @@ its changelog before Faust commits the input. Worker group id = TALLY_APP_ID.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 from typing import Any
@@ -160,6 +161,12 @@ def run(settings: Settings) -> None:
     topics.ensure_topics(settings)
     ensure_state_topics(settings)
     app = make_app(settings, topics.effective_replication_factor(settings))
+    # The window and session state is millions of long-lived objects, and stage 2 allocates
+    # a few per event: at the default 700 allocations per young pass the collector cost
+    # ~6 us per event with sessions on. Ten times fewer passes free the same objects; what
+    # was loaded at start is never garbage, so it is kept out of the passes altogether.
+    gc.freeze()
+    gc.set_threshold(7000, 10, 10)
     level = {"warning": "warn"}.get(settings.log_level, settings.log_level)
     sys.argv = ["tally-worker", "worker", "--loglevel", level, "--without-web"]
     app.main()

@@ -35,8 +35,8 @@ from tally.schemas.layouts import BEACON, PAGEVIEW
 # One decoded beacon, as raw bytes. *_enc fields include their Avro length prefix and are
 # copied into the pageview unchanged; the others are the string's UTF-8 bytes.
 # (start, end, event_id_enc, received_at, received_at_enc, site_enc, path, referrer | None,
-#  event_enc, props_enc, user_agent, ip_pseudonym, datacenter)
-RawBeacon = tuple[int, int, bytes, int, bytes, bytes, bytes, "bytes | None", bytes, bytes, bytes, bytes, int]
+#  event_enc, props_enc, user_agent, ip_pseudonym, datacenter, country_enc)
+RawBeacon = tuple[int, int, bytes, int, bytes, bytes, bytes, "bytes | None", bytes, bytes, bytes, bytes, int, bytes]
 
 
 def _str_at(data: bytes, pos: int) -> tuple[int, int]:
@@ -162,7 +162,16 @@ def read_beacon_items(data: bytes) -> list[RawBeacon]:
                 pos += 1
                 if dc > 1:
                     raise DecodeError(f"datacenter: bad boolean {dc}")
-                append((start, pos, eid, ts, ts_enc, site_enc, path, ref, event_enc, props, ua, ip, dc))
+                c0 = pos
+                b = data[pos]  # country
+                if b & 0x81:
+                    s, pos = str_at(data, pos)
+                else:
+                    s = pos + 1
+                    pos = s + (b >> 1)
+                if not data[s:pos].isascii():
+                    data[s:pos].decode()
+                append((start, pos, eid, ts, ts_enc, site_enc, path, ref, event_enc, props, ua, ip, dc, data[c0:pos]))
             if pos > end:
                 raise DecodeError("truncated beacon_batch")
     except IndexError:

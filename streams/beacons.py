@@ -46,7 +46,7 @@ from tally.streams.enrich import (
 )
 from tally.streams.metrics import StepTimes
 from tally.streams.salts import period_key
-from tally.streams.windows import pageview_delta, window_delta
+from tally.streams.windows import pageview_delta, period_end, window_delta
 
 from tally.caches import bounded_put
 from tally.topics import BEACONS_RAW
@@ -65,6 +65,7 @@ class Stage1Config:
     spam: frozenset[str] = frozenset()
     drop_empty_ua: bool = False  # seed 002: beacons without a user agent are recorded unless configured
     raw_topic: str = BEACONS_RAW
+    session_timeout_ms: int = 0  # 0: no sessions (the deltas carry no session input)
 
 
 @dataclass
@@ -238,7 +239,7 @@ def process_batch(codec: Codec, batch: dict[str, Any], partition: int, offset: i
         for p, items in sorted(by_partition.items()):
             record = {"source_partition": partition, "source_offset": offset, "items": items}
             out.enriched.append((p, codec.encode("pageview_batch", record)))
-            out.deltas[p] = pageview_delta(record).encode()
+            out.deltas[p] = pageview_delta(record, cfg.session_timeout_ms, cfg.salt_period).encode()
     out.accepted = len(kept)
     out.drops = rec.drop_counts()
     out.bad_rows = [row for _, row in sorted(rec.bad_rows, key=lambda r: r[0])]
@@ -283,10 +284,11 @@ class FastStage1:
         w = self.w
         self._sites: dict[bytes, tuple[str, bytes]] = {}  # site_enc -> (site, utf-8)
         self._agents: dict[bytes, tuple[AgentInfo, bytes]] = {}  # ua -> (info, browser..user_agent)
-        self._paths: dict[bytes, tuple[str, str, bytes | None, bytes, bytes]] = {}
+        self._paths: dict[bytes, tuple[str, str, bytes | None, bytes, bytes, tuple[str, str, str]]] = {}
         self._ref_hosts: dict[bytes, str] = {}
-        self._ref_pieces: dict[tuple[str, str], bytes] = {}
+        self._ref_pieces: dict[tuple[str, str], tuple[bytes, str]] = {}  # -> (piece, referrer source)
         self._events: dict[bytes, tuple[bytes, bool]] = {}
+        self._countries: dict[bytes, str] = {}  # country_enc -> country (for the sessions)
         self._direct = w.enc("referrer_host", "") + w.enc("referrer_source", "direct")
         byte_steps: dict[Step, Step] = {too_late: self._too_late, datacenter: self._datacenter, bot: self._bot,
                                         referrer_spam: self._referrer_spam, no_salt: self._no_salt}
@@ -356,7 +358,7 @@ class FastStage1:
                  + w.enc("user_agent", text if self.cfg.keep_user_agent else None))
         return bounded_put(self._agents, ua, (info, piece), self.CACHE_MAX)
 
-    def _path(self, path: bytes) -> tuple[str, str, bytes | None, bytes, bytes]:
+    def _path(self, path: bytes) -> tuple[str, str, bytes | None, bytes, bytes, tuple[str, str, str]]:
         host, clean, query = normalize_path(path.decode())
         w = self.w
 
@@ -364,20 +366,23 @@ class FastStage1:
             v = query.get(name)
             return v[0][:200] if v else None
 
-        utms = (w.enc("utm_source", utm("utm_source")) + w.enc("utm_medium", utm("utm_medium"))
-                + w.enc("utm_campaign", utm("utm_campaign")))
+        values = (utm("utm_source"), utm("utm_medium"), utm("utm_campaign"))
+        utms = (w.enc("utm_source", values[0]) + w.enc("utm_medium", values[1])
+                + w.enc("utm_campaign", values[2]))
         return bounded_put(self._paths, path, (host, clean, w.enc("hostname", host) if host else None,
-                                               w.enc("path", clean), utms), self.CACHE_MAX)
+                                               w.enc("path", clean), utms, tuple(v or "" for v in values)),
+                           self.CACHE_MAX)
 
     def _ref_host(self, ref: bytes) -> str:
         host = self._ref_hosts.get(ref)
         return host if host is not None else bounded_put(self._ref_hosts, ref, referrer_host(ref.decode()),
                                                          self.CACHE_MAX)
 
-    def _ref_piece(self, ref_host: str, page_host: str) -> bytes:
+    def _ref_piece(self, ref_host: str, page_host: str) -> tuple[bytes, str]:
         w = self.w
-        return bounded_put(self._ref_pieces, (ref_host, page_host), w.enc("referrer_host", ref_host)
-                           + w.enc("referrer_source", referrer_source(ref_host, page_host)), self.CACHE_MAX)
+        source = referrer_source(ref_host, page_host)
+        return bounded_put(self._ref_pieces, (ref_host, page_host), (w.enc("referrer_host", ref_host)
+                           + w.enc("referrer_source", source), source), self.CACHE_MAX)
 
     def _event(self, event_enc: bytes) -> tuple[bytes, bool]:
         event = bytes(event_enc[_prefix_len(event_enc):]).decode() or "pageview"
@@ -413,28 +418,40 @@ class FastStage1:
         partition visitor % N, with each partition's window delta."""
         sites, agents, paths, events = self._sites, self._agents, self._paths, self._events
         ref_hosts, ref_pieces, direct, period = self._ref_hosts, self._ref_pieces, self._direct, self.cfg.salt_period
+        timeout, countries = self.cfg.session_timeout_ms, self._countries
         accepted: list[list[Any]] = []  # encoded pieces of each pageview; [6] = visitor id
-        windows: list[list[Any]] = []  # [site, received_at, is_pageview, path, visitor]
+        # [site, received_at, is_pageview, path, visitor] (+ [session attrs, period end] with sessions)
+        windows: list[list[Any]] = []
+        period_ends: dict[int, int] = {}
         keys: list[tuple[bytes, bytes, bytes]] = []  # (site, IP pseudonym, UA): the visitor hash's input
         day_periods: dict[int, str] = {}
         for it in items:
-            (_, _, eid, ts, ts_enc, site_enc, raw_path, ref, raw_event, props, ua, ip, _) = it
+            (_, _, eid, ts, ts_enc, site_enc, raw_path, ref, raw_event, props, ua, ip, _, country_enc) = it
             site, site_raw = sites.get(site_enc) or self._site(site_enc)
-            agent_piece = (agents.get(ua) or self._agent(ua))[1]
+            info, agent_piece = agents.get(ua) or self._agent(ua)
             if ts // DAY_MS not in day_periods:
                 day_periods[ts // DAY_MS] = period_of(ts, period)
-            host, path, host_enc, path_enc, utms = paths.get(raw_path) or self._path(raw_path)
+                period_ends[ts // DAY_MS] = period_end(ts, period)
+            host, path, host_enc, path_enc, utms, utm_values = paths.get(raw_path) or self._path(raw_path)
             page_host = host or site
             ref_host = (ref_hosts.get(ref) or self._ref_host(ref)) if ref else ""
             if ref_host:
-                ref_piece = ref_pieces.get((ref_host, page_host)) or self._ref_piece(ref_host, page_host)
+                ref_piece, source = ref_pieces.get((ref_host, page_host)) or self._ref_piece(ref_host, page_host)
             else:
-                ref_piece = direct
+                ref_piece, source = direct, "direct"
             event_enc, is_pv = events.get(raw_event) or self._event(raw_event)
             keys.append((site_raw, ip, ua))
-            windows.append([site, ts, is_pv, path, 0])
+            if timeout:
+                country = countries.get(country_enc)
+                if country is None:
+                    country = bounded_put(countries, country_enc, bytes(country_enc[_prefix_len(country_enc):]).decode(),
+                                          self.CACHE_MAX)
+                windows.append([site, ts, is_pv, path, 0, (site, source, ref_host, *utm_values, info.device,
+                                                           info.browser, info.os, country), period_ends[ts // DAY_MS]])
+            else:
+                windows.append([site, ts, is_pv, path, 0])
             accepted.append([eid, ts_enc, site_enc, host_enc or site_enc, path_enc, event_enc, None, ref_piece,
-                             utms, agent_piece, props])
+                             utms, agent_piece, props, country_enc])
         vids = self._visitors(items, keys, day_periods, rec.salts)
         by_partition: dict[int, list[int]] = defaultdict(list)
         n_parts = self.cfg.partitions
@@ -445,7 +462,7 @@ class FastStage1:
         partition, offset = rec.partition, rec.offset
         for p, idx in sorted(by_partition.items()):
             out.enriched.append((p, self.w.batch(partition, offset, [b"".join(accepted[j]) for j in idx])))
-            out.deltas[p] = window_delta(partition, offset, [windows[j] for j in idx]).encode()
+            out.deltas[p] = window_delta(partition, offset, [windows[j] for j in idx], timeout).encode()
         out.accepted = len(accepted)
 
     @staticmethod

@@ -178,4 +178,5 @@ def enrich(beacon: dict[str, Any], salt: bytes, info: AgentInfo, keep_user_agent
         "device": info.device,
         "user_agent": ua if keep_user_agent else None,
         "props": beacon.get("props") or {},
+        "country": beacon.get("country") or "",
     }

@@ -30,13 +30,14 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 from faust.transport.drivers.aiokafka import Producer as FaustProducer
+from tally.streams.session_rows import SessionEncoder
 from tally.streams.state import StateStore
 from tally.streams.watchdog import Watchdog
 from tally.streams.windows import TotalsEncoder
 
 from tally.config import Settings
 from tally.kafka import producer_config
-from tally.topics import AGGREGATES
+from tally.topics import AGGREGATES, SESSIONS
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY = 30  # totals flushes between two scans for windows to forget (a scan visits every window)
@@ -139,6 +140,8 @@ class Totals:
                  open_after_ms: Callable[[], int]) -> None:
         self.settings = settings
         self.topic = settings.topic(AGGREGATES)
+        self.sessions_topic = settings.topic(SESSIONS)
+        self.encode_session = SessionEncoder(codec)
         self.stores = stores
         self.open_after_ms = open_after_ms  # windows that ended before this are closed
         self.encode = TotalsEncoder(codec)
@@ -163,8 +166,18 @@ class Totals:
                     agg_key, value = encode(st, key, w)
                     produce(producer, topic, value, key=agg_key)
                     sent += 1
+                sent += self._sessions(producer, st)
                 if prune:
                     st.prune(closed_before)
                 await asyncio.sleep(0)  # let the agents run between partitions
         producer.poll(0)
         return sent
+
+    def _sessions(self, producer: Producer, st: Any) -> int:
+        """The sessions that changed: their current state, or their removal. Like the totals,
+        versioned, so a re-emission after a rebuild replaces nothing newer."""
+        changes, topic = st.sessions.take_changes(), self.sessions_topic
+        rows = self.encode_session.many(st.partition, st.session_events, changes)
+        for kafka_key, value in rows:
+            produce(producer, topic, value, key=kafka_key)
+        return len(rows)

@@ -63,3 +63,6 @@ def reader(codec: Codec, name: str, keep_items: set[str] | None = None) -> Calla
 
 
 PAGEVIEW_FIELDS = {"received_at", "site", "path", "event", "visitor_id"}
+# and what a session keeps of its entry pageview (windows.pageview_attrs)
+SESSION_FIELDS = {"referrer_source", "referrer_host", "utm_source", "utm_medium", "utm_campaign", "device",
+                  "browser", "os", "country"}

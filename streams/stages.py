@@ -126,7 +126,8 @@ class BeaconStage(Stage):
         self.cfg = beacons.Stage1Config(
             partitions=settings.topic_partitions, salt_period=settings.salt_period, lateness_ms=clock.lateness_ms,
             keep_user_agent=settings.keep_user_agent, spam=load_spam_list(settings), raw_topic=self.topic,
-            drop_empty_ua=settings.drop_empty_ua)
+            drop_empty_ua=settings.drop_empty_ua,
+            session_timeout_ms=settings.session_timeout_seconds * 1000)
         # The byte-level path when the schemas have the layouts it knows; else dicts.
         self.fast = writer_or_none(lambda c: beacons.FastStage1(c, self.cfg, counts.steps), codec)
         self.read_dicts = projection.reader(codec, "beacon_batch")
@@ -176,10 +177,17 @@ class WindowStage(StateStage):
 
     name, input = "stage2-windows", PAGEVIEWS_ENRICHED
 
+    def __init__(self, settings: Settings, codec: Codec, clock: Clock, store: StateStore,
+                 counts: WorkerCounts) -> None:
+        super().__init__(settings, codec, clock, store, counts)
+        self.session_timeout_ms = settings.session_timeout_seconds * 1000
+        self.salt_period = settings.salt_period
+
     @cached_property
     def read_pageviews(self) -> Callable[[bytes], dict[str, Any]]:
         """The decoder of a batch that came without its delta header (only stage 2's fields)."""
-        return projection.reader(self.codec, "pageview_batch", projection.PAGEVIEW_FIELDS)
+        fields = projection.PAGEVIEW_FIELDS | (projection.SESSION_FIELDS if self.session_timeout_ms else set())
+        return projection.reader(self.codec, "pageview_batch", fields)
 
     async def handle(self, rec: In) -> list[Out]:
         self.counts.records[self.name] += 1
@@ -192,7 +200,7 @@ class WindowStage(StateStage):
             delta = raw = None
         if delta is None:
             try:
-                delta = pageview_delta(self.read_pageviews(rec.value))
+                delta = pageview_delta(self.read_pageviews(rec.value), self.session_timeout_ms, self.salt_period)
             except DecodeError as exc:
                 return [self._bad(bad_row(BadRowReason.UNDECODABLE, str(exc), Component.WORKER, rec.topic,
                                           rec.partition, rec.offset, rec.value))]

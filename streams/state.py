@@ -73,6 +73,7 @@ def fold(partition: int, records: Iterable[bytes], open_after_ms: int | None = N
         for d in unpack(raw):
             state.apply(d, open_after_ms)
     state.dirty = set(state.windows)  # re-emit everything after a recovery
+    # (the sessions' changes are every session key the fold touched, removed ones included)
     return state
 
 

@@ -30,12 +30,19 @@ from typing import Any
 
 import numpy as np
 import orjson
+from tally.schemas.avro_writer import encode_long
+from tally.streams.sessions import Attrs, Session, Sessions
 
 from tally.caches import bounded_put
 
 HOUR_MS = 3600_000
 DAY_MS = 24 * HOUR_MS
 MASK64 = (1 << 64) - 1
+
+
+def period_end(ms: int, salt_period: str) -> int:
+    """End of the salt period of an event: sessions end there (the visitor id changes)."""
+    return ms - ms % DAY_MS + DAY_MS if salt_period == "day" else month_bounds(ms - ms % DAY_MS)[1]
 
 
 def hour_start(ms: int) -> int:
@@ -110,7 +117,7 @@ class VisitorSet:
         return self.main.nbytes + len(self.buf) * 56
 
 
-@dataclass
+@dataclass(slots=True)
 class Window:
     events: int = 0  # every event applied: the version
     count: int = 0  # pageviews (web) or events (product)
@@ -131,6 +138,10 @@ class Delta:
     paths: dict[tuple[str, str, int], int] = field(default_factory=dict)
     # (tenant, family, day_start) -> (events, workspace ids)
     product: dict[tuple[str, str, int], tuple[int, np.ndarray]] = field(default_factory=dict)
+    # Session input (empty when sessions are off): the timeout, and per event
+    # (visitor id, received_at ms, is_pageview, path, period end ms, attrs).
+    session_timeout_ms: int = 0
+    events: list[tuple[int, int, bool, str, int, Attrs]] = field(default_factory=list)
 
     def encode(self) -> bytes:
         """Compact bytes for the changelog: a JSON header and the raw id arrays."""
@@ -145,8 +156,19 @@ class Delta:
             flat.extend(ids.tolist() if isinstance(ids, np.ndarray) else ids)
         # orjson: the same compact JSON as json.dumps (UTF-8 instead of \u escapes, which both
         # read alike), at a fraction of the cost: every input record is encoded and decoded once.
-        head = orjson.dumps({"s": self.source_partition, "o": self.source_offset, "h": hours,
-                             "p": [[s, p, d, n] for (s, p, d), n in self.paths.items()], "w": product})
+        head = {"s": self.source_partition, "o": self.source_offset, "h": hours,
+                "p": [[s, p, d, n] for (s, p, d), n in self.paths.items()], "w": product}
+        if self.events:
+            attrs: dict[Attrs, int] = {}
+            rows = []
+            for vid, ms, is_pv, path, pend, a in self.events:
+                i = attrs.get(a)
+                if i is None:
+                    i = attrs[a] = len(attrs)
+                rows.append((ms, is_pv, path, pend, i))
+                flat.append(vid)
+            head["x"] = {"t": self.session_timeout_ms, "a": list(attrs), "e": rows}
+        head = orjson.dumps(head)
         return struct.pack(">I", len(head)) + head + np.array(flat, dtype=np.uint64).tobytes()
 
     @classmethod
@@ -166,23 +188,45 @@ class Delta:
             at += k
         for s, p, day, cnt in head["p"]:
             d.paths[(s, p, day)] = cnt
+        x = head.get("x")
+        if x:
+            d.session_timeout_ms = x["t"]
+            attrs = [tuple(a) for a in x["a"]]
+            d.events = [(ids[at + j], ms, bool(pv), path, pend, attrs[i])
+                        for j, (ms, pv, path, pend, i) in enumerate(x["e"])]
         return d
 
 
-def pageview_delta(batch: dict[str, Any]) -> Delta:
-    """The delta of one decoded pageview_batch record."""
-    return window_delta(batch["source_partition"], batch["source_offset"],
-                        ((pv["site"], _ms(pv["received_at"]), pv["event"] == "pageview", pv["path"], pv["visitor_id"])
-                         for pv in batch["items"]))
+def pageview_attrs(pv: dict[str, Any]) -> Attrs:
+    """What a session keeps of its entry pageview (missing UTM values as "")."""
+    return (pv["site"], pv["referrer_source"], pv["referrer_host"], pv["utm_source"] or "", pv["utm_medium"] or "",
+            pv["utm_campaign"] or "", pv["device"], pv["browser"], pv["os"], pv.get("country") or "")
 
 
-def window_delta(source_partition: int, source_offset: int,
-                 items: Iterable[tuple[str, int, bool, str, int]]) -> Delta:
+def pageview_delta(batch: dict[str, Any], session_timeout_ms: int = 0, salt_period: str = "day") -> Delta:
+    """The delta of one decoded pageview_batch record (with session input when the timeout is set)."""
+    rows: Iterable[tuple[Any, ...]]
+    if session_timeout_ms:
+        rows = ((pv["site"], ms, pv["event"] == "pageview", pv["path"], pv["visitor_id"], pageview_attrs(pv),
+                 period_end(ms, salt_period)) for pv in batch["items"] for ms in (_ms(pv["received_at"]),))
+    else:
+        rows = ((pv["site"], _ms(pv["received_at"]), pv["event"] == "pageview", pv["path"], pv["visitor_id"])
+                for pv in batch["items"])
+    return window_delta(batch["source_partition"], batch["source_offset"], rows, session_timeout_ms)
+
+
+def window_delta(source_partition: int, source_offset: int, items: Iterable[tuple[Any, ...]],
+                 session_timeout_ms: int = 0) -> Delta:
     """The delta of one batch of pageviews given as (site, received_at ms, is_pageview, path,
-    visitor_id): stage 1 builds it while encoding the batch, stage 2 from a decoded batch."""
+    visitor_id), plus (attrs, period end ms) when sessions are on: stage 1 builds it while
+    encoding the batch, stage 2 from a decoded batch."""
     d = Delta(source_partition, source_offset)
     hours: dict[tuple[str, int], list[Any]] = {}
     paths = d.paths
+    if session_timeout_ms:
+        d.session_timeout_ms = session_timeout_ms
+        d.events = [(it[4] & MASK64, it[1], it[2], it[3], it[6], it[5]) for it in items]
+        items = d.events and [(a[5][0], a[1], a[2], a[3], a[0]) for a in d.events]
     for site, ms, is_pv, path, visitor in items:
         key = (site, ms - ms % HOUR_MS)
         h = hours.get(key)
@@ -225,6 +269,8 @@ class PartitionState:
         self.dirty: set[AggKey] = set()
         # (site, hour_start) -> its site_hour, site_day and site_month keys with their ends
         self._hour_keys: dict[tuple[str, int], tuple[tuple[AggKey, int], ...]] = {}
+        self.sessions = Sessions()
+        self.session_events = 0  # session events applied: the version of the session windows
 
     def seen(self, source_partition: int, source_offset: int) -> bool:
         return source_offset <= self.watermarks.get(source_partition, -1)
@@ -273,7 +319,72 @@ class PartitionState:
                 w.events += events
                 w.count += events
                 w.visitors.add_many(ids)  # type: ignore[union-attr]
+        if d.events:
+            self._apply_sessions(d, open_after_ms)
         return True
+
+    def _apply_sessions(self, d: Delta, open_after_ms: int | None) -> None:
+        """Each event joins its visitor's sessions; the sessions it replaced are taken out of
+        the session windows and the one it is part of now is put in. Nearly always the event
+        just grows one visit (same start): then only what changed is counted."""
+        add, timeout, count, bump = self.sessions.add, d.session_timeout_ms, self._count_session, self._bump
+        opened = -1 if open_after_ms is None else open_after_ms
+        for vid, ms, is_pv, path, pend, attrs in d.events:
+            self.session_events += 1
+            was, now = add((attrs[0], vid, pend), ms, is_pv, path, attrs, timeout)
+            if len(was) == 1 and was[0].start == now.start and was[0].entry[2] == now.entry[2]:
+                old, start, site = was[0], now.start, attrs[0]
+                hour = start - start % HOUR_MS
+                if hour + HOUR_MS >= opened:
+                    if now.end != old.end:
+                        bump(("visit_duration_hour", site, "", hour), hour + HOUR_MS, now.end - old.end)
+                    if now.bounce != old.bounce:
+                        bump(("bounces_hour", site, "", hour), hour + HOUR_MS, now.bounce - old.bounce)
+                day = start - start % DAY_MS
+                if now.exit[2] != old.exit[2] and day + DAY_MS >= opened:
+                    bump(("exit_page_day", site, old.exit[2], day), day + DAY_MS, -1)
+                    bump(("exit_page_day", site, now.exit[2], day), day + DAY_MS, 1)
+                continue
+            for s in was:
+                count(s, -1, opened)
+            count(now, 1, opened)
+
+    def _bump(self, key: AggKey, end: int, n: int) -> None:
+        """Add n to a session window (created at 0): its version is the session events applied."""
+        w = self.windows.get(key)
+        if w is None:
+            w = self.windows[key] = Window()
+            self.ends[key] = end
+        w.count += n
+        w.events = self.session_events
+        self.dirty.add(key)
+
+    def _count_session(self, s: Session, sign: int, opened: int) -> None:
+        """Add (sign 1) or take out (-1) one session in the windows of its start. The
+        session windows are additive over time as well as over partitions (a visit is
+        counted once, in the hour it started), so days and months are sums of hours.
+        (_bump inlined: a new visit updates four or five windows, and this runs per visit.)"""
+        site, start = s.entry[3][0], s.start
+        hour, day = start - start % HOUR_MS, start - start % DAY_MS
+        updates: list[tuple[AggKey, int, int]] = []
+        if hour + HOUR_MS >= opened:
+            updates.append((("visits_hour", site, "", hour), hour + HOUR_MS, sign))
+            if s.pageviews == 1 and s.events == 1:
+                updates.append((("bounces_hour", site, "", hour), hour + HOUR_MS, sign))
+            if s.end != start:
+                updates.append((("visit_duration_hour", site, "", hour), hour + HOUR_MS, sign * (s.end - start)))
+        if day + DAY_MS >= opened:
+            updates.append((("entry_page_day", site, s.entry[2], day), day + DAY_MS, sign))
+            updates.append((("exit_page_day", site, s.exit[2], day), day + DAY_MS, sign))
+        windows, ends, dirty, version = self.windows, self.ends, self.dirty, self.session_events
+        for key, end, n in updates:
+            w = windows.get(key)
+            if w is None:
+                w = windows[key] = Window()
+                ends[key] = end
+            w.count += n
+            w.events = version
+            dirty.add(key)
 
     def _window(self, key: AggKey, end: int, with_visitors: bool) -> Window:
         w = self.windows.get(key)
@@ -308,10 +419,16 @@ class PartitionState:
         for k in old:
             del self.windows[k], self.ends[k]
             self.dirty.discard(k)
+        self.sessions.prune(closed_before_ms)
         return len(old)
 
     def memory_bytes(self) -> int:
         return sum(w.visitors.nbytes() for w in self.windows.values() if w.visitors is not None)
+
+
+def _avro_string(v: str) -> bytes:
+    raw = v.encode()
+    return encode_long(len(raw)) + raw
 
 
 def aggregate_key(agg: dict[str, Any]) -> bytes:
@@ -336,11 +453,17 @@ class TotalsEncoder:
         schema = codec.latest("window_aggregate").parsed
         self._fields = field_writers(schema)
         self._fixed_names = [f["name"] for f in schema["fields"]][:-3]
-        self._long = self._fields["count"]
         self._varying_last = [f["name"] for f in schema["fields"]][-3:] == self.VARYING
         self._header: bytes | None | bool = False  # found on first use (a registry may be slow)
         self._partition_last = self._fixed_names[-1:] == ["partition"]
         self._shared: dict[tuple[AggKey, int], bytes] = {}  # header + fixed fields but the partition
+        # The fields' types as window_aggregate v1 has them: the fixed fields are then written
+        # directly (strings and varints), not through the general writers. Session windows
+        # make a new window for most new visits, so this runs thousands of times per flush.
+        types = [(f["name"], f["type"] if isinstance(f["type"], str) else f["type"].get("type")) for f in schema["fields"]]
+        self._plain = types == [("kind", "string"), ("scope", "string"), ("dimension", "string"), ("window_start", "long"),
+                                ("window_end", "long"), ("partition", "int"), ("count", "long"), ("uniques", "long"),
+                                ("version", "long")]
 
     def _find_header(self) -> bytes | None:
         """The record prefix, or None when totals must go through the codec whole."""
@@ -356,6 +479,15 @@ class TotalsEncoder:
     def __call__(self, st: PartitionState, key: AggKey, w: Window) -> tuple[bytes, bytes]:
         if self._header is False:
             self._header = self._find_header()
+        if w.wire is None and self._plain and self._header is not None:
+            kind, scope, dimension, start = key
+            end = st.ends[key]
+            shared = self._shared.get((key, end))
+            if shared is None:
+                shared = bounded_put(self._shared, (key, end), b"".join((
+                    self._header, _avro_string(kind), _avro_string(scope), _avro_string(dimension), encode_long(start),
+                    encode_long(end))), self.SHARED_MAX)
+            w.wire = (shared + encode_long(st.partition), f"{kind}|{scope}|{dimension}|{start}|{st.partition}".encode())
         if w.wire is None:
             agg = {"kind": key[0], "scope": key[1], "dimension": key[2], "window_start": key[3],
                    "window_end": st.ends[key], "partition": st.partition}
@@ -375,6 +507,6 @@ class TotalsEncoder:
         fixed, agg_key = w.wire
         if fixed is None:
             return agg_key, self.codec.encode("window_aggregate", st.aggregate(key))
-        enc, long_ = self._encoded, self._long
+        # The header was found, so the last three fields are Avro longs (zigzag varints).
         uniques = len(w.visitors) if w.visitors is not None else 0
-        return agg_key, b"".join((fixed, enc(long_, w.count), enc(long_, uniques), enc(long_, w.events)))
+        return agg_key, b"".join((fixed, encode_long(w.count), encode_long(uniques), encode_long(w.events)))

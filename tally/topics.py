@@ -37,6 +37,7 @@ DROPS = "drops"
 BAD_ROWS = "bad-rows"
 SALTS = "salts"
 EDGE_KEYS = "edge-keys"
+SESSIONS = "sessions"
 
 HOUR_MS = 3600 * 1000
 # Keys topics: compaction with a short tombstone life; LogAppendTime gives keepers the
@@ -70,6 +71,8 @@ def specs(settings: Settings) -> list[TopicSpec]:
                   None, {**personal, "retention.ms": str(7 * DAY_MS)}),
         TopicSpec(AGGREGATES, "Window totals; keyed by (kind, site, window, partition) so compaction keeps the latest.",
                   None, {"cleanup.policy": "compact,delete", "retention.ms": str(60 * DAY_MS)}),
+        TopicSpec(SESSIONS, "Session (visit) states; keyed by (site, visitor, start) so compaction keeps the latest.",
+                  None, {"cleanup.policy": "compact,delete", "retention.ms": str(7 * DAY_MS)}),
         TopicSpec(DROPS, "Counts of dropped events per site, day and reason.",
                   None, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),
         TopicSpec(BAD_ROWS, "Rejected records with the reason and the original bytes.",

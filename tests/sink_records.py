@@ -14,6 +14,7 @@ from tally.schemas.codec import default_codec
 
 from tally.config import Settings
 from tally.kafka import producer_config
+from tests.stream_support import expected_sessions
 
 DAY_MS = 86_400_000
 
@@ -39,9 +40,12 @@ class Sent:
     # (site, day, path, stream partition) -> [pageviews, set of visitors]
     path_cells: dict[tuple[str, date, str, int], list] = field(default_factory=lambda: defaultdict(lambda: [0, set()]))
     drops: int = 0
+    # stream partition -> (site, visitor, received_at ms, is_pageview, path): for the session windows
+    events: dict[int, list[tuple]] = field(default_factory=lambda: defaultdict(list))
 
-    def add(self, site: str, d: date, path: str, partition: int, visitor: int, event_id: str) -> None:
+    def add(self, site: str, d: date, path: str, partition: int, visitor: int, event_id: str, ts: int = 0) -> None:
         self.event_ids.add(event_id)
+        self.events[partition].append((site, visitor, ts, True, path))
         for entry in (self.cells[(site, d, partition)], self.path_cells[(site, d, path, partition)]):
             entry[0] += 1
             entry[1].add(visitor)
@@ -84,7 +88,7 @@ class Records:
             ts = day_ms(d) + (i * 9973) % DAY_MS
             p, path = visitor % self.partitions, f"/page/{i % 6}"
             by_partition[p].append(pageview(eid, ts, site, path, visitor, "search" if i % 3 == 0 else "direct"))
-            self.sent.add(site, d, path, p, visitor, eid)
+            self.sent.add(site, d, path, p, visitor, eid, ts)
         for p, items in by_partition.items():
             for start in range(0, len(items), per_batch):
                 self._offset += 1
@@ -106,6 +110,14 @@ class Records:
                       "uniques": len(visitors), "version": version}
             key = f"path_day|{site}|{path}|{day_ms(d)}|{p}".encode()
             self.produce("aggregates", self.codec.encode("window_aggregate", record), key=key)
+        # the session windows the stream would emit for these pageviews (30-minute visits)
+        for p, events in sorted(self.sent.events.items()):
+            for (kind, site, dim, start), count in sorted(expected_sessions(events).items()):
+                end = start + (DAY_MS if kind.endswith("_day") else 3600_000)
+                record = {"kind": kind, "scope": site, "dimension": dim, "window_start": start, "window_end": end,
+                          "partition": p, "count": count, "uniques": 0, "version": version}
+                key = f"{kind}|{site}|{dim}|{start}|{p}".encode()
+                self.produce("aggregates", self.codec.encode("window_aggregate", record), key=key)
 
     def product_event(self, family_event: str, feature_area: str, tenant: str, workspace: str, when: datetime,
                       metadata: dict) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from tally.schemas.codec import default_codec
-from tally.streams.windows import DAY_MS, HOUR_MS, month_bounds
+from tally.streams.sessions import sessionize
+from tally.streams.windows import DAY_MS, HOUR_MS, month_bounds, period_end
 
 from tally.config import Settings
 from tally.kafka import consumer_config, producer_config
@@ -26,10 +27,10 @@ GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.
 
 def beacon(site: str = "example.com", path: str = "/", ua: str = FIREFOX, ip: str = "ip-1",
            received_at: datetime | None = None, referrer: str | None = None, datacenter: bool = False,
-           event: str = "pageview") -> dict[str, Any]:
+           event: str = "pageview", country: str = "") -> dict[str, Any]:
     return {"event_id": str(uuid.uuid4()), "received_at": received_at or datetime.now(UTC), "site": site,
             "path": path, "referrer": referrer, "event": event, "props": {}, "user_agent": ua,
-            "ip_pseudonym": ip, "datacenter": datacenter}
+            "ip_pseudonym": ip, "datacenter": datacenter, "country": country}
 
 
 def produce(settings: Settings, topic: str, values: Iterable[bytes], partition: int | None = None,
@@ -103,14 +104,42 @@ def latest_aggregates(settings: Settings) -> dict[tuple[str, str, str, int], tup
     for (kind, scope, dim, start, _), a in best.items():
         totals[(kind, scope, dim, start)][0] += a["count"]
         totals[(kind, scope, dim, start)][1] += a["uniques"]
-    return {k: (v[0], v[1]) for k, v in totals.items()}
+    # A session window back at 0 (its sessions merged into another) is no window at all.
+    return {k: (v[0], v[1]) for k, v in totals.items() if v[0] or k[0] not in SESSION_KINDS}
 
 
-def expected_aggregates(beacons: Iterable[dict[str, Any]], period: str = "day") -> dict[tuple[str, str, str, int], tuple[int, int]]:
-    """The clean recomputation: pageviews and distinct visitors per site and window, straight
-    from the input. A visitor is (salt period, site, ip pseudonym, UA)."""
+SESSION_KINDS = frozenset({"visits_hour", "bounces_hour", "visit_duration_hour", "entry_page_day", "exit_page_day"})
+
+
+def expected_sessions(events: Iterable[tuple[str, Hashable, int, bool, str]], timeout_seconds: int = 1800,
+                      period: str = "day") -> dict[tuple[str, str, str, int], int]:
+    """The session windows recomputed in one batch (streams.sessions.sessionize per visitor
+    and salt period) from (site, visitor, received_at ms, is_pageview, path) events; only
+    the non-zero ones, as the stream's zero totals stand for no row."""
+    by_visitor: dict[tuple[Any, ...], list[Any]] = defaultdict(list)
+    for site, who, ms, is_pv, path in events:
+        by_visitor[(site, who, period_end(ms, period))].append((ms, is_pv, path, (site,)))
+    out: dict[tuple[str, str, str, int], int] = defaultdict(int)
+    for (site, _, _), evs in by_visitor.items():
+        for s in sessionize(evs, timeout_seconds * 1000):
+            hour, day = s.start - s.start % HOUR_MS, s.start - s.start % DAY_MS
+            out[("visits_hour", site, "", hour)] += 1
+            out[("bounces_hour", site, "", hour)] += s.bounce
+            out[("visit_duration_hour", site, "", hour)] += s.duration_ms
+            out[("entry_page_day", site, s.entry[2], day)] += 1
+            out[("exit_page_day", site, s.exit[2], day)] += 1
+    return {k: v for k, v in out.items() if v}
+
+
+def expected_aggregates(beacons: Iterable[dict[str, Any]], period: str = "day",
+                        session_timeout_seconds: int = 1800) -> dict[tuple[str, str, str, int], tuple[int, int]]:
+    """The clean recomputation: pageviews and distinct visitors per site and window, and the
+    session windows (count, 0), straight from the input. A visitor is (salt period, site, ip
+    pseudonym, UA)."""
     counts: dict[tuple[str, str, str, int], int] = defaultdict(int)
     visitors: dict[tuple[str, str, str, int], set[Any]] = defaultdict(set)
+    events = []
+    beacons = list(beacons)
     for b in beacons:
         ms = int(b["received_at"].timestamp() * 1000)
         salt_period = b["received_at"].strftime("%Y-%m-%d" if period == "day" else "%Y-%m")
@@ -122,8 +151,11 @@ def expected_aggregates(beacons: Iterable[dict[str, Any]], period: str = "day") 
             visitors[k].add(who)
         if b["event"] == "pageview":
             counts[("path_day", b["site"], b["path"].split("?")[0], ms - ms % DAY_MS)] += 1
+        events.append((b["site"], who, ms, b["event"] == "pageview", b["path"].split("?")[0]))
     out = {k: (counts[k], len(visitors[k])) for k in visitors}
     out.update({k: (v, 0) for k, v in counts.items() if k[0] == "path_day"})
+    if session_timeout_seconds:
+        out.update({k: (v, 0) for k, v in expected_sessions(events, session_timeout_seconds, period).items()})
     return out
 
 

@@ -83,7 +83,8 @@ def test_piece_encoder_writes_what_the_codec_writes(bodies, user_agent, datacent
             continue
     if not beacons:
         return
-    args = [(now_ms + i // 2, b.site, b.path, b.referrer, b.event, b.props, user_agent, "ab" * 16, datacenter)
+    args = [(now_ms + i // 2, b.site, b.path, b.referrer, b.event, b.props, user_agent, "ab" * 16, datacenter,
+             ("", "GB", "JP")[i % 3])
             for i, b in enumerate(beacons)]
     items = [fast.item(*a) for a in args]
     records = [slow.item(*a) for a in args]
@@ -213,3 +214,12 @@ def test_spool_is_owned_by_one_process_and_orphans_are_adopted(tmp_path):
     assert adopt_orphans(mine, tmp_path) == 2
     assert [mine.read(i) for i in mine.pending_ids()] == [b"orphan-1", b"orphan-2"]
     mine.close()
+
+
+def test_country_of_known_ranges_and_non_addresses():
+    from tally.producers.collector.geo import country_of
+
+    known = {"81.2.69.142": "GB", "1.0.16.1": "JP", "2a02:ff0::1": "TR", "216.160.83.56": "US"}
+    assert {ip: country_of(ip) for ip in known} == known
+    for nothing in ("", "203.0.113.9", "10.1.2.3", "::1", "not an address", "300.1.2.3"):
+        assert country_of(nothing) == "", nothing

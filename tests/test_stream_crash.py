@@ -1,5 +1,6 @@
 """Crash tests: the worker killed with SIGKILL, and the final aggregates equal a clean
-recomputation from the input.
+recomputation from the input, sessions (visits, bounces, durations, entry and exit pages)
+included.
 
 - At random moments: 100,000 events, six kills, for several seeds of the kill timing.
 - At the worst moment for the window totals: after the worker committed all its input and
@@ -30,13 +31,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 EVENTS = 100_000
 KILLS = 6
+# Short sessions: each visitor's ~50 events over 5 minutes make several sessions, and events
+# arriving out of order keep merging them, across kills and rebuilds.
+SESSION_TIMEOUT = 10
 
 
 @pytest.mark.parametrize("seed", [11, 23, 37])
 def test_kill_9_at_random_moments_changes_no_number(tally_env, spawn, seed):
+    tally_env.vars["TALLY_SESSION_TIMEOUT_SECONDS"] = str(SESSION_TIMEOUT)
     s = tally_env.settings
     batches = traffic(EVENTS, seed=seed)
-    expected = expected_aggregates(b for batch in batches for b in batch)
+    expected = expected_aggregates((b for batch in batches for b in batch), session_timeout_seconds=SESSION_TIMEOUT)
+    assert sum(v[0] for k, v in expected.items() if k[0] == "visits_hour") > 5 * 2000  # several visits each
     rnd = random.Random(seed)
     chunks = [batches[i::KILLS] for i in range(KILLS)]
     restored: list[int] = []
@@ -57,6 +63,7 @@ def test_kill_9_at_random_moments_changes_no_number(tally_env, spawn, seed):
     print(f"seed {seed}: the final worker converged {assert_converges(s, expected, final):.1f}s after its start")
     got = latest_aggregates(s)
     assert sum(v[0] for k, v in got.items() if k[0] == "site_day") == EVENTS
+    assert got.keys() >= {k for k in expected if k[0] in ("visits_hour", "bounces_hour", "entry_page_day")}
     assert final.alive(), final.output()[-3000:]
 
 

@@ -42,7 +42,7 @@ def _batch(rnd: random.Random, now: datetime, n: int) -> list[dict]:
                    ua=rnd.choice(UAS), ip=rnd.choice(["ip-1", "ip-2", "ip-\u00e9", ""]),
                    received_at=now - timedelta(hours=rnd.choice([0, 0, 0, 1, 30, 47, 60])),
                    referrer=rnd.choice(REFERRERS), datacenter=rnd.random() < 0.05,
-                   event=rnd.choice(["pageview", "pageview", "", "signup"]))
+                   event=rnd.choice(["pageview", "pageview", "", "signup"]), country=rnd.choice(["", "US", "GB"]))
         if rnd.random() < 0.2:
             b["props"] = {"plan": rnd.choice(["pro", "free"]), "k\u00e9y": "v"}
         out.append(b)
@@ -214,7 +214,8 @@ def test_totals_encoder_writes_what_the_codec_writes():
     t = int(datetime(2026, 11, 22, 10, 30, tzinfo=UTC).timestamp() * 1000)
     for o in range(3):
         st.apply(pageview_delta({"source_partition": 0, "source_offset": o, "items": [
-            {"site": "a.com", "path": f"/p{o % 2}", "event": "pageview", "visitor_id": v, "received_at": t}
+            {"site": "b\u00fccher.example", "path": f"/p{o % 2}/\u00e9t\u00e9", "event": "pageview", "visitor_id": v,
+             "received_at": t}
             for v in range(-5, 40 * o)]}))
         encode = TotalsEncoder(codec)
         emitted = st.take_dirty_windows()

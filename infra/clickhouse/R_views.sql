@@ -24,6 +24,39 @@ SELECT scope AS site, toDate(window_start) AS day, dimension AS path, sum(count)
 FROM aggregates FINAL WHERE kind = 'path_day'
 GROUP BY site, day, path;
 
+-- Sessions (visits): the stream counts each visit once, in the hour (entry and exit pages:
+-- the day) it started, so days and months are sums of hours. Durations are in ms.
+CREATE OR REPLACE VIEW session_stats_hourly AS
+SELECT scope AS site, toDateTime(window_start, 'UTC') AS hour,
+       sumIf(count, kind = 'visits_hour') AS visits, sumIf(count, kind = 'bounces_hour') AS bounces,
+       sumIf(count, kind = 'visit_duration_hour') AS duration_ms
+FROM aggregates FINAL WHERE kind IN ('visits_hour', 'bounces_hour', 'visit_duration_hour')
+GROUP BY site, hour;
+
+CREATE OR REPLACE VIEW session_stats_daily AS
+SELECT site, toDate(hour) AS day, sum(visits) AS visits, sum(bounces) AS bounces,
+       sum(duration_ms) AS total_duration_ms, if(visits = 0, 0, bounces / visits) AS bounce_rate,
+       if(visits = 0, 0, total_duration_ms / visits / 1000) AS visit_duration_seconds
+FROM session_stats_hourly
+GROUP BY site, day;
+
+CREATE OR REPLACE VIEW session_stats_monthly AS
+SELECT site, toStartOfMonth(hour) AS month, sum(visits) AS visits, sum(bounces) AS bounces,
+       sum(duration_ms) AS total_duration_ms, if(visits = 0, 0, bounces / visits) AS bounce_rate,
+       if(visits = 0, 0, total_duration_ms / visits / 1000) AS visit_duration_seconds
+FROM session_stats_hourly
+GROUP BY site, month;
+
+CREATE OR REPLACE VIEW entry_pages_daily AS
+SELECT scope AS site, toDate(window_start) AS day, dimension AS path, sum(count) AS visits
+FROM aggregates FINAL WHERE kind = 'entry_page_day'
+GROUP BY site, day, path HAVING visits > 0;
+
+CREATE OR REPLACE VIEW exit_pages_daily AS
+SELECT scope AS site, toDate(window_start) AS day, dimension AS path, sum(count) AS visits
+FROM aggregates FINAL WHERE kind = 'exit_page_day'
+GROUP BY site, day, path HAVING visits > 0;
+
 CREATE OR REPLACE VIEW product_family_daily AS
 SELECT scope AS tenant, toDate(window_start) AS day, dimension AS family, sum(count) AS events, sum(uniques) AS workspaces
 FROM aggregates FINAL WHERE kind = 'product_family_day'
@@ -81,6 +114,24 @@ FROM pageviews
 WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND {date_to:Date}
 GROUP BY browser
 ORDER BY pageviews DESC, browser;
+
+-- Countries (ISO 3166-1 alpha-2, '' = unknown) from the raw rows, with the visits that
+-- entered from each (a visit's country is its entry pageview's).
+CREATE OR REPLACE VIEW top_countries AS
+SELECT p.country AS country, p.pageviews AS pageviews, p.visitors AS visitors, ifNull(v.visits, 0) AS visits
+FROM (
+    SELECT country, countIf(event = 'pageview') AS pageviews, uniqExact(visitor_id) AS visitors
+    FROM pageviews
+    WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND {date_to:Date}
+    GROUP BY country
+) AS p
+LEFT JOIN (
+    SELECT country, count() AS visits
+    FROM sessions FINAL
+    WHERE site = {site:String} AND toDate(session_start) BETWEEN {date_from:Date} AND {date_to:Date}
+    GROUP BY country
+) AS v USING (country)
+ORDER BY pageviews DESC, country;
 
 CREATE OR REPLACE VIEW top_operating_systems AS
 SELECT os, countIf(event = 'pageview') AS pageviews, uniqExact(visitor_id) AS visitors

@@ -40,6 +40,7 @@ from tally.producers.collector.drops import EdgeDrops
 from tally.producers.collector.edgekeys import EdgeKeys
 from tally.producers.collector.encode import DictEncoder, PieceEncoder
 from tally.producers.collector.forwarder import Forwarder
+from tally.producers.collector.geo import country_of
 from tally.producers.collector.minimise import Minimiser
 from tally.producers.collector.parse import (
     BadBeacon,
@@ -91,12 +92,15 @@ class Collector:
         self.encoder: PieceEncoder | DictEncoder | None = None
         self.drops: EdgeDrops | None = None
 
-    def client(self, peer: str | None, forwarded_for: tuple[str, ...], site_key: bytes) -> tuple[str, bytes, bool]:
-        """(IP pseudonym on this site in this period, rate-limit key, datacenter flag) of the
-        client behind this peer and XFF chain. The raw address lives only in this call."""
+    def client(self, peer: str | None, forwarded_for: tuple[str, ...],
+               site_key: bytes) -> tuple[str, bytes, bool, str]:
+        """(IP pseudonym on this site in this period, rate-limit key, datacenter flag, country)
+        of the client behind this peer and XFF chain. The raw address lives only in this call."""
         client = self.addresses.client(peer, forwarded_for)
         pseudonym, limit_key = self.pseudonyms.of(client, site_key)
-        return pseudonym, limit_key, client is not None and self.datacenters.contains(*client)
+        if client is None:
+            return pseudonym, limit_key, False, ""
+        return pseudonym, limit_key, self.datacenters.contains(*client), country_of(client[2])
 
     def ip_pseudonym(self, ip: str, site_key: bytes) -> str:
         return self.pseudonyms.text(ip, site_key)
@@ -151,7 +155,7 @@ class Collector:
         if new_period:  # the old period's prepared keys are not kept (forward secrecy)
             self.pseudonyms.forget()
         xff = tuple(headers.getall("X-Forwarded-For", ())) if self.addresses.trusted else ()
-        pseudonym, limit_key, datacenter = self.client(request.remote, xff, site_key)
+        pseudonym, limit_key, datacenter, country = self.client(request.remote, xff, site_key)
         if self.limiter is not None and not self.limiter.allow(limit_key):
             self.drops.add(beacon.site, now_ms, DropReason.RATE_LIMITED)
             return None
@@ -164,7 +168,7 @@ class Collector:
                 self.drops.add(beacon.site, now_ms, reason, n)
         # The beacon's Avro bytes (event_id minted here), or a dict when the fast encoder is off.
         item = self.encoder.item(now_ms, beacon.site, m.path(beacon.path), m.referrer(beacon.referrer),
-                                 beacon.event, props, user_agent, pseudonym, datacenter)
+                                 beacon.event, props, user_agent, pseudonym, datacenter, country)
         return self.forwarder.submit(item)
 
     def _spool_full(self, beacon: BeaconRequest) -> web.Response:

@@ -47,10 +47,10 @@ class DictEncoder:
         self.codec = codec
 
     def item(self, now_ms: int, site: str, path: str, referrer: str | None, event: str,
-             props: dict[str, str], user_agent: str, pseudonym: str, datacenter: bool) -> Any:
+             props: dict[str, str], user_agent: str, pseudonym: str, datacenter: bool, country: str = "") -> Any:
         return {"event_id": uuid7_prefix(now_ms) + uuid7_tail().decode(), "received_at": now_ms,
                 "site": site, "path": path, "referrer": referrer, "event": event, "props": props,
-                "user_agent": user_agent, "ip_pseudonym": pseudonym, "datacenter": datacenter}
+                "user_agent": user_agent, "ip_pseudonym": pseudonym, "datacenter": datacenter, "country": country}
 
     def batch(self, items: list[Any]) -> bytes:
         return self.codec.encode(SCHEMA, {"items": items})
@@ -92,7 +92,7 @@ class PieceEncoder:
         return b
 
     def item(self, now_ms: int, site: str, path: str, referrer: str | None, event: str,
-             props: dict[str, str], user_agent: str, pseudonym: str, datacenter: bool) -> bytes:
+             props: dict[str, str], user_agent: str, pseudonym: str, datacenter: bool, country: str = "") -> bytes:
         if now_ms != self._ms:
             self._ms = now_ms
             self._ms_bytes = _UUID_LEN + uuid7_prefix(now_ms).encode()
@@ -112,6 +112,7 @@ class PieceEncoder:
             strings.get(user_agent) or self._cached(user_agent),
             self._len32 + pseudo if len(pseudo) == 32 else encoded(self._string, pseudonym),
             _DATACENTER[datacenter],
+            strings.get(country) or self._cached(country),
         ))
 
     def batch(self, items: list[bytes]) -> bytes:

@@ -1,0 +1,145 @@
+"""Sessions in the window state (streams/sessions.py, windows.PartitionState): the incremental
+sessions equal a batch sessionisation of the same events whatever the order they arrive in,
+and the session windows equal the recomputation from the events."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tally.schemas.codec import default_codec
+from tally.streams import beacons as stage1
+from tally.streams.projection import reader
+from tally.streams.sessions import Sessions, sessionize
+from tally.streams.windows import Delta, PartitionState, pageview_delta, period_end
+
+from tests.stream_support import expected_sessions
+from tests.test_stream_wire import SALT, _batch
+
+MIN = 60_000
+T = 30 * MIN
+BASE = int(datetime(2026, 11, 20, 12, 0, tzinfo=UTC).timestamp() * 1000)
+ATTRS = ("a.com", "direct", "", "", "", "", "desktop", "Firefox", "Linux", "")
+
+
+def _state_of(events: list[tuple[int, int, bool, str]], timeout: int = T, chunk: int = 3,
+              order: random.Random | None = None) -> PartitionState:
+    """Apply (visitor, ms, is_pageview, path) events as deltas of `chunk` events each."""
+    rows = [(vid, ms, pv, path, period_end(ms, "day"), ATTRS) for vid, ms, pv, path in events]
+    if order is not None:
+        order.shuffle(rows)
+    st = PartitionState(0)
+    for o, i in enumerate(range(0, len(rows), chunk)):
+        st.apply(Delta(0, o, session_timeout_ms=timeout, events=rows[i:i + chunk]))
+    return st
+
+
+def _windows(st: PartitionState) -> dict[tuple[str, str, str, int], int]:
+    kinds = {"visits_hour", "bounces_hour", "visit_duration_hour", "entry_page_day", "exit_page_day"}
+    return {k: w.count for k, w in st.windows.items() if k[0] in kinds and w.count}
+
+
+def test_acceptance_visits_bounces_and_durations():
+    st = _state_of([
+        (1, BASE, True, "/a1"), (1, BASE + 5 * MIN, True, "/a2"), (1, BASE + 10 * MIN, True, "/a3"),  # A
+        (2, BASE, True, "/b"),  # B
+        (3, BASE, True, "/c1"), (3, BASE + 40 * MIN, True, "/c2"),  # C
+    ])
+    runs = {k[1]: v for k, v in st.sessions.visitors.items()}
+    (a,) = runs[1]
+    assert (a.pageviews, a.bounce, a.duration_ms, a.entry[2], a.exit[2]) == (3, False, 10 * MIN, "/a1", "/a3")
+    (b,) = runs[2]
+    assert b.bounce and b.duration_ms == 0
+    assert [(s.entry[2], s.bounce) for s in runs[3]] == [("/c1", True), ("/c2", True)]
+    hour = BASE - BASE % 3600_000
+    w = _windows(st)
+    assert w[("visits_hour", "a.com", "", hour)] == 4  # A, B and C's two
+    assert w[("bounces_hour", "a.com", "", hour)] == 3  # B and C's two
+    assert w[("visit_duration_hour", "a.com", "", hour)] == 10 * MIN
+
+
+def test_a_session_ends_at_the_period_boundary():
+    midnight = BASE - BASE % 86_400_000 + 86_400_000
+    st = _state_of([(9, midnight - 10 * MIN, True, "/late"), (9, midnight + 10 * MIN, True, "/early")])
+    assert sorted(len(v) for v in st.sessions.visitors.values()) == [1, 1]  # two visits, one per day
+
+
+def test_a_late_event_merges_two_sessions_and_the_windows_follow():
+    st = _state_of([(1, BASE, True, "/x"), (1, BASE + 40 * MIN, False, "/y")], chunk=1)
+    assert len(_windows(st)) and sum(v for k, v in _windows(st).items() if k[0] == "visits_hour") == 2
+    st.apply(Delta(0, 99, session_timeout_ms=T, events=[(1, BASE + 20 * MIN, True, "/m", period_end(BASE, "day"),
+                                                        ATTRS)]))
+    w = _windows(st)
+    assert sum(v for k, v in w.items() if k[0] == "visits_hour") == 1
+    assert w[("entry_page_day", "a.com", "/x", BASE - BASE % 86_400_000)] == 1
+    assert w[("exit_page_day", "a.com", "/m", BASE - BASE % 86_400_000)] == 1  # the last *pageview*
+    assert ("bounces_hour", "a.com", "", BASE - BASE % 3600_000) not in w
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 300), st.booleans(), st.sampled_from(["/a", "/b", "/c"])),
+                max_size=40),
+       st.integers(0, 2**32), st.integers(1, 5))
+def test_sessions_do_not_depend_on_the_order_of_arrival(raw, seed, chunk):
+    events = [(vid, BASE + minute * MIN, pv, path) for vid, minute, pv, path in raw]
+    st = _state_of(events, order=random.Random(seed), chunk=chunk)
+    for vid in {e[0] for e in events}:
+        want = sessionize([(ms, pv, path, ATTRS) for v, ms, pv, path in events if v == vid], T)
+        (got,) = [runs for k, runs in st.sessions.visitors.items() if k[1] == vid]
+        assert got == want
+    assert _windows(st) == _windows(_state_of(events))  # and neither do the windows
+    # the windows equal the batch recomputation (the one the stream tests compare with)
+    assert _windows(st) == expected_sessions((("a.com", vid, ms, pv, path) for vid, ms, pv, path in events), T // 1000)
+
+
+def test_session_changes_name_removed_and_current_sessions():
+    s = Sessions()
+    key = ("a.com", 1, period_end(BASE, "day"))
+    s.add(key, BASE, True, "/x", ATTRS, T)
+    s.add(key, BASE + 40 * MIN, True, "/y", ATTRS, T)
+    s.take_changes()
+    s.add(key, BASE - 10 * MIN, True, "/w", ATTRS, T)  # extends the first session earlier: a new start
+    changes = s.take_changes()
+    assert changes[(*key, BASE)] is None and changes[(*key, BASE - 10 * MIN)].entry[2] == "/w"
+
+
+def test_session_input_survives_the_delta_bytes_and_both_stage1_paths_agree():
+    codec = default_codec()
+    now = datetime.now(UTC)
+    cfg = stage1.Stage1Config(partitions=3, salt_period="day", lateness_ms=48 * 3600_000, session_timeout_ms=T)
+    fast = stage1.FastStage1(codec, cfg)
+    read_pvs = reader(codec, "pageview_batch", None)
+    body, items = fast.read(codec.encode("beacon_batch", {"items": _batch(random.Random(4), now, 200)}))
+    now_ms = int(now.timestamp() * 1000)
+    out = fast.process(body, items, 0, 9, {p: SALT for p in fast.periods_needed(items, now_ms)}, now_ms)
+    assert out.enriched
+    for p, value in out.enriched:
+        ours, theirs = Delta.decode(out.deltas[p]), pageview_delta(read_pvs(value), T, "day")
+        assert ours.session_timeout_ms == T and ours.events and ours.events == theirs.events
+        assert Delta.decode(theirs.encode()).events == theirs.events
+
+
+def test_session_rows_are_byte_identical_to_the_codec():
+    from tally.streams.session_rows import SessionEncoder, session_record
+
+    codec = default_codec()
+    encode = SessionEncoder(codec)
+    assert encode.fast
+    s = Sessions()
+    attrs = ("b\u00fccher.example", "search", "www.google.com", "news", "", "winter", "mobile", "Mobile Safari", "iOS", "DE")
+    for vid in (1, 2**63 + 5, 2**64 - 1):
+        key = ("b\u00fccher.example", vid, period_end(BASE, "day"))
+        s.add(key, BASE, True, "/x", attrs, T)
+        s.add(key, BASE + 5 * MIN, False, "/y", ATTRS, T)
+        s.add(key, BASE - 5 * MIN, True, "/w", ATTRS, T)  # moves the start: the old key is removed
+    changes = s.take_changes()
+    assert None in changes.values()
+    for partition, version in ((0, 0), (3, 17), (300, 2**40)):
+        for key, sess in changes.items():
+            record = session_record(partition, version, key, sess)
+            assert encode(partition, version, key, sess)[1] == codec.encode("session", record)
+            assert codec.decode("session", encode(partition, version, key, sess)[1])["deleted"] is (sess is None)
+        # the batch path (one vectorised pass over a flush's changes) gives the same records
+        assert encode.many(partition, version, changes) == [encode(partition, version, k, s) for k, s in changes.items()]
