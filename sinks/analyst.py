@@ -16,11 +16,13 @@ ANALYST_TABLES: frozenset[str] = frozenset({
     "product_family_daily", "active_workspaces_daily", "drops_daily", "bad_rows_unique",
     "api_routes_minutely", "api_routes_daily", "slow_operations_daily", "ticket_volume_daily",
     "login_failures_daily", "timer_usage_daily", "invoice_totals_daily",
+    "sessions", "session_stats_hourly", "session_stats_daily", "session_stats_monthly",
+    "entry_pages_daily", "exit_pages_daily",
 })
 # Parameterized views: called like table functions, `top_pages(site = ..., ...)`.
 ANALYST_VIEWS: frozenset[str] = frozenset({
     "top_pages", "top_pages_raw", "top_sources", "top_browsers", "top_operating_systems",
-    "top_devices", "adoption_summary", "adoption_by_tenant",
+    "top_devices", "adoption_summary", "adoption_by_tenant", "top_countries",
 })
 # Tables no analyst query may touch: API keys, dashboard accounts and the migration ledgers.
 PRIVATE_TABLES: frozenset[str] = frozenset({"api_keys", "dashboard_users", "share_links", "tally_migrations",
