@@ -28,6 +28,7 @@ class DropReason(StrEnum):
     EMPTY_USER_AGENT = "empty_user_agent"  # no User-Agent (edge: TALLY_DROP_EMPTY_UA; worker: always)
     RATE_LIMITED = "rate_limited"  # over the per-client rate limit
     SPOOL_FULL = "spool_full"  # broker unreachable and the spool full
+    SPOOL_CORRUPT = "spool_corrupt"  # a spooled batch found corrupt on open (counted per batch)
     # In the stream worker's stage 1
     DATACENTER = "datacenter"  # the client address is in a cloud, hosting or crawler range
     HEADLESS = "headless"  # an automation framework or headless browser
