@@ -50,6 +50,7 @@ class BadRowReason(StrEnum):
     NO_SALT = "no_salt"  # no salt for its period: never hashed unsalted (worker)
     INVALID_AGGREGATE = "invalid_aggregate"  # a window total with an unknown kind or a negative count (sink)
     INVALID_DROP = "invalid_drop"  # a drop count below zero (sink)
+    WAREHOUSE_REFUSED = "warehouse_refused"  # decoded, but ClickHouse refused its rows after bounded retries (sink)
 
 
 class EventProblem(StrEnum):

@@ -49,6 +49,8 @@ class Batch:
     rows: dict[str, list[list[Any]]] = field(default_factory=dict)
     frames: dict[str, dict[bytes, ItemFrames]] = field(default_factory=dict)
     raw: dict[str, list[tuple[str, int, int, bytes]]] = field(default_factory=dict)  # for the fallback
+    # per table, in row order: (topic, partition, offset, value, rows it gave), for the dead letter
+    sources: dict[str, list[tuple[str, int, int, bytes, int]]] = field(default_factory=dict)
     ranges: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     size: int = 0  # rows
     opened: float = field(default_factory=time.monotonic)
@@ -60,6 +62,11 @@ class Batch:
         else:
             r[0] = min(r[0], offset)
             r[1] = max(r[1], offset)
+
+    def add_rows(self, table: str, rows: list[list[Any]], source: tuple[str, int, int, bytes]) -> None:
+        self.rows.setdefault(table, []).extend(rows)
+        self.sources.setdefault(table, []).append((*source, len(rows)))
+        self.size += len(rows)
 
     def ranges_of(self, topic: str) -> dict[tuple[str, int], list[int]]:
         return {k: v for k, v in self.ranges.items() if k[0] == topic}

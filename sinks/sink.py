@@ -147,8 +147,7 @@ class Sink:
         except Rejected as exc:
             self._reject(msg.topic(), partition, offset, value, exc)
             return
-        self.batch.rows.setdefault(mapping.table, []).extend(rows)
-        self.batch.size += len(rows)
+        self.batch.add_rows(mapping.table, rows, (topic, partition, offset, value))
 
     def _reject(self, topic: str, partition: int, offset: int, value: bytes, exc: Rejected) -> None:
         BAD_RECORDS.labels(topic=topic.removeprefix(self.s.topic_prefix), reason=exc.reason).inc()
@@ -156,8 +155,7 @@ class Sink:
         record = bad_row(exc.reason, exc.detail, Component.SINK, topic, partition, offset, value)
         if topic == self.bad_topic:
             # A broken bad row cannot go back to bad-rows (it would loop): store it directly.
-            self.batch.rows.setdefault("bad_rows", []).append([record[c] for c in BAD_ROW_COLUMNS])
-            self.batch.size += 1
+            self.batch.add_rows("bad_rows", [[record[c] for c in BAD_ROW_COLUMNS]], (topic, partition, offset, value))
             return
         self.producer.produce(self.bad_topic, value=self.codec.encode("bad_row", record))
         self.producer.poll(0)
