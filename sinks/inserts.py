@@ -1,5 +1,5 @@
 """Inserting one sink batch into ClickHouse: each table's rows with a deduplication token
-derived from the batch's offset ranges (batch.py), pageviews as Avro pass-through with a
+derived from the batch's offset ranges and topic ids (batch.py, topic_ids.py), pageviews as Avro pass-through with a
 record-by-record fallback, retried while the warehouse is unreachable.
 
 An insert ClickHouse *refuses* (it was reached and said no to the data) is retried
@@ -24,6 +24,7 @@ from tally.sinks.batch import Batch, dedup_token
 from tally.sinks.flow import Flow
 from tally.sinks.metrics import BAD_RECORDS, INSERT_FAILURES, ROWS
 from tally.sinks.tables import MAPPINGS, ItemFrames, Passthrough, Rejected, TableMapping
+from tally.sinks.topic_ids import TopicIds
 
 from tally.config import Settings
 from tally.topics import BAD_ROWS
@@ -54,15 +55,17 @@ class Inserter:
         self.flow = flow
         self.reject = reject
         self.loader = AvroLoader(client, settings)
+        self.topic_ids = TopicIds(settings)
         self.passthrough = {m.table: Passthrough(codec, m.schema, m.columns) for m in MAPPINGS if m.passthrough}
 
     def insert(self, b: Batch) -> None:
+        ids = self.topic_ids.refresh(t for t, _ in b.ranges)
         for mapping in MAPPINGS:
-            self._table(mapping, b)
+            self._table(mapping, b, ids)
 
-    def _table(self, mapping: TableMapping, b: Batch) -> None:
+    def _table(self, mapping: TableMapping, b: Batch, ids: dict[str, str]) -> None:
         table = mapping.table
-        token = dedup_token(table, b.ranges_of(self.s.topic(mapping.topic)))
+        token = dedup_token(table, b.ranges_of(self.s.topic(mapping.topic)), ids)
         for fp, frames in sorted(b.frames.get(table, {}).items()):
             raw = [r for r in b.raw.get(table, []) if r[0] == fp]
             self._frames(mapping, frames, raw, f"{token}:{fp.hex()}")

@@ -34,6 +34,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from tally.schemas.codec import DecodeError, default_codec
 from tally.schemas.reasons import Component
 from tally.schemas.records import bad_row
+from tally.sinks import topic_ids
 from tally.sinks.batch import Batch, intent_metadata
 from tally.sinks.flow import Flow
 from tally.sinks.inserts import UNAVAILABLE, Inserter
@@ -73,6 +74,7 @@ class Sink:
         self.max_rows = max(settings.sink_batch_rows, settings.sink_max_insert_rows)
         self.flushing = False
         self.flushes = 0
+        self.ids_due = 0.0  # next look for recreated topics (topic_ids.py)
 
     # --- consuming --------------------------------------------------------------
 
@@ -91,6 +93,9 @@ class Sink:
                         break
                 if self.batch.size > PENDING_MAX._value.get():
                     PENDING_MAX.set(self.batch.size)
+                if time.monotonic() >= self.ids_due:
+                    self.ids_due = time.monotonic() + topic_ids.CHECK_SECONDS
+                    topic_ids.rewind(self.consumer, self.inserter.topic_ids.recreated(self.by_topic))
                 if self.replay.active:
                     if self.replay.complete():
                         self._finish_replay()
