@@ -21,7 +21,8 @@ ANALYST_VIEWS: frozenset[str] = frozenset({
     "top_devices", "adoption_summary", "adoption_by_tenant",
 })
 # Tables no analyst query may touch: API keys and the migration ledgers.
-PRIVATE_TABLES: frozenset[str] = frozenset({"api_keys", "tally_migrations", "tally_repeatable_migrations"})
+PRIVATE_TABLES: frozenset[str] = frozenset({"api_keys", "tally_migrations", "tally_migration_steps",
+                                          "tally_repeatable_migrations"})
 
 # System tables that describe neither users, grants, settings profiles nor server files.
 SYSTEM_TABLES: frozenset[str] = frozenset({
