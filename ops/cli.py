@@ -111,8 +111,16 @@ def up(timeout: float) -> None:
     """Start the local stack in the background: broker, sink, worker, collector, dashboard.
 
     Returns when every component is ready. Running it again while the stack
-    runs starts only what is missing.
+    runs starts only what is missing. One `up` or `down` runs at a time per state
+    dir: a second one waits for the first, then finds what it started.
     """
+    from tally.ops import stack
+
+    with stack.stack_lock(load_settings(), lambda: console.print("waiting for another `tally up` or `down`...")):
+        _up(timeout)
+
+
+def _up(timeout: float) -> None:
     from tally.ops import stack
 
     from tally import health
@@ -170,6 +178,13 @@ def report_topics(changes: TopicChanges) -> None:
 @main.command()
 def down() -> None:
     """Stop every process `tally up` started (dashboard, collector, worker, sink, broker nodes)."""
+    from tally.ops import stack
+
+    with stack.stack_lock(load_settings(), lambda: console.print("waiting for another `tally up` or `down`...")):
+        _down()
+
+
+def _down() -> None:
     from tally.ops import stack
 
     settings = load_settings(stack=True)

@@ -8,6 +8,7 @@ process start time too, so a recycled PID is never mistaken for ours.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -180,6 +181,25 @@ def components(s: Settings) -> list[Component]:
 
 
 # --- PID files ---------------------------------------------------------------
+
+@contextlib.contextmanager
+def stack_lock(s: Settings, on_wait: Callable[[], None]) -> Iterator[None]:
+    """Hold the state dir's `up`/`down` lock (flock on run/stack.lock), waiting for it if
+    another holds it: two at once would both see a component missing and both start it,
+    and the PID file would name only one of them. The descriptor is not inherited, so the
+    lock goes with this process, also when it is killed."""
+    s.run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(s.run_dir / "stack.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
 
 def _start_time(pid: int) -> str | None:
     try:

@@ -31,6 +31,7 @@ class DropReason(StrEnum):
     # At the edge, one count per prop removed from an accepted beacon (minimise.py)
     PROP_NOT_ALLOWED = "prop_not_allowed"  # key not on TALLY_PROPS_ALLOWLIST for the site
     PROP_UNSAFE_VALUE = "prop_unsafe_value"  # allowlisted key, value long or personal data
+    SPOOL_CORRUPT = "spool_corrupt"  # a spooled batch found corrupt on open (counted per batch)
     # In the stream worker's stage 1
     DATACENTER = "datacenter"  # the client address is in a cloud, hosting or crawler range
     HEADLESS = "headless"  # an automation framework or headless browser
@@ -54,6 +55,7 @@ class BadRowReason(StrEnum):
     INVALID_AGGREGATE = "invalid_aggregate"  # a window total with an unknown kind or a negative count (sink)
     INVALID_DROP = "invalid_drop"  # a drop count below zero (sink)
     INVALID_SESSION = "invalid_session"  # a session record with a negative count (sink)
+    WAREHOUSE_REFUSED = "warehouse_refused"  # decoded, but ClickHouse refused its rows after bounded retries (sink)
 
 
 class EventProblem(StrEnum):

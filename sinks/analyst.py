@@ -26,6 +26,7 @@ ANALYST_VIEWS: frozenset[str] = frozenset({
 })
 # Tables no analyst query may touch: API keys, dashboard accounts and the migration ledgers.
 PRIVATE_TABLES: frozenset[str] = frozenset({"api_keys", "dashboard_users", "share_links", "tally_migrations",
+                                           "tally_migration_steps",
                                            "tally_repeatable_migrations"})
 
 # System tables that describe neither users, grants, settings profiles nor server files.

@@ -2,8 +2,8 @@
 the deduplication token derived from those ranges.
 
 Idempotence rests on two facts:
-- An insert carries `insert_deduplication_token` = hash(table, offset ranges),
-  so inserting the same ranges twice stores them once (ClickHouse remembers the
+- An insert carries `insert_deduplication_token` = hash(table, topic ids, offset
+  ranges), so inserting the same ranges of the same topics twice stores them once (ClickHouse remembers the
   last `non_replicated_deduplication_window` tokens per table).
 - Before inserting, the sink records the batch's end offsets as Kafka commit
   *metadata* on the batch's start offsets (an "intent"). A sink killed between
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,9 +39,11 @@ def parse_intent(metadata: str | None) -> int | None:
         return None
 
 
-def dedup_token(table: str, ranges: dict[tuple[str, int], list[int]]) -> str:
-    """Deterministic token for the rows of `table` from these (topic, partition) ranges."""
-    spec = ";".join(f"{t}:{p}:{first}-{last}" for (t, p), (first, last) in sorted(ranges.items()))
+def dedup_token(table: str, ranges: dict[tuple[str, int], list[int]], topic_ids: Mapping[str, str] | None = None) -> str:
+    """Deterministic token for the rows of `table` from these (topic, partition) ranges of
+    these topic incarnations (topic_ids.py): offsets restart at 0 in a recreated topic."""
+    ids = topic_ids or {}
+    spec = ";".join(f"{t}#{ids.get(t, '')}:{p}:{first}-{last}" for (t, p), (first, last) in sorted(ranges.items()))
     return hashlib.sha256(f"{table}|{spec}".encode()).hexdigest()[:32]
 
 
@@ -49,6 +52,8 @@ class Batch:
     rows: dict[str, list[list[Any]]] = field(default_factory=dict)
     frames: dict[str, dict[bytes, ItemFrames]] = field(default_factory=dict)
     raw: dict[str, list[tuple[str, int, int, bytes]]] = field(default_factory=dict)  # for the fallback
+    # per table, in row order: (topic, partition, offset, value, rows it gave), for the dead letter
+    sources: dict[str, list[tuple[str, int, int, bytes, int]]] = field(default_factory=dict)
     ranges: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     size: int = 0  # rows
     opened: float = field(default_factory=time.monotonic)
@@ -60,6 +65,11 @@ class Batch:
         else:
             r[0] = min(r[0], offset)
             r[1] = max(r[1], offset)
+
+    def add_rows(self, table: str, rows: list[list[Any]], source: tuple[str, int, int, bytes]) -> None:
+        self.rows.setdefault(table, []).extend(rows)
+        self.sources.setdefault(table, []).append((*source, len(rows)))
+        self.size += len(rows)
 
     def ranges_of(self, topic: str) -> dict[tuple[str, int], list[int]]:
         return {k: v for k, v in self.ranges.items() if k[0] == topic}

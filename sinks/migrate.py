@@ -3,6 +3,12 @@
 Two kinds of file:
 - `NNN_name.sql`: versioned, applied once each in order and recorded in
   `tally_migrations`. Never edit one that has shipped; add the next number.
+  ClickHouse DDL is not transactional, so each statement of a versioned file is
+  recorded in `tally_migration_steps` once it has run: a migrate killed part-way
+  resumes at the first statement not recorded. The one that was running when it
+  died runs again, so every statement must be safe to repeat: `IF NOT EXISTS`,
+  inserts whose rows replace themselves, and renames (a `RENAME` whose sources
+  are gone and targets exist is taken as done; see `_renamed`).
 - `R_name.sql`: repeatable, re-applied whenever its *rendered* text changes,
   recorded in `tally_repeatable_migrations`. Views and retention TTLs live
   here, so changing TALLY_RAW_RETENTION_DAYS yields `ALTER ... MODIFY TTL`
@@ -39,6 +45,18 @@ CREATE TABLE IF NOT EXISTS tally_migrations
 )
 ENGINE = MergeTree ORDER BY version
 """
+
+STEPS_LEDGER = """
+CREATE TABLE IF NOT EXISTS tally_migration_steps
+(
+    version    UInt32,
+    step       UInt32,
+    applied_at DateTime DEFAULT now()
+)
+ENGINE = MergeTree ORDER BY (version, step)
+"""
+
+_RENAME = re.compile(r"^RENAME\s+TABLE\s+(.+)$", re.I | re.S)
 
 REPEATABLE_LEDGER = """
 CREATE TABLE IF NOT EXISTS tally_repeatable_migrations
@@ -123,14 +141,22 @@ def migrate(client: Client, settings: Settings, ddl_dir: Path = DDL_DIR) -> list
     """Apply pending versioned migrations in order, then every repeatable whose
     rendered text changed; return the names applied."""
     client.command(LEDGER)
+    client.command(STEPS_LEDGER)
     client.command(REPEATABLE_LEDGER)
     applied = {row[0] for row in client.query("SELECT version FROM tally_migrations").result_rows}
     done = []
     for mig in migrations(ddl_dir):
         if mig.version in applied:
             continue
-        for statement in mig.statements(settings):
-            client.command(statement)
+        steps = {row[0] for row in client.query(
+            "SELECT step FROM tally_migration_steps WHERE version = {v:UInt32}", parameters={"v": mig.version}
+        ).result_rows}
+        for step, statement in enumerate(mig.statements(settings), 1):
+            if step in steps:
+                continue
+            if not _renamed(client, statement):
+                client.command(statement)
+            client.insert("tally_migration_steps", [[mig.version, step]], column_names=["version", "step"])
         client.insert("tally_migrations", [[mig.version, mig.name, mig.checksum]],
                       column_names=["version", "name", "checksum"])
         done.append(f"{mig.version:03d}_{mig.name}")
@@ -145,3 +171,18 @@ def migrate(client: Client, settings: Settings, ddl_dir: Path = DDL_DIR) -> list
         client.insert("tally_repeatable_migrations", [[mig.name, checksum]], column_names=["name", "checksum"])
         done.append(f"R_{mig.name} ({checksum})")
     return done
+
+
+def _renamed(client: Client, statement: str) -> bool:
+    """True for a RENAME TABLE that has already run: the names it renames from and not to
+    are gone, and the names it renames to and not from exist. (A RENAME run twice would
+    fail, or, once the old table is dropped, rename a fresh empty table into place.)"""
+    m = _RENAME.match(statement.strip())
+    if not m:
+        return False
+    pairs = [tuple(p.strip().strip("`") for p in re.split(r"\s+TO\s+", part.strip(), flags=re.I))
+             for part in m[1].split(",")]
+    sources, targets = {a for a, _ in pairs}, {b for _, b in pairs}
+    rows = client.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows
+    tables = {r[0] for r in rows}
+    return not (sources - targets) & tables and (targets - sources) <= tables

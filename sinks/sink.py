@@ -34,6 +34,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from tally.schemas.codec import DecodeError, default_codec
 from tally.schemas.reasons import Component
 from tally.schemas.records import bad_row
+from tally.sinks import topic_ids
 from tally.sinks.batch import Batch, intent_metadata
 from tally.sinks.flow import Flow
 from tally.sinks.inserts import UNAVAILABLE, Inserter
@@ -74,6 +75,7 @@ class Sink:
         self.max_rows = max(settings.sink_batch_rows, settings.sink_max_insert_rows)
         self.flushing = False
         self.flushes = 0
+        self.ids_due = 0.0  # next look for recreated topics (topic_ids.py)
 
     # --- consuming --------------------------------------------------------------
 
@@ -92,6 +94,9 @@ class Sink:
                         break
                 if self.batch.size > PENDING_MAX._value.get():
                     PENDING_MAX.set(self.batch.size)
+                if time.monotonic() >= self.ids_due:
+                    self.ids_due = time.monotonic() + topic_ids.CHECK_SECONDS
+                    topic_ids.rewind(self.consumer, self.inserter.topic_ids.recreated(self.by_topic))
                 if self.replay.active:
                     if self.replay.complete():
                         self._finish_replay()
@@ -148,8 +153,7 @@ class Sink:
         except Rejected as exc:
             self._reject(msg.topic(), partition, offset, value, exc)
             return
-        self.batch.rows.setdefault(mapping.table, []).extend(rows)
-        self.batch.size += len(rows)
+        self.batch.add_rows(mapping.table, rows, (topic, partition, offset, value))
 
     def _reject(self, topic: str, partition: int, offset: int, value: bytes, exc: Rejected) -> None:
         BAD_RECORDS.labels(topic=topic.removeprefix(self.s.topic_prefix), reason=exc.reason).inc()
@@ -157,8 +161,7 @@ class Sink:
         record = bad_row(exc.reason, exc.detail, Component.SINK, topic, partition, offset, value)
         if topic == self.bad_topic:
             # A broken bad row cannot go back to bad-rows (it would loop): store it directly.
-            self.batch.rows.setdefault("bad_rows", []).append([record[c] for c in BAD_ROW_COLUMNS])
-            self.batch.size += 1
+            self.batch.add_rows("bad_rows", [[record[c] for c in BAD_ROW_COLUMNS]], (topic, partition, offset, value))
             return
         self.producer.produce(self.bad_topic, value=self.codec.encode("bad_row", record))
         self.producer.poll(0)

@@ -128,3 +128,83 @@ def test_drops_upgrade_keeps_old_counts_and_counts_a_replayed_source_once(tmp_pa
         assert client.query("SELECT count(), sum(count) FROM drops").result_rows[0] == (4, 15)
     finally:
         client.close()
+
+
+KILLING_MIGRATE = """
+import json, os, shutil, signal, sys
+from pathlib import Path
+from tally.config import Settings
+from tally.sinks.migrate import DDL_DIR, migrate, migrations
+from tally.sinks.warehouse import connect
+
+state, step, when = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+s = Settings.from_env({"TALLY_STATE_DIR": str(state)})
+client = connect(s)
+if step:
+    before = state.parent / "ddl-006"
+    before.mkdir(exist_ok=True)
+    for path in DDL_DIR.glob("*.sql"):
+        if not path.name.startswith(("007", "008")):
+            shutil.copy(path, before / path.name)
+    migrate(client, s, before)
+    client.command("INSERT INTO drops VALUES ('a', today(), 'bot', 'worker', 3), "
+                   "('a', today(), 'bot', 'worker', 4), ('b', today(), 'gpc', 'collector', 2)")
+    target = next(m for m in migrations() if m.version == 7).statements(s)[step - 1]
+    command, insert, armed = client.command, client.insert, []
+
+    def killing_command(sql, *args, **kwargs):
+        out = command(sql, *args, **kwargs)
+        if sql == target:
+            armed.append(1)
+            if when == "statement":  # it ran; its step is not recorded
+                os.kill(os.getpid(), signal.SIGKILL)
+        return out
+
+    def killing_insert(table, *args, **kwargs):
+        out = insert(table, *args, **kwargs)
+        if table == "tally_migration_steps" and armed:  # it ran and its step is recorded
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+
+    client.command, client.insert = killing_command, killing_insert
+    migrate(client, s)
+    sys.exit("not killed")
+else:
+    migrate(client, s)
+    print(json.dumps({
+        "sums": client.query("SELECT site, sum(dropped) FROM drops_daily GROUP BY site ORDER BY site").result_rows,
+        "tables": sorted(r[0] for r in client.query(
+            "SELECT name FROM system.tables WHERE database = currentDatabase() AND name LIKE 'drops%'").result_rows),
+        "versions": [r[0] for r in client.query("SELECT version FROM tally_migrations ORDER BY version").result_rows],
+        "shape": [r[0] for r in client.query("SELECT name FROM system.columns WHERE database = currentDatabase() "
+                                             "AND table = 'drops' ORDER BY position").result_rows],
+    }, default=str))
+"""
+
+
+@pytest.mark.parametrize("when", ["statement", "recorded"])
+def test_migration_007_killed_after_each_statement_then_rerun(tmp_path, when):
+    """007 is not transactional: killed (SIGKILL) after any of its statements, either before
+    or after the statement is recorded, a re-run finishes it with the old counts kept
+    exactly once and the warehouse usable (the sink's own start runs this migrate)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    s = Settings.from_env({"TALLY_STATE_DIR": str(tmp_path)})
+    count = len(next(m for m in migrations() if m.version == 7).statements(s))
+    assert count == 4
+    for step in range(1, count + 1):
+        state = tmp_path / f"kill-{step}" / "state"
+        killed = subprocess.run([sys.executable, "-c", KILLING_MIGRATE, str(state), str(step), when],
+                                cwd=REPO, capture_output=True, text=True, timeout=180)
+        assert killed.returncode == -9, (step, killed.stderr[-2000:])
+        rerun = subprocess.run([sys.executable, "-c", KILLING_MIGRATE, str(state), "0", when],
+                               cwd=REPO, capture_output=True, text=True, timeout=180)
+        assert rerun.returncode == 0, (step, rerun.stderr[-2000:])
+        got = json.loads(rerun.stdout)
+        assert got["sums"] == [["a", 7], ["b", 2]], (step, got)
+        assert got["tables"] == ["drops", "drops_daily"], (step, got)
+        assert 7 in got["versions"] and got["shape"][-2:] == ["source_partition", "source_offset"], (step, got)

@@ -29,6 +29,9 @@ def test_token_depends_on_table_and_every_range_not_on_order():
     assert dedup_token("pageviews", a) != dedup_token("drops", a)
     assert dedup_token("pageviews", a) != dedup_token("pageviews", {**a, ("t.pv", 0): [10, 21]})
     assert dedup_token("pageviews", a) != dedup_token("pageviews", {("t.pv", 0): [10, 20]})
+    # The same offsets of a recreated topic (a new topic id) are other records.
+    assert dedup_token("pageviews", a, {"t.pv": "id-1"}) == dedup_token("pageviews", b, {"t.pv": "id-1"})
+    assert dedup_token("pageviews", a, {"t.pv": "id-1"}) != dedup_token("pageviews", a, {"t.pv": "id-2"})
 
 
 def test_intent_round_trip_and_foreign_metadata():

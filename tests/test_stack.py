@@ -70,11 +70,20 @@ def test_up_query_down_and_broker_persistence(tmp_path):
     settings = Settings.from_env(env)
     state = settings.state_dir
     try:
-        up = tally(env, "up")
-        assert up.returncode == 0, up.stderr
+        # Two `up` at once: one starts every component, the other waits for it and finds
+        # them running (without the lock both would start them, and `down` could stop one).
+        both = [subprocess.Popen([sys.executable, "-m", "tally.ops", "up"], cwd=REPO, env=env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+        outs = [p.communicate(timeout=300) for p in both]
+        assert [p.returncode for p in both] == [0, 0], outs
         names = ("broker", "sink", "worker", "collector", "dashboard")
+        errs = [err for _, err in outs]
+        up = next(p for p in outs if "started broker" in p[1])
+        up = subprocess.CompletedProcess([], 0, *up)
         for name in names:
-            assert f"started {name}" in up.stderr
+            assert sum(err.count(f"started {name} ") for err in errs) == 1, errs
+        other = next(err for err in errs if err is not up.stderr)
+        assert other.count("already running") == len(names) and "waiting for another" in other, other
         # What `up` keeps for later commands is its owner's only, and holds no secret.
         saved = state / "run" / "env.json"
         assert stat.S_IMODE(saved.stat().st_mode) == 0o600

@@ -20,11 +20,15 @@ PARTITION BY toYYYYMM(day)
 ORDER BY (site, day, reason, component, source_partition, source_offset)
 SETTINGS non_replicated_deduplication_window = 10000;
 
--- Rows counted before this migration keep their sums, one distinct id each.
+-- Rows counted before this migration keep their sums, one row per key with an id
+-- derived from the key: run twice (a crash before its step was recorded), the
+-- second copy replaces the first instead of doubling the old counts.
 INSERT INTO drops_by_source
-SELECT site, day, reason, component, count, -1, toInt64(bitShiftRight(rand64(), 1))
-FROM drops;
+SELECT site, day, reason, component, sum(count), -1,
+       toInt64(bitShiftRight(cityHash64(site, day, reason, component), 1))
+FROM drops
+GROUP BY site, day, reason, component;
 
 RENAME TABLE drops TO drops_summed_v1, drops_by_source TO drops;
 
-DROP TABLE drops_summed_v1
+DROP TABLE IF EXISTS drops_summed_v1

@@ -4,6 +4,8 @@
 -- Aggregate views read `aggregates` with FINAL (highest version per window and
 -- stream partition) and add the partitions up: every visitor and every
 -- workspace lives in exactly one stream partition, so the sums are exact.
+-- Views over the raw rows (pageviews, product_events) read them with FINAL too:
+-- a replayed event not yet merged away by ReplacingMergeTree is counted once.
 CREATE OR REPLACE VIEW site_stats_hourly AS
 SELECT scope AS site, toDateTime(window_start, 'UTC') AS hour, sum(count) AS pageviews, sum(uniques) AS visitors
 FROM aggregates FINAL WHERE kind = 'site_hour'
@@ -93,7 +95,7 @@ ORDER BY pageviews DESC, path;
 
 CREATE OR REPLACE VIEW top_pages_raw AS
 SELECT path, count() AS pageviews, uniqExact(visitor_id) AS visitors
-FROM pageviews
+FROM pageviews FINAL
 WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND {date_to:Date}
   AND event = 'pageview'
 GROUP BY path
@@ -103,14 +105,14 @@ CREATE OR REPLACE VIEW top_sources AS
 SELECT referrer_source AS source, referrer_host, ifNull(utm_source, '') AS utm_source,
        ifNull(utm_medium, '') AS utm_medium, ifNull(utm_campaign, '') AS utm_campaign,
        countIf(event = 'pageview') AS pageviews, uniqExact(visitor_id) AS visitors
-FROM pageviews
+FROM pageviews FINAL
 WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND {date_to:Date}
 GROUP BY source, referrer_host, utm_source, utm_medium, utm_campaign
 ORDER BY pageviews DESC, source, referrer_host;
 
 CREATE OR REPLACE VIEW top_browsers AS
 SELECT browser, countIf(event = 'pageview') AS pageviews, uniqExact(visitor_id) AS visitors
-FROM pageviews
+FROM pageviews FINAL
 WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND {date_to:Date}
 GROUP BY browser
 ORDER BY pageviews DESC, browser;
@@ -135,14 +137,14 @@ ORDER BY pageviews DESC, country;
 
 CREATE OR REPLACE VIEW top_operating_systems AS
 SELECT os, countIf(event = 'pageview') AS pageviews, uniqExact(visitor_id) AS visitors
-FROM pageviews
+FROM pageviews FINAL
 WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND {date_to:Date}
 GROUP BY os
 ORDER BY pageviews DESC, os;
 
 CREATE OR REPLACE VIEW top_devices AS
 SELECT device, countIf(event = 'pageview') AS pageviews, uniqExact(visitor_id) AS visitors
-FROM pageviews
+FROM pageviews FINAL
 WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND {date_to:Date}
 GROUP BY device
 ORDER BY pageviews DESC, device;
@@ -169,7 +171,7 @@ FROM
     (
         SELECT feature_area, count() AS events, uniqExact(tenant_id, workspace_id) AS active_workspaces,
                toNullable(max(occurred_at)) AS last_event_at
-        FROM product_events
+        FROM product_events FINAL
         WHERE ({tenant:String} = '*' OR tenant_id = {tenant:String})
           AND toDate(occurred_at) BETWEEN {date_from:Date} AND {date_to:Date}
         GROUP BY feature_area
@@ -177,7 +179,7 @@ FROM
     UNION ALL
     SELECT 'all', 'All five families', 1000, count(), uniqExact(tenant_id, workspace_id),
            if(count() = 0, NULL, toNullable(max(occurred_at)))
-    FROM product_events
+    FROM product_events FINAL
     WHERE ({tenant:String} = '*' OR tenant_id = {tenant:String})
       AND toDate(occurred_at) BETWEEN {date_from:Date} AND {date_to:Date}
       AND feature_area IN {family_names}

@@ -33,6 +33,9 @@ SPOOL_BYTES = Gauge("tally_collector_spool_bytes", "Size of the on-disk spool fi
                     multiprocess_mode="livesum")
 SPOOLED = Counter("tally_collector_spooled_beacons_total",
                   "Beacons written to the spool because the broker did not acknowledge in time.")
+SPOOL_CORRUPT = Counter("tally_collector_spool_corrupt_batches_total",
+                        "Spooled micro-batches found corrupt when the spool was opened, and lost, by reason.",
+                        ["reason"])
 REPLAYED = Counter("tally_collector_replayed_batches_total",
                    "Spooled micro-batches delivered to Kafka after the broker came back.")
 PRODUCE_SECONDS = Histogram(

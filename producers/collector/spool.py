@@ -13,6 +13,12 @@ A segment whose batches are all acknowledged is deleted; when nothing is
 pending every segment goes. A torn record at the tail (a crash mid-write) is
 cut off on open: its batch was never fsync'd, so it was never answered 2xx.
 
+A write the disk refuses (ENOSPC, EFBIG, EIO, a short write) is rolled back:
+the file is cut back to where it was and no id is handed out, so no phantom
+entry is replayed later. A record found corrupt on open (a flipped bit) is
+skipped and counted (`corrupt`); reading resumes at the next record whose CRC
+checks, so the answered batches after it are kept.
+
 One process owns a spool directory (flock on `lock`). All methods block on
 disk I/O; the forwarder calls them from a single dedicated thread, which also
 keeps them strictly ordered.
@@ -20,13 +26,16 @@ keeps them strictly ordered.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
 import struct
 import zlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
+
+from tally.schemas.reasons import DropReason
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +74,7 @@ class Spool:
         self._active = 0
         self._fd: int | None = None
         self._next_id = 1
+        self.corrupt: Counter[DropReason] = Counter()  # records skipped on open, by reason
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -125,7 +135,18 @@ class Spool:
         write, so what is spooled is always a prefix: replay order stays the
         order of acceptance.
         """
+        start = (self._active, self._sizes[self._active], self._next_id)
         ids: list[int | None] = []
+        try:
+            self._append(payloads, ids)
+            assert self._fd is not None
+            os.fsync(self._fd)
+        except OSError:
+            self._rollback(*start, [i for i in ids if i is not None])
+            raise
+        return ids
+
+    def _append(self, payloads: list[bytes], ids: list[int | None]) -> None:
         chunks: list[bytes] = []
         buffered = 0  # bytes in chunks, not yet written
         used = self.size_bytes
@@ -148,9 +169,25 @@ class Spool:
             used += need
             ids.append(entry_id)
         self._write(chunks)
-        assert self._fd is not None
+
+    def _rollback(self, active: int, size: int, next_id: int, added: list[int]) -> None:
+        """Undo a failed append: no id it handed out stays pending, in memory or on disk."""
+        for entry_id in added:
+            seg = self._pending.pop(entry_id)[0]
+            self._unacked[seg].discard(entry_id)
+        self._next_id = next_id
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        for seg in [s for s in self._sizes if s > active]:  # segments this append opened
+            self._path(seg).unlink(missing_ok=True)
+            del self._sizes[seg]
+            self._unacked.pop(seg, None)
+        self._active = active
+        self._fd = os.open(self._path(active), os.O_WRONLY | os.O_APPEND)
+        os.ftruncate(self._fd, size)  # shrinking needs no free space
         os.fsync(self._fd)
-        return ids
+        self._sizes[active] = size
 
     def ack(self, ids: list[int]) -> None:
         """Mark batches delivered. Not fsync'd: a lost ACK only means a replay whose
@@ -188,7 +225,14 @@ class Spool:
             return
         assert self._fd is not None
         data = b"".join(chunks)
-        os.write(self._fd, data)
+        try:
+            written = os.write(self._fd, data)
+        except OSError:
+            os.ftruncate(self._fd, self._sizes[self._active])  # a torn record would sit mid-file
+            raise
+        if written != len(data):  # the disk filled up part-way
+            os.ftruncate(self._fd, self._sizes[self._active])
+            raise OSError(errno.ENOSPC, f"short write to the spool ({written} of {len(data)} bytes)")
         self._sizes[self._active] += len(data)
 
     def _roll(self) -> None:
@@ -226,33 +270,73 @@ class Spool:
     def _recover(self, seg: int) -> None:
         path = self._path(seg)
         data = path.read_bytes()
+        last = seg == max(self._segment_numbers())
         pos = 0
         while pos + HEADER.size <= len(data):
-            magic, kind, entry_id, length, crc = HEADER.unpack_from(data, pos)
-            start, end = pos + HEADER.size, pos + HEADER.size + length
-            if magic != MAGIC or kind not in (DATA, ACK) or end > len(data) \
-                    or _crc(kind, entry_id, data[start:end]) != crc:
+            end = self._record_at(data, pos, seg)
+            if end is not None:
+                pos = end
+                continue
+            # Not a record: resync at the next one whose CRC checks, if there is one.
+            nxt = data.find(MAGIC, pos + 1)
+            while nxt != -1 and self._parse(data, nxt) is None:
+                nxt = data.find(MAGIC, nxt + 1)
+            if nxt == -1:
                 break
-            if kind == DATA:
-                self._pending[entry_id] = (seg, start, length)
-                self._unacked.setdefault(seg, set()).add(entry_id)
-            else:
-                where = self._pending.pop(entry_id, None)
-                if where is not None:
-                    self._unacked[where[0]].discard(entry_id)
-            self._next_id = max(self._next_id, entry_id + 1)
-            pos = end
+            self.corrupt[DropReason.SPOOL_CORRUPT] += 1
+            log.error("spool %s: skipped %d corrupt bytes at offset %d (one batch lost)", path, nxt - pos, pos)
+            pos = nxt
         if pos < len(data):
-            log.warning("spool %s: cutting %d bytes of torn or corrupt records at offset %d",
-                        path, len(data) - pos, pos)
-            os.truncate(path, pos)
+            if self._parse_header_only(data, pos):  # whole record there, CRC wrong: it was fsync'd
+                self.corrupt[DropReason.SPOOL_CORRUPT] += 1
+                log.error("spool %s: corrupt last record at offset %d (one batch lost)", path, pos)
+            else:
+                log.warning("spool %s: cutting %d bytes of a torn record at offset %d", path, len(data) - pos, pos)
+            if last:
+                os.truncate(path, pos)
+            else:
+                pos = len(data)  # nothing appends here; keep the accounting equal to the file
         self._sizes[seg] = pos
         self._unacked.setdefault(seg, set())
-        if seg == max(self._segment_numbers()):
+        if last:
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
 
+    @staticmethod
+    def _parse(data: bytes, pos: int) -> tuple[int, int, int, int] | None:
+        """(kind, id, payload start, end) of the valid record at pos, or None."""
+        if pos + HEADER.size > len(data):
+            return None
+        magic, kind, entry_id, length, crc = HEADER.unpack_from(data, pos)
+        start, end = pos + HEADER.size, pos + HEADER.size + length
+        if magic != MAGIC or kind not in (DATA, ACK) or end > len(data) \
+                or _crc(kind, entry_id, data[start:end]) != crc:
+            return None
+        return kind, entry_id, start, end
 
-def adopt_orphans(mine: Spool, root: Path) -> int:
+    @staticmethod
+    def _parse_header_only(data: bytes, pos: int) -> bool:
+        if pos + HEADER.size > len(data):
+            return False
+        magic, kind, _, length, _ = HEADER.unpack_from(data, pos)
+        return magic == MAGIC and kind in (DATA, ACK) and pos + HEADER.size + length == len(data)
+
+    def _record_at(self, data: bytes, pos: int, seg: int) -> int | None:
+        parsed = self._parse(data, pos)
+        if parsed is None:
+            return None
+        kind, entry_id, start, end = parsed
+        if kind == DATA:
+            self._pending[entry_id] = (seg, start, end - start)
+            self._unacked.setdefault(seg, set()).add(entry_id)
+        else:
+            where = self._pending.pop(entry_id, None)
+            if where is not None:
+                self._unacked[where[0]].discard(entry_id)
+        self._next_id = max(self._next_id, entry_id + 1)
+        return end
+
+
+def adopt_orphans(mine: Spool, root: Path, corrupt: Counter[DropReason] | None = None) -> int:
     """Move the pending batches of unowned spools under root into `mine`; how many moved.
 
     A worker that is gone (fewer --workers after a restart, or a crash) leaves
@@ -266,6 +350,8 @@ def adopt_orphans(mine: Spool, root: Path) -> int:
         except SpoolLocked:
             continue
         try:
+            if corrupt is not None:
+                corrupt.update(other.corrupt)
             ids = other.pending_ids()
             if not ids:
                 continue

@@ -54,6 +54,8 @@ class Spooler:
         self._loop = asyncio.get_running_loop()
         self.spool = await self.run_io(self._open)
         self.settled = max(self.spool.pending_ids(), default=0)  # left by earlier processes
+        for reason, n in self.spool.corrupt.items():
+            metrics.SPOOL_CORRUPT.labels(reason).inc(n)
         self.gauges()
         return self.spool
 
@@ -68,7 +70,7 @@ class Spooler:
                 break
             except SpoolLocked:
                 index += 1
-        moved = adopt_orphans(spool, root)
+        moved = adopt_orphans(spool, root, spool.corrupt)
         if moved:
             log.info("adopted %d spooled batches left by a previous worker", moved)
         return spool
