@@ -107,7 +107,7 @@ def pipeline_topics(settings) -> list[str]:
 def test_every_topic_gets_the_replication_settings_and_a_change_reaches_existing_ones(cluster, cluster_env):
     from tally.streams.state import ensure_state_topics
 
-    from tally.topics import ensure, ensure_topics
+    from tally.topics import ensure, ensure_topics, specs
 
     s = cluster_env.settings  # TALLY_TOPIC_REPLICATION_FACTOR=3, TALLY_TOPIC_MIN_INSYNC_REPLICAS=2
     assert s.bootstrap.count(",") == 2
@@ -122,8 +122,7 @@ def test_every_topic_gets_the_replication_settings_and_a_change_reaches_existing
     changes = ensure_topics(lowered)
     assert not changes.created and not changes.warnings
     assert sorted(line.split(":")[0] for line in changes.altered) == sorted(
-        lowered.topic(t) for t in ("beacons.raw", "pageviews.enriched", "product.events", "aggregates",
-                                   "drops", "bad-rows", "salts"))
+        lowered.topic(t.name) for t in specs(lowered))  # every pipeline topic, the keys topics too
     assert all(line.endswith("min.insync.replicas 2 -> 1") for line in changes.altered)
     assert len(ensure_state_topics(lowered).altered) == 3
     # Each node applies a config change from the quorum's log: moments apart.
