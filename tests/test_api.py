@@ -369,7 +369,9 @@ def test_breakdowns_mix_daily_rollups_and_raw_rows_on_the_stack(tally_env, spawn
     and today's (raw rows) exactly as the raw rows do, also right after a late event and a
     replayed one arrive for a rolled-up day (that day is read from the raw rows until the
     sink has recomputed it)."""
-    tally_env.vars.update({"TALLY_ROLLUP_CHECK_SECONDS": "0.5", "TALLY_API_RATE_LIMIT_BURST": "1000"})
+    # No worker here: the test writes the pageviews and aggregates itself, and no sessions.
+    tally_env.vars.update({"TALLY_ROLLUP_CHECK_SECONDS": "0.5", "TALLY_API_RATE_LIMIT_BURST": "1000",
+                           "TALLY_SESSION_TIMEOUT_SECONDS": "0"})
     s = tally_env.settings
     spawn(tally_env, "sink")
     wait_for(lambda: http_ok(f"http://127.0.0.1:{s.query_port}/healthz"), 60, "sink endpoint")
