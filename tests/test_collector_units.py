@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -23,6 +24,8 @@ from tally.producers.collector.spool import HEADER, Spool, SpoolLocked, adopt_or
 from tally.schemas.codec import default_codec
 
 from tally.ids import uuid7
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 ALLOWED = frozenset({"example.com"})
 
@@ -94,7 +97,8 @@ def test_piece_encoder_writes_what_the_codec_writes(bodies, user_agent, datacent
     decoded = codec.decode("beacon_batch", fast.batch(items))["items"]
     for got, rec in zip(decoded, records, strict=True):
         assert str(got["event_id"]) == rec["event_id"] and uuid.UUID(rec["event_id"]).version == 7
-        assert int(got["received_at"].timestamp() * 1000) == rec["received_at"]
+        # Integer milliseconds (a float timestamp * 1000 can land one below: 256.085 -> 256084).
+        assert (got["received_at"] - EPOCH) // timedelta(milliseconds=1) == rec["received_at"]
         assert {k: v for k, v in got.items() if k not in ("event_id", "received_at")} == {
             k: v for k, v in rec.items() if k not in ("event_id", "received_at")}
     assert fast.batch([]) == slow.batch([])
