@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 import click
-from tally.api.cli import _settings, _with_store
+from tally.api.cli import _settings, _with_store, revoke_record
 
 
 def _table(headers: tuple[str, ...], rows: list[list[str]]) -> None:
@@ -180,15 +180,7 @@ def revoke_share(link_id: str) -> None:
     """Revoke a shared link by its id; it stops opening the dashboard within 10 s."""
     from tally.sinks import accountstore
 
-    def local(client: Any) -> Any:
-        record = accountstore.revoke_link(client, link_id)
-        return record.public() if record else None
-
-    def remote(sock: Any) -> Any:
-        status, body = sock.request("POST", f"/v1/shares/{link_id}/revoke", {})
-        return json.loads(body) if status == 200 else None
-
-    if _with_store(_settings(), local, remote) is None:
+    if revoke_record(lambda c: accountstore.revoke_link(c, link_id), f"/v1/shares/{link_id}/revoke") is None:
         click.echo(f"no shared link {link_id}", err=True)
         sys.exit(1)
     click.echo(f"revoked {link_id}")

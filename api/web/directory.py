@@ -14,9 +14,11 @@ from tally.api.warehouse import ServerWarehouse, Unavailable, Warehouse
 from tally.sinks import accountstore
 from tally.sinks.accountstore import LinkRecord, UserRecord
 
+from tally.caches import bounded_put
 from tally.config import Settings
 
 CACHE_SECONDS = 10.0
+MAX_CACHED = 10_000  # lookups kept; emptied when full
 
 
 class Directory:
@@ -46,29 +48,28 @@ class Directory:
         hit = self._cache.get((kind, name))
         if hit is not None and now - hit[0] < CACHE_SECONDS:
             return hit[1]
-        if len(self._cache) > 10_000:
-            self._cache.clear()
         value = await load()
-        self._cache[(kind, name)] = (now, value)
+        bounded_put(self._cache, (kind, name), (now, value), MAX_CACHED)
         return value
 
-    async def user(self, email: str) -> UserRecord | None:
-        async def load() -> UserRecord | None:
+    async def _record(self, kind: str, name: str, find: Callable[[Any, str], Any], route: str,
+                      from_json: Callable[[dict[str, Any]], Any]) -> Any:
+        """A user or link record, cached: from the server (server mode) or the sink's socket."""
+        async def load() -> Any:
             if isinstance(self.warehouse, ServerWarehouse):
-                return await self.warehouse._run(lambda: accountstore.find_user(self.warehouse.client, email))
-            found = await self._socket_get(f"/v1/users/{quote(email, safe='@')}")
-            return UserRecord.from_json(found) if found else None
+                return await self.warehouse._run(lambda: find(self.warehouse.client, name))
+            found = await self._socket_get(route)
+            return from_json(found) if found else None
 
-        return await self._cached("user", email, load)
+        return await self._cached(kind, name, load)
+
+    async def user(self, email: str) -> UserRecord | None:
+        return await self._record("user", email, accountstore.find_user, f"/v1/users/{quote(email, safe='@')}",
+                                  UserRecord.from_json)
 
     async def link(self, link_id: str) -> LinkRecord | None:
-        async def load() -> LinkRecord | None:
-            if isinstance(self.warehouse, ServerWarehouse):
-                return await self.warehouse._run(lambda: accountstore.find_link(self.warehouse.client, link_id))
-            found = await self._socket_get(f"/v1/shares/{link_id}")
-            return LinkRecord.from_json(found) if found else None
-
-        return await self._cached("link", link_id, load)
+        return await self._record("link", link_id, accountstore.find_link, f"/v1/shares/{link_id}",
+                                  LinkRecord.from_json)
 
     async def sites(self) -> list[str]:
         """Every site with data (what an admin may pick)."""
