@@ -45,6 +45,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -105,6 +106,51 @@ GROUP BY site, {dim}, {bucket}(received_at), abs(visitor_id) % 12
 """)
 
 
+def seed(settings: Settings, events: int) -> tuple[Any, int, int, float, list]:
+    """A migrated warehouse with `events` generated events over the 30 days ending yesterday,
+    merged, and their daily rollups built: (writer, rows, rows of SITE, rollup build s, days)."""
+    writer = connect(settings)
+    migrate(writer, settings)
+    last = datetime.now(UTC).date() - timedelta(days=1)  # "30d" ends yesterday
+    first = last - timedelta(days=29)
+    t0 = time.perf_counter()
+    generate(writer, events, first.isoformat())
+    writer.command("OPTIMIZE TABLE aggregates FINAL")
+    writer.command("OPTIMIZE TABLE pageviews FINAL")  # a long-running stack has merged its parts too
+    rows = writer.query("SELECT count() FROM pageviews").result_rows[0][0]
+    site_rows = writer.query(f"SELECT count() FROM pageviews WHERE site = '{SITE}'").result_rows[0][0]
+    print(f"generated {rows:,} events ({site_rows:,} of {SITE}) and their aggregates in "
+          f"{time.perf_counter() - t0:.1f}s", flush=True)
+    t0 = time.perf_counter()
+    builder = Rollups(settings, writer)
+    computed = builder.check().computed
+    computed += builder.check().computed  # the recent days, once they held still for a check
+    build_s = time.perf_counter() - t0
+    for table in ("daily_stats", "daily_stats_log"):  # merged, as the other tables above
+        writer.command(f"OPTIMIZE TABLE {table} FINAL")
+    print(f"built the daily rollups of {len(computed)} days (all sites, every dimension) in {build_s:.1f}s",
+          flush=True)
+    return writer, rows, site_rows, build_s, computed
+
+
+def start_dashboard(env: dict[str, str], settings: Settings) -> subprocess.Popen:
+    """`tally dashboard` as its own process (as `tally up` runs it), answering /healthz."""
+    child_env = {**{k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}, **env}
+    dashboard = subprocess.Popen([sys.executable, "-m", "tally.ops", "dashboard"], cwd=REPO, env=child_env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{settings.dashboard_port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/healthz", timeout=1).read()
+            return dashboard
+        except OSError:
+            if dashboard.poll() is not None or time.monotonic() > deadline:
+                dashboard.terminate()
+                raise
+            time.sleep(0.2)
+
+
 def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -125,46 +171,14 @@ def main() -> None:
         env = {"TALLY_STATE_DIR": tmp, "TALLY_QUERY_PORT": str(free_port()), "TALLY_DASHBOARD_PORT": str(free_port()),
                "TALLY_API_RATE_LIMIT_PER_HOUR": "100000000", "TALLY_API_RATE_LIMIT_BURST": "100000"}
         settings = Settings.from_env(env)
-        writer = connect(settings)
-        migrate(writer, settings)
-        last = datetime.now(UTC).date() - timedelta(days=1)  # "30d" ends yesterday
-        first = last - timedelta(days=29)
-        t0 = time.perf_counter()
-        generate(writer, args.events, first.isoformat())
-        writer.command("OPTIMIZE TABLE aggregates FINAL")
-        writer.command("OPTIMIZE TABLE pageviews FINAL")  # a long-running stack has merged its parts too
-        rows = writer.query("SELECT count() FROM pageviews").result_rows[0][0]
-        site_rows = writer.query(f"SELECT count() FROM pageviews WHERE site = '{SITE}'").result_rows[0][0]
-        print(f"generated {rows:,} events ({site_rows:,} of {SITE}) and their aggregates in "
-              f"{time.perf_counter() - t0:.1f}s", flush=True)
-        t0 = time.perf_counter()
-        builder = Rollups(settings, writer)
-        computed = builder.check().computed
-        computed += builder.check().computed  # the recent days, once they held still for a check
-        build_s = time.perf_counter() - t0
-        for table in ("daily_stats", "daily_stats_log"):  # merged, as the other tables above
-            writer.command(f"OPTIMIZE TABLE {table} FINAL")
-        print(f"built the daily rollups of {len(computed)} days (all sites, every dimension) in {build_s:.1f}s",
-              flush=True)
+        writer, rows, site_rows, build_s, computed = seed(settings, args.events)
         key, record = new_key("bench", (SITE,))
         keystore.insert(writer, record)
 
         service = ReadService(settings)
         service.start()
-        child_env = {**{k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}, **env}
-        dashboard = subprocess.Popen([sys.executable, "-m", "tally.ops", "dashboard"], cwd=REPO, env=child_env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        dashboard = start_dashboard(env, settings)
         try:
-            url = f"http://127.0.0.1:{settings.dashboard_port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    urllib.request.urlopen(f"{url}/healthz", timeout=1).read()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
             direct = connect(settings, readonly=True)
             # The baseline runs where the sink runs analyst queries: a thread at nice 10.
             low = ThreadPoolExecutor(1, initializer=AnalystPool._init_thread)

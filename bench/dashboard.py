@@ -1,0 +1,194 @@
+"""Time to a fully rendered site dashboard in headless Chromium, against the sum of its API calls.
+
+    .venv/bin/python bench/dashboard.py [--events 10000000] [--repeat 5]
+
+Seeds a temporary warehouse with bench/api.py's generator and rollups (30 days, 4 sites,
+the measured one holding 70% of the events), then runs what `tally up` runs for reading:
+the sink's read service in this process and `tally dashboard` as its own process. An
+admin signs in through the form in headless Chromium (/usr/bin/chromium over the
+DevTools protocol), then the bench opens `/sites/site0.test?period=30d` --repeat times.
+
+- render: from navigation start to the moment every part of the page has loaded (top
+  stats, chart drawn, all four panels: `body[data-loaded="1"]`), read from the page's own
+  clock (performance.now() in a MutationObserver installed before the page's scripts).
+- baseline: the Stats API calls that page made (recorded from the browser's network
+  events: method, path, body), replayed one after another over HTTP with an API key,
+  summed; interleaved with the renders so both see the same machine. The realtime count
+  is not part of it: the page does not wait for it.
+
+ratio = render p50 / baseline p50 (under 1 when the browser's parallel requests beat the
+sequential sum). Target: render <= 1500 ms over 10M events. The last line is one JSON
+object with `render_ms` (the p50), `baseline_ms`, `ratio` and the load averages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tally.api.accounts import new_user  # noqa: E402
+from tally.api.keys import new_key  # noqa: E402
+from tally.sinks import keystore  # noqa: E402
+from tally.sinks.accountstore import put_user  # noqa: E402
+from tally.sinks.readservice import ReadService  # noqa: E402
+
+from bench.api import SITE, seed, start_dashboard  # noqa: E402
+from tally.config import Settings  # noqa: E402
+from tests.conftest import free_port, wait_for  # noqa: E402
+from tests.test_tracker_browser import CDP, CHROMIUM_FLAGS  # noqa: E402
+
+EMAIL, PASSWORD = "bench@example.com", "bench-password-1234"
+# Runs before the page's own scripts: the page clock's reading when every part has loaded.
+MARK = """new MutationObserver((_, obs) => {
+  if (document.body && document.body.dataset.loaded === "1") { window.__rendered = performance.now(); obs.disconnect(); }
+}).observe(document, {subtree: true, attributes: true, attributeFilter: ["data-loaded"]});"""
+
+
+class NetCDP(CDP):
+    """The DevTools client, keeping the Stats API requests the page sends."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        super().__init__(ws)
+        self.calls: list[tuple[str, str, str | None]] = []
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        msg_id = next(self.ids)
+        await self.ws.send_json({"id": msg_id, "method": method, "params": params})
+        while True:
+            msg = await asyncio.wait_for(self.ws.receive_json(), 120)
+            if msg.get("method") == "Network.requestWillBeSent":
+                req = msg["params"]["request"]
+                path = req["url"].split("/", 3)[-1]
+                if path.startswith("api/"):
+                    self.calls.append((req["method"], "/" + path, req.get("postData")))
+            if msg.get("id") == msg_id:
+                assert "error" not in msg, msg
+                return msg["result"]
+
+    async def rendered(self, url: str) -> float:
+        await self.call("Page.navigate", url="about:blank")
+        self.calls.clear()
+        await self.call("Page.navigate", url=url)
+        for _ in range(1200):
+            state = await self.eval("[location.pathname, window.__rendered || 0, "
+                                    "document.body ? document.body.dataset.loaded || '' : '']")
+            if state[0] != "blank" and state[1]:
+                return float(state[1])
+            if state[2] == "error":
+                raise RuntimeError(await self.eval("document.getElementById('error').textContent"))
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"{url} did not finish loading in 60 s")
+
+
+def replay(conn: http.client.HTTPConnection, key: str, calls: list[tuple[str, str, str | None]]) -> float:
+    """The page's API calls, one after another: their summed time in ms."""
+    total = 0.0
+    for method, path, body in calls:
+        t0 = time.perf_counter()
+        conn.request(method, path, body=body.encode() if body else None,
+                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        total += (time.perf_counter() - t0) * 1000
+        assert resp.status == 200, (path, resp.status)
+    return total
+
+
+async def measure(base: str, port: int, key: str, devtools: str, repeat: int) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session, session.ws_connect(devtools, max_msg_size=0) as ws:
+        cdp = NetCDP(ws)
+        for domain in ("Page", "Runtime", "Network"):
+            await cdp.call(f"{domain}.enable")
+        await cdp.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1, mobile=False)
+        await cdp.call("Page.addScriptToEvaluateOnNewDocument", source=MARK)
+        await cdp.navigate(f"{base}/login")
+        await cdp.eval(f"document.getElementById('email').value = {json.dumps(EMAIL)};"
+                       f"document.getElementById('password').value = {json.dumps(PASSWORD)};"
+                       "document.querySelector('main form').submit()")
+        await cdp.navigated("/")
+        url = f"{base}/sites/{SITE}?period=30d"
+        await cdp.rendered(url)  # warm-up: the static files, the guard's verdicts, kept connections
+        calls = [c for c in cdp.calls if "/realtime/" not in c[1]]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)  # keep-alive, as the browser's
+        replay(conn, key, calls)
+        render_ms, baseline_ms = [], []
+        for _ in range(repeat):
+            render_ms.append(await cdp.rendered(url))
+            baseline_ms.append(replay(conn, key, [c for c in cdp.calls if "/realtime/" not in c[1]]))
+        conn.close()
+        return {"calls": [f"{m} {p}" + (f" {b}" if b else "") for m, p, b in calls],
+                "render_ms": render_ms, "baseline_ms": baseline_ms}
+
+
+def chromium(profile: Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    port_file = profile / "DevToolsActivePort"
+    wait_for(lambda: port_file.exists() and port_file.read_text().strip(), 60, "chromium's DevTools port")
+    port = int(port_file.read_text().split()[0])
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as resp:
+        page = next(t for t in json.loads(resp.read()) if t["type"] == "page")
+    return proc, page["webSocketDebuggerUrl"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=10_000_000)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    with tempfile.TemporaryDirectory(prefix="tally-bench-dashboard-") as tmp:
+        env = {"TALLY_STATE_DIR": tmp, "TALLY_QUERY_PORT": str(free_port()),
+               "TALLY_DASHBOARD_PORT": str(free_port()),
+               "TALLY_API_RATE_LIMIT_PER_HOUR": "100000000", "TALLY_API_RATE_LIMIT_BURST": "100000"}
+        settings = Settings.from_env(env)
+        writer, rows, site_rows, _, _ = seed(settings, args.events)
+        key, record = new_key("bench", (SITE,))
+        keystore.insert(writer, record)
+        put_user(writer, new_user(EMAIL, PASSWORD, "admin", ()))
+        service = ReadService(settings)
+        service.start()
+        dashboard = browser = None
+        try:
+            dashboard = start_dashboard(env, settings)
+            browser, devtools = chromium(Path(tmp) / "chromium-profile")
+            base = f"http://127.0.0.1:{settings.dashboard_port}"
+            got = asyncio.run(measure(base, settings.dashboard_port, key, devtools, args.repeat))
+        finally:
+            for proc in (browser, dashboard):
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(30)
+            service.stop()
+            writer.close()
+    print(f"the page's Stats API calls ({len(got['calls'])}, realtime left out):")
+    for c in got["calls"]:
+        print(f"  {c}")
+    render, baseline = statistics.median(got["render_ms"]), statistics.median(got["baseline_ms"])
+    print(f"render   p50 {render:7.1f} ms  all {[round(x) for x in got['render_ms']]}")
+    print(f"baseline p50 {baseline:7.1f} ms  all {[round(x) for x in got['baseline_ms']]} (the calls one after another)")
+    print(json.dumps({"bench": "dashboard", "events": rows, "site_rows": site_rows, "repeat": args.repeat,
+                      "api_calls": len(got["calls"]), "render_ms": round(render, 1),
+                      "render_max_ms": round(max(got["render_ms"]), 1), "baseline_ms": round(baseline, 1),
+                      "ratio": round(render / baseline, 3), "target_render_ms": 1500,
+                      "load": {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]}}))
+
+
+if __name__ == "__main__":
+    main()
