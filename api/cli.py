@@ -49,6 +49,20 @@ def _with_store(settings: Any, op: Callable[[Any], Any], via_socket: Callable[[A
         client.close()
 
 
+def _revoke(revoke_local: Callable[[Any], Any], path: str) -> dict[str, Any] | None:
+    """Revoke a record through the store (`path` on the sink's socket): its public fields,
+    or None when there is no such record."""
+    def local(client: Any) -> Any:
+        record = revoke_local(client)
+        return record.public() if record else None
+
+    def remote(sock: Any) -> Any:
+        status, body = sock.request("POST", path, {})
+        return json.loads(body) if status == 200 else None
+
+    return _with_store(_settings(), local, remote)
+
+
 @click.group("api-key")
 def api_key() -> None:
     """Keys of the Stats API: stored hashed in the warehouse, scoped to sites (and tenants)."""
@@ -101,15 +115,7 @@ def revoke(key_id: str) -> None:
     """Revoke a key by its id (the `tly_<id>_` part). Requests with it fail within 10 s."""
     from tally.sinks import keystore
 
-    def local(client: Any) -> Any:
-        record = keystore.revoke(client, key_id)
-        return record.public() if record else None
-
-    def remote(sock: Any) -> Any:
-        status, body = sock.request("POST", f"/v1/keys/{key_id}/revoke", {})
-        return json.loads(body) if status == 200 else None
-
-    record = _with_store(_settings(), local, remote)
+    record = _revoke(lambda c: keystore.revoke(c, key_id), f"/v1/keys/{key_id}/revoke")
     if record is None:
         click.echo(f"no key {key_id}", err=True)
         sys.exit(1)

@@ -106,9 +106,10 @@ GROUP BY site, {dim}, {bucket}(received_at), abs(visitor_id) % 12
 """)
 
 
-def seed(settings: Settings, events: int) -> tuple[Any, int, int, float, list]:
+def seed(settings: Settings, events: int) -> tuple[Any, str, int, int, float, list]:
     """A migrated warehouse with `events` generated events over the 30 days ending yesterday,
-    merged, and their daily rollups built: (writer, rows, rows of SITE, rollup build s, days)."""
+    merged, their daily rollups built, and an API key for SITE: (writer, key, rows, rows of
+    SITE, rollup build s, days)."""
     writer = connect(settings)
     migrate(writer, settings)
     last = datetime.now(UTC).date() - timedelta(days=1)  # "30d" ends yesterday
@@ -130,7 +131,22 @@ def seed(settings: Settings, events: int) -> tuple[Any, int, int, float, list]:
         writer.command(f"OPTIMIZE TABLE {table} FINAL")
     print(f"built the daily rollups of {len(computed)} days (all sites, every dimension) in {build_s:.1f}s",
           flush=True)
-    return writer, rows, site_rows, build_s, computed
+    key, record = new_key("bench", (SITE,))
+    keystore.insert(writer, record)
+    return writer, key, rows, site_rows, build_s, computed
+
+
+def bench_args(doc: str, repeat: int) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--events", type=int, default=10_000_000)
+    ap.add_argument("--repeat", type=int, default=repeat)
+    return ap.parse_args()
+
+
+def bench_env(state_dir: str) -> dict[str, str]:
+    """A stack of its own in `state_dir`, on free ports, with no rate limit in the way."""
+    return {"TALLY_STATE_DIR": state_dir, "TALLY_QUERY_PORT": str(free_port()), "TALLY_DASHBOARD_PORT": str(free_port()),
+            "TALLY_API_RATE_LIMIT_PER_HOUR": "100000000", "TALLY_API_RATE_LIMIT_BURST": "100000"}
 
 
 def start_dashboard(env: dict[str, str], settings: Settings) -> subprocess.Popen:
@@ -162,18 +178,12 @@ def p95(values: list[float]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--events", type=int, default=10_000_000)
-    ap.add_argument("--repeat", type=int, default=100)
-    args = ap.parse_args()
+    args = bench_args(__doc__, repeat=100)
     load_start = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="tally-bench-api-") as tmp:
-        env = {"TALLY_STATE_DIR": tmp, "TALLY_QUERY_PORT": str(free_port()), "TALLY_DASHBOARD_PORT": str(free_port()),
-               "TALLY_API_RATE_LIMIT_PER_HOUR": "100000000", "TALLY_API_RATE_LIMIT_BURST": "100000"}
+        env = bench_env(tmp)
         settings = Settings.from_env(env)
-        writer, rows, site_rows, build_s, computed = seed(settings, args.events)
-        key, record = new_key("bench", (SITE,))
-        keystore.insert(writer, record)
+        writer, key, rows, site_rows, build_s, computed = seed(settings, args.events)
 
         service = ReadService(settings)
         service.start()

@@ -23,7 +23,6 @@ object with `render_ms` (the p50), `baseline_ms`, `ratio` and the load averages.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import http.client
 import json
@@ -43,14 +42,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tally.api.accounts import new_user  # noqa: E402
-from tally.api.keys import new_key  # noqa: E402
-from tally.sinks import keystore  # noqa: E402
 from tally.sinks.accountstore import put_user  # noqa: E402
 from tally.sinks.readservice import ReadService  # noqa: E402
 
-from bench.api import SITE, seed, start_dashboard  # noqa: E402
+from bench.api import SITE, bench_args, bench_env, seed, start_dashboard  # noqa: E402
 from tally.config import Settings  # noqa: E402
-from tests.conftest import free_port, wait_for  # noqa: E402
+from tests.conftest import wait_for  # noqa: E402
 from tests.test_tracker_browser import CDP, CHROMIUM_FLAGS  # noqa: E402
 
 EMAIL, PASSWORD = "bench@example.com", "bench-password-1234"
@@ -67,19 +64,12 @@ class NetCDP(CDP):
         super().__init__(ws)
         self.calls: list[tuple[str, str, str | None]] = []
 
-    async def call(self, method: str, **params: Any) -> dict[str, Any]:
-        msg_id = next(self.ids)
-        await self.ws.send_json({"id": msg_id, "method": method, "params": params})
-        while True:
-            msg = await asyncio.wait_for(self.ws.receive_json(), 120)
-            if msg.get("method") == "Network.requestWillBeSent":
-                req = msg["params"]["request"]
-                path = req["url"].split("/", 3)[-1]
-                if path.startswith("api/"):
-                    self.calls.append((req["method"], "/" + path, req.get("postData")))
-            if msg.get("id") == msg_id:
-                assert "error" not in msg, msg
-                return msg["result"]
+    def seen(self, msg: dict[str, Any]) -> None:
+        if msg.get("method") == "Network.requestWillBeSent":
+            req = msg["params"]["request"]
+            path = req["url"].split("/", 3)[-1]
+            if path.startswith("api/"):
+                self.calls.append((req["method"], "/" + path, req.get("postData")))
 
     async def rendered(self, url: str) -> float:
         await self.call("Page.navigate", url="about:blank")
@@ -148,19 +138,12 @@ def chromium(profile: Path) -> tuple[subprocess.Popen, str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--events", type=int, default=10_000_000)
-    ap.add_argument("--repeat", type=int, default=5)
-    args = ap.parse_args()
+    args = bench_args(__doc__, repeat=5)
     load_start = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="tally-bench-dashboard-") as tmp:
-        env = {"TALLY_STATE_DIR": tmp, "TALLY_QUERY_PORT": str(free_port()),
-               "TALLY_DASHBOARD_PORT": str(free_port()),
-               "TALLY_API_RATE_LIMIT_PER_HOUR": "100000000", "TALLY_API_RATE_LIMIT_BURST": "100000"}
+        env = bench_env(tmp)
         settings = Settings.from_env(env)
-        writer, rows, site_rows, _, _ = seed(settings, args.events)
-        key, record = new_key("bench", (SITE,))
-        keystore.insert(writer, record)
+        writer, key, rows, site_rows, _, _ = seed(settings, args.events)
         put_user(writer, new_user(EMAIL, PASSWORD, "admin", ()))
         service = ReadService(settings)
         service.start()

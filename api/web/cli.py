@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import click
-from tally.api.cli import _settings, _with_store
+from tally.api.cli import _revoke, _settings, _with_store
 
 
 def _table(headers: tuple[str, ...], rows: list[list[str]]) -> None:
@@ -25,6 +26,19 @@ def _table(headers: tuple[str, ...], rows: list[list[str]]) -> None:
     for r in rows:
         table.add_row(*r)
     Console().print(table)
+
+
+def _public(all_records: Callable[[Any], list[Any]], path: str) -> list[dict[str, Any]]:
+    """Every record's public fields, from the store (`path` on the sink's socket)."""
+    return _with_store(_settings(), lambda c: [r.public() for r in all_records(c)], lambda sock: sock.json("GET", path))
+
+
+def _show(items: list[dict[str, Any]], as_json: bool, headers: tuple[str, ...],
+          row: Callable[[dict[str, Any]], list[str]]) -> None:
+    if as_json:
+        click.echo(json.dumps(items))
+        return
+    _table(headers, [row(x) for x in items])
 
 
 @click.group("user")
@@ -83,15 +97,10 @@ def list_users(as_json: bool) -> None:
     """List accounts (never their password hashes)."""
     from tally.sinks import accountstore
 
-    users = _with_store(_settings(), lambda c: [u.public() for u in accountstore.all_users(c)],
-                        lambda sock: sock.json("GET", "/v1/users"))
-    users = [u for u in users if not u["deleted_at"]]
-    if as_json:
-        click.echo(json.dumps(users))
-        return
-    _table(("email", "role", "sites", "created"),
-           [[u["email"], u["role"], "every site" if u["role"] == "admin" else ", ".join(u["sites"]),
-             u["created_at"][:19]] for u in users])
+    users = [u for u in _public(accountstore.all_users, "/v1/users") if not u["deleted_at"]]
+    _show(users, as_json, ("email", "role", "sites", "created"),
+          lambda u: [u["email"], u["role"], "every site" if u["role"] == "admin" else ", ".join(u["sites"]),
+                     u["created_at"][:19]])
 
 
 @user.command("delete")
@@ -165,13 +174,8 @@ def list_shares(as_json: bool) -> None:
     """List shared links: id, site, name, created and revoked times (never the URLs)."""
     from tally.sinks import accountstore
 
-    links = _with_store(_settings(), lambda c: [x.public() for x in accountstore.all_links(c)],
-                        lambda sock: sock.json("GET", "/v1/shares"))
-    if as_json:
-        click.echo(json.dumps(links))
-        return
-    _table(("link id", "site", "name", "created", "revoked"),
-           [[x["link_id"], x["site"], x["name"], x["created_at"][:19], (x["revoked_at"] or "")[:19]] for x in links])
+    _show(_public(accountstore.all_links, "/v1/shares"), as_json, ("link id", "site", "name", "created", "revoked"),
+          lambda x: [x["link_id"], x["site"], x["name"], x["created_at"][:19], (x["revoked_at"] or "")[:19]])
 
 
 @share.command("revoke")
@@ -180,15 +184,7 @@ def revoke_share(link_id: str) -> None:
     """Revoke a shared link by its id; it stops opening the dashboard within 10 s."""
     from tally.sinks import accountstore
 
-    def local(client: Any) -> Any:
-        record = accountstore.revoke_link(client, link_id)
-        return record.public() if record else None
-
-    def remote(sock: Any) -> Any:
-        status, body = sock.request("POST", f"/v1/shares/{link_id}/revoke", {})
-        return json.loads(body) if status == 200 else None
-
-    if _with_store(_settings(), local, remote) is None:
+    if _revoke(lambda c: accountstore.revoke_link(c, link_id), f"/v1/shares/{link_id}/revoke") is None:
         click.echo(f"no shared link {link_id}", err=True)
         sys.exit(1)
     click.echo(f"revoked {link_id}")

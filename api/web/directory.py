@@ -53,22 +53,21 @@ class Directory:
         return value
 
     async def user(self, email: str) -> UserRecord | None:
-        async def load() -> UserRecord | None:
-            if isinstance(self.warehouse, ServerWarehouse):
-                return await self.warehouse._run(lambda: accountstore.find_user(self.warehouse.client, email))
-            found = await self._socket_get(f"/v1/users/{quote(email, safe='@')}")
-            return UserRecord.from_json(found) if found else None
-
-        return await self._cached("user", email, load)
+        return await self._record("user", email, accountstore.find_user, f"/v1/users/{quote(email, safe='@')}",
+                                  UserRecord)
 
     async def link(self, link_id: str) -> LinkRecord | None:
-        async def load() -> LinkRecord | None:
-            if isinstance(self.warehouse, ServerWarehouse):
-                return await self.warehouse._run(lambda: accountstore.find_link(self.warehouse.client, link_id))
-            found = await self._socket_get(f"/v1/shares/{link_id}")
-            return LinkRecord.from_json(found) if found else None
+        return await self._record("link", link_id, accountstore.find_link, f"/v1/shares/{link_id}", LinkRecord)
 
-        return await self._cached("link", link_id, load)
+    async def _record(self, kind: str, name: str, find: Callable[[Any, str], Any], path: str, cls: Any) -> Any:
+        """One account record, cached: from the server's warehouse, else the sink's socket."""
+        async def load() -> Any:
+            if isinstance(self.warehouse, ServerWarehouse):
+                return await self.warehouse._run(lambda: find(self.warehouse.client, name))
+            found = await self._socket_get(path)
+            return cls.from_json(found) if found else None
+
+        return await self._cached(kind, name, load)
 
     async def sites(self) -> list[str]:
         """Every site with data (what an admin may pick)."""
