@@ -42,7 +42,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -167,6 +170,42 @@ def start_dashboard(env: dict[str, str], settings: Settings) -> subprocess.Popen
             time.sleep(0.2)
 
 
+@dataclass
+class Seeded:
+    tmp: str
+    settings: Settings
+    writer: Any
+    key: str
+    rows: int
+    site_rows: int
+    build_s: float
+    computed: list
+
+
+@contextmanager
+def seeded_stack(prefix: str, events: int, before: Callable[[Any], None] | None = None) -> Iterator[Seeded]:
+    """A temporary stack seeded by `seed` (then `before(writer)`), with the sink's read service
+    in this process and `tally dashboard` running, as `tally up` runs them; stopped at the end."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        env = bench_env(tmp)
+        settings = Settings.from_env(env)
+        writer, key, rows, site_rows, build_s, computed = seed(settings, events)
+        if before is not None:
+            before(writer)
+        service = ReadService(settings)
+        service.start()
+        dashboard = None
+        try:
+            dashboard = start_dashboard(env, settings)
+            yield Seeded(tmp, settings, writer, key, rows, site_rows, build_s, computed)
+        finally:
+            if dashboard is not None:
+                dashboard.terminate()
+                dashboard.wait(30)
+            service.stop()
+            writer.close()
+
+
 def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -180,67 +219,56 @@ def p95(values: list[float]) -> float:
 def main() -> None:
     args = bench_args(__doc__, repeat=100)
     load_start = [round(x, 2) for x in os.getloadavg()]
-    with tempfile.TemporaryDirectory(prefix="tally-bench-api-") as tmp:
-        env = bench_env(tmp)
-        settings = Settings.from_env(env)
-        writer, key, rows, site_rows, build_s, computed = seed(settings, args.events)
+    with seeded_stack("tally-bench-api-", args.events) as st:
+        settings, key, rows, site_rows, build_s, computed = (st.settings, st.key, st.rows, st.site_rows, st.build_s,
+                                                             st.computed)
+        direct = connect(settings, readonly=True)
+        # The baseline runs where the sink runs analyst queries: a thread at nice 10.
+        low = ThreadPoolExecutor(1, initializer=AnalystPool._init_thread)
+        conn = http.client.HTTPConnection("127.0.0.1", settings.dashboard_port, timeout=120)  # keep-alive, as clients do
+        today = datetime.now(UTC).date()
+        kept = kept_from(settings, today)
+        results = {}
+        for name, shape in SHAPES.items():
+            body = json.dumps({"site_id": SITE, **shape}).encode()
+            q = parse_request({"site_id": SITE, **shape}, today)
+            sqls = [Builder(q, settings.salt_period, kept).build(q.range)]
+            if "percentage" in q.metrics:
+                sqls.append(Builder(q, settings.salt_period, kept).build(q.range, totals=True))
 
-        service = ReadService(settings)
-        service.start()
-        dashboard = start_dashboard(env, settings)
-        try:
-            direct = connect(settings, readonly=True)
-            # The baseline runs where the sink runs analyst queries: a thread at nice 10.
-            low = ThreadPoolExecutor(1, initializer=AnalystPool._init_thread)
-            conn = http.client.HTTPConnection("127.0.0.1", settings.dashboard_port, timeout=120)  # keep-alive, as clients do
-            today = datetime.now(UTC).date()
-            kept = kept_from(settings, today)
-            results = {}
-            for name, shape in SHAPES.items():
-                body = json.dumps({"site_id": SITE, **shape}).encode()
-                q = parse_request({"site_id": SITE, **shape}, today)
-                sqls = [Builder(q, settings.salt_period, kept).build(q.range)]
-                if "percentage" in q.metrics:
-                    sqls.append(Builder(q, settings.salt_period, kept).build(q.range, totals=True))
+            def call_api(body: bytes = body) -> None:
+                conn.request("POST", "/api/v2/query", body=body, headers={
+                    "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                assert resp.status == 200
 
-                def call_api(body: bytes = body) -> None:
-                    conn.request("POST", "/api/v2/query", body=body, headers={
-                        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-                    resp = conn.getresponse()
-                    resp.read()
-                    assert resp.status == 200
+            def call_direct(sqls: list = sqls) -> None:
+                def run() -> None:
+                    for sql in sqls:
+                        direct.raw_query(sql.text, fmt="JSONCompact", parameters=sql.params)
 
-                def call_direct(sqls: list = sqls) -> None:
-                    def run() -> None:
-                        for sql in sqls:
-                            direct.raw_query(sql.text, fmt="JSONCompact", parameters=sql.params)
+                low.submit(run).result()
 
-                    low.submit(run).result()
-
-                for _ in range(10):  # warm-up: caches, the guard's verdict for the shape, kept connections
-                    call_api()
-                    call_direct()
-                api_ms, direct_ms = [], []
-                for _ in range(args.repeat):  # interleaved: both see the same machine
-                    api_ms.append(timed(call_api))
-                    direct_ms.append(timed(call_direct))
-                r = {"api_p50_ms": round(statistics.median(api_ms), 1), "api_p95_ms": round(p95(api_ms), 1),
-                     "direct_p50_ms": round(statistics.median(direct_ms), 1), "direct_p95_ms": round(p95(direct_ms), 1),
-                     "source": ("rollups" if "daily_stats" in sqls[0].text else
-                                "aggregates" if "aggregates" in sqls[0].text else "raw rows")}
-                r["ratio"] = round(r["direct_p50_ms"] / r["api_p50_ms"], 3)
-                results[name] = r
-                print(f"{name:24s} api p50 {r['api_p50_ms']:7.1f} ms  p95 {r['api_p95_ms']:7.1f} ms | "
-                      f"direct p50 {r['direct_p50_ms']:7.1f} ms  p95 {r['direct_p95_ms']:7.1f} ms | "
-                      f"ratio {r['ratio']:.3f} ({r['source']})", flush=True)
-            direct.close()
-            conn.close()
-            low.shutdown()
-        finally:
-            dashboard.terminate()
-            dashboard.wait(30)
-            service.stop()
-            writer.close()
+            for _ in range(10):  # warm-up: caches, the guard's verdict for the shape, kept connections
+                call_api()
+                call_direct()
+            api_ms, direct_ms = [], []
+            for _ in range(args.repeat):  # interleaved: both see the same machine
+                api_ms.append(timed(call_api))
+                direct_ms.append(timed(call_direct))
+            r = {"api_p50_ms": round(statistics.median(api_ms), 1), "api_p95_ms": round(p95(api_ms), 1),
+                 "direct_p50_ms": round(statistics.median(direct_ms), 1), "direct_p95_ms": round(p95(direct_ms), 1),
+                 "source": ("rollups" if "daily_stats" in sqls[0].text else
+                            "aggregates" if "aggregates" in sqls[0].text else "raw rows")}
+            r["ratio"] = round(r["direct_p50_ms"] / r["api_p50_ms"], 3)
+            results[name] = r
+            print(f"{name:24s} api p50 {r['api_p50_ms']:7.1f} ms  p95 {r['api_p95_ms']:7.1f} ms | "
+                  f"direct p50 {r['direct_p50_ms']:7.1f} ms  p95 {r['direct_p95_ms']:7.1f} ms | "
+                  f"ratio {r['ratio']:.3f} ({r['source']})", flush=True)
+        direct.close()
+        conn.close()
+        low.shutdown()
     worst = max(results.values(), key=lambda r: r["api_p95_ms"])
     print(json.dumps({"bench": "api", "events": rows, "site_rows": site_rows, "days": 30, "repeat": args.repeat,
                       "rollup_build_s": round(build_s, 1), "rollup_days": len(computed),

@@ -30,7 +30,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -43,10 +42,8 @@ sys.path.insert(0, str(REPO))
 
 from tally.api.accounts import new_user  # noqa: E402
 from tally.sinks.accountstore import put_user  # noqa: E402
-from tally.sinks.readservice import ReadService  # noqa: E402
 
-from bench.api import SITE, bench_args, bench_env, seed, start_dashboard  # noqa: E402
-from tally.config import Settings  # noqa: E402
+from bench.api import SITE, bench_args, seeded_stack  # noqa: E402
 from tests.conftest import wait_for  # noqa: E402
 from tests.test_tracker_browser import CDP, CHROMIUM_FLAGS  # noqa: E402
 
@@ -140,26 +137,16 @@ def chromium(profile: Path) -> tuple[subprocess.Popen, str]:
 def main() -> None:
     args = bench_args(__doc__, repeat=5)
     load_start = [round(x, 2) for x in os.getloadavg()]
-    with tempfile.TemporaryDirectory(prefix="tally-bench-dashboard-") as tmp:
-        env = bench_env(tmp)
-        settings = Settings.from_env(env)
-        writer, key, rows, site_rows, _, _ = seed(settings, args.events)
-        put_user(writer, new_user(EMAIL, PASSWORD, "admin", ()))
-        service = ReadService(settings)
-        service.start()
-        dashboard = browser = None
+    with seeded_stack("tally-bench-dashboard-", args.events,
+                      lambda writer: put_user(writer, new_user(EMAIL, PASSWORD, "admin", ()))) as st:
+        browser, devtools = chromium(Path(st.tmp) / "chromium-profile")
         try:
-            dashboard = start_dashboard(env, settings)
-            browser, devtools = chromium(Path(tmp) / "chromium-profile")
-            base = f"http://127.0.0.1:{settings.dashboard_port}"
-            got = asyncio.run(measure(base, settings.dashboard_port, key, devtools, args.repeat))
+            port = st.settings.dashboard_port
+            got = asyncio.run(measure(f"http://127.0.0.1:{port}", port, st.key, devtools, args.repeat))
         finally:
-            for proc in (browser, dashboard):
-                if proc is not None:
-                    proc.terminate()
-                    proc.wait(30)
-            service.stop()
-            writer.close()
+            browser.terminate()
+            browser.wait(30)
+    rows, site_rows = st.rows, st.site_rows
     print(f"the page's Stats API calls ({len(got['calls'])}, realtime left out):")
     for c in got["calls"]:
         print(f"  {c}")
