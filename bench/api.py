@@ -42,9 +42,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -105,6 +109,103 @@ GROUP BY site, {dim}, {bucket}(received_at), abs(visitor_id) % 12
 """)
 
 
+def seed(settings: Settings, events: int) -> tuple[Any, str, int, int, float, list]:
+    """A migrated warehouse with `events` generated events over the 30 days ending yesterday,
+    merged, their daily rollups built, and an API key for SITE: (writer, key, rows, rows of
+    SITE, rollup build s, days)."""
+    writer = connect(settings)
+    migrate(writer, settings)
+    last = datetime.now(UTC).date() - timedelta(days=1)  # "30d" ends yesterday
+    first = last - timedelta(days=29)
+    t0 = time.perf_counter()
+    generate(writer, events, first.isoformat())
+    writer.command("OPTIMIZE TABLE aggregates FINAL")
+    writer.command("OPTIMIZE TABLE pageviews FINAL")  # a long-running stack has merged its parts too
+    rows = writer.query("SELECT count() FROM pageviews").result_rows[0][0]
+    site_rows = writer.query(f"SELECT count() FROM pageviews WHERE site = '{SITE}'").result_rows[0][0]
+    print(f"generated {rows:,} events ({site_rows:,} of {SITE}) and their aggregates in "
+          f"{time.perf_counter() - t0:.1f}s", flush=True)
+    t0 = time.perf_counter()
+    builder = Rollups(settings, writer)
+    computed = builder.check().computed
+    computed += builder.check().computed  # the recent days, once they held still for a check
+    build_s = time.perf_counter() - t0
+    for table in ("daily_stats", "daily_stats_log"):  # merged, as the other tables above
+        writer.command(f"OPTIMIZE TABLE {table} FINAL")
+    print(f"built the daily rollups of {len(computed)} days (all sites, every dimension) in {build_s:.1f}s",
+          flush=True)
+    key, record = new_key("bench", (SITE,))
+    keystore.insert(writer, record)
+    return writer, key, rows, site_rows, build_s, computed
+
+
+def bench_args(doc: str, repeat: int) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--events", type=int, default=10_000_000)
+    ap.add_argument("--repeat", type=int, default=repeat)
+    return ap.parse_args()
+
+
+def bench_env(state_dir: str) -> dict[str, str]:
+    """A stack of its own in `state_dir`, on free ports, with no rate limit in the way."""
+    return {"TALLY_STATE_DIR": state_dir, "TALLY_QUERY_PORT": str(free_port()), "TALLY_DASHBOARD_PORT": str(free_port()),
+            "TALLY_API_RATE_LIMIT_PER_HOUR": "100000000", "TALLY_API_RATE_LIMIT_BURST": "100000"}
+
+
+def start_dashboard(env: dict[str, str], settings: Settings) -> subprocess.Popen:
+    """`tally dashboard` as its own process (as `tally up` runs it), answering /healthz."""
+    child_env = {**{k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}, **env}
+    dashboard = subprocess.Popen([sys.executable, "-m", "tally.ops", "dashboard"], cwd=REPO, env=child_env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{settings.dashboard_port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/healthz", timeout=1).read()
+            return dashboard
+        except OSError:
+            if dashboard.poll() is not None or time.monotonic() > deadline:
+                dashboard.terminate()
+                raise
+            time.sleep(0.2)
+
+
+@dataclass
+class Seeded:
+    tmp: str
+    settings: Settings
+    writer: Any
+    key: str
+    rows: int
+    site_rows: int
+    build_s: float
+    computed: list
+
+
+@contextmanager
+def seeded_stack(prefix: str, events: int, before: Callable[[Any], None] | None = None) -> Iterator[Seeded]:
+    """A temporary stack seeded by `seed` (then `before(writer)`), with the sink's read service
+    in this process and `tally dashboard` running, as `tally up` runs them; stopped at the end."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        env = bench_env(tmp)
+        settings = Settings.from_env(env)
+        writer, key, rows, site_rows, build_s, computed = seed(settings, events)
+        if before is not None:
+            before(writer)
+        service = ReadService(settings)
+        service.start()
+        dashboard = None
+        try:
+            dashboard = start_dashboard(env, settings)
+            yield Seeded(tmp, settings, writer, key, rows, site_rows, build_s, computed)
+        finally:
+            if dashboard is not None:
+                dashboard.terminate()
+                dashboard.wait(30)
+            service.stop()
+            writer.close()
+
+
 def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -116,107 +217,58 @@ def p95(values: list[float]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--events", type=int, default=10_000_000)
-    ap.add_argument("--repeat", type=int, default=100)
-    args = ap.parse_args()
+    args = bench_args(__doc__, repeat=100)
     load_start = [round(x, 2) for x in os.getloadavg()]
-    with tempfile.TemporaryDirectory(prefix="tally-bench-api-") as tmp:
-        env = {"TALLY_STATE_DIR": tmp, "TALLY_QUERY_PORT": str(free_port()), "TALLY_DASHBOARD_PORT": str(free_port()),
-               "TALLY_API_RATE_LIMIT_PER_HOUR": "100000000", "TALLY_API_RATE_LIMIT_BURST": "100000"}
-        settings = Settings.from_env(env)
-        writer = connect(settings)
-        migrate(writer, settings)
-        last = datetime.now(UTC).date() - timedelta(days=1)  # "30d" ends yesterday
-        first = last - timedelta(days=29)
-        t0 = time.perf_counter()
-        generate(writer, args.events, first.isoformat())
-        writer.command("OPTIMIZE TABLE aggregates FINAL")
-        writer.command("OPTIMIZE TABLE pageviews FINAL")  # a long-running stack has merged its parts too
-        rows = writer.query("SELECT count() FROM pageviews").result_rows[0][0]
-        site_rows = writer.query(f"SELECT count() FROM pageviews WHERE site = '{SITE}'").result_rows[0][0]
-        print(f"generated {rows:,} events ({site_rows:,} of {SITE}) and their aggregates in "
-              f"{time.perf_counter() - t0:.1f}s", flush=True)
-        t0 = time.perf_counter()
-        builder = Rollups(settings, writer)
-        computed = builder.check().computed
-        computed += builder.check().computed  # the recent days, once they held still for a check
-        build_s = time.perf_counter() - t0
-        for table in ("daily_stats", "daily_stats_log"):  # merged, as the other tables above
-            writer.command(f"OPTIMIZE TABLE {table} FINAL")
-        print(f"built the daily rollups of {len(computed)} days (all sites, every dimension) in {build_s:.1f}s",
-              flush=True)
-        key, record = new_key("bench", (SITE,))
-        keystore.insert(writer, record)
+    with seeded_stack("tally-bench-api-", args.events) as st:
+        settings, key, rows, site_rows, build_s, computed = (st.settings, st.key, st.rows, st.site_rows, st.build_s,
+                                                             st.computed)
+        direct = connect(settings, readonly=True)
+        # The baseline runs where the sink runs analyst queries: a thread at nice 10.
+        low = ThreadPoolExecutor(1, initializer=AnalystPool._init_thread)
+        conn = http.client.HTTPConnection("127.0.0.1", settings.dashboard_port, timeout=120)  # keep-alive, as clients do
+        today = datetime.now(UTC).date()
+        kept = kept_from(settings, today)
+        results = {}
+        for name, shape in SHAPES.items():
+            body = json.dumps({"site_id": SITE, **shape}).encode()
+            q = parse_request({"site_id": SITE, **shape}, today)
+            sqls = [Builder(q, settings.salt_period, kept).build(q.range)]
+            if "percentage" in q.metrics:
+                sqls.append(Builder(q, settings.salt_period, kept).build(q.range, totals=True))
 
-        service = ReadService(settings)
-        service.start()
-        child_env = {**{k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}, **env}
-        dashboard = subprocess.Popen([sys.executable, "-m", "tally.ops", "dashboard"], cwd=REPO, env=child_env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            url = f"http://127.0.0.1:{settings.dashboard_port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    urllib.request.urlopen(f"{url}/healthz", timeout=1).read()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
-            direct = connect(settings, readonly=True)
-            # The baseline runs where the sink runs analyst queries: a thread at nice 10.
-            low = ThreadPoolExecutor(1, initializer=AnalystPool._init_thread)
-            conn = http.client.HTTPConnection("127.0.0.1", settings.dashboard_port, timeout=120)  # keep-alive, as clients do
-            today = datetime.now(UTC).date()
-            kept = kept_from(settings, today)
-            results = {}
-            for name, shape in SHAPES.items():
-                body = json.dumps({"site_id": SITE, **shape}).encode()
-                q = parse_request({"site_id": SITE, **shape}, today)
-                sqls = [Builder(q, settings.salt_period, kept).build(q.range)]
-                if "percentage" in q.metrics:
-                    sqls.append(Builder(q, settings.salt_period, kept).build(q.range, totals=True))
+            def call_api(body: bytes = body) -> None:
+                conn.request("POST", "/api/v2/query", body=body, headers={
+                    "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                assert resp.status == 200
 
-                def call_api(body: bytes = body) -> None:
-                    conn.request("POST", "/api/v2/query", body=body, headers={
-                        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-                    resp = conn.getresponse()
-                    resp.read()
-                    assert resp.status == 200
+            def call_direct(sqls: list = sqls) -> None:
+                def run() -> None:
+                    for sql in sqls:
+                        direct.raw_query(sql.text, fmt="JSONCompact", parameters=sql.params)
 
-                def call_direct(sqls: list = sqls) -> None:
-                    def run() -> None:
-                        for sql in sqls:
-                            direct.raw_query(sql.text, fmt="JSONCompact", parameters=sql.params)
+                low.submit(run).result()
 
-                    low.submit(run).result()
-
-                for _ in range(10):  # warm-up: caches, the guard's verdict for the shape, kept connections
-                    call_api()
-                    call_direct()
-                api_ms, direct_ms = [], []
-                for _ in range(args.repeat):  # interleaved: both see the same machine
-                    api_ms.append(timed(call_api))
-                    direct_ms.append(timed(call_direct))
-                r = {"api_p50_ms": round(statistics.median(api_ms), 1), "api_p95_ms": round(p95(api_ms), 1),
-                     "direct_p50_ms": round(statistics.median(direct_ms), 1), "direct_p95_ms": round(p95(direct_ms), 1),
-                     "source": ("rollups" if "daily_stats" in sqls[0].text else
-                                "aggregates" if "aggregates" in sqls[0].text else "raw rows")}
-                r["ratio"] = round(r["direct_p50_ms"] / r["api_p50_ms"], 3)
-                results[name] = r
-                print(f"{name:24s} api p50 {r['api_p50_ms']:7.1f} ms  p95 {r['api_p95_ms']:7.1f} ms | "
-                      f"direct p50 {r['direct_p50_ms']:7.1f} ms  p95 {r['direct_p95_ms']:7.1f} ms | "
-                      f"ratio {r['ratio']:.3f} ({r['source']})", flush=True)
-            direct.close()
-            conn.close()
-            low.shutdown()
-        finally:
-            dashboard.terminate()
-            dashboard.wait(30)
-            service.stop()
-            writer.close()
+            for _ in range(10):  # warm-up: caches, the guard's verdict for the shape, kept connections
+                call_api()
+                call_direct()
+            api_ms, direct_ms = [], []
+            for _ in range(args.repeat):  # interleaved: both see the same machine
+                api_ms.append(timed(call_api))
+                direct_ms.append(timed(call_direct))
+            r = {"api_p50_ms": round(statistics.median(api_ms), 1), "api_p95_ms": round(p95(api_ms), 1),
+                 "direct_p50_ms": round(statistics.median(direct_ms), 1), "direct_p95_ms": round(p95(direct_ms), 1),
+                 "source": ("rollups" if "daily_stats" in sqls[0].text else
+                            "aggregates" if "aggregates" in sqls[0].text else "raw rows")}
+            r["ratio"] = round(r["direct_p50_ms"] / r["api_p50_ms"], 3)
+            results[name] = r
+            print(f"{name:24s} api p50 {r['api_p50_ms']:7.1f} ms  p95 {r['api_p95_ms']:7.1f} ms | "
+                  f"direct p50 {r['direct_p50_ms']:7.1f} ms  p95 {r['direct_p95_ms']:7.1f} ms | "
+                  f"ratio {r['ratio']:.3f} ({r['source']})", flush=True)
+        direct.close()
+        conn.close()
+        low.shutdown()
     worst = max(results.values(), key=lambda r: r["api_p95_ms"])
     print(json.dumps({"bench": "api", "events": rows, "site_rows": site_rows, "days": 30, "repeat": args.repeat,
                       "rollup_build_s": round(build_s, 1), "rollup_days": len(computed),

@@ -181,7 +181,7 @@ def reconcile(date_from: datetime | None, date_to: datetime | None, as_json: boo
     from rich.table import Table
     from tally.sinks.query import QueryError
     from tally.sinks.reconcile import reconcile as check
-    from tally.sinks.reconcile import reconcile_rollups
+    from tally.sinks.reconcile import reconcile_rollups, save_latest
 
     from tally.runtime import console
 
@@ -194,10 +194,12 @@ def reconcile(date_from: datetime | None, date_to: datetime | None, as_json: boo
         sys.exit(2)
     drift = [d for d in days if d.drift]
     rollup_drift = [r for r in rollups if r.drift]
+    summary = {"from": str(w.date_from), "to": str(w.date_to), "days": len(days),
+               "drift": [d.__dict__ for d in drift], "rollup_days": len(rollups),
+               "rollup_drift": [r.__dict__ for r in rollup_drift]}
+    save_latest(_settings(), summary)  # the operations page shows the latest run
     if as_json:
-        click.echo(json.dumps({"from": str(w.date_from), "to": str(w.date_to), "days": len(days),
-                               "drift": [d.__dict__ for d in drift], "rollup_days": len(rollups),
-                               "rollup_drift": [r.__dict__ for r in rollup_drift]}))
+        click.echo(json.dumps(summary))
     else:
         table = Table("site", "day", "raw pageviews", "agg pageviews", "raw visitors", "agg visitors",
                       "raw visits/bounces/ms", "agg visits/bounces/ms", "drift",

@@ -24,8 +24,11 @@ window is cut at its start; daily salts (the default) make that impossible.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
 
 from tally.sinks.query import run_sql
 from tally.sinks.reports import Window, literal
@@ -181,3 +184,25 @@ def reconcile_rollups(settings: Settings, date_from: date, date_to: date) -> lis
         rows = json.loads(run_sql(settings, ROLLUP_DAY, "JSONCompact", {"day": day, "sites": sites}))["data"]
         out += [RollupCheck(str(site), day, int(n), int(bad)) for site, n, bad in rows]
     return out
+
+
+def latest_path(settings: Settings) -> Path:
+    return settings.run_dir / "reconcile-latest.json"
+
+
+def save_latest(settings: Settings, summary: dict[str, Any]) -> None:
+    """The last run's summary, for the operations page (mode 0600, replaced atomically)."""
+    path = latest_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({**summary, "checked_at": datetime.now(UTC).isoformat(timespec="seconds")}, fh)
+    os.replace(tmp, path)
+
+
+def read_latest(settings: Settings) -> dict[str, Any] | None:
+    try:
+        return json.loads(latest_path(settings).read_text())
+    except (OSError, ValueError):
+        return None

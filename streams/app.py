@@ -107,6 +107,7 @@ def make_app(settings: Settings, replication_factor: int | None = None) -> faust
 
     @app.timer(liveness.interval(settings))
     async def watch() -> None:
+        about.update(salts=salts.status())  # which periods have a salt (never a value)
         await liveness.check(settings, app, watchdog, stores, about)
 
     @app.on_partitions_assigned.connect

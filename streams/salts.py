@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from tally.streams.watchdog import Watchdog
 
@@ -64,6 +65,15 @@ class SaltCache:
         if salt is not None:
             self._salts[period] = salt
         return salt
+
+    def status(self) -> dict[str, Any]:
+        """Which periods have a live salt (never a salt's value): for the health report, so
+        `tally status` and the operations page show the current period present and expired
+        periods gone."""
+        now = self.clock()
+        periods = self._keeper.known_periods() if self._keeper is not None else []
+        return {"current": period_key(now, self.settings.salt_period), "periods": periods,
+                "expired": [k for k in periods if expired(k, now, self.grace)]}
 
     async def expire(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.start().expire)

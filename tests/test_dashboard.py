@@ -200,6 +200,11 @@ def test_admin_reads_every_site_adoption_and_operations(dashboard):
     assert b.get("/web/v1/operations").status == 403  # no CSRF token
     ops = b.get("/web/v1/operations", **{"X-CSRF-Token": csrf}).json()
     assert {c["component"] for c in ops["components"]} >= {"sink", "dashboard"}
+    assert ops["drops"] == [] and ops["bad_rows"] == [] and ops["reconcile"] is None  # nothing yet
+    out = tally(env, "reconcile", "--json")
+    assert out.returncode == 0, out.stderr
+    ops = b.get("/web/v1/operations", **{"X-CSRF-Token": csrf}).json()
+    assert ops["reconcile"]["days"] == 0 and ops["reconcile"]["drift"] == [] and ops["reconcile"]["checked_at"]
 
 
 def test_logout_needs_the_token_and_ends_the_session(dashboard):

@@ -21,10 +21,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from tally.api.web.app import BAD_ROWS_BY_DAY, DROPS_BY_DAY
 from tally.ops.stack import http_ok
 
 from tests.conftest import start_pipeline, wait_for
-from tests.helpers import query_rows
+from tests.helpers import collect_url, post_json, query_rows
 from tests.test_api import api, new_key, send, tally, traffic
 from tests.test_dashboard import PASSWORD, make_user
 from tests.test_tracker_browser import CDP, chromium  # noqa: F401 (the fixture)
@@ -41,16 +42,9 @@ class RecordingCDP(CDP):
         super().__init__(ws)
         self.requests: list[str] = []
 
-    async def call(self, method: str, **params: Any) -> dict[str, Any]:
-        msg_id = next(self.ids)
-        await self.ws.send_json({"id": msg_id, "method": method, "params": params})
-        while True:
-            msg = await asyncio.wait_for(self.ws.receive_json(), 30)
-            if msg.get("method") == "Network.requestWillBeSent":
-                self.requests.append(msg["params"]["request"]["url"])
-            if msg.get("id") == msg_id:
-                assert "error" not in msg, msg
-                return msg["result"]
+    def seen(self, msg: dict[str, Any]) -> None:
+        if msg.get("method") == "Network.requestWillBeSent":
+            self.requests.append(msg["params"]["request"]["url"])
 
     async def until(self, expression: str, what: str, seconds: float = 30) -> Any:
         for _ in range(int(seconds * 10)):
@@ -77,6 +71,10 @@ STATS_JS = "JSON.stringify([...document.querySelectorAll('.stat')].map(s => [s.d
 
 def rows_js(panel: str) -> str:
     return f"document.getElementById('panel-{panel}').dataset.rows"
+
+
+def shown_drops(rows: str) -> list[list]:
+    return [[d, r, int(n)] for d, r, n in json.loads(rows)]
 
 
 def as_dict(rows: list[list]) -> dict[str, list[int]]:
@@ -146,6 +144,31 @@ async def site_equals_api(cdp: RecordingCDP, run: Run) -> None:
     await cdp.until("document.getElementById('panel-devices').dataset.dim === 'visit:device'", "device tab")
     assert as_dict(json.loads(await cdp.eval(rows_js("devices")))) == run.breakdown("visit:device", [])
     await cdp.screenshot(run.artifacts / "dashboard.png")
+    # keyboard: one tab stop per tab list; the arrow keys move along it and select
+    assert await cdp.eval("[...document.querySelectorAll('#panel-devices [role=tab]')].map(t => t.tabIndex).join()") \
+        == "-1,-1,0"
+    await cdp.eval("document.querySelector('#panel-devices [aria-selected=true]').focus()")
+    await press(cdp, "ArrowLeft")
+    await cdp.until("document.getElementById('panel-devices').dataset.dim === 'visit:os' && "
+                    "document.activeElement.dataset.dim === 'visit:os'", "os tab by keyboard")
+    assert as_dict(json.loads(await cdp.eval(rows_js("devices")))) == run.breakdown("visit:os", [])
+    await press(cdp, "ArrowRight")
+    await cdp.until("document.getElementById('panel-devices').dataset.dim === 'visit:device'", "device tab by keyboard")
+    # every control has a name a screen reader can say
+    assert await cdp.eval("[...document.querySelectorAll('select, input:not([type=hidden])')].filter(e => !e.labels.length "
+                          "&& !e.getAttribute('aria-label')).map(e => e.id)") == []
+    # the dark theme follows the system setting
+    light = await cdp.eval("getComputedStyle(document.body).backgroundColor")
+    await cdp.call("Emulation.setEmulatedMedia", features=[{"name": "prefers-color-scheme", "value": "dark"}])
+    assert await cdp.eval("getComputedStyle(document.body).backgroundColor") == "rgb(20, 22, 26)" != light
+    await cdp.screenshot(run.artifacts / "dashboard-dark.png")
+    await cdp.call("Emulation.setEmulatedMedia", features=[{"name": "prefers-color-scheme", "value": "light"}])
+
+
+async def press(cdp: RecordingCDP, key: str) -> None:
+    for kind in ("rawKeyDown", "keyUp"):
+        await cdp.call("Input.dispatchKeyEvent", type=kind, key=key, code=key,
+                       windowsVirtualKeyCode={"ArrowLeft": 37, "ArrowRight": 39}[key])
 
 
 async def source_filter(cdp: RecordingCDP, run: Run) -> None:
@@ -188,13 +211,27 @@ async def adoption_zero_state(cdp: RecordingCDP, run: Run) -> None:
 
 
 async def operations_page(cdp: RecordingCDP, run: Run) -> None:
-    """Operations (admins): the components are listed."""
+    """Operations (admins): the components, drops and bad rows by reason per day as the
+    warehouse has them, the salt of today present and none expired, the latest reconcile."""
     # --- operations (admins)
+    out = tally(run.env, "reconcile", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
     await cdp.navigate(f"{run.base}/operations")
     await cdp.loaded()
     names = await cdp.eval("[...document.querySelectorAll('#components tbody tr td:first-child')]"
                            ".map(td => td.textContent)")
     assert {"sink", "worker", "collector", "dashboard"} <= set(names)
+    today = datetime.now(UTC).date().isoformat()
+    for table, sql in (("drops", DROPS_BY_DAY), ("badrows", BAD_ROWS_BY_DAY)):
+        shown = [[d, r, int(n)] for d, r, n in json.loads(await cdp.eval(f"document.getElementById('{table}').dataset.rows"))]
+        assert shown == [[d, r, int(n)] for d, r, n in query_rows(run.env.settings, sql.text)], table
+    assert [today, "bot", 1] in shown_drops(await cdp.eval("document.getElementById('drops').dataset.rows"))
+    # the worker reports its salts with its health, every watchdog interval
+    await cdp.until("document.getElementById('salts').dataset.state === 'ok'", "today's salt present, none expired")
+    salts = await cdp.eval("document.getElementById('salts').textContent")
+    assert f"{today}: salt present" in salts and "gone" in salts
+    assert await cdp.eval("document.getElementById('reconcile').dataset.drift") == "0"
+    assert "1 site-days checked, 0 with drift" in await cdp.eval("document.getElementById('reconcile').textContent")
     await cdp.screenshot(run.artifacts / "operations.png")
 
 
@@ -241,6 +278,13 @@ def test_dashboard_in_chromium_shows_the_apis_numbers(tally_env, spawn, chromium
     wait_for(lambda: query_rows(s, f"SELECT toUInt32(pageviews), toUInt32(visitors) FROM site_stats_daily "
                                    f"WHERE site = 'example.com' AND day = '{today}'") == [[pageviews, 10]],
              120, "site_day aggregates")
+    # one crawler's beacon: dropped with the named reason `bot`, shown on the operations page
+    status, resp, _ = post_json(collect_url(s), {"site": "example.com", "path": "/", "referrer": ""}, headers={
+        "User-Agent": "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        "X-Forwarded-For": "203.0.113.99"})
+    assert status in (202, 204), resp
+    wait_for(lambda: query_rows(s, f"SELECT toUInt32(sum(dropped)) FROM drops_daily WHERE day = '{today}' "
+                                   "AND reason = 'bot'") == [[1]], 120, "the bot's drop counted")
     make_user(tally_env, "admin@example.com", "--role", "admin")
     key = new_key(tally_env, "--site", "example.com")
 

@@ -129,3 +129,51 @@ def test_pages_escape_values_and_have_no_inline_script():
     assert scripts and all(s == "" for s in scripts)  # only <script src=...></script>
     assert " style=" not in out and "<style" not in out and "onclick" not in out
     assert "'unsafe-inline'" not in CSP and "script-src 'self'" in CSP
+
+
+def test_operations_page_has_every_section_labelled():
+    admin = accounts.new_user("a@b.c", "long enough pw", "admin", ())
+    out = pages.operations(admin, "tok")
+    for table in ("components", "groups", "drops", "badrows"):
+        assert f'<table id="{table}">' in out
+    assert '<dl id="salts"' in out and '<dl id="reconcile"' in out
+
+
+class _Keeper:
+    """The keeper's view of the salts topic: which periods are live (no Kafka here: the
+    status is a pure function of that list and the clock; test_salts.py runs the keeper)."""
+
+    def __init__(self, periods: list[str]) -> None:
+        self.periods = periods
+
+    def known_periods(self) -> list[str]:
+        return self.periods
+
+
+def test_salt_status_names_periods_never_salts(tmp_path):
+    from tally.streams.salts import SaltCache
+    from tally.streams.watchdog import Watchdog
+
+    from tally.config import Settings
+
+    settings = Settings.from_env({"TALLY_STATE_DIR": str(tmp_path), "TALLY_SALT_GRACE_HOURS": "2"})
+    now = datetime(2026, 11, 30, 1, 0, tzinfo=UTC)
+    cache = SaltCache(settings, lambda: now, Watchdog(0, {}))
+    assert cache.status() == {"current": "2026-11-30", "periods": [], "expired": []}
+    cache._keeper = _Keeper(["2026-11-28", "2026-11-29", "2026-11-30"])
+    status = cache.status()
+    assert status["current"] == "2026-11-30" and status["expired"] == ["2026-11-28"]  # 11-29 is in its grace
+    assert set(status) == {"current", "periods", "expired"}
+
+
+def test_latest_reconcile_is_kept_private_and_read_back(tmp_path):
+    from tally.sinks.reconcile import latest_path, read_latest, save_latest
+
+    from tally.config import Settings
+
+    settings = Settings.from_env({"TALLY_STATE_DIR": str(tmp_path)})
+    assert read_latest(settings) is None
+    save_latest(settings, {"days": 3, "drift": [], "rollup_days": 0, "rollup_drift": []})
+    got = read_latest(settings)
+    assert got["days"] == 3 and got["drift"] == [] and got["checked_at"]
+    assert latest_path(settings).stat().st_mode & 0o777 == 0o600

@@ -62,9 +62,13 @@ class CDP:
         await self.ws.send_json({"id": msg_id, "method": method, "params": params})
         while True:
             msg = await asyncio.wait_for(self.ws.receive_json(), 30)
+            self.seen(msg)
             if msg.get("id") == msg_id:
                 assert "error" not in msg, msg
                 return msg["result"]
+
+    def seen(self, msg: dict[str, Any]) -> None:
+        """Every message read past while waiting for an answer (events): for subclasses."""
 
     async def eval(self, expression: str) -> Any:
         result = await self.call("Runtime.evaluate", expression=expression, awaitPromise=True,

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from tally.api import accounts
 from tally.api.handler import SESSION_SCOPE, SETTINGS, WAREHOUSE, failure
+from tally.api.sql import Sql
 from tally.api.web import pages
 from tally.api.web.directory import Directory
 from tally.api.web.sessions import (
@@ -41,6 +42,7 @@ from tally.api.web.sessions import (
 )
 from tally.sinks.accountstore import UserRecord
 from tally.sinks.keystore import KeyRecord
+from tally.sinks.reconcile import read_latest
 
 STATIC = Path(__file__).parent / "static"
 SESSIONS = web.AppKey("sessions", Sessions)
@@ -274,7 +276,24 @@ async def operations_json(request: web.Request) -> web.Response:
         return failure(403, "The operations page is for admins.")
     if not same(request.headers.get(CSRF_HEADER), found[0].csrf):
         return failure(403, f"Missing or wrong {CSRF_HEADER} header.")
-    return web.json_response(await request.app[OPS].get())
+    answer = dict(await request.app[OPS].get())
+    answer["reconcile"] = read_latest(request.app[SETTINGS])
+    try:  # drops and bad rows are the warehouse's: a sink that is down leaves the rest of the page
+        answer["drops"] = await request.app[WAREHOUSE].rows(DROPS_BY_DAY)
+        answer["bad_rows"] = await request.app[WAREHOUSE].rows(BAD_ROWS_BY_DAY)
+    except Exception as exc:  # noqa: BLE001 (any failure of the read path is shown, not raised)
+        answer["drops"] = answer["bad_rows"] = None
+        answer["reasons_error"] = f"drops and bad rows unavailable: {exc or type(exc).__name__}"
+    return web.json_response(answer)
+
+
+# Drops and bad rows by reason per day, over the last REASON_DAYS days (UTC), as
+# [day, reason, count]; bad_rows_unique counts a replayed bad row once, as `tally query` does.
+REASON_DAYS = 14
+DROPS_BY_DAY = Sql(f"SELECT toString(day), reason, toUInt64(sum(dropped)) FROM drops_daily "
+                   f"WHERE day > today() - {REASON_DAYS} GROUP BY day, reason ORDER BY day, reason")
+BAD_ROWS_BY_DAY = Sql(f"SELECT toString(toDate(failed_at)) AS d, reason, count() FROM bad_rows_unique "
+                      f"WHERE failed_at > today() - {REASON_DAYS} GROUP BY d, reason ORDER BY d, reason")
 
 
 def setup(app: web.Application) -> None:

@@ -66,10 +66,10 @@ def dashboard(site: str, *, user: UserRecord | None, csrf: str, sites: list[str]
     options = "".join(f'<option value="{escape(s)}"{" selected" if s == site else ""}>{escape(s)}</option>'
                       for s in sites)
     panels = "".join(f"""<section class="card panel" id="panel-{pid}" aria-labelledby="h-{pid}">
-<div class="panel-head"><h2 id="h-{pid}">{title}</h2><div class="tabs" role="tablist">{"".join(
-        f'<button type="button" role="tab" data-dim="{dim}">{label}</button>' for dim, label in tabs)}</div>
+<div class="panel-head"><h2 id="h-{pid}">{title}</h2><div class="tabs" role="tablist" aria-labelledby="h-{pid}">{"".join(
+        f'<button type="button" role="tab" aria-controls="t-{pid}" data-dim="{dim}">{label}</button>' for dim, label in tabs)}</div>
 <button type="button" class="csv" data-panel="{pid}">CSV</button></div>
-<table><thead><tr><th scope="col">{tabs[0][1]}</th><th scope="col" class="num">Visitors</th>
+<table id="t-{pid}" role="tabpanel" aria-labelledby="h-{pid}"><thead><tr><th scope="col">{tabs[0][1]}</th><th scope="col" class="num">Visitors</th>
 <th scope="col" class="num">Pageviews</th><th scope="col" class="num">Events</th></tr></thead><tbody></tbody></table>
 </section>""" for pid, title, tabs in PANELS)
     body = f"""<div class="controls" role="group" aria-label="dashboard controls">
@@ -82,7 +82,7 @@ def dashboard(site: str, *, user: UserRecord | None, csrf: str, sites: list[str]
 <label for="to">To</label><input id="to" type="date"><button type="button" id="apply">Apply</button></span>
 <label class="check"><input id="compare" type="checkbox" checked> Compare with the previous period</label>
 <span id="realtime" aria-live="polite" class="realtime"></span></div>
-<div id="filters" class="chips" aria-label="filters"></div>
+<div id="filters" class="chips" role="group" aria-label="filters"></div>
 <p id="error" class="error" role="alert" hidden></p>
 <section id="empty" class="card" hidden><h2>No data for {escape(site)} in this range</h2>
 <p>Add the tracker to every page of the site, then visits appear here within seconds:</p>
@@ -131,5 +131,11 @@ refreshed every 5 seconds. <span id="checked"></span></p>
 <th scope="col">Ready</th><th scope="col">Where</th><th scope="col">Health</th></tr></thead><tbody></tbody></table>
 <h2>Consumer groups</h2><table id="groups"><thead><tr><th scope="col">Group</th><th scope="col">State</th>
 <th scope="col">Members: partitions owned</th><th scope="col">Topic</th><th scope="col" class="num">Lag</th>
-<th scope="col" class="num">Worst partition</th></tr></thead><tbody></tbody></table></section>"""
+<th scope="col" class="num">Worst partition</th></tr></thead><tbody></tbody></table>
+<h2>Drops by reason, per day</h2><p class="muted">Beacons dropped on purpose (bots, consent, limits), last 14 days (UTC).</p>
+<table id="drops"><thead></thead><tbody></tbody></table>
+<h2>Bad rows by reason, per day</h2><p class="muted">Records that failed a check, last 14 days (UTC).</p>
+<table id="badrows"><thead></thead><tbody></tbody></table>
+<h2>Visitor salts</h2><dl id="salts" class="facts"></dl>
+<h2>Latest <code>tally reconcile</code></h2><dl id="reconcile" class="facts"></dl></section>"""
     return _page("Operations", body, {"page": "operations", "csrf": csrf}, _nav(user, csrf))

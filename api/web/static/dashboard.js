@@ -134,7 +134,8 @@
       const prev = labels.map((l) => { const r = byLabel.get(l); return r && r.comparison ? r.comparison.metrics[idx] : 0; });
       const el = $("chart");
       el.dataset.points = JSON.stringify(ys);
-      const series = [{}, {label: state.metric, stroke: "#5b5bd6", width: 2, fill: "rgba(91,91,214,0.08)"}];
+      const accent = getComputedStyle(body).getPropertyValue("--accent").trim() || "#4848c8";  // the theme's
+      const series = [{}, {label: state.metric, stroke: accent, width: 2, fill: accent + "14"}];
       const values = [xs, ys];
       if (state.compare) { series.push({label: "previous period", stroke: "rgba(128,128,128,0.45)", width: 1, dash: [4, 4]}); values.push(prev); }
       if (chart) chart.destroy();
@@ -148,7 +149,7 @@
       const pid = section.id.slice("panel-".length);
       const tabs = [...section.querySelectorAll("[data-dim]")];
       const dim = state.tabs[pid] || tabs[0].dataset.dim;
-      tabs.forEach((t) => t.setAttribute("aria-selected", String(t.dataset.dim === dim)));
+      tabs.forEach((t) => { t.setAttribute("aria-selected", String(t.dataset.dim === dim)); t.tabIndex = t.dataset.dim === dim ? 0 : -1; });
       section.querySelector("th").textContent = tabs.find((t) => t.dataset.dim === dim).textContent;
       const data = await query({dimensions: [dim], order_by: [["visitors", "desc"]], pagination: {limit: 10}});
       const tbody = section.querySelector("tbody");
@@ -241,14 +242,26 @@
     $("copy").addEventListener("click", () => navigator.clipboard.writeText($("snippet").textContent));
     for (const section of document.querySelectorAll(".panel")) {
       const pid = section.id.slice(6);
-      for (const tab of section.querySelectorAll("[data-dim]")) {
+      const tabs = [...section.querySelectorAll("[data-dim]")];
+      for (const tab of tabs) {
         tab.addEventListener("click", () => { state.tabs[pid] = tab.dataset.dim; panel(section).catch(showError); });
+        // The WAI-ARIA tabs pattern: one tab stop per list, arrows (and Home/End) move and select.
+        tab.addEventListener("keydown", (e) => {
+          const i = tabs.indexOf(tab);
+          const to = {ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: tabs.length - 1}[e.key];
+          if (to === undefined) return;
+          e.preventDefault();
+          const next = tabs[(to + tabs.length) % tabs.length];
+          next.focus();
+          next.click();
+        });
       }
       section.querySelector(".csv").addEventListener("click", () => csv(section));
     }
     refresh();
     realtime();
     setInterval(realtime, 30000);
+    matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => timeseries().catch(showError));  // the theme's colours
   }
 
   // ---- product adoption (seed 003) ----------------------------------------------------------
@@ -315,8 +328,73 @@
             groups.appendChild(tr);
           }
         }
+        reasons($("drops"), data.drops, data.reasons_error);
+        reasons($("badrows"), data.bad_rows, data.reasons_error);
+        salts(data.components);
+        reconcile(data.reconcile);
         body.dataset.loaded = "1";
       } catch (err) { showError(err); }
+    }
+
+    // [day, reason, count] rows as a table: a row per day, a column per reason.
+    function reasons(table, rows, error) {
+      const days = [...new Set((rows || []).map((r) => r[0]))];
+      const names = [...new Set((rows || []).map((r) => r[1]))].sort();
+      const count = new Map((rows || []).map((r) => [`${r[0]}|${r[1]}`, r[2]]));
+      const head = document.createElement("tr");
+      for (const h of ["Day", ...names]) {
+        const th = document.createElement("th"); th.scope = "col"; th.textContent = h;
+        if (h !== "Day") th.className = "num";
+        head.appendChild(th);
+      }
+      table.tHead.replaceChildren(head);
+      const tbody = table.tBodies[0];
+      tbody.replaceChildren();
+      table.dataset.rows = JSON.stringify(rows || []);
+      if (!days.length) {
+        const tr = document.createElement("tr");
+        cell(tr, error || "None in the last 14 days.", error ? "bad" : "muted");
+        tbody.appendChild(tr);
+      }
+      for (const d of days) {
+        const tr = document.createElement("tr");
+        cell(tr, d);
+        for (const n of names) cell(tr, fmt.format(count.get(`${d}|${n}`) || 0), "num");
+        tbody.appendChild(tr);
+      }
+    }
+
+    function facts(dl, items) {
+      dl.replaceChildren();
+      for (const [term, value, cls] of items) {
+        const dt = document.createElement("dt"); dt.textContent = term;
+        const dd = document.createElement("dd"); dd.textContent = value; if (cls) dd.className = cls;
+        dl.append(dt, dd);
+      }
+    }
+
+    // What the stream workers report of the salts topic: periods only, never a salt.
+    function salts(components) {
+      const report = components.map((c) => (c.health || {}).salts).find((x) => x);
+      const dl = $("salts");
+      if (!report) { facts(dl, [["Status", "no worker has reported its salts yet", "muted"]]); dl.dataset.state = "unknown"; return; }
+      const present = report.periods.includes(report.current);
+      facts(dl, [["Current period", `${report.current}: ${present ? "salt present" : "no salt yet (made at the period's first beacon)"}`, present ? "ok" : "muted"],
+                 ["Expired periods", report.expired.length ? `still live: ${report.expired.join(", ")}` : "gone", report.expired.length ? "bad" : "ok"],
+                 ["Live periods", report.periods.join(", ") || "none"]]);
+      dl.dataset.state = present && !report.expired.length ? "ok" : "attention";
+    }
+
+    function reconcile(r) {
+      const dl = $("reconcile");
+      if (!r) { facts(dl, [["Status", "never run here: run tally reconcile", "muted"]]); dl.dataset.drift = ""; return; }
+      const drift = r.drift.length + r.rollup_drift.length;
+      facts(dl, [["Run at", r.checked_at], ["Window", `${r.from} .. ${r.to}`],
+                 ["Aggregates", `${r.days} site-days checked, ${r.drift.length} with drift`, r.drift.length ? "bad" : "ok"],
+                 ["Breakdown rollups", `${r.rollup_days} site-days checked, ${r.rollup_drift.length} with drift`, r.rollup_drift.length ? "bad" : "ok"],
+                 ...r.drift.map((d) => [`${d.site} ${d.day}`, `pageviews ${d.raw_pageviews} raw vs ${d.agg_pageviews} aggregated, visitors ${d.raw_visitors} vs ${d.agg_visitors}`, "bad"]),
+                 ...r.rollup_drift.map((d) => [`${d.site} ${d.day}`, `${d.differing} of ${d.values} rollup values differ`, "bad"])]);
+      dl.dataset.drift = String(drift);
     }
     load();
     setInterval(load, 5000);
