@@ -123,7 +123,7 @@ def test_every_topic_gets_the_replication_settings_and_a_change_reaches_existing
     assert not changes.created and not changes.warnings
     assert sorted(line.split(":")[0] for line in changes.altered) == sorted(
         lowered.topic(t) for t in ("beacons.raw", "pageviews.enriched", "product.events", "aggregates",
-                                   "drops", "bad-rows", "salts"))
+                                   "drops", "bad-rows", "salts", "edge-keys"))
     assert all(line.endswith("min.insync.replicas 2 -> 1") for line in changes.altered)
     assert len(ensure_state_topics(lowered).altered) == 3
     # Each node applies a config change from the quorum's log: moments apart.
