@@ -247,11 +247,12 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_APP_ID", "app_id", "tally-stream", _str, "Faust application id: stream workers with the same id share the partitions.", "Streams"),
     Var("TALLY_SALT_PERIOD", "salt_period", "day", _choice("day", "month"), "Visitor-salt rotation period. `month` allows monthly unique visitors; `day` gives stronger privacy.", "Streams"),
     Var("TALLY_SALT_GRACE_HOURS", "salt_grace_hours", "48", _int(1), "How long a period's salt outlives the period (for late events). Then it is tombstoned and compacted away: old visitor hashes can no longer be re-derived.", "Streams"),
+    Var("TALLY_KEY_SHRED_SECONDS", "key_shred_seconds", "3600", _int(1, 86400), "How soon an expired salt or edge key leaves the disk: the `salts` and `edge-keys` topics roll their segments, force compaction and drop tombstones after this long (then the log cleaner's pass and at most 60 s of file deletion delay). Lower values mean more, smaller segments.", "Streams"),
     Var("TALLY_ALLOWED_LATENESS_HOURS", "allowed_lateness_hours", "48", _int(0), "Events older than this (by the worker's clock) go to bad rows as too_late; younger late events update their window and re-emit it. Capped by TALLY_SALT_GRACE_HOURS.", "Streams"),
     Var("TALLY_KEEP_USER_AGENT", "keep_user_agent", "false", _bool, "Keep the raw user agent in enriched pageviews (off: only browser, OS and device class are kept).", "Streams"),
     Var("TALLY_REFERRER_SPAM_FILE", "referrer_spam_file", "", _str, "File of referrer-spam domains, one per line (e.g. Matomo's referrer-spam-list spammers.txt). Pageviews from these referrers (and their subdomains) are dropped with reason referrer_spam.", "Streams"),
     Var("TALLY_PROCESSING_GUARANTEE", "processing_guarantee", "at_least_once", _choice("at_least_once", "exactly_once"), "Faust processing guarantee of the stream worker. Counts are exact with the default (window state skips replays, see docs/streams.md); `exactly_once` adds Kafka transactions (Apache Kafka only, not Tansu; experimental: slower, not covered by the crash test).", "Streams"),
-    Var("TALLY_CLOCK_OFFSET_SECONDS", "clock_offset_seconds", "0", _int(), "Shifts the stream worker's clock (salt rotation, lateness). For tests and replays; leave 0 in production.", "Streams"),
+    Var("TALLY_CLOCK_OFFSET_SECONDS", "clock_offset_seconds", "0", _int(), "Shifts the clocks of the stream worker (salt rotation, lateness) and the collector (edge-key periods), and their view of the broker's clock when expiring keys. For tests and replays; leave 0 in production.", "Streams"),
     Var("TALLY_SESSION_TIMEOUT_SECONDS", "session_timeout_seconds", "1800", _int(0), "A visitor's events less than this apart are one session (visit); a session also ends at the salt-period boundary. 0 switches sessions off (no visit aggregates, no session rows).", "Streams"),
     Var("TALLY_TOTALS_FLUSH_SECONDS", "totals_flush_seconds", "2", _float(0.1), "How often a stream worker emits the totals of the windows that changed (to the aggregates topic). Lower: fresher aggregates, more records.", "Streams"),
     Var("TALLY_WORKER_STALL_SECONDS", "worker_stall_seconds", "300", _float(0.0), "Watchdog: a stream worker that holds partitions with records left to process and makes no progress on one of them for this long logs the stuck stage and what it waits for, and exits with status 75 so its supervisor restarts it. 0 switches the watchdog off.", "Streams"),
@@ -338,6 +339,7 @@ class Settings:
     app_id: str = "tally-stream"
     salt_period: str = "day"
     salt_grace_hours: int = 48
+    key_shred_seconds: int = 3600
     allowed_lateness_hours: int = 48
     keep_user_agent: bool = False
     referrer_spam_file: str = ""

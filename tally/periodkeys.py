@@ -52,9 +52,11 @@ log = logging.getLogger(__name__)
 KEY_BYTES = 32
 PROBE = "clock-probe"  # key prefix of the records that ask the broker for its time
 # Kafka never compacts the active segment, so a tombstone only takes the old key away once
-# its segment rolls, and a segment rolls (after segment.ms, 1 h on keys topics) only when
-# something is appended. For this long after a tombstone every expiry pass appends a probe.
-ROLL_SECONDS = 3 * 3600
+# its segment rolls, and a segment rolls (after segment.ms: TALLY_KEY_SHRED_SECONDS on keys
+# topics) only when something is appended. For three segment.ms after a tombstone, and at
+# least three of the worker's minute-long expiry intervals, every expiry pass appends a probe.
+ROLL_SEGMENTS = 3
+ROLL_MIN_SECONDS = 180
 
 
 def period_key(received_at: datetime, period: str) -> str:
@@ -231,7 +233,8 @@ class PeriodKeys:
         for k in sorted(self._unconfirmed):
             if self._produce(k, None, deadline) is not None:
                 self._unconfirmed.discard(k)
-                self._roll_until = time.monotonic() + ROLL_SECONDS
+                self._roll_until = time.monotonic() + max(ROLL_MIN_SECONDS,
+                                                          ROLL_SEGMENTS * self.settings.key_shred_seconds)
                 log.info("key %s on %s expired: tombstoned", k, self.topic)
         return old
 

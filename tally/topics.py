@@ -40,11 +40,19 @@ EDGE_KEYS = "edge-keys"
 SESSIONS = "sessions"
 
 HOUR_MS = 3600 * 1000
-# Keys topics: compaction with a short tombstone life; LogAppendTime gives keepers the
-# broker's clock (tally/periodkeys.py: no expiry on one possibly wrong clock).
-KEYS_CONFIG = {"cleanup.policy": "compact", "delete.retention.ms": str(HOUR_MS),
-               "min.cleanable.dirty.ratio": "0.01", "segment.ms": str(HOUR_MS),
-               "max.compaction.lag.ms": str(HOUR_MS), "message.timestamp.type": "LogAppendTime"}
+FILE_DELETE_DELAY_MS = 60_000  # Kafka's default: time for reads of a replaced segment to finish
+
+
+def keys_config(settings: Settings) -> dict[str, str]:
+    """Keys topics: compaction whose segments roll, compact and drop tombstones within
+    TALLY_KEY_SHRED_SECONDS, so an expired key's bytes leave the disk in bounded time;
+    LogAppendTime gives keepers the broker's clock (tally/periodkeys.py: no expiry on one
+    possibly wrong clock)."""
+    shred_ms = settings.key_shred_seconds * 1000
+    return {"cleanup.policy": "compact", "delete.retention.ms": str(shred_ms),
+            "min.cleanable.dirty.ratio": "0.01", "segment.ms": str(shred_ms),
+            "max.compaction.lag.ms": str(shred_ms), "message.timestamp.type": "LogAppendTime",
+            "file.delete.delay.ms": str(min(FILE_DELETE_DELAY_MS, shred_ms))}
 
 
 @dataclass(frozen=True)
@@ -79,9 +87,10 @@ def specs(settings: Settings) -> list[TopicSpec]:
                   None, {**personal, "retention.ms": bad_rows_ms}),
         # Salts and edge keys are secrets with a short life: compaction plus a short
         # delete.retention.ms makes tombstoned keys disappear from the log.
-        TopicSpec(SALTS, "Visitor-hash salts, one per period; tombstoned after the grace window.", 1, KEYS_CONFIG),
+        TopicSpec(SALTS, "Visitor-hash salts, one per period; tombstoned after the grace window.", 1,
+                  keys_config(settings)),
         TopicSpec(EDGE_KEYS, "Collectors' IP-pseudonym keys, one per period; tombstoned after the grace window.",
-                  1, KEYS_CONFIG),
+                  1, keys_config(settings)),
     ]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -324,6 +325,24 @@ def test_client_ip_from_trusted_proxy_chain_and_never_raw(default, strict):
         for f in Path(strict.settings.state_dir).rglob("*"):
             if f.is_file():
                 assert ip not in f.read_bytes(), f
+
+
+def test_a_request_on_an_error_path_logs_no_address(strict):
+    """A malformed request takes aiohttp's error path ("Error handling request from %s"). The
+    address is never formatted: the line carries the source's placeholder (logs.py ServerLog),
+    not the filter's `<address>`, and neither the request text nor its X-Forwarded-For."""
+    s, canary = strict.settings, "203.0.113.77"
+    before = len(strict.proc.output())
+    request = (f"POST /api/v1/collect HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {canary}\r\n"
+               f"Bad Header Line {canary}\r\n\r\n")
+    with socket.create_connection((s.collector_host, s.collector_port), timeout=5) as sock:
+        sock.sendall(request.encode())
+        assert sock.recv(4096).split(b"\r\n")[0].endswith(b" 400 Bad Request")
+    out = wait_for(lambda: "Error handling request" in strict.proc.output()[before:] and strict.proc.output()[before:],
+                   10, "the error line")
+    assert "Error handling request from <client>: BadHttpMessage" in out
+    for text in (canary, "127.0.0.1", "<address>", "Bad Header"):
+        assert text not in out, out
 
 
 def _raw_topic_bytes(s: Settings) -> bytes:

@@ -8,9 +8,11 @@ import os
 import stat
 import subprocess
 import sys
+import uuid
 
 import pytest
-from tally.producers.collector.app import NoAddresses
+from aiohttp.http_exceptions import BadHttpMessage
+from tally.producers.collector.logs import NoAddresses, ServerLog
 
 from tally.config import Settings, SettingsError, mask_password
 
@@ -62,3 +64,22 @@ def test_client_addresses_never_reach_a_log_line(message):
     NoAddresses().filter(record)
     assert "203.0.113.7" not in record.getMessage() and "2001:db8::7" not in record.getMessage()
     assert "<address>" in record.getMessage()
+
+
+@pytest.mark.parametrize("exc", [BadHttpMessage("Invalid header: X-Forwarded-For 203.0.113.7"),
+                                 ValueError("a bug"), None])
+def test_the_server_log_never_formats_the_client_address(exc):
+    """At the source, with no filter: aiohttp's error line loses its address argument, and a
+    client's malformed request (whose text quotes the request) is named by its class only."""
+    records: list[logging.LogRecord] = []
+    logger = logging.getLogger(f"test-serverlog-{uuid.uuid4().hex[:6]}")
+    logger.propagate = False
+    logger.addHandler(type("Keep", (logging.Handler,), {"emit": lambda self, r: records.append(r)})())
+    ServerLog(logger).exception("Error handling request from %s", "203.0.113.7", exc_info=exc)
+    ServerLog(logger).debug("Error handling request from %s", "203.0.113.7")  # below the level: nothing
+    (record,) = records
+    text = logging.Formatter().format(record)
+    assert "203.0.113.7" not in text and record.args == ()
+    assert text.startswith("Error handling request from <client>")
+    assert (": BadHttpMessage" in text) == isinstance(exc, BadHttpMessage)
+    assert ("ValueError: a bug" in text) == isinstance(exc, ValueError)  # our own errors keep their traceback

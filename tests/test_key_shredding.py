@@ -2,8 +2,9 @@
 records let the segment holding the key close, and the broker's log cleaner rewrites it
 without the key, so no byte of the key is left in any file of the topic's log directory.
 
-The keys topics roll hourly (tally/topics.py KEYS_CONFIG); this test gives its topic the
-same settings with second-scale times so the cleaner's work fits in a test."""
+The keys topics roll hourly by default (tally/topics.py keys_config, TALLY_KEY_SHRED_SECONDS);
+this test gives its topic the same settings with second-scale times so the cleaner's work
+fits in a test."""
 
 from __future__ import annotations
 
@@ -15,22 +16,20 @@ import pytest
 from confluent_kafka.admin import NewTopic
 
 from tally.periodkeys import PeriodKeys, period_key
-from tally.topics import KEYS_CONFIG, admin
+from tally.topics import admin, keys_config
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
-
-FAST = {**KEYS_CONFIG, "segment.ms": "1000", "delete.retention.ms": "1000", "max.compaction.lag.ms": "1000",
-        "file.delete.delay.ms": "1000"}
 
 
 def test_an_expired_key_leaves_every_segment_file(tally_env, broker):
     if broker.data_dir is None:
         pytest.skip("an external broker: its log files are not on this machine")
-    s = tally_env.settings
+    s = replace(tally_env.settings, key_shred_seconds=1)
     topic = s.topic(f"keys-{uuid.uuid4().hex[:6]}")
     client = admin(s)
-    client.create_topics([NewTopic(topic, num_partitions=1, replication_factor=-1, config=FAST)])[topic].result(30)
+    new = NewTopic(topic, num_partitions=1, replication_factor=-1, config=keys_config(s))
+    client.create_topics([new])[topic].result(30)
     log_dir = wait_for(lambda: list(broker.data_dir.rglob(f"{topic}-0")), 30, "the topic log dir")[0]
     today = period_key(datetime.now(UTC), s.salt_period)
     keeper = PeriodKeys(s, topic, f"shred-{uuid.uuid4().hex[:6]}")

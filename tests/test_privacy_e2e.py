@@ -1,11 +1,14 @@
-"""Privacy end to end (issue #15, acceptance, in part): beacons and product events carrying
-canaries go through the real collector, worker and sink on a real broker and chDB; then no
-canary may be found in any file under the state dir or the topics' segment files (as text,
-and the IPs also in packed binary form), nor in any column of any table.
+"""Privacy end to end (issue #15, acceptance): beacons and product events carrying canaries go
+through the real collector, worker and sink on a real broker and chDB; then no canary may be
+found in any file under the state dir or the topics' segment files (as text, and the IPs also
+in packed binary form), nor in any column of any table.
 
-Not covered here yet: advancing the clock past the grace window and scanning the segment
-files for the bytes of expired salts and edge keys (the Kafka cleaner runs on the broker's
-own clock; see docs/privacy.md, honest limits)."""
+Then the clock moves past the grace window: the worker and the collector are restarted with
+TALLY_CLOCK_OFFSET_SECONDS four days ahead (the same hook shifts their view of the broker's
+clock), so their own expiry passes tombstone the period's salt and edge key read from the
+topics before. With TALLY_KEY_SHRED_SECONDS=2 (the keys topics' segment.ms and compaction
+lag; an hour by default) the broker's cleaner must leave no byte of either key in any file
+of the broker's data dir."""
 
 from __future__ import annotations
 
@@ -17,11 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from tally.ops.stack import http_ok, worker_ready
 from tally.producers.sdk.client import Client
 from tally.producers.sdk.record import product_record
 from tally.schemas.codec import default_codec
 
-from tally.topics import PRODUCT_EVENTS, specs
+from tally.periodkeys import KEY_BYTES
+from tally.topics import EDGE_KEYS, PRODUCT_EVENTS, SALTS, specs
 from tests.conftest import start_pipeline, wait_for
 from tests.helpers import BROWSER_UA, collect_url, post_json, query_rows
 from tests.stream_support import produce, read_all
@@ -78,9 +83,12 @@ def scan_files(roots: list[Path]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for root in roots:
         for f in root.rglob("*"):
-            if not f.is_file():
+            try:
+                data = f.read_bytes() if f.is_file() else None
+            except FileNotFoundError:  # deleted by the broker since the listing: gone
+                data = None
+            if data is None:
                 continue
-            data = f.read_bytes()
             for c in TEXT_CANARIES:
                 if c.encode() in data:
                     found.setdefault(c, []).append(str(f))
@@ -114,11 +122,11 @@ def scan_tables(settings) -> tuple[int, dict[str, list[str]]]:
     from tally.sinks.warehouse import connect
 
     client = connect(settings)
+    found: dict[str, list[str]] = {}
+    cells = 0
     try:
         tables = [r[0] for r in client.query("SELECT name FROM system.tables WHERE database = currentDatabase() "
                                              "AND engine NOT LIKE '%View%'").result_rows]
-        found: dict[str, list[str]] = {}
-        cells = 0
         for t in tables:
             for row in client.query(f"SELECT * FROM `{t}`").result_rows:
                 text = json.dumps(row, default=str)
@@ -126,14 +134,14 @@ def scan_tables(settings) -> tuple[int, dict[str, list[str]]]:
                 for c in TEXT_CANARIES:
                     if c in text:
                         found.setdefault(c, []).append(t)
-        return cells, found
     finally:
         client.close()
+    return cells, found
 
 
 def test_no_canary_reaches_any_file_topic_or_table(tally_env, spawn, broker):
     tally_env.vars.update({"TALLY_TRUSTED_PROXIES": "127.0.0.1/32", "TALLY_PROPS_ALLOWLIST": "*:plan,*:email",
-                           "TALLY_DROPS_FLUSH_SECONDS": "0.5"})
+                           "TALLY_DROPS_FLUSH_SECONDS": "0.5", "TALLY_KEY_SHRED_SECONDS": "2"})
     s = tally_env.settings
     procs = start_pipeline(tally_env, spawn)
     marker = uuid.uuid4().hex[:6]
@@ -154,6 +162,7 @@ def test_no_canary_reaches_any_file_topic_or_table(tally_env, spawn, broker):
         wait_for(stored, 120, "the beacons and the rejected product events in the warehouse")
     except AssertionError:
         raise AssertionError(f"last seen: {seen}") from None
+    keys = live_keys(s)
     paths = {r[0] for r in query_rows(s, "SELECT DISTINCT path FROM pageviews")}
     assert {"/u/:email/t/:secret", "/x/:email", "/signup"} <= paths  # the worker keeps utm_* in their own columns
     time.sleep(1.0)  # let the drop counts and logs settle
@@ -171,7 +180,67 @@ def test_no_canary_reaches_any_file_topic_or_table(tally_env, spawn, broker):
                   if d.is_dir() and not d.name.startswith(s.topic(PRODUCT_EVENTS) + "-")]
     files = scan_files([s.state_dir, *topic_dirs, *[p.log for p in procs]])
     assert files == {}
+    # What the SDK-bypassing producer wrote stays in product.events for its retention
+    # (docs/privacy.md, honest limits).
+    _, in_product = scan_records(s, [PRODUCT_EVENTS])
+    assert set(in_product) == {IBAN, CARD, JWT}  # the rogue producer's records, and only those
     report = {"tables_cells_scanned": cells, "topic_records_scanned": records, "topic_dirs": len(topic_dirs),
               "files_scanned": sum(1 for r in [s.state_dir, *topic_dirs] for f in r.rglob("*") if f.is_file()),
-              "at": datetime.now(UTC).isoformat()}
+              "canaries_in_product_events": sorted(in_product), "at": datetime.now(UTC).isoformat()}
+
+    # Past the grace window: the period's salt and edge key are tombstoned by the running
+    # worker and collector, and the cleaner removes their bytes from every segment file.
+    kafka_files = lambda: [f for f in broker.data_dir.rglob("*") if f.is_file()]  # noqa: E731
+    left: dict[str, list[str]] = {}
+
+    def shredded() -> bool:
+        left.clear()
+        for f in kafka_files():
+            try:
+                data = f.read_bytes()
+            except FileNotFoundError:  # the broker deleted it since the listing: gone
+                continue
+            for name, key in keys:
+                if key in data:
+                    left.setdefault(name, []).append(str(f.relative_to(broker.data_dir)))
+        return not left
+
+    assert not shredded() and set(left) == {name for name, _ in keys}  # the scan sees them while they live
+    # Four days: past the grace window (48 h) of today's period and of tomorrow's, whose
+    # edge key a collector agrees on in advance near midnight.
+    tally_env.vars["TALLY_CLOCK_OFFSET_SECONDS"] = str(4 * 86400)
+    later = tally_env.settings
+    spawn(tally_env, "worker", name="worker-later")
+    spawn(tally_env, "collector", name="collector-later")
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{later.collector_port}/healthz"), 30, "collector")
+    wait_for(lambda: worker_ready(later), 90, "worker in its consumer group")
+    started = time.monotonic()
+    try:
+        wait_for(shredded, 300, "the expired salt and edge key to leave every segment file", interval=2.0)
+    except AssertionError:
+        raise AssertionError(f"key bytes still on disk: {left}") from None
+    assert not alive_periods(later) & {name.split(":")[1] for name, _ in keys}
+    files = scan_files([s.state_dir, *topic_dirs])
+    assert files == {}
+    report.update(expired_keys_scanned=len(keys), kafka_files_scanned=len(kafka_files()),
+                  expired_key_bytes_left=sum(len(v) for v in left.values()),
+                  seconds_to_shred=round(time.monotonic() - started))
     print("privacy scan:", json.dumps(report))
+
+
+def live_keys(settings) -> list[tuple[str, bytes]]:
+    """(topic:period:proposer, key bytes) of every salt and edge key in the topics, read while
+    they live (the pipeline made them today, or tomorrow's near midnight)."""
+    keys = [(f"{topic}:{m.key().decode()}", m.value()) for topic in (SALTS, EDGE_KEYS)
+            for m in read_all(settings, topic) if m.value() and len(m.value()) == KEY_BYTES]
+    assert {k.split(":")[0] for k, _ in keys} == {SALTS, EDGE_KEYS}, keys
+    return keys
+
+
+def alive_periods(settings) -> set[str]:
+    """The periods whose keys are live (last record per key not a tombstone) in the keys topics."""
+    last: dict[str, bytes | None] = {}
+    for topic in (SALTS, EDGE_KEYS):
+        for m in read_all(settings, topic):
+            last[m.key().decode()] = m.value()
+    return {k.split(":")[0] for k, v in last.items() if v is not None and len(v) == KEY_BYTES}

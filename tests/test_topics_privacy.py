@@ -29,10 +29,17 @@ def test_personal_data_topics_roll_daily_and_raw_beacons_live_no_longer_than_the
     for name in (BEACONS_RAW, PAGEVIEWS_ENRICHED, PRODUCT_EVENTS, BAD_ROWS):
         assert int(describe_config(s, name)["segment.ms"]) <= DAY_MS, name
     assert int(describe_config(s, BEACONS_RAW)["retention.ms"]) == s.salt_grace_hours * 3600_000
+    for name in (PAGEVIEWS_ENRICHED, PRODUCT_EVENTS):  # docs/privacy.md: 7 days
+        assert int(describe_config(s, name)["retention.ms"]) == 7 * DAY_MS, name
+    assert int(describe_config(s, BAD_ROWS)["retention.ms"]) == s.bad_rows_retention_days * DAY_MS == 7 * DAY_MS
     for name in (SALTS, EDGE_KEYS):
         config = describe_config(s, name)
         assert config["cleanup.policy"] == "compact" and config["message.timestamp.type"] == "LogAppendTime"
-        assert int(config["segment.ms"]) <= 3600_000 and int(config["delete.retention.ms"]) <= 3600_000
+        shred_ms = s.key_shred_seconds * 1000  # TALLY_KEY_SHRED_SECONDS, an hour by default
+        assert shred_ms == 3600_000
+        for key in ("segment.ms", "delete.retention.ms", "max.compaction.lag.ms"):
+            assert int(config[key]) == shred_ms, key
+        assert int(config["file.delete.delay.ms"]) <= 60_000
 
 
 def test_a_changed_setting_reaches_existing_topics(tally_env):

@@ -22,9 +22,7 @@ import asyncio
 import gc
 import gzip
 import logging
-import re
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from functools import partial
 from importlib import resources
@@ -41,6 +39,7 @@ from tally.producers.collector.edgekeys import EdgeKeys
 from tally.producers.collector.encode import DictEncoder, PieceEncoder
 from tally.producers.collector.forwarder import Forwarder
 from tally.producers.collector.geo import country_of
+from tally.producers.collector.logs import NoAddresses, ServerLog
 from tally.producers.collector.minimise import Minimiser
 from tally.producers.collector.parse import (
     BadBeacon,
@@ -299,7 +298,8 @@ def make_app(settings: Settings, worker_index: int = 0) -> web.Application:
     collector = Collector(settings)
     requests = metrics.RequestCounter()
     edge = Edge(settings, requests)
-    app = web.Application(client_max_size=MAX_BODY)
+    # logger: aiohttp's server lines without the client's address (logs.py)
+    app = web.Application(client_max_size=MAX_BODY, handler_args={"logger": ServerLog()})
     app[REQUESTS] = requests
     guard = edge.guard
     collect, event = "/api/v1/collect", "/api/event"
@@ -377,34 +377,6 @@ def make_app(settings: Settings, worker_index: int = 0) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     return app
-
-
-_ADDRESS = re.compile(
-    r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?!\w|\.\d)"  # IPv4 (also at the end of a sentence)
-    r"|(?<![\w:])[0-9A-Fa-f:]*::[0-9A-Fa-f:.]*(?![\w:])"  # IPv6 with ::
-    r"|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])"  # full IPv6
-)
-
-
-class NoAddresses(logging.Filter):
-    """Removes IP addresses from log records, tracebacks included.
-
-    aiohttp's server logs "Error handling request from <client IP>" for
-    malformed requests, and its parser errors quote request lines (which can
-    hold X-Forwarded-For). Raw addresses must not reach the logs.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        if record.exc_info:
-            exc = record.exc_info[1]
-            if record.name == "aiohttp.server" and type(exc).__module__ == "aiohttp.http_exceptions":
-                text += f": {type(exc).__name__}"  # a client's malformed request: no traceback
-            else:
-                text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
-            record.exc_info, record.exc_text = None, None
-        record.msg, record.args = _ADDRESS.sub("<address>", text), ()
-        return True
 
 
 def run(settings: Settings, worker_index: int = 0, reuse_port: bool = False) -> None:
