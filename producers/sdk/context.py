@@ -9,19 +9,36 @@ other's context.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, NamedTuple
+from typing import Any
 
 from tally.schemas.catalog import is_safe_id
 
 from tally.ids import uuid7
 
 
-class RequestContext(NamedTuple):
-    request_id: str
-    scope: tuple[str, str] | None = None  # (tenant_id, workspace_id) when known
+class RequestContext:
+    """One request's context. Its request_id is made on first use: most requests track
+    nothing, and a fresh UUIDv7 per request would be most of the middleware's cost."""
+
+    __slots__ = ("_header", "_id", "scope")
+    _lock = threading.Lock()
+
+    def __init__(self, header: Any = None, scope: tuple[str, str] | None = None) -> None:
+        self._header = header  # the caller's X-Request-ID, unchecked yet
+        self._id: str | None = None
+        self.scope = scope  # (tenant_id, workspace_id) when known
+
+    @property
+    def request_id(self) -> str:
+        if self._id is None:
+            with self._lock:  # threads of one request see one id
+                if self._id is None:
+                    self._id = request_id_from(self._header)
+        return self._id
 
 
 CURRENT: ContextVar[RequestContext | None] = ContextVar("tally_request", default=None)
@@ -38,7 +55,7 @@ def request_id_from(header: Any) -> str:
 @contextmanager
 def request_context(request_id: str | None = None, scope: tuple[str, str] | None = None) -> Iterator[RequestContext]:
     """Events tracked inside carry this request_id (a fresh UUIDv7 when none is given)."""
-    ctx = RequestContext(request_id_from(request_id), scope)
+    ctx = RequestContext(request_id, scope)
     token = CURRENT.set(ctx)
     try:
         yield ctx

@@ -36,7 +36,7 @@ from time import perf_counter, time
 from typing import Any
 
 from tally.producers.sdk.client import Actor, Client
-from tally.producers.sdk.context import CURRENT, RequestContext, request_id_from
+from tally.producers.sdk.context import CURRENT, RequestContext
 from tally.schemas.catalog import LATENCY_BUCKETS_MS, METHODS
 from tally.schemas.reasons import DropReason
 
@@ -97,7 +97,7 @@ class Reporter:
         if where is None:
             return
         try:
-            method = method.upper() if method.upper() in _METHODS else "OTHER"
+            method = method if method in _METHODS else method.upper() if method.upper() in _METHODS else "OTHER"
             failed = status >= 500 or exc is not None
             if self.per_request and (failed or seconds >= self.slow_after):
                 self.report(where, method, route, status, seconds, exc)
@@ -199,7 +199,7 @@ class Rollup:
 def _run(reporter: Reporter, request: Any, request_id: Any) -> tuple[tuple[str, str] | None, Any]:
     """The request's scope, and the token of its request context (reset it after the request)."""
     where = reporter.where(request)
-    return where, CURRENT.set(RequestContext(request_id_from(request_id), where))
+    return where, CURRENT.set(RequestContext(request_id, where))
 
 
 # --- ASGI ------------------------------------------------------------------------
