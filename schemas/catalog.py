@@ -40,6 +40,7 @@ from tally.schemas.reasons import EventProblem
 from tally.schemas.sensitive import sensitive
 
 from tally.caches import bounded_add
+from tally.clock import epoch_ms
 
 ACTOR_TYPES = ("user", "service", "system")
 
@@ -813,7 +814,7 @@ def check_occurred_at(record: Mapping[str, Any], now_ms: int | None,
     if now_ms is None:
         return None
     occurred = record["occurred_at"]
-    ms = occurred if isinstance(occurred, int) else int(occurred.timestamp() * 1000)
+    ms = epoch_ms(occurred)
     if abs(ms - now_ms) <= window_ms:
         return None
     return (EventProblem.BAD_VALUE, f"{record['event']}: occurred_at {ms} is more than "

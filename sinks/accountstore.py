@@ -16,6 +16,8 @@ from typing import Any
 from aiohttp import web
 from clickhouse_connect.driver.client import Client
 
+from tally.clock import now_micros
+
 ROLES = ("admin", "viewer")
 USER_COLUMNS = ("email", "password_hash", "role", "sites", "created_at", "deleted_at", "version")
 USER_SELECT = "SELECT email, password_hash, role, sites, created_at, deleted_at FROM dashboard_users FINAL"
@@ -33,10 +35,6 @@ def _iso(v: datetime | None) -> str | None:
 
 def _utc(v: datetime | None) -> datetime | None:
     return v.replace(tzinfo=UTC) if v is not None and v.tzinfo is None else v
-
-
-def _version() -> int:
-    return int(datetime.now(UTC).timestamp() * 1_000_000)
 
 
 @dataclass(frozen=True)
@@ -86,7 +84,7 @@ class LinkRecord:
 
 def put_user(client: Client, u: UserRecord) -> None:
     client.insert("dashboard_users", [[u.email, u.password_hash, u.role, list(u.sites), u.created_at, u.deleted_at,
-                                       _version()]], column_names=list(USER_COLUMNS))
+                                       now_micros()]], column_names=list(USER_COLUMNS))
 
 
 def find_user(client: Client, email: str) -> UserRecord | None:
@@ -104,7 +102,7 @@ def all_users(client: Client) -> list[UserRecord]:
 
 def put_link(client: Client, link: LinkRecord) -> None:
     client.insert("share_links", [[link.link_id, link.token_hash, link.site, link.name, link.created_at,
-                                   link.revoked_at, _version()]], column_names=list(LINK_COLUMNS))
+                                   link.revoked_at, now_micros()]], column_names=list(LINK_COLUMNS))
 
 
 def _link(r: tuple) -> LinkRecord:

@@ -14,6 +14,8 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from tally.clock import now_micros
+
 COLUMNS = ("key_id", "key_hash", "name", "sites", "tenants", "created_at", "revoked_at", "version")
 SELECT = "SELECT key_id, key_hash, name, sites, tenants, created_at, revoked_at FROM api_keys FINAL"
 
@@ -51,13 +53,9 @@ def _row(r: tuple) -> KeyRecord:
     return KeyRecord(r[0], r[1], r[2], tuple(r[3]), tuple(r[4]), utc(r[5]), utc(r[6]))
 
 
-def _version() -> int:
-    return int(datetime.now(UTC).timestamp() * 1_000_000)
-
-
 def insert(client: Client, record: KeyRecord) -> None:
     client.insert("api_keys", [[record.key_id, record.key_hash, record.name, list(record.sites), list(record.tenants),
-                                record.created_at, record.revoked_at, _version()]], column_names=list(COLUMNS))
+                                record.created_at, record.revoked_at, now_micros()]], column_names=list(COLUMNS))
 
 
 def find(client: Client, key_id: str) -> KeyRecord | None:

@@ -47,6 +47,7 @@ from clickhouse_connect.driver.client import Client
 from prometheus_client import Counter, Gauge
 from tally.sinks.vocabulary import EXPRESSIONS
 
+from tally.clock import now_micros
 from tally.config import Settings
 
 log = logging.getLogger(__name__)
@@ -129,10 +130,6 @@ def kept_from(settings: Settings, today: date) -> date:
     return today - timedelta(days=settings.raw_retention_days - 1)
 
 
-def _micros() -> int:
-    return int(datetime.now(UTC).timestamp() * 1_000_000)
-
-
 @dataclass
 class Report:
     computed: list[date] = field(default_factory=list)
@@ -197,7 +194,7 @@ class Rollups:
         """A new version of the day's rollups, then the log rows that put it in force. The
         fingerprint recorded is the one read before computing: rows that arrive meanwhile
         make it differ from the raw rows', so readers skip the day until the next computation."""
-        version = _micros()
+        version = now_micros()
         self.client.command(INSERT_SQL, parameters={"day": day, "version": version}, settings=BUILD_SETTINGS)
         now = datetime.now(UTC)
         rows = [[site, day, version, current.get(site, Print(0, 0)).rows, current.get(site, Print(0, 0)).stamp,
@@ -210,7 +207,7 @@ class Rollups:
     def _seal(self, day: date, done: dict[str, Logged]) -> None:
         """The day's raw rows expire soon and still have the fingerprint of its rollups: mark
         them as the day's answer for when the raw rows are gone (the same version, sealed)."""
-        now, updated = datetime.now(UTC), _micros()
+        now, updated = datetime.now(UTC), now_micros()
         rows = [[site, day, d.version, d.print.rows, d.print.stamp, d.rules, 1, now, updated]
                 for site, d in sorted(done.items())]
         self.client.insert("daily_stats_log", rows, column_names=list(LOG_COLUMNS))

@@ -18,6 +18,8 @@ from tally.schemas.reasons import BadRowReason, Component
 from tally.schemas.records import bad_row
 from tally.streams.windows import Delta, day_start
 
+from tally.clock import epoch_ms
+
 
 def workspace_id(tenant: str, workspace: str) -> int:
     digest = hashlib.blake2b(f"{tenant}\x00{workspace}".encode(), digest_size=8).digest()
@@ -40,7 +42,7 @@ def product_delta(codec: Codec, value: bytes, topic: str, partition: int, offset
         return d, bad_row(BadRowReason.INVALID_EVENT, f"{reason}: {detail}", Component.WORKER, topic, partition,
                           offset, value)
     occurred = event["occurred_at"]
-    ms = occurred if isinstance(occurred, int) else int(occurred.timestamp() * 1000)
+    ms = epoch_ms(occurred)
     if ms < now_ms - lateness_ms:
         return d, bad_row(BadRowReason.TOO_LATE, f"occurred_at {ms} is older than the allowed lateness",
                           Component.WORKER, topic, partition, offset, value)

@@ -21,6 +21,8 @@ from fastavro.schema import parse_schema
 from tally.schemas.codec import MAGIC, Codec, DecodeError
 from tally.schemas.layouts import plain_type
 
+from tally.clock import epoch_ms
+
 
 def _project(raw: dict[str, Any], keep_items: set[str] | None) -> dict[str, Any]:
     schema = plain_type(copy.deepcopy(raw))
@@ -32,7 +34,7 @@ def _project(raw: dict[str, Any], keep_items: set[str] | None) -> dict[str, Any]
 
 def _plain_values(v: Any) -> Any:
     if isinstance(v, datetime):
-        return int(v.timestamp() * 1000)
+        return epoch_ms(v)
     if isinstance(v, dict):
         return {k: _plain_values(x) for k, x in v.items()}
     if isinstance(v, list):

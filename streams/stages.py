@@ -35,6 +35,7 @@ from tally.streams.salts import SaltCache
 from tally.streams.state import StateStore, pack, pack_encoded
 from tally.streams.windows import Delta, pageview_delta
 
+from tally.clock import epoch_ms
 from tally.config import Settings
 from tally.topics import BAD_ROWS, BEACONS_RAW, DROPS, PAGEVIEWS_ENRICHED, PRODUCT_EVENTS
 
@@ -72,7 +73,7 @@ class Clock:
         return datetime.now(UTC) + self.offset
 
     def ms(self) -> int:
-        return int(self.now().timestamp() * 1000)
+        return epoch_ms(self.now())
 
     def open_after_ms(self) -> int:
         """Windows that ended before this are closed: late updates to them are ignored."""

@@ -34,6 +34,7 @@ from tally.schemas.avro_writer import encode_long
 from tally.streams.sessions import Attrs, Session, Sessions
 
 from tally.caches import bounded_put
+from tally.clock import epoch_ms
 
 HOUR_MS = 3600_000
 DAY_MS = 24 * HOUR_MS
@@ -60,7 +61,7 @@ def month_bounds(ms: int) -> tuple[int, int]:
     d = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
     start = dt.datetime(d.year, d.month, 1, tzinfo=dt.UTC)
     end = dt.datetime(d.year + (d.month == 12), d.month % 12 + 1, 1, tzinfo=dt.UTC)
-    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+    return epoch_ms(start), epoch_ms(end)
 
 
 class VisitorSet:
@@ -208,9 +209,9 @@ def pageview_delta(batch: dict[str, Any], session_timeout_ms: int = 0, salt_peri
     rows: Iterable[tuple[Any, ...]]
     if session_timeout_ms:
         rows = ((pv["site"], ms, pv["event"] == "pageview", pv["path"], pv["visitor_id"], pageview_attrs(pv),
-                 period_end(ms, salt_period)) for pv in batch["items"] for ms in (_ms(pv["received_at"]),))
+                 period_end(ms, salt_period)) for pv in batch["items"] for ms in (epoch_ms(pv["received_at"]),))
     else:
-        rows = ((pv["site"], _ms(pv["received_at"]), pv["event"] == "pageview", pv["path"], pv["visitor_id"])
+        rows = ((pv["site"], epoch_ms(pv["received_at"]), pv["event"] == "pageview", pv["path"], pv["visitor_id"])
                 for pv in batch["items"])
     return window_delta(batch["source_partition"], batch["source_offset"], rows, session_timeout_ms)
 
@@ -241,10 +242,6 @@ def window_delta(source_partition: int, source_offset: int, items: Iterable[tupl
     for key, (events, pvs, ids) in hours.items():
         d.hours[key] = (events, pvs, ids)  # a set of uint64 ids: encode() and apply() take it as is
     return d
-
-
-def _ms(v: Any) -> int:
-    return v if isinstance(v, int) else int(v.timestamp() * 1000)
 
 
 AggKey = tuple[str, str, str, int]  # kind, scope, dimension, window_start

@@ -20,6 +20,7 @@ import logging
 import secrets
 from datetime import UTC, datetime, timedelta
 
+from tally.clock import epoch_ms
 from tally.config import Settings
 from tally.periodkeys import KEY_BYTES, PeriodKeys, expired, period_bounds, period_key
 from tally.topics import EDGE_KEYS
@@ -98,7 +99,7 @@ class EdgeKeys:
             now = datetime.fromtimestamp(now_ms / 1000, UTC) + self.offset
             self._period = period_key(now, self.settings.salt_period)
             end = period_bounds(self._period)[1] - self.offset
-            self._end_ms = int(end.timestamp() * 1000)
+            self._end_ms = epoch_ms(end)
             self._site_keys = {}
             changed = True
             if self._period not in self._keys:

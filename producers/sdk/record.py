@@ -12,6 +12,7 @@ from tally.producers.sdk.context import with_request_id
 from tally.schemas.catalog import CATALOG, Prop, canonical_list, check
 from tally.schemas.reasons import EventProblem
 
+from tally.clock import epoch_ms
 from tally.ids import uuid7
 
 
@@ -28,7 +29,7 @@ def millis(value: datetime | int | float) -> int:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise ValueError("naive datetime: pass an aware datetime (UTC)")
-        return int(value.timestamp() * 1000)
+        return epoch_ms(value)
     return int(value)
 
 
