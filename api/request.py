@@ -2,8 +2,9 @@
 
 Validation follows Plausible's query parser: the same fields, defaults and error
 messages, each naming the bad field by its JSON pointer (`#/metrics/1: Invalid
-metric "baa"`). What Plausible accepts but Tally cannot answer yet (session
-metrics, countries, goals, ...) is a 400 that names the metric or dimension.
+metric "baa"`). What Plausible accepts but Tally cannot answer yet (goals, regions,
+...) is a 400 that names the metric or dimension, and so is a combination Tally cannot
+answer exactly (a visit metric with a per-event dimension such as `event:page`).
 All dates are UTC days: Tally has no per-site time zone.
 """
 
@@ -15,20 +16,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-METRICS = ("visitors", "pageviews", "events", "percentage")
-# Plausible metrics Tally does not answer yet (the sessions issue adds the first four).
-LATER_METRICS = ("visits", "bounce_rate", "visit_duration", "views_per_visit", "conversion_rate",
-                 "group_conversion_rate", "time_on_page", "scroll_depth", "total_revenue", "average_revenue",
-                 "exit_rate")
+# Metrics of visits (sessions), read from the `sessions` table.
+SESSION_METRICS = ("visits", "bounce_rate", "visit_duration", "views_per_visit")
+METRICS = ("visitors", "pageviews", "events", "percentage", *SESSION_METRICS)
+# Plausible metrics Tally does not answer yet.
+LATER_METRICS = ("conversion_rate", "group_conversion_rate", "time_on_page", "scroll_depth", "total_revenue",
+                 "average_revenue", "exit_rate")
 TIME_DIMENSIONS = ("time", "time:hour", "time:day", "time:week", "time:month")
-DIMENSIONS = ("event:page", "event:name", "event:hostname", "visit:source", "visit:referrer",
-              "visit:utm_source", "visit:utm_medium", "visit:utm_campaign", "visit:browser", "visit:os",
-              "visit:device", *TIME_DIMENSIONS)
-# Plausible dimensions Tally keeps no data for (no geo, no screen width, no sessions yet).
+# Dimensions of single events: a visit has many pages and event names, so visit metrics
+# cannot be broken down or filtered by them.
+EVENT_DIMENSIONS = ("event:page", "event:name", "event:hostname")
+# Dimensions only a visit has: a query with one of them reads the `sessions` table only.
+SESSION_DIMENSIONS = ("visit:entry_page", "visit:exit_page")
+DIMENSIONS = (*EVENT_DIMENSIONS, "visit:source", "visit:referrer", "visit:utm_source", "visit:utm_medium",
+              "visit:utm_campaign", "visit:browser", "visit:os", "visit:device", "visit:country",
+              *SESSION_DIMENSIONS, *TIME_DIMENSIONS)
+# Plausible dimensions Tally keeps no data for (no regions or cities, no screen width, ...).
 LATER_DIMENSIONS = ("event:goal", "visit:channel", "visit:utm_content", "visit:utm_term", "visit:screen",
-                    "visit:browser_version", "visit:os_version", "visit:country", "visit:region", "visit:city",
-                    "visit:country_name", "visit:region_name", "visit:city_name", "visit:entry_page",
-                    "visit:exit_page", "visit:entry_page_hostname", "visit:exit_page_hostname", "time:minute")
+                    "visit:browser_version", "visit:os_version", "visit:region", "visit:city",
+                    "visit:country_name", "visit:region_name", "visit:city_name",
+                    "visit:entry_page_hostname", "visit:exit_page_hostname", "time:minute")
 FILTER_OPERATORS = ("is", "is_not", "contains", "contains_not", "matches", "matches_not")
 SHORTHANDS = ("day", "7d", "28d", "30d", "91d", "month", "6mo", "12mo", "year", "all")
 TOP_LEVEL = ("site_id", "metrics", "date_range", "dimensions", "filters", "order_by", "include", "pagination")
@@ -260,6 +267,37 @@ def parse_order_by(value: Any, metrics: tuple[str, ...], dimensions: tuple[str, 
     return tuple(out)
 
 
+def dimensions_of(f: Filter) -> set[str]:
+    return set().union(*(dimensions_of(c) for c in f.children)) if isinstance(f, Branch) else {f.dimension}
+
+
+def sessions_only(dimensions: tuple[str, ...], filters: tuple[Filter, ...]) -> bool:
+    """Whether the query breaks down or filters by what only a visit has (entry or exit
+    page): then every metric is a visit's (docs/api.md)."""
+    used = set(dimensions).union(*(dimensions_of(f) for f in filters))
+    return bool(used & set(SESSION_DIMENSIONS))
+
+
+def check_combination(metrics: tuple[str, ...], dimensions: tuple[str, ...], filters: tuple[Filter, ...]) -> None:
+    """Visit metrics and visit-only dimensions cannot meet a dimension of single events:
+    Tally answers those exactly or not at all (a 400 naming both)."""
+    per_event = [(f"#/dimensions/{i}", "the dimension", d) for i, d in enumerate(dimensions) if d in EVENT_DIMENSIONS]
+    per_event += [(f"#/filters/{i}", "a filter on", d) for i, f in enumerate(filters)
+                  for d in sorted(dimensions_of(f)) if d in EVENT_DIMENSIONS]
+    if not per_event:
+        return
+    where, how, dim = per_event[0]
+    for i, m in enumerate(metrics):
+        if m in SESSION_METRICS:
+            raise RequestError(f"#/metrics/{i}: Metric `{m}` cannot be queried with {how} `{dim}` ({where}): "
+                               "Tally counts it per visit, and a visit has many pages and events")
+    visit_only = [d for d in dimensions if d in SESSION_DIMENSIONS]
+    visit_only += sorted(d for f in filters for d in dimensions_of(f) if d in SESSION_DIMENSIONS)
+    if visit_only:
+        raise RequestError(f"{where}: `{dim}` cannot be combined with `{visit_only[0]}`: "
+                           "a visit has one entry and one exit page but many pages and events")
+
+
 def resolve_time(r: Range) -> str:
     """Plausible's `time` dimension: the bucket that fits the range."""
     hours = (r.end - r.first).total_seconds() / 3600
@@ -287,6 +325,7 @@ def parse_request(body: Any, today: date, first_day: date | None = None) -> Stat
     dimensions = parse_dimensions(_list(body, "dimensions"))
     rng = parse_date_range(body["date_range"], today, first_day)
     filters = tuple(parse_filter(f, f"#/filters/{i}") for i, f in enumerate(_list(body, "filters")))
+    check_combination(metrics, dimensions, filters)
     if "time" in dimensions:
         dimensions = tuple(resolve_time(rng) if d == "time" else d for d in dimensions)
     order_raw = body.get("order_by")

@@ -1,12 +1,13 @@
 """Runs a typed Stats API query and shapes Plausible's answer: results, meta, query.
 
 Semantics follow Plausible's query runner: `percentage` is a row's visitors over
-the visitors of the whole filtered set (one decimal); the default order is the
+the visitors of the whole filtered set (one decimal); `views_per_visit` is the one
+metric with decimals; the default order is the
 first metric descending (time ascending first for a timeseries); time buckets
 without data are left out unless comparisons are asked for (then they are
 filled with zeros so every bucket has its comparison); a comparison covers the
 same dimension values as the main page of results, and `change` is the percent
-change, rounded.
+change, rounded (for `bounce_rate`: the difference in points).
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ def percent_change(old: float | None, new: float | None) -> int | None:
     if old == 0:
         return 100 if new > 0 else 0
     return round((new - old) / old * 100)
+
+
+def change(metric: str, old: float | None, new: float | None) -> float | None:
+    """Plausible's `change`: percentage points for bounce_rate (none from 0), else percent."""
+    if metric == "bounce_rate":
+        return new - old if old and new is not None else None
+    return percent_change(old, new)
 
 
 def percentage(visitors: int, total: int) -> float | None:
@@ -110,7 +118,9 @@ class Runner:
         out, total_rows = [], 0
         n = len(sql.dimensions)
         for row in data:
-            values = dict(zip(sql.metrics, (int(v) for v in row[n:n + len(sql.metrics)]), strict=True))
+            values = dict(zip(sql.metrics, (float(v) if m == "views_per_visit" else int(v)
+                                            for m, v in zip(sql.metrics, row[n:n + len(sql.metrics)], strict=True)),
+                              strict=True))
             if total_visitors is not None:
                 values["percentage"] = percentage(values["visitors"], total_visitors)
             out.append({"dimensions": [str(v) for v in row[:n]], "metrics": [values[m] for m in q.metrics]})
@@ -162,7 +172,7 @@ class Runner:
             dims = [lookup.get(v, v) if q.dimensions[i].startswith("time") else v for i, v in enumerate(r["dimensions"])]
             metrics = index.get(tuple(dims), [0] * len(q.metrics))  # Plausible's empty row
             r["comparison"] = {"dimensions": dims, "metrics": metrics,
-                               "change": [percent_change(o, n) for o, n in zip(metrics, r["metrics"], strict=True)]}
+                               "change": [change(m, o, n) for m, o, n in zip(q.metrics, metrics, r["metrics"], strict=True)]}
         return results
 
     def echo(self) -> dict[str, Any]:

@@ -22,6 +22,13 @@ Three sources, chosen per query:
 - otherwise the raw rows (`pageviews` FINAL, so a replayed event counts once):
   visitors are `uniqExact(visitor_id)`, pageviews the events named `pageview`.
 
+Visit metrics (`visits`, `bounce_rate`, `visit_duration`, `views_per_visit`) come from
+`sessions` FINAL: a visit counts in a range (and a time bucket) when its session_start is
+in it, and its visit:* values are those of its entry pageview. With event metrics too, the
+two parts are added up per dimension value (UNION ALL, then sums). A query broken down or
+filtered by entry or exit page reads `sessions` only: visitors, pageviews and events are
+then those of the matching visits.
+
 The query text depends only on the query's shape, not on its values (site, dates,
 filter clauses, page), so the SQL guard checks each shape once.
 """
@@ -32,11 +39,40 @@ from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
-from tally.api.request import Branch, Filter, Range, StatsQuery
+from tally.api.request import (
+    SESSION_METRICS,
+    Branch,
+    Filter,
+    Range,
+    StatsQuery,
+    dimensions_of,
+    sessions_only,
+)
 from tally.sinks.rollups import DIMENSIONS as ROLLUP_DIMENSIONS
 from tally.sinks.rollups import ROWS, RULES, STAMP
 from tally.sinks.vocabulary import EXPRESSIONS
 
+COUNTRY = "if(country = '', '(not set)', country)"  # ISO 3166-1 alpha-2
+EVENT_EXPRESSIONS = {**EXPRESSIONS, "visit:country": COUNTRY}  # over a `pageviews` row
+# Over a `sessions` row: it carries its entry pageview's referrer, UTM, device, browser, OS, country.
+SESSION_EXPRESSIONS = {**{d: e for d, e in EXPRESSIONS.items() if d.startswith("visit:")}, "visit:country": COUNTRY,
+                       "visit:entry_page": "entry_page", "visit:exit_page": "exit_page"}
+# Partial sums of a visits query, from `pageviews` rows (event part) and `sessions` rows;
+# "-" where a part has none. The outer query adds the parts up per dimension value.
+PARTS = {"visitors": ("uniqExact(visitor_id)", "uniqExact(visitor_id)"),
+         "pageviews": ("countIf(event = 'pageview')", "sum(pageviews)"), "events": ("count()", "sum(events)"),
+         "visits": ("-", "count()"), "bounces": ("-", "sum(bounce)"), "duration_ms": ("-", "sum(duration_ms)"),
+         "visit_pageviews": ("-", "sum(pageviews)")}
+# Ratios rounded half up in integer arithmetic: the same figure on every engine and in Python.
+VISIT_METRICS = {
+    "visitors": "toInt64(sum(p_visitors))", "pageviews": "toInt64(sum(p_pageviews))", "events": "toInt64(sum(p_events))",
+    "visits": "toInt64(sum(p_visits))",
+    "bounce_rate": "toInt64(if(sum(p_visits) = 0, 0, intDiv(200 * sum(p_bounces) + sum(p_visits), 2 * sum(p_visits))))",
+    "visit_duration": "toInt64(if(sum(p_visits) = 0, 0, intDiv(2 * sum(p_duration_ms) + 1000 * sum(p_visits), "
+                      "2000 * sum(p_visits))))",
+    "views_per_visit": "toFloat64(if(sum(p_visits) = 0, 0, intDiv(200 * sum(p_visit_pageviews) + sum(p_visits), "
+                       "2 * sum(p_visits)) / 100))",
+}
 RAW_METRICS = {"visitors": "uniqExact(visitor_id)", "pageviews": "countIf(event = 'pageview')", "events": "count()"}
 AGG_METRICS = {"visitors": "sum(uniques)", "pageviews": "sum(count)"}
 ROLLUP_METRICS = {"visitors": "visitors", "pageviews": "pageviews", "events": "events"}  # columns of daily_stats
@@ -84,14 +120,12 @@ def aggregate_kind(q: StatsQuery, rng: Range, extra: Filter | None, salt_period:
     return None
 
 
-def dimensions_of(f: Filter) -> set[str]:
-    return set().union(*(dimensions_of(c) for c in f.children)) if isinstance(f, Branch) else {f.dimension}
-
-
 def rollup_dimension(q: StatsQuery, rng: Range, extra: Filter | None, salt_period: str) -> str | None:
     """The dimension whose daily rollups answer this query exactly (with the raw rows of
     the days without one), or None."""
     if not rng.whole_days or len(q.dimensions) != 1 or q.dimensions[0] not in ROLLUP_DIMENSIONS:
+        return None
+    if set(q.metrics) & set(SESSION_METRICS) or sessions_only(q.dimensions, q.filters):
         return None
     dim = q.dimensions[0]
     if any(dimensions_of(f) != {dim} for f in (*q.filters, *([extra] if extra is not None else []))):
@@ -142,6 +176,8 @@ class Builder:
         of the whole filtered set, no dimensions (the denominator of `percentage`)."""
         q = replace(self.q, dimensions=(), metrics=("visitors",)) if totals else self.q
         dims = q.dimensions
+        if set(q.metrics) & set(SESSION_METRICS) or sessions_only(self.q.dimensions, self.q.filters):
+            return self.visits(q, rng, extra, paginate)
         kind = aggregate_kind(q, rng, extra, self.salt_period)
         self.params = {"site": q.site, "t0": _ts(rng.first), "t1": _ts(rng.end), "week_floor": str(rng.first_day)}
         cols = metric_columns(q.metrics)
@@ -156,7 +192,7 @@ class Builder:
                      "window_start >= toDateTime64({t0:String}, 3, 'UTC')", "window_start < toDateTime64({t1:String}, 3, 'UTC')"]
         else:
             time_col = "received_at"
-            dim_sql = [TIME_FORMATS[d].format(c=time_col) if d.startswith("time") else EXPRESSIONS[d] for d in dims]
+            dim_sql = [TIME_FORMATS[d].format(c=time_col) if d.startswith("time") else EVENT_EXPRESSIONS[d] for d in dims]
             metric_sql = [RAW_METRICS[m] for m in cols]
             source = "pageviews FINAL"
             where = ["site = {site:String}", "received_at >= toDateTime64({t0:String}, 3, 'UTC')",
@@ -202,6 +238,36 @@ class Builder:
         select = ["d0", *(f"toInt64(sum(m{i})) AS m_{m}" for i, m in enumerate(cols))]
         return self.finish(source, select, q, q.dimensions, cols, paginate, f"WITH ({USABLE_ROLLUPS}) AS rolled ")
 
+    def visits(self, q: StatsQuery, rng: Range, extra: Filter | None, paginate: bool) -> Sql:
+        """Visit metrics from `sessions` FINAL (by session_start), with the event metrics from
+        `pageviews` FINAL unless the query is about entry or exit pages, summed per value."""
+        dims, cols = q.dimensions, metric_columns(q.metrics)
+        self.params = {"site": q.site, "t0": _ts(rng.first), "t1": _ts(rng.end), "week_floor": str(rng.first_day)}
+        if "time:week" not in dims:
+            self.params.pop("week_floor")
+        filters = (*q.filters, *([extra] if extra is not None else []))
+        parts, visits_only = [], sessions_only(self.q.dimensions, self.q.filters)
+        events = not visits_only and bool(set(cols) - set(SESSION_METRICS))
+        if events:
+            parts.append(self.part(0, "pageviews", "received_at", EVENT_EXPRESSIONS, dims, filters))
+        if visits_only or set(cols) & set(SESSION_METRICS):  # the event sums from the event part, if any
+            sums = {k: ("-", "-") if events and k in RAW_METRICS else v for k, v in PARTS.items()}
+            parts.append(self.part(1, "sessions", "session_start", SESSION_EXPRESSIONS, dims, filters, sums))
+        select = [f"d{i}" for i in range(len(dims))] + [f"{VISIT_METRICS[m]} AS m_{m}" for m in cols]
+        return self.finish(f"FROM ({' UNION ALL '.join(parts)})", select, q, dims, cols, paginate)
+
+    def part(self, side: int, table: str, time_col: str, exprs: dict[str, str], dims: tuple[str, ...],
+             filters: tuple[Filter, ...], sums: dict[str, tuple[str, str]] = PARTS) -> str:
+        """One side of a visits query: its dimensions and every partial sum (0 where it has none)."""
+        dim_sql = [TIME_FORMATS[d].format(c=time_col) if d.startswith("time") else exprs[d] for d in dims]
+        select = [f"{sql} AS d{i}" for i, sql in enumerate(dim_sql)]
+        select += [f"toUInt64({'0' if pair[side] == '-' else pair[side]}) AS p_{name}" for name, pair in sums.items()]
+        where = [f"site = {{site:String}} AND {time_col} >= toDateTime64({{t0:String}}, 3, 'UTC') "
+                 f"AND {time_col} < toDateTime64({{t1:String}}, 3, 'UTC')", *(["deleted = 0"] if side else []),
+                 *(self.condition(f, exprs=exprs) for f in filters)]
+        group = f" GROUP BY {', '.join(f'd{i}' for i in range(len(dims)))}" if dims else ""
+        return f"SELECT {', '.join(select)} FROM {table} FINAL WHERE {' AND '.join(where)}{group}"
+
     def order(self, dims: tuple[str, ...], cols: tuple[str, ...]) -> str:
         terms, used = [], set()
         for key, direction in self.q.order_by:
@@ -217,14 +283,15 @@ class Builder:
         terms += [f"d{i} ASC" for i in range(len(dims)) if f"d{i}" not in used]  # a stable order for ties
         return ", ".join(terms)
 
-    def condition(self, f: Filter, column: str | None = None) -> str:
-        """The filter as SQL over a `pageviews` row, or over `column` (a rollup's value)."""
+    def condition(self, f: Filter, column: str | None = None, exprs: dict[str, str] = EVENT_EXPRESSIONS) -> str:
+        """The filter as SQL over a row (`pageviews` unless `exprs` says otherwise), or over
+        `column` (a rollup's value)."""
         if isinstance(f, Branch):
-            parts = [self.condition(c, column) for c in f.children]
+            parts = [self.condition(c, column, exprs) for c in f.children]
             if f.op == "not":
                 return f"NOT ({parts[0]})"
             return "(" + f" {f.op.upper()} ".join(parts) + ")"
-        expr = column or EXPRESSIONS[f.dimension]
+        expr = column or exprs[f.dimension]
         clauses = list(f.clauses)
         if not f.case_sensitive:
             expr, clauses = f"lowerUTF8({expr})", [c.lower() for c in clauses]

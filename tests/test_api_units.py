@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from tally.api.keys import INVALID, MISSING, KeyChecker, hash_key, key_id_of, new_key
 from tally.api.request import Range, RequestError, parse_date_range, parse_request
-from tally.api.runner import comparison_range, percent_change, time_labels
+from tally.api.runner import change, comparison_range, percent_change, time_labels
 from tally.api.sql import Builder, aggregate_kind, rollup_dimension
 from tally.sinks.cli import cell
 
@@ -56,14 +56,67 @@ def test_validation_messages_name_the_field(b, message):
 
 
 @pytest.mark.parametrize("b, name", [
-    (body(metrics=["bounce_rate"]), "#/metrics/0: Metric `bounce_rate` is not supported"),
-    (body(metrics=["visitors", "visit_duration"]), "#/metrics/1: Metric `visit_duration`"),
-    (body(dimensions=["visit:country"]), "#/dimensions/0: Dimension `visit:country` is not supported"),
+    (body(metrics=["time_on_page"]), "#/metrics/0: Metric `time_on_page` is not supported"),
+    (body(metrics=["visitors", "scroll_depth"]), "#/metrics/1: Metric `scroll_depth`"),
+    (body(dimensions=["visit:country_name"]), "#/dimensions/0: Dimension `visit:country_name` is not supported"),
     (body(dimensions=["event:goal"]), "Dimension `event:goal`"),
     (body(filters=[["is", "visit:city", ["x"]]]), "#/filters/0/1: Filtering on `visit:city`"),
 ])
 def test_unsupported_metrics_and_dimensions_are_named(b, name):
     assert name in error_of(b)
+
+
+@pytest.mark.parametrize("b, message", [
+    (body(metrics=["visitors", "bounce_rate"], dimensions=["event:page"]),
+     "#/metrics/1: Metric `bounce_rate` cannot be queried with the dimension `event:page` (#/dimensions/0)"),
+    (body(metrics=["visit_duration"], filters=[["is", "visit:device", ["Mobile"]], ["contains", "event:page", ["/a"]]]),
+     "#/metrics/0: Metric `visit_duration` cannot be queried with a filter on `event:page` (#/filters/1)"),
+    (body(metrics=["visits"], filters=[["not", ["is", "event:name", ["signup"]]]]),
+     "Metric `visits` cannot be queried with a filter on `event:name`"),
+    (body(metrics=["views_per_visit"], dimensions=["visit:source", "event:hostname"]),
+     "#/metrics/0: Metric `views_per_visit` cannot be queried with the dimension `event:hostname`"),
+    (body(dimensions=["visit:entry_page", "event:page"]),
+     "#/dimensions/1: `event:page` cannot be combined with `visit:entry_page`"),
+    (body(dimensions=["event:name"], filters=[["is", "visit:exit_page", ["/"]]]),
+     "#/dimensions/0: `event:name` cannot be combined with `visit:exit_page`"),
+    (body(filters=[["is", "visit:entry_page", ["/"]], ["is", "event:page", ["/"]]]),
+     "#/filters/1: `event:page` cannot be combined with `visit:entry_page`"),
+])
+def test_visit_metrics_and_event_dimensions_do_not_mix(b, message):
+    assert message in error_of(b)
+
+
+@pytest.mark.parametrize("b", [
+    body(metrics=["visitors", "pageviews", "events", "visits", "bounce_rate", "visit_duration", "views_per_visit"]),
+    body(metrics=["visits", "percentage"], dimensions=["visit:country"], filters=[["is", "visit:country", ["GB"]]]),
+    body(metrics=["visitors", "visits"], dimensions=["visit:entry_page"], order_by=[["visits", "desc"]]),
+    body(metrics=["pageviews"], dimensions=["visit:exit_page", "time:day"]),
+    body(metrics=["bounce_rate"], dimensions=["visit:source"], filters=[["is", "visit:entry_page", ["/"]]]),
+    body(metrics=["visitors", "pageviews"], dimensions=["event:page"], filters=[["is", "visit:country", ["SE"]]]),
+])
+def test_visit_metrics_and_dimensions_are_accepted(b):
+    q = parse_request(b, TODAY)
+    assert q.metrics == tuple(b["metrics"])
+
+
+def test_visit_queries_read_the_sessions_table():
+    def sql(**kw):
+        q = parse_request(body(date_range="7d", **kw), TODAY)
+        return Builder(q, "day", TODAY).build(q.range).text
+
+    mixed = sql(metrics=["visitors", "visits"], dimensions=["visit:country"])
+    assert "FROM pageviews FINAL" in mixed and "FROM sessions FINAL" in mixed and "UNION ALL" in mixed
+    assert "daily_stats" not in mixed and "aggregates" not in mixed
+    only = sql(metrics=["visitors", "pageviews"], dimensions=["visit:entry_page"])  # visitors of those visits
+    assert "FROM sessions FINAL" in only and "FROM pageviews" not in only
+    assert "FROM pageviews" not in sql(metrics=["bounce_rate"])
+    assert "sessions" not in sql(metrics=["visitors"], dimensions=["visit:country"])
+    q = parse_request(body(metrics=["visitors", "percentage"], dimensions=["visit:exit_page"]), TODAY)
+    totals = Builder(q).build(q.range, totals=True)  # the denominator: visitors of the visits too
+    assert "FROM sessions FINAL" in totals.text and "FROM pageviews" not in totals.text
+    # Plausible's change: points for bounce_rate (none from 0), percent for the rest
+    assert [change("bounce_rate", 40, 25), change("bounce_rate", 0, 25), change("visits", 4, 5),
+            change("views_per_visit", 2.0, 2.5)] == [-15, None, 25, 25]
 
 
 @pytest.mark.parametrize("value, days", [

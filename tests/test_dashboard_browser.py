@@ -66,7 +66,10 @@ class RecordingCDP(CDP):
 
 
 STATS_JS = "JSON.stringify([...document.querySelectorAll('.stat')].map(s => [s.dataset.metric, " \
-           "Number(s.querySelector('.value').textContent.replaceAll(',', ''))]))"
+           "s.dataset.value === undefined ? null : Number(s.dataset.value)]))"
+STATS_TEXT_JS = "JSON.stringify([...document.querySelectorAll('.stat .value')].map(v => v.textContent))"
+EVENT_METRICS = ["visitors", "pageviews", "events"]
+VISIT_METRICS = ["visits", "bounce_rate", "visit_duration"]
 
 
 def rows_js(panel: str) -> str:
@@ -98,9 +101,9 @@ class Run:
         assert status == 200, got
         return got
 
-    def breakdown(self, dim: str, filters: list) -> dict[str, list[int]]:
-        got = self.expect({"dimensions": [dim], "filters": filters, "order_by": [["visitors", "desc"]],
-                           "pagination": {"limit": 10}})
+    def breakdown(self, dim: str, filters: list, metrics: list[str] = EVENT_METRICS) -> dict[str, list[int]]:
+        got = self.expect({"metrics": metrics, "dimensions": [dim], "filters": filters,
+                           "order_by": [[metrics[0], "desc"]], "pagination": {"limit": 10}})
         return {r["dimensions"][0]: r["metrics"] for r in got["results"]}
 
 
@@ -122,10 +125,12 @@ async def site_equals_api(cdp: RecordingCDP, run: Run) -> None:
     # --- the site dashboard for today equals the API
     await cdp.navigate(f"{run.base}/sites/example.com?period=day")
     await cdp.loaded()
-    top = run.expect({"include": {"comparisons": {"mode": "previous_period"}}})["results"][0]["metrics"]
-    assert json.loads(await cdp.eval(STATS_JS)) == [["visitors", top[0]], ["pageviews", top[1]],
-                                                    ["events", top[2]]]
-    assert top == [10, run.pageviews, len(run.beacons)]
+    top = run.expect({"metrics": EVENT_METRICS + VISIT_METRICS,
+                      "include": {"comparisons": {"mode": "previous_period"}}})["results"][0]["metrics"]
+    assert json.loads(await cdp.eval(STATS_JS)) == [list(p) for p in zip(EVENT_METRICS + VISIT_METRICS, top, strict=True)]
+    assert top[:3] == [10, run.pageviews, len(run.beacons)] and top[3] == 10  # one visit each, within seconds
+    texts = json.loads(await cdp.eval(STATS_TEXT_JS))
+    assert texts[4] == f"{top[4]}%" and texts[5] == f"{top[5]}s"
     series = run.expect({"dimensions": ["time"], "include": {"time_labels": True}})
     by_label = {r["dimensions"][0]: r["metrics"][0] for r in series["results"]}
     assert json.loads(await cdp.eval("document.getElementById('chart').dataset.points")) == [
@@ -138,8 +143,10 @@ async def site_equals_api(cdp: RecordingCDP, run: Run) -> None:
                     + json.dumps(json.dumps([by_label.get(label, 0) for label in series["meta"]["time_labels"]],
                                             separators=(",", ":"))), "pageviews chart")
     for panel, dim in (("pages", "event:page"), ("sources", "visit:source"), ("devices", "visit:browser"),
-                       ("events", "event:name")):
+                       ("countries", "visit:country"), ("events", "event:name")):
         assert as_dict(json.loads(await cdp.eval(rows_js(panel)))) == run.breakdown(dim, []), panel
+    assert await cdp.eval("document.querySelector('#panel-countries .row-filter').textContent") == "(not set)"
+    await visit_tabs(cdp, run, [])
     await cdp.eval("document.querySelector('#panel-devices [data-dim=\"visit:device\"]').click()")
     await cdp.until("document.getElementById('panel-devices').dataset.dim === 'visit:device'", "device tab")
     assert as_dict(json.loads(await cdp.eval(rows_js("devices")))) == run.breakdown("visit:device", [])
@@ -165,6 +172,18 @@ async def site_equals_api(cdp: RecordingCDP, run: Run) -> None:
     await cdp.call("Emulation.setEmulatedMedia", features=[{"name": "prefers-color-scheme", "value": "light"}])
 
 
+async def visit_tabs(cdp: RecordingCDP, run: Run, filters: list) -> None:
+    """The entry and exit page tabs of the pages panel show the API's visit figures."""
+    for dim, metrics in (("visit:entry_page", ["visitors", "visits", "bounce_rate"]),
+                         ("visit:exit_page", ["visitors", "visits", "visit_duration"])):
+        await cdp.eval(f"document.querySelector('#panel-pages [data-dim=\"{dim}\"]').click()")
+        await cdp.until(f"document.getElementById('panel-pages').dataset.dim === '{dim}'", dim)
+        shown = as_dict(json.loads(await cdp.eval(rows_js("pages"))))
+        assert shown == run.breakdown(dim, filters, metrics) and shown, dim
+    await cdp.eval("document.querySelector('#panel-pages [data-dim=\"event:page\"]').click()")
+    await cdp.until("document.getElementById('panel-pages').dataset.dim === 'event:page'", "page tab")
+
+
 async def press(cdp: RecordingCDP, key: str) -> None:
     for kind in ("rawKeyDown", "keyUp"):
         await cdp.call("Input.dispatchKeyEvent", type=kind, key=key, code=key,
@@ -179,9 +198,8 @@ async def source_filter(cdp: RecordingCDP, run: Run) -> None:
     await cdp.until("document.querySelectorAll('.chip').length === 1", "filter chip")
     await cdp.loaded()
     google = [["is", "visit:source", ["Google"]]]
-    top = run.expect({"filters": google})["results"][0]["metrics"]
-    assert json.loads(await cdp.eval(STATS_JS)) == [["visitors", top[0]], ["pageviews", top[1]],
-                                                    ["events", top[2]]]
+    top = run.expect({"metrics": EVENT_METRICS + VISIT_METRICS, "filters": google})["results"][0]["metrics"]
+    assert json.loads(await cdp.eval(STATS_JS)) == [list(p) for p in zip(EVENT_METRICS + VISIT_METRICS, top, strict=True)]
     assert 0 < top[0] < 10
     assert as_dict(json.loads(await cdp.eval(rows_js("pages")))) == run.breakdown("event:page", google)
     assert as_dict(json.loads(await cdp.eval(rows_js("devices")))) == run.breakdown("visit:device", google)
@@ -191,6 +209,29 @@ async def source_filter(cdp: RecordingCDP, run: Run) -> None:
     await cdp.until("document.querySelectorAll('.chip').length === 0", "chip removed")
     await cdp.loaded()
     assert json.loads(await cdp.eval(STATS_JS))[0] == ["visitors", 10]
+
+
+async def page_filter(cdp: RecordingCDP, run: Run) -> None:
+    """A page filter: the visit cards say they do not apply (a visit has many pages), the
+    entry pages tab shows the API's reason, the other panels are filtered."""
+    await cdp.eval("[...document.querySelectorAll('#panel-pages .row-filter')].find(b => b.textContent === '/').click()")
+    await cdp.until("document.querySelectorAll('.chip').length === 1", "filter chip")
+    await cdp.loaded()
+    home = [["is", "event:page", ["/"]]]
+    top = run.expect({"filters": home})["results"][0]["metrics"]
+    assert json.loads(await cdp.eval(STATS_JS)) == [*([m, v] for m, v in zip(EVENT_METRICS, top, strict=True)),
+                                                    *([m, None] for m in VISIT_METRICS)]
+    assert json.loads(await cdp.eval(STATS_TEXT_JS))[3:] == ["—"] * 3
+    assert as_dict(json.loads(await cdp.eval(rows_js("countries")))) == run.breakdown("visit:country", home)
+    await cdp.eval("document.querySelector('#panel-pages [data-dim=\"visit:entry_page\"]').click()")
+    error = await cdp.until("document.getElementById('panel-pages').dataset.error", "entry pages refused")
+    assert "Metric `visits` cannot be queried with a filter on `event:page`" in error
+    assert await cdp.eval("document.getElementById('error').hidden")  # the rest of the page still shows
+    await cdp.eval("document.querySelector('#panel-pages [data-dim=\"event:page\"]').click()")
+    await cdp.until("document.getElementById('panel-pages').dataset.error === undefined", "page tab again")
+    await cdp.eval("document.querySelector('.chip').click()")
+    await cdp.until("document.querySelectorAll('.chip').length === 0", "chip removed")
+    await cdp.loaded()
 
 
 async def adoption_zero_state(cdp: RecordingCDP, run: Run) -> None:
@@ -278,6 +319,9 @@ def test_dashboard_in_chromium_shows_the_apis_numbers(tally_env, spawn, chromium
     wait_for(lambda: query_rows(s, f"SELECT toUInt32(pageviews), toUInt32(visitors) FROM site_stats_daily "
                                    f"WHERE site = 'example.com' AND day = '{today}'") == [[pageviews, 10]],
              120, "site_day aggregates")
+    wait_for(lambda: [int(v) for v in query_rows(s, "SELECT count(), sum(events) FROM sessions FINAL "
+                                                    "WHERE site = 'example.com' AND deleted = 0")[0]]
+             == [10, len(beacons)], 120, "every visit stored whole")
     # one crawler's beacon: dropped with the named reason `bot`, shown on the operations page
     status, resp, _ = post_json(collect_url(s), {"site": "example.com", "path": "/", "referrer": ""}, headers={
         "User-Agent": "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
@@ -301,6 +345,7 @@ def test_dashboard_in_chromium_shows_the_apis_numbers(tally_env, spawn, chromium
             await sign_in(cdp, run)
             await site_equals_api(cdp, run)
             await source_filter(cdp, run)
+            await page_filter(cdp, run)
             await adoption_zero_state(cdp, run)
             await operations_page(cdp, run)
             await shared_link(cdp, run)

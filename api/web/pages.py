@@ -67,7 +67,8 @@ def dashboard(site: str, *, user: UserRecord | None, csrf: str, sites: list[str]
                       for s in sites)
     panels = "".join(f"""<section class="card panel" id="panel-{pid}" aria-labelledby="h-{pid}">
 <div class="panel-head"><h2 id="h-{pid}">{title}</h2><div class="tabs" role="tablist" aria-labelledby="h-{pid}">{"".join(
-        f'<button type="button" role="tab" aria-controls="t-{pid}" data-dim="{dim}">{label}</button>' for dim, label in tabs)}</div>
+        f'<button type="button" role="tab" aria-controls="t-{pid}" data-dim="{dim}" data-metrics="{",".join(TAB_METRICS.get(dim, EVENT_COLUMNS))}">{label}</button>'
+        for dim, label in tabs)}</div>
 <button type="button" class="csv" data-panel="{pid}">CSV</button></div>
 <table id="t-{pid}" role="tabpanel" aria-labelledby="h-{pid}"><thead><tr><th scope="col">{tabs[0][1]}</th><th scope="col" class="num">Visitors</th>
 <th scope="col" class="num">Pageviews</th><th scope="col" class="num">Events</th></tr></thead><tbody></tbody></table>
@@ -89,7 +90,8 @@ def dashboard(site: str, *, user: UserRecord | None, csrf: str, sites: list[str]
 <pre id="snippet"></pre><button type="button" id="copy">Copy snippet</button></section>
 <section class="card"><div id="stats" class="stats"></div><div class="chart-head">
 <label for="metric">Chart</label><select id="metric"><option value="visitors">Unique visitors</option>
-<option value="pageviews">Pageviews</option><option value="events">Events</option></select>
+<option value="pageviews">Pageviews</option><option value="events">Events</option><option value="visits">Visits</option>
+<option value="bounce_rate">Bounce rate</option><option value="visit_duration">Visit duration</option></select>
 <label for="interval">by</label><select id="interval"><option value="">auto</option><option value="time:hour">hour</option>
 <option value="time:day">day</option><option value="time:month">month</option></select></div>
 <div id="chart" role="img" aria-label="visitors over time"></div></section>
@@ -100,14 +102,19 @@ def dashboard(site: str, *, user: UserRecord | None, csrf: str, sites: list[str]
 
 # (panel id, title, [(dimension, tab label)]): what the Stats API offers today.
 PANELS = [
-    ("pages", "Top pages", [("event:page", "Page")]),
+    ("pages", "Top pages", [("event:page", "Page"), ("visit:entry_page", "Entry page"), ("visit:exit_page", "Exit page")]),
     ("sources", "Top sources", [("visit:source", "Source"), ("visit:referrer", "Referrer"),
                                 ("visit:utm_source", "UTM source"), ("visit:utm_medium", "UTM medium"),
                                 ("visit:utm_campaign", "UTM campaign")]),
     ("devices", "Devices", [("visit:browser", "Browser"), ("visit:os", "Operating system"),
                             ("visit:device", "Device")]),
+    ("countries", "Countries", [("visit:country", "Country")]),
     ("events", "Events", [("event:name", "Event")]),
 ]
+EVENT_COLUMNS = ("visitors", "pageviews", "events")  # a panel's three figures, unless its tab says
+# Entry and exit pages are figures of visits (the Stats API reads `sessions` for them).
+TAB_METRICS = {"visit:entry_page": ("visitors", "visits", "bounce_rate"),
+               "visit:exit_page": ("visitors", "visits", "visit_duration")}
 
 
 def adoption(user: UserRecord, csrf: str) -> str:

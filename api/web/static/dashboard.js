@@ -77,43 +77,76 @@
       return state.period === "custom" ? "30d" : state.period;
     }
 
+    const EVENT_METRICS = ["visitors", "pageviews", "events"];
+    const VISIT_METRICS = ["visits", "bounce_rate", "visit_duration"];
+
     function query(extra) {
-      const q = {site_id: site, metrics: ["visitors", "pageviews", "events"], date_range: dateRange(),
+      const q = {site_id: site, metrics: EVENT_METRICS, date_range: dateRange(),
                  filters: state.filters.map(([d, v]) => ["is", d, [v]]), ...extra};
       return api("/api/v2/query", q);
     }
 
-    const STATS = [["visitors", "Unique visitors"], ["pageviews", "Total pageviews"], ["events", "Total events"]];
+    // Visit metrics have no page or event name: the API refuses them with an event:* filter.
+    function visitsOk() { return !state.filters.some(([d]) => d.startsWith("event:")); }
+
+    const LABELS = {visitors: "Unique visitors", pageviews: "Total pageviews", events: "Total events", visits: "Visits",
+                    bounce_rate: "Bounce rate", visit_duration: "Visit duration", views_per_visit: "Views per visit"};
+    const COLUMNS = {visitors: "Visitors", pageviews: "Pageviews", events: "Events", visits: "Visits",
+                     bounce_rate: "Bounce rate", visit_duration: "Visit duration", views_per_visit: "Views per visit"};
+
+    function shown(metric, v) {
+      if (metric === "bounce_rate") return `${v}%`;
+      if (metric === "visit_duration") return v >= 60 ? `${Math.floor(v / 60)}m ${String(v % 60).padStart(2, "0")}s` : `${v}s`;
+      if (metric === "views_per_visit") return v.toFixed(2);
+      return fmt.format(v);
+    }
+
+    function changeText(metric, change) {
+      if (change === null) return "new";
+      const arrow = change > 0 ? "↑" : change < 0 ? "↓" : "";
+      return `${arrow}${Math.abs(change)}${metric === "bounce_rate" ? " points" : "%"} vs previous period`;
+    }
+
+    function statCard(box, key, row, i) {
+      const div = document.createElement("button");  // as in Plausible: a stat picks the chart's metric
+      div.type = "button";
+      div.className = "stat";
+      div.dataset.metric = key;
+      div.setAttribute("aria-pressed", String(key === state.metric));
+      const name = document.createElement("div"); name.className = "label"; name.textContent = LABELS[key];
+      const value = document.createElement("div"); value.className = "value";
+      div.append(name, value);
+      box.appendChild(div);
+      if (i < 0) {  // not available with this filter
+        value.textContent = "—";
+        div.disabled = true;
+        div.title = "Visits have no single page or event: remove the page or event filter";
+        return;
+      }
+      div.dataset.value = String(row.metrics[i]);
+      value.textContent = shown(key, row.metrics[i]);
+      div.addEventListener("click", () => {
+        state.metric = key; $("metric").value = key; saveState();
+        box.querySelectorAll(".stat").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.metric === key)));
+        timeseries().catch(showError);
+      });
+      if (state.compare && row.comparison) {
+        const change = row.comparison.change[i];
+        const c = document.createElement("div");
+        c.className = "change " + (change > 0 ? "up" : change < 0 ? "down" : "");
+        c.textContent = changeText(key, change);
+        div.appendChild(c);
+      }
+    }
 
     async function topStats() {
       const include = state.compare ? {comparisons: {mode: "previous_period"}} : {};
-      const data = await query({include});
-      const row = data.results[0] || {metrics: [0, 0, 0]};
+      const metrics = visitsOk() ? [...EVENT_METRICS, ...VISIT_METRICS] : EVENT_METRICS;
+      const data = await query({metrics, include});
+      const row = data.results[0] || {metrics: metrics.map(() => 0)};
       const box = $("stats");
       box.replaceChildren();
-      STATS.forEach(([key, label], i) => {
-        const div = document.createElement("button");  // as in Plausible: a stat picks the chart's metric
-        div.type = "button";
-        div.className = "stat";
-        div.dataset.metric = key;
-        div.setAttribute("aria-pressed", String(key === state.metric));
-        div.addEventListener("click", () => {
-          state.metric = key; $("metric").value = key; saveState();
-          box.querySelectorAll(".stat").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.metric === key)));
-          timeseries().catch(showError);
-        });
-        const name = document.createElement("div"); name.className = "label"; name.textContent = label;
-        const value = document.createElement("div"); value.className = "value"; value.textContent = fmt.format(row.metrics[i]);
-        div.append(name, value);
-        if (state.compare && row.comparison) {
-          const change = row.comparison.change[i];
-          const c = document.createElement("div");
-          c.className = "change " + (change > 0 ? "up" : change < 0 ? "down" : "");
-          c.textContent = change === null ? "new" : `${change > 0 ? "↑" : change < 0 ? "↓" : ""}${Math.abs(change)}% vs previous period`;
-          div.appendChild(c);
-        }
-        box.appendChild(div);
-      });
+      [...EVENT_METRICS, ...VISIT_METRICS].forEach((key) => statCard(box, key, row, metrics.indexOf(key)));
       const empty = row.metrics[2] === 0 && state.filters.length === 0;
       $("empty").hidden = !empty;
       if (empty) {
@@ -125,8 +158,9 @@
     async function timeseries() {
       const dims = state.interval ? [state.interval] : ["time"];
       const include = {time_labels: true, ...(state.compare ? {comparisons: {mode: "previous_period"}} : {})};
-      const data = await query({dimensions: dims, include, order_by: [[dims[0], "asc"]]});
-      const idx = ["visitors", "pageviews", "events"].indexOf(state.metric);
+      const metric = VISIT_METRICS.includes(state.metric) && !visitsOk() ? "visitors" : state.metric;
+      const data = await query({metrics: [metric], dimensions: dims, include, order_by: [[dims[0], "asc"]]});
+      const idx = 0;
       const byLabel = new Map(data.results.map((r) => [r.dimensions[0], r]));
       const labels = data.meta.time_labels || data.results.map((r) => r.dimensions[0]);
       const xs = labels.map((l) => Date.parse(l.length === 10 ? l + "T00:00:00Z" : l.replace(" ", "T") + (l.endsWith("Z") ? "" : "Z")) / 1000);
@@ -135,7 +169,7 @@
       const el = $("chart");
       el.dataset.points = JSON.stringify(ys);
       const accent = getComputedStyle(body).getPropertyValue("--accent").trim() || "#4848c8";  // the theme's
-      const series = [{}, {label: state.metric, stroke: accent, width: 2, fill: accent + "14"}];
+      const series = [{}, {label: metric, stroke: accent, width: 2, fill: accent + "14"}];
       const values = [xs, ys];
       if (state.compare) { series.push({label: "previous period", stroke: "rgba(128,128,128,0.45)", width: 1, dash: [4, 4]}); values.push(prev); }
       if (chart) chart.destroy();
@@ -149,13 +183,31 @@
       const pid = section.id.slice("panel-".length);
       const tabs = [...section.querySelectorAll("[data-dim]")];
       const dim = state.tabs[pid] || tabs[0].dataset.dim;
+      const tab = tabs.find((t) => t.dataset.dim === dim);
+      const metrics = tab.dataset.metrics.split(",");
       tabs.forEach((t) => { t.setAttribute("aria-selected", String(t.dataset.dim === dim)); t.tabIndex = t.dataset.dim === dim ? 0 : -1; });
-      section.querySelector("th").textContent = tabs.find((t) => t.dataset.dim === dim).textContent;
-      const data = await query({dimensions: [dim], order_by: [["visitors", "desc"]], pagination: {limit: 10}});
+      const heads = section.querySelectorAll("th");
+      heads[0].textContent = tab.textContent;
+      metrics.forEach((m, i) => { heads[i + 1].textContent = COLUMNS[m]; });
       const tbody = section.querySelector("tbody");
+      let data;
+      try {
+        data = await query({metrics, dimensions: [dim], order_by: [[metrics[0], "desc"]], pagination: {limit: 10}});
+      } catch (err) {  // e.g. entry pages with a page filter: this panel says why, the others still show
+        tbody.replaceChildren();
+        section.dataset.rows = "[]";
+        section.dataset.error = String(err.message || err);
+        section.dataset.dim = dim;
+        const tr = document.createElement("tr");
+        cell(tr, section.dataset.error, "muted").colSpan = 4;
+        tbody.appendChild(tr);
+        return;
+      }
+      delete section.dataset.error;
       tbody.replaceChildren();
       section.dataset.rows = JSON.stringify(data.results.map((r) => [r.dimensions[0], ...r.metrics]));
-      section.dataset.dim = dim;
+      section.dataset.metrics = metrics.join(",");
+      section.dataset.dim = dim;  // last: tests wait for it
       if (!data.results.length) {
         const tr = document.createElement("tr");
         cell(tr, "No data yet", "muted").colSpan = 4;
@@ -165,19 +217,29 @@
         const tr = document.createElement("tr");
         const name = cell(tr, "");
         const button = document.createElement("button");
-        button.type = "button"; button.className = "row-filter"; button.textContent = r.dimensions[0];
-        button.title = `Filter by ${r.dimensions[0]}`;
-        button.addEventListener("click", () => addFilter(dim, r.dimensions[0]));
+        const value = r.dimensions[0];
+        button.type = "button"; button.className = "row-filter"; button.textContent = label(dim, value);
+        button.dataset.value = value;
+        button.title = `Filter by ${value}`;
+        button.addEventListener("click", () => addFilter(dim, value));
         name.appendChild(button);
-        r.metrics.forEach((m) => cell(tr, fmt.format(m), "num"));
+        r.metrics.forEach((m, i) => cell(tr, shown(metrics[i], m), "num"));
         tbody.appendChild(tr);
       }
+    }
+
+    const regions = typeof Intl.DisplayNames === "function" ? new Intl.DisplayNames(["en"], {type: "region"}) : null;
+
+    // A country's name from its ISO code (the browser's own table); other values as they are.
+    function label(dim, value) {
+      if (dim !== "visit:country" || !regions || !/^[A-Z]{2}$/.test(value)) return value;
+      try { return `${regions.of(value)} (${value})`; } catch (err) { return value; }
     }
 
     function csv(section) {
       const rows = JSON.parse(section.dataset.rows || "[]");
       const quote = (v) => `"${String(v).replaceAll('"', '""')}"`;
-      const text = [[section.dataset.dim, "visitors", "pageviews", "events"], ...rows].map((r) => r.map(quote).join(",")).join("\n");
+      const text = [[section.dataset.dim, ...(section.dataset.metrics || "visitors,pageviews,events").split(",")], ...rows].map((r) => r.map(quote).join(",")).join("\n");
       const a = document.createElement("a");
       a.href = URL.createObjectURL(new Blob([text + "\n"], {type: "text/csv"}));
       a.download = `${site}-${section.id.slice(6)}.csv`;
@@ -191,7 +253,7 @@
       for (const [d, v] of state.filters) {
         const chip = document.createElement("button");
         chip.type = "button"; chip.className = "chip";
-        chip.textContent = `${d.split(":")[1]} is ${v} ✕`;
+        chip.textContent = `${d.split(":")[1].replace("_", " ")} is ${label(d, v)} ✕`;
         chip.setAttribute("aria-label", `Remove filter ${d} is ${v}`);
         chip.addEventListener("click", () => { state.filters = state.filters.filter((f) => !(f[0] === d && f[1] === v)); refresh(); });
         box.appendChild(chip);
