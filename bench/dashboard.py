@@ -9,7 +9,7 @@ admin signs in through the form in headless Chromium (/usr/bin/chromium over the
 DevTools protocol), then the bench opens `/sites/site0.test?period=30d` --repeat times.
 
 - render: from navigation start to the moment every part of the page has loaded (top
-  stats, chart drawn, all four panels: `body[data-loaded="1"]`), read from the page's own
+  stats, chart drawn, all five panels: `body[data-loaded="1"]`), read from the page's own
   clock (performance.now() in a MutationObserver installed before the page's scripts).
 - baseline: the Stats API calls that page made (recorded from the browser's network
   events: method, path, body), replayed one after another over HTTP with an API key,
