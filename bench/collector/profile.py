@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "tally-collector-profile")
     args = ap.parse_args()
+    if not (Path(sys.executable).parent / "py-spy").exists():
+        sys.exit("py-spy is not installed in this environment: .venv/bin/pip install -e '.[profile]'")
     args.out.mkdir(parents=True, exist_ok=True)
     every_cpu = os.sched_getaffinity(0)
     server_cpus = {min(every_cpu)} if len(every_cpu) > 1 else None
