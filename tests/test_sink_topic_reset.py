@@ -16,6 +16,14 @@ from tests.sink_records import Records, recent_days
 pytestmark = pytest.mark.integration
 
 
+def recreate(s, topic: str) -> None:
+    client = admin(s)
+    client.delete_topics([topic])[topic].result(timeout=30)
+    wait_for(lambda: topic not in client.list_topics(timeout=10).topics, 60, "topic deleted")
+    wait_for(lambda: not ensure_topics(s).warnings and topic in client.list_topics(timeout=10).topics, 60,
+             "topic created again")
+
+
 def test_a_recreated_topic_under_the_sink_loses_no_new_row(tally_env, spawn):
     # One batch per round (2 s of records produced at once), so both rounds cover the same
     # offset ranges: without the topic id their tokens would be equal.
@@ -30,12 +38,7 @@ def test_a_recreated_topic_under_the_sink_loses_no_new_row(tally_env, spawn):
     first.flush()
     wait_for(lambda: query_rows(s, "SELECT count() FROM pageviews")[0][0] == 100, 60, "first round")
 
-    topic = s.topic("pageviews.enriched")
-    client = admin(s)
-    client.delete_topics([topic])[topic].result(timeout=30)
-    wait_for(lambda: topic not in client.list_topics(timeout=10).topics, 60, "topic deleted")
-    wait_for(lambda: not ensure_topics(s).warnings and topic in client.list_topics(timeout=10).topics, 60,
-             "topic created again")
+    recreate(s, s.topic("pageviews.enriched"))
 
     second = Records(s, partitions=s.topic_partitions)
     second.pageviews(100, days)  # new event_ids, at the offsets the first round had
@@ -49,4 +52,34 @@ def test_a_recreated_topic_under_the_sink_loses_no_new_row(tally_env, spawn):
         print(sink.output()[-4000:])
         raise
     assert query_rows(s, "SELECT uniqExact(event_id) FROM pageviews")[0][0] == 200
+    assert sink.alive()
+
+
+def test_a_topic_recreated_while_the_sink_is_stopped_is_read_from_its_start(tally_env, spawn):
+    # The old incarnation held more records than the new one will: a sink resuming at its
+    # saved positions would skip the new records. (Kafka drops a deleted topic's committed
+    # offsets, so the sink starts from the new topic's beginning; this pins that.)
+    env = Env({**tally_env.vars, "TALLY_SINK_BATCH_SECONDS": "2"})
+    s = env.settings
+    days = recent_days(1)
+    sink = spawn(env, "sink")
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{s.query_port}/healthz"), 60, "sink endpoint")
+    first = Records(s, partitions=s.topic_partitions)
+    first.pageviews(200, days)  # the old incarnation grows past what the new one will hold
+    first.flush()
+    wait_for(lambda: query_rows(s, "SELECT count() FROM pageviews")[0][0] == 200, 60, "first round")
+    sink.stop()
+
+    recreate(s, s.topic("pageviews.enriched"))
+    second = Records(s, partitions=s.topic_partitions)
+    second.pageviews(100, days)
+    second.flush()
+    sink = spawn(env, "sink")
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{s.query_port}/healthz"), 60, "sink endpoint again")
+    try:
+        wait_for(lambda: query_rows(s, "SELECT count() FROM pageviews FINAL")[0][0] == 300, 90, "second round")
+    except AssertionError:
+        print(sink.output()[-4000:])
+        raise
+    assert query_rows(s, "SELECT uniqExact(event_id) FROM pageviews")[0][0] == 300
     assert sink.alive()
