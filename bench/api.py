@@ -6,7 +6,8 @@ Seeds a temporary warehouse directly (no Kafka): `INSERT ... SELECT FROM numbers
 30 days, 4 sites (the measured one holds 70% of the events), 2,000 paths, visitor
 ids that change every day as the daily salt makes them, referrers, UTM tags,
 browsers, systems and devices, plus the site_day / site_hour / path_day aggregates a
-stream with 12 partitions would have emitted. Then builds the daily breakdown rollups
+stream with 12 partitions would have emitted, and one visit (a `sessions` row) per
+visitor and day. Then builds the daily breakdown rollups
 with the sink's own builder (sinks/rollups.py: two checks, as a running sink makes
 them a check apart: a day is computed once its raw rows held still for one) and
 reports how long that took. Then runs what `tally up` runs for
@@ -109,6 +110,24 @@ GROUP BY site, {dim}, {bucket}(received_at), abs(visitor_id) % 12
 """)
 
 
+def generate_sessions(client) -> None:
+    """One visit per visitor and day, from the generated pageviews (the shape the stream's
+    `sessions` rows have), so the dashboard's visit cards read a table of realistic size."""
+    client.command("""
+INSERT INTO sessions
+SELECT site, visitor_id, min(received_at), max(received_at), toUInt16(abs(visitor_id) % 12),
+       argMin(path, received_at), argMax(path, received_at), countIf(event = 'pageview'), count(),
+       toUInt64(dateDiff('millisecond', min(received_at), max(received_at))),
+       toUInt8(countIf(event = 'pageview') = 1 AND count() = 1),
+       argMin(referrer_source, received_at), argMin(referrer_host, received_at),
+       ifNull(argMin(utm_source, received_at), ''), ifNull(argMin(utm_medium, received_at), ''),
+       ifNull(argMin(utm_campaign, received_at), ''), argMin(device, received_at), argMin(browser, received_at),
+       argMin(os, received_at), argMin(country, received_at), 1, 0
+FROM pageviews
+GROUP BY site, visitor_id, toDate(received_at)
+""", settings={"max_insert_threads": 2})
+
+
 def seed(settings: Settings, events: int) -> tuple[Any, str, int, int, float, list]:
     """A migrated warehouse with `events` generated events over the 30 days ending yesterday,
     merged, their daily rollups built, and an API key for SITE: (writer, key, rows, rows of
@@ -119,11 +138,14 @@ def seed(settings: Settings, events: int) -> tuple[Any, str, int, int, float, li
     first = last - timedelta(days=29)
     t0 = time.perf_counter()
     generate(writer, events, first.isoformat())
+    generate_sessions(writer)
     writer.command("OPTIMIZE TABLE aggregates FINAL")
+    writer.command("OPTIMIZE TABLE sessions FINAL")
     writer.command("OPTIMIZE TABLE pageviews FINAL")  # a long-running stack has merged its parts too
     rows = writer.query("SELECT count() FROM pageviews").result_rows[0][0]
     site_rows = writer.query(f"SELECT count() FROM pageviews WHERE site = '{SITE}'").result_rows[0][0]
-    print(f"generated {rows:,} events ({site_rows:,} of {SITE}) and their aggregates in "
+    visits = writer.query("SELECT count() FROM sessions").result_rows[0][0]
+    print(f"generated {rows:,} events ({site_rows:,} of {SITE}), {visits:,} visits and the aggregates in "
           f"{time.perf_counter() - t0:.1f}s", flush=True)
     t0 = time.perf_counter()
     builder = Rollups(settings, writer)

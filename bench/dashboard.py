@@ -3,7 +3,7 @@
     .venv/bin/python bench/dashboard.py [--events 10000000] [--repeat 5]
 
 Seeds a temporary warehouse with bench/api.py's generator and rollups (30 days, 4 sites,
-the measured one holding 70% of the events), then runs what `tally up` runs for reading:
+the measured one holding 70% of the events, one visit per visitor and day), then runs what `tally up` runs for reading:
 the sink's read service in this process and `tally dashboard` as its own process. An
 admin signs in through the form in headless Chromium (/usr/bin/chromium over the
 DevTools protocol), then the bench opens `/sites/site0.test?period=30d` --repeat times.
