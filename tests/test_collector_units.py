@@ -121,6 +121,33 @@ def test_plausible_mapping():
         plausible_beacon({"u": "https://example.com/", "d": "example.com"}, ALLOWED)
 
 
+@pytest.mark.parametrize("extra, props", [
+    ({"sd": 40, "e": 5200}, {"tally:scroll_depth": "40", "tally:engaged_ms": "5200"}),
+    ({"sd": "100", "e": "0"}, {"tally:scroll_depth": "100", "tally:engaged_ms": "0"}),  # strings of integers too
+    ({"sd": 250}, {"tally:scroll_depth": "100"}),  # clamped, as Plausible does
+    ({"e": 5 * 3600_000}, {"tally:engaged_ms": str(30 * 60_000)}),  # clamped to 30 minutes
+    ({"sd": -3, "e": 900}, {"tally:engaged_ms": "900"}),  # a negative value is missing
+    ({"sd": 12.5, "e": True, "p": {"author": "ann"}}, None),  # not integers: both missing
+])
+def test_engagement_events_keep_scroll_depth_and_engaged_time(extra, props):
+    body = {"n": "engagement", "u": "https://example.com/post", "d": "example.com", **extra}
+    if props is None:
+        with pytest.raises(BadBeacon, match="engagement event needs an integer sd .* or e "):
+            plausible_beacon(body, ALLOWED)
+        return
+    assert plausible_beacon(body, ALLOWED).props == props
+    assert tally_beacon({"site": "example.com", "path": "/post", "event": "engagement", **extra}, ALLOWED).props == props
+
+
+def test_reserved_prop_names_are_refused_and_other_events_ignore_sd_and_e():
+    with pytest.raises(BadBeacon, match="^p.tally:scroll_depth: names starting with 'tally:' are reserved"):
+        plausible_beacon({"n": "Signup", "u": "/", "d": "example.com", "p": {"tally:scroll_depth": 5}}, ALLOWED)
+    with pytest.raises(BadBeacon, match="^props.tally:x"):
+        tally_beacon({"site": "example.com", "path": "/", "event": "engagement", "sd": 1, "props": {"tally:x": 1}},
+                     ALLOWED)
+    assert plausible_beacon({"n": "pageview", "u": "/", "d": "example.com", "sd": 50, "e": 10}, ALLOWED).props == {}
+
+
 def test_uuid7_is_version_7_and_time_ordered():
     a, b = uuid.UUID(uuid7(1_700_000_000_000)), uuid.UUID(uuid7(1_700_000_000_001))
     assert a.version == 7 and a.variant == uuid.RFC_4122 and a < b

@@ -74,6 +74,9 @@ def test_props_keep_allowlisted_keys_with_safe_values_and_count_the_rest():
     assert kept == {} and dropped == {DropReason.PROP_UNSAFE_VALUE: 1}
     kept, dropped = minimiser().props("example.com", {"plan": "pro"})  # default: none kept
     assert kept == {} and dropped == {DropReason.PROP_NOT_ALLOWED: 1}
+    # An engagement event's figures (set by the parser, which refuses them from beacons) are kept.
+    kept, dropped = minimiser().props("example.com", {"tally:scroll_depth": "40", "tally:engaged_ms": "900"})
+    assert kept == {"tally:scroll_depth": "40", "tally:engaged_ms": "900"} and not dropped
     with pytest.raises(SettingsError, match="TALLY_PROPS_ALLOWLIST"):
         Settings.from_env({"TALLY_PROPS_ALLOWLIST": "plan"})
 

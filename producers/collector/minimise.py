@@ -10,7 +10,9 @@ other client, so what the tracker already trims is enforced for all of them:
   (`/users/:email/orders/:uuid`);
 - the referrer keeps its origin only (`https://news.example`);
 - props keep the keys allowlisted for the site (TALLY_PROPS_ALLOWLIST) whose values are
-  short and not personal data; every other prop is dropped and counted by reason.
+  short and not personal data; every other prop is dropped and counted by reason. The
+  reserved `tally:` props (an engagement event's scroll depth and engaged time) are kept:
+  only the parser sets them, as integers.
 Event names are checked where the body is parsed (parse.py: a 400 naming the field).
 """
 
@@ -22,6 +24,7 @@ from collections import Counter
 from functools import lru_cache
 from urllib.parse import unquote, urlsplit
 
+from tally.schemas.engagement import RESERVED_PREFIX
 from tally.schemas.reasons import DropReason
 from tally.schemas.sensitive import kind, sensitive
 
@@ -87,7 +90,9 @@ class Minimiser:
         allowed = self._props.get(site, frozenset()) | self._props.get("*", frozenset())
         kept: dict[str, str] = {}
         for key, value in props.items():
-            if key not in allowed:
+            if key.startswith(RESERVED_PREFIX):
+                kept[key] = value
+            elif key not in allowed:
                 dropped[DropReason.PROP_NOT_ALLOWED] += 1
             elif len(value) > MAX_PROP_VALUE or sensitive(value) is not None or "://" in value \
                     or any(p.search(value) for p in self._extra):

@@ -18,6 +18,13 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
+from tally.schemas.engagement import (
+    ENGAGED_MS,
+    ENGAGEMENT,
+    MAX_ENGAGED_MS,
+    RESERVED_PREFIX,
+    SCROLL_DEPTH,
+)
 from tally.schemas.sensitive import sensitive
 
 MAX_FIELD = 2000  # path, referrer, user agent, prop values (characters)
@@ -145,8 +152,34 @@ def _props(value: Any, name: str) -> dict[str, str]:
             v = repr(v)
         elif not isinstance(v, str):
             raise BadBeacon(f"{name}.{clean_text(key, 50)} must be a string, number or boolean")
+        if key.startswith(RESERVED_PREFIX):
+            raise BadBeacon(f"{name}.{clean_text(key, 50)}: names starting with {RESERVED_PREFIX!r} are reserved")
         props[clean_text(key, MAX_PROP_KEY)] = clean_text(v)
     return props
+
+
+def _integer(value: Any) -> int | None:
+    """An integer or a string of one (Plausible accepts both), else None."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 20:
+        value = int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def engagement_props(body: dict[str, Any], props: dict[str, str]) -> dict[str, str]:
+    """An engagement event's props with its scroll depth and engaged time, as Plausible reads
+    them: `sd` above 100 is 100, `e` above MAX_ENGAGED_MS is MAX_ENGAGED_MS, a negative or
+    non-integer value is missing, and an event missing both is refused."""
+    sd, e = _integer(body.get("sd")), _integer(body.get("e"))
+    sd = None if sd is None or sd < 0 else min(sd, 100)
+    e = None if e is None or e < 0 else min(e, MAX_ENGAGED_MS)
+    if sd is None and e is None:
+        raise BadBeacon("an engagement event needs an integer sd (scroll depth, 0-100) or e (engaged time, ms >= 0)")
+    out = dict(props)
+    if sd is not None:
+        out[SCROLL_DEPTH] = str(sd)
+    if e is not None:
+        out[ENGAGED_MS] = str(e)
+    return out
 
 
 def tally_beacon(body: dict[str, Any], allowed: frozenset[str]) -> BeaconRequest:
@@ -162,12 +195,15 @@ def tally_beacon(body: dict[str, Any], allowed: frozenset[str]) -> BeaconRequest
         return BeaconRequest(site, path, ref or None, PAGEVIEW, {})
     site = _site(_required(body, "site"), allowed, "site")
     path = clean_text(_required(body, "path"))
-    return BeaconRequest(site, path, _optional(body, "referrer"), _event(body.get("event"), "event"),
-                         _props(body.get("props"), "props"))
+    event, props = _event(body.get("event"), "event"), _props(body.get("props"), "props")
+    if event == ENGAGEMENT:
+        props = engagement_props(body, props)
+    return BeaconRequest(site, path, _optional(body, "referrer"), event, props)
 
 
 def plausible_beacon(body: dict[str, Any], allowed: frozenset[str]) -> BeaconRequest:
-    """Plausible's event API: n=name, u=url, d=domain(s), r=referrer, p (or m)=props.
+    """Plausible's event API: n=name, u=url, d=domain(s), r=referrer, p (or m)=props, and
+    for `engagement` events sd and e.
 
     `d` may list several comma-separated domains; the beacon goes to the first
     one on the allowlist (Tally records one site per event).
@@ -179,4 +215,6 @@ def plausible_beacon(body: dict[str, Any], allowed: frozenset[str]) -> BeaconReq
     if site is None:
         raise BadBeacon(f"d {clean_text(','.join(domains), 100)!r} is not on this collector's allowlist")
     props = _props(body["p"] if "p" in body else body.get("m"), "p")
+    if name == ENGAGEMENT:
+        props = engagement_props(body, props)
     return BeaconRequest(site, url, _optional(body, "r"), name, props)
