@@ -30,6 +30,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from tally.schemas.engagement import COUNTED
 from tally.sinks.query import run_sql
 from tally.sinks.reports import Window, literal
 from tally.sinks.rollups import ONE_DAY, ROWS, RULES, STAMP, kept_from, rollup_select
@@ -77,7 +78,7 @@ FROM (
             FROM (
                 SELECT site, visitor_id, {period} AS period, toUnixTimestamp64Milli(received_at) AS ts, event_id, event
                 FROM pageviews FINAL
-                WHERE {period} BETWEEN {first} AND {hi}
+                WHERE {period} BETWEEN {first} AND {hi} AND {COUNTED}
             )
         )
     )
@@ -113,7 +114,7 @@ FROM
     SELECT site, toDate(received_at) AS day, countIf(event = 'pageview') AS pageviews,
            uniqExact(visitor_id) AS visitors
     FROM pageviews FINAL
-    WHERE toDate(received_at) BETWEEN {lo} AND {hi}
+    WHERE toDate(received_at) BETWEEN {lo} AND {hi} AND {COUNTED}
     GROUP BY site, day
 ) AS r
 FULL OUTER JOIN

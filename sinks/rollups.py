@@ -45,6 +45,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from clickhouse_connect.driver.client import Client
 from prometheus_client import Counter, Gauge
+from tally.schemas.engagement import COUNTED
 from tally.sinks.vocabulary import EXPRESSIONS
 
 from tally.clock import now_micros
@@ -55,7 +56,8 @@ log = logging.getLogger(__name__)
 DIMENSIONS: tuple[str, ...] = tuple(EXPRESSIONS)
 # The vocabulary a rollup was computed with: a changed translation table recomputes
 # the days that still have raw rows.
-RULES = hashlib.sha256(repr(sorted(EXPRESSIONS.items())).encode()).hexdigest()[:16]
+# the vocabulary a rollup was computed with, and which rows it counts (engagement events are not events)
+RULES = hashlib.sha256(repr((sorted(EXPRESSIONS.items()), COUNTED)).encode()).hexdigest()[:16]
 SEAL_DAYS = 2  # a rollup is sealed on the last days before its raw rows start to expire
 # The fingerprint of a day's raw rows: the same expressions here, in the API's queries and
 # in the `day_prints` projection of `pageviews` that answers them
@@ -103,7 +105,7 @@ FROM
 (
     SELECT site, toDate(received_at) AS day, event, visitor_id, {exprs}
     FROM pageviews FINAL
-    WHERE {where}
+    WHERE ({where}) AND {COUNTED}
 )
 GROUP BY GROUPING SETS ({sets})
 """

@@ -46,7 +46,7 @@ from tally.streams.enrich import (
 )
 from tally.streams.metrics import StepTimes
 from tally.streams.salts import period_key
-from tally.streams.windows import pageview_delta, period_end, window_delta
+from tally.streams.windows import is_pageview, pageview_delta, period_end, window_delta
 
 from tally.caches import bounded_put
 from tally.topics import BEACONS_RAW
@@ -287,7 +287,7 @@ class FastStage1:
         self._paths: dict[bytes, tuple[str, str, bytes | None, bytes, bytes, tuple[str, str, str]]] = {}
         self._ref_hosts: dict[bytes, str] = {}
         self._ref_pieces: dict[tuple[str, str], tuple[bytes, str]] = {}  # -> (piece, referrer source)
-        self._events: dict[bytes, tuple[bytes, bool]] = {}
+        self._events: dict[bytes, tuple[bytes, bool | None]] = {}
         self._countries: dict[bytes, str] = {}  # country_enc -> country (for the sessions)
         self._direct = w.enc("referrer_host", "") + w.enc("referrer_source", "direct")
         byte_steps: dict[Step, Step] = {too_late: self._too_late, datacenter: self._datacenter, bot: self._bot,
@@ -384,9 +384,11 @@ class FastStage1:
         return bounded_put(self._ref_pieces, (ref_host, page_host), (w.enc("referrer_host", ref_host)
                            + w.enc("referrer_source", source), source), self.CACHE_MAX)
 
-    def _event(self, event_enc: bytes) -> tuple[bytes, bool]:
+    def _event(self, event_enc: bytes) -> tuple[bytes, bool | None]:
+        """The encoded event name, and whether it is a pageview (None: an engagement event,
+        which the windows and sessions leave out)."""
         event = bytes(event_enc[_prefix_len(event_enc):]).decode() or "pageview"
-        return bounded_put(self._events, event_enc, (self.w.enc("event", event), event == "pageview"), self.CACHE_MAX)
+        return bounded_put(self._events, event_enc, (self.w.enc("event", event), is_pageview(event)), self.CACHE_MAX)
 
     # -- one input record ----------------------------------------------------------------
     def process(self, body: bytes, items: list[RawBeacon], partition: int, offset: int,

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import orjson
 from tally.schemas.avro_writer import encode_long
+from tally.schemas.engagement import ENGAGEMENT
 from tally.streams.sessions import Attrs, Session, Sessions
 
 from tally.caches import bounded_put
@@ -204,14 +205,20 @@ def pageview_attrs(pv: dict[str, Any]) -> Attrs:
             pv["utm_campaign"] or "", pv["device"], pv["browser"], pv["os"], pv.get("country") or "")
 
 
+def is_pageview(event: str) -> bool | None:
+    """Whether an event is a pageview; None for an engagement event, which no window or
+    session counts (tally.schemas.engagement)."""
+    return None if event == ENGAGEMENT else event == "pageview"
+
+
 def pageview_delta(batch: dict[str, Any], session_timeout_ms: int = 0, salt_period: str = "day") -> Delta:
     """The delta of one decoded pageview_batch record (with session input when the timeout is set)."""
     rows: Iterable[tuple[Any, ...]]
     if session_timeout_ms:
-        rows = ((pv["site"], ms, pv["event"] == "pageview", pv["path"], pv["visitor_id"], pageview_attrs(pv),
+        rows = ((pv["site"], ms, is_pageview(pv["event"]), pv["path"], pv["visitor_id"], pageview_attrs(pv),
                  period_end(ms, salt_period)) for pv in batch["items"] for ms in (epoch_ms(pv["received_at"]),))
     else:
-        rows = ((pv["site"], epoch_ms(pv["received_at"]), pv["event"] == "pageview", pv["path"], pv["visitor_id"])
+        rows = ((pv["site"], epoch_ms(pv["received_at"]), is_pageview(pv["event"]), pv["path"], pv["visitor_id"])
                 for pv in batch["items"])
     return window_delta(batch["source_partition"], batch["source_offset"], rows, session_timeout_ms)
 
@@ -220,10 +227,12 @@ def window_delta(source_partition: int, source_offset: int, items: Iterable[tupl
                  session_timeout_ms: int = 0) -> Delta:
     """The delta of one batch of pageviews given as (site, received_at ms, is_pageview, path,
     visitor_id), plus (attrs, period end ms) when sessions are on: stage 1 builds it while
-    encoding the batch, stage 2 from a decoded batch."""
+    encoding the batch, stage 2 from a decoded batch. Engagement events (is_pageview None)
+    are left out: they are not events of any window or session."""
     d = Delta(source_partition, source_offset)
     hours: dict[tuple[str, int], list[Any]] = {}
     paths = d.paths
+    items = [it for it in items if it[2] is not None]
     if session_timeout_ms:
         d.session_timeout_ms = session_timeout_ms
         d.events = [(it[4] & MASK64, it[1], it[2], it[3], it[6], it[5]) for it in items]

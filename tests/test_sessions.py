@@ -121,6 +121,32 @@ def test_session_input_survives_the_delta_bytes_and_both_stage1_paths_agree():
         assert Delta.decode(theirs.encode()).events == theirs.events
 
 
+def test_engagement_events_are_stored_but_count_in_no_window_or_session():
+    codec = default_codec()
+    now = datetime.now(UTC)
+    now_ms = int(now.timestamp() * 1000)
+    cfg = stage1.Stage1Config(partitions=3, salt_period="day", lateness_ms=48 * 3600_000, session_timeout_ms=T)
+    fast = stage1.FastStage1(codec, cfg)
+    read_pvs = reader(codec, "pageview_batch", None)
+    items = _batch(random.Random(5), now, 300)
+    for i, b in enumerate(items[::3]):
+        b.update(event="engagement", props={"tally:engaged_ms": str(1000 * i), "tally:scroll_depth": "50"})
+    body, raw = fast.read(codec.encode("beacon_batch", {"items": items}))
+    out = fast.process(body, raw, 0, 11, {p: SALT for p in fast.periods_needed(raw, now_ms)}, now_ms)
+    stored = counted = 0
+    for p, value in out.enriched:
+        pvs = read_pvs(value)["items"]
+        stored += sum(pv["event"] == "engagement" for pv in pvs)
+        ours, theirs = Delta.decode(out.deltas[p]), pageview_delta(read_pvs(value), T, "day")
+        assert ours.events == theirs.events
+        assert {k: (e, v, sorted(ids)) for k, (e, v, ids) in ours.hours.items()} == {
+            k: (e, v, sorted(ids)) for k, (e, v, ids) in theirs.hours.items()}
+        others = len(pvs) - sum(pv["event"] == "engagement" for pv in pvs)
+        assert len(ours.events) == others == sum(e for e, _, _ in ours.hours.values())
+        counted += others
+    assert stored > 30 and counted > 60  # every engagement event is stored, none is counted
+
+
 def test_session_rows_are_byte_identical_to_the_codec():
     from tally.streams.session_rows import SessionEncoder, session_record
 

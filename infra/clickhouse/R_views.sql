@@ -76,7 +76,7 @@ GROUP BY site, day, reason, component;
 
 -- Reports over a date range (inclusive), as parameterized views. As in the stream's
 -- aggregates, `pageviews` counts events named `pageview` and `visitors` counts
--- visitors with any event (custom events included).
+-- visitors with any event (custom events included; engagement events are not events).
 --   SELECT * FROM top_pages(site = 'example.com', date_from = '2026-11-01', date_to = '2026-11-30') LIMIT 10
 --
 -- top_pages reads the stream's path_day aggregates, so it answers for any window,
@@ -107,6 +107,7 @@ SELECT referrer_source AS source, referrer_host, ifNull(utm_source, '') AS utm_s
        countIf(event = 'pageview') AS pageviews, uniqExact(visitor_id) AS visitors
 FROM pageviews FINAL
 WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND {date_to:Date}
+  AND event != 'engagement'
 GROUP BY source, referrer_host, utm_source, utm_medium, utm_campaign
 ORDER BY pageviews DESC, source, referrer_host;
 
@@ -114,6 +115,7 @@ CREATE OR REPLACE VIEW top_browsers AS
 SELECT browser, countIf(event = 'pageview') AS pageviews, uniqExact(visitor_id) AS visitors
 FROM pageviews FINAL
 WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND {date_to:Date}
+  AND event != 'engagement'
 GROUP BY browser
 ORDER BY pageviews DESC, browser;
 
@@ -125,6 +127,7 @@ FROM (
     SELECT country, countIf(event = 'pageview') AS pageviews, uniqExact(visitor_id) AS visitors
     FROM pageviews
     WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND {date_to:Date}
+      AND event != 'engagement'
     GROUP BY country
 ) AS p
 LEFT JOIN (
@@ -139,6 +142,7 @@ CREATE OR REPLACE VIEW top_operating_systems AS
 SELECT os, countIf(event = 'pageview') AS pageviews, uniqExact(visitor_id) AS visitors
 FROM pageviews FINAL
 WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND {date_to:Date}
+  AND event != 'engagement'
 GROUP BY os
 ORDER BY pageviews DESC, os;
 
@@ -146,6 +150,7 @@ CREATE OR REPLACE VIEW top_devices AS
 SELECT device, countIf(event = 'pageview') AS pageviews, uniqExact(visitor_id) AS visitors
 FROM pageviews FINAL
 WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND {date_to:Date}
+  AND event != 'engagement'
 GROUP BY device
 ORDER BY pageviews DESC, device;
 
