@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+from tally.schemas.engagement import RESERVED_PREFIX
+
 # Metrics of visits (sessions), read from the `sessions` table.
 SESSION_METRICS = ("visits", "bounce_rate", "visit_duration", "views_per_visit")
-METRICS = ("visitors", "pageviews", "events", "percentage", *SESSION_METRICS)
+# Metrics of page views, read from their engagement events (tally.schemas.engagement).
+ENGAGEMENT_METRICS = ("time_on_page", "scroll_depth")
+METRICS = ("visitors", "pageviews", "events", "percentage", *SESSION_METRICS, *ENGAGEMENT_METRICS)
 # Plausible metrics Tally does not answer yet.
-LATER_METRICS = ("conversion_rate", "group_conversion_rate", "time_on_page", "scroll_depth", "total_revenue",
-                 "average_revenue", "exit_rate")
+LATER_METRICS = ("conversion_rate", "group_conversion_rate", "total_revenue", "average_revenue", "exit_rate")
 TIME_DIMENSIONS = ("time", "time:hour", "time:day", "time:week", "time:month")
 # Dimensions of single events: a visit has many pages and event names, so visit metrics
 # cannot be broken down or filtered by them.
@@ -36,6 +39,7 @@ LATER_DIMENSIONS = ("event:goal", "visit:channel", "visit:utm_content", "visit:u
                     "visit:browser_version", "visit:os_version", "visit:region", "visit:city",
                     "visit:country_name", "visit:region_name", "visit:city_name",
                     "visit:entry_page_hostname", "visit:exit_page_hostname", "time:minute")
+PROPS = "event:props:"  # event:props:<key>: a custom property's value, `(none)` without it
 FILTER_OPERATORS = ("is", "is_not", "contains", "contains_not", "matches", "matches_not")
 SHORTHANDS = ("day", "7d", "28d", "30d", "91d", "month", "6mo", "12mo", "year", "all")
 TOP_LEVEL = ("site_id", "metrics", "date_range", "dimensions", "filters", "order_by", "include", "pagination")
@@ -204,13 +208,33 @@ def parse_metrics(values: list[Any]) -> tuple[str, ...]:
     return tuple(values)
 
 
+def is_props(dimension: Any) -> bool:
+    return isinstance(dimension, str) and dimension.startswith(PROPS)
+
+
+def is_event_dimension(dimension: str) -> bool:
+    """A dimension of single events (a visit has many values of it)."""
+    return dimension in EVENT_DIMENSIONS or is_props(dimension)
+
+
+def _props_problem(d: str) -> str | None:
+    key = d[len(PROPS):]
+    if not key:
+        return "needs a property name"
+    if key.startswith(RESERVED_PREFIX):
+        return f"names a reserved property (names starting with {RESERVED_PREFIX!r})"
+    return None
+
+
 def parse_dimensions(values: list[Any]) -> tuple[str, ...]:
     _unique(values, "dimensions")
     for i, d in enumerate(values):
-        if d in LATER_DIMENSIONS or (isinstance(d, str) and d.startswith("event:props:") and len(d) > 12):
+        if d in LATER_DIMENSIONS:
             raise RequestError(f"#/dimensions/{i}: Dimension `{d}` is not supported by Tally yet "
-                               f"(supported: {', '.join(DIMENSIONS)})")
-        if d not in DIMENSIONS:
+                               f"(supported: {', '.join(DIMENSIONS)}, {PROPS}<key>)")
+        if is_props(d) and (problem := _props_problem(d)):
+            raise RequestError(f"#/dimensions/{i}: Invalid dimension {_i(d)}: {problem}")
+        if d not in DIMENSIONS and not is_props(d):
             raise RequestError(f"#/dimensions/{i}: Invalid dimension {_i(d)}")
     if sum(1 for d in values if d.startswith("time")) > 1:
         raise RequestError("#/dimensions: Only one time dimension can be queried at a time.")
@@ -234,9 +258,11 @@ def parse_filter(value: Any, path: str, depth: int = 0) -> Filter:
     if op not in FILTER_OPERATORS or len(value) not in (3, 4):
         raise RequestError(f"{path}: Invalid filter {_i(value)}")
     dimension, clauses = value[1], value[2]
-    if dimension in LATER_DIMENSIONS or (isinstance(dimension, str) and dimension.startswith("event:props:")):
+    if dimension in LATER_DIMENSIONS:
         raise RequestError(f"{path}/1: Filtering on `{dimension}` is not supported by Tally yet")
-    if dimension not in DIMENSIONS or dimension.startswith("time"):
+    if is_props(dimension) and (problem := _props_problem(dimension)):
+        raise RequestError(f"{path}/1: Invalid filter dimension {_i(dimension)}: {problem}")
+    if (dimension not in DIMENSIONS and not is_props(dimension)) or dimension.startswith("time"):
         raise RequestError(f"{path}: Invalid filter {_i(value)}")
     if dimension == "event:hostname" and depth > 0:
         raise RequestError("#/filters: Invalid filters. Dimension `event:hostname` can only be filtered at the top level.")
@@ -259,7 +285,7 @@ def parse_order_by(value: Any, metrics: tuple[str, ...], dimensions: tuple[str, 
     out = []
     for i, entry in enumerate(value):
         if (not isinstance(entry, list) or len(entry) != 2 or entry[1] not in ("asc", "desc")
-                or entry[0] not in (*METRICS, *DIMENSIONS)):
+                or (entry[0] not in (*METRICS, *DIMENSIONS) and not is_props(entry[0]))):
             raise RequestError(f"#/order_by/{i}: Invalid order_by entry {_i(entry)}.")
         if entry[0] not in metrics and entry[0] not in dimensions:
             raise RequestError(f"#/order_by/{i}: Invalid order_by entry {_i(entry)}. Entry is not a queried metric or dimension.")
@@ -278,12 +304,33 @@ def sessions_only(dimensions: tuple[str, ...], filters: tuple[Filter, ...]) -> b
     return bool(used & set(SESSION_DIMENSIONS))
 
 
+def check_engagement(metrics: tuple[str, ...], dimensions: tuple[str, ...], filters: tuple[Filter, ...]) -> None:
+    """Time on page and scroll depth are figures of page views: they go with event metrics and
+    with the dimensions an engagement event has (its page, hostname, source, device, ...,
+    time), never with visit metrics, entry or exit pages, event names or custom properties."""
+    engaged = [(i, m) for i, m in enumerate(metrics) if m in ENGAGEMENT_METRICS]
+    if not engaged:
+        return
+    i, m = engaged[0]
+    for j, other in enumerate(metrics):
+        if other in SESSION_METRICS:
+            raise RequestError(f"#/metrics/{i}: Metric `{m}` cannot be queried with the visit metric `{other}` "
+                               f"(#/metrics/{j})")
+    used = [(f"#/dimensions/{j}", "the dimension", d) for j, d in enumerate(dimensions)]
+    used += [(f"#/filters/{j}", "a filter on", d) for j, f in enumerate(filters) for d in sorted(dimensions_of(f))]
+    for where, how, d in used:
+        if d in SESSION_DIMENSIONS or d == "event:name" or is_props(d):
+            raise RequestError(f"#/metrics/{i}: Metric `{m}` cannot be queried with {how} `{d}` ({where}): "
+                               "it is a figure of page views, read from their engagement events")
+
+
 def check_combination(metrics: tuple[str, ...], dimensions: tuple[str, ...], filters: tuple[Filter, ...]) -> None:
     """Visit metrics and visit-only dimensions cannot meet a dimension of single events:
     Tally answers those exactly or not at all (a 400 naming both)."""
-    per_event = [(f"#/dimensions/{i}", "the dimension", d) for i, d in enumerate(dimensions) if d in EVENT_DIMENSIONS]
+    check_engagement(metrics, dimensions, filters)
+    per_event = [(f"#/dimensions/{i}", "the dimension", d) for i, d in enumerate(dimensions) if is_event_dimension(d)]
     per_event += [(f"#/filters/{i}", "a filter on", d) for i, f in enumerate(filters)
-                  for d in sorted(dimensions_of(f)) if d in EVENT_DIMENSIONS]
+                  for d in sorted(dimensions_of(f)) if is_event_dimension(d)]
     if not per_event:
         return
     where, how, dim = per_event[0]

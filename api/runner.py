@@ -118,7 +118,7 @@ class Runner:
         out, total_rows = [], 0
         n = len(sql.dimensions)
         for row in data:
-            values = dict(zip(sql.metrics, (float(v) if m == "views_per_visit" else int(v)
+            values = dict(zip(sql.metrics, (None if v is None else float(v) if m == "views_per_visit" else int(v)
                                             for m, v in zip(sql.metrics, row[n:n + len(sql.metrics)], strict=True)),
                               strict=True))
             if total_visitors is not None:

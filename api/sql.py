@@ -40,14 +40,18 @@ from datetime import date
 from typing import Any
 
 from tally.api.request import (
+    ENGAGEMENT_METRICS,
+    PROPS,
     SESSION_METRICS,
     Branch,
     Filter,
     Range,
     StatsQuery,
     dimensions_of,
+    is_props,
     sessions_only,
 )
+from tally.schemas.engagement import COUNTED, ENGAGED_MS, ENGAGEMENT, SCROLL_DEPTH
 from tally.sinks.rollups import DIMENSIONS as ROLLUP_DIMENSIONS
 from tally.sinks.rollups import ROWS, RULES, STAMP
 from tally.sinks.vocabulary import EXPRESSIONS
@@ -74,6 +78,16 @@ VISIT_METRICS = {
                        "2 * sum(p_visits)) / 100))",
 }
 RAW_METRICS = {"visitors": "uniqExact(visitor_id)", "pageviews": "countIf(event = 'pageview')", "events": "count()"}
+# Time on page (seconds) and scroll depth (%) from the partial sums of an engagement query:
+# engaged time over page visits, and the deepest scroll per visitor and page, averaged.
+ENGAGEMENT_SQL = {
+    "time_on_page": "if(sum(p_page_visits) = 0, NULL, toInt64(intDiv(2 * sum(p_engaged_ms) + 1000 * sum(p_page_visits), "
+                    "2000 * sum(p_page_visits))))",
+    "scroll_depth": "if(sum(p_scrolls) = 0, NULL, toInt64(intDiv(2 * sum(p_scroll_sum) + sum(p_scrolls), "
+                    "2 * sum(p_scrolls))))",
+}
+ENGAGEMENT_PARTS = ("visitors", "pageviews", "events", "engaged_ms", "page_visits", "scroll_sum", "scrolls")
+ENGAGED = f"event = '{ENGAGEMENT}'"
 AGG_METRICS = {"visitors": "sum(uniques)", "pageviews": "sum(count)"}
 ROLLUP_METRICS = {"visitors": "visitors", "pageviews": "pageviews", "events": "events"}  # columns of daily_stats
 TIME_FORMATS = {  # bucket label of a UTC timestamp column, as Plausible prints them
@@ -178,6 +192,8 @@ class Builder:
         dims = q.dimensions
         if set(q.metrics) & set(SESSION_METRICS) or sessions_only(self.q.dimensions, self.q.filters):
             return self.visits(q, rng, extra, paginate)
+        if set(q.metrics) & set(ENGAGEMENT_METRICS):
+            return self.engagement(q, rng, extra, paginate)
         kind = aggregate_kind(q, rng, extra, self.salt_period)
         self.params = {"site": q.site, "t0": _ts(rng.first), "t1": _ts(rng.end), "week_floor": str(rng.first_day)}
         cols = metric_columns(q.metrics)
@@ -192,11 +208,11 @@ class Builder:
                      "window_start >= toDateTime64({t0:String}, 3, 'UTC')", "window_start < toDateTime64({t1:String}, 3, 'UTC')"]
         else:
             time_col = "received_at"
-            dim_sql = [TIME_FORMATS[d].format(c=time_col) if d.startswith("time") else EVENT_EXPRESSIONS[d] for d in dims]
+            dim_sql = [TIME_FORMATS[d].format(c=time_col) if d.startswith("time") else self.expr(d) for d in dims]
             metric_sql = [RAW_METRICS[m] for m in cols]
             source = "pageviews FINAL"
             where = ["site = {site:String}", "received_at >= toDateTime64({t0:String}, 3, 'UTC')",
-                     "received_at < toDateTime64({t1:String}, 3, 'UTC')"]
+                     "received_at < toDateTime64({t1:String}, 3, 'UTC')", COUNTED]
             for f in (*q.filters, *([extra] if extra is not None else [])):
                 where.append(self.condition(f))
         if not any(d == "time:week" for d in dims):
@@ -232,7 +248,7 @@ class Builder:
         raw = [f"{EXPRESSIONS[dim]} AS d0", *(f"{RAW_METRICS[m]} AS m{i}" for i, m in enumerate(cols))]
         raw_where = ["site = {site:String}", "received_at >= toDateTime64({t0:String}, 3, 'UTC')",
                      "received_at < toDateTime64({t1:String}, 3, 'UTC')", f"toDate(received_at) IN ({RAW_DAYS})",
-                     *(self.condition(f) for f in filters)]
+                     COUNTED, *(self.condition(f) for f in filters)]
         source = (f"FROM (SELECT {', '.join(rolled)} FROM daily_stats WHERE {' AND '.join(rolled_where)} "
                   f"UNION ALL SELECT {', '.join(raw)} FROM pageviews FINAL WHERE {' AND '.join(raw_where)} GROUP BY d0)")
         select = ["d0", *(f"toInt64(sum(m{i})) AS m_{m}" for i, m in enumerate(cols))]
@@ -259,14 +275,65 @@ class Builder:
     def part(self, side: int, table: str, time_col: str, exprs: dict[str, str], dims: tuple[str, ...],
              filters: tuple[Filter, ...], sums: dict[str, tuple[str, str]] = PARTS) -> str:
         """One side of a visits query: its dimensions and every partial sum (0 where it has none)."""
-        dim_sql = [TIME_FORMATS[d].format(c=time_col) if d.startswith("time") else exprs[d] for d in dims]
+        dim_sql = [TIME_FORMATS[d].format(c=time_col) if d.startswith("time") else self.expr(d, exprs) for d in dims]
         select = [f"{sql} AS d{i}" for i, sql in enumerate(dim_sql)]
         select += [f"toUInt64({'0' if pair[side] == '-' else pair[side]}) AS p_{name}" for name, pair in sums.items()]
         where = [f"site = {{site:String}} AND {time_col} >= toDateTime64({{t0:String}}, 3, 'UTC') "
-                 f"AND {time_col} < toDateTime64({{t1:String}}, 3, 'UTC')", *(["deleted = 0"] if side else []),
+                 f"AND {time_col} < toDateTime64({{t1:String}}, 3, 'UTC')", "deleted = 0" if side else COUNTED,
                  *(self.condition(f, exprs=exprs) for f in filters)]
         group = f" GROUP BY {', '.join(f'd{i}' for i in range(len(dims)))}" if dims else ""
         return f"SELECT {', '.join(select)} FROM {table} FINAL WHERE {' AND '.join(where)}{group}"
+
+    def engagement(self, q: StatsQuery, rng: Range, extra: Filter | None, paginate: bool) -> Sql:
+        """Time on page and scroll depth from the engagement events (with any event metrics
+        from the other rows), summed per dimension value. A page visit is a (visit, page):
+        each engagement event belongs to the visit of its visitor that started last before
+        it (ASOF JOIN on `sessions`; with sessions off, the visitor's whole period)."""
+        dims, cols = q.dimensions, metric_columns(q.metrics)
+        self.params = {"site": q.site, "t0": _ts(rng.first), "t1": _ts(rng.end), "week_floor": str(rng.first_day)}
+        if "time:week" not in dims:
+            self.params.pop("week_floor")
+        filters = (*q.filters, *([extra] if extra is not None else []))
+        dim_sql = [TIME_FORMATS[d].format(c="received_at") if d.startswith("time") else self.expr(d) for d in dims]
+        where = ["site = {site:String}", "received_at >= toDateTime64({t0:String}, 3, 'UTC')",
+                 "received_at < toDateTime64({t1:String}, 3, 'UTC')", *(self.condition(f) for f in filters)]
+        ds = [f"d{i}" for i in range(len(dims))]
+        group = f" GROUP BY {', '.join(ds)}" if dims else ""
+
+        def sums(**given: str) -> str:
+            return ", ".join(f"toUInt64({given.get(name, '0')}) AS p_{name}" for name in ENGAGEMENT_PARTS)
+
+        parts = []
+        if set(cols) - set(ENGAGEMENT_METRICS):
+            rows = ", ".join([*(f"{sql} AS d{i}" for i, sql in enumerate(dim_sql)), sums(
+                visitors="uniqExact(visitor_id)", pageviews="countIf(event = 'pageview')", events="count()")])
+            parts.append(f"SELECT {rows} FROM pageviews FINAL WHERE {' AND '.join([*where, COUNTED])}{group}")
+        sd, ms = f"'{SCROLL_DEPTH}'", f"'{ENGAGED_MS}'"
+        events = ", ".join([*(f"{sql} AS d{i}" for i, sql in enumerate(dim_sql)), "path", "visitor_id", "received_at",
+                            f"toUInt64OrZero(props[{ms}]) AS ms", f"mapContains(props, {sd}) AS scrolled",
+                            f"toUInt64OrZero(props[{sd}]) AS depth"])
+        visits = ("SELECT visitor_id, session_start FROM sessions FINAL WHERE site = {site:String} AND deleted = 0 "
+                  "AND session_start >= toDateTime64({t0:String}, 3, 'UTC') - INTERVAL 1 DAY "
+                  "AND session_start < toDateTime64({t1:String}, 3, 'UTC')")
+        per_page = ", ".join([*ds, "sum(e.ms) AS ms", "uniqExact(s.session_start) AS visits",
+                              "maxIf(e.depth, e.scrolled) AS depth", "max(e.scrolled) AS scrolled"])
+        per_visitor = (f"SELECT {per_page} FROM (SELECT {events} FROM pageviews FINAL WHERE "
+                       f"{' AND '.join([*where, ENGAGED])}) AS e "
+                       f"ASOF LEFT JOIN ({visits}) AS s ON e.visitor_id = s.visitor_id AND e.received_at >= s.session_start "
+                       f"GROUP BY {', '.join([*ds, 'e.path', 'e.visitor_id'])}")
+        engaged = sums(engaged_ms="sum(ms)", page_visits="sum(visits)", scroll_sum="sumIf(depth, scrolled)",
+                       scrolls="countIf(scrolled)")
+        parts.append(f"SELECT {', '.join([*ds, engaged])} FROM ({per_visitor}){group}")
+        metric = {**{m: f"toInt64(sum(p_{m}))" for m in RAW_METRICS}, **ENGAGEMENT_SQL}
+        select = [*ds, *(f"{metric[m]} AS m_{m}" for m in cols)]
+        return self.finish(f"FROM ({' UNION ALL '.join(parts)})", select, q, dims, cols, paginate)
+
+    def expr(self, dimension: str, exprs: dict[str, str] = EVENT_EXPRESSIONS) -> str:
+        """The SQL of a dimension over a row; a custom property's name travels as a parameter."""
+        if is_props(dimension):
+            key = self.param(dimension[len(PROPS):], "String")
+            return f"if(props[{key}] = '', '(none)', props[{key}])"
+        return exprs[dimension]
 
     def order(self, dims: tuple[str, ...], cols: tuple[str, ...]) -> str:
         terms, used = [], set()
@@ -291,7 +358,7 @@ class Builder:
             if f.op == "not":
                 return f"NOT ({parts[0]})"
             return "(" + f" {f.op.upper()} ".join(parts) + ")"
-        expr = column or exprs[f.dimension]
+        expr = column or self.expr(f.dimension, exprs)
         clauses = list(f.clauses)
         if not f.case_sensitive:
             expr, clauses = f"lowerUTF8({expr})", [c.lower() for c in clauses]
@@ -313,7 +380,7 @@ def _ts(value: Any) -> str:
 def realtime_sql() -> Sql:
     """Plausible's realtime visitors: unique visitors of the last 5 minutes."""
     return Sql("SELECT toInt64(uniqExact(visitor_id)) FROM pageviews WHERE site = {site:String} "
-               "AND received_at >= now64(3, 'UTC') - INTERVAL 5 MINUTE", {})
+               f"AND received_at >= now64(3, 'UTC') - INTERVAL 5 MINUTE AND {COUNTED}", {})
 
 
 def first_day_sql() -> Sql:

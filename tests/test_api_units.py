@@ -56,8 +56,8 @@ def test_validation_messages_name_the_field(b, message):
 
 
 @pytest.mark.parametrize("b, name", [
-    (body(metrics=["time_on_page"]), "#/metrics/0: Metric `time_on_page` is not supported"),
-    (body(metrics=["visitors", "scroll_depth"]), "#/metrics/1: Metric `scroll_depth`"),
+    (body(metrics=["conversion_rate"]), "#/metrics/0: Metric `conversion_rate` is not supported"),
+    (body(metrics=["visitors", "exit_rate"]), "#/metrics/1: Metric `exit_rate`"),
     (body(dimensions=["visit:country_name"]), "#/dimensions/0: Dimension `visit:country_name` is not supported"),
     (body(dimensions=["event:goal"]), "Dimension `event:goal`"),
     (body(filters=[["is", "visit:city", ["x"]]]), "#/filters/0/1: Filtering on `visit:city`"),
@@ -97,6 +97,45 @@ def test_visit_metrics_and_event_dimensions_do_not_mix(b, message):
 def test_visit_metrics_and_dimensions_are_accepted(b):
     q = parse_request(b, TODAY)
     assert q.metrics == tuple(b["metrics"])
+
+
+@pytest.mark.parametrize("b, message", [
+    (body(metrics=["time_on_page", "visits"]),
+     "#/metrics/0: Metric `time_on_page` cannot be queried with the visit metric `visits` (#/metrics/1)"),
+    (body(metrics=["scroll_depth"], dimensions=["visit:entry_page"]),
+     "#/metrics/0: Metric `scroll_depth` cannot be queried with the dimension `visit:entry_page` (#/dimensions/0)"),
+    (body(metrics=["visitors", "time_on_page"], filters=[["is", "event:name", ["signup"]]]),
+     "#/metrics/1: Metric `time_on_page` cannot be queried with a filter on `event:name` (#/filters/0)"),
+    (body(metrics=["scroll_depth"], dimensions=["event:props:plan"]),
+     "Metric `scroll_depth` cannot be queried with the dimension `event:props:plan`"),
+    (body(metrics=["visits"], dimensions=["event:props:plan"]),
+     "#/metrics/0: Metric `visits` cannot be queried with the dimension `event:props:plan` (#/dimensions/0)"),
+    (body(dimensions=["event:props:"]), "#/dimensions/0: Invalid dimension \"event:props:\": needs a property name"),
+    (body(dimensions=["event:props:tally:scroll_depth"]), "names a reserved property"),
+    (body(filters=[["is", "event:props:tally:engaged_ms", ["1"]]]), "#/filters/0/1: Invalid filter dimension"),
+])
+def test_engagement_metrics_and_props_are_checked(b, message):
+    assert message in error_of(b)
+
+
+def test_engagement_and_props_queries():
+    def sql(**kw):
+        q = parse_request(body(date_range="7d", **kw), TODAY)
+        return Builder(q, "day", TODAY).build(q.range)
+
+    top = sql(metrics=["visitors", "pageviews", "time_on_page", "scroll_depth"], dimensions=["event:page"],
+              filters=[["is", "visit:country", ["SE"]]], order_by=[["scroll_depth", "desc"]])
+    assert "event = 'engagement'" in top.text and "event != 'engagement'" in top.text and "ASOF LEFT JOIN" in top.text
+    assert "daily_stats" not in top.text and "aggregates" not in top.text and "ORDER BY m_scroll_depth DESC" in top.text
+    # Every count of events leaves engagement events out, from every source.
+    for kw in ({"metrics": ["visitors"], "dimensions": ["visit:source"]},
+               {"metrics": ["visitors"], "filters": [["is", "event:page", ["/"]]]},
+               {"metrics": ["visitors", "visits"]}):
+        assert "event != 'engagement'" in sql(**kw).text
+    props = sql(metrics=["visitors", "events"], dimensions=["event:props:plan"], order_by=[["event:props:plan", "asc"]],
+                filters=[["is", "event:props:plan", ["(none)"]]])
+    assert "plan" not in props.text and list(props.params.values()).count("plan") == 2  # the name is a parameter
+    assert "'(none)'" in props.text and "ORDER BY d0 ASC" in props.text
 
 
 def test_visit_queries_read_the_sessions_table():
