@@ -261,7 +261,7 @@ def check_keys_and_errors(tally_env: Env, key: str, other: str) -> None:
     status, err = api(s, other, ask)
     assert status == 403 and "example.com" in err["error"]
     assert api(s, other, {**ask, "site_id": "localhost"})[0] == 200
-    for bad, field in [({**ask, "metrics": ["visitors", "time_on_page"]}, "#/metrics/1"),
+    for bad, field in [({**ask, "metrics": ["visitors", "exit_rate"]}, "#/metrics/1"),
                        ({**ask, "dimensions": ["visit:city"]}, "#/dimensions/0"),
                        ({**ask, "metrics": ["visitors", "bounce_rate"], "dimensions": ["event:page"]},
                         "#/metrics/1: Metric `bounce_rate` cannot be queried with the dimension `event:page`"),
