@@ -59,7 +59,7 @@ def test_validation_messages_name_the_field(b, message):
     (body(metrics=["time_on_page"]), "#/metrics/0: Metric `time_on_page` is not supported"),
     (body(metrics=["visitors", "scroll_depth"]), "#/metrics/1: Metric `scroll_depth`"),
     (body(dimensions=["visit:country_name"]), "#/dimensions/0: Dimension `visit:country_name` is not supported"),
-    (body(dimensions=["event:goal"]), "Dimension `event:goal`"),
+    (body(dimensions=["visit:channel"]), "Dimension `visit:channel`"),
     (body(filters=[["is", "visit:city", ["x"]]]), "#/filters/0/1: Filtering on `visit:city`"),
 ])
 def test_unsupported_metrics_and_dimensions_are_named(b, name):
