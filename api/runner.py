@@ -2,7 +2,7 @@
 
 Semantics follow Plausible's query runner: `percentage` is a row's visitors over
 the visitors of the whole filtered set (one decimal), and `conversion_rate` the same
-with two decimals, both over the set without its goal filters; `views_per_visit` is
+over the set without its goal filters (one decimal, 0 rather than null); `views_per_visit` is
 the other metric with decimals; the default order is the
 first metric descending (time ascending first for a timeseries); time buckets
 without data are left out unless comparisons are asked for (then they are
@@ -48,8 +48,8 @@ def percentage(visitors: int, total: int) -> float | None:
 
 
 def conversion_rate(converted: int, total: int) -> float:
-    """Converting visitors over all visitors, in percent with two decimals, rounded half up."""
-    return (20000 * converted + total) // (2 * total) / 100 if total > 0 else 0.0
+    """Converting visitors over all visitors, in percent with one decimal, rounded half up; 0 without visitors."""
+    return (2000 * converted + total) // (2 * total) / 10 if total > 0 else 0.0
 
 
 def _week_label(d: date, first: date) -> date:
@@ -120,21 +120,22 @@ class Runner:
         """Result rows (dimensions, metrics in the query's order) and the count before pagination."""
         q = self.q
         sql = self.builder().build(rng, extra, paginate=paginate)
-        total_visitors = None
-        if set(RATIOS) & set(q.metrics):  # over the whole filtered set, without `extra`; both at once
-            data, totals = await asyncio.gather(self.rows(sql), self.rows(self.builder().build(rng, totals=True)))
-            total_visitors = int(totals[0][0]) if totals else 0
-        else:
-            data = await self.rows(sql)
+        # The denominators, over the whole filtered set without `extra`, queried with the rows:
+        # percentage keeps the goal filters, conversion_rate drops them (Plausible's).
+        totals = {m: self.builder().build(rng, totals=True, goal_filters=m == "percentage") for m in RATIOS
+                  if m in q.metrics}
+        data, *answers = await asyncio.gather(self.rows(sql), *(self.rows(t) for t in totals.values()))
+        total = {m: int(a[0][0]) if a else 0 for m, a in zip(totals, answers, strict=True)}
         out, total_rows = [], 0
         n = len(sql.dimensions)
         for row in data:
             values = dict(zip(sql.metrics, (float(v) if m == "views_per_visit" else int(v)
                                             for m, v in zip(sql.metrics, row[n:n + len(sql.metrics)], strict=True)),
                               strict=True))
-            if total_visitors is not None:
-                values["percentage"] = percentage(values["visitors"], total_visitors)
-                values["conversion_rate"] = conversion_rate(values["visitors"], total_visitors)
+            if "percentage" in total:
+                values["percentage"] = percentage(values["visitors"], total["percentage"])
+            if "conversion_rate" in total:
+                values["conversion_rate"] = conversion_rate(values["visitors"], total["conversion_rate"])
             out.append({"dimensions": [str(v) for v in row[:n]], "metrics": [values[m] for m in q.metrics]})
             if sql.total_rows:
                 total_rows = int(row[-1])

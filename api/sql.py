@@ -182,14 +182,15 @@ class Builder:
         self.params[name] = value
         return f"{{{name}:{ptype}}}"
 
-    def build(self, rng: Range, extra: Filter | None = None, totals: bool = False, paginate: bool = True) -> Sql:
+    def build(self, rng: Range, extra: Filter | None = None, totals: bool = False, paginate: bool = True,
+              goal_filters: bool = True) -> Sql:
         """The query over `rng`, with `extra` ANDed to the filters. totals=True: the visitors
-        of the whole filtered set, no dimensions, goal filters taken as true (the denominator
-        of `percentage` and `conversion_rate`)."""
+        of the whole filtered set, no dimensions (the denominator of `percentage`; with
+        goal_filters=False, of `conversion_rate`: the goal filters taken as true)."""
         q = self.q
         if totals:
-            q = replace(q, dimensions=(), metrics=("visitors",),
-                        filters=tuple(f for f in map(without_goals, q.filters) if f is not None))
+            filters = q.filters if goal_filters else tuple(f for f in map(without_goals, q.filters) if f is not None)
+            q = replace(q, dimensions=(), metrics=("visitors",), filters=filters)
         extra = without_goals(extra)  # a comparison's goal values: matched by value afterwards
         dims = q.dimensions
         if set(q.metrics) & set(SESSION_METRICS) or sessions_only(self.q.dimensions, self.q.filters):

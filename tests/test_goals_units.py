@@ -1,7 +1,7 @@
 """Goals' pure parts: a page pattern's meaning (`*` within a segment, `**` across), the
 checks of `tally goals add` (each error names its option), the Stats API's validation of
 `event:goal` and `conversion_rate` (Plausible's messages), and the SQL: raw rows only,
-every goal a parameter, the denominator without goal filters. The queries run on the real
+every goal a parameter, conversion_rate's denominator without goal filters. The queries run on the real
 stack in test_api_goals.py."""
 
 from __future__ import annotations
@@ -113,11 +113,13 @@ def test_goal_queries_read_raw_rows_with_every_goal_a_parameter():
     # the text depends on the query's shape only: other goals, the same text
     other = Builder(q, kept=TODAY, goals=Goals.of([["A", "page", "/x/**"]])).build(q.range)
     assert other.text == sql.text and other.params != sql.params
-    # the denominator: the same filters without the goal's, so the aggregates or rollups may answer
-    totals = Builder(q, kept=TODAY, goals=GOALS).build(q.range, totals=True)
+    # conversion_rate's denominator: the same filters without the goal's, so the aggregates or
+    # rollups may answer; percentage's keeps them (Plausible's)
+    totals = Builder(q, kept=TODAY, goals=GOALS).build(q.range, totals=True, goal_filters=False)
     assert "arrayJoin" not in totals.text and ["Mobile"] in totals.params.values() and ["Visit"] not in totals.params.values()
+    assert ["Visit"] in Builder(q, goals=GOALS).build(q.range, totals=True).params.values()
     bare = replace(q, filters=q.filters[:1])
-    assert "aggregates FINAL" in Builder(bare, goals=GOALS).build(q.range, totals=True).text
+    assert "aggregates FINAL" in Builder(bare, goals=GOALS).build(q.range, totals=True, goal_filters=False).text
 
 
 def test_without_goals_keeps_a_superset():
@@ -128,7 +130,7 @@ def test_without_goals_keeps_a_superset():
     assert without_goals(Branch("or", (Branch("and", (goal, page)), Branch("and", (goal, page))))) == Branch("or", (page, page))
 
 
-def test_conversion_rate_is_rounded_half_up_to_two_decimals():
-    assert conversion_rate(1, 3) == 33.33 and conversion_rate(2, 3) == 66.67 and conversion_rate(1, 8) == 12.5
-    assert conversion_rate(1, 800) == 0.13 and conversion_rate(0, 5) == 0.0 and conversion_rate(0, 0) == 0.0
+def test_conversion_rate_is_rounded_half_up_to_one_decimal():
+    assert conversion_rate(1, 3) == 33.3 and conversion_rate(2, 3) == 66.7 and conversion_rate(1, 16) == 6.3
+    assert conversion_rate(1, 80) == 1.3 and conversion_rate(0, 5) == 0.0 and conversion_rate(0, 0) == 0.0
     assert change("conversion_rate", 12.5, 33.33) == 20.8 and change("conversion_rate", 0.0, 5.0) == 5.0
