@@ -26,7 +26,10 @@ KINDS = ("event", "page")
 # Not conversions: pageviews are goals by page, and Plausible's engagement signals are not events of their own.
 RESERVED_EVENTS = ("pageview", "engagement")
 MAX_NAME = 120  # Plausible's limit for an event goal's name
-MAX_PATTERN = 2000
+# A query carries all of a site's goals as parameters in one request frame (512 KiB,
+# sinks/sqlsocket.py): 100 goals of 500 characters (at most 2.5 KB each as a regex) fit.
+MAX_PATTERN = 500
+MAX_GOALS = 100  # per site
 MAX_SITE = 253
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 COLUMNS = ("goal_id", "site", "name", "kind", "value", "created_at", "deleted_at", "version")
@@ -121,7 +124,10 @@ def add(client: Client, g: GoalRecord) -> str | None:
     or the same event/page: then the reason, naming the field."""
     if (why := problem(g)) is not None:
         return why
-    for other in live(client, g.site):
+    others = live(client, g.site)
+    if len(others) >= MAX_GOALS:
+        return f"--site: {g.site} has {len(others)} goals, the most a site may have; remove one first"
+    for other in others:
         if other.name == g.name:
             return f"--name: {g.site} already has a goal named {g.name!r} ({other.goal_id}); give another --name"
         if (other.kind, other.value) == (g.kind, g.value):

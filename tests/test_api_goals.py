@@ -16,6 +16,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pytest
+from tally.sinks.goalstore import new_goal
+from tally.sinks.query import SinkSocket
 
 from tests.conftest import wait_for
 from tests.helpers import query_rows
@@ -176,6 +178,12 @@ def manage_goals(env) -> dict[str, str]:
     ]:
         out = tally(env, "goals", "add", *args)
         assert out.returncode != 0 and message in out.stderr, (args, out.stderr)
+    # the sink's socket checks a record itself (a client other than the CLI): 400 naming the field
+    sock = SinkSocket(env.settings.socket_path)
+    status, body = sock.request("POST", "/v1/goals", {**new_goal("example.com", "buy", None).to_json(), "goal_id": "x"})
+    assert status == 400 and json.loads(body)["error"].startswith("goal_id:")
+    status, body = sock.request("POST", "/v1/goals", {"site": "example.com"})
+    assert status == 400 and "bad goal record" in json.loads(body)["error"]
     assert tally(env, "goals", "remove", purchase).returncode == 0
     out = tally(env, "goals", "remove", purchase)  # already gone
     assert out.returncode == 1 and f"no goal {purchase}" in out.stderr

@@ -261,7 +261,7 @@ async def goals_panel(cdp: RecordingCDP, run: Run) -> None:
     assert json.loads(await cdp.eval(STATS_JS)) == [*([m, v] for m, v in zip(EVENT_METRICS, top, strict=True)),
                                                     *([m, None] for m in VISIT_METRICS)]
     assert as_dict(json.loads(await cdp.eval(rows_js("goals")))) == {"signup": [4, 4, 40.0]}
-    assert as_dict(json.loads(await cdp.eval(rows_js("devices")))) == run.breakdown("visit:device", signup)
+    assert as_dict(json.loads(await cdp.eval(rows_js("devices")))) == run.breakdown("visit:browser", signup)
     assert "f=event%3Agoal%7Csignup" in await cdp.eval("location.search")
     await cdp.eval("document.querySelector('.chip').click()")
     await cdp.until("document.querySelectorAll('.chip').length === 0", "chip removed")
