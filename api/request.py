@@ -2,8 +2,8 @@
 
 Validation follows Plausible's query parser: the same fields, defaults and error
 messages, each naming the bad field by its JSON pointer (`#/metrics/1: Invalid
-metric "baa"`). What Plausible accepts but Tally cannot answer yet (goals, regions,
-...) is a 400 that names the metric or dimension, and so is a combination Tally cannot
+metric "baa"`). What Plausible accepts but Tally cannot answer yet (regions, ...)
+is a 400 that names the metric or dimension, and so is a combination Tally cannot
 answer exactly (a visit metric with a per-event dimension such as `event:page`).
 All dates are UTC days: Tally has no per-site time zone.
 """
@@ -22,20 +22,20 @@ from tally.schemas.engagement import RESERVED_PREFIX
 SESSION_METRICS = ("visits", "bounce_rate", "visit_duration", "views_per_visit")
 # Metrics of page views, read from their engagement events (tally.schemas.engagement).
 ENGAGEMENT_METRICS = ("time_on_page", "scroll_depth")
-METRICS = ("visitors", "pageviews", "events", "percentage", *SESSION_METRICS, *ENGAGEMENT_METRICS)
+METRICS = ("visitors", "pageviews", "events", "percentage", "conversion_rate", *SESSION_METRICS, *ENGAGEMENT_METRICS)
 # Plausible metrics Tally does not answer yet.
-LATER_METRICS = ("conversion_rate", "group_conversion_rate", "total_revenue", "average_revenue", "exit_rate")
+LATER_METRICS = ("group_conversion_rate", "total_revenue", "average_revenue", "exit_rate")
 TIME_DIMENSIONS = ("time", "time:hour", "time:day", "time:week", "time:month")
 # Dimensions of single events: a visit has many pages and event names, so visit metrics
 # cannot be broken down or filtered by them.
-EVENT_DIMENSIONS = ("event:page", "event:name", "event:hostname")
+EVENT_DIMENSIONS = ("event:page", "event:name", "event:hostname", "event:goal")
 # Dimensions only a visit has: a query with one of them reads the `sessions` table only.
 SESSION_DIMENSIONS = ("visit:entry_page", "visit:exit_page")
 DIMENSIONS = (*EVENT_DIMENSIONS, "visit:source", "visit:referrer", "visit:utm_source", "visit:utm_medium",
               "visit:utm_campaign", "visit:browser", "visit:os", "visit:device", "visit:country",
               *SESSION_DIMENSIONS, *TIME_DIMENSIONS)
 # Plausible dimensions Tally keeps no data for (no regions or cities, no screen width, ...).
-LATER_DIMENSIONS = ("event:goal", "visit:channel", "visit:utm_content", "visit:utm_term", "visit:screen",
+LATER_DIMENSIONS = ("visit:channel", "visit:utm_content", "visit:utm_term", "visit:screen",
                     "visit:browser_version", "visit:os_version", "visit:region", "visit:city",
                     "visit:country_name", "visit:region_name", "visit:city_name",
                     "visit:entry_page_hostname", "visit:exit_page_hostname", "time:minute")
@@ -264,8 +264,10 @@ def parse_filter(value: Any, path: str, depth: int = 0) -> Filter:
         raise RequestError(f"{path}/1: Invalid filter dimension {_i(dimension)}: {problem}")
     if (dimension not in DIMENSIONS and not is_props(dimension)) or dimension.startswith("time"):
         raise RequestError(f"{path}: Invalid filter {_i(value)}")
-    if dimension == "event:hostname" and depth > 0:
-        raise RequestError("#/filters: Invalid filters. Dimension `event:hostname` can only be filtered at the top level.")
+    if dimension in ("event:hostname", "event:goal") and depth > 0:
+        raise RequestError(f"#/filters: Invalid filters. Dimension `{dimension}` can only be filtered at the top level.")
+    if dimension == "event:goal" and op not in ("is", "contains"):
+        raise RequestError(f"{path}: Filter operator `{op}` is not supported on `event:goal` (use is or contains)")
     if not isinstance(clauses, list) or not clauses or not all(isinstance(c, str) for c in clauses):
         raise RequestError(f"{path}/2: Invalid filter {_i(value)}: clauses must be a non-empty list of strings")
     case_sensitive = True
@@ -373,6 +375,10 @@ def parse_request(body: Any, today: date, first_day: date | None = None) -> Stat
     rng = parse_date_range(body["date_range"], today, first_day)
     filters = tuple(parse_filter(f, f"#/filters/{i}") for i, f in enumerate(_list(body, "filters")))
     check_combination(metrics, dimensions, filters)
+    if "conversion_rate" in metrics and "event:goal" not in dimensions \
+            and not any("event:goal" in dimensions_of(f) for f in filters):
+        raise RequestError(f"#/metrics/{metrics.index('conversion_rate')}: Metric `conversion_rate` can only be "
+                           "queried with event:goal filters or dimensions.")
     if "time" in dimensions:
         dimensions = tuple(resolve_time(rng) if d == "time" else d for d in dimensions)
     order_raw = body.get("order_by")

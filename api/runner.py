@@ -1,13 +1,14 @@
 """Runs a typed Stats API query and shapes Plausible's answer: results, meta, query.
 
 Semantics follow Plausible's query runner: `percentage` is a row's visitors over
-the visitors of the whole filtered set (one decimal); `views_per_visit` is the one
-metric with decimals; the default order is the
+the visitors of the whole filtered set (one decimal), and `conversion_rate` the same
+over the set without its goal filters (one decimal, 0 rather than null); `views_per_visit` is
+the other metric with decimals; the default order is the
 first metric descending (time ascending first for a timeseries); time buckets
 without data are left out unless comparisons are asked for (then they are
 filled with zeros so every bucket has its comparison); a comparison covers the
 same dimension values as the main page of results, and `change` is the percent
-change, rounded (for `bounce_rate`: the difference in points).
+change, rounded (for `bounce_rate` and `conversion_rate`: the difference in points).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from tally.api.goals import GOALS_SQL, Goals, check_configured, uses_goals
 from tally.api.request import Branch, Filter, Leaf, Range, StatsQuery
-from tally.api.sql import Builder, Sql
+from tally.api.sql import RATIOS, Builder, Sql
 
 Rows = Callable[[Sql], Awaitable[list[list[Any]]]]
 
@@ -32,14 +34,22 @@ def percent_change(old: float | None, new: float | None) -> int | None:
 
 
 def change(metric: str, old: float | None, new: float | None) -> float | None:
-    """Plausible's `change`: percentage points for bounce_rate (none from 0), else percent."""
+    """Plausible's `change`: percentage points for bounce_rate (none from 0) and
+    conversion_rate, else percent."""
     if metric == "bounce_rate":
         return new - old if old and new is not None else None
+    if metric == "conversion_rate":
+        return round(new - old, 1) if old is not None and new is not None else None
     return percent_change(old, new)
 
 
 def percentage(visitors: int, total: int) -> float | None:
     return round(visitors / total * 100, 1) if total > 0 else None
+
+
+def conversion_rate(converted: int, total: int) -> float:
+    """Converting visitors over all visitors, in percent with one decimal, rounded half up; 0 without visitors."""
+    return (2000 * converted + total) // (2 * total) / 10 if total > 0 else 0.0
 
 
 def _week_label(d: date, first: date) -> date:
@@ -101,28 +111,31 @@ class Runner:
         self.rows = rows
         self.salt_period = salt_period
         self.kept = kept
+        self.goals: Goals | None = None  # the site's, loaded by run() when the query is about goals
 
     def builder(self) -> Builder:
-        return Builder(self.q, self.salt_period, self.kept)
+        return Builder(self.q, self.salt_period, self.kept, self.goals)
 
     async def fetch(self, rng: Range, extra: Filter | None = None, paginate: bool = True) -> tuple[list[dict[str, Any]], int]:
         """Result rows (dimensions, metrics in the query's order) and the count before pagination."""
         q = self.q
         sql = self.builder().build(rng, extra, paginate=paginate)
-        total_visitors = None
-        if "percentage" in q.metrics:  # over the whole filtered set, without `extra`; both at once
-            data, totals = await asyncio.gather(self.rows(sql), self.rows(self.builder().build(rng, totals=True)))
-            total_visitors = int(totals[0][0]) if totals else 0
-        else:
-            data = await self.rows(sql)
+        # The denominators, over the whole filtered set without `extra`, queried with the rows:
+        # percentage keeps the goal filters, conversion_rate drops them (Plausible's).
+        totals = {m: self.builder().build(rng, totals=True, goal_filters=m == "percentage") for m in RATIOS
+                  if m in q.metrics}
+        data, *answers = await asyncio.gather(self.rows(sql), *(self.rows(t) for t in totals.values()))
+        total = {m: int(a[0][0]) if a else 0 for m, a in zip(totals, answers, strict=True)}
         out, total_rows = [], 0
         n = len(sql.dimensions)
         for row in data:
             values = dict(zip(sql.metrics, (None if v is None else float(v) if m == "views_per_visit" else int(v)
                                             for m, v in zip(sql.metrics, row[n:n + len(sql.metrics)], strict=True)),
                               strict=True))
-            if total_visitors is not None:
-                values["percentage"] = percentage(values["visitors"], total_visitors)
+            if "percentage" in total:
+                values["percentage"] = percentage(values["visitors"], total["percentage"])
+            if "conversion_rate" in total:
+                values["conversion_rate"] = conversion_rate(values["visitors"], total["conversion_rate"])
             out.append({"dimensions": [str(v) for v in row[:n]], "metrics": [values[m] for m in q.metrics]})
             if sql.total_rows:
                 total_rows = int(row[-1])
@@ -133,6 +146,9 @@ class Runner:
     async def run(self, now: datetime | None = None) -> dict[str, Any]:
         q = self.q
         today = (now or datetime.now(UTC)).date()
+        if uses_goals(q.dimensions, q.filters):
+            self.goals = Goals.of(await self.rows(Sql(GOALS_SQL, {"site": q.site})))
+            check_configured(q.filters, self.goals)  # RequestError: a 400 naming the filter
         results, total_rows = await self.fetch(q.range)
         time_dim = q.time_dimension
         if q.comparison:

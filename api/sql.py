@@ -22,6 +22,11 @@ Three sources, chosen per query:
 - otherwise the raw rows (`pageviews` FINAL, so a replayed event counts once):
   visitors are `uniqExact(visitor_id)`, pageviews the events named `pageview`.
 
+Goals (api/goals.py) are always answered from the raw rows: a row converts the goals whose
+event or page pattern it matches, and a query on `event:goal` keeps the converting rows
+(one row per goal converted, for the dimension), so `visitors` are unique converting
+visitors and `events` conversions. The site's goals are array parameters.
+
 Visit metrics (`visits`, `bounce_rate`, `visit_duration`, `views_per_visit`) come from
 `sessions` FINAL: a visit counts in a range (and a time bucket) when its session_start is
 in it, and its visit:* values are those of its entry pageview. With event metrics too, the
@@ -39,6 +44,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
+from tally.api.goals import Goals, converted, goal_leaves, uses_goals, without_goals
 from tally.api.request import (
     ENGAGEMENT_METRICS,
     PROPS,
@@ -107,10 +113,13 @@ class Sql:
     total_rows: bool = False  # a last column with the row count before LIMIT
 
 
+RATIOS = ("percentage", "conversion_rate")  # computed from `visitors` and the totals query (runner.py)
+
+
 def metric_columns(metrics: tuple[str, ...]) -> tuple[str, ...]:
-    """The metrics a query selects: `percentage` is computed from `visitors`."""
-    cols = [m for m in metrics if m != "percentage"]
-    if "percentage" in metrics and "visitors" not in cols:
+    """The metrics a query selects: `percentage` and `conversion_rate` are computed from `visitors`."""
+    cols = [m for m in metrics if m not in RATIOS]
+    if set(RATIOS) & set(metrics) and "visitors" not in cols:
         cols.append("visitors")
     return tuple(cols)
 
@@ -171,13 +180,15 @@ RAW_DAYS = ("SELECT day FROM (SELECT arrayJoin(arrayMap(i -> {d0:Date} + i, "
 
 
 class Builder:
-    def __init__(self, q: StatsQuery, salt_period: str = "day", kept: date | None = None) -> None:
+    def __init__(self, q: StatsQuery, salt_period: str = "day", kept: date | None = None,
+                 goals: Goals | None = None) -> None:
         """kept: the first day whose raw rows all still exist (sinks/rollups.py kept_from;
         before it only sealed rollups are used, whatever vocabulary they were computed
-        with); None: no rollups."""
+        with); None: no rollups. goals: the site's, for a query on `event:goal`."""
         self.q = q
         self.salt_period = salt_period
         self.kept = kept
+        self.goals = goals or Goals()
         self.params: dict[str, Any] = {}
 
     def param(self, value: Any, ptype: str) -> str:
@@ -185,10 +196,16 @@ class Builder:
         self.params[name] = value
         return f"{{{name}:{ptype}}}"
 
-    def build(self, rng: Range, extra: Filter | None = None, totals: bool = False, paginate: bool = True) -> Sql:
+    def build(self, rng: Range, extra: Filter | None = None, totals: bool = False, paginate: bool = True,
+              goal_filters: bool = True) -> Sql:
         """The query over `rng`, with `extra` ANDed to the filters. totals=True: the visitors
-        of the whole filtered set, no dimensions (the denominator of `percentage`)."""
-        q = replace(self.q, dimensions=(), metrics=("visitors",)) if totals else self.q
+        of the whole filtered set, no dimensions (the denominator of `percentage`; with
+        goal_filters=False, of `conversion_rate`: the goal filters taken as true)."""
+        q = self.q
+        if totals:
+            filters = q.filters if goal_filters else tuple(f for f in map(without_goals, q.filters) if f is not None)
+            q = replace(q, dimensions=(), metrics=("visitors",), filters=filters)
+        extra = without_goals(extra)  # a comparison's goal values: matched by value afterwards
         dims = q.dimensions
         if set(q.metrics) & set(SESSION_METRICS) or sessions_only(self.q.dimensions, self.q.filters):
             return self.visits(q, rng, extra, paginate)
@@ -208,13 +225,17 @@ class Builder:
                      "window_start >= toDateTime64({t0:String}, 3, 'UTC')", "window_start < toDateTime64({t1:String}, 3, 'UTC')"]
         else:
             time_col = "received_at"
-            dim_sql = [TIME_FORMATS[d].format(c=time_col) if d.startswith("time") else self.expr(d) for d in dims]
+            goals = self.goal_names(q.filters) if uses_goals(dims, q.filters) else None
+            dim_sql = [TIME_FORMATS[d].format(c=time_col) if d.startswith("time")
+                       else f"arrayJoin({goals})" if d == "event:goal" else self.expr(d) for d in dims]
             metric_sql = [RAW_METRICS[m] for m in cols]
             source = "pageviews FINAL"
             where = ["site = {site:String}", "received_at >= toDateTime64({t0:String}, 3, 'UTC')",
-                     "received_at < toDateTime64({t1:String}, 3, 'UTC')", COUNTED]
+                     "received_at < toDateTime64({t1:String}, 3, 'UTC')", COUNTED,
+                     *([f"notEmpty({goals})"] if goals else [])]
             for f in (*q.filters, *([extra] if extra is not None else [])):
-                where.append(self.condition(f))
+                if (rest := without_goals(f)) is not None:  # goal filters select goals (goal_names)
+                    where.append(self.condition(rest))
         if not any(d == "time:week" for d in dims):
             self.params.pop("week_floor")
         select = [f"{sql} AS d{i}" for i, sql in enumerate(dim_sql)] + [f"toInt64({sql}) AS m_{m}" for m, sql in zip(cols, metric_sql, strict=True)]
@@ -335,13 +356,20 @@ class Builder:
             return f"if(props[{key}] = '', '(none)', props[{key}])"
         return exprs[dimension]
 
+    def goal_names(self, filters: tuple[Filter, ...]) -> str:
+        """SQL: the names of the site's goals a row converts that pass the query's goal filters."""
+        names = converted(self.param, self.goals)
+        for leaf in (leaf for f in filters for leaf in goal_leaves(f)):
+            names = f"arrayFilter(g -> {self.condition(leaf, 'g')}, {names})"
+        return names
+
     def order(self, dims: tuple[str, ...], cols: tuple[str, ...]) -> str:
         terms, used = [], set()
         for key, direction in self.q.order_by:
             if key in dims:
                 alias = f"d{dims.index(key)}"
             else:
-                alias = f"m_{'visitors' if key == 'percentage' else key}"
+                alias = f"m_{'visitors' if key in RATIOS else key}"
                 if alias[2:] not in cols:
                     continue
             if alias not in used:

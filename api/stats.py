@@ -41,7 +41,10 @@ async def query(request: web.Request) -> web.Response:
         raise ApiError(400, str(exc)) from None
     settings = request.app[SETTINGS]
     runner = Runner(q, lambda sql: rows(request, sql), settings.salt_period, kept_from(settings, today))
-    return answer(await runner.run(now(request)))
+    try:
+        return answer(await runner.run(now(request)))
+    except RequestError as exc:  # a goal filter naming no goal of the site
+        raise ApiError(400, str(exc)) from None
 
 
 async def realtime_visitors(request: web.Request) -> web.Response:

@@ -295,6 +295,7 @@ def config_check() -> None:
 # --- commands contributed by each stage --------------------------------------------
 # Each area keeps its commands in its own module; they are registered here.
 from tally.api.cli import api_key, dashboard  # noqa: E402
+from tally.api.goals_cli import goals  # noqa: E402
 from tally.api.web.cli import share, user  # noqa: E402
 from tally.producers.collector.cli import collector  # noqa: E402
 from tally.schemas.cli import catalog, schemas  # noqa: E402
@@ -304,7 +305,7 @@ from tally.streams.cli import classify_ua_command  # noqa: E402
 catalog.add_command(catalog_report)  # the catalog's health, read from the warehouse
 
 for command in (collector, schemas, catalog, query, reconcile, classify_ua_command, dashboard, api_key, user,
-                share):
+                share, goals):
     main.add_command(command)
 
 

@@ -17,7 +17,7 @@ ANALYST_TABLES: frozenset[str] = frozenset({
     "api_routes_minutely", "api_routes_daily", "slow_operations_daily", "ticket_volume_daily",
     "login_failures_daily", "timer_usage_daily", "invoice_totals_daily",
     "sessions", "session_stats_hourly", "session_stats_daily", "session_stats_monthly",
-    "entry_pages_daily", "exit_pages_daily",
+    "entry_pages_daily", "exit_pages_daily", "goals",
 })
 # Parameterized views: called like table functions, `top_pages(site = ..., ...)`.
 ANALYST_VIEWS: frozenset[str] = frozenset({

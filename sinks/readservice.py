@@ -6,7 +6,8 @@ reach what:
 
 - Unix socket `<state>/run/warehouse.sock`, mode 0600 in a 0700 directory: only
   the sink's own OS user. No web page can send to it, no other local user can
-  open it. Serves guarded SQL (`POST /v1/sql`) and the typed API-key operations.
+  open it. Serves guarded SQL (`POST /v1/sql`) and the typed operations on API keys,
+  dashboard accounts and goals.
   Next to it, `warehouse-sql.sock` (sinks/sqlsocket.py, the same mode) serves the
   dashboard's guarded SQL and key lookups as length-prefixed frames.
 - TCP `TALLY_QUERY_HOST:TALLY_QUERY_PORT` (loopback): `/healthz` and `/metrics`
@@ -39,6 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tally.sinks import keystore
 from tally.sinks.accountstore import account_routes
 from tally.sinks.analystpool import AnalystPool, Answer, KeyOps, error
+from tally.sinks.goalstore import goal_routes
 from tally.sinks.query import FORMATS
 from tally.sinks.sqlguard import Guard
 from tally.sinks.sqlsocket import SqlSocket
@@ -207,6 +209,7 @@ class ReadService:
             sock.router.add_post("/v1/sql", sql_handler(self.pool))
             key_routes(sock, self.keys)
             account_routes(sock, self.keys.run)
+            goal_routes(sock, self.keys.run)
             # A socket left by a killed sink: this process holds the warehouse lock, so no
             # other sink is listening on it.
             s.socket_path.unlink(missing_ok=True)

@@ -56,10 +56,10 @@ def test_validation_messages_name_the_field(b, message):
 
 
 @pytest.mark.parametrize("b, name", [
-    (body(metrics=["conversion_rate"]), "#/metrics/0: Metric `conversion_rate` is not supported"),
+    (body(metrics=["group_conversion_rate"]), "#/metrics/0: Metric `group_conversion_rate` is not supported"),
     (body(metrics=["visitors", "exit_rate"]), "#/metrics/1: Metric `exit_rate`"),
     (body(dimensions=["visit:country_name"]), "#/dimensions/0: Dimension `visit:country_name` is not supported"),
-    (body(dimensions=["event:goal"]), "Dimension `event:goal`"),
+    (body(dimensions=["visit:channel"]), "Dimension `visit:channel`"),
     (body(filters=[["is", "visit:city", ["x"]]]), "#/filters/0/1: Filtering on `visit:city`"),
 ])
 def test_unsupported_metrics_and_dimensions_are_named(b, name):

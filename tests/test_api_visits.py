@@ -132,13 +132,16 @@ def by_value(results: list[dict]) -> dict:
     return {r["dimensions"][0] if len(r["dimensions"]) == 1 else tuple(r["dimensions"]): r["metrics"] for r in results}
 
 
-def test_visit_metrics_and_dimensions_equal_the_visits_sent(tally_env, spawn):
+def start_scripted(tally_env, spawn, script_of) -> tuple[datetime, list[dict]]:
+    """The day two days ago and `script_of(day)`'s beacons, sent through the real broker to the
+    worker (its clock a day later: every event within the allowed lateness) and the sink;
+    the dashboard up."""
     day = datetime.combine(datetime.now(UTC).date() - timedelta(days=2), datetime.min.time(), UTC)
-    worker_now = day + timedelta(days=1, hours=6)  # every scripted event is within the allowed lateness
+    worker_now = day + timedelta(days=1, hours=6)
     tally_env.vars.update({"TALLY_CLOCK_OFFSET_SECONDS": str(int((worker_now - datetime.now(UTC)).total_seconds())),
                            "TALLY_API_RATE_LIMIT_BURST": "1000"})
     s = tally_env.settings
-    beacons = script(day)
+    beacons = script_of(day)
     produce_batches(s, [beacons], partition=0)
     spawn(tally_env, "sink")
     spawn(tally_env, "worker")
@@ -146,6 +149,12 @@ def test_visit_metrics_and_dimensions_equal_the_visits_sent(tally_env, spawn):
     wait_for(lambda: http_ok(f"http://127.0.0.1:{s.query_port}/healthz"), 60, "sink endpoint")
     wait_for(lambda: worker_ready(s), 90, "worker in its consumer group")
     wait_for(lambda: http_ok(f"http://127.0.0.1:{s.dashboard_port}/healthz"), 30, "dashboard")
+    return day, beacons
+
+
+def test_visit_metrics_and_dimensions_equal_the_visits_sent(tally_env, spawn):
+    day, beacons = start_scripted(tally_env, spawn, script)
+    s = tally_env.settings
     every = visits_of(beacons)
     stored = [len(every), sum(v.pageviews for v in every), sum(v.events for v in every)]
     wait_for(lambda: [int(x) for x in query_rows(s, "SELECT count(), sum(pageviews), sum(events) FROM sessions FINAL "

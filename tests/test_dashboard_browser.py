@@ -2,8 +2,9 @@
 collector, stream worker, sink with chDB, `tally dashboard`), seeded with the known
 traffic of test_api.py: sign in through the form, the numbers shown equal the Stats
 API's answers (asked with an API key), clicking a source filters every panel, the
-adoption page shows its zero state, a shared link works without a session and stops
-after revoke, and no request leaves 127.0.0.1. Screenshots of every page are saved
+adoption page shows its zero state, the goals panel shows the API's conversions and
+clicking a goal filters by it, a shared link works without a session and stops after
+revoke, and no request leaves 127.0.0.1. Screenshots of every page are saved
 (TALLY_TEST_ARTIFACTS, else the test's tmp dir); docs/dashboard.md uses them."""
 
 from __future__ import annotations
@@ -234,6 +235,39 @@ async def page_filter(cdp: RecordingCDP, run: Run) -> None:
     await cdp.loaded()
 
 
+GOAL_METRICS = ["visitors", "events", "conversion_rate"]
+
+
+async def goals_panel(cdp: RecordingCDP, run: Run) -> None:
+    """The goals panel: uniques, conversions and conversion rate as the API has them;
+    clicking a goal filters the dashboard by it (the visit cards do not apply)."""
+    await cdp.navigate(f"{run.base}/sites/example.com?period=day")
+    await cdp.loaded()
+    shown = as_dict(json.loads(await cdp.eval(rows_js("goals"))))
+    assert shown == run.breakdown("event:goal", [], GOAL_METRICS) == {"Visit /docs/*": [10, 10, 100.0],
+                                                                      "signup": [4, 4, 40.0]}
+    heads = await cdp.eval("[...document.querySelectorAll('#panel-goals th')].map(th => th.textContent).join('|')")
+    assert heads == "Goal|Uniques|Total|Conversion rate"
+    texts = await cdp.eval("[...document.querySelectorAll('#panel-goals tbody tr')].map(tr => tr.textContent).join('|')")
+    assert texts == "Visit /docs/*1010100%|signup4440%"
+    await cdp.screenshot(run.artifacts / "dashboard-goals.png")
+    await cdp.eval("[...document.querySelectorAll('#panel-goals .row-filter')].find(b => b.textContent === 'signup').click()")
+    await cdp.until("document.querySelectorAll('.chip').length === 1", "goal chip")
+    await cdp.loaded()
+    assert await cdp.eval("document.querySelector('.chip').textContent") == "goal is signup ✕"
+    signup = [["is", "event:goal", ["signup"]]]
+    top = run.expect({"filters": signup})["results"][0]["metrics"]
+    assert top == [4, 0, 4]  # signups are events, not pageviews
+    assert json.loads(await cdp.eval(STATS_JS)) == [*([m, v] for m, v in zip(EVENT_METRICS, top, strict=True)),
+                                                    *([m, None] for m in VISIT_METRICS)]
+    assert as_dict(json.loads(await cdp.eval(rows_js("goals")))) == {"signup": [4, 4, 40.0]}
+    assert as_dict(json.loads(await cdp.eval(rows_js("devices")))) == run.breakdown("visit:browser", signup)
+    assert "f=event%3Agoal%7Csignup" in await cdp.eval("location.search")
+    await cdp.eval("document.querySelector('.chip').click()")
+    await cdp.until("document.querySelectorAll('.chip').length === 0", "chip removed")
+    await cdp.loaded()
+
+
 async def adoption_zero_state(cdp: RecordingCDP, run: Run) -> None:
     """Product adoption: the explicit zero state for an empty window."""
     # --- product adoption: the explicit zero state for an empty window
@@ -331,6 +365,8 @@ def test_dashboard_in_chromium_shows_the_apis_numbers(tally_env, spawn, chromium
                                    "AND reason = 'bot'") == [[1]], 120, "the bot's drop counted")
     make_user(tally_env, "admin@example.com", "--role", "admin")
     key = new_key(tally_env, "--site", "example.com")
+    for goal in (("--event", "signup"), ("--page", "/docs/*")):
+        assert tally(tally_env, "goals", "add", "--site", "example.com", *goal).returncode == 0
 
     run = Run(tally_env, key, base, artifacts, beacons, pageviews)
 
@@ -346,6 +382,7 @@ def test_dashboard_in_chromium_shows_the_apis_numbers(tally_env, spawn, chromium
             await site_equals_api(cdp, run)
             await source_filter(cdp, run)
             await page_filter(cdp, run)
+            await goals_panel(cdp, run)
             await adoption_zero_state(cdp, run)
             await operations_page(cdp, run)
             await shared_link(cdp, run)

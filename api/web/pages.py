@@ -67,7 +67,7 @@ def dashboard(site: str, *, user: UserRecord | None, csrf: str, sites: list[str]
                       for s in sites)
     panels = "".join(f"""<section class="card panel" id="panel-{pid}" aria-labelledby="h-{pid}">
 <div class="panel-head"><h2 id="h-{pid}">{title}</h2><div class="tabs" role="tablist" aria-labelledby="h-{pid}">{"".join(
-        f'<button type="button" role="tab" aria-controls="t-{pid}" data-dim="{dim}" data-metrics="{",".join(TAB_METRICS.get(dim, EVENT_COLUMNS))}">{label}</button>'
+        f'<button type="button" role="tab" aria-controls="t-{pid}" data-dim="{dim}" data-metrics="{",".join(TAB_METRICS.get(dim, EVENT_COLUMNS))}"{_columns(dim)}>{label}</button>'
         for dim, label in tabs)}</div>
 <button type="button" class="csv" data-panel="{pid}">CSV</button></div>
 <table id="t-{pid}" role="tabpanel" aria-labelledby="h-{pid}"><thead><tr><th scope="col">{tabs[0][1]}</th><th scope="col" class="num">Visitors</th>
@@ -110,11 +110,19 @@ PANELS = [
                             ("visit:device", "Device")]),
     ("countries", "Countries", [("visit:country", "Country")]),
     ("events", "Events", [("event:name", "Event")]),
+    ("goals", "Goals", [("event:goal", "Goal")]),
 ]
 EVENT_COLUMNS = ("visitors", "pageviews", "events")  # a panel's three figures, unless its tab says
 # Entry and exit pages are figures of visits (the Stats API reads `sessions` for them).
 TAB_METRICS = {"visit:entry_page": ("visitors", "visits", "bounce_rate"),
-               "visit:exit_page": ("visitors", "visits", "visit_duration")}
+               "visit:exit_page": ("visitors", "visits", "visit_duration"),
+               "event:goal": ("visitors", "events", "conversion_rate")}
+# Column headings where a tab's figures mean something else (a goal's, as Plausible names them).
+TAB_COLUMNS = {"event:goal": ("Uniques", "Total", "Conversion rate")}
+
+
+def _columns(dim: str) -> str:
+    return f' data-columns="{escape(",".join(TAB_COLUMNS[dim]))}"' if dim in TAB_COLUMNS else ""
 
 
 def adoption(user: UserRecord, csrf: str) -> str:

@@ -95,7 +95,7 @@
                      bounce_rate: "Bounce rate", visit_duration: "Visit duration", views_per_visit: "Views per visit"};
 
     function shown(metric, v) {
-      if (metric === "bounce_rate") return `${v}%`;
+      if (metric === "bounce_rate" || metric === "conversion_rate") return `${v}%`;
       if (metric === "visit_duration") return v >= 60 ? `${Math.floor(v / 60)}m ${String(v % 60).padStart(2, "0")}s` : `${v}s`;
       if (metric === "views_per_visit") return v.toFixed(2);
       return fmt.format(v);
@@ -188,7 +188,8 @@
       tabs.forEach((t) => { t.setAttribute("aria-selected", String(t.dataset.dim === dim)); t.tabIndex = t.dataset.dim === dim ? 0 : -1; });
       const heads = section.querySelectorAll("th");
       heads[0].textContent = tab.textContent;
-      metrics.forEach((m, i) => { heads[i + 1].textContent = COLUMNS[m]; });
+      const columns = tab.dataset.columns ? tab.dataset.columns.split(",") : metrics.map((m) => COLUMNS[m]);
+      columns.forEach((c, i) => { heads[i + 1].textContent = c; });
       const tbody = section.querySelector("tbody");
       let data;
       try {
@@ -210,7 +211,7 @@
       section.dataset.dim = dim;  // last: tests wait for it
       if (!data.results.length) {
         const tr = document.createElement("tr");
-        cell(tr, "No data yet", "muted").colSpan = 4;
+        cell(tr, dim === "event:goal" ? "No conversions (goals are added with tally goals add)" : "No data yet", "muted").colSpan = 4;
         tbody.appendChild(tr);
       }
       for (const r of data.results) {
