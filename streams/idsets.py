@@ -6,7 +6,7 @@ hour: what stage 2 deduplicates by, see windows.PartitionState.apply).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -66,15 +66,18 @@ class VisitorSet:
         # Python set: ~8 bytes/slot * ~2 slots/entry + 32-byte int objects
         return self.main.nbytes + len(self.buf) * 56
 
-    def contains(self, ids: Sequence[int]) -> list[bool]:
-        """Whether each id is in the set."""
+    def positions(self, ids: Sequence[int]) -> set[int]:
+        """The positions in `ids` of the ids in the set (vectorised: nearly always none)."""
         buf, main = self.buf, self.main
-        if not len(main):
-            return [x in buf for x in ids]
-        arr = np.array(ids, dtype=np.uint64)
-        pos = np.searchsorted(main, arr)
-        pos[pos == len(main)] = 0
-        return [hit or x in buf for hit, x in zip((main[pos] == arr).tolist(), ids, strict=True)]
+        out: set[int] = set()
+        if len(main):
+            arr = np.array(ids, dtype=np.uint64)
+            pos = np.searchsorted(main, arr)
+            pos[pos == len(main)] = 0
+            out.update(np.flatnonzero(main[pos] == arr).tolist())
+        if not buf.isdisjoint(ids):
+            out.update(i for i, x in enumerate(ids) if x in buf)
+        return out
 
 
 class SeenEvents:
@@ -89,9 +92,9 @@ class SeenEvents:
         self.hours: dict[int, VisitorSet] = {}
         self.count = 0  # ids held (each added id is new: repeats are never added)
 
-    def repeats(self, times: Sequence[int], ids: Sequence[int]) -> set[int]:
-        """Positions of the ids applied before, or earlier in the list itself (times: each
-        event's received_at in ms)."""
+    def repeats(self, hours: Mapping[int, Sequence[int]], ids: Sequence[int]) -> set[int]:
+        """Positions of the ids applied before, or earlier in the list itself. hours: the
+        positions of the ids by the hour of their event (`by_hour`)."""
         out: set[int] = set()
         if len(set(ids)) < len(ids):
             first: set[int] = set()
@@ -99,16 +102,18 @@ class SeenEvents:
                 if x in first:
                     out.add(i)
                 first.add(x)
-        for hour, pos in _by_hour(times).items():
+        for hour, pos in hours.items():
             known = self.hours.get(hour)
             if known is not None:
-                hits = known.contains(ids if len(pos) == len(ids) else [ids[p] for p in pos])
-                out.update(p for p, hit in zip(pos, hits, strict=True) if hit)
+                if len(pos) == len(ids):
+                    out.update(known.positions(ids))
+                else:
+                    out.update(pos[i] for i in known.positions([ids[p] for p in pos]))
         return out
 
-    def add(self, times: Sequence[int], ids: Sequence[int], open_after_ms: int | None = None) -> None:
+    def add(self, hours: Mapping[int, Sequence[int]], ids: Sequence[int], open_after_ms: int | None = None) -> None:
         """Remember ids (none of them held yet), except those of hours already closed."""
-        for hour, pos in _by_hour(times).items():
+        for hour, pos in hours.items():
             if open_after_ms is not None and hour + HOUR_MS < open_after_ms:
                 continue
             known = self.hours.get(hour)
@@ -126,14 +131,13 @@ class SeenEvents:
         return sum(known.nbytes() for known in self.hours.values())
 
 
-def _by_hour(times: Iterable[int]) -> dict[int, Sequence[int]]:
-    """Positions of the times by their hour (nearly always one hour: a range, no list)."""
-    times = list(times)
+def by_hour(times: Sequence[int]) -> dict[int, Sequence[int]]:
+    """Positions of the times (ms) by their hour (nearly always one hour: a range, no list)."""
     if not times:
         return {}
-    first = times[0] - times[0] % HOUR_MS
-    if all(first <= t < first + HOUR_MS for t in times):
-        return {first: range(len(times))}
+    lo, hi = min(times), max(times)
+    if lo - lo % HOUR_MS == hi - hi % HOUR_MS:
+        return {lo - lo % HOUR_MS: range(len(times))}
     out: dict[int, list[int]] = defaultdict(list)
     for i, t in enumerate(times):
         out[t - t % HOUR_MS].append(i)

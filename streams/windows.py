@@ -23,7 +23,7 @@ recent additions merged in when it grows; ~8-10 bytes per visitor per window ins
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import orjson
 from tally.schemas.avro_writer import encode_long
-from tally.streams.idsets import SeenEvents, VisitorSet
+from tally.streams.idsets import SeenEvents, VisitorSet, by_hour
 from tally.streams.sessions import Attrs, Session, Sessions
 
 from tally.caches import bounded_put
@@ -229,6 +229,14 @@ def _hour_windows(site: str, start: int) -> tuple[tuple[AggKey, int], ...]:
             (("site_month", site, "", m0), m1))
 
 
+def _event_hours(d: Delta) -> dict[int, Sequence[int]]:
+    """The positions of d's events by their hour (its windows' hours say when it is one)."""
+    hours = {hour for _, hour in d.hours}
+    if len(hours) == 1:
+        return {hours.pop(): range(len(d.events))}
+    return by_hour([e[1] for e in d.events])
+
+
 class PartitionState:
     """Window state of one partition of pageviews.enriched (or product.events)."""
 
@@ -256,12 +264,12 @@ class PartitionState:
         if self.seen(d.source_partition, d.source_offset):
             return None
         if d.event_ids:
-            times = [e[1] for e in d.events]
-            repeats = self.seen_events.repeats(times, d.event_ids)
+            hours = _event_hours(d)
+            repeats = self.seen_events.repeats(hours, d.event_ids)
             if repeats:
                 d = d.without(repeats)
-                times = [e[1] for e in d.events]
-            self.seen_events.add(times, d.event_ids, open_after_ms)
+                hours = _event_hours(d)
+            self.seen_events.add(hours, d.event_ids, open_after_ms)
         self.watermarks[d.source_partition] = d.source_offset
         windows, dirty, new_window, hour_keys = self.windows, self.dirty, self._window, self._hour_keys
         for hour, (events, pvs, ids) in d.hours.items():

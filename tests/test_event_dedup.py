@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tally.schemas.codec import default_codec
 from tally.streams import beacons as stage1
-from tally.streams.idsets import SeenEvents
+from tally.streams.idsets import SeenEvents, by_hour
 from tally.streams.projection import reader
 from tally.streams.state import fold, pack
 from tally.streams.windows import HOUR_MS, Delta, PartitionState, pageview_delta
@@ -187,11 +187,13 @@ def test_ids_are_forgotten_with_their_hours():
     rnd = random.Random(8)
     ids = list({rnd.getrandbits(64) for _ in range(3000)})
     times = [hour + i * 3600 for i in range(1000)] + [hour + HOUR_MS + i for i in range(2000)]
-    seen.add(times, ids)
-    assert seen.count == 3000 and seen.repeats(times[:5], ids[:5]) == set(range(5))
-    assert seen.repeats([times[0]], [ids[2000]]) == set()  # held under its own hour only
+    seen.add(by_hour(times), ids)
+    assert seen.count == 3000 and seen.repeats(by_hour(times[:5]), ids[:5]) == set(range(5))
+    mixed = [ids[5], 1, ids[2500], ids[5]]  # two held (in two hours), one new, one repeated in the list
+    assert seen.repeats(by_hour([times[5], hour, times[2500], times[5]]), mixed) == {0, 2, 3}
+    assert seen.repeats(by_hour([times[0]]), [ids[2000]]) == set()  # held under its own hour only
     assert seen.nbytes() / seen.count <= 17
     seen.prune(hour + HOUR_MS + 1)
-    assert seen.count == 2000 and seen.repeats(times[:5], ids[:5]) == set()
-    seen.add([hour], [ids[0]], open_after_ms=hour + HOUR_MS + 1)  # a closed hour: not held
+    assert seen.count == 2000 and seen.repeats(by_hour(times[:5]), ids[:5]) == set()
+    seen.add(by_hour([hour]), [ids[0]], open_after_ms=hour + HOUR_MS + 1)  # a closed hour: not held
     assert seen.count == 2000
