@@ -8,16 +8,21 @@ the pageview count; per product key the events and workspace ids.
 - `apply` skips a delta whose source offset is at or below the highest offset already
   applied for that source partition (the *watermark*). A replayed input record (after a
   crash, a rebalance or a producer retry) therefore changes nothing.
-- Every applied delta is also written to the partition's changelog topic (streams/state.py
-  packs it; the window stage emits it), before the input offset is committed. A new owner of p rebuilds the state by folding
-  the changelog through the same `apply`, watermarks included, so a delta written twice
-  (by a zombie worker, say) is applied once.
+- Pageview deltas carry one row per event with a fingerprint of its event_id. `apply`
+  leaves out the events whose id it applied before (streams/idsets.SeenEvents, kept per
+  hour while the hour's windows are open): a batch the collector sent twice, in two input
+  records, counts once. The delta is then recomputed from the events left (`without`).
+- Every applied delta, as applied, is also written to the partition's changelog topic
+  (streams/state.py packs it; the window stage emits it), before the input offset is
+  committed. A new owner of p rebuilds the state by folding the changelog through the same
+  `apply`, watermarks and event ids included, so a delta written twice (by a zombie
+  worker, say) is applied once, and the ids held are rebuilt with the state.
 - Aggregates carry `version` = events applied to that window so far. It only grows, and
   equal versions mean equal totals, so re-emitting after recovery is harmless.
 
-Visitor sets are `VisitorSet`s: a sorted numpy uint64 array plus a small Python set of
-recent additions merged in when it grows; ~8-10 bytes per visitor per window instead of
-~70 for a Python set of ints.
+Visitor sets are `VisitorSet`s (streams/idsets.py): a sorted numpy uint64 array plus a
+small Python set of recent additions merged in when it grows; ~8-10 bytes per visitor per
+window instead of ~70 for a Python set of ints.
 """
 
 from __future__ import annotations
