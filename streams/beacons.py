@@ -49,6 +49,7 @@ from tally.streams.salts import period_key
 from tally.streams.windows import is_pageview, pageview_delta, period_end, window_delta
 
 from tally.caches import bounded_put
+from tally.ids import fingerprints
 from tally.topics import BEACONS_RAW
 
 DAY_MS = 86_400_000
@@ -426,6 +427,7 @@ class FastStage1:
         windows: list[list[Any]] = []
         period_ends: dict[int, int] = {}
         keys: list[tuple[bytes, bytes, bytes]] = []  # (site, IP pseudonym, UA): the visitor hash's input
+        eids: list[bytes] = []  # each event_id's text (its Avro string without the length prefix)
         day_periods: dict[int, str] = {}
         for it in items:
             (_, _, eid, ts, ts_enc, site_enc, raw_path, ref, raw_event, props, ua, ip, _, country_enc) = it
@@ -443,6 +445,7 @@ class FastStage1:
                 ref_piece, source = direct, "direct"
             event_enc, is_pv = events.get(raw_event) or self._event(raw_event)
             keys.append((site_raw, ip, ua))
+            eids.append(eid[1:] if eid[0] < 0x80 else eid[_prefix_len(eid):])
             if timeout:
                 country = countries.get(country_enc)
                 if country is None:
@@ -462,9 +465,11 @@ class FastStage1:
             windows[j][4] = vid
             by_partition[vid % n_parts].append(j)
         partition, offset = rec.partition, rec.offset
+        fps = fingerprints(eids)  # stage 2 deduplicates by them
         for p, idx in sorted(by_partition.items()):
             out.enriched.append((p, self.w.batch(partition, offset, [b"".join(accepted[j]) for j in idx])))
-            out.deltas[p] = window_delta(partition, offset, [windows[j] for j in idx], timeout).encode()
+            out.deltas[p] = window_delta(partition, offset, [windows[j] for j in idx], timeout,
+                                         [fps[j] for j in idx]).encode()
         out.accepted = len(accepted)
 
     @staticmethod

@@ -2,7 +2,7 @@
 
 The full decode (tally.schemas.codec) turns every timestamp into a datetime and every uuid into
 a UUID, and builds every field. The worker needs neither: it reads timestamps as epoch
-milliseconds and ids as strings, and stage 2 needs 5 of a pageview's 17 fields. Avro schema
+milliseconds and ids as strings, and stage 2 needs 6 of a pageview's 17 fields. Avro schema
 resolution does this for us: we read with a *reader schema* derived from the repo's newest
 schema (logical types dropped, unneeded fields left out) and fastavro skips the rest in C.
 Records in the Confluent wire format go through the codec's normal path and are converted.
@@ -64,7 +64,7 @@ def reader(codec: Codec, name: str, keep_items: set[str] | None = None) -> Calla
     return decode
 
 
-PAGEVIEW_FIELDS = {"received_at", "site", "path", "event", "visitor_id"}
+PAGEVIEW_FIELDS = {"event_id", "received_at", "site", "path", "event", "visitor_id"}
 # and what a session keeps of its entry pageview (windows.pageview_attrs)
 SESSION_FIELDS = {"referrer_source", "referrer_host", "utm_source", "utm_medium", "utm_campaign", "device",
                   "browser", "os", "country"}

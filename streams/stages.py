@@ -174,7 +174,8 @@ class StateStage(Stage):
 
 
 class WindowStage(StateStage):
-    """Stage 2 (streams/windows.py): partition p's window deltas, applied once each."""
+    """Stage 2 (streams/windows.py): partition p's window deltas, applied once each, and
+    each event once: an event_id applied before is left out (PartitionState.apply)."""
 
     name, input = "stage2-windows", PAGEVIEWS_ENRICHED
 
@@ -208,13 +209,20 @@ class WindowStage(StateStage):
         if st.seen(delta.source_partition, delta.source_offset):
             return []  # a replay of an input record already counted
         t1 = time.perf_counter()
-        st.apply(delta, open_after_ms=self.clock.open_after_ms())
+        applied = st.apply(delta, open_after_ms=self.clock.open_after_ms())
         steps = self.counts.steps
         steps.add("windows", "decode", t1 - t0, 1)
         steps.add("windows", "apply", time.perf_counter() - t1, 1)
+        if applied is not delta:  # events applied before (a replay by the collector): not counted again
+            assert applied is not None
+            repeated = len(delta.event_ids) - len(applied.event_ids)
+            self.counts.repeated[self.name] += repeated
+            log.info("%d of %d events at %s[%d]@%d were applied before (same event_id): not counted again",
+                     repeated, len(delta.event_ids), rec.topic, rec.partition, rec.offset)
+            raw = None  # the changelog gets the delta as applied
         # The changelog record is emitted before this input is acknowledged, and Faust's
         # pre-commit flush delivers it first (outputs.py): a committed batch is in the log.
-        return [Out(self.store.topic, pack_encoded([raw]) if raw else pack([delta]), rec.partition)]
+        return [Out(self.store.topic, pack_encoded([raw]) if raw else pack([applied]), rec.partition)]
 
 
 class ProductStage(StateStage):

@@ -8,22 +8,27 @@ the pageview count; per product key the events and workspace ids.
 - `apply` skips a delta whose source offset is at or below the highest offset already
   applied for that source partition (the *watermark*). A replayed input record (after a
   crash, a rebalance or a producer retry) therefore changes nothing.
-- Every applied delta is also written to the partition's changelog topic (streams/state.py
-  packs it; the window stage emits it), before the input offset is committed. A new owner of p rebuilds the state by folding
-  the changelog through the same `apply`, watermarks included, so a delta written twice
-  (by a zombie worker, say) is applied once.
+- Pageview deltas carry one row per event with a fingerprint of its event_id. `apply`
+  leaves out the events whose id it applied before (streams/idsets.SeenEvents, kept per
+  hour while the hour's windows are open): a batch the collector sent twice, in two input
+  records, counts once. The delta is then recomputed from the events left (`without`).
+- Every applied delta, as applied, is also written to the partition's changelog topic
+  (streams/state.py packs it; the window stage emits it), before the input offset is
+  committed. A new owner of p rebuilds the state by folding the changelog through the same
+  `apply`, watermarks and event ids included, so a delta written twice (by a zombie
+  worker, say) is applied once, and the ids held are rebuilt with the state.
 - Aggregates carry `version` = events applied to that window so far. It only grows, and
   equal versions mean equal totals, so re-emitting after recovery is harmless.
 
-Visitor sets are `VisitorSet`s: a sorted numpy uint64 array plus a small Python set of
-recent additions merged in when it grows; ~8-10 bytes per visitor per window instead of
-~70 for a Python set of ints.
+Visitor sets are `VisitorSet`s (streams/idsets.py): a sorted numpy uint64 array plus a
+small Python set of recent additions merged in when it grows; ~8-10 bytes per visitor per
+window instead of ~70 for a Python set of ints.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -32,10 +37,12 @@ import numpy as np
 import orjson
 from tally.schemas.avro_writer import encode_long
 from tally.schemas.engagement import ENGAGEMENT
+from tally.streams.idsets import SeenEvents, VisitorSet, by_hour
 from tally.streams.sessions import Attrs, Session, Sessions
 
 from tally.caches import bounded_put
 from tally.clock import epoch_ms
+from tally.ids import fingerprints
 
 HOUR_MS = 3600_000
 DAY_MS = 24 * HOUR_MS
@@ -65,60 +72,6 @@ def month_bounds(ms: int) -> tuple[int, int]:
     return epoch_ms(start), epoch_ms(end)
 
 
-class VisitorSet:
-    """An exact set of 64-bit ids: a sorted numpy array plus a small Python set of recent
-    additions (which may repeat ids of the array). Adding is a set update; the buffer is
-    merged into the array when it reaches 1/8 of it, so memory stays ~8-17 bytes per id."""
-
-    __slots__ = ("main", "buf", "_len", "_limit")
-
-    def __init__(self) -> None:
-        self.main = np.empty(0, dtype=np.uint64)
-        self.buf: set[int] = set()
-        self._len = 0
-        self._limit = 256  # merge the buffer when it holds more ids than this
-
-    def add_many(self, ids: np.ndarray | Iterable[int]) -> None:
-        """Add ids (an array, or any iterable of ints below 2**64: a list is cheapest)."""
-        buf = self.buf
-        buf.update(ids.tolist() if isinstance(ids, np.ndarray) else ids)
-        self._len = -1
-        if len(buf) > self._limit:
-            self._merge()
-
-    def _merge(self) -> None:
-        new = np.fromiter(self.buf, dtype=np.uint64, count=len(self.buf))
-        new.sort()  # the buffer is a set: no repeats within it
-        main = self.main
-        if len(main):
-            pos = np.searchsorted(main, new)
-            pos[pos == len(main)] = 0
-            new = new[main[pos] != new]  # drop ids the array already has
-        merged = np.concatenate((main, new))
-        # Two sorted runs: the stable sort (timsort) merges them in linear time, where
-        # union1d would sort the whole array again.
-        merged.sort(kind="stable")
-        self.main = merged
-        self.buf = set()
-        self._len = len(self.main)
-        self._limit = max(256, len(self.main) >> 3)
-
-    def __len__(self) -> int:
-        if self._len < 0:
-            if not len(self.main):
-                self._len = len(self.buf)
-            else:
-                extra = np.fromiter(self.buf, dtype=np.uint64, count=len(self.buf))
-                pos = np.searchsorted(self.main, extra)
-                pos[pos == len(self.main)] = 0
-                self._len = len(self.main) + int(np.count_nonzero(self.main[pos] != extra))
-        return self._len
-
-    def nbytes(self) -> int:
-        # Python set: ~8 bytes/slot * ~2 slots/entry + 32-byte int objects
-        return self.main.nbytes + len(self.buf) * 56
-
-
 @dataclass(slots=True)
 class Window:
     events: int = 0  # every event applied: the version
@@ -140,10 +93,23 @@ class Delta:
     paths: dict[tuple[str, str, int], int] = field(default_factory=dict)
     # (tenant, family, day_start) -> (events, workspace ids)
     product: dict[tuple[str, str, int], tuple[int, np.ndarray]] = field(default_factory=dict)
-    # Session input (empty when sessions are off): the timeout, and per event
-    # (visitor id, received_at ms, is_pageview, path, period end ms, attrs).
+    # Per event (visitor id, received_at ms, is_pageview, path, period end ms, attrs): the
+    # session input when the timeout is set; with sessions off (timeout 0) the rows are there
+    # only for deduplication, with the period end 0 and attrs (site,).
     session_timeout_ms: int = 0
     events: list[tuple[int, int, bool, str, int, Attrs]] = field(default_factory=list)
+    # The fingerprint of each event's event_id (tally.ids.fingerprints), aligned with events.
+    # Empty: the delta is not deduplicated (product deltas, deltas written without ids).
+    event_ids: list[int] = field(default_factory=list)
+
+    def without(self, drop: set[int]) -> Delta:
+        """This delta without the events at the positions in `drop`: its windows, visitors and
+        session input recomputed from the events left (the deltas stage 1 builds are a pure
+        function of their events)."""
+        keep = [i for i in range(len(self.events)) if i not in drop]
+        items = [(e[5][0], e[1], e[2], e[3], e[0], e[5], e[4]) for e in (self.events[i] for i in keep)]
+        return window_delta(self.source_partition, self.source_offset, items, self.session_timeout_ms,
+                            [self.event_ids[i] for i in keep])
 
     def encode(self) -> bytes:
         """Compact bytes for the changelog: a JSON header and the raw id arrays."""
@@ -170,6 +136,9 @@ class Delta:
                 rows.append((ms, is_pv, path, pend, i))
                 flat.append(vid)
             head["x"] = {"t": self.session_timeout_ms, "a": list(attrs), "e": rows}
+            if self.event_ids:  # after the visitor ids, one per event
+                head["x"]["i"] = 1
+                flat.extend(self.event_ids)
         head = orjson.dumps(head)
         return struct.pack(">I", len(head)) + head + np.array(flat, dtype=np.uint64).tobytes()
 
@@ -196,6 +165,9 @@ class Delta:
             attrs = [tuple(a) for a in x["a"]]
             d.events = [(ids[at + j], ms, bool(pv), path, pend, attrs[i])
                         for j, (ms, pv, path, pend, i) in enumerate(x["e"])]
+            if x.get("i"):
+                n = len(d.events)
+                d.event_ids = ids[at + n:at + 2 * n]
         return d
 
 
@@ -220,22 +192,35 @@ def pageview_delta(batch: dict[str, Any], session_timeout_ms: int = 0, salt_peri
     else:
         rows = ((pv["site"], epoch_ms(pv["received_at"]), is_pageview(pv["event"]), pv["path"], pv["visitor_id"])
                 for pv in batch["items"])
-    return window_delta(batch["source_partition"], batch["source_offset"], rows, session_timeout_ms)
+    ids = [pv.get("event_id") for pv in batch["items"]]
+    event_ids = fingerprints([str(i).encode() for i in ids]) if ids and None not in ids else None
+    return window_delta(batch["source_partition"], batch["source_offset"], rows, session_timeout_ms, event_ids)
 
 
 def window_delta(source_partition: int, source_offset: int, items: Iterable[tuple[Any, ...]],
-                 session_timeout_ms: int = 0) -> Delta:
+                 session_timeout_ms: int = 0, event_ids: list[int] | None = None) -> Delta:
     """The delta of one batch of pageviews given as (site, received_at ms, is_pageview, path,
-    visitor_id), plus (attrs, period end ms) when sessions are on: stage 1 builds it while
-    encoding the batch, stage 2 from a decoded batch. Engagement events (is_pageview None)
-    are left out: they are not events of any window or session."""
+    visitor_id), plus (attrs, period end ms) when sessions are on, and the fingerprints of
+    their event ids: stage 1 builds it while encoding the batch, stage 2 from a decoded batch.
+    Engagement events (is_pageview None) are left out, with their ids: they are not events of
+    any window or session."""
     d = Delta(source_partition, source_offset)
     hours: dict[tuple[str, int], list[Any]] = {}
     paths = d.paths
-    items = [it for it in items if it[2] is not None]
-    if session_timeout_ms:
+    items = list(items)
+    if any(it[2] is None for it in items):
+        kept = [i for i, it in enumerate(items) if it[2] is not None]
+        items = [items[i] for i in kept]
+        if event_ids is not None:
+            event_ids = [event_ids[i] for i in kept]
+    if session_timeout_ms or event_ids is not None:
         d.session_timeout_ms = session_timeout_ms
-        d.events = [(it[4] & MASK64, it[1], it[2], it[3], it[6], it[5]) for it in items]
+        d.events = ([(it[4] & MASK64, it[1], it[2], it[3], it[6], it[5]) for it in items] if session_timeout_ms
+                    else [(it[4] & MASK64, it[1], it[2], it[3], 0, (it[0],)) for it in items])
+        if event_ids is not None:
+            if len(event_ids) != len(d.events):
+                raise ValueError(f"{len(event_ids)} event ids for {len(d.events)} events")
+            d.event_ids = event_ids
         items = d.events and [(a[5][0], a[1], a[2], a[3], a[0]) for a in d.events]
     for site, ms, is_pv, path, visitor in items:
         key = (site, ms - ms % HOUR_MS)
@@ -264,6 +249,14 @@ def _hour_windows(site: str, start: int) -> tuple[tuple[AggKey, int], ...]:
             (("site_month", site, "", m0), m1))
 
 
+def _event_hours(d: Delta) -> dict[int, Sequence[int]]:
+    """The positions of d's events by their hour (its windows' hours say when it is one)."""
+    hours = {hour for _, hour in d.hours}
+    if len(hours) == 1:
+        return {hours.pop(): range(len(d.events))}
+    return by_hour([e[1] for e in d.events])
+
+
 class PartitionState:
     """Window state of one partition of pageviews.enriched (or product.events)."""
 
@@ -277,15 +270,26 @@ class PartitionState:
         self._hour_keys: dict[tuple[str, int], tuple[tuple[AggKey, int], ...]] = {}
         self.sessions = Sessions()
         self.session_events = 0  # session events applied: the version of the session windows
+        self.seen_events = SeenEvents()  # the event ids applied, while their windows are open
 
     def seen(self, source_partition: int, source_offset: int) -> bool:
         return source_offset <= self.watermarks.get(source_partition, -1)
 
-    def apply(self, d: Delta, open_after_ms: int | None = None) -> bool:
-        """Fold one delta in. False (and no change) when it was applied before.
+    def apply(self, d: Delta, open_after_ms: int | None = None) -> Delta | None:
+        """Fold one delta in, and return it as applied. None (and no change) when its input
+        record was applied before (the watermark). Events whose event_id was applied before,
+        in another input record (a collector's replay of a batch Kafka already had) or earlier
+        in this one, are left out: the delta returned is then a new one, without them.
         Windows that ended before open_after_ms are closed: their updates are ignored."""
         if self.seen(d.source_partition, d.source_offset):
-            return False
+            return None
+        if d.event_ids:
+            hours = _event_hours(d)
+            repeats = self.seen_events.repeats(hours, d.event_ids)
+            if repeats:
+                d = d.without(repeats)
+                hours = _event_hours(d)
+            self.seen_events.add(hours, d.event_ids, open_after_ms)
         self.watermarks[d.source_partition] = d.source_offset
         windows, dirty, new_window, hour_keys = self.windows, self.dirty, self._window, self._hour_keys
         for hour, (events, pvs, ids) in d.hours.items():
@@ -325,9 +329,9 @@ class PartitionState:
                 w.events += events
                 w.count += events
                 w.visitors.add_many(ids)  # type: ignore[union-attr]
-        if d.events:
+        if d.events and d.session_timeout_ms:
             self._apply_sessions(d, open_after_ms)
-        return True
+        return d
 
     def _apply_sessions(self, d: Delta, open_after_ms: int | None) -> None:
         """Each event joins its visitor's sessions; the sessions it replaced are taken out of
@@ -426,10 +430,12 @@ class PartitionState:
             del self.windows[k], self.ends[k]
             self.dirty.discard(k)
         self.sessions.prune(closed_before_ms)
+        self.seen_events.prune(closed_before_ms)
         return len(old)
 
     def memory_bytes(self) -> int:
-        return sum(w.visitors.nbytes() for w in self.windows.values() if w.visitors is not None)
+        return (sum(w.visitors.nbytes() for w in self.windows.values() if w.visitors is not None)
+                + self.seen_events.nbytes())
 
 
 def _avro_string(v: str) -> bytes:

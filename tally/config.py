@@ -242,6 +242,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_SPOOL_MAX_MB", "spool_max_mb", "256", _int(1), "Largest size of each collector worker's on-disk spool (used while the broker is unreachable). When full the collector answers 503.", "Collector"),
     Var("TALLY_SPOOL_AFTER_MS", "spool_after_ms", "1000", _int(50, 60000), "How long a beacon waits for the Kafka acknowledgement before it is written to the spool and answered.", "Collector"),
     Var("TALLY_COLLECTOR_WORKERS", "collector_workers", "1", _int(1, 64), "Collector processes sharing the port (SO_REUSEPORT); `tally collector --workers` overrides it.", "Collector"),
+    Var("TALLY_TEST_COLLECTOR_CRASH_BEFORE_REPLAY_ACK", "test_collector_crash_before_replay_ack", "0", _bool, "Test hook: the collector kills itself (SIGKILL) once Kafka acknowledged its first replayed batches from the spool, before it records them as done there (so its next start replays them again). Never set in production.", "Collector"),
     Var("TALLY_DROPS_FLUSH_SECONDS", "drops_flush_seconds", "10", _float(0.1), "How often the collector sends its counts of edge drops to the drops topic.", "Collector"),
     # Streams
     Var("TALLY_APP_ID", "app_id", "tally-stream", _str, "Faust application id: stream workers with the same id share the partitions.", "Streams"),
@@ -335,6 +336,7 @@ class Settings:
     spool_max_mb: int = 256
     spool_after_ms: int = 1000
     collector_workers: int = 1
+    test_collector_crash_before_replay_ack: bool = False
     drops_flush_seconds: float = 10.0
     app_id: str = "tally-stream"
     salt_period: str = "day"

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -217,6 +219,9 @@ class Replayer:
                 if not ok:
                     break
                 delivered.append(spool_id)
+            if delivered and sp.settings.test_collector_crash_before_replay_ack:
+                log.warning("test hook: killing the collector between Kafka's ack of a replay and the spool's")
+                os.kill(os.getpid(), signal.SIGKILL)
             if delivered:
                 await sp.run_io(sp.spool.ack, delivered)
                 metrics.REPLAYED.inc(len(delivered))
