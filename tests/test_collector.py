@@ -416,7 +416,8 @@ def test_rate_limit_holds_an_ipv6_client_rotating_inside_its_64(strict):
 # --- the tracker and operations ---------------------------------------------------------
 
 @pytest.mark.parametrize(("name", "budget", "marker"), [
-    ("tally.js", 1536, "pushState")])
+    ("tally.js", 1536, "pushState"), ("tally.outbound.js", 512, "Outbound Link: Click"),
+    ("tally.downloads.js", 512, "File Download")])
 def test_tracker_scripts_are_served_small(default, name, budget, marker):
     req = urllib.request.Request(default.url(f"/js/{name}"), headers={"Accept-Encoding": "gzip"})
     with urllib.request.urlopen(req, timeout=5) as resp:

@@ -15,7 +15,7 @@ from importlib import resources
 import rjsmin
 from aiohttp import web
 
-SCRIPTS = ("tally.js",)
+SCRIPTS = ("tally.js", "tally.outbound.js", "tally.downloads.js")
 HEADERS = {"Content-Type": "application/javascript; charset=utf-8",
            "Cache-Control": "public, max-age=3600", "Vary": "Accept-Encoding"}
 
