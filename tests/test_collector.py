@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
@@ -414,17 +415,31 @@ def test_rate_limit_holds_an_ipv6_client_rotating_inside_its_64(strict):
 
 # --- the tracker and operations ---------------------------------------------------------
 
-def test_tracker_script_is_served_small(default):
-    req = urllib.request.Request(default.url("/js/tally.js"), headers={"Accept-Encoding": "gzip"})
+@pytest.mark.parametrize(("name", "budget", "marker"), [
+    ("tally.js", 1536, "pushState"), ("tally.outbound.js", 512, "Outbound Link: Click"),
+    ("tally.downloads.js", 512, "File Download")])
+def test_tracker_scripts_are_served_small(default, name, budget, marker):
+    req = urllib.request.Request(default.url(f"/js/{name}"), headers={"Accept-Encoding": "gzip"})
     with urllib.request.urlopen(req, timeout=5) as resp:
         packed = resp.read()
         assert resp.headers["Content-Encoding"] == "gzip"
         assert "javascript" in resp.headers["Content-Type"]
-    assert len(packed) <= 1536
+        assert resp.headers["Cache-Control"] == "public, max-age=3600"
+    assert len(packed) <= budget
     js = gzip.decompress(packed).decode()
-    assert "sendBeacon" in js and "keepalive" in js and "pushState" in js
+    assert marker in js and "/*" not in js  # minified: no comments go out
+    with urllib.request.urlopen(default.url(f"/js/{name}"), timeout=5) as resp:
+        assert "Content-Encoding" not in resp.headers and resp.read().decode() == js
     for forbidden in ("document.cookie", "localStorage", "sessionStorage", "indexedDB"):
         assert forbidden not in js
+
+
+@pytest.mark.parametrize("path", ["/js/tally.min.js", "/js/../collector/app.py", "/js/%2e%2e/static/tally.js",
+                                  "/js/", "/js/app.py", "/static/tally.js"])
+def test_only_the_listed_scripts_are_served(default, path):
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(default.url(path), timeout=5)
+    assert err.value.code == 404
 
 
 def test_health_readiness_and_metrics(default):

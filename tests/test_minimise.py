@@ -81,6 +81,21 @@ def test_props_keep_allowlisted_keys_with_safe_values_and_count_the_rest():
         Settings.from_env({"TALLY_PROPS_ALLOWLIST": "plan"})
 
 
+def test_the_tracker_extensions_props_are_kept_for_every_site_each_cut_by_its_rule():
+    # No TALLY_PROPS_ALLOWLIST: the extensions' props (docs/tracker.md) need none.
+    kept, dropped = minimiser().props("example.com", {
+        "url": "https://Docs.Example/u/alice@example.com/guide.pdf?token=abc#p2",
+        "path": "/missing/0f8fad5b-d9cb-469f-a165-70867728950e?utm_source=x&q=1",
+        "screen": "Laptop", "plan": "pro"})
+    assert kept == {"url": "https://docs.example/u/:email/guide.pdf",
+                    "path": "/missing/:uuid?utm_source=x", "screen": "Laptop"}
+    assert dropped == {DropReason.PROP_NOT_ALLOWED: 1}
+    for unsafe in ({"url": "mailto:bob@example.com"}, {"url": "javascript:alert(1)"}, {"url": "not a url"},
+                   {"screen": "1920x1080"}, {"screen": "mobile"}):
+        assert minimiser().props("example.com", unsafe) == ({}, {DropReason.PROP_UNSAFE_VALUE: 1}), unsafe
+    assert minimiser().props("example.com", {"url": "http://x.example"})[0] == {"url": "http://x.example/"}
+
+
 @pytest.mark.parametrize("name", ["signup", "Outbound Link: Click", "File Download", "404", "checkout/step-2"])
 def test_safe_event_names_pass(name):
     assert tally_beacon({"site": "example.com", "path": "/", "event": name}, ALLOWED).event == name

@@ -11,6 +11,7 @@ data-notice shows one line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import shutil
@@ -19,8 +20,10 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -76,6 +79,13 @@ class CDP:
         assert "exceptionDetails" not in result, result
         return result["result"].get("value")
 
+    async def click(self, selector: str, button: str = "left") -> None:
+        """A real mouse click (trusted events: click, or auxclick for the middle button)."""
+        x, y = await self.eval(f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
+                               ".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        for kind in ("mousePressed", "mouseReleased"):
+            await self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button=button, clickCount=1)
+
     async def navigate(self, url: str) -> None:
         await self.call("Page.navigate", url=url)
         await self.navigated(urllib.parse.urlsplit(url).path)
@@ -89,30 +99,28 @@ class CDP:
         raise AssertionError(f"{path} did not load")
 
 
-@pytest.fixture
-def site(tmp_path):
-    """A static test site on its own origin."""
-    root = tmp_path / "site"
+@contextlib.contextmanager
+def static_site(root: Path) -> Iterator[str]:
+    """`root` served on its own origin (returned)."""
     root.mkdir()
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), partial(_Quiet, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
 
 
-@pytest.fixture
-def chromium(tmp_path):
-    profile = tmp_path / "profile"  # a fresh profile: no state from earlier runs
+@contextlib.contextmanager
+def headless_chromium(profile: Path) -> Iterator[int]:
+    """A headless Chromium on a fresh profile (no state from earlier runs); its DevTools port."""
     proc = subprocess.Popen(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         port_file = profile / "DevToolsActivePort"
         wait_for(lambda: port_file.exists() and port_file.read_text().strip(), 60, "chromium's DevTools port")
-        port = int(port_file.read_text().split()[0])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as resp:
-            page = next(t for t in json.loads(resp.read()) if t["type"] == "page")
-        yield page["webSocketDebuggerUrl"]
+        yield int(port_file.read_text().split()[0])
     finally:
         proc.terminate()
         try:
@@ -120,6 +128,29 @@ def chromium(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def new_tab(port: int) -> str:
+    """A new blank tab in the browser on DevTools `port`: its page websocket."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/json/new?about:blank", method="PUT")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())["webSocketDebuggerUrl"]
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A static test site on its own origin."""
+    root = tmp_path / "site"
+    with static_site(root) as origin:
+        yield root, origin
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    with headless_chromium(tmp_path / "profile") as port:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as resp:
+            page = next(t for t in json.loads(resp.read()) if t["type"] == "page")
+        yield page["webSocketDebuggerUrl"]
 
 
 def test_tracker_counts_loads_spa_navigations_and_events_and_stores_nothing(broker, tmp_path, site, chromium):

@@ -12,7 +12,7 @@ Routes:
     POST /api/v1/collect   Tally's beacon  -> 204
     POST /api/event        Plausible's event API -> 202 "ok"
     OPTIONS on both        CORS preflight -> 204
-    GET  /js/tally.js      the tracker script
+    GET  /js/tally.js      the tracker script (and its extensions, scripts.py)
     GET  /healthz /readyz /metrics
 """
 
@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import gzip
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from importlib import resources
 from typing import Any
 
 import uvloop
@@ -51,6 +49,7 @@ from tally.producers.collector.parse import (
 )
 from tally.producers.collector.pseudonym import Pseudonyms
 from tally.producers.collector.ratelimit import RateLimiter
+from tally.producers.collector.scripts import SCRIPTS, script_handler
 from tally.schemas.reasons import DropReason
 
 from tally.config import Settings
@@ -69,10 +68,6 @@ Parse = Callable[[dict[str, Any], frozenset[str]], BeaconRequest]
 
 def _bad(detail: str, status: int = 400) -> web.Response:
     return web.json_response({"detail": detail}, status=status)
-
-
-def tracker_script() -> bytes:
-    return resources.files("tally.producers").joinpath("static/tally.js").read_bytes()
 
 
 class Collector:
@@ -197,20 +192,6 @@ async def metrics_page(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
-def make_tracker_handler() -> Handler:
-    plain = tracker_script()
-    packed = gzip.compress(plain, 9)
-    headers = {"Content-Type": "application/javascript; charset=utf-8",
-               "Cache-Control": "public, max-age=3600", "Vary": "Accept-Encoding"}
-
-    async def tracker(request: web.Request) -> web.Response:
-        if "gzip" in request.headers.get("Accept-Encoding", ""):
-            return web.Response(body=packed, headers={**headers, "Content-Encoding": "gzip"})
-        return web.Response(body=plain, headers=headers)
-
-    return tracker
-
-
 # --- CORS, request metrics and error answers: what every response gets -------------------
 # Applied per route (Edge.guard, or Edge.finish inside the beacon handlers) rather than
 # as an aiohttp middleware: a middleware costs two more coroutine calls and a route
@@ -312,7 +293,7 @@ def make_app(settings: Settings, worker_index: int = 0) -> web.Application:
         event: {"POST": collector.beacon_route(event, plausible_beacon,
                                                partial(web.Response, status=202, text="ok"), edge),
                 "OPTIONS": guard(event, preflight)},
-        "/js/tally.js": {"GET": guard("/js/tally.js", make_tracker_handler())},
+        **{f"/js/{name}": {"GET": guard(f"/js/{name}", script_handler(name))} for name in SCRIPTS},
         "/healthz": {"GET": guard("/healthz", healthz)},
         "/readyz": {"GET": guard("/readyz", collector.readyz)},
         "/metrics": {"GET": guard("/metrics", metrics_page)},

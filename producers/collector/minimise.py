@@ -12,7 +12,9 @@ other client, so what the tracker already trims is enforced for all of them:
 - props keep the keys allowlisted for the site (TALLY_PROPS_ALLOWLIST) whose values are
   short and not personal data; every other prop is dropped and counted by reason. The
   reserved `tally:` props (an engagement event's scroll depth and engaged time) are kept:
-  only the parser sets them, as integers.
+  only the parser sets them, as integers. The props of the tracker's own extensions
+  (docs/tracker.md) are kept for every site, each cut by its own rule: `url` to its origin
+  and minimised path, `path` as a path, `screen` only as one of the four width classes.
 Event names are checked where the body is parsed (parse.py: a 400 naming the field).
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections import Counter
+from collections.abc import Callable
 from functools import lru_cache
 from urllib.parse import unquote, urlsplit
 
@@ -31,6 +34,7 @@ from tally.schemas.sensitive import kind, sensitive
 from tally.config import Settings
 
 MAX_PROP_VALUE = 100  # characters; longer values are free text
+SCREEN_CLASSES = frozenset({"Mobile", "Tablet", "Laptop", "Desktop"})
 _CACHE = 65536
 
 
@@ -58,6 +62,10 @@ class Minimiser:
         self._props = settings.props_allowlist
         self.path = lru_cache(maxsize=_CACHE)(self._path)
         self.referrer = lru_cache(maxsize=_CACHE)(referrer_origin)
+        # The extensions' props (tally.outbound.js, tally.downloads.js, tally('404'),
+        # data-screen): value -> kept value, or None to drop it as unsafe.
+        self._builtin: dict[str, Callable[[str], str | None]] = {
+            "url": self._url, "path": self.path, "screen": lambda v: v if v in SCREEN_CLASSES else None}
 
     def _path(self, raw: str) -> str:
         """Pathname plus the allowed query parameters of a path or a full URL."""
@@ -76,6 +84,13 @@ class Minimiser:
         kept = [pair for pair in query.split("&") if pair and self._keep_param(pair)]
         return clean + ("?" + "&".join(kept) if kept else "")
 
+    def _url(self, raw: str) -> str | None:
+        """An http(s) link's origin and minimised pathname: never its query or fragment."""
+        origin = self.referrer(raw)
+        if origin is None or not origin.startswith(("http://", "https://")):
+            return None
+        return origin + self.path(urlsplit(raw.strip()).path)
+
     def _keep_param(self, pair: str) -> bool:
         key, _, value = pair.partition("=")
         key, value = unquote(key), unquote(value.replace("+", " "))
@@ -92,6 +107,12 @@ class Minimiser:
         for key, value in props.items():
             if key.startswith(RESERVED_PREFIX):
                 kept[key] = value
+            elif (rule := self._builtin.get(key)) is not None:
+                value = rule(value)
+                if value is None:
+                    dropped[DropReason.PROP_UNSAFE_VALUE] += 1
+                else:
+                    kept[key] = value
             elif key not in allowed:
                 dropped[DropReason.PROP_NOT_ALLOWED] += 1
             elif len(value) > MAX_PROP_VALUE or sensitive(value) is not None or "://" in value \

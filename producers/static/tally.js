@@ -1,34 +1,42 @@
 /* Tally tracker: cookieless pageviews and custom events.
    <script defer data-site="example.com" src="https://collector/js/tally.js"></script>
    No cookies, no storage, no fingerprinting; silent under DNT or GPC. Sends the pathname,
-   utm_* and data-query-params parameters, the referrer's origin. See docs/tracker.md. */
+   utm_* and data-query-params parameters, the referrer's origin. Opt-in modes:
+   data-hash, data-manual, data-screen. See docs/tracker.md. */
 (function (w, d) {
   "use strict";
   var s = d.currentScript, n = w.navigator, h = w.history, loc = w.location, last;
   if (!s) return;
+  function has(name) { return s.hasAttribute("data-" + name); }
   var site = s.getAttribute("data-site") || loc.hostname;
   var api = s.getAttribute("data-api") || new URL(s.src).origin + "/api/v1/collect";
   var off = n.globalPrivacyControl === true || n.doNotTrack === "1" || w.doNotTrack === "1";
   var keep = "," + (s.getAttribute("data-query-params") || "").replace(/\s/g, "") + ",";
+  var hash = has("hash");
 
-  // Never the rest of the query, nor the fragment (the collector enforces this too).
+  // Never the rest of the query, nor the fragment (the collector enforces this too). In
+  // hash mode the route in the fragment is part of the path: /app/#/a?b=1 -> /app/a.
   function path() {
-    var q = [], parts = loc.search.replace(/^\?/, "").split("&");
+    var q = [], parts = loc.search.replace(/^\?/, "").split("&"), p = loc.pathname;
+    var route = hash && loc.hash.replace(/^#!?\/?/, "").split("?")[0];
+    if (route) p = p.replace(/\/$/, "") + "/" + route;
     for (var i = 0; i < parts.length; i++) {
       var name = parts[i].split("=")[0];
       try { name = decodeURIComponent(name); } catch (e) { continue; }
       if (parts[i] && (name.indexOf("utm_") === 0 || keep.indexOf("," + name + ",") >= 0)) q.push(parts[i]);
     }
-    return loc.pathname + (q.length ? "?" + q.join("&") : "");
+    return p + (q.length ? "?" + q.join("&") : "");
   }
 
-  function send(event, props) {
+  function send(event, props, url) {
     if (off) return;
-    var ref = null;
+    var ref = null, x = w.innerWidth;
     try { ref = d.referrer ? new URL(d.referrer).origin : null; } catch (e) { /* none */ }
+    // data-screen: a width class, not the width (Plausible's visit:screen classes).
+    if (has("screen")) props.screen = x < 576 ? "Mobile" : x < 992 ? "Tablet" : x < 1440 ? "Laptop" : "Desktop";
     var body = JSON.stringify({
-      site: site, path: path(), referrer: ref && ref !== "null" ? ref : null,
-      event: event, props: props || {}
+      site: site, path: url || path(), referrer: ref && ref !== "null" ? ref : null,
+      event: event, props: props
     });
     // sendBeacon survives page unloads; a text/plain body needs no CORS preflight.
     try { if (n.sendBeacon && n.sendBeacon(api, body)) return; } catch (e) { /* fall through */ }
@@ -38,12 +46,12 @@
     }
   }
 
-  // One pageview per URL: pushState, replaceState and popstate all land here.
+  // One pageview per URL: pushState, replaceState, popstate (and hashchange in hash mode).
   function page() {
     var url = path();
     if (url === last) return;
     last = url;
-    send("pageview");
+    send("pageview", {});
   }
 
   function wrap(name) {
@@ -56,15 +64,25 @@
     };
   }
 
-  // tally('signup', {plan: 'pro'}); calls made before this script loaded wait in tally.q.
+  // tally('signup', {plan: 'pro'}); tally('pageview', {u: '/a'}) names the page itself;
+  // tally('404') adds the path as a prop. Calls made before this script loaded wait in tally.q.
   var queued = (w.tally && w.tally.q) || [];
-  w.tally = function (event, props) { send(event, props); };
-  wrap("pushState");
-  wrap("replaceState");
-  w.addEventListener("popstate", page);
-  page();
+  w.tally = function (event, props) {
+    var p = {}, url;
+    for (var k in props) k === "u" ? url = props[k] : p[k] = props[k];
+    if (event === "404") p.path = path();
+    send(event, p, url);
+  };
+  // data-manual: no automatic pageviews; the page calls tally('pageview') itself.
+  if (!has("manual")) {
+    wrap("pushState");
+    wrap("replaceState");
+    w.addEventListener("popstate", page);
+    if (hash) w.addEventListener("hashchange", page);
+    page();
+  }
   // Opt-in one-line notice (data-notice).
-  if (s.hasAttribute("data-notice") && d.body) {
+  if (has("notice") && d.body) {
     var p = d.createElement("p");
     p.textContent = s.getAttribute("data-notice") ||
       "Privacy-friendly analytics: no cookies, no IP addresses stored.";
