@@ -454,8 +454,9 @@ async def serve(settings: Settings, worker_index: int = 0, reuse_port: bool = Fa
         # logger: aiohttp's server lines without the client's address (logs.py).
         # access_log=None: aiohttp's access log line starts with the client IP, and
         # Tally keeps raw IPs out of every log; /metrics counts requests instead.
+        # keepalive_timeout: web.run_app's 75 s (the handler's own default is an hour).
         server = web.Server(served.routes, request_factory=request,
-                            logger=ServerLog(), access_log=None)
+                            logger=ServerLog(), access_log=None, keepalive_timeout=75.0)
         runner = web.ServerRunner(server, shutdown_timeout=10)
         await runner.setup()
         try:
