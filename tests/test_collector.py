@@ -243,6 +243,50 @@ def test_wrong_method_is_405_and_unknown_path_is_404(default):
             assert exc.headers.get("Access-Control-Allow-Origin") == "*"
 
 
+def raw_exchange(collector: Collector, request: bytes) -> bytes:
+    """Send one raw HTTP/1.1 request (the collector closes after answering) and read every byte back."""
+    s = collector.settings
+    with socket.create_connection((s.collector_host, s.collector_port), timeout=5) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_routing_answers_allow_head_and_expect(default):
+    """What the routes table answers by itself: 405 with Allow, HEAD on GET routes without a
+    body, `Expect: 100-continue` before the body, and 417 for any other expectation."""
+    req = urllib.request.Request(default.url(), method="PUT", data=b"{}")
+    try:
+        urllib.request.urlopen(req, timeout=5)
+        raise AssertionError("PUT was accepted")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 405 and set(exc.headers["Allow"].split(",")) == {"OPTIONS", "POST"}
+        assert "PUT" in json.loads(exc.read())["detail"]
+    head = raw_exchange(default, b"HEAD /js/tally.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    status_line, _, rest = head.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 200 OK" and b"javascript" in rest
+    assert rest.endswith(b"\r\n\r\n")  # headers only
+
+    body = json.dumps({"site": "example.com", "path": "/expect"}).encode()
+    head_part = (f"POST /api/v1/collect HTTP/1.1\r\nHost: x\r\nUser-Agent: {FIREFOX}\r\n"
+                 f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n").encode()
+    s = default.settings
+    with socket.create_connection((s.collector_host, s.collector_port), timeout=5) as sock:
+        sock.sendall(head_part)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")  # before any body byte
+        sock.sendall(body)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    assert b"".join(chunks).startswith(b"HTTP/1.1 204 No Content")
+
+    odd = raw_exchange(default, b"POST /api/v1/collect HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                                b"Expect: something-else\r\nConnection: close\r\n\r\n{}")
+    assert odd.startswith(b"HTTP/1.1 417 ") and b"Expect" in odd
+
+
 def test_empty_allowlist_rejects_everything(broker, tmp_path):
     env = make_env(broker, tmp_path, TALLY_ALLOWED_SITES="")
     proc = start_collector(env, tmp_path / "c.log")
@@ -449,6 +493,8 @@ def test_health_readiness_and_metrics(default):
         ready = json.loads(resp.read())
         assert resp.status == 200 and ready["ready"] and ready["mode"] == "online"
     default.post({"site": "example.com", "path": "/metrics-check"})
+    status, _, _ = default.post({"site": "example.com"})  # its own 400: the test needs no other test before it
+    assert status == 400
     text = default.metrics()
     assert re.search(r'tally_collector_requests_total\{route="/api/v1/collect",status="204"\} [1-9]', text)
     assert re.search(r'tally_collector_requests_total\{route="/api/v1/collect",status="400"\} [1-9]', text)

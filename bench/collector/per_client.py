@@ -67,9 +67,10 @@ def per_beacon(collector: Collector, encoder: PieceEncoder, xffs: list[str], clo
     t0 = time.perf_counter()
     for i, xff in enumerate(xffs):
         clock[0] += step
-        pseudonym, key, datacenter = client("127.0.0.1", (xff,))
+        pseudonym, key, datacenter, country = client("127.0.0.1", (xff,))
         allow(key)
-        item(1_700_000_000_000 + i // 20, "example.com", "/pricing", None, "pageview", {}, UA, pseudonym, datacenter)
+        item(1_700_000_000_000 + i // 20, "example.com", "/pricing", None, "pageview", {}, UA, pseudonym, datacenter,
+             country)
     return (time.perf_counter() - t0) / len(xffs) * 1e6
 
 

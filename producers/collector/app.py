@@ -19,15 +19,16 @@ Routes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import signal
 import time
-from collections.abc import Awaitable, Callable
-from functools import partial
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import uvloop
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 from tally.producers.collector import metrics
 from tally.producers.collector.client_ip import ClientAddress
@@ -59,11 +60,19 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 8 * 1024
 RETRY_AFTER_SECONDS = "30"
-FORWARDER = web.AppKey("forwarder", Forwarder)
-DROPS = web.AppKey("drops", EdgeDrops)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 Parse = Callable[[dict[str, Any], frozenset[str]], BeaconRequest]
+Answer = Callable[[Mapping[str, str]], web.Response]  # a beacon route's answer, given its CORS headers
+
+
+def no_content(headers: Mapping[str, str]) -> web.Response:
+    return web.Response(status=204, headers=headers)
+
+
+def accepted_ok(headers: Mapping[str, str]) -> web.Response:
+    """Plausible answers its event API with 202 "ok"."""
+    return web.Response(status=202, text="ok", headers=headers)
 
 
 def _bad(detail: str, status: int = 400) -> web.Response:
@@ -101,7 +110,7 @@ class Collector:
 
     # --- beacon routes ---------------------------------------------------------
 
-    def beacon_route(self, route: str, parse: Parse, ok: Callable[[], web.Response], edge: Edge) -> Handler:
+    def beacon_route(self, route: str, parse: Parse, ok: Answer, edge: Edge) -> Handler:
         """The handler of a beacon route: read, parse, forward, wait until durable, answer.
 
         One coroutine from body to answer, with the edge's CORS and counting called
@@ -109,11 +118,17 @@ class Collector:
         task and the durability future is suspended and resumed once more per request,
         which showed in profiles under load.
         """
-        allowed, finish = self.allowed, edge.finish
+        allowed, finish, cors, counts = self.allowed, edge.finish, edge.cors, edge.counts
 
-        async def beacon(request: web.Request) -> web.StreamResponse:
+        async def beacon(request: web.BaseRequest) -> web.StreamResponse:
+            body = request.content
             try:
-                raw = await request.read()
+                # A beacon's body nearly always arrives with its headers: then it is taken
+                # as it is, without the read coroutine and its awaits.
+                if body.is_eof() and body.total_bytes <= MAX_BODY:
+                    raw = body.read_nowait()
+                else:
+                    raw = await request.read()
             except READ_ERRORS as exc:
                 return finish(route, request, read_error(request, exc))
             try:
@@ -123,11 +138,14 @@ class Collector:
             durable = self._accept(request, parsed)
             if durable is not None and not await durable:
                 return finish(route, request, self._spool_full(parsed))
-            return finish(route, request, ok())
+            response = ok(cors(request))
+            key = (route, response.status)
+            counts[key] = counts.get(key, 0) + 1  # RequestCounter.inc, inlined (hot path)
+            return response
 
         return beacon
 
-    def _accept(self, request: web.Request, beacon: BeaconRequest) -> asyncio.Future[bool] | None:
+    def _accept(self, request: web.BaseRequest, beacon: BeaconRequest) -> asyncio.Future[bool] | None:
         """Forward the beacon: a future that tells whether it became durable, or None when
         it is dropped here with a counted reason (answered like an accepted one)."""
         now_ms = int(time.time() * 1000)
@@ -173,23 +191,16 @@ class Collector:
 
     # --- operations ------------------------------------------------------------
 
-    async def readyz(self, _request: web.Request) -> web.Response:
+    async def readyz(self, _request: web.BaseRequest) -> web.Response:
         assert self.forwarder is not None
         ready, detail = self.forwarder.ready()
         return web.json_response({"ready": ready, **detail}, status=200 if ready else 503)
 
 
-async def healthz(_request: web.Request) -> web.Response:
+async def healthz(_request: web.BaseRequest) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-REQUESTS = web.AppKey("requests", metrics.RequestCounter)
-
-
-async def metrics_page(request: web.Request) -> web.Response:
-    request.app[REQUESTS].sync()
-    body, content_type = metrics.render()
-    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 # --- CORS, request metrics and error answers: what every response gets -------------------
@@ -197,13 +208,15 @@ async def metrics_page(request: web.Request) -> web.Response:
 # as an aiohttp middleware: a middleware costs two more coroutine calls and a route
 # lookup per request, and with no middleware aiohttp skips its own per-request
 # middleware machinery as well. Unknown paths and wrong methods reach guarded
-# catch-all handlers (see make_app), so they get the same JSON and CORS.
+# catch-all handlers (see Routes), so they get the same JSON and CORS.
 
 PREFLIGHT_HEADERS = {
     "Access-Control-Allow-Methods": "POST, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type",
     "Access-Control-Max-Age": "86400",
 }
+ANY_ORIGIN = {"Access-Control-Allow-Origin": "*"}
+VARY_ORIGIN = {"Vary": "Origin"}
 # Raised while a request is handled and the client's fault: aiohttp's 404/405/413, and a
 # body that broke while being read (a bad Content-Encoding, a truncated chunk).
 READ_ERRORS = (web.HTTPException, web.RequestPayloadError, HttpProcessingError)
@@ -217,21 +230,24 @@ class Edge:
         self.origins = frozenset(o.rstrip("/") for o in settings.cors_origins)
         self.counts = requests.counts
 
-    def finish(self, route: str, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    def cors(self, request: web.BaseRequest) -> Mapping[str, str]:
+        """The CORS headers of the answer to this request."""
         if self.any_origin:
-            response.headers["Access-Control-Allow-Origin"] = "*"
-        else:
-            origin = request.headers.get("Origin", "")
-            if origin.lower() in self.origins:
-                response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
+            return ANY_ORIGIN
+        origin = request.headers.get("Origin", "")
+        if origin.lower() in self.origins:
+            return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        return VARY_ORIGIN
+
+    def finish(self, route: str, request: web.BaseRequest, response: web.StreamResponse) -> web.StreamResponse:
+        response.headers.update(self.cors(request))
         key = (route, response.status)
         self.counts[key] = self.counts.get(key, 0) + 1  # RequestCounter.inc, inlined (hot path)
         return response
 
     def guard(self, route: str, handler: Handler) -> Handler:
         """The handler with finish() applied, and errors answered in the collector's JSON shape."""
-        async def guarded(request: web.Request) -> web.StreamResponse:
+        async def guarded(request: web.BaseRequest) -> web.StreamResponse:
             try:
                 response = await handler(request)
             except READ_ERRORS as exc:
@@ -241,7 +257,7 @@ class Edge:
         return guarded
 
 
-def read_error(request: web.Request, exc: Exception) -> web.Response:
+def read_error(request: web.BaseRequest, exc: Exception) -> web.Response:
     """One of READ_ERRORS as the collector's JSON answer: a 4xx, never a 500."""
     if not isinstance(exc, web.HTTPException):
         return _bad("body could not be read (bad encoding or framing)")
@@ -261,54 +277,101 @@ def read_error(request: web.Request, exc: Exception) -> web.Response:
 
 
 def method_not_allowed(allowed: set[str]) -> Handler:
-    async def handler(request: web.Request) -> web.Response:
+    async def handler(request: web.BaseRequest) -> web.Response:
         raise web.HTTPMethodNotAllowed(request.method, allowed)
 
     return handler
 
 
-async def not_found(_request: web.Request) -> web.Response:
+async def not_found(_request: web.BaseRequest) -> web.Response:
     raise web.HTTPNotFound()
 
 
-async def preflight(_request: web.Request) -> web.Response:
+async def preflight(_request: web.BaseRequest) -> web.Response:
     return web.Response(status=204, headers=PREFLIGHT_HEADERS)
 
 
-def make_app(settings: Settings, worker_index: int = 0) -> web.Application:
-    collector = Collector(settings)
-    requests = metrics.RequestCounter()
-    edge = Edge(settings, requests)
-    # logger: aiohttp's server lines without the client's address (logs.py)
-    app = web.Application(client_max_size=MAX_BODY, handler_args={"logger": ServerLog()})
-    app[REQUESTS] = requests
-    guard = edge.guard
-    collect, event = "/api/v1/collect", "/api/event"
-    # Each route's handlers, all answering through edge.finish (the beacon routes call it
-    # themselves; see Collector.beacon_route).
-    routes: dict[str, dict[str, Handler]] = {
-        collect: {"POST": collector.beacon_route(collect, tally_beacon, partial(web.Response, status=204), edge),
-                  "OPTIONS": guard(collect, preflight)},
-        # Plausible answers its event API with 202 "ok".
-        event: {"POST": collector.beacon_route(event, plausible_beacon,
-                                               partial(web.Response, status=202, text="ok"), edge),
-                "OPTIONS": guard(event, preflight)},
-        **{f"/js/{name}": {"GET": guard(f"/js/{name}", script_handler(name))} for name in SCRIPTS},
-        "/healthz": {"GET": guard("/healthz", healthz)},
-        "/readyz": {"GET": guard("/readyz", collector.readyz)},
-        "/metrics": {"GET": guard("/metrics", metrics_page)},
-    }
-    for path, methods in routes.items():
-        resource = app.router.add_resource(path)
-        allowed = set(methods) | ({"HEAD"} if "GET" in methods else set())
-        for method, handler in methods.items():
-            resource.add_route(method, handler)
-            if method == "GET":
-                resource.add_route("HEAD", handler)
-        resource.add_route("*", guard("unmatched", method_not_allowed(allowed)))
-    app.router.add_route("*", "/{tail:.*}", guard("unmatched", not_found))
+class Routes:
+    """The collector's routes on aiohttp's low-level server (`web.Server`): a dict from
+    path to {method: handler}, looked up once per request.
 
-    async def lifecycle(app: web.Application):
+    The beacon routes are the whole load, and an `Application` costs them more than
+    their answer does: the router's resolve coroutine, a match-info object frozen per
+    request, the middleware check, `Request` over `BaseRequest`. Here a request
+    costs one dict lookup, and the handler's coroutine is handed to aiohttp as is
+    (no coroutine in between to suspend and resume around the Kafka ack).
+    Unknown paths and wrong methods get the collector's JSON 404/405 with CORS, and
+    `Expect: 100-continue` is answered as `Application` does.
+    """
+
+    def __init__(self, guard: Callable[[str, Handler], Handler]) -> None:
+        self._table: dict[str, tuple[dict[str, Handler], Handler]] = {}
+        self._not_found = guard("unmatched", not_found)
+        self._guard = guard
+
+    def add(self, path: str, methods: dict[str, Handler]) -> None:
+        table = dict(methods)
+        if "GET" in table:
+            table["HEAD"] = table["GET"]
+        self._table[path] = table, self._guard("unmatched", method_not_allowed(set(table)))
+
+    def __call__(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+        entry = self._table.get(request.rel_url.path_safe)
+        handler = self._not_found if entry is None else entry[0].get(request.method) or entry[1]
+        if request.headers.get(EXPECT):
+            return expect_then(handler, request)
+        return handler(request)
+
+
+EXPECT = "Expect"
+
+
+async def expect_then(handler: Handler, request: web.BaseRequest) -> web.StreamResponse:
+    """`Expect: 100-continue` answered before the handler reads the body (what aiohttp's
+    Application does); any other expectation is a 417."""
+    if request.version == HttpVersion11:
+        if request.headers[EXPECT].lower() != "100-continue":
+            return _bad("Expect: only 100-continue is supported", 417)
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+    return await handler(request)
+
+
+class Served:
+    """The collector's routes, and what must start before they serve and stop after."""
+
+    def __init__(self, settings: Settings, worker_index: int = 0) -> None:
+        self.settings, self.worker_index = settings, worker_index
+        self.collector = collector = Collector(settings)
+        self.requests = requests = metrics.RequestCounter()
+        edge = Edge(settings, requests)
+        guard = edge.guard
+        collect, event = "/api/v1/collect", "/api/event"
+
+        async def metrics_page(_request: web.BaseRequest) -> web.Response:
+            requests.sync()
+            body, content_type = metrics.render()
+            return web.Response(body=body, headers={"Content-Type": content_type})
+
+        self.routes = routes = Routes(guard)
+        # Each route's handlers, all answering through edge.finish (the beacon routes call it
+        # themselves; see Collector.beacon_route).
+        routes.add(collect, {"POST": collector.beacon_route(collect, tally_beacon, no_content, edge),
+                             "OPTIONS": guard(collect, preflight)})
+        # Plausible answers its event API with 202 "ok".
+        routes.add(event, {"POST": collector.beacon_route(event, plausible_beacon, accepted_ok, edge),
+                           "OPTIONS": guard(event, preflight)})
+        for name in SCRIPTS:
+            routes.add(f"/js/{name}", {"GET": guard(f"/js/{name}", script_handler(name))})
+        routes.add("/healthz", {"GET": guard("/healthz", healthz)})
+        routes.add("/readyz", {"GET": guard("/readyz", collector.readyz)})
+        routes.add("/metrics", {"GET": guard("/metrics", metrics_page)})
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Edge keys, the forwarder and the drops topic up before the first request; closed
+        after the last one has been answered."""
+        settings, collector, requests = self.settings, self.collector, self.requests
         loop = asyncio.get_running_loop()
         # The period's agreed key before the first beacon, if the broker answers soon; else
         # the start goes on and the refresh finishes in its thread (edgekeys.py: local key).
@@ -327,12 +390,11 @@ def make_app(settings: Settings, worker_index: int = 0) -> web.Application:
                     log.exception("edge keys: refresh failed")
 
         refresher = asyncio.create_task(refresh_edge_keys())
-        fwd = Forwarder(settings, worker_index)
+        fwd = Forwarder(settings, self.worker_index)
         await fwd.start()
         edge_drops = EdgeDrops(settings, lambda: fwd.link.producer)  # the current one (kafka_link.py)
         edge_drops.start()
         collector.forwarder, collector.encoder, collector.drops = fwd, fwd.encoder, edge_drops
-        app[FORWARDER], app[DROPS] = fwd, edge_drops
 
         async def sync_metrics() -> None:
             while True:
@@ -348,25 +410,51 @@ def make_app(settings: Settings, worker_index: int = 0) -> web.Application:
         # so each pass scans the whole in-flight set; at 700 allocations per pass that was
         # ~2% of the CPU under load. 10x fewer passes, same objects freed.
         gc.set_threshold(7000, 10, 10)
-        yield
-        syncer.cancel()
-        refresher.cancel()
-        collector.edge_keys.close()
-        requests.sync()
-        await edge_drops.close()
-        await fwd.close()
+        try:
+            yield
+        finally:
+            syncer.cancel()
+            refresher.cancel()
+            collector.edge_keys.close()
+            requests.sync()
+            await edge_drops.close()
+            await fwd.close()
 
-    app.cleanup_ctx.append(lifecycle)
-    return app
+
+async def serve(settings: Settings, worker_index: int = 0, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM or SIGINT, then stop listening, answer the requests in flight
+    (at most 10 s) and close the forwarder."""
+    served = Served(settings, worker_index)
+    loop = asyncio.get_running_loop()
+
+    def request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+        """aiohttp's plain request object, with the collector's body limit."""
+        return web.BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=MAX_BODY)
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with served.running():
+        # logger: aiohttp's server lines without the client's address (logs.py).
+        # access_log=None: aiohttp's access log line starts with the client IP, and
+        # Tally keeps raw IPs out of every log; /metrics counts requests instead.
+        # keepalive_timeout: web.run_app's 75 s (the handler's own default is an hour).
+        server = web.Server(served.routes, request_factory=request,
+                            logger=ServerLog(), access_log=None, keepalive_timeout=75.0)
+        runner = web.ServerRunner(server, shutdown_timeout=10)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, settings.collector_host, settings.collector_port,
+                              reuse_port=reuse_port or None).start()
+            await stop.wait()
+        finally:
+            await runner.cleanup()
 
 
 def run(settings: Settings, worker_index: int = 0, reuse_port: bool = False) -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(NoAddresses())
-    # access_log=None: aiohttp's default access log line starts with the client IP,
-    # and Tally keeps raw IPs out of every log. /metrics counts requests instead.
     # uvloop: the same asyncio API on libuv; measured ~14% fewer instructions per request
     # (callgrind, same wrk load). bench/collector's minimal handler runs on it too.
-    web.run_app(make_app(settings, worker_index), host=settings.collector_host,
-                port=settings.collector_port, access_log=None, reuse_port=reuse_port or None,
-                print=lambda *_: None, shutdown_timeout=10, loop=uvloop.new_event_loop())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(settings, worker_index, reuse_port))

@@ -113,9 +113,14 @@ class ClientAddress:
             bounded_put(self._proxies, peer, peer_addr, 1024)
         if not forwarded_for:
             return peer_addr
-        # The peer is a trusted proxy: walk the chain right to left.
+        # The peer is a trusted proxy: walk the chain right to left (bounded: at most
+        # 64 entries). One proxy in front writes one header of one entry: taken as is.
+        if len(forwarded_for) == 1 and "," not in forwarded_for[0]:
+            entries: Sequence[str] = forwarded_for
+        else:
+            entries = _entries(forwarded_for)[-64:]
         last_trusted = peer_addr
-        for entry in reversed(_entries(forwarded_for)[-64:]):  # bound the work per request
+        for entry in reversed(entries):
             addr = parse_client(entry)
             if addr is None:
                 # Garbage can only come from the client's side of the chain;

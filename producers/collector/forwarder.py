@@ -65,7 +65,7 @@ class Forwarder:
         self.link = ProducerLink(settings, on_fatal=self._enter_spooling, on_replaced=self._wake.set)
         self.spooler = Spooler(settings, worker_index)
         self._items: list[Any] = []  # encoded beacons (or dicts: see encode.py) of the next batch
-        self._waiting: list[asyncio.Future[bool]] = []  # their requests, in the same order
+        self._durable: asyncio.Future[bool] | None = None  # what their requests wait on
         self._flush_handle: asyncio.Handle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._replayer: asyncio.Task[None] | None = None
@@ -98,10 +98,12 @@ class Forwarder:
 
     def submit(self, item: Any) -> asyncio.Future[bool]:
         """A future of the beacon (an item of self.encoder): True once it is durable, False
-        if it cannot be (the broker is away and the spool is full)."""
-        fut: asyncio.Future[bool] = self._loop.create_future()  # type: ignore[union-attr]
+        if it cannot be (the broker is away and the spool is full). It is its micro-batch's
+        future, shared by every beacon in it (they become durable together)."""
+        fut = self._durable
+        if fut is None:
+            fut = self._durable = self._loop.create_future()  # type: ignore[union-attr]
         self._items.append(item)
-        self._waiting.append(fut)
         if len(self._items) >= self.max_batch:
             self._flush()
         elif self._flush_handle is None:
@@ -117,8 +119,9 @@ class Forwarder:
             self._flush_handle = None
         if not self._items:
             return
-        items, waiting, self._items, self._waiting = self._items, self._waiting, [], []
-        batch = MicroBatch(self.encoder.batch(items), waiting)
+        items, durable, self._items, self._durable = self._items, self._durable, [], None
+        assert durable is not None
+        batch = MicroBatch(self.encoder.batch(items), durable, len(items))
         if self.mode == ONLINE:
             self._produce_online(batch)
         else:
@@ -154,14 +157,14 @@ class Forwarder:
             if err is None and not batch.answered:  # delivered before the disk write finished
                 batch.answered = True
                 metrics.ACCEPTED.inc(batch.count)
-                resolve(batch.futures, True)
+                resolve(batch, True)
             return
         if batch.answered:
             return
         if err is None:
             batch.answered = True
             metrics.ACCEPTED.inc(batch.count)
-            resolve(batch.futures, True)
+            resolve(batch, True)
         else:
             log.warning("Kafka did not take a batch (%s); spooling", err)
             self._enter_spooling()

@@ -1,5 +1,5 @@
-"""One micro-batch of beacons on its way to Kafka, and the futures of the requests that
-wait for it to become durable."""
+"""One micro-batch of beacons on its way to Kafka, and the future its requests wait on
+until it is durable (one per batch, shared by all its requests)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import asyncio
 class MicroBatch:
     """Its encoded value and the requests waiting on it."""
 
-    __slots__ = ("value", "futures", "count", "sent_at", "timer", "answered", "spool_id", "outcome")
+    __slots__ = ("value", "durable", "count", "sent_at", "timer", "answered", "spool_id", "outcome")
 
-    def __init__(self, value: bytes, futures: list[asyncio.Future[bool]]) -> None:
+    def __init__(self, value: bytes, durable: asyncio.Future[bool], count: int) -> None:
         self.value = value
-        self.futures = futures
-        self.count = len(futures)
+        self.durable = durable  # what its requests wait on: True once durable
+        self.count = count
         self.sent_at = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.answered = False
@@ -29,7 +29,6 @@ def set_once(fut: asyncio.Future[bool], value: bool) -> None:
         fut.set_result(value)
 
 
-def resolve(futures: list[asyncio.Future[bool]], durable: bool) -> None:
-    for fut in futures:
-        if not fut.done():
-            fut.set_result(durable)
+def resolve(batch: MicroBatch, durable: bool) -> None:
+    """Answer the batch's requests: durable, or not (the broker is away and the spool full)."""
+    set_once(batch.durable, durable)

@@ -28,11 +28,11 @@ def script(name: str) -> bytes:
     return rjsmin.jsmin(source).encode()
 
 
-def script_handler(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+def script_handler(name: str) -> Callable[[web.BaseRequest], Awaitable[web.Response]]:
     plain = script(name)
     packed = gzip.compress(plain, 9, mtime=0)
 
-    async def handler(request: web.Request) -> web.Response:
+    async def handler(request: web.BaseRequest) -> web.Response:
         if "gzip" in request.headers.get("Accept-Encoding", ""):
             return web.Response(body=packed, headers={**HEADERS, "Content-Encoding": "gzip"})
         return web.Response(body=plain, headers=HEADERS)

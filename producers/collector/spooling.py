@@ -111,14 +111,14 @@ class Spooler:
                         continue
                     batch.answered = True
                     if spool_id is None:
-                        resolve(batch.futures, False)
+                        resolve(batch, False)
                         continue
                     batch.spool_id = spool_id
                     if batch.outcome is not None and not batch.outcome.done():
                         self.in_flight[spool_id] = batch  # librdkafka still trying
                     metrics.SPOOLED.inc(batch.count)
                     metrics.ACCEPTED.inc(batch.count)
-                    resolve(batch.futures, True)
+                    resolve(batch, True)
                 self.settled = max([self.settled, *(i for i in ids if i is not None)])
                 self.gauges()
         finally:
