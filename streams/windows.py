@@ -413,29 +413,18 @@ class PartitionState:
     def _count_session(self, s: Session, sign: int, opened: int) -> None:
         """Add (sign 1) or take out (-1) one session in the windows of its start. The
         session windows are additive over time as well as over partitions (a visit is
-        counted once, in the hour it started), so days and months are sums of hours.
-        (_bump inlined: a new visit updates four or five windows, and this runs per visit.)"""
-        site, start = s.entry[3][0], s.start
+        counted once, in the hour it started), so days and months are sums of hours."""
+        site, start, bump = s.entry[3][0], s.start, self._bump
         hour, day = start - start % HOUR_MS, start - start % DAY_MS
-        updates: list[tuple[AggKey, int, int]] = []
         if hour + HOUR_MS >= opened:
-            updates.append((("visits_hour", site, "", hour), hour + HOUR_MS, sign))
+            bump(("visits_hour", site, "", hour), hour + HOUR_MS, sign)
             if s.pageviews == 1 and s.events == 1:
-                updates.append((("bounces_hour", site, "", hour), hour + HOUR_MS, sign))
+                bump(("bounces_hour", site, "", hour), hour + HOUR_MS, sign)
             if s.end != start:
-                updates.append((("visit_duration_hour", site, "", hour), hour + HOUR_MS, sign * (s.end - start)))
+                bump(("visit_duration_hour", site, "", hour), hour + HOUR_MS, sign * (s.end - start))
         if day + DAY_MS >= opened:
-            updates.append((("entry_page_day", site, s.entry[2], day), day + DAY_MS, sign))
-            updates.append((("exit_page_day", site, s.exit[2], day), day + DAY_MS, sign))
-        windows, ends, dirty, version = self.windows, self.ends, self.dirty, self.session_events
-        for key, end, n in updates:
-            w = windows.get(key)
-            if w is None:
-                w = windows[key] = Window()
-                ends[key] = end
-            w.count += n
-            w.events = version
-            dirty.add(key)
+            bump(("entry_page_day", site, s.entry[2], day), day + DAY_MS, sign)
+            bump(("exit_page_day", site, s.exit[2], day), day + DAY_MS, sign)
 
     def _window(self, key: AggKey, end: int, with_visitors: bool) -> Window:
         w = self.windows.get(key)
