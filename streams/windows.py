@@ -38,7 +38,7 @@ import orjson
 from tally.schemas.avro_writer import encode_long
 from tally.schemas.engagement import ENGAGEMENT
 from tally.streams.idsets import SeenEvents, VisitorSet, by_hour
-from tally.streams.sessions import Attrs, Session, Sessions
+from tally.streams.sessions import Attrs, Session, Sessions, one_event
 
 from tally.caches import bounded_put
 from tally.clock import epoch_ms
@@ -335,66 +335,109 @@ class PartitionState:
 
     def _apply_sessions(self, d: Delta, open_after_ms: int | None) -> None:
         """Each event joins its visitor's sessions; the sessions it replaced are taken out of
-        the session windows and the one it is part of now is put in. Nearly always the event
-        just grows one visit (same start): then only what changed is counted."""
-        add, timeout, count, bump = self.sessions.add, d.session_timeout_ms, self._count_session, self._bump
+        the session windows and the one it is part of now is put in.
+
+        Two cases make nearly all traffic and are inlined (this loop runs per event): a new
+        visitor (a one-event session: counted in), and an event that grows the visitor's last
+        session without moving its start or its entry (only what changed is counted: the
+        duration, the bounce, the exit page). Anything else goes through Sessions.add."""
+        sessions = self.sessions
+        visitors, changes = sessions.visitors, sessions.changes
+        windows, ends, dirty = self.windows, self.ends, self.dirty
+        timeout = d.session_timeout_ms
         opened = -1 if open_after_ms is None else open_after_ms
+        version = self.session_events
         for vid, ms, is_pv, path, pend, attrs in d.events:
-            self.session_events += 1
-            was, now = add((attrs[0], vid, pend), ms, is_pv, path, attrs, timeout)
-            if len(was) == 1 and was[0].start == now.start and was[0].entry[2] == now.entry[2]:
-                old, start, site = was[0], now.start, attrs[0]
-                hour = start - start % HOUR_MS
+            version += 1
+            site = attrs[0]
+            key = (site, vid, pend)
+            runs = visitors.get(key)
+            if runs is None:
+                new = one_event(ms, is_pv, path, attrs)
+                visitors[key] = [new]
+                changes[(site, vid, pend, ms)] = new
+                hour, day = ms - ms % HOUR_MS, ms - ms % DAY_MS
                 if hour + HOUR_MS >= opened:
-                    if now.end != old.end:
-                        bump(("visit_duration_hour", site, "", hour), hour + HOUR_MS, now.end - old.end)
-                    if now.bounce != old.bounce:
-                        bump(("bounces_hour", site, "", hour), hour + HOUR_MS, now.bounce - old.bounce)
-                day = start - start % DAY_MS
-                if now.exit[2] != old.exit[2] and day + DAY_MS >= opened:
-                    bump(("exit_page_day", site, old.exit[2], day), day + DAY_MS, -1)
-                    bump(("exit_page_day", site, now.exit[2], day), day + DAY_MS, 1)
+                    _add(windows, ends, dirty, ("visits_hour", site, "", hour), hour + HOUR_MS, 1, version)
+                    if is_pv:
+                        _add(windows, ends, dirty, ("bounces_hour", site, "", hour), hour + HOUR_MS, 1, version)
+                if day + DAY_MS >= opened:
+                    _add(windows, ends, dirty, ("entry_page_day", site, path, day), day + DAY_MS, 1, version)
+                    _add(windows, ends, dirty, ("exit_page_day", site, path, day), day + DAY_MS, 1, version)
                 continue
-            for s in was:
-                count(s, -1, opened)
-            count(now, 1, opened)
+            s = runs[-1]
+            start = s.start
+            if start <= ms and ms - s.end < timeout:
+                # It reaches the last session only (the others end a timeout before its start).
+                e, ek = s.entry, 0 if is_pv else 1
+                if ek > e[0] or (ek == e[0] and (ms > e[1] or (ms == e[1] and (path, attrs) >= (e[2], e[3])))):
+                    old_end, x = s.end, s.exit
+                    was_bounce = s.pageviews == 1 and s.events == 1  # after this event it is not
+                    if ms > old_end:
+                        s.end = ms
+                    s.pageviews += is_pv
+                    s.events += 1
+                    xk = 1 if is_pv else 0
+                    if xk > x[0] or (xk == x[0] and (ms > x[1] or (ms == x[1] and path > x[2]))):
+                        s.exit = (xk, ms, path)
+                    changes[(site, vid, pend, start)] = s
+                    hour = start - start % HOUR_MS
+                    if hour + HOUR_MS >= opened:
+                        if ms > old_end:
+                            _add(windows, ends, dirty, ("visit_duration_hour", site, "", hour), hour + HOUR_MS,
+                                 ms - old_end, version)
+                        if was_bounce:
+                            _add(windows, ends, dirty, ("bounces_hour", site, "", hour), hour + HOUR_MS, -1, version)
+                    day = start - start % DAY_MS
+                    if s.exit[2] != x[2] and day + DAY_MS >= opened:
+                        _add(windows, ends, dirty, ("exit_page_day", site, x[2], day), day + DAY_MS, -1, version)
+                        _add(windows, ends, dirty, ("exit_page_day", site, path, day), day + DAY_MS, 1, version)
+                    continue
+            self.session_events = version
+            self._apply_session(key, ms, is_pv, path, attrs, timeout, opened)
+        self.session_events = version
+
+    def _apply_session(self, key: tuple[str, int, int], ms: int, is_pv: bool, path: str, attrs: Attrs,
+                       timeout: int, opened: int) -> None:
+        """One event through Sessions.add: the general case (a merge, a start or entry moved)."""
+        was, now = self.sessions.add(key, ms, is_pv, path, attrs, timeout)
+        bump = self._bump
+        if len(was) == 1 and was[0].start == now.start and was[0].entry[2] == now.entry[2]:
+            old, start, site = was[0], now.start, attrs[0]
+            hour = start - start % HOUR_MS
+            if hour + HOUR_MS >= opened:
+                if now.end != old.end:
+                    bump(("visit_duration_hour", site, "", hour), hour + HOUR_MS, now.end - old.end)
+                if now.bounce != old.bounce:
+                    bump(("bounces_hour", site, "", hour), hour + HOUR_MS, now.bounce - old.bounce)
+            day = start - start % DAY_MS
+            if now.exit[2] != old.exit[2] and day + DAY_MS >= opened:
+                bump(("exit_page_day", site, old.exit[2], day), day + DAY_MS, -1)
+                bump(("exit_page_day", site, now.exit[2], day), day + DAY_MS, 1)
+            return
+        for s in was:
+            self._count_session(s, -1, opened)
+        self._count_session(now, 1, opened)
 
     def _bump(self, key: AggKey, end: int, n: int) -> None:
         """Add n to a session window (created at 0): its version is the session events applied."""
-        w = self.windows.get(key)
-        if w is None:
-            w = self.windows[key] = Window()
-            self.ends[key] = end
-        w.count += n
-        w.events = self.session_events
-        self.dirty.add(key)
+        _add(self.windows, self.ends, self.dirty, key, end, n, self.session_events)
 
     def _count_session(self, s: Session, sign: int, opened: int) -> None:
         """Add (sign 1) or take out (-1) one session in the windows of its start. The
         session windows are additive over time as well as over partitions (a visit is
-        counted once, in the hour it started), so days and months are sums of hours.
-        (_bump inlined: a new visit updates four or five windows, and this runs per visit.)"""
-        site, start = s.entry[3][0], s.start
+        counted once, in the hour it started), so days and months are sums of hours."""
+        site, start, bump = s.entry[3][0], s.start, self._bump
         hour, day = start - start % HOUR_MS, start - start % DAY_MS
-        updates: list[tuple[AggKey, int, int]] = []
         if hour + HOUR_MS >= opened:
-            updates.append((("visits_hour", site, "", hour), hour + HOUR_MS, sign))
+            bump(("visits_hour", site, "", hour), hour + HOUR_MS, sign)
             if s.pageviews == 1 and s.events == 1:
-                updates.append((("bounces_hour", site, "", hour), hour + HOUR_MS, sign))
+                bump(("bounces_hour", site, "", hour), hour + HOUR_MS, sign)
             if s.end != start:
-                updates.append((("visit_duration_hour", site, "", hour), hour + HOUR_MS, sign * (s.end - start)))
+                bump(("visit_duration_hour", site, "", hour), hour + HOUR_MS, sign * (s.end - start))
         if day + DAY_MS >= opened:
-            updates.append((("entry_page_day", site, s.entry[2], day), day + DAY_MS, sign))
-            updates.append((("exit_page_day", site, s.exit[2], day), day + DAY_MS, sign))
-        windows, ends, dirty, version = self.windows, self.ends, self.dirty, self.session_events
-        for key, end, n in updates:
-            w = windows.get(key)
-            if w is None:
-                w = windows[key] = Window()
-                ends[key] = end
-            w.count += n
-            w.events = version
-            dirty.add(key)
+            bump(("entry_page_day", site, s.entry[2], day), day + DAY_MS, sign)
+            bump(("exit_page_day", site, s.exit[2], day), day + DAY_MS, sign)
 
     def _window(self, key: AggKey, end: int, with_visitors: bool) -> Window:
         w = self.windows.get(key)
@@ -436,6 +479,18 @@ class PartitionState:
     def memory_bytes(self) -> int:
         return (sum(w.visitors.nbytes() for w in self.windows.values() if w.visitors is not None)
                 + self.seen_events.nbytes())
+
+
+def _add(windows: dict[AggKey, Window], ends: dict[AggKey, int], dirty: set[AggKey], key: AggKey, end: int,
+         n: int, version: int) -> None:
+    """Add n to a session window (created at 0, ending at end), now at this version."""
+    w = windows.get(key)
+    if w is None:
+        w = windows[key] = Window()
+        ends[key] = end
+    w.count += n
+    w.events = version
+    dirty.add(key)
 
 
 def _avro_string(v: str) -> bytes:

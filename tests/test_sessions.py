@@ -94,6 +94,36 @@ def test_sessions_do_not_depend_on_the_order_of_arrival(raw, seed, chunk):
     assert _windows(st) == expected_sessions((("a.com", vid, ms, pv, path) for vid, ms, pv, path in events), T // 1000)
 
 
+class GeneralPath(PartitionState):
+    """Every event through Sessions.add, none through the inlined cases of _apply_sessions."""
+
+    def _apply_sessions(self, d: Delta, open_after_ms: int | None) -> None:
+        for vid, ms, is_pv, path, pend, attrs in d.events:
+            self.session_events += 1
+            self._apply_session((attrs[0], vid, pend), ms, is_pv, path, attrs, d.session_timeout_ms,
+                                -1 if open_after_ms is None else open_after_ms)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 300), st.booleans(), st.sampled_from(["/a", "/b", "/c"]),
+                          st.sampled_from([ATTRS, ("a.com", "search", "www.google.com", *ATTRS[3:])])), max_size=40),
+       st.integers(0, 2**32), st.integers(1, 5), st.sampled_from([None, BASE + 60 * MIN, BASE + 26 * 60 * MIN]))
+def test_the_inlined_cases_change_what_the_general_path_changes(raw, seed, chunk, opened):
+    """Same windows (counts and versions), sessions and session changes, closed windows included."""
+    rows = [(vid, BASE + minute * MIN, pv, path, period_end(BASE + minute * MIN, "day"), attrs)
+            for vid, minute, pv, path, attrs in raw]
+    random.Random(seed).shuffle(rows)
+    ours, general = PartitionState(0), GeneralPath(0)
+    for o, i in enumerate(range(0, len(rows), chunk)):
+        for state in (ours, general):
+            state.apply(Delta(0, o, session_timeout_ms=T, events=rows[i:i + chunk]), open_after_ms=opened)
+        assert ours.sessions.take_changes() == general.sessions.take_changes()
+        assert sorted(k for k, _ in ours.take_dirty_windows()) == sorted(k for k, _ in general.take_dirty_windows())
+    assert {k: (w.count, w.events) for k, w in ours.windows.items()} == \
+        {k: (w.count, w.events) for k, w in general.windows.items()}
+    assert ours.sessions.visitors == general.sessions.visitors
+
+
 def test_session_changes_name_removed_and_current_sessions():
     s = Sessions()
     key = ("a.com", 1, period_end(BASE, "day"))
