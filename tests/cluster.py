@@ -13,9 +13,7 @@ the cluster to heal.
 
 from __future__ import annotations
 
-import random
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterable
@@ -29,28 +27,7 @@ from tally.ops.stack import kafka_node_live
 
 from tally.config import Settings
 from tally.topics import topic_configs
-
-
-def free_port_block(count: int) -> int:
-    """A port p such that p .. p+count-1 are all free now, taken below the kernel's ephemeral
-    range: a node restarted on its port must not find it taken by some client's connection."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rnd = random.Random()
-    for _ in range(200):
-        first = rnd.randrange(10000, low - count)
-        socks = []
-        try:
-            for p in range(first, first + count):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", p))
-            return first
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError(f"no block of {count} free ports")
+from tests.ports import free_port_block
 
 
 @dataclass

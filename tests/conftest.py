@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,32 +24,14 @@ import pytest
 
 from tally.config import Settings
 from tests.cluster import KafkaCluster
+from tests.ports import free_port, free_port_pair
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listener_ports() -> dict[str, str]:
     """Free ports for the collector, the sink's health endpoint and the dashboard."""
     return {var: str(free_port()) for var in ("TALLY_COLLECTOR_PORT", "TALLY_QUERY_PORT", "TALLY_DASHBOARD_PORT")}
-
-
-def free_port_pair() -> int:
-    """A port p with p+1 free too (the broker's controller listener)."""
-    for _ in range(50):
-        p = free_port()
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", p + 1))
-            return p
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair")
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:
@@ -89,7 +70,13 @@ class Broker:
         settings = Settings.from_env({"TALLY_KAFKA_BOOTSTRAP": self.bootstrap})
         from tally.ops.stack import broker_ready
 
-        wait_for(lambda: broker_ready(settings), 90, f"broker on {self.bootstrap}")
+        wait_for(lambda: self._exited() or broker_ready(settings), 90, f"broker on {self.bootstrap}")
+        if self._exited():
+            tail = self.log.read_text(errors="replace")[-3000:] if self.log else ""
+            raise RuntimeError(f"broker on {self.bootstrap} exited with {self.proc.returncode}:\n{tail}")
+
+    def _exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
 
 
 def start_kafka(tmp: Path, heap_mb: int = 768) -> Broker:

@@ -153,7 +153,8 @@ def test_up_with_three_brokers_status_and_down(tmp_path):
     from tally.streams.state import faust_topics, state_topics
 
     from tally.topics import specs
-    from tests.cluster import free_port_block, replication
+    from tests.cluster import replication
+    from tests.ports import free_port_block
 
     env = stack_env(tmp_path)
     env.update({"TALLY_KAFKA_BROKERS": "3", "TALLY_BROKER_PORT": str(free_port_block(6)),
