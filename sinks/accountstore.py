@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 from clickhouse_connect.driver.client import Client
 
-from tally.clock import now_micros
+from tally.clock import as_utc, now_micros
 
 ROLES = ("admin", "viewer")
 USER_COLUMNS = ("email", "password_hash", "role", "sites", "created_at", "deleted_at", "version")
@@ -31,10 +31,6 @@ def _when(v: str | None) -> datetime | None:
 
 def _iso(v: datetime | None) -> str | None:
     return v.isoformat() if v else None
-
-
-def _utc(v: datetime | None) -> datetime | None:
-    return v.replace(tzinfo=UTC) if v is not None and v.tzinfo is None else v
 
 
 @dataclass(frozen=True)
@@ -93,7 +89,7 @@ def find_user(client: Client, email: str) -> UserRecord | None:
 
 
 def _user(r: tuple) -> UserRecord:
-    return UserRecord(r[0], r[1], r[2], tuple(r[3]), _utc(r[4]), _utc(r[5]))
+    return UserRecord(r[0], r[1], r[2], tuple(r[3]), as_utc(r[4]), as_utc(r[5]))
 
 
 def all_users(client: Client) -> list[UserRecord]:
@@ -106,7 +102,7 @@ def put_link(client: Client, link: LinkRecord) -> None:
 
 
 def _link(r: tuple) -> LinkRecord:
-    return LinkRecord(r[0], r[1], r[2], r[3], _utc(r[4]), _utc(r[5]))
+    return LinkRecord(r[0], r[1], r[2], r[3], as_utc(r[4]), as_utc(r[5]))
 
 
 def find_link(client: Client, link_id: str) -> LinkRecord | None:

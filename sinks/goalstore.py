@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 from clickhouse_connect.driver.client import Client
 
-from tally.clock import now_micros
+from tally.clock import as_utc, now_micros
 
 KINDS = ("event", "page")
 # Not conversions: pageviews are goals by page, and Plausible's engagement signals are not events of their own.
@@ -34,10 +34,6 @@ MAX_SITE = 253
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 COLUMNS = ("goal_id", "site", "name", "kind", "value", "created_at", "deleted_at", "version")
 SELECT = "SELECT goal_id, site, name, kind, value, created_at, deleted_at FROM goals FINAL"
-
-
-def _utc(v: datetime | None) -> datetime | None:
-    return v.replace(tzinfo=UTC) if v is not None and v.tzinfo is None else v
 
 
 @dataclass(frozen=True)
@@ -98,7 +94,7 @@ def new_goal(site: str, event: str | None, page: str | None, name: str | None = 
 
 
 def _row(r: tuple) -> GoalRecord:
-    return GoalRecord(r[0], r[1], r[2], r[3], r[4], _utc(r[5]), _utc(r[6]))
+    return GoalRecord(r[0], r[1], r[2], r[3], r[4], as_utc(r[5]), as_utc(r[6]))
 
 
 def insert(client: Client, g: GoalRecord) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from tally.clock import now_micros
+from tally.clock import as_utc, now_micros
 
 COLUMNS = ("key_id", "key_hash", "name", "sites", "tenants", "created_at", "revoked_at", "version")
 SELECT = "SELECT key_id, key_hash, name, sites, tenants, created_at, revoked_at FROM api_keys FINAL"
@@ -47,10 +47,7 @@ class KeyRecord:
 
 
 def _row(r: tuple) -> KeyRecord:
-    def utc(v: datetime | None) -> datetime | None:
-        return v.replace(tzinfo=UTC) if v is not None and v.tzinfo is None else v
-
-    return KeyRecord(r[0], r[1], r[2], tuple(r[3]), tuple(r[4]), utc(r[5]), utc(r[6]))
+    return KeyRecord(r[0], r[1], r[2], tuple(r[3]), tuple(r[4]), as_utc(r[5]), as_utc(r[6]))
 
 
 def insert(client: Client, record: KeyRecord) -> None:

@@ -25,3 +25,8 @@ def epoch_ms(value: datetime | int) -> int:
 def now_micros() -> int:
     """Microseconds since the epoch, now: the version column of replaced rows."""
     return time.time_ns() // 1000
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """A DateTime read back from the warehouse (naive, in UTC) as an aware UTC datetime."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
