@@ -124,7 +124,10 @@ class Runner:
         # percentage keeps the goal filters, conversion_rate drops them (Plausible's).
         totals = {m: self.builder().build(rng, totals=True, goal_filters=m == "percentage") for m in RATIOS
                   if m in q.metrics}
-        data, *answers = await asyncio.gather(self.rows(sql), *(self.rows(t) for t in totals.values()))
+        if totals:
+            data, *answers = await asyncio.gather(self.rows(sql), *(self.rows(t) for t in totals.values()))
+        else:  # one query: awaited here, without a task and a loop turn around it
+            data, answers = await self.rows(sql), []
         total = {m: int(a[0][0]) if a else 0 for m, a in zip(totals, answers, strict=True)}
         out, total_rows = [], 0
         n = len(sql.dimensions)
