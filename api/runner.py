@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from tally.api.goals import GOALS_SQL, Goals, check_configured, uses_goals
@@ -23,6 +24,16 @@ from tally.api.request import Branch, Filter, Leaf, Range, StatsQuery
 from tally.api.sql import RATIOS, Builder, Sql
 
 Rows = Callable[[Sql], Awaitable[list[list[Any]]]]
+
+
+@lru_cache(maxsize=256)
+def built(q: StatsQuery, salt_period: str, kept: date | None, goals: Goals | None, rng: Range, extra: Filter | None,
+          totals: bool, paginate: bool, goal_filters: bool) -> Sql:
+    """Builder's SQL, kept per query: a dashboard asks the same questions again and again,
+    and building one costs about as much CPU as the rest of the API's own work on it. The
+    Sql is shared: nothing may change it."""
+    return Builder(q, salt_period, kept, goals).build(rng, extra, totals=totals, paginate=paginate,
+                                                      goal_filters=goal_filters)
 
 
 def percent_change(old: float | None, new: float | None) -> int | None:
@@ -113,18 +124,22 @@ class Runner:
         self.kept = kept
         self.goals: Goals | None = None  # the site's, loaded by run() when the query is about goals
 
-    def builder(self) -> Builder:
-        return Builder(self.q, self.salt_period, self.kept, self.goals)
+    def build(self, rng: Range, extra: Filter | None = None, totals: bool = False, paginate: bool = True,
+              goal_filters: bool = True) -> Sql:
+        return built(self.q, self.salt_period, self.kept, self.goals, rng, extra, totals, paginate, goal_filters)
 
     async def fetch(self, rng: Range, extra: Filter | None = None, paginate: bool = True) -> tuple[list[dict[str, Any]], int]:
         """Result rows (dimensions, metrics in the query's order) and the count before pagination."""
         q = self.q
-        sql = self.builder().build(rng, extra, paginate=paginate)
+        sql = self.build(rng, extra, paginate=paginate)
         # The denominators, over the whole filtered set without `extra`, queried with the rows:
         # percentage keeps the goal filters, conversion_rate drops them (Plausible's).
-        totals = {m: self.builder().build(rng, totals=True, goal_filters=m == "percentage") for m in RATIOS
+        totals = {m: self.build(rng, totals=True, goal_filters=m == "percentage") for m in RATIOS
                   if m in q.metrics}
-        data, *answers = await asyncio.gather(self.rows(sql), *(self.rows(t) for t in totals.values()))
+        if totals:
+            data, *answers = await asyncio.gather(self.rows(sql), *(self.rows(t) for t in totals.values()))
+        else:  # one query: awaited here, without a task and a loop turn around it
+            data, answers = await self.rows(sql), []
         total = {m: int(a[0][0]) if a else 0 for m, a in zip(totals, answers, strict=True)}
         out, total_rows = [], 0
         n = len(sql.dimensions)
