@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from tally.schemas.engagement import RESERVED_PREFIX
+from tally.sinks.vocabulary import EVENT_ONLY
 
 # Metrics of visits (sessions), read from the `sessions` table.
 SESSION_METRICS = ("visits", "bounce_rate", "visit_duration", "views_per_visit")
@@ -32,10 +33,10 @@ EVENT_DIMENSIONS = ("event:page", "event:name", "event:hostname", "event:goal")
 # Dimensions only a visit has: a query with one of them reads the `sessions` table only.
 SESSION_DIMENSIONS = ("visit:entry_page", "visit:exit_page")
 DIMENSIONS = (*EVENT_DIMENSIONS, "visit:source", "visit:referrer", "visit:utm_source", "visit:utm_medium",
-              "visit:utm_campaign", "visit:browser", "visit:os", "visit:device", "visit:country",
-              *SESSION_DIMENSIONS, *TIME_DIMENSIONS)
-# Plausible dimensions Tally keeps no data for (no regions or cities, no screen width, ...).
-LATER_DIMENSIONS = ("visit:channel", "visit:utm_content", "visit:utm_term", "visit:screen",
+              "visit:utm_campaign", "visit:utm_content", "visit:utm_term", "visit:browser", "visit:os", "visit:device",
+              "visit:screen", "visit:country", *SESSION_DIMENSIONS, *TIME_DIMENSIONS)
+# Plausible dimensions Tally keeps no data for (no regions or cities, ...).
+LATER_DIMENSIONS = ("visit:channel",
                     "visit:browser_version", "visit:os_version", "visit:region", "visit:city",
                     "visit:country_name", "visit:region_name", "visit:city_name",
                     "visit:entry_page_hostname", "visit:exit_page_hostname", "time:minute")
@@ -213,8 +214,9 @@ def is_props(dimension: Any) -> bool:
 
 
 def is_event_dimension(dimension: str) -> bool:
-    """A dimension of single events (a visit has many values of it)."""
-    return dimension in EVENT_DIMENSIONS or is_props(dimension)
+    """A dimension of single events (a visit has many values of it), or one only events keep
+    (visit:screen, a prop of each event: `sessions` rows do not carry it)."""
+    return dimension in EVENT_DIMENSIONS or dimension in EVENT_ONLY or is_props(dimension)
 
 
 def _props_problem(d: str) -> str | None:
@@ -321,7 +323,7 @@ def check_engagement(metrics: tuple[str, ...], dimensions: tuple[str, ...], filt
     used = [(f"#/dimensions/{j}", "the dimension", d) for j, d in enumerate(dimensions)]
     used += [(f"#/filters/{j}", "a filter on", d) for j, f in enumerate(filters) for d in sorted(dimensions_of(f))]
     for where, how, d in used:
-        if d in SESSION_DIMENSIONS or d == "event:name" or is_props(d):
+        if d in SESSION_DIMENSIONS or d == "event:name" or d in EVENT_ONLY or is_props(d):
             raise RequestError(f"#/metrics/{i}: Metric `{m}` cannot be queried with {how} `{d}` ({where}): "
                                "it is a figure of page views, read from their engagement events")
 
@@ -336,10 +338,12 @@ def check_combination(metrics: tuple[str, ...], dimensions: tuple[str, ...], fil
     if not per_event:
         return
     where, how, dim = per_event[0]
+    why = ("the width class is a prop of each event, which visits do not keep" if dim in EVENT_ONLY
+           else "a visit has many pages and events")
     for i, m in enumerate(metrics):
         if m in SESSION_METRICS:
             raise RequestError(f"#/metrics/{i}: Metric `{m}` cannot be queried with {how} `{dim}` ({where}): "
-                               "Tally counts it per visit, and a visit has many pages and events")
+                               f"Tally counts it per visit, and {why}")
     visit_only = [d for d in dimensions if d in SESSION_DIMENSIONS]
     visit_only += sorted(d for f in filters for d in dimensions_of(f) if d in SESSION_DIMENSIONS)
     if visit_only:

@@ -60,12 +60,13 @@ from tally.api.request import (
 from tally.schemas.engagement import COUNTED, ENGAGED_MS, ENGAGEMENT, SCROLL_DEPTH
 from tally.sinks.rollups import DIMENSIONS as ROLLUP_DIMENSIONS
 from tally.sinks.rollups import ROWS, RULES, STAMP
-from tally.sinks.vocabulary import EXPRESSIONS
+from tally.sinks.vocabulary import EVENT_ONLY, EXPRESSIONS
 
 COUNTRY = "if(country = '', '(not set)', country)"  # ISO 3166-1 alpha-2
 EVENT_EXPRESSIONS = {**EXPRESSIONS, "visit:country": COUNTRY}  # over a `pageviews` row
 # Over a `sessions` row: it carries its entry pageview's referrer, UTM, device, browser, OS, country.
-SESSION_EXPRESSIONS = {**{d: e for d, e in EXPRESSIONS.items() if d.startswith("visit:")}, "visit:country": COUNTRY,
+SESSION_EXPRESSIONS = {**{d: e for d, e in EXPRESSIONS.items() if d.startswith("visit:") and d not in EVENT_ONLY},
+                       "visit:country": COUNTRY,
                        "visit:entry_page": "entry_page", "visit:exit_page": "exit_page"}
 # Partial sums of a visits query, from `pageviews` rows (event part) and `sessions` rows;
 # "-" where a part has none. The outer query adds the parts up per dimension value.

@@ -95,7 +95,7 @@ PAGEVIEW = _checked(Layout("pageview_batch", ("items",), (
     ("event_id", _UUID), ("received_at", _MILLIS), ("site", "string"), ("hostname", "string"),
     ("path", "string"), ("event", "string"), ("visitor_id", "long"), ("referrer_host", "string"),
     ("referrer_source", "string"), ("utm_source", _OPTIONAL), ("utm_medium", _OPTIONAL),
-    ("utm_campaign", _OPTIONAL), ("browser", "string"), ("os", "string"), ("device", "string"),
+    ("utm_campaign", _OPTIONAL), ("utm_content", _OPTIONAL), ("utm_term", _OPTIONAL), ("browser", "string"), ("os", "string"), ("device", "string"),
     ("user_agent", _OPTIONAL), ("props", _STRING_MAP), ("country", "string"),
 )))
 PRODUCT_EVENT = _checked(Layout("product_event", (), (

@@ -46,18 +46,18 @@ from datetime import UTC, date, datetime, timedelta
 from clickhouse_connect.driver.client import Client
 from prometheus_client import Counter, Gauge
 from tally.schemas.engagement import COUNTED
-from tally.sinks.vocabulary import EXPRESSIONS
+from tally.sinks.vocabulary import EXPRESSIONS, RAW_ONLY
 
 from tally.clock import now_micros
 from tally.config import Settings
 
 log = logging.getLogger(__name__)
 
-DIMENSIONS: tuple[str, ...] = tuple(EXPRESSIONS)
-# The vocabulary a rollup was computed with: a changed translation table recomputes
-# the days that still have raw rows.
-# the vocabulary a rollup was computed with, and which rows it counts (engagement events are not events)
-RULES = hashlib.sha256(repr((sorted(EXPRESSIONS.items()), COUNTED)).encode()).hexdigest()[:16]
+ROLLED = {d: e for d, e in EXPRESSIONS.items() if d not in RAW_ONLY}
+DIMENSIONS: tuple[str, ...] = tuple(ROLLED)
+# The vocabulary a rollup was computed with, and which rows it counts (engagement events are
+# not events): a changed translation table recomputes the days that still have raw rows.
+RULES = hashlib.sha256(repr((sorted(ROLLED.items()), COUNTED)).encode()).hexdigest()[:16]
 SEAL_DAYS = 2  # a rollup is sealed on the last days before its raw rows start to expire
 # The fingerprint of a day's raw rows: the same expressions here, in the API's queries and
 # in the `day_prints` projection of `pageviews` that answers them
@@ -93,7 +93,7 @@ def rollup_select(where: str) -> str:
     rows that match `where`, for every dimension at once: one pass, one grouping set per
     dimension."""
     n = len(DIMENSIONS)
-    exprs = ", ".join(f"{EXPRESSIONS[d]} AS d{i}" for i, d in enumerate(DIMENSIONS))
+    exprs = ", ".join(f"{ROLLED[d]} AS d{i}" for i, d in enumerate(DIMENSIONS))
     # grouping(dI) is 0 in the grouping set that holds dI.
     names = ", ".join(f"grouping(d{i}) = 0, '{d}'" for i, d in enumerate(DIMENSIONS[:-1]))
     values = ", ".join(f"grouping(d{i}) = 0, d{i}" for i in range(n - 1))

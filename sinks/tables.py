@@ -42,7 +42,9 @@ PRODUCT_COLUMNS = ("event_id", "event", "feature_area", "tenant_id", "workspace_
 DROP_COLUMNS = ("site", "day", "reason", "component", "count", "source_partition", "source_offset")
 SESSION_COLUMNS = ("site", "visitor_id", "session_start", "session_end", "partition", "entry_page", "exit_page",
                    "pageviews", "events", "duration_ms", "bounce", "referrer_source", "referrer_host", "utm_source",
-                   "utm_medium", "utm_campaign", "device", "browser", "os", "country", "version", "deleted")
+                   "utm_medium", "utm_campaign", "device", "browser", "os", "country", "utm_content", "utm_term",
+                   "version", "deleted")
+_BOUNCE, _DELETED = SESSION_COLUMNS.index("bounce"), SESSION_COLUMNS.index("deleted")
 BAD_ROW_COLUMNS = ("failed_at", "component", "reason", "detail", "source_topic", "source_partition",
                    "source_offset", "original")
 
@@ -108,7 +110,7 @@ def session_rows(codec: Codec, value: bytes) -> list[list[Any]]:
             raise Rejected(BadRowReason.INVALID_SESSION, f"{name} must be >= 0, got {r[name]}")
     row = [r[c] for c in SESSION_COLUMNS]
     row[2], row[3] = _ts(row[2]), _ts(row[3])
-    row[10], row[21] = int(row[10]), int(row[21])
+    row[_BOUNCE], row[_DELETED] = int(row[_BOUNCE]), int(row[_DELETED])
     return [row]
 
 

@@ -81,7 +81,19 @@ EXPRESSIONS: dict[str, str] = {
     "visit:utm_source": _utm("utm_source"),
     "visit:utm_medium": _utm("utm_medium"),
     "visit:utm_campaign": _utm("utm_campaign"),
+    "visit:utm_content": _utm("utm_content"),
+    "visit:utm_term": _utm("utm_term"),
     "visit:browser": _translate("browser", BROWSERS),
     "visit:os": _translate("os", OPERATING_SYSTEMS),
     "visit:device": f"transform(device, {_array(list(DEVICES))}, {_array(list(DEVICES.values()))}, {quote(NOT_SET)})",
+    # The width class tally.js sends as the prop `screen` with data-screen (the collector keeps
+    # only Mobile, Tablet, Laptop or Desktop); (not set) on events sent without it.
+    "visit:screen": f"if(props['screen'] = '', {quote(NOT_SET)}, props['screen'])",
 }
+# Dimensions the daily rollups leave out (sinks/rollups.py): the Stats API reads them from the
+# raw rows. utm_content and utm_term are long-tail values (one per ad, one per search term)
+# that would swell `daily_stats`, and `screen` lives in `props`, outside the fingerprint a
+# rollup is checked against.
+RAW_ONLY = frozenset({"visit:utm_content", "visit:utm_term", "visit:screen"})
+# Dimensions an event has but its visit's `sessions` row does not (api/sql.py).
+EVENT_ONLY = frozenset({"visit:screen"})

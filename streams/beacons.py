@@ -35,6 +35,7 @@ from tally.schemas.reasons import BadRowReason, Component, DropReason
 from tally.schemas.records import bad_row, drop_count, redact_text
 from tally.streams.avro_bytes import BeaconReader, PageviewWriter, RawBeacon, zigzag_varints
 from tally.streams.enrich import (
+    UTM_FIELDS,
     AgentInfo,
     agent_info,
     enrich,
@@ -42,6 +43,7 @@ from tally.streams.enrich import (
     normalize_path,
     referrer_host,
     referrer_source,
+    utm_values,
     visitor_ids,
 )
 from tally.streams.metrics import StepTimes
@@ -359,17 +361,11 @@ class FastStage1:
                  + w.enc("user_agent", text if self.cfg.keep_user_agent else None))
         return bounded_put(self._agents, ua, (info, piece), self.CACHE_MAX)
 
-    def _path(self, path: bytes) -> tuple[str, str, bytes | None, bytes, bytes, tuple[str, str, str]]:
+    def _path(self, path: bytes) -> tuple[str, str, bytes | None, bytes, bytes, tuple[str, ...]]:
         host, clean, query = normalize_path(path.decode())
         w = self.w
-
-        def utm(name: str) -> str | None:
-            v = query.get(name)
-            return v[0][:200] if v else None
-
-        values = (utm("utm_source"), utm("utm_medium"), utm("utm_campaign"))
-        utms = (w.enc("utm_source", values[0]) + w.enc("utm_medium", values[1])
-                + w.enc("utm_campaign", values[2]))
+        values = utm_values(query)
+        utms = b"".join(w.enc(name, v) for name, v in zip(UTM_FIELDS, values, strict=True))
         return bounded_put(self._paths, path, (host, clean, w.enc("hostname", host) if host else None,
                                                w.enc("path", clean), utms, tuple(v or "" for v in values)),
                            self.CACHE_MAX)
@@ -451,8 +447,9 @@ class FastStage1:
                 if country is None:
                     country = bounded_put(countries, country_enc, bytes(country_enc[_prefix_len(country_enc):]).decode(),
                                           self.CACHE_MAX)
-                windows.append([site, ts, is_pv, path, 0, (site, source, ref_host, *utm_values, info.device,
-                                                           info.browser, info.os, country), period_ends[ts // DAY_MS]])
+                windows.append([site, ts, is_pv, path, 0, (site, source, ref_host, *utm_values[:3], info.device,
+                                                           info.browser, info.os, country, *utm_values[3:]),
+                                period_ends[ts // DAY_MS]])
             else:
                 windows.append([site, ts, is_pv, path, 0])
             accepted.append([eid, ts_enc, site_enc, host_enc or site_enc, path_enc, event_enc, None, ref_piece,

@@ -129,6 +129,17 @@ def normalize_path(path: str) -> tuple[str, str, dict[str, list[str]]]:
     return (parts.hostname or ""), clean, query
 
 
+# The UTM parameters a pageview keeps, in the pageview record's order; each value is the
+# parameter's first occurrence, cut to UTM_MAX characters (docs/privacy.md).
+UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term")
+UTM_MAX = 200
+
+
+def utm_values(query: dict[str, list[str]]) -> tuple[str | None, ...]:
+    """The UTM_FIELDS values of a page URL's query (normalize_path); None when absent."""
+    return tuple(v[0][:UTM_MAX] if v else None for v in map(query.get, UTM_FIELDS))
+
+
 @lru_cache(maxsize=65536)
 def referrer_host(referrer: str | None) -> str:
     if not referrer:
@@ -156,10 +167,7 @@ def enrich(beacon: dict[str, Any], salt: bytes, info: AgentInfo, keep_user_agent
     ref_host = referrer_host(beacon.get("referrer"))
     ua = beacon.get("user_agent") or ""
 
-    def utm(name: str) -> str | None:
-        v = query.get(name)
-        return v[0][:200] if v else None
-
+    utms = utm_values(query)
     return {
         "event_id": beacon["event_id"],
         "received_at": beacon["received_at"],
@@ -170,9 +178,7 @@ def enrich(beacon: dict[str, Any], salt: bytes, info: AgentInfo, keep_user_agent
         "visitor_id": visitor_id(salt, site, beacon.get("ip_pseudonym") or "", ua),
         "referrer_host": ref_host,
         "referrer_source": referrer_source(ref_host, page_host),
-        "utm_source": utm("utm_source"),
-        "utm_medium": utm("utm_medium"),
-        "utm_campaign": utm("utm_campaign"),
+        **dict(zip(UTM_FIELDS, utms, strict=True)),
         "browser": info.browser,
         "os": info.os,
         "device": info.device,

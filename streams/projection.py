@@ -66,5 +66,5 @@ def reader(codec: Codec, name: str, keep_items: set[str] | None = None) -> Calla
 
 PAGEVIEW_FIELDS = {"event_id", "received_at", "site", "path", "event", "visitor_id"}
 # and what a session keeps of its entry pageview (windows.pageview_attrs)
-SESSION_FIELDS = {"referrer_source", "referrer_host", "utm_source", "utm_medium", "utm_campaign", "device",
-                  "browser", "os", "country"}
+SESSION_FIELDS = {"referrer_source", "referrer_host", "utm_source", "utm_medium", "utm_campaign", "utm_content",
+                  "utm_term", "device", "browser", "os", "country"}

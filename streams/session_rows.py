@@ -19,7 +19,7 @@ from tally.streams.sessions import Attrs, Session, SessionKey
 from tally.caches import bounded_put
 
 ATTR_FIELDS = ["referrer_source", "referrer_host", "utm_source", "utm_medium", "utm_campaign", "device", "browser",
-               "os", "country"]
+               "os", "country", "utm_content", "utm_term"]
 LAYOUT = ["site", "visitor_id", "session_start", "session_end", "partition", "entry_page", "exit_page", "pageviews",
           "events", "duration_ms", "bounce", *ATTR_FIELDS, "version", "deleted"]
 
@@ -62,7 +62,7 @@ class SessionEncoder:
             self._str = w["site"]
             self._attr_writers = [w[name] for name in ATTR_FIELDS]
             self._no_attrs = b"".join(encoded(wr, v) for wr, v in zip(
-                self._attr_writers, ("direct", "", "", "", "", "", "", "", ""), strict=True))
+                self._attr_writers, ("direct", *[""] * (len(ATTR_FIELDS) - 1)), strict=True))
             whole = codec.encode("session", session_record(0, 0, ("", 0, 0, 0), None))
             body = self._body(0, 0, ("", 0, 0, 0), None)
             self.fast = whole.endswith(body)

@@ -23,8 +23,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # (site, referrer_source, referrer_host, utm_source, utm_medium, utm_campaign, device, browser, os,
-# country) of the event: a session keeps its entry pageview's. Missing values are "".
-Attrs = tuple[str, str, str, str, str, str, str, str, str, str]
+# country, utm_content, utm_term) of the event: a session keeps its entry pageview's. Missing
+# values are "". With sessions off, the attributes are (site,).
+Attrs = tuple[str, ...]
+ATTRS_LEN = 12
+
+
+def session_attrs(values: list[str] | tuple[str, ...]) -> Attrs:
+    """Attributes read back from a changelog or delta; those written before utm_content and
+    utm_term were kept (10 values) get "" for both."""
+    return (*values, "", "") if len(values) == ATTRS_LEN - 2 else tuple(values)
 VisitorKey = tuple[str, int, int]  # site, visitor id (unsigned 64 bits), period end (ms)
 SessionKey = tuple[str, int, int, int]  # site, visitor id, period end, session start (ms)
 

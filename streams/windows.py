@@ -38,7 +38,7 @@ import orjson
 from tally.schemas.avro_writer import encode_long
 from tally.schemas.engagement import ENGAGEMENT
 from tally.streams.idsets import SeenEvents, VisitorSet, by_hour
-from tally.streams.sessions import Attrs, Session, Sessions, one_event
+from tally.streams.sessions import Attrs, Session, Sessions, one_event, session_attrs
 
 from tally.caches import bounded_put
 from tally.clock import epoch_ms
@@ -162,7 +162,7 @@ class Delta:
         x = head.get("x")
         if x:
             d.session_timeout_ms = x["t"]
-            attrs = [tuple(a) for a in x["a"]]
+            attrs = [session_attrs(a) for a in x["a"]]
             d.events = [(ids[at + j], ms, bool(pv), path, pend, attrs[i])
                         for j, (ms, pv, path, pend, i) in enumerate(x["e"])]
             if x.get("i"):
@@ -174,7 +174,8 @@ class Delta:
 def pageview_attrs(pv: dict[str, Any]) -> Attrs:
     """What a session keeps of its entry pageview (missing UTM values as "")."""
     return (pv["site"], pv["referrer_source"], pv["referrer_host"], pv["utm_source"] or "", pv["utm_medium"] or "",
-            pv["utm_campaign"] or "", pv["device"], pv["browser"], pv["os"], pv.get("country") or "")
+            pv["utm_campaign"] or "", pv["device"], pv["browser"], pv["os"], pv.get("country") or "",
+            pv.get("utm_content") or "", pv.get("utm_term") or "")
 
 
 def is_pageview(event: str) -> bool | None:

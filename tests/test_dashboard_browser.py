@@ -152,9 +152,10 @@ async def site_equals_api(cdp: RecordingCDP, run: Run) -> None:
     await cdp.until("document.getElementById('panel-devices').dataset.dim === 'visit:device'", "device tab")
     assert as_dict(json.loads(await cdp.eval(rows_js("devices")))) == run.breakdown("visit:device", [])
     await cdp.screenshot(run.artifacts / "dashboard.png")
-    # keyboard: one tab stop per tab list; the arrow keys move along it and select
+    # keyboard: one tab stop per tab list (Browser, Operating system, Device, Screen size); the
+    # arrow keys move along it and select
     assert await cdp.eval("[...document.querySelectorAll('#panel-devices [role=tab]')].map(t => t.tabIndex).join()") \
-        == "-1,-1,0"
+        == "-1,-1,0,-1"
     await cdp.eval("document.querySelector('#panel-devices [aria-selected=true]').focus()")
     await press(cdp, "ArrowLeft")
     await cdp.until("document.getElementById('panel-devices').dataset.dim === 'visit:os' && "

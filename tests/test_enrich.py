@@ -16,7 +16,7 @@ from tally.streams.enrich import (
 from tally.streams.state import fold, pack
 from tally.streams.windows import Delta, PartitionState, VisitorSet, pageview_delta
 
-from tests.stream_support import CHROME, IPHONE, beacon
+from tests.stream_support import CHROME, FIREFOX, IPHONE, beacon
 
 SALT = bytes(range(32))
 
@@ -53,6 +53,13 @@ def test_enrich_keeps_no_ip_and_no_raw_ua_by_default():
     assert pv["referrer_source"] == "social"
     assert enrich(b, SALT, agent_info(IPHONE), keep_user_agent=True)["user_agent"] == IPHONE
     assert agent_info(CHROME).device == "desktop"
+
+
+def test_enrich_keeps_the_first_utm_content_and_term_cut_to_200_characters():
+    b = beacon(path="/x?utm_content=" + "c" * 300 + "&utm_term=snow%20boots&utm_term=second&utm_contents=no")
+    pv = enrich(b, SALT, agent_info(FIREFOX))
+    assert (pv["path"], pv["utm_content"], pv["utm_term"]) == ("/x", "c" * 200, "snow boots")
+    assert enrich(beacon(path="/x?utm_source=nl"), SALT, agent_info(FIREFOX))["utm_content"] is None
 
 
 def test_visitor_set_is_exact_and_compact():

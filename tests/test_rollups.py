@@ -19,7 +19,7 @@ from tally.sinks.migrate import migrate
 from tally.sinks.query import AnalystSession
 from tally.sinks.reconcile import reconcile_rollups
 from tally.sinks.rollups import DIMENSIONS, PRINTS_SQL, RULES, Rollups, kept_from
-from tally.sinks.vocabulary import EXPRESSIONS
+from tally.sinks.vocabulary import EXPRESSIONS, RAW_ONLY
 from tally.sinks.warehouse import connect
 
 from tally.config import Settings
@@ -290,3 +290,48 @@ def test_fingerprints_come_from_the_projection(warehouse):
     params = {"site": "a.test", "d0": today - timedelta(days=7), "d1": today, "kept": kept_from(s, today), "rules": RULES}
     plan = "\n".join(r[0] for r in client.query("EXPLAIN " + USABLE_ROLLUPS, parameters=params).result_rows)
     assert "ReadFromMergeTree (day_prints)" in plan, plan
+
+
+def test_utm_content_term_and_screen_are_read_from_the_raw_rows(warehouse):
+    """The dimensions the rollups leave out (vocabulary.RAW_ONLY): a day that has a rollup
+    still answers them from its raw rows, and the answer equals a GROUP BY over those rows,
+    mixed with rolled-up days or not."""
+    s, client, session = warehouse
+    today = datetime.now(UTC).date()
+    days = (today - timedelta(days=3), today - timedelta(days=2))
+    contents, terms, screens = ["banner", None, "video"], ["snow boots", None], ["Mobile", "Desktop", None]
+    for day in days:
+        rows = rows_for(day, 40)
+        for i, row in enumerate(rows):
+            screen = screens[i // 3 % 3]
+            row += [contents[i % 3], terms[i % 2], {"screen": screen} if screen else {}]
+        client.insert("pageviews", rows, column_names=[*COLUMNS, "utm_content", "utm_term", "props"])
+    builder = Rollups(s, client)
+    builder.check()
+    assert set(builder.check().computed) == set(days)
+    stored = client.query("SELECT DISTINCT dimension FROM daily_stats").result_rows
+    assert {d for (d,) in stored} == set(DIMENSIONS) and not RAW_ONLY & set(DIMENSIONS)
+
+    rng = [str(days[0]), str(today)]
+    for dimension in sorted(RAW_ONLY):
+        body = {"metrics": ["pageviews", "visitors", "events"], "dimensions": [dimension], "date_range": rng}
+        got = {r[0]: tuple(r[1:]) for r in api_answer(session, s, body, rollups=False)}
+        q = parse_request({"site_id": "a.test", **body}, today)
+        assert "daily_stats" not in Builder(q, s.salt_period, kept_from(s, today)).build(q.range).text
+        want: dict[str, tuple[int, int, int]] = {}
+        for day in days:  # rows_for's visitor ids differ from day to day: the days' figures add up
+            for value, figures in raw_breakdown(client, dimension, day).items():
+                want[value] = tuple(a + b for a, b in zip(want.get(value, (0, 0, 0)), figures, strict=True))
+        assert got == want, dimension
+        assert "(not set)" in got
+    # Filters on them, with a rolled-up dimension: the same answer with rollups or without.
+    body = {"metrics": ["visitors", "pageviews"], "dimensions": ["visit:source"], "date_range": rng,
+            "filters": [["is", "visit:utm_content", ["banner"]], ["is_not", "visit:screen", ["Mobile"]]]}
+    q = parse_request({"site_id": "a.test", **body}, today)
+    sql = Builder(q, s.salt_period, kept_from(s, today)).build(q.range)
+    assert "daily_stats" not in sql.text
+    got = json.loads(session.run(sql.text, "JSONCompact", sql.params))["data"]
+    want = client.query(f"SELECT {EXPRESSIONS['visit:source']} AS v, uniqExact(visitor_id), countIf(event = 'pageview') "
+                        "FROM pageviews FINAL WHERE site = 'a.test' AND utm_content = 'banner' "
+                        "AND props['screen'] != 'Mobile' GROUP BY v").result_rows
+    assert got and sorted(map(tuple, got)) == sorted((v, int(a), int(b)) for v, a, b in want)

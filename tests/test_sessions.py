@@ -13,7 +13,7 @@ from tally.schemas.codec import default_codec
 from tally.streams import beacons as stage1
 from tally.streams.projection import reader
 from tally.streams.sessions import Sessions, sessionize
-from tally.streams.windows import Delta, PartitionState, pageview_delta, period_end
+from tally.streams.windows import Delta, PartitionState, pageview_attrs, pageview_delta, period_end
 
 from tests.stream_support import expected_sessions
 from tests.test_stream_wire import SALT, _batch
@@ -21,7 +21,7 @@ from tests.test_stream_wire import SALT, _batch
 MIN = 60_000
 T = 30 * MIN
 BASE = int(datetime(2026, 11, 20, 12, 0, tzinfo=UTC).timestamp() * 1000)
-ATTRS = ("a.com", "direct", "", "", "", "", "desktop", "Firefox", "Linux", "")
+ATTRS = ("a.com", "direct", "", "", "", "", "desktop", "Firefox", "Linux", "", "", "")
 
 
 def _state_of(events: list[tuple[int, int, bool, str]], timeout: int = T, chunk: int = 3,
@@ -177,6 +177,31 @@ def test_engagement_events_are_stored_but_count_in_no_window_or_session():
     assert stored > 30 and counted > 60  # every engagement event is stored, none is counted
 
 
+def test_sessions_keep_the_entry_utm_content_and_term_and_read_older_deltas():
+    from tally.streams.session_rows import session_record
+
+    codec = default_codec()
+    pv = {"site": "a.com", "referrer_source": "direct", "referrer_host": "", "utm_source": "ads", "utm_medium": None,
+          "utm_campaign": None, "utm_content": "banner", "utm_term": "snow boots", "device": "desktop",
+          "browser": "Firefox", "os": "Linux", "country": ""}
+    attrs = pageview_attrs(pv)
+    s = Sessions()
+    key = ("a.com", 7, period_end(BASE, "day"))
+    s.add(key, BASE, True, "/in", attrs, T)
+    s.add(key, BASE + MIN, True, "/next", ATTRS, T)  # a later pageview without them: the entry's stay
+    (skey, sess), = s.take_changes().items()
+    record = codec.decode("session", codec.encode("session", session_record(0, 1, skey, sess)))
+    assert (record["utm_source"], record["utm_content"], record["utm_term"]) == ("ads", "banner", "snow boots")
+    # A delta written before utm_content and utm_term were kept has 10 attributes per event:
+    # it reads back with both empty, and its sessions encode.
+    old = Delta(0, 1, session_timeout_ms=T, events=[(7, BASE, True, "/in", period_end(BASE, "day"), ATTRS[:10])])
+    (*_, read), = Delta.decode(old.encode()).events
+    assert read == ATTRS
+    s.add(key, BASE - MIN, True, "/old", read, T)
+    (skey, sess), = ((k, v) for k, v in s.take_changes().items() if v is not None)
+    assert session_record(0, 2, skey, sess)["utm_content"] == ""
+
+
 def test_session_rows_are_byte_identical_to_the_codec():
     from tally.streams.session_rows import SessionEncoder, session_record
 
@@ -184,7 +209,8 @@ def test_session_rows_are_byte_identical_to_the_codec():
     encode = SessionEncoder(codec)
     assert encode.fast
     s = Sessions()
-    attrs = ("b\u00fccher.example", "search", "www.google.com", "news", "", "winter", "mobile", "Mobile Safari", "iOS", "DE")
+    attrs = ("b\u00fccher.example", "search", "www.google.com", "news", "", "winter", "mobile", "Mobile Safari", "iOS", "DE",
+             "banner", "snow boots")
     for vid in (1, 2**63 + 5, 2**64 - 1):
         key = ("b\u00fccher.example", vid, period_end(BASE, "day"))
         s.add(key, BASE, True, "/x", attrs, T)

@@ -26,6 +26,7 @@ from tests.stream_support import CHROME, FIREFOX, GOOGLEBOT, IPHONE, beacon
 
 SALT = bytes(range(32))
 PATHS = ["/", "/docs/a", "/docs/a/?utm_source=nl&utm_medium=mail&utm_campaign=c1", "//x//y/#frag",
+         "/shop?utm_source=ads&utm_content=banner+2&utm_term=snow%20boots&utm_term=second",
          "https://shop.example/cart?utm_campaign=" + "z" * 300, "/caf\u00e9/\u65e5\u672c", "relative/path/",
          "/a?utm_source=", "http://[::1"]
 REFERRERS = [None, "", "https://www.google.com/search?q=x", "https://t.co/abc", "https://site1.example/p",

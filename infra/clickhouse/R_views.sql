@@ -104,11 +104,12 @@ ORDER BY pageviews DESC, path;
 CREATE OR REPLACE VIEW top_sources AS
 SELECT referrer_source AS source, referrer_host, ifNull(utm_source, '') AS utm_source,
        ifNull(utm_medium, '') AS utm_medium, ifNull(utm_campaign, '') AS utm_campaign,
+       ifNull(utm_content, '') AS utm_content, ifNull(utm_term, '') AS utm_term,
        countIf(event = 'pageview') AS pageviews, uniqExact(visitor_id) AS visitors
 FROM pageviews FINAL
 WHERE site = {site:String} AND toDate(received_at) BETWEEN {date_from:Date} AND {date_to:Date}
   AND event != 'engagement'
-GROUP BY source, referrer_host, utm_source, utm_medium, utm_campaign
+GROUP BY source, referrer_host, utm_source, utm_medium, utm_campaign, utm_content, utm_term
 ORDER BY pageviews DESC, source, referrer_host;
 
 CREATE OR REPLACE VIEW top_browsers AS
