@@ -216,7 +216,7 @@ class WindowStage(StateStage):
         if applied is not delta:  # events applied before (a replay by the collector): not counted again
             assert applied is not None
             repeated = len(delta.event_ids) - len(applied.event_ids)
-            self.counts.repeated[self.name] += repeated
+            self.counts.repeated["web"] += repeated
             log.info("%d of %d events at %s[%d]@%d were applied before (same event_id): not counted again",
                      repeated, len(delta.event_ids), rec.topic, rec.partition, rec.offset)
             raw = None  # the changelog gets the delta as applied
@@ -239,11 +239,16 @@ class ProductStage(StateStage):
         delta, bad = product_delta(self.codec, rec.value, rec.topic, rec.partition, rec.offset, self.clock.ms(),
                                    self.clock.lateness_ms)
         # An empty delta (a bad event) is still applied: it moves the watermark, so a replay stays a no-op.
-        outputs = [Out(self.store.topic, pack([delta]), rec.partition)]
-        st.apply(delta, open_after_ms=self.clock.open_after_ms())
+        applied = st.apply(delta, open_after_ms=self.clock.open_after_ms())
+        assert applied is not None
+        outputs = [Out(self.store.topic, pack([applied]), rec.partition)]
         self.counts.steps.add("product", "validate+apply", time.perf_counter() - t0, 1)
         if bad is not None:
             outputs.append(self._bad(bad))
+        elif applied is not delta:  # its event_id was applied before (an SDK sent it again)
+            self.counts.repeated["product"] += 1
+            log.info("the product event at %s[%d]@%d was applied before (same event_id): not counted again",
+                     rec.topic, rec.partition, rec.offset)
         else:
             self.counts.accepted[self.name] += 1
         return outputs
