@@ -68,6 +68,7 @@ class Clock:
         self.offset = timedelta(seconds=settings.clock_offset_seconds)
         # An event older than this is too late: its windows are closed and its salt may be gone.
         self.lateness_ms = min(settings.allowed_lateness_hours, settings.salt_grace_hours) * 3600_000
+        self.dedup_ms = min(settings.dedup_window_seconds * 1000, self.lateness_ms)
 
     def now(self) -> datetime:
         return datetime.now(UTC) + self.offset
@@ -78,6 +79,10 @@ class Clock:
     def open_after_ms(self) -> int:
         """Windows that ended before this are closed: late updates to them are ignored."""
         return self.ms() - self.lateness_ms
+
+    def remember_after_ms(self) -> int:
+        """Event ids of events before this are forgotten (TALLY_DEDUP_WINDOW_SECONDS)."""
+        return self.ms() - self.dedup_ms
 
 
 def load_spam_list(settings: Settings) -> frozenset[str]:
@@ -209,7 +214,7 @@ class WindowStage(StateStage):
         if st.seen(delta.source_partition, delta.source_offset):
             return []  # a replay of an input record already counted
         t1 = time.perf_counter()
-        applied = st.apply(delta, open_after_ms=self.clock.open_after_ms())
+        applied = st.apply(delta, self.clock.open_after_ms(), self.clock.remember_after_ms())
         steps = self.counts.steps
         steps.add("windows", "decode", t1 - t0, 1)
         steps.add("windows", "apply", time.perf_counter() - t1, 1)
@@ -239,7 +244,7 @@ class ProductStage(StateStage):
         delta, bad = product_delta(self.codec, rec.value, rec.topic, rec.partition, rec.offset, self.clock.ms(),
                                    self.clock.lateness_ms)
         # An empty delta (a bad event) is still applied: it moves the watermark, so a replay stays a no-op.
-        applied = st.apply(delta, open_after_ms=self.clock.open_after_ms())
+        applied = st.apply(delta, self.clock.open_after_ms(), self.clock.remember_after_ms())
         assert applied is not None
         outputs = [Out(self.store.topic, pack([applied]), rec.partition)]
         self.counts.steps.add("product", "validate+apply", time.perf_counter() - t0, 1)

@@ -291,12 +291,14 @@ class PartitionState:
     def seen(self, source_partition: int, source_offset: int) -> bool:
         return source_offset <= self.watermarks.get(source_partition, -1)
 
-    def apply(self, d: Delta, open_after_ms: int | None = None) -> Delta | None:
+    def apply(self, d: Delta, open_after_ms: int | None = None, remember_after_ms: int | None = None) -> Delta | None:
         """Fold one delta in, and return it as applied. None (and no change) when its input
         record was applied before (the watermark). Events whose event_id was applied before,
         in another input record (a collector's replay of a batch Kafka already had) or earlier
         in this one, are left out: the delta returned is then a new one, without them.
-        Windows that ended before open_after_ms are closed: their updates are ignored."""
+        Windows that ended before open_after_ms are closed: their updates are ignored. The ids
+        of events in hours that ended before remember_after_ms (default: open_after_ms) are
+        not remembered (TALLY_DEDUP_WINDOW_SECONDS)."""
         if self.seen(d.source_partition, d.source_offset):
             return None
         if d.event_ids:
@@ -305,7 +307,7 @@ class PartitionState:
             if repeats:
                 d = d.without(repeats)
                 hours = _event_hours(d)
-            self.seen_events.add(hours, d.event_ids, open_after_ms)
+            self.seen_events.add(hours, d.event_ids, open_after_ms if remember_after_ms is None else remember_after_ms)
         self.watermarks[d.source_partition] = d.source_offset
         windows, dirty, new_window, hour_keys = self.windows, self.dirty, self._window, self._hour_keys
         for hour, (events, pvs, ids) in d.hours.items():
@@ -481,15 +483,16 @@ class PartitionState:
         windows = self.windows
         return [(key, windows[key]) for key in dirty if key in windows]
 
-    def prune(self, closed_before_ms: int) -> int:
-        """Forget windows that ended before closed_before_ms (their totals are final)."""
+    def prune(self, closed_before_ms: int, forget_ids_before_ms: int | None = None) -> int:
+        """Forget windows that ended before closed_before_ms (their totals are final), and the
+        event ids of hours that ended before that or before forget_ids_before_ms."""
         self._hour_keys.clear()
         old = [k for k, end in self.ends.items() if end < closed_before_ms]
         for k in old:
             del self.windows[k], self.ends[k]
             self.dirty.discard(k)
         self.sessions.prune(closed_before_ms)
-        self.seen_events.prune(closed_before_ms)
+        self.seen_events.prune(max(closed_before_ms, forget_ids_before_ms or closed_before_ms))
         return len(old)
 
     def memory_bytes(self) -> int:
