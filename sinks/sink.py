@@ -87,6 +87,8 @@ class Sink:
         try:
             while not self.stopping.is_set():
                 self._follow_ids()
+                if self._waiting_for_ids():
+                    continue
                 msgs, flow.stash = flow.stash, []
                 if not msgs:  # records left over from the last batch go first
                     msgs = self.consumer.consume(num_messages=2000, timeout=0.1)
@@ -105,15 +107,23 @@ class Sink:
                         self._finish_replay()
                 elif not self.batch.empty and self.ids.ready and (self.closing or self._due()):
                     self.flush()
-                elif self.closing:  # waiting for fresh topic ids, not spinning over the stash
-                    self.ids.lookup.answered.wait(0.1)
-                    self.ids.lookup.answered.clear()
             if not self.batch.empty and not self.replay.active and self.ids.ready:
                 self.flush()  # a clean stop stores what it read (one attempt: stopping is set)
         finally:
             self.ids.lookup.stop()
             self.consumer.close()
             self.producer.flush(10)
+
+    def _waiting_for_ids(self) -> bool:
+        """A batch that is complete but must wait for fresh topic ids (topic_ids.py) takes no
+        more records meanwhile: wait a moment for the lookup's answer instead."""
+        if self.batch.empty or self.ids.ready or self.replay.active:
+            return False
+        if not self.closing and self.batch.size < self.max_rows:
+            return False
+        self.ids.lookup.answered.wait(0.1)
+        self.ids.lookup.answered.clear()
+        return True
 
     def _due(self) -> bool:
         """Insert now? At TALLY_SINK_BATCH_ROWS rows or TALLY_SINK_BATCH_SECONDS of age. Past
