@@ -21,7 +21,10 @@ at an offset the old incarnation already used.** Why the order below keeps it:
   rebalance or a restart (the committed offsets of a deleted topic are gone). Each is a
   `moved()`: the batch in hand is closed first (inserted under the held ids, or, if it
   already waited for fresh ids, under those), and the next batch is inserted only with
-  ids from a lookup *sent after* the move.
+  ids from a lookup *sent after* the move. If no lookup answers for FRESH_WAIT_SECONDS
+  after a move (the broker cannot say the ids), the sink goes on with the last answered
+  ids rather than stop storing: the invariant then rests on no topic having been
+  recreated during that lookup outage.
 
 The consumer does not notice a recreated topic by itself when the new incarnation has
 not yet grown past the old read position: it waits there, past records it never read.
@@ -45,6 +48,9 @@ log = logging.getLogger(__name__)
 
 CHECK_SECONDS = 5.0  # how often the ids are looked up
 RETRY_SECONDS = 1.0  # after a lookup that got no answer
+# After a move, the longest wait for a fresh answer: then the last answered ids are used,
+# so a broker that cannot say the ids (no controller, say) does not stop the inserts.
+FRESH_WAIT_SECONDS = 30.0
 TP = tuple[str, int]
 
 
@@ -117,7 +123,14 @@ class TopicIds:
     @property
     def ready(self) -> bool:
         """May the batch in hand be inserted with the held ids?"""
-        return self.fresh_after is None
+        if self.fresh_after is None:
+            return True
+        if self.held and time.monotonic() - self.fresh_after > FRESH_WAIT_SECONDS:
+            log.warning("no topic ids looked up in the %.0fs since a move backwards; inserting with "
+                        "the last answered ones", FRESH_WAIT_SECONDS)
+            self.fresh_after = None
+            return True
+        return False
 
     def moved(self) -> None:
         self.fresh_after = time.monotonic()
