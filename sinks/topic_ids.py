@@ -40,9 +40,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicCollection, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from tally.config import Settings
-from tally.topics import admin
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,11 @@ class Lookup:
     """A thread that asks the broker for the topics' ids and keeps the last full answer."""
 
     def __init__(self, settings: Settings, topics: Iterable[str]) -> None:
-        self.admin = admin(settings)
+        # Its own client, with metadata refreshed every second: librdkafka sends DescribeTopics
+        # to the controller its metadata names, and a KRaft cluster names any live broker,
+        # so with the default 5-minute refresh a dead node stays "the controller" for minutes.
+        self.admin = AdminClient({"bootstrap.servers": settings.bootstrap, "socket.timeout.ms": 10000,
+                                  "topic.metadata.refresh.interval.ms": 1000, "log_level": 3})
         self.topics = sorted(set(topics))
         self.latest: Answer | None = None  # replaced whole, never mutated: safe to read
         self.answered = threading.Event()
