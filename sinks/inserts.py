@@ -24,7 +24,6 @@ from tally.sinks.batch import Batch, dedup_token
 from tally.sinks.flow import Flow
 from tally.sinks.metrics import BAD_RECORDS, INSERT_FAILURES, ROWS
 from tally.sinks.tables import MAPPINGS, ItemFrames, Passthrough, Rejected, TableMapping
-from tally.sinks.topic_ids import TopicIds
 
 from tally.config import Settings
 from tally.topics import BAD_ROWS
@@ -55,11 +54,10 @@ class Inserter:
         self.flow = flow
         self.reject = reject
         self.loader = AvroLoader(client, settings)
-        self.topic_ids = TopicIds(settings)
         self.passthrough = {m.table: Passthrough(codec, m.schema, m.columns) for m in MAPPINGS if m.passthrough}
 
-    def insert(self, b: Batch) -> None:
-        ids = self.topic_ids.refresh(t for t, _ in b.ranges)
+    def insert(self, b: Batch, ids: dict[str, str]) -> None:
+        """ids: the topic ids the batch was read under (topic_ids.py says which)."""
         for mapping in MAPPINGS:
             self._table(mapping, b, ids)
 

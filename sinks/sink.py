@@ -75,38 +75,55 @@ class Sink:
         self.max_rows = max(settings.sink_batch_rows, settings.sink_max_insert_rows)
         self.flushing = False
         self.flushes = 0
-        self.ids_due = 0.0  # next look for recreated topics (topic_ids.py)
+        self.ids = topic_ids.TopicIds(topic_ids.Lookup(settings, self.by_topic))
+        self.closing = False  # the batch in hand must be inserted before the next record is taken
 
     # --- consuming --------------------------------------------------------------
 
     def run(self) -> None:
         flow = self.flow
         self.consumer.subscribe(list(self.by_topic), on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self.ids.lookup.start()
         try:
             while not self.stopping.is_set():
+                self._follow_ids()
+                if self._waiting_for_ids():
+                    continue
                 msgs, flow.stash = flow.stash, []
                 if not msgs:  # records left over from the last batch go first
                     msgs = self.consumer.consume(num_messages=2000, timeout=0.1)
                 for i, msg in enumerate(msgs):
-                    self._take(msg)
+                    if not self._take(msg):
+                        flow.stash = msgs[i:]  # taken once the batch in hand is inserted
+                        self.closing = True
+                        break
                     if self.batch.size >= self.max_rows and not self.replay.active:
                         flow.stash = msgs[i + 1:]  # next batch: the size bound holds
                         break
                 if self.batch.size > PENDING_MAX._value.get():
                     PENDING_MAX.set(self.batch.size)
-                if time.monotonic() >= self.ids_due:
-                    self.ids_due = time.monotonic() + topic_ids.CHECK_SECONDS
-                    topic_ids.rewind(self.consumer, self.inserter.topic_ids.recreated(self.by_topic))
                 if self.replay.active:
-                    if self.replay.complete():
+                    if self.replay.complete() and self.ids.ready:
                         self._finish_replay()
-                elif not self.batch.empty and self._due():
+                elif not self.batch.empty and self.ids.ready and (self.closing or self._due()):
                     self.flush()
-            if not self.batch.empty and not self.replay.active:
+            if not self.batch.empty and not self.replay.active and self.ids.ready:
                 self.flush()  # a clean stop stores what it read (one attempt: stopping is set)
         finally:
+            self.ids.lookup.stop()
             self.consumer.close()
             self.producer.flush(10)
+
+    def _waiting_for_ids(self) -> bool:
+        """A batch that is complete but must wait for fresh topic ids (topic_ids.py) takes no
+        more records meanwhile: wait a moment for the lookup's answer instead."""
+        if self.batch.empty or self.ids.ready or self.replay.active:
+            return False
+        if not self.closing and self.batch.size < self.max_rows:
+            return False
+        self.ids.lookup.answered.wait(0.1)
+        self.ids.lookup.answered.clear()
+        return True
 
     def _due(self) -> bool:
         """Insert now? At TALLY_SINK_BATCH_ROWS rows or TALLY_SINK_BATCH_SECONDS of age. Past
@@ -123,17 +140,30 @@ class Sink:
             self.flow.stash = self.consumer.consume(num_messages=2000, timeout=0)
         return not self.flow.stash
 
-    def _take(self, msg: Message) -> None:
+    def _take(self, msg: Message) -> bool:
+        """Add one record to the batch; False: not now, the batch in hand must be inserted first."""
         if msg.error():
             if msg.error().code() != KafkaError._PARTITION_EOF:
                 log.warning("consume error: %s", msg.error())
-            return
+            return True
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         key = (topic, partition)
         if key in self.flow.held:
-            return  # fetched before the pause; re-read after the seek
-        if self.replay.active and not self.replay.admit(key, offset):
-            return
+            return True  # fetched before the pause; re-read after the seek
+        if self.replay.active:
+            if not self.replay.admit(key, offset):
+                return True
+        elif self.ids.backward(key, offset):  # e.g. the consumer's own reset after a topic was recreated
+            if not self.batch.empty:
+                return False
+            log.info("%s[%d] moved back to offset %d; the next insert waits for fresh topic ids",
+                     topic, partition, offset)
+            self.ids.moved()
+        self.ids.read(key, offset)
+        self._add(msg, topic, partition, offset)
+        return True
+
+    def _add(self, msg: Message, topic: str, partition: int, offset: int) -> None:
         mapping = self.by_topic[topic]
         value = msg.value() or b""
         if self.batch.empty:
@@ -169,20 +199,46 @@ class Sink:
     # --- rebalances and the unfinished batch -----------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # A new assignment starts at the committed offsets (a deleted topic has none left).
+        self.ids.forget((tp.topic, tp.partition) for tp in partitions)
+        self.ids.moved()
         self.replay.on_assign(consumer, partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self.flushing:
             return  # the commit below will fail for lost partitions; their next owner replays them
-        if not self.batch.empty and not self.replay.active:
+        self.ids.forget((tp.topic, tp.partition) for tp in partitions)
+        if not self.batch.empty and not self.replay.active and self.ids.ready:
             try:
                 self.flush()
             except Exception as exc:  # uncommitted: the next owner reads these records again
                 log.warning("could not flush before rebalance (%s); the batch will be re-read", exc)
         self.batch = Batch()
+        self.closing = False
         self.replay.clear()
         self.flow.held.clear()
         self.flow.stash.clear()
+
+    def _follow_ids(self) -> None:
+        """Take in the last answered topic-id lookup; rewind the topics it shows recreated.
+        The order keeps topic_ids.py's invariant: the batch in hand is inserted under the ids
+        it was read under before a change is adopted, and a rewind is a move backwards."""
+        answer = self.ids.pending()
+        if answer is None:
+            return
+        changed = self.ids.changed(answer)
+        if not changed:
+            self.ids.adopt(answer)
+            return
+        if self.replay.active:
+            return  # the unfinished batch is rebuilt under the ids it was inserted with
+        if not self.ids.ready:
+            self.ids.adopt(answer)  # the batch in hand was read after a move: these ids are its own
+        if not self.batch.empty:
+            self.flush()
+        self.ids.adopt(answer)
+        self.ids.forget(topic_ids.rewind(self.consumer, changed))
+        self.ids.moved()
 
     def _finish_replay(self) -> None:
         self.replay.finish()
@@ -202,7 +258,7 @@ class Sink:
         try:
             self._commit([TopicPartition(t, p, first, metadata=intent_metadata(last))
                           for (t, p), (first, last) in b.ranges.items()])
-            self.inserter.insert(b)
+            self.inserter.insert(b, self.ids.held)
             self.flow.retry("flush bad rows to Kafka", self._flush_producer)
             if self.s.test_sink_crash_after_insert and not replaying:
                 log.warning("test hook: killing the sink between insert and commit")
@@ -210,6 +266,7 @@ class Sink:
             self._commit([TopicPartition(t, p, last + 1, metadata="") for (t, p), (_, last) in b.ranges.items()])
         finally:
             self.flushing = False
+        self.closing = False
         self.flushes += 1
         log.debug("inserted %d rows", b.size)
         self.batch = Batch()

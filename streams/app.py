@@ -49,13 +49,13 @@ def make_app(settings: Settings, replication_factor: int | None = None) -> faust
     enriched = topic(topics.PAGEVIEWS_ENRICHED, partitions=settings.topic_partitions)
     names = {raw: BeaconStage.name, enriched: WindowStage.name, product: ProductStage.name}
     watchdog = Watchdog(settings.worker_stall_seconds, {t.get_topic_name(): n for t, n in names.items()})
-    stores = state_stores(settings, watchdog, clock.open_after_ms)
+    stores = state_stores(settings, watchdog, clock.open_after_ms, clock.remember_after_ms)
     store_of = {enriched.get_topic_name(): stores["web"], product.get_topic_name(): stores["product"]}
     salts = SaltCache(settings, clock.now, watchdog)
     stages = {raw: BeaconStage(settings, codec, clock, salts, counts),
               enriched: WindowStage(settings, codec, clock, stores["web"], counts),
               product: ProductStage(settings, codec, clock, stores["product"], counts)}
-    totals = Totals(settings, codec, stores, clock.open_after_ms)
+    totals = Totals(settings, codec, stores, clock.open_after_ms, clock.remember_after_ms)
     # At least once (the default): outputs through librdkafka, delivered before every Faust
     # commit (outputs.py). Exactly once: through Faust, inside its transactions.
     outputs = Outputs(settings, watchdog) if settings.processing_guarantee != "exactly_once" else None

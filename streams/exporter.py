@@ -10,8 +10,8 @@ metrics of their own, plus the worker's own view, read when scraped:
 - tally_worker_records_total {stage}, tally_worker_events_accepted_total {stage};
 - tally_worker_dropped_total {reason} (DropReason), tally_worker_bad_rows_total {reason}
   (BadRowReason);
-- tally_worker_repeated_events_total {stage}: events not counted again because their
-  event_id was applied before (a collector's replay), and tally_worker_remembered_event_ids
+- tally_worker_repeated_events_total {kind}: events (web, product) not counted again because
+  their event_id was applied before (a collector's replay, an SDK's resend), and tally_worker_remembered_event_ids
   {kind}: the ids held to recognise them;
 - the watchdog's view: tally_worker_partition_lag and tally_worker_partition_stalled_seconds
   {topic, partition} (records left, and seconds without progress while records were left),
@@ -65,7 +65,7 @@ class WorkerCollector(Collector):
                        [((k,), v) for k, v in list(c.bad_rows.items())])
         yield _counter("tally_worker_repeated_events",
                        "Events left out of the window state because their event_id was applied before.",
-                       ["stage"], [((k,), v) for k, v in list(c.repeated.items())])
+                       ["kind"], [((k,), v) for k, v in list(c.repeated.items())])
         yield _gauge("tally_worker_remembered_event_ids",
                      "Event ids held to recognise repeats (those of the open windows), over held partitions.",
                      ["kind"], [((kind,), sum(st.seen_events.count for st in list(store.states.values())))

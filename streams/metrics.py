@@ -42,4 +42,4 @@ class WorkerCounts:
         self.accepted: Counter[str] = Counter()  # stage -> events that went on (pageviews, product events)
         self.dropped: Counter[str] = Counter()  # DropReason value -> events
         self.bad_rows: Counter[str] = Counter()  # BadRowReason value -> records sent to bad-rows
-        self.repeated: Counter[str] = Counter()  # stage -> events left out: their event_id was applied before
+        self.repeated: Counter[str] = Counter()  # kind (web, product) -> events left out: event_id applied before

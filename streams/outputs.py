@@ -137,13 +137,14 @@ class Totals:
     owner of a partition re-emits every window, and the version tells old totals from new."""
 
     def __init__(self, settings: Settings, codec: Any, stores: Mapping[str, StateStore],
-                 open_after_ms: Callable[[], int]) -> None:
+                 open_after_ms: Callable[[], int], remember_after_ms: Callable[[], int] | None = None) -> None:
         self.settings = settings
         self.topic = settings.topic(AGGREGATES)
         self.sessions_topic = settings.topic(SESSIONS)
         self.encode_session = SessionEncoder(codec)
         self.stores = stores
         self.open_after_ms = open_after_ms  # windows that ended before this are closed
+        self.remember_after_ms = remember_after_ms or open_after_ms  # event ids before this are forgotten
         self.encode = TotalsEncoder(codec)
         self.flushes = 0
         self._producer: Producer | None = None
@@ -159,6 +160,7 @@ class Totals:
         self.flushes += 1
         prune = self.flushes % PRUNE_EVERY == 0
         closed_before = self.open_after_ms() - CLOSE_MARGIN_MS
+        forget_ids_before = self.remember_after_ms()
         sent = 0
         for store in self.stores.values():
             for st in list(store.states.values()):
@@ -168,7 +170,7 @@ class Totals:
                     sent += 1
                 sent += self._sessions(producer, st)
                 if prune:
-                    st.prune(closed_before)
+                    st.prune(closed_before, forget_ids_before)
                 await asyncio.sleep(0)  # let the agents run between partitions
         producer.poll(0)
         return sent

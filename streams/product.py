@@ -19,6 +19,7 @@ from tally.schemas.records import bad_row
 from tally.streams.windows import Delta, day_start
 
 from tally.clock import epoch_ms
+from tally.ids import fingerprints
 
 
 def workspace_id(tenant: str, workspace: str) -> int:
@@ -53,4 +54,8 @@ def product_delta(codec: Codec, value: bytes, topic: str, partition: int, offset
     family = catalog.CATALOG[event["event"]].feature_area
     ids = np.array([workspace_id(event["tenant_id"], event["workspace_id"])], dtype=np.uint64)
     d.product[(event["tenant_id"], family, day_start(ms))] = (1, ids)
+    # An SDK that sends an event again (after a crash, say) sends the same event_id and
+    # occurred_at: stage 2 counts it once (windows.PartitionState.apply).
+    d.event_ids = fingerprints([str(event["event_id"]).encode()])
+    d.event_times = [ms]
     return d, None

@@ -68,6 +68,7 @@ class Clock:
         self.offset = timedelta(seconds=settings.clock_offset_seconds)
         # An event older than this is too late: its windows are closed and its salt may be gone.
         self.lateness_ms = min(settings.allowed_lateness_hours, settings.salt_grace_hours) * 3600_000
+        self.dedup_ms = min(settings.dedup_window_seconds * 1000, self.lateness_ms)
 
     def now(self) -> datetime:
         return datetime.now(UTC) + self.offset
@@ -78,6 +79,10 @@ class Clock:
     def open_after_ms(self) -> int:
         """Windows that ended before this are closed: late updates to them are ignored."""
         return self.ms() - self.lateness_ms
+
+    def remember_after_ms(self) -> int:
+        """Event ids of events before this are forgotten (TALLY_DEDUP_WINDOW_SECONDS)."""
+        return self.ms() - self.dedup_ms
 
 
 def load_spam_list(settings: Settings) -> frozenset[str]:
@@ -209,14 +214,14 @@ class WindowStage(StateStage):
         if st.seen(delta.source_partition, delta.source_offset):
             return []  # a replay of an input record already counted
         t1 = time.perf_counter()
-        applied = st.apply(delta, open_after_ms=self.clock.open_after_ms())
+        applied = st.apply(delta, self.clock.open_after_ms(), self.clock.remember_after_ms())
         steps = self.counts.steps
         steps.add("windows", "decode", t1 - t0, 1)
         steps.add("windows", "apply", time.perf_counter() - t1, 1)
         if applied is not delta:  # events applied before (a replay by the collector): not counted again
             assert applied is not None
             repeated = len(delta.event_ids) - len(applied.event_ids)
-            self.counts.repeated[self.name] += repeated
+            self.counts.repeated["web"] += repeated
             log.info("%d of %d events at %s[%d]@%d were applied before (same event_id): not counted again",
                      repeated, len(delta.event_ids), rec.topic, rec.partition, rec.offset)
             raw = None  # the changelog gets the delta as applied
@@ -239,11 +244,16 @@ class ProductStage(StateStage):
         delta, bad = product_delta(self.codec, rec.value, rec.topic, rec.partition, rec.offset, self.clock.ms(),
                                    self.clock.lateness_ms)
         # An empty delta (a bad event) is still applied: it moves the watermark, so a replay stays a no-op.
-        outputs = [Out(self.store.topic, pack([delta]), rec.partition)]
-        st.apply(delta, open_after_ms=self.clock.open_after_ms())
+        applied = st.apply(delta, self.clock.open_after_ms(), self.clock.remember_after_ms())
+        assert applied is not None
+        outputs = [Out(self.store.topic, pack([applied]), rec.partition)]
         self.counts.steps.add("product", "validate+apply", time.perf_counter() - t0, 1)
         if bad is not None:
             outputs.append(self._bad(bad))
+        elif applied is not delta:  # its event_id was applied before (an SDK sent it again)
+            self.counts.repeated["product"] += 1
+            log.info("the product event at %s[%d]@%d was applied before (same event_id): not counted again",
+                     rec.topic, rec.partition, rec.offset)
         else:
             self.counts.accepted[self.name] += 1
         return outputs

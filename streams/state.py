@@ -67,11 +67,12 @@ def unpack(data: bytes) -> Iterator[Delta]:
         at += 4 + n
 
 
-def fold(partition: int, records: Iterable[bytes], open_after_ms: int | None = None) -> PartitionState:
+def fold(partition: int, records: Iterable[bytes], open_after_ms: int | None = None,
+         remember_after_ms: int | None = None) -> PartitionState:
     state = PartitionState(partition)
     for raw in records:
         for d in unpack(raw):
-            state.apply(d, open_after_ms)
+            state.apply(d, open_after_ms, remember_after_ms)
     state.dirty = set(state.windows)  # re-emit everything after a recovery
     # (the sessions' changes are every session key the fold touched, removed ones included)
     return state
@@ -112,11 +113,12 @@ class StateStore:
     a later assignment rebuilds from the changelog instead of trusting a stale copy."""
 
     def __init__(self, kind: str, topic: str, load: Callable[[str, int], list[bytes]],
-                 open_after_ms: Callable[[], int]) -> None:
+                 open_after_ms: Callable[[], int], remember_after_ms: Callable[[], int] | None = None) -> None:
         self.kind = kind
         self.topic = topic
         self._load = load
         self._open_after_ms = open_after_ms
+        self._remember_after_ms = remember_after_ms or open_after_ms
         self.states: dict[int, PartitionState] = {}
         self._loading: dict[int, asyncio.Task[PartitionState]] = {}
 
@@ -153,7 +155,7 @@ class StateStore:
             try:
                 records = await asyncio.get_running_loop().run_in_executor(
                     None, self._load, self.topic, partition)
-                st = fold(partition, records, open_after_ms=self._open_after_ms())
+                st = fold(partition, records, self._open_after_ms(), self._remember_after_ms())
                 break
             except Exception as exc:  # the broker is unreachable, say: try again, backing off
                 log.warning("%s state of partition %d: rebuild failed (%s); retrying in %.1fs",
@@ -175,7 +177,8 @@ class Revoked(Exception):
     """A partition was revoked while its state was being rebuilt."""
 
 
-def state_stores(settings: Settings, watchdog: Watchdog, open_after_ms: Callable[[], int]) -> dict[str, StateStore]:
+def state_stores(settings: Settings, watchdog: Watchdog, open_after_ms: Callable[[], int],
+                 remember_after_ms: Callable[[], int] | None = None) -> dict[str, StateStore]:
     """The worker's window state of each kind, rebuilt from its changelog (the watchdog sees
     a rebuild as a wait that moves with every fetch)."""
     def store(kind: str) -> StateStore:
@@ -183,6 +186,6 @@ def state_stores(settings: Settings, watchdog: Watchdog, open_after_ms: Callable
             with watchdog.waiting(f"{kind} state of partition {partition}: changelog rebuild") as touch:
                 return read_changelog(settings, topic, partition, progress=touch)
 
-        return StateStore(kind, state_topic(settings, kind), load, open_after_ms)
+        return StateStore(kind, state_topic(settings, kind), load, open_after_ms, remember_after_ms)
 
     return {kind: store(kind) for kind in KINDS}

@@ -8,10 +8,12 @@ the pageview count; per product key the events and workspace ids.
 - `apply` skips a delta whose source offset is at or below the highest offset already
   applied for that source partition (the *watermark*). A replayed input record (after a
   crash, a rebalance or a producer retry) therefore changes nothing.
-- Pageview deltas carry one row per event with a fingerprint of its event_id. `apply`
-  leaves out the events whose id it applied before (streams/idsets.SeenEvents, kept per
-  hour while the hour's windows are open): a batch the collector sent twice, in two input
-  records, counts once. The delta is then recomputed from the events left (`without`).
+- Pageview deltas carry one row per event with a fingerprint of its event_id, product
+  deltas the fingerprint and occurred_at of their one event. `apply` leaves out the events
+  whose id it applied before (streams/idsets.SeenEvents, kept per hour of the event, for
+  TALLY_DEDUP_WINDOW_SECONDS at most): a batch the collector sent twice, or a product
+  event an SDK sent again, in two input records, counts once. The delta is then recomputed
+  from the events left (`without`).
 - Every applied delta, as applied, is also written to the partition's changelog topic
   (streams/state.py packs it; the window stage emits it), before the input offset is
   committed. A new owner of p rebuilds the state by folding the changelog through the same
@@ -98,14 +100,20 @@ class Delta:
     # only for deduplication, with the period end 0 and attrs (site,).
     session_timeout_ms: int = 0
     events: list[tuple[int, int, bool, str, int, Attrs]] = field(default_factory=list)
-    # The fingerprint of each event's event_id (tally.ids.fingerprints), aligned with events.
-    # Empty: the delta is not deduplicated (product deltas, deltas written without ids).
+    # The fingerprint of each event's event_id (tally.ids.fingerprints), aligned with events
+    # (a pageview delta) or with event_times (a product delta: it has no events). Empty: the
+    # delta is not deduplicated (a bad product event, deltas written without ids).
     event_ids: list[int] = field(default_factory=list)
+    event_times: list[int] = field(default_factory=list)  # product deltas: each event's occurred_at ms
 
     def without(self, drop: set[int]) -> Delta:
         """This delta without the events at the positions in `drop`: its windows, visitors and
         session input recomputed from the events left (the deltas stage 1 builds are a pure
         function of their events)."""
+        if self.event_times:  # a product delta is one event: left out, it adds nothing
+            if set(range(len(self.event_times))) - drop:
+                raise ValueError("a product delta is left out whole or not at all")
+            return Delta(self.source_partition, self.source_offset)
         keep = [i for i in range(len(self.events)) if i not in drop]
         items = [(e[5][0], e[1], e[2], e[3], e[0], e[5], e[4]) for e in (self.events[i] for i in keep)]
         return window_delta(self.source_partition, self.source_offset, items, self.session_timeout_ms,
@@ -139,6 +147,9 @@ class Delta:
             if self.event_ids:  # after the visitor ids, one per event
                 head["x"]["i"] = 1
                 flat.extend(self.event_ids)
+        elif self.event_ids:  # a product delta's ids, after its workspace ids
+            head["i"] = self.event_times
+            flat.extend(self.event_ids)
         head = orjson.dumps(head)
         return struct.pack(">I", len(head)) + head + np.array(flat, dtype=np.uint64).tobytes()
 
@@ -168,6 +179,9 @@ class Delta:
             if x.get("i"):
                 n = len(d.events)
                 d.event_ids = ids[at + n:at + 2 * n]
+        elif "i" in head:
+            d.event_times = head["i"]
+            d.event_ids = ids[at:at + len(d.event_times)]
         return d
 
 
@@ -252,6 +266,8 @@ def _hour_windows(site: str, start: int) -> tuple[tuple[AggKey, int], ...]:
 
 def _event_hours(d: Delta) -> dict[int, Sequence[int]]:
     """The positions of d's events by their hour (its windows' hours say when it is one)."""
+    if d.event_times:
+        return by_hour(d.event_times)
     hours = {hour for _, hour in d.hours}
     if len(hours) == 1:
         return {hours.pop(): range(len(d.events))}
@@ -276,12 +292,14 @@ class PartitionState:
     def seen(self, source_partition: int, source_offset: int) -> bool:
         return source_offset <= self.watermarks.get(source_partition, -1)
 
-    def apply(self, d: Delta, open_after_ms: int | None = None) -> Delta | None:
+    def apply(self, d: Delta, open_after_ms: int | None = None, remember_after_ms: int | None = None) -> Delta | None:
         """Fold one delta in, and return it as applied. None (and no change) when its input
         record was applied before (the watermark). Events whose event_id was applied before,
         in another input record (a collector's replay of a batch Kafka already had) or earlier
         in this one, are left out: the delta returned is then a new one, without them.
-        Windows that ended before open_after_ms are closed: their updates are ignored."""
+        Windows that ended before open_after_ms are closed: their updates are ignored. The ids
+        of events in hours that ended before remember_after_ms (default: open_after_ms) are
+        not remembered (TALLY_DEDUP_WINDOW_SECONDS)."""
         if self.seen(d.source_partition, d.source_offset):
             return None
         if d.event_ids:
@@ -290,7 +308,7 @@ class PartitionState:
             if repeats:
                 d = d.without(repeats)
                 hours = _event_hours(d)
-            self.seen_events.add(hours, d.event_ids, open_after_ms)
+            self.seen_events.add(hours, d.event_ids, open_after_ms if remember_after_ms is None else remember_after_ms)
         self.watermarks[d.source_partition] = d.source_offset
         windows, dirty, new_window, hour_keys = self.windows, self.dirty, self._window, self._hour_keys
         for hour, (events, pvs, ids) in d.hours.items():
@@ -466,15 +484,16 @@ class PartitionState:
         windows = self.windows
         return [(key, windows[key]) for key in dirty if key in windows]
 
-    def prune(self, closed_before_ms: int) -> int:
-        """Forget windows that ended before closed_before_ms (their totals are final)."""
+    def prune(self, closed_before_ms: int, forget_ids_before_ms: int | None = None) -> int:
+        """Forget windows that ended before closed_before_ms (their totals are final), and the
+        event ids of hours that ended before that or before forget_ids_before_ms."""
         self._hour_keys.clear()
         old = [k for k, end in self.ends.items() if end < closed_before_ms]
         for k in old:
             del self.windows[k], self.ends[k]
             self.dirty.discard(k)
         self.sessions.prune(closed_before_ms)
-        self.seen_events.prune(closed_before_ms)
+        self.seen_events.prune(max(closed_before_ms, forget_ids_before_ms or closed_before_ms))
         return len(old)
 
     def memory_bytes(self) -> int:

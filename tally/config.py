@@ -249,6 +249,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_SALT_PERIOD", "salt_period", "day", _choice("day", "month"), "Visitor-salt rotation period. `month` allows monthly unique visitors; `day` gives stronger privacy.", "Streams"),
     Var("TALLY_SALT_GRACE_HOURS", "salt_grace_hours", "48", _int(1), "How long a period's salt outlives the period (for late events). Then it is tombstoned and compacted away: old visitor hashes can no longer be re-derived.", "Streams"),
     Var("TALLY_KEY_SHRED_SECONDS", "key_shred_seconds", "3600", _int(1, 86400), "How soon an expired salt or edge key leaves the disk: the `salts` and `edge-keys` topics roll their segments, force compaction and drop tombstones after this long (then the log cleaner's pass and at most 60 s of file deletion delay). Lower values mean more, smaller segments.", "Streams"),
+    Var("TALLY_DEDUP_WINDOW_SECONDS", "dedup_window_seconds", "21600", _int(0), "How long the stream worker remembers the event ids it counted, by the event's time (to the hour), to count an event sent twice once (a collector's spool replay, an SDK's resend). A repeat older than this is counted again. At most TALLY_ALLOWED_LATENESS_HOURS (the default is capped by it); each id held costs 8-17 bytes (docs/reliability.md).", "Streams"),
     Var("TALLY_ALLOWED_LATENESS_HOURS", "allowed_lateness_hours", "48", _int(0), "Events older than this (by the worker's clock) go to bad rows as too_late; younger late events update their window and re-emit it. Capped by TALLY_SALT_GRACE_HOURS.", "Streams"),
     Var("TALLY_KEEP_USER_AGENT", "keep_user_agent", "false", _bool, "Keep the raw user agent in enriched pageviews (off: only browser, OS and device class are kept).", "Streams"),
     Var("TALLY_REFERRER_SPAM_FILE", "referrer_spam_file", "", _str, "File of referrer-spam domains, one per line (e.g. Matomo's referrer-spam-list spammers.txt). Pageviews from these referrers (and their subdomains) are dropped with reason referrer_spam.", "Streams"),
@@ -343,6 +344,7 @@ class Settings:
     salt_grace_hours: int = 48
     key_shred_seconds: int = 3600
     allowed_lateness_hours: int = 48
+    dedup_window_seconds: int = 21600
     keep_user_agent: bool = False
     referrer_spam_file: str = ""
     clock_offset_seconds: int = 0
@@ -396,6 +398,11 @@ class Settings:
         tally_env = {k: v for k, v in environ.items() if k.startswith("TALLY_")}
         settings = cls(**values, env=tally_env)
         settings._check_replication()
+        # Left at its default, the window is capped by a shorter lateness (streams/stages.Clock).
+        if "TALLY_DEDUP_WINDOW_SECONDS" in environ and settings.dedup_window_seconds > settings.allowed_lateness_hours * 3600:
+            raise SettingsError(f"TALLY_DEDUP_WINDOW_SECONDS: {settings.dedup_window_seconds} is longer than "
+                                f"TALLY_ALLOWED_LATENESS_HOURS ({settings.allowed_lateness_hours} h); ids are "
+                                "never needed after their windows close")
         return settings
 
     def _check_replication(self) -> None:

@@ -76,3 +76,17 @@ def test_bad_value_stops_the_cli_with_one_line():
 def test_configuration_doc_is_current():
     doc = (REPO / "docs" / "configuration.md").read_text()
     assert doc == configuration_markdown(), "docs/configuration.md is stale: run `tally config docs`"
+
+
+def test_the_dedup_window_is_at_most_the_lateness():
+    assert Settings.from_env({}).dedup_window_seconds == 6 * 3600
+    assert Settings.from_env({"TALLY_DEDUP_WINDOW_SECONDS": str(48 * 3600)}).dedup_window_seconds == 48 * 3600
+    with pytest.raises(SettingsError, match="TALLY_DEDUP_WINDOW_SECONDS: 7200 is longer than"):
+        Settings.from_env({"TALLY_DEDUP_WINDOW_SECONDS": "7200", "TALLY_ALLOWED_LATENESS_HOURS": "1"})
+    with pytest.raises(SettingsError, match="TALLY_DEDUP_WINDOW_SECONDS"):
+        Settings.from_env({"TALLY_DEDUP_WINDOW_SECONDS": "-1"})
+    # Left at its default, a shorter lateness caps it.
+    from tally.streams.stages import Clock
+
+    clock = Clock(Settings.from_env({"TALLY_ALLOWED_LATENESS_HOURS": "2"}))
+    assert clock.dedup_ms == 2 * 3600_000

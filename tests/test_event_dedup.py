@@ -197,3 +197,72 @@ def test_ids_are_forgotten_with_their_hours():
     assert seen.count == 2000 and seen.repeats(by_hour(times[:5]), ids[:5]) == set()
     seen.add(by_hour([hour]), [ids[0]], open_after_ms=hour + HOUR_MS + 1)  # a closed hour: not held
     assert seen.count == 2000
+
+
+def _product(event_id: str, workspace: str, when: datetime) -> dict:
+    from tally.schemas.catalog import CATALOG
+
+    return {"event_id": event_id, "event": "report.created", "feature_area": CATALOG["report.created"].feature_area,
+            "tenant_id": "t1", "workspace_id": workspace, "actor_type": "user", "actor_id": "u_1",
+            "subject_type": CATALOG["report.created"].subject_type, "subject_id": "r_1", "occurred_at": when,
+            "app": "billing", "metadata": {"report_type": "entra_admin_roles", "format": "pdf", "finding_count": 3}}
+
+
+def test_a_product_event_sent_again_counts_once_also_after_a_rebuild():
+    from tally.streams.product import product_delta
+
+    codec = default_codec()
+    now = datetime.now(UTC)
+    now_ms = int(now.timestamp() * 1000)
+    again = _product(uuid7(), "ws_1", now)
+    sent = [again, _product(uuid7(), "ws_2", now), again, _product(uuid7(), "ws_3", now), again]
+
+    def delta(event: dict, offset: int) -> Delta:
+        d, bad = product_delta(codec, codec.encode("product_event", event), "product.events", 0, offset,
+                               now_ms, 48 * HOUR_MS)
+        assert bad is None
+        return d
+
+    st, log, left_out = PartitionState(0), [], 0
+    for offset, event in enumerate(sent):
+        d = delta(event, offset)
+        assert d.event_ids == fingerprints([event["event_id"].encode()])
+        applied = st.apply(d)
+        left_out += applied is not d
+        log.append(pack([applied]))
+    assert left_out == 2
+    family = [w for k, w in st.windows.items() if k[0] == "product_family_day"]
+    assert [(w.count, len(w.visitors)) for w in family] == [(3, 3)]
+    rebuilt = fold(0, log)  # the changelog holds the ids: a new owner knows them too
+    assert rebuilt.seen_events.count == 3
+    assert rebuilt.apply(delta(again, 9)).product == {}
+    assert [(w.count, len(w.visitors)) for k, w in rebuilt.windows.items() if k[0] == "product_family_day"] == [(3, 3)]
+
+
+def test_ids_older_than_the_dedup_window_are_forgotten_newer_ones_are_not():
+    """TALLY_DEDUP_WINDOW_SECONDS: ids are held for less than the lateness bound. An event
+    whose hour is older than the window is not remembered (and a repeat of it counts again);
+    one in the window is, until the window has passed it."""
+    from tally.streams.stages import Clock
+
+    from tally.config import Settings
+
+    clock = Clock(Settings.from_env({"TALLY_DEDUP_WINDOW_SECONDS": str(6 * 3600)}))
+    now_ms = clock.ms()
+    remember_after = now_ms - clock.dedup_ms
+    old = [{**pv, "received_at": datetime.fromtimestamp((now_ms - 8 * HOUR_MS) / 1000, UTC)} for pv in _pvs(20, 3)]
+    new = [{**pv, "received_at": datetime.fromtimestamp((now_ms - 2 * HOUR_MS) / 1000, UTC)} for pv in _pvs(30, 4)]
+    st = PartitionState(0)
+    open_after = now_ms - clock.lateness_ms  # both are within the lateness: their windows are open
+    st.apply(_delta(old, 0, 0), open_after, remember_after)
+    st.apply(_delta(new, 1, 0), open_after, remember_after)
+    assert st.seen_events.count == 30  # the old hour's ids were not kept
+    assert st.apply(_delta(new, 2, 0), open_after, remember_after).event_ids == []  # a repeat: left out
+    assert len(st.apply(_delta(old, 3, 0), open_after, remember_after).event_ids) == 20  # counted again
+
+    st = fold(0, [pack([_delta(old, 0, 0)]), pack([_delta(new, 1, 0)])])  # held for the lateness bound
+    assert st.seen_events.count == 50
+    st.prune(open_after, forget_ids_before_ms=remember_after)
+    assert st.seen_events.count == 30 and st.windows  # the windows stay open, the old ids go
+    st.prune(open_after, forget_ids_before_ms=now_ms)  # the window has passed the newer ones too
+    assert st.seen_events.count == 0

@@ -117,3 +117,42 @@ def test_sql_literals_are_quoted_in_one_place():
 
     assert quote("it's a \\ test") == "'it\\'s a \\\\ test'"
     assert literal("o'clock") == quote("o'clock") and literal(7) == "7"
+
+
+def test_topic_ids_after_a_move_backwards_only_a_lookup_sent_later_counts():
+    """topic_ids.py's order, without a broker: the lookup thread is not started, its answers
+    are set by hand (Answer carries when the lookup was sent)."""
+    import time
+
+    from tally.sinks.topic_ids import Answer, Lookup, TopicIds
+
+    from tally.config import Settings
+
+    ids = TopicIds(Lookup(Settings.from_env({"TALLY_KAFKA_BOOTSTRAP": "127.0.0.1:1"}), ["a", "b"]))
+    assert not ids.ready  # at start: no insert before a first answer sent after the start
+    before = Answer(ids.fresh_after - 1, {"a": "A1", "b": "B1"})
+    ids.lookup.latest = before
+    assert ids.pending() is None
+    first = Answer(time.monotonic() + 1, {"a": "A1", "b": "B1"})
+    ids.lookup.latest = first
+    assert ids.pending() is first and not ids.changed(first)
+    ids.adopt(first)
+    assert ids.ready and ids.held == {"a": "A1", "b": "B1"} and ids.pending() is None
+
+    # Forwards on a partition: nothing to wait for. Backwards (a reset, a rewind): a move.
+    for offset in (5, 6, 9):
+        assert not ids.backward(("a", 0), offset)
+        ids.read(("a", 0), offset)
+    assert ids.backward(("a", 0), 0) and not ids.backward(("a", 1), 0)
+    ids.moved()
+    assert not ids.ready
+    recreated = Answer(ids.fresh_after - 0.5, {"a": "A2", "b": "B1"})  # sent before the move
+    ids.lookup.latest = recreated
+    assert ids.pending() is None and ids.held["a"] == "A1"
+    later = Answer(ids.fresh_after + 0.5, {"a": "A2", "b": "B1"})
+    ids.lookup.latest = later
+    assert ids.pending() is later and ids.changed(later) == {"a"}
+    ids.adopt(later)
+    assert ids.ready and ids.held == {"a": "A2", "b": "B1"}
+    ids.forget([("a", 0)])
+    assert not ids.backward(("a", 0), 0)

@@ -97,7 +97,7 @@ def test_batches_fed_twice_count_once_across_a_kill_9(tally_env, spawn):
     url = re.search(r"metrics on (http://\S+/metrics)", second.output()).group(1)
     with urllib.request.urlopen(url, timeout=10) as resp:
         body = resp.read().decode()
-    assert 'tally_worker_repeated_events_total{stage="stage2-windows"} 1500.0' in body
+    assert 'tally_worker_repeated_events_total{kind="web"} 1500.0' in body
     assert 'tally_worker_remembered_event_ids{kind="web"} 3000.0' in body
     wait_for(lambda: stored(tally_env) == (3000, 3000), 120, "3,000 distinct pageviews stored")
     assert_reconciled(tally_env, (sink, second))

@@ -45,3 +45,38 @@ def test_product_events_counted_per_family_tenant_and_workspace(tally_env, spawn
     bad = decoded(s, "bad-rows", "bad_row")
     assert [b["reason"] for b in bad] == ["invalid_event"]
     assert bad[0]["source_topic"] == s.topic("product.events")
+
+
+def test_a_product_event_sent_twice_is_counted_once_in_the_warehouse(tally_env, spawn):
+    """An SDK that sends an event again after a crash: the same event_id in a new record."""
+    import re
+    import urllib.request
+
+    from tests.helpers import query_rows
+    from tests.test_stream_dedup import start_sink_and_worker
+
+    s = tally_env.settings
+    codec = default_codec()
+    again = event("t1", "ws_1")
+    sent = [again, event("t1", "ws_2"), again, event("t1", "ws_3")]  # ws_3 last: seen, all were handled
+    sink, worker = start_sink_and_worker(tally_env, spawn)
+    produce(s, "product.events", [codec.encode("product_event", e) for e in sent], keys=[b"t1"] * len(sent))
+
+    def family() -> list:
+        return query_rows(s, "SELECT events, workspaces FROM product_family_daily WHERE tenant = 't1'")
+
+    try:
+        wait_for(lambda: family() and family()[0][1] == 3, 120, "the product totals in ClickHouse")
+    except AssertionError:
+        print(worker.output()[-3000:], sink.output()[-3000:])
+        raise
+    assert family() == [[3, 3]]
+    active = "SELECT active_workspaces, events FROM active_workspaces_daily WHERE tenant = '*'"
+    wait_for(lambda: query_rows(s, active) == [[3, 3]], 60, "active workspaces")
+    wait_for(lambda: query_rows(s, "SELECT count() FROM product_events FINAL")[0][0] == 3, 60, "raw rows")
+    assert query_rows(s, "SELECT uniqExact(event_id) FROM product_events")[0][0] == 3
+    url = re.search(r"metrics on (http://\S+/metrics)", worker.output()).group(1)
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        body = resp.read().decode()
+    assert 'tally_worker_repeated_events_total{kind="product"} 1.0' in body
+    assert 'tally_worker_remembered_event_ids{kind="product"} 3.0' in body
