@@ -183,7 +183,7 @@ class Totals:
         return sent
 
     def _sessions(self, producer: Producer, st: Any) -> int:
-        """The sessions that changed: their current state, or their removal. Like the totals,
-        versioned, so a re-emission after a rebuild replaces nothing newer."""
+        """The sessions that changed: their current state, or their removal, many per record.
+        Like the totals, versioned, so a re-emission after a rebuild replaces nothing newer."""
         changes, topic = st.sessions.take_changes(), self.sessions_topic
-        return produce_all(producer, topic, self.encode_session.many(st.partition, st.session_events, changes))
+        return produce_all(producer, topic, self.encode_session.batches(st.partition, st.session_events, changes))
