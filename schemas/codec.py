@@ -153,6 +153,14 @@ class Codec:
         fastavro.schemaless_writer(buf, schema.writer, record)
         return buf.getvalue()
 
+    def writer_name(self, data: bytes) -> str | None:
+        """The schema name of a record in single-object encoding (by its fingerprint); None
+        for any other bytes (the Confluent format names its schema in the registry only)."""
+        if len(data) < 10 or data[:2] != MAGIC:
+            return None
+        writer = self._by_fp.get(bytes(data[2:10]))
+        return writer.name if writer is not None else None
+
     def decode(self, name: str, data: bytes) -> dict[str, Any]:
         if data[:1] == b"\x00" and len(data) >= 5:
             return self._decode_confluent(name, data)

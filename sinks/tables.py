@@ -104,14 +104,28 @@ def aggregate_rows(codec: Codec, value: bytes) -> list[list[Any]]:
 
 
 def session_rows(codec: Codec, value: bytes) -> list[list[Any]]:
-    r = _decode(codec, "session", value)
-    for name in ("pageviews", "events", "duration_ms", "version", "partition"):
-        if r[name] < 0:
-            raise Rejected(BadRowReason.INVALID_SESSION, f"{name} must be >= 0, got {r[name]}")
-    row = [r[c] for c in SESSION_COLUMNS]
-    row[2], row[3] = _ts(row[2]), _ts(row[3])
-    row[_BOUNCE], row[_DELETED] = int(row[_BOUNCE]), int(row[_DELETED])
-    return [row]
+    """The rows of a `session_batch` record, or of one `session` record (as workers wrote
+    before sessions were batched)."""
+    writer = codec.writer_name(value)
+    if writer == "session":
+        records = [_decode(codec, "session", value)]
+    elif writer is not None or value[:1] != b"\x00":
+        records = _decode(codec, "session_batch", value)["items"]
+    else:  # Confluent framed: the registry knows which of the two it is
+        try:
+            records = _decode(codec, "session_batch", value)["items"]
+        except Rejected:
+            records = [_decode(codec, "session", value)]
+    rows = []
+    for r in records:
+        for name in ("pageviews", "events", "duration_ms", "version", "partition"):
+            if r[name] < 0:
+                raise Rejected(BadRowReason.INVALID_SESSION, f"{name} must be >= 0, got {r[name]}")
+        row = [r[c] for c in SESSION_COLUMNS]
+        row[2], row[3] = _ts(row[2]), _ts(row[3])
+        row[_BOUNCE], row[_DELETED] = int(row[_BOUNCE]), int(row[_DELETED])
+        rows.append(row)
+    return rows
 
 
 def _metadata_value(value: Any) -> str:
@@ -151,7 +165,7 @@ MAPPINGS = (
     TableMapping(PAGEVIEWS_ENRICHED, "pageviews", PAGEVIEW_COLUMNS, pageview_rows, "pageview_batch",
                  passthrough=True),
     TableMapping(AGGREGATES, "aggregates", AGGREGATE_COLUMNS, aggregate_rows, "window_aggregate"),
-    TableMapping(SESSIONS, "sessions", SESSION_COLUMNS, session_rows, "session"),
+    TableMapping(SESSIONS, "sessions", SESSION_COLUMNS, session_rows, "session_batch"),
     TableMapping(PRODUCT_EVENTS, "product_events", PRODUCT_COLUMNS, product_rows, "product_event"),
     TableMapping(DROPS, "drops", DROP_COLUMNS, drop_rows, "drop_count"),
     TableMapping(BAD_ROWS, "bad_rows", BAD_ROW_COLUMNS, bad_row_rows, "bad_row"),

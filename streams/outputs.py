@@ -65,6 +65,18 @@ def produce(producer: Producer, topic: str, value: bytes, **kw: Any) -> None:
             producer.poll(0.05)
 
 
+def produce_all(producer: Producer, topic: str, records: list[tuple[bytes, bytes]]) -> int:
+    """produce() of many (key, value) records (a flush has about one per event): the plain
+    call while the queue takes them, the waiting one only when it is full."""
+    send = producer.produce
+    for key, value in records:
+        try:
+            send(topic, value, key)
+        except BufferError:
+            produce(producer, topic, value, key=key)
+    return len(records)
+
+
 class Outputs:
     def __init__(self, settings: Settings, watchdog: Watchdog | None = None) -> None:
         self.failed: KafkaError | None = None
@@ -164,10 +176,7 @@ class Totals:
         sent = 0
         for store in self.stores.values():
             for st in list(store.states.values()):
-                for key, w in st.take_dirty_windows():
-                    agg_key, value = encode(st, key, w)
-                    produce(producer, topic, value, key=agg_key)
-                    sent += 1
+                sent += produce_all(producer, topic, [encode(st, key, w) for key, w in st.take_dirty_windows()])
                 sent += self._sessions(producer, st)
                 if prune:
                     st.prune(closed_before, forget_ids_before)
@@ -176,10 +185,7 @@ class Totals:
         return sent
 
     def _sessions(self, producer: Producer, st: Any) -> int:
-        """The sessions that changed: their current state, or their removal. Like the totals,
-        versioned, so a re-emission after a rebuild replaces nothing newer."""
+        """The sessions that changed: their current state, or their removal, many per record.
+        Like the totals, versioned, so a re-emission after a rebuild replaces nothing newer."""
         changes, topic = st.sessions.take_changes(), self.sessions_topic
-        rows = self.encode_session.many(st.partition, st.session_events, changes)
-        for kafka_key, value in rows:
-            produce(producer, topic, value, key=kafka_key)
-        return len(rows)
+        return produce_all(producer, topic, self.encode_session.batches(st.partition, st.session_events, changes))

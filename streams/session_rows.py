@@ -1,11 +1,11 @@
-"""The `session` records the worker emits for the sessions that changed (streams/sessions.py).
+"""The `session_batch` records the worker emits for the sessions that changed (streams/sessions.py).
 
-A flush can carry tens of thousands of them (a new visit is a new row), so they are built
-like the window totals: the fields that repeat (a session's site and its entry pageview's
-referrer, UTM, device, browser and OS) are encoded once per distinct value and kept, and a
-record is the join of those pieces and a few varints. `session_record` is the same record as
-a dict: the reference the byte path is tested against, and the path when the schema has
-another shape (a registry, a new version).
+A flush can carry tens of thousands of them (a new visit is a new row), so they go many per
+Kafka record, and are built like the window totals: the fields that repeat (a session's site
+and its entry pageview's referrer, UTM, device, browser and OS) are encoded once per distinct
+value and kept, and a row is the join of those pieces and a few varints. `session_record` is
+one row as a dict: the reference the byte path is tested against, and the path when the
+schema has another shape (a registry, a new version).
 """
 
 from __future__ import annotations
@@ -45,27 +45,34 @@ def session_record(partition: int, version: int, key: SessionKey, s: Session | N
 
 
 class SessionEncoder:
-    """(Kafka key, `session` bytes) of a session key's current state, byte-identical to
-    codec.encode("session", session_record(...)) (tests/test_sessions.py)."""
+    """(Kafka key, `session_batch` bytes) of the changed sessions of a partition, byte-identical
+    to codec.encode("session_batch", {"items": [session_record(...), ...]})
+    (tests/test_sessions.py)."""
 
     CACHE_MAX = 65536
+    RECORD_BYTES = 256 * 1024  # a record holds rows up to about this size (the broker's limit is 1 MB)
 
     def __init__(self, codec: Any) -> None:
         self.codec = codec
         self._strings: dict[str, bytes] = {}
         self._attrs: dict[Attrs, bytes] = {}
         self._no_attrs = b""
-        schema = codec.latest("session").parsed
-        self.fast = [f["name"] for f in schema["fields"]] == LAYOUT and not getattr(codec, "registry_url", None)
+        batch = codec.latest("session_batch").parsed
+        schema = next(f for f in batch["fields"] if f["name"] == "items")["type"]["items"]
+        self.fast = ([f["name"] for f in batch["fields"]] == ["items"]
+                     and [f["name"] for f in schema["fields"]] == LAYOUT and not getattr(codec, "registry_url", None))
         if self.fast:
             w = field_writers(schema)
             self._str = w["site"]
             self._attr_writers = [w[name] for name in ATTR_FIELDS]
+            # Strings all (the entry attributes are joined from the cache of string pieces).
+            plain = all(f["type"] == "string" for f in schema["fields"] if f["name"] in ("site", *ATTR_FIELDS))
             self._no_attrs = b"".join(encoded(wr, v) for wr, v in zip(
                 self._attr_writers, ("direct", *[""] * (len(ATTR_FIELDS) - 1)), strict=True))
-            whole = codec.encode("session", session_record(0, 0, ("", 0, 0, 0), None))
-            body = self._body(0, 0, ("", 0, 0, 0), None)
-            self.fast = whole.endswith(body)
+            # The record is header | row count | rows | 0 (one Avro array block).
+            whole = codec.encode("session_batch", {"items": [session_record(0, 0, ("", 0, 0, 0), None)]})
+            body = b"\x02" + self._bodies(0, 0, [(("", 0, 0, 0), None)])[0] + b"\x00"
+            self.fast = plain and whole.endswith(body)
             self._header = whole[:-len(body)]
 
     def _s(self, value: str) -> bytes:
@@ -74,14 +81,11 @@ class SessionEncoder:
                                                            self.CACHE_MAX)
 
     def _attr_piece(self, attrs: Attrs) -> bytes:
-        piece = self._attrs.get(attrs)
-        if piece is None:
-            piece = bounded_put(self._attrs, attrs, b"".join(
-                encoded(wr, v) for wr, v in zip(self._attr_writers, attrs[1:], strict=True)), self.CACHE_MAX)
-        return piece
-
-    def _body(self, partition: int, version: int, key: SessionKey, s: Session | None) -> bytes:
-        return self._bodies(partition, version, [(key, s)])[0]
+        """The entry attributes' fields (strings, as the layout has them), each from the cache
+        of strings: a visit's combination is often new, its values seldom are."""
+        strings = self._strings
+        return bounded_put(self._attrs, attrs, b"".join([strings.get(v) or self._s(v) for v in attrs[1:]]),
+                           self.CACHE_MAX)
 
     def _bodies(self, partition: int, version: int, changes: list[tuple[SessionKey, Session | None]]) -> list[bytes]:
         """The record bodies of many session keys: the big varints (visitor id, start, end,
@@ -93,7 +97,7 @@ class SessionEncoder:
             else:
                 ints += (signed(vid), s.start, s.end, s.end - s.start)
         big = zigzag_varints(ints)
-        lng, st = encode_long, self._s
+        lng, st, strings, attr_pieces = encode_long, self._s, self._strings, self._attrs
         tail, part = lng(version), lng(partition)
         removed = b"".join((part, b"\x00\x00\x00\x00\x00\x00", self._no_attrs, tail, b"\x01"))
         tail += b"\x00"
@@ -101,24 +105,41 @@ class SessionEncoder:
         for i, ((site, _, _, _), s) in enumerate(changes):
             j = 4 * i
             if s is None:
-                out.append(b"".join((st(site), big[j], big[j + 1], big[j + 2], removed)))
+                out.append(b"".join((strings.get(site) or st(site), big[j], big[j + 1], big[j + 2], removed)))
                 continue
-            out.append(b"".join((st(site), big[j], big[j + 1], big[j + 2], part, st(s.entry[2]), st(s.exit[2]),
+            entry, exit_ = s.entry, s.exit[2]
+            out.append(b"".join((strings.get(site) or st(site), big[j], big[j + 1], big[j + 2], part,
+                                 strings.get(entry[2]) or st(entry[2]), strings.get(exit_) or st(exit_),
                                  lng(s.pageviews), lng(s.events), big[j + 3],
                                  b"\x01" if s.pageviews == 1 and s.events == 1 else b"\x00",
-                                 self._attr_piece(s.entry[3]), tail)))
+                                 attr_pieces.get(entry[3]) or self._attr_piece(entry[3]), tail)))
         return out
 
-    def __call__(self, partition: int, version: int, key: SessionKey, s: Session | None) -> tuple[bytes, bytes]:
-        return self.many(partition, version, {key: s})[0]
-
-    def many(self, partition: int, version: int,
-             changes: dict[SessionKey, Session | None]) -> list[tuple[bytes, bytes]]:
-        """(Kafka key, `session` bytes) of each changed session key, in the dict's order."""
-        keys = [f"{k[0]}|{k[1]}|{k[3]}".encode() for k in changes]
+    def batches(self, partition: int, version: int,
+                changes: dict[SessionKey, Session | None]) -> list[tuple[bytes, bytes]]:
+        """(Kafka key, `session_batch` bytes) records holding every changed session key, in the
+        dict's order. The key (partition, version, record number) is unique but for a
+        re-emission of the same state, so the topic's compaction never drops a row."""
+        items = list(changes.items())
         if not self.fast:
-            return [(kk, self.codec.encode("session", session_record(partition, version, k, s)))
-                    for kk, (k, s) in zip(keys, changes.items(), strict=True)]
-        header = self._header
-        return [(kk, header + body)
-                for kk, body in zip(keys, self._bodies(partition, version, list(changes.items())), strict=True)]
+            rows = [session_record(partition, version, k, s) for k, s in items]
+            step = max(1, self.RECORD_BYTES // 256)
+            chunks = [rows[i:i + step] for i in range(0, len(rows), step)]
+            return [(f"{partition}|{version}|{i}".encode(), self.codec.encode("session_batch", {"items": chunk}))
+                    for i, chunk in enumerate(chunks)]
+        out: list[tuple[bytes, bytes]] = []
+        chunk: list[bytes] = []
+        size = 0
+        for body in self._bodies(partition, version, items):
+            chunk.append(body)
+            size += len(body)
+            if size >= self.RECORD_BYTES:
+                out.append(self._record(partition, version, len(out), chunk))
+                chunk, size = [], 0
+        if chunk:
+            out.append(self._record(partition, version, len(out), chunk))
+        return out
+
+    def _record(self, partition: int, version: int, number: int, rows: list[bytes]) -> tuple[bytes, bytes]:
+        return (f"{partition}|{version}|{number}".encode(),
+                b"".join((self._header, encode_long(len(rows)), *rows, b"\x00")))

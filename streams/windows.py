@@ -544,6 +544,8 @@ class TotalsEncoder:
         self._header: bytes | None | bool = False  # found on first use (a registry may be slow)
         self._partition_last = self._fixed_names[-1:] == ["partition"]
         self._shared: dict[tuple[AggKey, int], bytes] = {}  # header + fixed fields but the partition
+        self._strings: dict[str, bytes] = {}  # kind, scope or dimension -> its Avro string
+        self._spans: dict[tuple[int, int], bytes] = {}  # (window_start, window_end) -> their Avro longs
         # The fields' types as window_aggregate v1 has them: the fixed fields are then written
         # directly (strings and varints), not through the general writers. Session windows
         # make a new window for most new visits, so this runs thousands of times per flush.
@@ -564,17 +566,33 @@ class TotalsEncoder:
         return b"".join(self._encoded(self._fields[name], agg[name]) for name in self._fixed_names)
 
     def __call__(self, st: PartitionState, key: AggKey, w: Window) -> tuple[bytes, bytes]:
+        fixed, agg_key = w.wire or self._wire(st, key, w)
+        if fixed is None:
+            return agg_key, self.codec.encode("window_aggregate", st.aggregate(key))
+        # The header was found, so the last three fields are Avro longs (zigzag varints).
+        uniques = len(w.visitors) if w.visitors is not None else 0
+        return agg_key, b"".join((fixed, encode_long(w.count), encode_long(uniques), encode_long(w.events)))
+
+    def _string(self, value: str) -> bytes:
+        return bounded_put(self._strings, value, _avro_string(value), self.SHARED_MAX)
+
+    def _wire(self, st: PartitionState, key: AggKey, w: Window) -> tuple[bytes | None, bytes]:
+        """The window's (encoded fixed fields, Kafka key), made once and kept on it (w.wire);
+        fixed is None when totals must go through the codec whole."""
         if self._header is False:
             self._header = self._find_header()
         if w.wire is None and self._plain and self._header is not None:
+            # From cached pieces: with sessions on, this runs about once per new visit.
             kind, scope, dimension, start = key
-            end = st.ends[key]
-            shared = self._shared.get((key, end))
-            if shared is None:
-                shared = bounded_put(self._shared, (key, end), b"".join((
-                    self._header, _avro_string(kind), _avro_string(scope), _avro_string(dimension), encode_long(start),
-                    encode_long(end))), self.SHARED_MAX)
-            w.wire = (shared + encode_long(st.partition), f"{kind}|{scope}|{dimension}|{start}|{st.partition}".encode())
+            strings, spans, end = self._strings, self._spans, st.ends[key]
+            span = spans.get((start, end))
+            if span is None:
+                span = bounded_put(spans, (start, end), encode_long(start) + encode_long(end), self.SHARED_MAX)
+            w.wire = (b"".join((self._header, strings.get(kind) or self._string(kind),
+                                strings.get(scope) or self._string(scope),
+                                strings.get(dimension) or self._string(dimension), span,
+                                encode_long(st.partition))),
+                      f"{kind}|{scope}|{dimension}|{start}|{st.partition}".encode())
         if w.wire is None:
             agg = {"kind": key[0], "scope": key[1], "dimension": key[2], "window_start": key[3],
                    "window_end": st.ends[key], "partition": st.partition}
@@ -591,9 +609,4 @@ class TotalsEncoder:
             else:
                 fixed = self._header + self._fixed_body(agg)
             w.wire = (fixed, aggregate_key(agg))
-        fixed, agg_key = w.wire
-        if fixed is None:
-            return agg_key, self.codec.encode("window_aggregate", st.aggregate(key))
-        # The header was found, so the last three fields are Avro longs (zigzag varints).
-        uniques = len(w.visitors) if w.visitors is not None else 0
-        return agg_key, b"".join((fixed, encode_long(w.count), encode_long(uniques), encode_long(w.events)))
+        return w.wire

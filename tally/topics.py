@@ -79,7 +79,7 @@ def specs(settings: Settings) -> list[TopicSpec]:
                   None, {**personal, "retention.ms": str(7 * DAY_MS)}),
         TopicSpec(AGGREGATES, "Window totals; keyed by (kind, site, window, partition) so compaction keeps the latest.",
                   None, {"cleanup.policy": "compact,delete", "retention.ms": str(60 * DAY_MS)}),
-        TopicSpec(SESSIONS, "Session (visit) states; keyed by (site, visitor, start) so compaction keeps the latest.",
+        TopicSpec(SESSIONS, "Session (visit) states, many per record; keyed by (partition, version, record number).",
                   None, {"cleanup.policy": "compact,delete", "retention.ms": str(7 * DAY_MS)}),
         TopicSpec(DROPS, "Counts of dropped events per site, day and reason.",
                   None, {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}),

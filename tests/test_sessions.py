@@ -202,12 +202,7 @@ def test_sessions_keep_the_entry_utm_content_and_term_and_read_older_deltas():
     assert session_record(0, 2, skey, sess)["utm_content"] == ""
 
 
-def test_session_rows_are_byte_identical_to_the_codec():
-    from tally.streams.session_rows import SessionEncoder, session_record
-
-    codec = default_codec()
-    encode = SessionEncoder(codec)
-    assert encode.fast
+def _some_changes() -> dict:
     s = Sessions()
     attrs = ("b\u00fccher.example", "search", "www.google.com", "news", "", "winter", "mobile", "Mobile Safari", "iOS", "DE",
              "banner", "snow boots")
@@ -218,10 +213,34 @@ def test_session_rows_are_byte_identical_to_the_codec():
         s.add(key, BASE - 5 * MIN, True, "/w", ATTRS, T)  # moves the start: the old key is removed
     changes = s.take_changes()
     assert None in changes.values()
+    return changes
+
+
+def test_session_batches_are_byte_identical_to_the_codec():
+    from tally.streams.session_rows import SessionEncoder, session_record
+
+    codec = default_codec()
+    encode = SessionEncoder(codec)
+    assert encode.fast
+    changes = _some_changes()
     for partition, version in ((0, 0), (3, 17), (300, 2**40)):
-        for key, sess in changes.items():
-            record = session_record(partition, version, key, sess)
-            assert encode(partition, version, key, sess)[1] == codec.encode("session", record)
-            assert codec.decode("session", encode(partition, version, key, sess)[1])["deleted"] is (sess is None)
-        # the batch path (one vectorised pass over a flush's changes) gives the same records
-        assert encode.many(partition, version, changes) == [encode(partition, version, k, s) for k, s in changes.items()]
+        ((key, value),) = encode.batches(partition, version, changes)
+        assert key == f"{partition}|{version}|0".encode()
+        records = [session_record(partition, version, k, sess) for k, sess in changes.items()]
+        assert value == codec.encode("session_batch", {"items": records})
+        assert [r["deleted"] for r in codec.decode("session_batch", value)["items"]] == [s is None for s in changes.values()]
+    assert encode.batches(0, 1, {}) == []
+
+
+def test_a_flush_of_many_sessions_is_split_into_records_of_bounded_size():
+    from tally.streams.session_rows import SessionEncoder, session_record
+
+    codec = default_codec()
+    encode = SessionEncoder(codec)
+    encode.RECORD_BYTES = 300  # a few rows per record
+    changes = {("a.com", vid, 0, BASE): sessionize([(BASE, True, f"/p{vid}", ATTRS)], T)[0] for vid in range(50)}
+    got = encode.batches(2, 9, changes)
+    assert [k for k, _ in got] == [f"2|9|{i}".encode() for i in range(len(got))] and len(got) > 5
+    assert all(len(v) < 300 + 200 for _, v in got)
+    items = [r for _, v in got for r in codec.decode("session_batch", v)["items"]]
+    assert items == [codec.decode("session", codec.encode("session", session_record(2, 9, k, s))) for k, s in changes.items()]

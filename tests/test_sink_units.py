@@ -12,11 +12,13 @@ from tally.schemas.codec import DecodeError, default_codec
 from tally.sinks.batch import Batch, dedup_token, intent_metadata, parse_intent
 from tally.sinks.tables import (
     PAGEVIEW_COLUMNS,
+    SESSION_COLUMNS,
     Passthrough,
     Rejected,
     aggregate_rows,
     pageview_rows,
     product_rows,
+    session_rows,
 )
 
 from tests.sink_records import pageview
@@ -109,6 +111,32 @@ def test_row_builders_reject_with_named_reasons():
     ok = product_rows(codec, codec.encode("product_event", {**event, "workspace_id": "w1",
                                                             "metadata": {"report_type": "x", "finding_count": 3}}))
     assert ok[0][-1] == {"report_type": "x", "finding_count": "3"}
+
+
+def test_session_rows_of_a_batch_and_of_a_single_record_as_older_workers_wrote():
+    from tally.streams.session_rows import SessionEncoder, session_record
+    from tally.streams.sessions import one_event
+
+    codec = default_codec()
+    attrs = ("a.com", "search", "www.google.com", "news", "", "", "mobile", "Mobile Safari", "iOS", "DE", "", "")
+    changes = {("a.com", 2**64 - 1, 0, 1_700_000_000_000): one_event(1_700_000_000_000, True, "/x", attrs),
+               ("a.com", 5, 0, 1_700_000_060_000): None}
+    ((_, batch),) = SessionEncoder(codec).batches(3, 17, changes)
+    rows = session_rows(codec, batch)
+    singles = [row for k, s in changes.items()
+               for row in session_rows(codec, codec.encode("session", session_record(3, 17, k, s)))]
+    assert rows == singles and len(rows) == 2
+    bounce, deleted = SESSION_COLUMNS.index("bounce"), SESSION_COLUMNS.index("deleted")
+    assert rows[0][:2] == ["a.com", -1] and rows[0][bounce] == 1 and rows[1][deleted] == 1  # a bounce; a removal
+    bad = session_record(3, 17, ("a.com", 5, 0, 1), None) | {"pageviews": -1}
+    for value in (codec.encode("session", bad), codec.encode("session_batch", {"items": [bad]})):
+        with pytest.raises(Rejected) as exc:
+            session_rows(codec, value)
+        assert exc.value.reason == "invalid_session" and "pageviews" in exc.value.detail
+    with pytest.raises(Rejected) as exc:
+        session_rows(codec, codec.encode("drop_count", {"site": "a", "day": 0, "reason": "bot", "component": "worker",
+                                                         "count": 1, "source_partition": 0, "source_offset": 0}))
+    assert exc.value.reason == "undecodable"
 
 
 def test_sql_literals_are_quoted_in_one_place():
