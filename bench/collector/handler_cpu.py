@@ -35,6 +35,7 @@ import uvloop  # noqa: E402
 from aiohttp import HttpVersion11, streams, web  # noqa: E402
 from aiohttp.http_parser import RawRequestMessage  # noqa: E402
 from multidict import CIMultiDict, CIMultiDictProxy  # noqa: E402
+from per_client import addresses  # noqa: E402  (same directory: the bench's address mix)
 from tally.producers.collector.app import Served  # noqa: E402
 from yarl import URL  # noqa: E402
 
@@ -55,19 +56,6 @@ UAS = [
     "Mobile/15E148 Safari/604.1",
     "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
 ]
-RESERVED = {0, 10, 100, 127, 169, 172, 192, 198, 203}
-
-
-def public_address(rng: random.Random) -> str:
-    if rng.randrange(4) == 3:
-        return ":".join(f"{rng.randint(lo, hi):x}" for lo, hi in
-                        [(0x2400, 0x2C0F)] + [(0, 0xFFFF)] * 6 + [(1, 0xFFFF)])
-    a = rng.randint(1, 223)
-    while a in RESERVED:
-        a = rng.randint(1, 223)
-    return f"{a}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
-
-
 class Transport:
     """What a request asks of its transport: the peer (a trusted proxy)."""
 
@@ -99,7 +87,7 @@ def build(n: int, rng: random.Random, shapes: list[tuple[bytes, str]], clients: 
         payload = streams.StreamReader(protocol, 2 ** 16, loop=asyncio.get_running_loop())
         payload.feed_data(body)
         payload.feed_eof()
-        xff = public_address(rng) if clients == "many" else "81.2.69.160"
+        xff = addresses(rng, 1)[0] if clients == "many" else "81.2.69.160"
         headers = CIMultiDict({"Host": "127.0.0.1", "Content-Type": "text/plain;charset=UTF-8", "User-Agent": ua,
                                "Origin": "https://example.com", "X-Forwarded-For": xff,
                                "Content-Length": str(len(body))})
