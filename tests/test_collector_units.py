@@ -148,6 +148,21 @@ def test_reserved_prop_names_are_refused_and_other_events_ignore_sd_and_e():
     assert plausible_beacon({"n": "pageview", "u": "/", "d": "example.com", "sd": 50, "e": 10}, ALLOWED).props == {}
 
 
+@pytest.mark.parametrize(("event", "want"), [
+    (None, "pageview"), ("signup", "signup"), (" signup ", "signup"), ("Outbound Link: Click", "Outbound Link: Click"),
+    ("", None), ("  ", None), ("sign\nup", None), ("a" * 65, None), ("jane@example.com", None), (7, None)])
+def test_event_names_get_the_same_checks_with_or_without_props(event, want):
+    """A beacon as tally.js sends it (no props) takes a shortcut through the parser; it must
+    be answered as the general path answers one with props."""
+    for extra in ({}, {"referrer": "https://news.example/"}, {"props": {"plan": "pro"}}):
+        body = {"site": "example.com", "path": "/", "event": event, **extra}
+        if want is None:
+            with pytest.raises(BadBeacon, match="^event "):
+                tally_beacon(body, ALLOWED)
+        else:
+            assert tally_beacon(body, ALLOWED).event == want
+
+
 def test_uuid7_is_version_7_and_time_ordered():
     a, b = uuid.UUID(uuid7(1_700_000_000_000)), uuid.UUID(uuid7(1_700_000_000_001))
     assert a.version == 7 and a.variant == uuid.RFC_4122 and a < b

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import uvloop
-from aiohttp import HttpVersion11, web
+from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from tally.producers.collector import metrics
 from tally.producers.collector.client_ip import ClientAddress
@@ -100,7 +100,7 @@ class Collector:
         """(IP pseudonym on this site in this period, rate-limit key, datacenter flag, country)
         of the client behind this peer and XFF chain. The raw address lives only in this call."""
         client = self.addresses.client(peer, forwarded_for)
-        pseudonym, limit_key = self.pseudonyms.of(client, site_key)
+        pseudonym, limit_key = self.pseudonyms.of(client, site_key, self.limiter is not None)
         if client is None:
             return pseudonym, limit_key, False, ""
         return pseudonym, limit_key, self.datacenters.contains(*client), country_of(client[2])
@@ -159,14 +159,14 @@ class Collector:
         if s.honor_dnt and headers.get("DNT", "").strip() == "1":
             self.drops.add(beacon.site, now_ms, DropReason.DNT)
             return None
-        user_agent = clean_text(headers.get("User-Agent", ""))
+        user_agent = clean_text(headers.get(hdrs.USER_AGENT, ""))
         if s.drop_empty_ua and not user_agent.strip():
             self.drops.add(beacon.site, now_ms, DropReason.EMPTY_USER_AGENT)
             return None
         site_key, new_period = self.edge_keys.site_key(now_ms, beacon.site)
         if new_period:  # the old period's prepared keys are not kept (forward secrecy)
             self.pseudonyms.forget()
-        xff = tuple(headers.getall("X-Forwarded-For", ())) if self.addresses.trusted else ()
+        xff = tuple(headers.getall(hdrs.X_FORWARDED_FOR, ())) if self.addresses.trusted else ()
         pseudonym, limit_key, datacenter, country = self.client(request.remote, xff, site_key)
         if self.limiter is not None and not self.limiter.allow(limit_key):
             self.drops.add(beacon.site, now_ms, DropReason.RATE_LIMITED)
@@ -316,14 +316,17 @@ class Routes:
         self._table[path] = table, self._guard("unmatched", method_not_allowed(set(table)))
 
     def __call__(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
-        entry = self._table.get(request.rel_url.path_safe)
+        # The path as sent is nearly always the route's own (no query, no escapes): looked up
+        # as is, it skips yarl's decoding; anything else is decoded as before.
+        table = self._table
+        entry = table.get(request.raw_path) or table.get(request.rel_url.path_safe)
         handler = self._not_found if entry is None else entry[0].get(request.method) or entry[1]
         if request.headers.get(EXPECT):
             return expect_then(handler, request)
         return handler(request)
 
 
-EXPECT = "Expect"
+EXPECT = hdrs.EXPECT  # istr header names: multidict skips case-folding them per lookup
 
 
 async def expect_then(handler: Handler, request: web.BaseRequest) -> web.StreamResponse:

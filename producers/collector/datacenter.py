@@ -78,8 +78,8 @@ class DatacenterRanges:
     def contains(self, version: int, value: int, text: str) -> bool:
         """True when the address (its version, integer value and text) is a datacenter's."""
         ranges = self.v4 if version == 4 else self.v6
-        i = ranges.find(value)
-        if i < 0:
+        i = bisect_right(ranges.starts, value) - 1  # ranges.find, inlined (per beacon)
+        if i < 0 or value > ranges.ends[i]:
             return False
         if not ranges.touch_special[i]:
             return True

@@ -2,8 +2,8 @@
 
 Why: building a record dict per beacon and running the codec's compiled
 writer over a micro-batch cost ~7 µs a beacon here, as much as parsing the
-request. But a beacon is almost all repeats: the site, the event name, empty
-props, the user agent, the minute's timestamp. (Not the IP pseudonym: nearly
+request. But a beacon is almost all repeats: the site, the path, the event name,
+empty props, the user agent, the minute's timestamp. (Not the IP pseudonym: nearly
 every beacon of real traffic has a new one, so caching it would only evict the
 pieces that do repeat; it is 32 hex characters, written behind their length.)
 An Avro record is its fields' encodings in schema order and an array block
@@ -83,6 +83,7 @@ class PieceEncoder:
         self._strings: dict[str, bytes] = {}  # site, event, user agent
         self._len32 = encoded(self._string, "0" * 32)[:-32]  # Avro length of a 32-byte string
         self._referrers: dict[str, bytes] = {}  # union-encoded: other bytes than the same string
+        self._paths: dict[str, bytes] = {}  # minimised paths: a site's pages recur
         self._null = encoded(self._referrer, None)
 
     def _cached(self, s: str) -> bytes:
@@ -102,10 +103,13 @@ class PieceEncoder:
         ref = self._null if referrer is None else self._referrers.get(referrer)
         if ref is None:
             ref = bounded_put(self._referrers, referrer, encoded(self._referrer, referrer), _CACHE_MAX)
+        path_bytes = self._paths.get(path)
+        if path_bytes is None:
+            path_bytes = bounded_put(self._paths, path, encoded(self._string, path), _CACHE_MAX)
         return b"".join((
             self._ms_bytes, uuid7_tail(), self._ts_bytes,
             strings.get(site) or self._cached(site),
-            encoded(self._string, path),
+            path_bytes,
             ref,
             strings.get(event) or self._cached(event),
             _NO_PROPS if not props else encoded(self._props, props),

@@ -191,8 +191,11 @@ def tally_beacon(body: dict[str, Any], allowed: frozenset[str]) -> BeaconRequest
     if (type(site) is str and site in allowed and type(path) is str and 0 < len(path) <= MAX_FIELD
             and path.isascii() and not path.isspace() and (ref is None or (
                 type(ref) is str and len(ref) <= MAX_FIELD and ref.isascii()))
-            and (event is None or event == PAGEVIEW) and not props and (props is None or props == {})):
-        return BeaconRequest(site, path, ref or None, PAGEVIEW, {})
+            and (event is None or event == PAGEVIEW or (type(event) is str and event != ENGAGEMENT
+                                                          and _event_problem(event) is None
+                                                          and not event.endswith(" ")))
+            and not props and (props is None or props == {})):
+        return BeaconRequest(site, path, ref or None, event or PAGEVIEW, {})
     site = _site(_required(body, "site"), allowed, "site")
     path = clean_text(_required(body, "path"))
     event, props = _event(body.get("event"), "event"), _props(body.get("props"), "props")

@@ -47,9 +47,12 @@ class Pseudonyms:
         h.update(ip.encode())
         return h.hexdigest()
 
-    def of(self, client: Client | None, site_key: bytes) -> tuple[str, bytes]:
-        """(pseudonym, rate-limit key) of a client address (no address: the pseudonym of '')."""
+    def of(self, client: Client | None, site_key: bytes, limit: bool = True) -> tuple[str, bytes]:
+        """(pseudonym, rate-limit key) of a client address (no address: the pseudonym of '');
+        with limit=False (no rate limit) the key is not computed and is b""."""
         pseudonym = self.text("" if client is None else client[2], site_key)
+        if not limit:
+            return pseudonym, b""
         k = self._limit.copy()
         if client is None:
             return pseudonym, k.digest()
