@@ -121,7 +121,7 @@ SELECT site, visitor_id, min(received_at), max(received_at), toUInt16(abs(visito
        toUInt8(countIf(event = 'pageview') = 1 AND count() = 1),
        argMin(referrer_source, received_at), argMin(referrer_host, received_at),
        ifNull(argMin(utm_source, received_at), ''), ifNull(argMin(utm_medium, received_at), ''),
-       ifNull(argMin(utm_campaign, received_at), ''), argMin(device, received_at), argMin(browser, received_at),
+       ifNull(argMin(utm_campaign, received_at), ''), '', '', argMin(device, received_at), argMin(browser, received_at),
        argMin(os, received_at), argMin(country, received_at), 1, 0
 FROM pageviews
 GROUP BY site, visitor_id, toDate(received_at)
