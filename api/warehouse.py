@@ -71,9 +71,7 @@ class FramedPool:
     async def _exchange(self, conn: _Framed, frame: bytes) -> tuple[int, bytes]:
         try:
             answer = await conn.exchange(frame, self.timeout)
-        except _Stale:
-            raise
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:  # _Stale goes up: call() retries on a new connection
             raise Unavailable(f"the sink's read service failed to answer ({type(exc).__name__})") from None
         if len(self.idle) < self.keep:
             self.idle.append(conn)

@@ -59,11 +59,6 @@ class _Ranges:
         self.ends = [e for _, e in merged]
         self.touch_special = bytes(any(s <= last and first <= e for first, last in special) for s, e in merged)
 
-    def find(self, value: int) -> int:
-        """The index of the range holding value, or -1."""
-        i = bisect_right(self.starts, value) - 1
-        return i if i >= 0 and value <= self.ends[i] else -1
-
     def __len__(self) -> int:
         return len(self.starts)
 
@@ -78,7 +73,7 @@ class DatacenterRanges:
     def contains(self, version: int, value: int, text: str) -> bool:
         """True when the address (its version, integer value and text) is a datacenter's."""
         ranges = self.v4 if version == 4 else self.v6
-        i = bisect_right(ranges.starts, value) - 1  # ranges.find, inlined (per beacon)
+        i = bisect_right(ranges.starts, value) - 1  # the last range starting at or below value
         if i < 0 or value > ranges.ends[i]:
             return False
         if not ranges.touch_special[i]:
