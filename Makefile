@@ -32,7 +32,7 @@ test: setup
 	@.venv/bin/python -m pytest -m "not chaos"
 
 chaos: setup
-	@.venv/bin/python -m pytest -m chaos
+	@.venv/bin/python -m pytest -m chaos -s
 
 lint: setup
 	@.venv/bin/ruff check .

@@ -9,76 +9,16 @@ duplicate is left), and the aggregates agree with the raw rows (`tally reconcile
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
-from collections import Counter
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.chaos import assert_stored_exactly_once, readyz, report
 from tests.cluster import KafkaCluster
 from tests.conftest import Env, start_pipeline, wait_for
-from tests.helpers import BeaconLoad, query_rows, read_beacons
+from tests.helpers import BeaconLoad
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
-
-
-def readyz(settings) -> dict:
-    url = f"http://{settings.collector_host}:{settings.collector_port}/readyz"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return json.loads(exc.read())
-
-
-def stored(settings, prefix: str) -> tuple[int, int, int, int]:
-    """(rows FINAL, rows, distinct event_ids, distinct paths) of the beacons under prefix."""
-    final = query_rows(settings, f"SELECT count() FROM pageviews FINAL WHERE startsWith(path, '{prefix}')")
-    raw = query_rows(settings, "SELECT count(), uniqExact(event_id), uniqExact(path) FROM pageviews "
-                               f"WHERE startsWith(path, '{prefix}')")
-    return final[0][0], *raw[0]
-
-
-def assert_stored_exactly_once(env: Env, load: BeaconLoad, prefix: str, procs) -> None:
-    s = env.settings
-    acked = len(load.acked)
-    try:
-        wait_for(lambda: stored(s, prefix)[0] >= acked, 240, f"{acked} acknowledged beacons in ClickHouse")
-    except AssertionError:
-        from tests.stream_support import input_lag
-
-        raise AssertionError(f"{acked} acknowledged, stored (FINAL, rows, ids, paths): {stored(s, prefix)}; "
-                             f"stream input lag {input_lag(s)}\n{procs[1].output()[-4000:]}") from None
-    tails = "\n".join(f"--- {p.name}\n{p.output()[-2500:]}" for p in procs)
-    final, rows, ids, paths = stored(s, prefix)
-    assert (final, rows, ids, paths) == (acked, acked, acked, acked), tails
-    got = {r[0] for r in query_rows(s, f"SELECT path FROM pageviews WHERE startsWith(path, '{prefix}')")}
-    assert got == load.acked  # the acknowledged ones, not others
-    # ClickHouse folds repeated event_ids when it merges; the raw topic shows any that were sent.
-    raw = [b for b in read_beacons(s, acked) if b["path"].startswith(prefix)]
-    repeated = Counter(str(b["event_id"]) for b in raw)
-    twice = {i: n for i, n in repeated.items() if n > 1}
-    assert not twice, f"{len(twice)} beacons in {s.topic('beacons.raw')} more than once, e.g. {list(twice.items())[:3]}"
-
-    from tally.sinks.reconcile import reconcile
-
-    today = datetime.now(UTC).date()
-
-    def drift() -> list:
-        return [d for d in reconcile(s, today - timedelta(days=1), today + timedelta(days=1)) if d.drift]
-
-    # The worker emits window totals every TALLY_TOTALS_FLUSH_SECONDS; the sink follows.
-    try:
-        wait_for(lambda: not drift(), 120, "aggregates equal to the raw rows")
-    except AssertionError:
-        from tests.stream_support import input_lag
-
-        raise AssertionError(f"drift {drift()}; stream input lag {input_lag(s)}\n"
-                             f"{procs[1].output()[-6000:]}") from None
-    for p in procs:
-        assert p.alive(), f"{p.name} died:\n{p.output()[-3000:]}"
 
 
 def online_after(s, load: BeaconLoad, t0: float, timeout: float, what: str) -> float:
@@ -88,11 +28,12 @@ def online_after(s, load: BeaconLoad, t0: float, timeout: float, what: str) -> f
     return time.monotonic() - t0
 
 
-def assert_settled(cluster: KafkaCluster, env: Env, load: BeaconLoad, prefix: str, procs) -> None:
+def assert_settled(cluster: KafkaCluster, env: Env, load: BeaconLoad, prefix: str, procs) -> dict[str, int]:
     """Every beacon sent was acknowledged and is stored exactly once; the replicas are in sync again."""
     assert not load.failed, dict(list(load.failed.items())[:5])
-    assert_stored_exactly_once(env, load, prefix, procs)
+    counts = assert_stored_exactly_once(env, load, prefix, procs)
     cluster.wait_in_sync([env.settings.topic("beacons.raw"), env.settings.topic("pageviews.enriched")])
+    return counts
 
 
 def pipeline_topics(settings) -> list[str]:
@@ -166,7 +107,9 @@ def test_leader_sigkilled_under_load_loses_and_duplicates_nothing(cluster: Kafka
           f"the collector is online again after {online:.1f}s; {len(load.acked)} beacons acknowledged, "
           f"{len(load.failed)} not")
     cluster.start(victim)
-    assert_settled(cluster, env, load, "/leader/", procs)
+    counts = assert_settled(cluster, env, load, "/leader/", procs)
+    report("leader SIGKILLed", None, load_per_s=200, failover_s=round(failover, 1), online_after_s=round(online, 1),
+           **counts)
 
 
 @pytest.mark.chaos
@@ -200,4 +143,6 @@ def test_two_of_three_brokers_sigkilled_the_collector_spools_then_replays(cluste
     print(f"nodes {victims} SIGKILLed, node {survivor} left: {spooled} batches in the spool 1000 "
           f"beacons later; the nodes were live again after {restarted:.1f}s and the collector online "
           f"after {recovered:.1f}s; {len(load.acked)} beacons acknowledged, {len(load.failed)} not")
-    assert_settled(cluster, env, load, "/quorum/", procs)
+    counts = assert_settled(cluster, env, load, "/quorum/", procs)
+    report("2 of 3 brokers SIGKILLed", None, load_per_s=200, spooled_batches=spooled,
+           online_after_restart_s=round(recovered, 1), **counts)

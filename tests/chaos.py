@@ -1,0 +1,138 @@
+"""Shared parts of the fault-injection scenarios (`make chaos`): a seeded fault schedule,
+the exact final checks every scenario ends with, and the one-line report it prints.
+
+The final checks are the ones docs/reliability.md promises, run in ClickHouse:
+- nothing lost: the acknowledged beacons are exactly the stored ones;
+- nothing duplicated: rows FINAL, `count()`, `uniqExact(event_id)` and distinct paths are all
+  the acknowledged count, and `beacons.raw` holds each `event_id` once;
+- aggregates equal the raw rows: `tally reconcile` finds no drift;
+- settled: the worker's and the sink's consumer lag is 0, the collector's spool is empty,
+  and no process died.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tests.conftest import Env, Proc, wait_for
+from tests.helpers import BeaconLoad, query_rows, read_beacons
+
+
+class Faults:
+    """Random choices of a scenario (which process, which signal, how long) from one seed,
+    printed so that a failing run can be repeated: TALLY_CHAOS_SEED=<seed> make chaos."""
+
+    def __init__(self, name: str, seed: int | None = None) -> None:
+        env_seed = os.environ.get("TALLY_CHAOS_SEED")
+        self.seed = seed if seed is not None else int(env_seed) if env_seed else random.SystemRandom().randrange(10**6)
+        self.rnd = random.Random(self.seed)
+        self.log: list[str] = []
+        print(f"[chaos] {name}: seed {self.seed}")
+
+    def pause(self, lo: float, hi: float) -> float:
+        """Sleep a random while in [lo, hi] seconds; returns it."""
+        wait = self.rnd.uniform(lo, hi)
+        time.sleep(wait)
+        return wait
+
+    def signal(self, proc: Proc, sig: signal.Signals) -> None:
+        """Send sig to the process group of proc (SIGKILL and SIGTERM also wait for its exit)."""
+        self.log.append(f"{time.strftime('%H:%M:%S')} {sig.name} {proc.name}")
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            proc.stop(sig)
+        else:
+            os.killpg(proc.popen.pid, sig)
+
+
+def readyz(settings: Any) -> dict[str, Any]:
+    url = f"http://{settings.collector_host}:{settings.collector_port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+
+
+def stored(settings: Any, prefix: str) -> tuple[int, int, int, int]:
+    """(rows FINAL, rows, distinct event_ids, distinct paths) of the beacons under prefix."""
+    final = query_rows(settings, f"SELECT count() FROM pageviews FINAL WHERE startsWith(path, '{prefix}')")
+    raw = query_rows(settings, "SELECT count(), uniqExact(event_id), uniqExact(path) FROM pageviews "
+                               f"WHERE startsWith(path, '{prefix}')")
+    return final[0][0], *raw[0]
+
+
+def group_lag(settings: Any) -> dict[str, int] | None:
+    """Total lag of the worker group and of the sink group (None while the broker cannot say)."""
+    from tally.ops.lag import group_report
+
+    from tally.topics import admin, sink_group
+
+    try:
+        client = admin(settings)
+        return {group: sum(lag.total for lag in group_report(client, group).lag)
+                for group in (settings.app_id, sink_group(settings))}
+    except Exception:
+        return None
+
+
+def drifting_days(settings: Any) -> list[Any]:
+    from tally.sinks.reconcile import reconcile
+
+    today = datetime.now(UTC).date()
+    return [d for d in reconcile(settings, today - timedelta(days=1), today + timedelta(days=4)) if d.drift]
+
+
+def tails(procs: Sequence[Proc], chars: int = 2500) -> str:
+    return "\n".join(f"--- {p.name}\n{p.output()[-chars:]}" for p in procs)
+
+
+def assert_stored_exactly_once(env: Env, load: BeaconLoad, prefix: str, procs: Sequence[Proc],
+                               timeout: float = 240) -> dict[str, int]:
+    """Every check of the module docstring; returns the scenario's counts for report()."""
+    s = env.settings
+    acked = len(load.acked)
+    try:
+        wait_for(lambda: stored(s, prefix)[0] >= acked, timeout, f"{acked} acknowledged beacons in ClickHouse")
+    except AssertionError:
+        raise AssertionError(f"{acked} acknowledged, stored (FINAL, rows, ids, paths): {stored(s, prefix)}; "
+                             f"lag {group_lag(s)}\n{tails(procs)}") from None
+    final, rows, ids, paths = stored(s, prefix)
+    assert (final, rows, ids, paths) == (acked, acked, acked, acked), tails(procs)
+    got = {r[0] for r in query_rows(s, f"SELECT path FROM pageviews WHERE startsWith(path, '{prefix}')")}
+    assert got == load.acked  # the acknowledged ones, not others
+    # ClickHouse folds repeated event_ids when it merges; the raw topic shows any that were sent.
+    raw = [b for b in read_beacons(s, acked) if b["path"].startswith(prefix)]
+    repeated = Counter(str(b["event_id"]) for b in raw)
+    twice = {i: n for i, n in repeated.items() if n > 1}
+    assert not twice, f"{len(twice)} beacons in {s.topic('beacons.raw')} more than once, e.g. {list(twice.items())[:3]}"
+
+    # The worker emits window totals every TALLY_TOTALS_FLUSH_SECONDS; the sink follows.
+    try:
+        wait_for(lambda: not drifting_days(s), 120, "aggregates equal to the raw rows")
+    except AssertionError:
+        raise AssertionError(f"drift {drifting_days(s)}; lag {group_lag(s)}\n{tails(procs, 6000)}") from None
+    wait_for(lambda: (lag := group_lag(s)) is not None and not any(lag.values()), 120,
+             "worker and sink consumer lag 0")
+    collectors = [p for p in procs if p.name.startswith("collector") and p.alive()]
+    for _ in collectors:
+        wait_for(lambda: readyz(s).get("spool_batches") == 0, 120, "the collector's spool empty")
+    for p in procs:
+        assert p.alive(), f"{p.name} died:\n{p.output()[-3000:]}"
+    return {"acknowledged": acked, "not_acknowledged": len(load.failed), "lost": acked - len(got & load.acked),
+            "duplicated": rows - ids, "drift": 0}
+
+
+def report(scenario: str, faults: Faults | None, **figures: Any) -> None:
+    """One line per scenario: `[chaos] {json}`, the figures docs/reliability.md tabulates."""
+    line = {"scenario": scenario, **({"seed": faults.seed, "faults": len(faults.log)} if faults else {}), **figures}
+    print(f"[chaos] {json.dumps(line)}")
