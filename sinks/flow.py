@@ -53,7 +53,7 @@ class Flow:
             log.warning("%s failed (attempt %d): %s; retrying in %.1fs", what, state.attempt_number,
                         str(state.outcome.exception()).strip()[:300], state.next_action.sleep)
 
-        for attempt in Retrying(wait=wait_exponential_jitter(initial=0.2, max=15, jitter=0.5),
+        for attempt in Retrying(wait=wait_exponential_jitter(multiplier=0.2, max=15, jitter=0.5),
                                 retry=retry_if_exception_type(retry_on), stop=stop, reraise=True,
                                 sleep=self.idle, before_sleep=before_sleep):
             with attempt:

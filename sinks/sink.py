@@ -291,7 +291,7 @@ def open_warehouse(settings: Settings, stopping: threading.Event) -> Client:
         log.warning("ClickHouse unavailable (%s); retrying in %.1fs",
                     str(state.outcome.exception()).strip()[:300], state.next_action.sleep)
 
-    for attempt in Retrying(wait=wait_exponential_jitter(initial=0.5, max=15, jitter=0.5),
+    for attempt in Retrying(wait=wait_exponential_jitter(multiplier=0.5, max=15, jitter=0.5),
                             retry=retry_if_exception_type(UNAVAILABLE), reraise=True,
                             stop=lambda _: stopping.is_set(), before_sleep=before_sleep):
         with attempt:
