@@ -7,8 +7,10 @@
 --   many (default)  every request comes from a fresh, random public address
 --                   (3 in 4 IPv4, 1 in 4 IPv6), as real traffic mostly does;
 --   one             every request comes from one address.
--- env TALLY_BENCH_DELAY_MS: each connection waits that long between requests (wrk's
--- delay() hook), which bounds the rate for the "p99 at 70% of peak" run.
+-- env TALLY_BENCH_RATE: requests/s over all connections, for the "p99 at 70% of peak" run.
+-- wrk's delay() hook gives each request the next free slot of one schedule (one slot every
+-- 1/rate s), so the rate holds whatever the latency; a server slower than the rate gets
+-- the next request as soon as it answers (no catch-up burst).
 local sections = {"", "/blog", "/docs", "/pricing", "/changelog", "/help", "/careers", "/integrations"}
 local words = {"kafka", "privacy", "getting-started", "api", "install", "teams", "billing", "faq", "roadmap",
                "clickhouse", "gdpr", "cookies", "self-hosting", "migration", "alerts", "dashboards"}
@@ -44,7 +46,7 @@ local MARK = "\0ADDRESS\0"
 local templates = {}  -- each request as {text before the address, text after it}
 local n = 0
 local many = (os.getenv("TALLY_BENCH_CLIENTS") or "many") ~= "one"
-local delay_ms = tonumber(os.getenv("TALLY_BENCH_DELAY_MS") or "0")
+local rate = tonumber(os.getenv("TALLY_BENCH_RATE") or "0")
 -- /8s left out of the IPv4 draw: private, loopback, CGNAT, link-local, benchmarking, documentation.
 local reserved = {[0] = true, [10] = true, [100] = true, [127] = true, [169] = true, [172] = true, [192] = true,
                   [198] = true, [203] = true}
@@ -93,8 +95,23 @@ function request()
 end
 
 -- Defined only when pacing: wrk schedules a timer per request whenever delay() exists.
-if delay_ms > 0 then
+if rate > 0 then
+  local ffi = require("ffi")
+  ffi.cdef[[
+    typedef struct { long tv_sec; long tv_nsec; } tally_timespec;
+    int clock_gettime(int clk_id, tally_timespec *tp);
+  ]]
+  local ts = ffi.new("tally_timespec")
+  local function now_ms()
+    ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
+    return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+  end
+  local interval = 1000 / rate
+  local next_slot = 0
   function delay()
-    return delay_ms
+    local now = now_ms()
+    local slot = math.max(now, next_slot)
+    next_slot = slot + interval
+    return slot - now  -- wrk truncates to whole ms: a request goes < 1 ms early, the schedule holds
   end
 end

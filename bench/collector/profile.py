@@ -96,7 +96,7 @@ def main() -> None:
             wait_http(f"{url}/healthz")
             wrk(f"{url}/api/v1/collect", args.connections, args.warmup, clients=args.clients)
             raw = args.out / f"{args.clients}.raw.txt"
-            load_env = {**os.environ, "TALLY_BENCH_CLIENTS": args.clients, "TALLY_BENCH_DELAY_MS": "0"}
+            load_env = {**os.environ, "TALLY_BENCH_CLIENTS": args.clients, "TALLY_BENCH_RATE": "0"}
             load = subprocess.Popen(["wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds + 4}s", "-s",
                                      str(SCRIPT), f"{url}/api/v1/collect"], env=load_env, stdout=subprocess.DEVNULL)
             time.sleep(2)

@@ -29,9 +29,10 @@ Runs, in this order, in one process run:
    the target process's CPU time per request, which other load disturbs far less than
    requests/s, and its peak RSS while loaded.
 2. p99 at 70% of the collector's peak: wrk2 is not packaged in Debian, so the rate is
-   held with wrk's Lua delay() hook (64 connections, each waiting `delay` ms after each
-   answer; two short calibration runs estimate the latency and set `delay`). This is
-   closed-loop pacing: coordinated omission is not corrected as wrk2 would. The baseline
+   held with wrk's Lua delay() hook: 64 connections take turns on one schedule of a slot
+   every 1/rate seconds (beacons.lua). A connection waits for its answer before it takes
+   its next slot, so this is closed-loop pacing: coordinated omission is not corrected as
+   wrk2 would. The baseline
    is run at the same target, so machine noise shows up in both. Achieved rates are
    reported next to the latencies, and so is the Kafka ack latency of the collector's
    batches in that run (kafka_ack_at_70pct): requests are answered only after their
@@ -88,8 +89,9 @@ def wait_http(url: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def wrk(url: str, connections: int, duration: float, delay_ms: float = 0, clients: str = "many") -> dict:
-    env = {**os.environ, "TALLY_BENCH_DELAY_MS": str(delay_ms), "TALLY_BENCH_CLIENTS": clients}
+def wrk(url: str, connections: int, duration: float, rate: float = 0, clients: str = "many") -> dict:
+    """rate: requests/s to hold (0: as fast as answered)."""
+    env = {**os.environ, "TALLY_BENCH_RATE": str(rate), "TALLY_BENCH_CLIENTS": clients}
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{int(duration)}s", "--latency", "-s", str(SCRIPT), url],
                          capture_output=True, text=True, env=env, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -117,12 +119,12 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def loaded(pid: int, url: str, connections: int, duration: float, delay_ms: float = 0,
+def loaded(pid: int, url: str, connections: int, duration: float, rate: float = 0,
            clients: str = "many") -> dict:
     """One wrk run against the process pid, with its CPU cost per request and peak RSS."""
     c0 = cpu_seconds(pid)
     with RssSampler(pid) as rss:
-        out = wrk(url, connections, duration, delay_ms, clients)
+        out = wrk(url, connections, duration, rate, clients)
     out["cpu_us_per_request"] = round((cpu_seconds(pid) - c0) / max(out["requests"], 1) * 1e6, 1)
     out["rss_mb_peak"] = round(rss.peak_total, 1)
     out["rss_mb_peak_per_process"] = round(rss.peak_one, 1)
@@ -130,17 +132,9 @@ def loaded(pid: int, url: str, connections: int, duration: float, delay_ms: floa
 
 
 def paced(pid: int, url: str, target: float, duration: float, conns: int = 64) -> dict:
-    """A wrk run held near `target` requests/s by wrk's delay() hook, calibrated in two short runs.
-
-    Each connection sends, waits for the answer, then waits delay ms, so the rate is
-    conns / (delay + latency); the calibration estimates the latency and sets delay."""
-    delay = max(1.0, conns * 1000 / target)
-    for _ in range(2):
-        probe = wrk(url, conns, 3, round(delay))
-        latency_ms = max(0.0, conns * 1000 / max(probe["rps"], 1) - delay)
-        delay = max(1.0, conns * 1000 / target - latency_ms)
-    out = loaded(pid, url, conns, duration, round(delay))
-    out.update(target_rps=round(target, 1), connections=conns, delay_ms=round(delay))
+    """A wrk run held at `target` requests/s (beacons.lua's schedule)."""
+    out = loaded(pid, url, conns, duration, target)
+    out.update(target_rps=round(target, 1), connections=conns)
     return out
 
 
