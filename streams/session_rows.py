@@ -83,6 +83,8 @@ class SessionEncoder:
     def _attr_piece(self, attrs: Attrs) -> bytes:
         """The entry attributes' fields (strings, as the layout has them), each from the cache
         of strings: a visit's combination is often new, its values seldom are."""
+        if len(attrs) != len(ATTR_FIELDS) + 1:  # a short tuple would write a corrupt row (the slow path checks too)
+            raise ValueError(f"session attributes have {len(attrs)} fields, the layout {len(ATTR_FIELDS) + 1}")
         strings = self._strings
         return bounded_put(self._attrs, attrs, b"".join([strings.get(v) or self._s(v) for v in attrs[1:]]),
                            self.CACHE_MAX)

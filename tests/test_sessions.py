@@ -244,3 +244,15 @@ def test_a_flush_of_many_sessions_is_split_into_records_of_bounded_size():
     assert all(len(v) < 300 + 200 for _, v in got)
     items = [r for _, v in got for r in codec.decode("session_batch", v)["items"]]
     assert items == [codec.decode("session", codec.encode("session", session_record(2, 9, k, s))) for k, s in changes.items()]
+
+
+def test_the_fast_encoder_refuses_session_attributes_of_the_wrong_length():
+    """A short attribute tuple would shift every later field of the row: refused, not written."""
+    import pytest
+    from tally.streams.session_rows import SessionEncoder
+
+    encode = SessionEncoder(default_codec())
+    assert encode.fast
+    short = sessionize([(BASE, True, "/", ATTRS[:-1])], T)[0]
+    with pytest.raises(ValueError, match="session attributes have"):
+        encode.batches(0, 1, {("a.com", 1, 0, BASE): short})
