@@ -236,6 +236,8 @@ def status(as_json: bool) -> None:
         said = r.get("health") or {}
         if said.get("state") == "stalled":
             state = f"[red]stalled[/red]: {said.get('detail', '')}"
+        elif said.get("state") == "no_broker":
+            state = f"[yellow]no broker[/yellow]: {said.get('detail', '')}"
         elif r["ready"]:
             state = "[green]ready[/green]"
         else:

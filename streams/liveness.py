@@ -38,7 +38,11 @@ async def check(settings: Settings, app: Any, watchdog: Watchdog, stores: Mappin
         ends = {(tp.topic, tp.partition): end for tp, end in
                 (await asyncio.wait_for(app.consumer.highwaters(*held), 10)).items()} if held else {}
     except Exception as exc:  # the broker is unreachable: that is an outage, not a stall
-        log.warning("watchdog: end offsets unavailable (%s)", exc or type(exc).__name__)
+        why = str(exc) or type(exc).__name__
+        log.warning("watchdog: end offsets unavailable (%s)", why)
+        # Say so rather than leave the last "ok" standing for `tally status`.
+        health.write(settings, "worker", {"state": "no_broker", "held": len(held),
+                                          "detail": f"end offsets unavailable: {why}"[:300], **about})
         return
     # Faust's record of this member's commits: where an unprocessed partition starts.
     commits = getattr(app.consumer, "_committed_offset", {})

@@ -101,3 +101,29 @@ def test_zero_switches_it_off():
     wd.assigned([(RAW, 0)])
     clock.now += 10**6
     assert wd.check({(RAW, 0): 10}, {}) is None
+
+
+def test_with_the_broker_unreachable_the_health_report_says_so_instead_of_the_last_ok(tmp_path):
+    """`tally status` reads this report: a stale "ok" would hide the outage."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from tally.streams import liveness
+
+    from tally import health
+    from tally.config import Settings
+
+    settings = Settings.from_env({"TALLY_STATE_DIR": str(tmp_path)})
+    health.write(settings, "worker", {"state": "ok", "held": 1})
+
+    class Unreachable:
+        def assignment(self):
+            return [SimpleNamespace(topic=RAW, partition=0)]
+
+        async def highwaters(self, *_tps):
+            raise ConnectionError("no broker at 127.0.0.1:1")
+
+    watchdog, _clock = make()
+    asyncio.run(liveness.check(settings, SimpleNamespace(consumer=Unreachable()), watchdog, {}, {}))
+    (report,) = health.read(settings, "worker")
+    assert report["state"] == "no_broker" and "no broker at 127.0.0.1:1" in report["detail"]
