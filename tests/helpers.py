@@ -37,6 +37,22 @@ def query_rows(settings: Settings, sql: str) -> list[list[Any]]:
     return json.loads(run_sql(settings, sql, "JSONCompact"))["data"]
 
 
+def led_partitions(consumer: Any, topic: str, timeout: float = 30) -> list[int]:
+    """The topic's partitions, once the metadata names a leader for each: a just-created topic
+    or a just-started broker answers offset requests with NOT_LEADER until then."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        if parts and all(p.leader >= 0 and p.error is None for p in parts.values()):
+            return sorted(parts)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{topic}: partitions without a leader after {timeout}s: "
+                                 f"{ {i: (p.leader, p.error) for i, p in parts.items()} }")
+        time.sleep(0.2)
+
+
 def read_beacons(settings: Settings, want: int = 0, timeout: float = 30) -> list[dict[str, Any]]:
     """Every beacon in the raw topic (decoded from its batches): reads to the end of each
     partition, and on until at least `want` beacons arrived or `timeout` passed."""
@@ -50,7 +66,7 @@ def read_beacons(settings: Settings, want: int = 0, timeout: float = 30) -> list
     topic = settings.topic("beacons.raw")
     consumer = Consumer(consumer_config(settings, f"test-reader-{time.monotonic_ns()}"))
     try:
-        parts = list(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        parts = led_partitions(consumer, topic)
         consumer.assign([TopicPartition(topic, p, -2) for p in parts])  # -2: from the beginning
         codec, out = default_codec(), []
         next_offset = dict.fromkeys(parts, 0)

@@ -16,6 +16,7 @@ from tally.streams.windows import DAY_MS, HOUR_MS, month_bounds, period_end
 
 from tally.config import Settings
 from tally.kafka import consumer_config, producer_config
+from tests.helpers import led_partitions
 
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:127.0) Gecko/20100101 Firefox/127.0"
 CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -64,9 +65,8 @@ def read_all(settings: Settings, topic: str, timeout: float = 30) -> list[Any]:
     name = settings.topic(topic)
     c = Consumer(consumer_config(settings, f"test-reader-{uuid.uuid4().hex[:6]}"))
     try:
-        meta = c.list_topics(name, timeout=timeout).topics[name]
         ends = {}
-        for p in meta.partitions:
+        for p in led_partitions(c, name, timeout):
             lo, hi = c.get_watermark_offsets(TopicPartition(name, p), timeout=timeout)
             if hi > lo:
                 ends[p] = hi
