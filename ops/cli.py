@@ -203,6 +203,9 @@ def status(as_json: bool) -> None:
 
     Lag is given per topic in total and for the worst partition; a growing lag
     on the stream group means it is time to start another `tally worker`.
+
+    With nothing of the stack running it says so in one line and exits with
+    status 3 (as `systemctl status` does for a stopped unit).
     """
     from dataclasses import asdict
 
@@ -223,10 +226,17 @@ def status(as_json: bool) -> None:
             row["health"] = {k: v for k, v in mine[0].items() if k != "pid"}
             row["ready"] = row["ready"] and mine[0].get("state") == "ok"
         rows.append(row)
+    if not any(r["pid"] or r["ready"] for r in rows):
+        if as_json:
+            click.echo(json.dumps({"components": rows, "groups": [], "running": False}))
+        else:
+            click.echo(f"Tally is not running: no component is up (state dir {settings.state_dir}); "
+                       "`tally up` starts it.")
+        raise SystemExit(3)
     brokers_up = any(r["ready"] for r, c in zip(rows, stack.components(settings), strict=True) if c.broker)
     groups = stack_groups(settings) if rows and (brokers_up or not settings.local_broker) else []
     if as_json:
-        click.echo(json.dumps({"components": rows, "groups": [asdict(g) for g in groups]}))
+        click.echo(json.dumps({"components": rows, "groups": [asdict(g) for g in groups], "running": True}))
         return
     from rich.table import Table
 

@@ -129,6 +129,9 @@ def worker_ready(s: Settings) -> bool:
 
     from tally.topics import admin
 
+    if not any(port_open(*_host_port(h)) for h in s.bootstrap_hosts):
+        return False  # no broker: nothing to ask (and no librdkafka connection errors on stderr)
+
     client = admin(s)  # keep a reference: futures of a collected client never resolve
     try:
         fut = client.describe_consumer_groups([s.app_id], request_timeout=3)[s.app_id]

@@ -200,3 +200,14 @@ def test_up_with_three_brokers_status_and_down(tmp_path):
     assert down.returncode == 0, down.stderr
     assert set(started) >= set(nodes) and not any(alive(p) for p in started.values()), started
     assert not list((state / "run").glob("*.pid"))
+
+
+def test_status_with_the_stack_down_says_so_in_one_line(tmp_path):
+    env = stack_env(tmp_path)  # a broker port nothing listens on, an empty state dir
+    out = tally(env, "status", timeout=60)
+    assert out.returncode == 3, out.stderr
+    assert out.stdout.splitlines() == [f"Tally is not running: no component is up (state dir {tmp_path / 'state'}); "
+                                       "`tally up` starts it."]
+    assert out.stderr == ""  # no librdkafka connection errors
+    as_json = json.loads(tally(env, "status", "--json", timeout=60).stdout)
+    assert as_json["running"] is False and not any(c["pid"] or c["ready"] for c in as_json["components"])
