@@ -85,6 +85,22 @@ class WorkerCollector(Collector):
                      [], [((), self.watchdog.stall_seconds)])
         yield _gauge("tally_worker_rebuilding_partitions", "Partitions whose window state is being rebuilt.",
                      ["kind"], [((kind,), len(store.loading())) for kind, store in self.stores.items()])
+        commits = self.watchdog.commit_view  # replaced whole at every check
+        yield _gauge("tally_worker_uncommitted_records", "Records processed but not yet committed (last check).",
+                     ["topic", "partition"], [((t, str(p)), n) for (t, p), (n, _) in commits.items()])
+        yield _gauge("tally_worker_uncommitted_seconds",
+                     "Seconds the committed offset has not moved while processed records waited (last check).",
+                     ["topic", "partition"], [((t, str(p)), age) for (t, p), (_, age) in commits.items()])
+        held = {kind: list(store.states.values()) for kind, store in self.stores.items()}
+        yield _gauge("tally_worker_state_windows", "Open windows held, over held partitions.", ["kind"],
+                     [((kind,), sum(len(st.windows) for st in states)) for kind, states in held.items()])
+        # len() of the dicts only: the event loop thread changes them while this thread reads.
+        yield _gauge("tally_worker_state_session_visitors", "Visitors with open sessions, over held partitions.",
+                     ["kind"], [((kind,), sum(len(st.sessions.visitors) for st in states))
+                                for kind, states in held.items()])
+        yield _gauge("tally_worker_rebuild_seconds", "Seconds the last rebuild of a held partition's state took.",
+                     ["kind", "partition"], [((kind, str(p)), secs) for kind, store in self.stores.items()
+                                             for p, secs in list(store.rebuild_seconds.items())])
 
 
 def _counter(name: str, doc: str, labels: list[str], values: Iterable[tuple[tuple[str, ...], float]]) -> Metric:

@@ -121,6 +121,7 @@ class StateStore:
         self._remember_after_ms = remember_after_ms or open_after_ms
         self.states: dict[int, PartitionState] = {}
         self._loading: dict[int, asyncio.Task[PartitionState]] = {}
+        self.rebuild_seconds: dict[int, float] = {}  # the last rebuild of each held partition (/metrics)
 
     def assigned(self, partition: int) -> None:
         if partition not in self.states and partition not in self._loading:
@@ -131,6 +132,7 @@ class StateStore:
 
     def revoked(self, partition: int) -> None:
         self.states.pop(partition, None)
+        self.rebuild_seconds.pop(partition, None)
         self._loading.pop(partition, None)  # a rebuild still running is discarded when done
 
     async def get(self, partition: int) -> PartitionState:
@@ -168,8 +170,9 @@ class StateStore:
             raise Revoked(partition)  # revoked while loading: the copy is discarded
         self.states[partition] = st
         del self._loading[partition]
+        self.rebuild_seconds[partition] = took = time.monotonic() - t0
         log.info("%s state of partition %d rebuilt from %d changelog records in %.2fs",
-                 self.kind, partition, len(records), time.monotonic() - t0)
+                 self.kind, partition, len(records), took)
         return st
 
 

@@ -50,6 +50,10 @@ class Watchdog:
         # At the last check, per held partition: (records left, seconds without progress while
         # records were left). The worker's /metrics shows it.
         self.view: dict[TP, tuple[int, float]] = {}
+        self._commits: dict[TP, tuple[int | None, float]] = {}  # committed offset, and since when
+        # At the last check, per held partition: (records done but not committed, seconds the
+        # committed offset has not moved while there were such records).
+        self.commit_view: dict[TP, tuple[int, float]] = {}
 
     # -- reported by the stages ---------------------------------------------------------
     def done(self, topic: str, partition: int, offset: int) -> None:
@@ -93,6 +97,7 @@ class Watchdog:
         for tp in tps:
             self._next.pop(tp, None)
             self._moved.pop(tp, None)
+            self._commits.pop(tp, None)
 
     def position(self, tp: TP, committed: Mapping[TP, int | None]) -> int:
         """The next offset of tp to process: after the last record done, else the commit."""
@@ -109,9 +114,17 @@ class Watchdog:
         (None if never), the starting point of a partition this worker has not processed yet."""
         now = self.clock()
         self.view = {}
+        self.commit_view = {}
         for tp, end in ends.items():
             lag = end - self.position(tp, committed)
             self.view[tp] = (max(0, lag), now - self._moved.setdefault(tp, now) if lag > 0 else 0.0)
+            offset = committed.get(tp)
+            last, since = self._commits.get(tp, (None, now))
+            if offset != last or tp not in self._commits:
+                self._commits[tp] = (offset, since := now)
+            # Faust keeps the offset of the last record committed (Kafka's is the next one).
+            pending = max(0, self._next[tp] - 1 - (-1 if offset is None else offset)) if tp in self._next else 0
+            self.commit_view[tp] = (pending, now - since if pending else 0.0)
         if self.stall_seconds <= 0:
             return None
         worst: Stall | None = None

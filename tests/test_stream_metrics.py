@@ -4,6 +4,7 @@ worker, GET /metrics only."""
 
 from __future__ import annotations
 
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -119,3 +120,9 @@ def test_a_running_worker_reports_its_steps_and_drops(tally_env, spawn):
     for step in ("too_late", "datacenter", "bot", "referrer_spam", "no_salt", "enrich"):
         assert f'tally_worker_step_seconds_total{{stage="beacons",step="{step}"}}' in body, step
     assert f'tally_worker_partition_lag{{partition="0",topic="{s.topic("beacons.raw")}"}}' in body
+    # State size and rebuild time of every held partition (4 here, all held by this one worker).
+    assert re.search(r'^tally_worker_state_windows\{kind="web"\} [1-9]', body, re.M), body
+    assert re.search(r'^tally_worker_state_session_visitors\{kind="web"\} 20\.0$', body, re.M), body
+    rebuilt = re.findall(r'^tally_worker_rebuild_seconds\{kind="web",partition="(\d)"\} ', body, re.M)
+    assert sorted(rebuilt) == ["0", "1", "2", "3"], body
+    assert f'tally_worker_uncommitted_seconds{{partition="0",topic="{s.topic("beacons.raw")}"}}' in body

@@ -127,3 +127,27 @@ def test_with_the_broker_unreachable_the_health_report_says_so_instead_of_the_la
     asyncio.run(liveness.check(settings, SimpleNamespace(consumer=Unreachable()), watchdog, {}, {}))
     (report,) = health.read(settings, "worker")
     assert report["state"] == "no_broker" and "no broker at 127.0.0.1:1" in report["detail"]
+
+
+def test_records_done_and_not_committed_show_how_long_the_commit_has_not_moved():
+    dog, clock = make()
+    tp = (RAW, 0)
+    dog.assigned([tp])
+    dog.check({tp: 10}, {tp: None})
+    assert dog.commit_view[tp] == (0, 0.0)  # nothing processed yet
+    for offset in range(5):
+        dog.done(RAW, 0, offset)
+    clock.now += 3
+    dog.check({tp: 10}, {tp: None})
+    assert dog.commit_view[tp] == (5, 3.0)  # five done, never committed
+    clock.now += 2
+    dog.check({tp: 10}, {tp: 2})  # Faust's committed offset: the last record committed
+    assert dog.commit_view[tp] == (2, 0.0)  # the commit moved
+    clock.now += 7
+    dog.check({tp: 10}, {tp: 2})
+    assert dog.commit_view[tp] == (2, 7.0)
+    dog.check({tp: 10}, {tp: 4})
+    assert dog.commit_view[tp] == (0, 0.0)  # all committed: nothing waits, whatever the time
+    clock.now += 100
+    dog.check({tp: 10}, {tp: 4})
+    assert dog.commit_view[tp] == (0, 0.0)
