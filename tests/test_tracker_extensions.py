@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import wait_for
-from tests.helpers import read_beacons
+from tests.helpers import post_json, read_beacons
 from tests.test_collector import make_env, start_collector
 from tests.test_tracker_browser import CDP, headless_chromium, new_tab, static_site
 
@@ -174,21 +174,28 @@ def test_404_pages(stack):
     stack.drive(scenario)
 
 
-def test_hash_routing_only_in_hash_mode(stack):
+def test_hash_routing_only_in_hash_mode_and_plausibles_h_counts_the_same(stack):
     stack.page("/hash/index.html", attrs="data-hash")
     stack.page("/nohash/index.html")
+    routes = ("#/settings?tab=2", "#/settings?tab=3", "#!/orders/0f8fad5b-d9cb-469f-a165-70867728950e",
+              "#access_token=ya29.a0AfH6SMBx8z9&token_type=Bearer")
+    hrefs: list[str] = []
 
     async def scenario(cdp: CDP) -> None:
         await cdp.navigate(f"{stack.origin}/hash/#/start")
+        hrefs.append(await cdp.eval("location.href"))
         await asyncio.to_thread(stack.beacons, "/hash/", 1, 0)
-        for route in ("#/settings?tab=2", "#/settings?tab=3", "#!/orders/0f8fad5b-d9cb-469f-a165-70867728950e"):
+        for route in routes:
             await cdp.eval(f"location.hash = '{route}'")
+            hrefs.append(await cdp.eval("location.href"))
             await asyncio.sleep(0.2)
         await cdp.eval("history.back()")  # popstate and hashchange: one pageview
-        got = await asyncio.to_thread(stack.beacons, "/hash/", 4)
-        # The route's own query is never sent; the collector redacts ids in it like in any path.
-        assert sorted(b["path"] for b in got) == ["/hash/orders/:uuid", "/hash/settings", "/hash/settings",
-                                                  "/hash/start"]
+        got = await asyncio.to_thread(stack.beacons, "/hash/", 5)
+        # The route's own query is never sent (tab=3 is the same page again); the collector
+        # redacts ids in it like in any path; a fragment of parameters (a sign-in token) is
+        # no route and is never sent; back to the orders route: one pageview.
+        assert sorted(b["path"] for b in got) == ["/hash/", "/hash/orders/:uuid", "/hash/orders/:uuid",
+                                                  "/hash/settings", "/hash/start"]
         assert {b["event"] for b in got} == {"pageview"}
 
         await cdp.navigate(f"{stack.origin}/nohash/#/a")
@@ -197,6 +204,16 @@ def test_hash_routing_only_in_hash_mode(stack):
         assert summary(got) == [("pageview", "/nohash/", {})]
 
     stack.drive(scenario)
+    # Plausible's tracker in hash mode sends the same URLs (location.href) with h: 1: the
+    # collector counts the same pages as tally.js's data-hash does.
+    for href in hrefs:
+        body = {"n": "pageview", "u": href.replace("/hash/", "/phash/"), "d": "example.com", "h": 1}
+        status, resp, _ = post_json(f"{stack.collector}/api/event", body)
+        assert status == 202, resp
+    tally_pages = {b["path"].replace("/hash/", "/phash/") for b in stack.beacons("/hash/", 5, settle=0)}
+    plausible = sorted(b["path"] for b in stack.beacons("/phash/", len(hrefs)))
+    assert plausible == ["/phash/", "/phash/orders/:uuid", "/phash/settings", "/phash/settings", "/phash/start"]
+    assert set(plausible) == tally_pages
 
 
 def test_manual_pageviews(stack):

@@ -25,7 +25,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from functools import lru_cache
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tally.schemas.engagement import RESERVED_PREFIX
 from tally.schemas.reasons import DropReason
@@ -121,6 +121,29 @@ class Minimiser:
             else:
                 kept[key] = value
         return kept, dropped
+
+
+def hash_route(url: str) -> str:
+    """`url` (a path or a full URL) with its fragment's route in the path, for hash-routed sites
+    (tally.js's data-hash, Plausible's `h: 1`; tally.js does the same in the browser).
+
+    `/app/?utm_source=x#!/orders/42?tab=2` -> `/app/orders/42?utm_source=x`: a leading `!` and
+    `/` are dropped, and so is the route's own query. A fragment whose route holds `=` is
+    parameters, not a route (sign-in flows put `access_token=...` or `code=...` there): it
+    is dropped like any fragment. The result is then minimised like any path.
+    """
+    base, sep, fragment = url.partition("#")
+    if not sep:
+        return url
+    route = fragment.removeprefix("!").removeprefix("/").partition("?")[0].partition("#")[0]
+    if not route or "=" in route:
+        return base
+    try:
+        parts = urlsplit(base)
+    except ValueError:
+        return base
+    path = parts.path.removesuffix("/") + "/" + route
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
 def referrer_origin(raw: str | None) -> str | None:

@@ -15,11 +15,13 @@
   var hash = has("hash");
 
   // Never the rest of the query, nor the fragment (the collector enforces this too). In
-  // hash mode the route in the fragment is part of the path: /app/#/a?b=1 -> /app/a.
+  // hash mode the route in the fragment is part of the path: /app/#/a?b=1 -> /app/a, as the
+  // collector does for Plausible's h: 1 (minimise.hash_route); a fragment holding "=" is
+  // parameters (sign-in tokens), not a route.
   function path() {
     var q = [], parts = loc.search.replace(/^\?/, "").split("&"), p = loc.pathname;
-    var route = hash && loc.hash.replace(/^#!?\/?/, "").split("?")[0];
-    if (route) p = p.replace(/\/$/, "") + "/" + route;
+    var route = hash && loc.hash.replace(/^#!?\/?/, "").split(/[?#]/)[0];
+    if (route && route.indexOf("=") < 0) p = p.replace(/\/$/, "") + "/" + route;
     for (var i = 0; i < parts.length; i++) {
       var name = parts[i].split("=")[0];
       try { name = decodeURIComponent(name); } catch (e) { continue; }
