@@ -3,9 +3,10 @@
 One collector (no TALLY_PROPS_ALLOWLIST: the extensions' props need none), one static
 site and one browser for the module; each test drives its own tab on its own path prefix
 and reads the beacons that reached Kafka: outbound-link clicks, file downloads (default
-and data-file-types), tally('404'), hash routing (data-hash), manual pageviews
-(data-manual), the screen width class (data-screen), utm_content/utm_term in the path;
-and, under GPC and under DNT, nothing at all from any of them.
+and data-file-types), tally('404'), hash routing (data-hash, and Plausible's h: 1 counted
+alike), manual pageviews (data-manual), the screen width class (data-screen), engagement
+events (data-engagement), utm_content/utm_term in the path; and, under GPC and under DNT,
+nothing at all from any of them.
 """
 
 from __future__ import annotations
@@ -254,11 +255,72 @@ def test_screen_width_class_and_utm_content_and_term(stack):
     stack.drive(scenario)
 
 
+def test_engagement_scroll_depth_and_visible_time_on_hide_and_spa_navigation(stack):
+    stack.page("/engage/index.html", attrs="data-engagement", body='<div style="height:5000px">tall</div>')
+    bounds: dict[str, tuple[float, float]] = {}  # ms each engagement's e must lie between
+
+    async def scenario(cdp: CDP) -> None:
+        async with aiohttp.ClientSession() as http, http.ws_connect(
+                await asyncio.to_thread(new_tab, stack.devtools), max_msg_size=0) as ws:
+            await read(cdp, CDP(ws))
+
+    async def read(cdp: CDP, other: CDP) -> None:
+        """Read the page in `cdp` in three stretches, hiding it behind `other` in between."""
+        async def hide() -> None:  # another tab to the front: this one is hidden, as a user would
+            await other.call("Page.bringToFront")
+            assert await cdp.eval("document.visibilityState") == "hidden"
+
+        async def show() -> None:
+            await cdp.call("Page.bringToFront")
+            assert await cdp.eval("document.visibilityState") == "visible"
+
+        async def scroll(fraction: float) -> None:  # the viewport's bottom at `fraction` of the page
+            await cdp.eval(f"scrollTo(0, document.documentElement.scrollHeight * {fraction} - innerHeight)")
+            await cdp.eval("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+        await cdp.call("Emulation.setDeviceMetricsOverride", width=800, height=1000, deviceScaleFactor=1,
+                       mobile=False)
+        await show()
+        begin = time.monotonic()
+        await cdp.navigate(f"{stack.origin}/engage/index.html")
+        loaded = time.monotonic()
+        await scroll(0.5)
+        await asyncio.sleep(1.2)
+        before = time.monotonic()
+        await hide()  # 1: the first page, half read
+        bounds["first"] = ((before - loaded) * 1000, (time.monotonic() - begin) * 1000)
+        await asyncio.to_thread(stack.beacons, "/engage/", 2, 0)
+        await asyncio.sleep(1.5)  # hidden time is not engaged time
+        shown = time.monotonic()
+        await show()
+        visible = time.monotonic()
+        await scroll(1.0)
+        await asyncio.sleep(0.3)
+        before = time.monotonic()
+        await cdp.eval("history.pushState({}, '', '/engage/next')")  # 2: the first page, read to the end
+        bounds["second"] = ((before - visible) * 1000, (time.monotonic() - shown) * 1000)
+        await hide()  # 3: the next page, at the same scroll position
+        await asyncio.to_thread(stack.beacons, "/engage/", 5, 0)
+        await show()
+        await hide()  # no news (no deeper scroll, under 3 s): nothing
+
+    stack.drive(scenario)
+    got = stack.beacons("/engage/", 5)
+    assert sorted((b["event"], b["path"]) for b in got) == [  # sent ms apart: may arrive in either order
+        ("engagement", "/engage/index.html"), ("engagement", "/engage/index.html"), ("engagement", "/engage/next"),
+        ("pageview", "/engage/index.html"), ("pageview", "/engage/next")]
+    engaged = [b["props"] for b in got if b["event"] == "engagement"]
+    assert [p["tally:scroll_depth"] for p in engaged] == ["50", "100", "100"]
+    for props, (low, high) in zip(engaged, (bounds["first"], bounds["second"]), strict=False):
+        assert low - 1 <= int(props["tally:engaged_ms"]) <= high + 1, (props, low, high)  # Date.now(): whole ms
+    assert set(engaged[0]) == {"tally:scroll_depth", "tally:engaged_ms"}
+
+
 @pytest.mark.parametrize(("signal", "prop", "js", "value"), [("gpc", "globalPrivacyControl", "true", True),
                                                           ("dnt", "doNotTrack", "'1'", "1")])
 def test_nothing_is_sent_under_gpc_or_dnt(stack, signal, prop, js, value):
     prefix = f"/private-{signal}"
-    stack.page(f"{prefix}/index.html", attrs="data-hash data-screen", stub=True, extra=STAY,
+    stack.page(f"{prefix}/index.html", attrs="data-hash data-screen data-engagement", stub=True, extra=STAY,
                extensions=("tally.outbound.js", "tally.downloads.js"),
                body=f'<a id="ext" href="{stack.other}/away.html">away</a><a id="pdf" href="/a.pdf">pdf</a>')
     stack.page(f"{prefix}/manual.html", attrs="data-manual")
