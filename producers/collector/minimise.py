@@ -4,7 +4,8 @@ Applied by the collector to every beacon, from tally.js, Plausible's tracker or 
 other client, so what the tracker already trims is enforced for all of them:
 - the path keeps the pathname and the allowlisted query parameters (TALLY_QUERY_PARAMS,
   `utm_*` by default) whose values are not personal data; the fragment and `;params`
-  (`;jsessionid=...`) are removed; a segment that is an email, a UUID, a long hex or
+  (`;jsessionid=...`) are removed (for a hash-routed site, parse.py first moves the
+  fragment's route into the path with `hash_route`, tally.js's data-hash rule); a segment that is an email, a UUID, a long hex or
   base64 token, a secret, a card number, an IBAN, an IP literal or a phone number (see
   tally.schemas.sensitive), or matches TALLY_PATH_REDACT_PATTERNS, becomes `:kind`
   (`/users/:email/orders/:uuid`);
