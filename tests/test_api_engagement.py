@@ -1,6 +1,7 @@
 """Plausible's engagement events and custom properties on the real stack: Plausible-shaped
-bodies (what `@plausible-analytics/tracker` sends to `/api/event`) through the real
-collector, broker, stream worker and sink into chDB, then `tally dashboard` answering.
+bodies (what `@plausible-analytics/tracker` sends to `/api/event`), and one visitor in
+tally.js's shape (`data-engagement`, on `/api/v1/collect`), through the real collector,
+broker, stream worker and sink into chDB, then `tally dashboard` answering.
 
 Expected figures are recomputed here from the bodies sent: engagement events count as no
 event, pageview or visitor, and give `time_on_page` (engaged seconds per page visit) and
@@ -31,21 +32,29 @@ VISITORS = [
     {"pages": [("/pricing", 0, 0)], "events": [("Signup", "ann")]},
     {"pages": [("/docs", None, None)], "events": []},  # a pageview without engagement
 ]
+# One more visitor with tally.js and data-engagement: Tally's own shape on /api/v1/collect,
+# exactly what tally.js sends (docs/tracker.md).
+TALLY_JS_PAGES = [("/guide", 60, 8_000), ("/guide", 100, 4_000)]
 
 
 def h(v: int) -> dict[str, str]:
     return {"User-Agent": UAS[v % len(UAS)][0], "X-Forwarded-For": f"203.0.113.{40 + v}"}
 
 
-def send(url: str) -> tuple[list[dict], list[tuple[int, str, int | None, int | None]]]:
+def send(collector: str) -> tuple[list[dict], list[tuple[int, str, int | None, int | None]]]:
     """Post every visitor's pageviews, engagement and custom events. Returns the counted
     events as {visitor, name, page, author} and the engagement events as (visitor, page, sd, e),
     both as Tally must read them."""
     counted, engaged = [], []
 
     def post(v: int, body: dict, want: int = 202) -> None:
-        status, resp, _ = post_json(url, {"d": "example.com", **body}, headers=h(v))
+        status, resp, _ = post_json(f"{collector}/api/event", {"d": "example.com", **body}, headers=h(v))
         assert status == want, (body, status, resp)
+
+    def tally_js(v: int, page: str, event: str, **figures: int) -> None:
+        body = {"site": "example.com", "path": page, "referrer": None, "event": event, "props": {}, **figures}
+        status, resp, _ = post_json(f"{collector}/api/v1/collect", body, headers=h(v))
+        assert status == 204, (body, status, resp)
 
     for v, plan in enumerate(VISITORS):
         seen = []
@@ -66,6 +75,12 @@ def send(url: str) -> tuple[list[dict], list[tuple[int, str, int | None, int | N
     # Refused, by name: an engagement event without figures; a beacon setting a reserved prop.
     post(0, {"n": "engagement", "u": URL + "/blog/a", "sd": "deep", "e": -5}, 400)
     post(0, {"n": "Signup", "u": URL + "/", "p": {"tally:engaged_ms": "9"}}, 400)
+    v = len(VISITORS)
+    tally_js(v, TALLY_JS_PAGES[0][0], "pageview")
+    counted.append({"visitor": v, "name": "pageview", "page": TALLY_JS_PAGES[0][0], "author": None})
+    for page, sd, e in TALLY_JS_PAGES:
+        tally_js(v, page, "engagement", sd=sd, e=e)
+        engaged.append((v, page, sd, e))
     return counted, engaged
 
 
@@ -97,7 +112,7 @@ def test_engagement_events_give_time_on_page_and_scroll_depth_and_count_as_no_ev
     start_pipeline(tally_env, spawn)
     dashboard = spawn(tally_env, "dashboard")
     wait_for(lambda: http_ok(f"http://127.0.0.1:{s.dashboard_port}/healthz"), 30, "dashboard")
-    counted, engaged = send(f"http://{s.collector_host}:{s.collector_port}/api/event")
+    counted, engaged = send(f"http://{s.collector_host}:{s.collector_port}")
     stored = len(counted) + len(engaged)
     wait_for(lambda: query_rows(s, "SELECT count() FROM pageviews FINAL")[0][0] == stored, 120, "every event stored")
     # The figures are kept as reserved props of the raw rows.
@@ -127,7 +142,8 @@ def test_engagement_events_give_time_on_page_and_scroll_depth_and_count_as_no_ev
     pageviews = sum(c["name"] == "pageview" for c in counted)
     bounces = sum(1 for pv, ev in want_visits if pv == 1 and ev == 1)
     top = ask(metrics=["visitors", "pageviews", "events", "visits", "bounce_rate"])["results"][0]["metrics"]
-    assert top == [len(VISITORS), pageviews, len(counted), len(VISITORS), half_up(100 * bounces, len(VISITORS))]
+    visitors = len(per_visitor)
+    assert top == [visitors, pageviews, len(counted), visitors, half_up(100 * bounces, visitors)]
     names = rows_of(ask(metrics=["visitors", "events"], dimensions=["event:name"]))
     assert "engagement" not in names and sum(m[1] for m in names.values()) == len(counted)
     today = datetime.now(UTC).date().isoformat()
@@ -143,6 +159,7 @@ def test_engagement_events_give_time_on_page_and_scroll_depth_and_count_as_no_ev
         assert [seconds, depth] == want.get(page, [None, None]), page
     assert set(got) == {c["page"] for c in counted}
     assert got["/blog/a"][2:] == [25, 92] and got["/docs"][2:] == [None, None]  # (15+61+0 s)/3, (75+100+100)/3
+    assert got["/guide"][2:] == [12, 100]  # tally.js's: 8+4 s in one page visit, the deepest scroll
     deepest: dict[tuple, int] = {}
     for v, page, sd, _ in engaged:
         if sd is not None:

@@ -190,6 +190,29 @@ def test_plausible_event_api_shape(default):
     assert status == 400 and b"d " in body
 
 
+def test_plausible_hash_mode_keeps_the_fragments_route_and_only_with_h(default):
+    m = mark()
+    base = f"https://example.com/{m}/app/?utm_source=x"
+    sent = [  # (u, h) as Plausible's tracker sends them: h only in its hash mode
+        (f"{base}#/settings?tab=2", 1),
+        (f"{base}#!/orders/0f8fad5b-d9cb-469f-a165-70867728950e", 1),
+        (f"{base}#access_token=ya29.a0AfH6SMBx8z9&token_type=Bearer", 1),  # parameters, not a route
+        (f"{base}#/billing", None),
+        (f"{base}#/plans", 0),
+    ]
+    for u, h in sent:
+        body = {"n": "pageview", "u": u, "d": "example.com", **({} if h is None else {"h": h})}
+        status, resp, _ = default.post(body, path="/api/event")
+        assert status == 202, resp
+    status, resp, _ = default.post({"n": "pageview", "u": f"{base}#/x", "d": "example.com", "h": "yes"},
+                                   path="/api/event")
+    assert status == 400 and resp.startswith(b'{"detail": "h must be 1')
+    got = beacons_for(default, m, len(sent), settle=1.0)
+    assert sorted(b["path"] for b in got) == sorted([
+        f"/{m}/app/settings?utm_source=x", f"/{m}/app/orders/:uuid?utm_source=x", f"/{m}/app/?utm_source=x",
+        f"/{m}/app/?utm_source=x", f"/{m}/app/?utm_source=x"])
+
+
 def test_bots_are_answered_204_and_forwarded_for_the_stream_to_drop(default):
     m = mark()
     bot = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"

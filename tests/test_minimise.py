@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from tally.producers.collector.minimise import Minimiser, referrer_origin
+from tally.producers.collector.minimise import Minimiser, hash_route, referrer_origin
 from tally.producers.collector.parse import BadBeacon, plausible_beacon, tally_beacon
 from tally.schemas.reasons import DropReason
 
@@ -42,6 +42,44 @@ def minimiser(**env: str) -> Minimiser:
 ])
 def test_paths_keep_the_pathname_allowlisted_params_and_no_personal_data(raw, clean):
     assert minimiser().path(raw) == clean
+
+
+@pytest.mark.parametrize(("url", "routed"), [
+    ("https://example.com/#/settings", "https://example.com/settings"),
+    ("https://example.com/app/#/settings", "https://example.com/app/settings"),
+    ("https://example.com/app#/settings", "https://example.com/app/settings"),
+    ("https://example.com/app/#!/orders/42", "https://example.com/app/orders/42"),  # AngularJS's #!
+    ("https://example.com/app/#settings/", "https://example.com/app/settings/"),
+    ("https://example.com/?utm_source=x#/search?q=bob", "https://example.com/search?utm_source=x"),
+    ("https://example.com/#/a#b", "https://example.com/a"),
+    ("/app/#/a?b=1", "/app/a"),  # a path, as tally.js's `u` option may send
+    ("https://example.com/app/", "https://example.com/app/"),  # no fragment: unchanged
+    ("https://example.com/app/#", "https://example.com/app/"),
+    ("https://example.com/app/#/", "https://example.com/app/"),
+    # Parameters, not routes: sign-in flows' tokens are never kept.
+    ("https://example.com/cb#access_token=ya29.a0AfH6SMBx8z9&token_type=Bearer", "https://example.com/cb"),
+    ("https://example.com/cb#/state=xyz&code=SplxlOBeZQQYbYS6WxSbIA", "https://example.com/cb"),
+])
+def test_hash_route_moves_the_fragments_route_into_the_path(url, routed):
+    assert hash_route(url) == routed
+
+
+@pytest.mark.parametrize(("h", "path"), [
+    (None, "/app/"), (0, "/app/"), (False, "/app/"), ("0", "/app/"),
+    (1, "/app/orders/:uuid"), (True, "/app/orders/:uuid"), ("1", "/app/orders/:uuid"),
+])
+def test_plausible_hash_mode_keeps_the_route_minimised_like_any_path(h, path):
+    body = {"n": "pageview", "d": "example.com",
+            "u": "https://example.com/app/?email=a%40b.example#!/orders/0f8fad5b-d9cb-469f-a165-70867728950e?tab=2"}
+    if h is not None:
+        body["h"] = h
+    assert minimiser().path(plausible_beacon(body, ALLOWED).path) == path
+
+
+@pytest.mark.parametrize("h", [2, -1, "yes", "", [1], {"on": 1}])
+def test_plausible_hash_mode_other_values_are_400_naming_h(h):
+    with pytest.raises(BadBeacon, match="^h must be 1"):
+        plausible_beacon({"n": "pageview", "u": "https://example.com/#/a", "d": "example.com", "h": h}, ALLOWED)
 
 
 def test_query_allowlist_and_extra_patterns_are_configurable():

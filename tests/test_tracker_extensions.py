@@ -3,9 +3,10 @@
 One collector (no TALLY_PROPS_ALLOWLIST: the extensions' props need none), one static
 site and one browser for the module; each test drives its own tab on its own path prefix
 and reads the beacons that reached Kafka: outbound-link clicks, file downloads (default
-and data-file-types), tally('404'), hash routing (data-hash), manual pageviews
-(data-manual), the screen width class (data-screen), utm_content/utm_term in the path;
-and, under GPC and under DNT, nothing at all from any of them.
+and data-file-types), tally('404'), hash routing (data-hash, and Plausible's h: 1 counted
+alike), manual pageviews (data-manual), the screen width class (data-screen), engagement
+events (data-engagement), utm_content/utm_term in the path; and, under GPC and under DNT,
+nothing at all from any of them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import wait_for
-from tests.helpers import read_beacons
+from tests.helpers import post_json, read_beacons
 from tests.test_collector import make_env, start_collector
 from tests.test_tracker_browser import CDP, headless_chromium, new_tab, static_site
 
@@ -174,21 +175,28 @@ def test_404_pages(stack):
     stack.drive(scenario)
 
 
-def test_hash_routing_only_in_hash_mode(stack):
+def test_hash_routing_only_in_hash_mode_and_plausibles_h_counts_the_same(stack):
     stack.page("/hash/index.html", attrs="data-hash")
     stack.page("/nohash/index.html")
+    routes = ("#/settings?tab=2", "#/settings?tab=3", "#!/orders/0f8fad5b-d9cb-469f-a165-70867728950e",
+              "#access_token=ya29.a0AfH6SMBx8z9&token_type=Bearer")
+    hrefs: list[str] = []
 
     async def scenario(cdp: CDP) -> None:
         await cdp.navigate(f"{stack.origin}/hash/#/start")
+        hrefs.append(await cdp.eval("location.href"))
         await asyncio.to_thread(stack.beacons, "/hash/", 1, 0)
-        for route in ("#/settings?tab=2", "#/settings?tab=3", "#!/orders/0f8fad5b-d9cb-469f-a165-70867728950e"):
+        for route in routes:
             await cdp.eval(f"location.hash = '{route}'")
+            hrefs.append(await cdp.eval("location.href"))
             await asyncio.sleep(0.2)
         await cdp.eval("history.back()")  # popstate and hashchange: one pageview
-        got = await asyncio.to_thread(stack.beacons, "/hash/", 4)
-        # The route's own query is never sent; the collector redacts ids in it like in any path.
-        assert sorted(b["path"] for b in got) == ["/hash/orders/:uuid", "/hash/settings", "/hash/settings",
-                                                  "/hash/start"]
+        got = await asyncio.to_thread(stack.beacons, "/hash/", 5)
+        # The route's own query is never sent (tab=3 is the same page again); the collector
+        # redacts ids in it like in any path; a fragment of parameters (a sign-in token) is
+        # no route and is never sent; back to the orders route: one pageview.
+        assert sorted(b["path"] for b in got) == ["/hash/", "/hash/orders/:uuid", "/hash/orders/:uuid",
+                                                  "/hash/settings", "/hash/start"]
         assert {b["event"] for b in got} == {"pageview"}
 
         await cdp.navigate(f"{stack.origin}/nohash/#/a")
@@ -197,6 +205,16 @@ def test_hash_routing_only_in_hash_mode(stack):
         assert summary(got) == [("pageview", "/nohash/", {})]
 
     stack.drive(scenario)
+    # Plausible's tracker in hash mode sends the same URLs (location.href) with h: 1: the
+    # collector counts the same pages as tally.js's data-hash does.
+    for href in hrefs:
+        body = {"n": "pageview", "u": href.replace("/hash/", "/phash/"), "d": "example.com", "h": 1}
+        status, resp, _ = post_json(f"{stack.collector}/api/event", body)
+        assert status == 202, resp
+    tally_pages = {b["path"].replace("/hash/", "/phash/") for b in stack.beacons("/hash/", 5, settle=0)}
+    plausible = sorted(b["path"] for b in stack.beacons("/phash/", len(hrefs)))
+    assert plausible == ["/phash/", "/phash/orders/:uuid", "/phash/settings", "/phash/settings", "/phash/start"]
+    assert set(plausible) == tally_pages
 
 
 def test_manual_pageviews(stack):
@@ -237,11 +255,72 @@ def test_screen_width_class_and_utm_content_and_term(stack):
     stack.drive(scenario)
 
 
+def test_engagement_scroll_depth_and_visible_time_on_hide_and_spa_navigation(stack):
+    stack.page("/engage/index.html", attrs="data-engagement", body='<div style="height:5000px">tall</div>')
+    bounds: dict[str, tuple[float, float]] = {}  # ms each engagement's e must lie between
+
+    async def scenario(cdp: CDP) -> None:
+        async with aiohttp.ClientSession() as http, http.ws_connect(
+                await asyncio.to_thread(new_tab, stack.devtools), max_msg_size=0) as ws:
+            await read(cdp, CDP(ws))
+
+    async def read(cdp: CDP, other: CDP) -> None:
+        """Read the page in `cdp` in three stretches, hiding it behind `other` in between."""
+        async def hide() -> None:  # another tab to the front: this one is hidden, as a user would
+            await other.call("Page.bringToFront")
+            assert await cdp.eval("document.visibilityState") == "hidden"
+
+        async def show() -> None:
+            await cdp.call("Page.bringToFront")
+            assert await cdp.eval("document.visibilityState") == "visible"
+
+        async def scroll(fraction: float) -> None:  # the viewport's bottom at `fraction` of the page
+            await cdp.eval(f"scrollTo(0, document.documentElement.scrollHeight * {fraction} - innerHeight)")
+            await cdp.eval("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+        await cdp.call("Emulation.setDeviceMetricsOverride", width=800, height=1000, deviceScaleFactor=1,
+                       mobile=False)
+        await show()
+        begin = time.monotonic()
+        await cdp.navigate(f"{stack.origin}/engage/index.html")
+        loaded = time.monotonic()
+        await scroll(0.5)
+        await asyncio.sleep(1.2)
+        before = time.monotonic()
+        await hide()  # 1: the first page, half read
+        bounds["first"] = ((before - loaded) * 1000, (time.monotonic() - begin) * 1000)
+        await asyncio.to_thread(stack.beacons, "/engage/", 2, 0)
+        await asyncio.sleep(1.5)  # hidden time is not engaged time
+        shown = time.monotonic()
+        await show()
+        visible = time.monotonic()
+        await scroll(1.0)
+        await asyncio.sleep(0.3)
+        before = time.monotonic()
+        await cdp.eval("history.pushState({}, '', '/engage/next')")  # 2: the first page, read to the end
+        bounds["second"] = ((before - visible) * 1000, (time.monotonic() - shown) * 1000)
+        await hide()  # 3: the next page, at the same scroll position
+        await asyncio.to_thread(stack.beacons, "/engage/", 5, 0)
+        await show()
+        await hide()  # no news (no deeper scroll, under 3 s): nothing
+
+    stack.drive(scenario)
+    got = stack.beacons("/engage/", 5)
+    assert sorted((b["event"], b["path"]) for b in got) == [  # sent ms apart: may arrive in either order
+        ("engagement", "/engage/index.html"), ("engagement", "/engage/index.html"), ("engagement", "/engage/next"),
+        ("pageview", "/engage/index.html"), ("pageview", "/engage/next")]
+    engaged = [b["props"] for b in got if b["event"] == "engagement"]
+    assert [p["tally:scroll_depth"] for p in engaged] == ["50", "100", "100"]
+    for props, (low, high) in zip(engaged, (bounds["first"], bounds["second"]), strict=False):
+        assert low - 1 <= int(props["tally:engaged_ms"]) <= high + 1, (props, low, high)  # Date.now(): whole ms
+    assert set(engaged[0]) == {"tally:scroll_depth", "tally:engaged_ms"}
+
+
 @pytest.mark.parametrize(("signal", "prop", "js", "value"), [("gpc", "globalPrivacyControl", "true", True),
                                                           ("dnt", "doNotTrack", "'1'", "1")])
 def test_nothing_is_sent_under_gpc_or_dnt(stack, signal, prop, js, value):
     prefix = f"/private-{signal}"
-    stack.page(f"{prefix}/index.html", attrs="data-hash data-screen", stub=True, extra=STAY,
+    stack.page(f"{prefix}/index.html", attrs="data-hash data-screen data-engagement", stub=True, extra=STAY,
                extensions=("tally.outbound.js", "tally.downloads.js"),
                body=f'<a id="ext" href="{stack.other}/away.html">away</a><a id="pdf" href="/a.pdf">pdf</a>')
     stack.page(f"{prefix}/manual.html", attrs="data-manual")

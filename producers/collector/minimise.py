@@ -4,7 +4,8 @@ Applied by the collector to every beacon, from tally.js, Plausible's tracker or 
 other client, so what the tracker already trims is enforced for all of them:
 - the path keeps the pathname and the allowlisted query parameters (TALLY_QUERY_PARAMS,
   `utm_*` by default) whose values are not personal data; the fragment and `;params`
-  (`;jsessionid=...`) are removed; a segment that is an email, a UUID, a long hex or
+  (`;jsessionid=...`) are removed (for a hash-routed site, parse.py first moves the
+  fragment's route into the path with `hash_route`, tally.js's data-hash rule); a segment that is an email, a UUID, a long hex or
   base64 token, a secret, a card number, an IBAN, an IP literal or a phone number (see
   tally.schemas.sensitive), or matches TALLY_PATH_REDACT_PATTERNS, becomes `:kind`
   (`/users/:email/orders/:uuid`);
@@ -25,7 +26,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from functools import lru_cache
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tally.schemas.engagement import RESERVED_PREFIX
 from tally.schemas.reasons import DropReason
@@ -121,6 +122,29 @@ class Minimiser:
             else:
                 kept[key] = value
         return kept, dropped
+
+
+def hash_route(url: str) -> str:
+    """`url` (a path or a full URL) with its fragment's route in the path, for hash-routed sites
+    (tally.js's data-hash, Plausible's `h: 1`; tally.js does the same in the browser).
+
+    `/app/?utm_source=x#!/orders/42?tab=2` -> `/app/orders/42?utm_source=x`: a leading `!` and
+    `/` are dropped, and so is the route's own query. A fragment whose route holds `=` is
+    parameters, not a route (sign-in flows put `access_token=...` or `code=...` there): it
+    is dropped like any fragment. The result is then minimised like any path.
+    """
+    base, sep, fragment = url.partition("#")
+    if not sep:
+        return url
+    route = fragment.removeprefix("!").removeprefix("/").partition("?")[0].partition("#")[0]
+    if not route or "=" in route:
+        return base
+    try:
+        parts = urlsplit(base)
+    except ValueError:
+        return base
+    path = parts.path.removesuffix("/") + "/" + route
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
 def referrer_origin(raw: str | None) -> str | None:

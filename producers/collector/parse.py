@@ -27,6 +27,8 @@ from tally.schemas.engagement import (
 )
 from tally.schemas.sensitive import sensitive
 
+from producers.collector.minimise import hash_route
+
 MAX_FIELD = 2000  # path, referrer, user agent, prop values (characters)
 MAX_EVENT = 64
 # Event names are labels, not data: letters, digits, spaces and _ . : / -, e.g. Plausible's
@@ -204,15 +206,27 @@ def tally_beacon(body: dict[str, Any], allowed: frozenset[str]) -> BeaconRequest
     return BeaconRequest(site, path, _optional(body, "referrer"), event, props)
 
 
+def _hash_mode(value: Any) -> bool:
+    """Plausible's `h`: 1 for a hash-routed site (its tracker's hash mode sends `h: 1`)."""
+    if value is None or value in (0, 1, "0", "1"):  # True and False equal 1 and 0
+        return value in (1, "1")
+    raise BadBeacon("h must be 1 (hash-based routing) or 0")
+
+
 def plausible_beacon(body: dict[str, Any], allowed: frozenset[str]) -> BeaconRequest:
-    """Plausible's event API: n=name, u=url, d=domain(s), r=referrer, p (or m)=props, and
-    for `engagement` events sd and e.
+    """Plausible's event API: n=name, u=url, d=domain(s), r=referrer, p (or m)=props, h=1 for
+    hash-based routing, and for `engagement` events sd and e.
+
+    With `h: 1` the route in `u`'s fragment becomes part of the path, as tally.js's
+    data-hash does (minimise.hash_route); without it the fragment is dropped.
 
     `d` may list several comma-separated domains; the beacon goes to the first
     one on the allowlist (Tally records one site per event).
     """
     name = _event(_required(body, "n"), "n")
     url = clean_text(_required(body, "u"))
+    if _hash_mode(body.get("h")):
+        url = hash_route(url)
     domains = [d.strip().lower() for d in _required(body, "d").split(",") if d.strip()]
     site = next((d for d in domains if d in allowed), None)
     if site is None:
