@@ -17,7 +17,16 @@ _AHEAD = float(os.environ.get("CHAOS_CLOCK_AHEAD_SECONDS") or 0)
 if _AHEAD:
     _time_time, _time_ns, _Real = _time.time, _time.time_ns, _dt.datetime
 
-    class _Ahead(_dt.datetime):
+    class _AnyDatetime(type):
+        # Code imported after this swap (fastavro, for one) checks isinstance(x, datetime):
+        # every real datetime passes, as it would without the swap.
+        def __instancecheck__(cls, obj: object) -> bool:
+            return isinstance(obj, _Real)
+
+        def __subclasscheck__(cls, sub: type) -> bool:
+            return issubclass(sub, _Real)
+
+    class _Ahead(_dt.datetime, metaclass=_AnyDatetime):
         @classmethod
         def now(cls, tz=None):  # type: ignore[no-untyped-def,override]
             return _Real.fromtimestamp(_time_time() + _AHEAD, tz)
