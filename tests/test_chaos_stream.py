@@ -39,18 +39,18 @@ SESSION_TIMEOUT_S = 6.0
 
 
 def members_with_partitions(s) -> int | None:
-    """Members of the worker group that hold partitions, once the group is stable."""
-    from tally.ops.lag import group_report
-
+    """Members of the worker group that hold partitions, once the group is stable (one
+    describe call: tally.ops.lag.group_report also lists offsets, three round trips that a
+    loaded machine times out more often than not)."""
     from tally.topics import admin
 
     try:
-        group = group_report(admin(s), s.app_id)
+        desc = admin(s).describe_consumer_groups([s.app_id], request_timeout=10)[s.app_id].result(10)
     except Exception:
         return None
-    if group.state != "stable":
+    if desc.state.name.lower() != "stable":
         return None
-    return sum(1 for m in group.members if m["partitions"])
+    return sum(1 for m in desc.members if m.assignment and m.assignment.topic_partitions)
 
 
 def sink_metric(s, name: str) -> float | None:
