@@ -6,8 +6,15 @@ from typing import Any
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ProgrammingError
 
 from tally.config import Settings
+
+
+class WarehouseBusy(OSError):
+    """The embedded warehouse's data directory is locked by another process (for instance a
+    `tally query` that found no sink listening and opened it itself). An OSError, so the
+    sink's start waits it out with backoff (sinks/sink.open_warehouse) instead of crashing."""
 
 
 def connect(settings: Settings, readonly: bool = False, **kwargs: Any) -> Client:
@@ -21,7 +28,13 @@ def connect(settings: Settings, readonly: bool = False, **kwargs: Any) -> Client
     """
     if settings.embedded_clickhouse:
         settings.clickhouse_dir.mkdir(parents=True, exist_ok=True)
-        client = clickhouse_connect.get_client(dsn=f"chdb:///{settings.clickhouse_dir}", **kwargs)
+        try:
+            client = clickhouse_connect.get_client(dsn=f"chdb:///{settings.clickhouse_dir}", **kwargs)
+        except ProgrammingError as exc:
+            if "Unable to open the chdb engine" not in str(exc):
+                raise
+            raise WarehouseBusy(f"the embedded warehouse {settings.clickhouse_dir} is open in another process "
+                                "(chDB allows one per data directory)") from exc
         if readonly:
             from tally.sinks.analyst import limits
 

@@ -94,11 +94,23 @@ def make_app(settings: Settings, replication_factor: int | None = None) -> faust
     async def start_salts() -> None:
         await salts.expire()  # starts the keeper with the worker, not at its first beacon
 
+    about: dict[str, Any] = {}  # for the health report: where the metrics are served
+
     @app.timer(60.0)
     async def expire_salts() -> None:
         await salts.expire()
 
-    about: dict[str, Any] = {}  # for the health report: where the metrics are served
+    def check_clock() -> None:
+        """Hold the worker's clock back to the broker's if it ran ahead (stages.Clock)."""
+        local = clock.local()
+        clock.agree(local, salts.start().broker_now())
+        about.update(clock_ahead_seconds=round(clock.ahead.total_seconds()))
+
+    @app.timer(60.0)
+    async def recheck_clock() -> None:
+        await asyncio.get_running_loop().run_in_executor(None, check_clock)
+
+    check_clock()  # before the first record: its lateness, windows and salt are judged by it
 
     @app.task
     async def serve_metrics() -> None:

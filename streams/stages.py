@@ -41,6 +41,8 @@ from tally.topics import BAD_ROWS, BEACONS_RAW, DROPS, PAGEVIEWS_ENRICHED, PRODU
 
 log = logging.getLogger(__name__)
 
+# A probe's round trip and ordinary NTP drift stay under this: no correction.
+CLOCK_TOLERANCE = timedelta(seconds=5)
 DELTA_HEADER = "tally-delta"  # header of a pageview_batch record: its windows.Delta, encoded
 
 
@@ -62,16 +64,40 @@ class In:
 
 
 class Clock:
-    """The worker's clock (shifted by TALLY_CLOCK_OFFSET_SECONDS) and its lateness bound."""
+    """The worker's clock (shifted by TALLY_CLOCK_OFFSET_SECONDS) and its lateness bound.
+
+    Never ahead of the broker's: a host clock that runs ahead would otherwise make current
+    events too_late (bad rows), close open windows and forget the event ids of the dedup
+    window. `agree` takes the broker's time (a probe record's LogAppendTime, see app.py) and
+    holds this clock back by however far it ran ahead; a clock behind the broker's is kept
+    (it only keeps windows open longer)."""
 
     def __init__(self, settings: Settings) -> None:
         self.offset = timedelta(seconds=settings.clock_offset_seconds)
         # An event older than this is too late: its windows are closed and its salt may be gone.
         self.lateness_ms = min(settings.allowed_lateness_hours, settings.salt_grace_hours) * 3600_000
         self.dedup_ms = min(settings.dedup_window_seconds * 1000, self.lateness_ms)
+        self.ahead = timedelta(0)  # how far the host clock ran ahead of the broker's, last seen
+
+    def local(self) -> datetime:
+        """The host's clock (with the test offset), not held back."""
+        return datetime.now(UTC) + self.offset
 
     def now(self) -> datetime:
-        return datetime.now(UTC) + self.offset
+        return self.local() - self.ahead
+
+    def agree(self, local: datetime, broker: datetime | None) -> None:
+        """local: this clock's `local()` read just before the broker stamped `broker` (None:
+        no reading; the last correction stays). Ahead by more than CLOCK_TOLERANCE: held back."""
+        if broker is None:
+            return
+        ahead = local - broker
+        was, self.ahead = self.ahead, ahead if ahead > CLOCK_TOLERANCE else timedelta(0)
+        if self.ahead:
+            log.warning("this host's clock runs %.0fs ahead of the broker's: the worker uses the broker's "
+                        "(lateness, windows, dedup window and salts)", self.ahead.total_seconds())
+        elif was:
+            log.info("this host's clock agrees with the broker's again")
 
     def ms(self) -> int:
         return epoch_ms(self.now())

@@ -132,3 +132,29 @@ def test_server_mode_real_outage(tally_env, spawn, tmp_path):
         if server.poll() is None:
             server.kill()
             server.wait(10)
+
+
+def test_embedded_warehouse_held_by_another_process_is_waited_for(tally_env, spawn):
+    """chDB allows one process per data directory. A `tally query` that found no sink
+    listening opens the warehouse itself; a sink starting meanwhile waits for it (it used to
+    exit with chDB's 'Error initializing EmbeddedServer')."""
+    import subprocess
+    import sys
+
+    s = tally_env.settings
+    s.clickhouse_dir.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, clickhouse_connect; c = clickhouse_connect.get_client(dsn=sys.argv[1]);"
+         " c.query('SELECT 1'); print('open', flush=True); sys.stdin.read()", f"chdb:///{s.clickhouse_dir}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        sink = spawn(tally_env, "sink")
+        wait_for(lambda: sink.output().count("is open in another process") >= 2, 90, "the sink waiting")
+        assert sink.alive(), sink.output()[-3000:]
+    finally:
+        holder.stdin.close()  # the holder exits and lets go of the directory
+        holder.wait(30)
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{s.query_port}/healthz"), 90, "the sink serving")
+    assert query_rows(s, "SELECT count() FROM pageviews")[0][0] == 0
+    assert sink.alive(), sink.output()[-3000:]
