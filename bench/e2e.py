@@ -81,6 +81,7 @@ import json
 import math
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -93,11 +94,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import aiohttp  # noqa: E402
 import numpy as np  # noqa: E402
 import uvloop  # noqa: E402
 from tally.ops.lag import group_report, groups  # noqa: E402
@@ -106,6 +107,7 @@ from tally.sinks.query import SinkSocket  # noqa: E402
 from tally.streams.bots import classify_ua  # noqa: E402
 
 from bench.collector.run import cpu_seconds, process_tree, rss_mb  # noqa: E402
+from bench.http_load import FAILED, LoadClient  # noqa: E402
 from tally.config import VARIABLES, Settings  # noqa: E402
 from tally.topics import admin  # noqa: E402
 from tests.conftest import Broker, Env, Proc, isolated_env, start_kafka, start_pipeline, wait_for  # noqa: E402
@@ -117,21 +119,56 @@ RATE_SHARE = 0.97  # of a step's rate reached
 LAG_GROWTH_S = 3.0  # seconds of input the lag may grow by over a step and still count as bounded
 NOT_SENT, ERROR = -2, -1  # status of a beacon never sent (too many in flight) / without an answer
 
-# The read path: the sequence numbers in the parts inserted since the last poll, as ranges
-# (first, last), with the highest block number read. Each insert makes a new part with a higher
-# block number (a merged part carries the highest of its inputs), and ClickHouse skips the parts
-# a condition on `_part` excludes without reading them: a poll reads what is new, not the table.
+# The read path: the sequence numbers of this run in the parts of `pageviews` the poller has not
+# read yet, as ranges (first, last), with the parts they came from. A part's name is
+# <partition>_<min block>_<max block>_<level>: every insert makes a part with a new block number,
+# and a merge makes one spanning its inputs' blocks. The poller remembers which block intervals
+# it has read (Covered); ClickHouse skips, without reading them, the parts whose blocks all lie in
+# one of those intervals (a condition on `_part` prunes parts). So each row is read about once:
+# a merge of parts already read is skipped, and a merge that took in an unread part is read once.
 SEQ = "toUInt64OrZero(splitByChar('?', splitByChar('/', path)[4])[1])"  # /e2e/<run>/<seq>[?utm...]
-BLOCK = "toUInt64(splitByChar('_', _part)[3])"  # <partition>_<min block>_<max block>_<level>
 RANGES_SQL = f"""
-SELECT min(s), max(s), any(top) FROM (
-    SELECT s, top, toInt64(s) - toInt64(row_number() OVER (ORDER BY s)) AS g FROM (
-        SELECT DISTINCT {SEQ} AS s, max({BLOCK}) OVER () AS top FROM pageviews
-        WHERE {BLOCK} > {{block:UInt64}} AND startsWith(path, {{prefix:String}})
+SELECT min(s), max(s), groupUniqArray(p) FROM (
+    SELECT s, p, toInt64(s) - toInt64(row_number() OVER (ORDER BY s)) AS g FROM (
+        SELECT DISTINCT {SEQ} AS s, _part AS p FROM pageviews
+        WHERE {{unread}} startsWith(path, {{{{prefix:String}}}})
     )
 ) GROUP BY g ORDER BY 1
 """
-BLOCKS_AGAIN = 3  # parts re-read each poll: an insert that took its block number first may commit last
+PART = re.compile(r"([A-Za-z0-9-]+)_(\d+)_(\d+)_\d+(?:_\d+)?")
+
+
+class Covered:
+    """The block intervals of `pageviews` read so far, per partition, kept merged."""
+
+    def __init__(self) -> None:
+        self.spans: dict[str, list[tuple[int, int]]] = {}
+
+    def add(self, part: str) -> None:
+        m = PART.fullmatch(part)
+        if m is None:
+            raise ValueError(f"not a part name: {part!r}")
+        partition, lo, hi = m[1], int(m[2]), int(m[3])
+        spans = sorted([*self.spans.get(partition, []), (lo, hi)])
+        merged = [spans[0]]
+        for a, b in spans[1:]:
+            if a <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        self.spans[partition] = merged
+
+    def where(self) -> str:
+        """The condition (with a trailing AND) that leaves out the parts inside what was read."""
+        spans = [(p, a, b) for p, items in self.spans.items() for a, b in items]
+        if not spans:
+            return ""
+        literal = ", ".join(f"('{p}', {a}, {b})" for p, a, b in spans)
+        return ("NOT arrayExists(c -> c.1 = splitByChar('_', _part)[1] "
+                "AND c.2 <= toUInt64(splitByChar('_', _part)[2]) AND toUInt64(splitByChar('_', _part)[3]) <= c.3, "
+                f"[{literal}]) AND ")
+
+
 COUNT_SQL = f"SELECT count(), uniqExact({SEQ}) FROM pageviews WHERE startsWith(path, {{prefix:String}})"
 
 REFERRERS = [None, None, None, "https://www.google.com/", "https://www.google.com/", "https://news.ycombinator.com/",
@@ -186,6 +223,13 @@ class Beacons:
                    "Origin": "https://example.com", "X-Forwarded-For": self.address()}
         return json.dumps(body, separators=(",", ":")).encode(), headers
 
+    def http(self, seq: int, path: str, host: str) -> bytes:
+        """Beacon seq as the bytes of an HTTP/1.1 keep-alive POST to path."""
+        body, headers = self.request(seq)
+        lines = [f"POST {path} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items()),
+                 f"Content-Length: {len(body)}", "", ""]
+        return "\r\n".join(lines).encode() + body
+
 
 @dataclass
 class Phase:
@@ -206,6 +250,7 @@ class Phase:
     acked: np.ndarray = field(default_factory=lambda: np.empty(0))
     seen: np.ndarray = field(default_factory=lambda: np.empty(0))
     status: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int16))
+    requests: list[bytes] = field(default_factory=list)  # built by Sender.prepare, dropped once sent
 
     def __post_init__(self) -> None:
         self.n = max(1, round(self.rate * self.seconds))
@@ -276,55 +321,61 @@ class Ledger:
 # --- the sender --------------------------------------------------------------------------
 
 class Sender:
+    """Open-loop load through bench/http_load.py's LoadClient: each phase's requests are built
+    before it starts (prepare), so during the load the bench only writes bytes and reads
+    status lines."""
+
     def __init__(self, url: str, beacons: Beacons, connections: int, max_in_flight: int) -> None:
-        self.url, self.beacons = url, beacons
-        self.connections, self.max_in_flight = connections, max_in_flight
-        self.session: aiohttp.ClientSession | None = None
+        parts = urlsplit(url)
+        self.host, self.port, self.path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path
+        self.beacons, self.connections, self.max_in_flight = beacons, connections, max_in_flight
+        self.client = LoadClient(self.host, self.port, connections, self.answered)
+        self.build_s = 0.0  # CPU seconds spent building requests (outside the measured windows)
 
     async def __aenter__(self) -> Sender:
-        connector = aiohttp.TCPConnector(limit=self.connections)
-        self.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
+        await self.client.__aenter__()
         return self
 
-    async def __aexit__(self, *_exc: object) -> None:
-        assert self.session is not None
-        await self.session.close()
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.__aexit__(*exc)
+
+    def prepare(self, ph: Phase) -> None:
+        """Build every request of ph now (CPU the load then does not pay)."""
+        if len(ph.requests) == ph.n:
+            return
+        t0 = time.process_time()
+        host = f"{self.host}:{self.port}"
+        ph.requests = [self.beacons.http(ph.first + i, self.path, host) for i in range(ph.n)]
+        self.build_s += time.process_time() - t0
+
+    def answered(self, tag: object, status: int, t: float) -> None:
+        ph, i = tag  # type: ignore[misc]
+        if 200 <= status < 300:
+            ph.acked[i] = t
+        ph.status[i] = ERROR if status == FAILED else status
 
     async def run(self, ph: Phase) -> None:
         """Send ph's beacons open-loop, each when due; returns once every one was answered."""
-        tasks: set[asyncio.Task] = set()
+        self.prepare(ph)
+        client = self.client
         ph.start = time.monotonic()
         i = 0
         while i < ph.n:
             due_now = min(ph.n, int((time.monotonic() - ph.start) * ph.rate) + 1)
             while i < due_now:
                 ph.due[i] = ph.start + i / ph.rate
-                if len(tasks) >= self.max_in_flight:
+                if client.in_flight >= self.max_in_flight:
                     ph.status[i] = NOT_SENT
                 else:
-                    task = asyncio.create_task(self.send(ph, i))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    ph.sent[i] = time.monotonic()
+                    client.submit((ph, i), ph.requests[i])
                 i += 1
                 ph.issued = i
             await asyncio.sleep(max(0.0, ph.start + i / ph.rate - time.monotonic()))
         ph.end = time.monotonic()
-        if tasks:
-            await asyncio.wait(tasks)
-
-    async def send(self, ph: Phase, i: int) -> None:
-        assert self.session is not None
-        body, headers = self.beacons.request(ph.first + i)
-        ph.sent[i] = time.monotonic()
-        try:
-            async with self.session.post(self.url, data=body, headers=headers) as resp:
-                await resp.read()
-                status = resp.status
-        except Exception:  # a timeout or a refused connection: not acknowledged
-            status = ERROR
-        if 200 <= status < 300:
-            ph.acked[i] = time.monotonic()
-        ph.status[i] = status
+        while client.in_flight:
+            await asyncio.sleep(0.01)
+        ph.requests = []
 
 
 # --- watching the pipeline -----------------------------------------------------------------
@@ -338,7 +389,7 @@ class Poller(threading.Thread):
         self.ledger, self.prefix, self.interval = ledger, prefix, interval
         self.stopping = threading.Event()
         self.polls, self.errors, self.query_s, self.rows_read = 0, 0, 0.0, 0
-        self.block = 0  # highest block number of pageviews read so far
+        self.covered = Covered()  # the parts of pageviews read so far
         self.starts: list[float] = []
         self.backlog: list[tuple[float, int]] = []  # (monotonic, beacons accepted not yet queryable)
         self.last_error = ""
@@ -354,15 +405,16 @@ class Poller(threading.Thread):
             self.stopping.wait(max(0.0, t0 + self.interval - time.monotonic()))
 
     def poll(self, t0: float, full: bool = False) -> None:
-        block = 0 if full else max(0, self.block - BLOCKS_AGAIN)
-        out = self.sock.json("POST", "/v1/sql", {"sql": RANGES_SQL, "format": "JSONCompact",
-                                                  "params": {"block": block, "prefix": self.prefix}})
+        sql = RANGES_SQL.format(unread="" if full else self.covered.where())
+        out = self.sock.json("POST", "/v1/sql", {"sql": sql, "format": "JSONCompact",
+                                                  "params": {"prefix": self.prefix}})
         self.polls += 1
         self.query_s += float(out.get("statistics", {}).get("elapsed", 0.0))
         self.rows_read += int(out.get("statistics", {}).get("rows_read", 0))
-        for first, last, top in out["data"]:
+        for first, last, parts in out["data"]:
             self.ledger.mark_seen(int(first), int(last), t0)
-            self.block = max(self.block, int(top))
+            for part in parts:
+                self.covered.add(part)
         self.ledger.advance()
         if not full:
             self.starts.append(t0)
@@ -487,7 +539,10 @@ class Stack:
         return out
 
     def cpu(self) -> dict[str, float]:
-        return {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.pids().items()}
+        """CPU seconds so far of each process, and of this one (the sender, poller and monitor)."""
+        out = {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.pids().items()}
+        out["bench"] = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+        return out
 
     def dead(self) -> list[str]:
         return [p.name for procs in self.procs.values() for p in procs if not p.alive()]
@@ -588,8 +643,9 @@ def lag_figures(run: Run, ph: Phase) -> dict:
 async def step(run: Run, rate: float, workers: int) -> dict:
     """One step of the ramp: load at rate for --step-seconds, then drain; is it sustained?"""
     args, stack = run.args, run.stack
-    cpu0 = stack.cpu()
     ph = run.ledger.new_phase(f"{workers}w@{rate:g}", rate, args.step_seconds)
+    run.sender.prepare(ph)  # before cpu0: building requests is not part of the step
+    cpu0 = stack.cpu()
     await load(run, ph)
     drained = await drain(run, args.drain)
     out = phase_figures(ph) | lag_figures(run, ph) | {
@@ -609,8 +665,9 @@ async def step(run: Run, rate: float, workers: int) -> dict:
 async def collector_step(run: Run, rate: float) -> dict:
     """The collector alone (nothing consumes): load at rate; sustained when >= 99.9% 2xx at the rate."""
     args, stack = run.args, run.stack
-    cpu0 = stack.cpu()
     ph = run.ledger.new_phase(f"collector@{rate:g}", rate, args.step_seconds, expect_rows=False)
+    run.sender.prepare(ph)  # before cpu0: building requests is not part of the step
+    cpu0 = stack.cpu()
     await load(run, ph)
     out = phase_figures(ph)
     out["cpu_us_per_event"] = cpu_per_event(cpu0, stack.cpu(), out["accepted"])
@@ -666,11 +723,15 @@ async def find_max(run: Run) -> dict:
 
 async def fixed_rate(run: Run) -> dict:
     args, stack = run.args, run.stack
-    if args.warmup:
-        log(f"warm-up: {args.warmup} s at {args.rate:g}/s")
-        await load(run, run.ledger.new_phase("warmup", args.rate, args.warmup))
-    cpu0 = stack.cpu()
+    warmup = run.ledger.new_phase("warmup", args.rate, args.warmup) if args.warmup else None
     ph = run.ledger.new_phase("measured", args.rate, args.duration)
+    for phase in (warmup, ph):  # built back to back, so no pause between warm-up and measurement
+        if phase is not None:
+            run.sender.prepare(phase)
+    if warmup is not None:
+        log(f"warm-up: {args.warmup} s at {args.rate:g}/s")
+        await load(run, warmup)
+    cpu0 = stack.cpu()
     await load(run, ph)
     log(f"load done; waiting up to {args.drain:g} s for the last rows...")
     drained = await drain(run, args.drain)
@@ -731,6 +792,7 @@ def summary(args: argparse.Namespace, result: dict, run: Run, load_start: tuple[
                lag_growth_s=lat["lag_growth_s"], consumer_lag_first=lat["consumer_lag_first"],
                consumer_lag_last=lat["consumer_lag_last"], sender_late_p99_ms=lat["sender_late_p99_ms"],
                bench_process_cpu_s=round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 1),
+               request_build_s=round(run.sender.build_s, 1),
                polls=run.poller.polls, poll_errors=run.poller.errors, poll_query_s=round(run.poller.query_s, 2),
                poll_rows_read=run.poller.rows_read,
                load_average_start=[round(x, 2) for x in load_start],
