@@ -9,6 +9,7 @@ import socket
 
 import clickhouse_connect
 import pytest
+import uvloop
 from aiohttp import web
 
 from bench.e2e import Covered
@@ -63,7 +64,16 @@ def answers_app(peers: set[int], bodies: list[bytes]) -> web.Application:
     return app
 
 
-def test_load_client_reads_every_answer_once_on_few_connections() -> None:
+LOOPS = pytest.mark.parametrize("loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+
+
+def run(loop, main):
+    with asyncio.Runner(loop_factory=loop) as runner:
+        return runner.run(main())
+
+
+@LOOPS
+def test_load_client_reads_every_answer_once_on_few_connections(loop) -> None:
     peers: set[int] = set()
     bodies: list[bytes] = []
     done: dict[int, int] = {}
@@ -86,7 +96,7 @@ def test_load_client_reads_every_answer_once_on_few_connections() -> None:
         finally:
             await runner.cleanup()
 
-    client = asyncio.run(main())
+    client = run(loop, main)
     expected = {"/204": 204, "/202": 202, "/400": 400, "/chunked": 200, "/close": 204}
     assert done == {i: expected[paths[i % len(paths)]] for i in range(500)}
     assert len(peers) <= 4 + 100  # /close drops its connection: at most one new one per close
@@ -94,7 +104,8 @@ def test_load_client_reads_every_answer_once_on_few_connections() -> None:
     assert client.connect_errors == 0
 
 
-def test_load_client_fails_requests_it_cannot_complete() -> None:
+@LOOPS
+def test_load_client_fails_requests_it_cannot_complete(loop) -> None:
     """A refused connection, a server that hangs up mid-answer, one that never answers: FAILED."""
     free = socket.socket()
     free.bind(("127.0.0.1", 0))
@@ -107,9 +118,11 @@ def test_load_client_fails_requests_it_cannot_complete() -> None:
         req.transport.abort()  # type: ignore[union-attr]
         return web.Response(status=204)
 
+    release = asyncio.Event()
+
     async def never(req: web.Request) -> web.Response:
         await req.read()
-        await asyncio.sleep(30)
+        await release.wait()  # answers only once the client gave up
         return web.Response(status=204)
 
     async def main() -> None:
@@ -129,9 +142,10 @@ def test_load_client_fails_requests_it_cannot_complete() -> None:
                 while client.in_flight:
                     await asyncio.sleep(0.05)
         finally:
+            release.set()
             await runner.cleanup()
 
-    asyncio.run(main())
+    run(loop, main)
     assert done == {"refused": FAILED, "hang-up": FAILED, "never": FAILED}
 
 
