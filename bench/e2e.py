@@ -10,10 +10,13 @@ own state dir, topics and ports, then the sink, one stream worker and the collec
 `tally` processes (as `tally up` would, each in its own session). Everything it started is
 stopped by PID at the end, also on Ctrl-C, SIGTERM or an error.
 
-Load: one asyncio/aiohttp sender (uvloop) with --connections keep-alive connections, open
-loop: beacon i is due at start + i/rate whatever the answers do (a slow collector does not
-slow the schedule; a beacon that finds --max-in-flight requests open is counted as not
-sent). Each beacon is what tally.js sends (text/plain JSON, a real browser's User-Agent,
+Load: one asyncio sender (uvloop, bench/http_load.py: at most --connections keep-alive HTTP/1.1
+connections, one request in flight on each, reading back only the status line and the body's
+length), open loop: beacon i is due at start + i/rate whatever the answers do (a slow collector
+does not slow the schedule; a beacon that finds --max-in-flight requests open is counted as not
+sent). Every request of a phase is built as bytes before the phase starts (request_build_s),
+so during the load the bench only writes and reads; its CPU per accepted beacon (sender,
+poller and monitor) is cpu_us_per_event.bench. Each beacon is what tally.js sends (text/plain JSON, a real browser's User-Agent,
 a mix of referrers and utm parameters, like bench/collector/beacons.lua) from a fresh
 random public address in X-Forwarded-For, with 127.0.0.1 as the trusted proxy; addresses
 in datacenter ranges and bot user agents are left out, since the worker drops those by
@@ -23,9 +26,11 @@ due, sent and answered 2xx.
 
 Latency, accepted -> queryable: a poller asks ClickHouse every --poll-ms (100) through the
 sink's Unix socket, the read path `tally query` and analysts use (guarded SQL, analyst
-limits), for the sequence numbers in the parts of `pageviews` inserted since its last poll
-(as ranges; `_part` block numbers keep each poll from reading the whole table), and records
-when each first appears. latency = first seen - 2xx. A row is seen by the first
+limits), for the sequence numbers (as ranges) in the parts of `pageviews` it has not read yet,
+and records when each first appears. It remembers the block intervals of the parts it read
+(Covered); a condition on `_part` makes ClickHouse skip the parts inside them unread, so each
+row is read about once (a merge that took in an unread part is read once, whole), not every
+poll: poll_rows_read per beacon stays near 1. Every beacon is timed, not a sample. latency = first seen - 2xx. A row is seen by the first
 poll that starts after it became queryable, so each figure is late by up to one poll
 period: that is the resolution. The sink runs analysts' queries at a lower CPU priority, so
 on a busy machine polls come less often than --poll-ms; the achieved period (poll_period_ms,
