@@ -96,6 +96,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import uvloop  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from tally.ops.lag import group_report, groups  # noqa: E402
 from tally.producers.collector.datacenter import DatacenterRanges  # noqa: E402
 from tally.sinks.query import SinkSocket  # noqa: E402
@@ -113,6 +115,7 @@ from tally.streams.bots import classify_ua  # noqa: E402
 
 from bench.collector.run import cpu_seconds, process_tree, rss_mb  # noqa: E402
 from bench.http_load import FAILED, LoadClient  # noqa: E402
+from tally import health  # noqa: E402
 from tally.config import VARIABLES, Settings  # noqa: E402
 from tally.topics import admin  # noqa: E402
 from tests.conftest import Broker, Env, Proc, isolated_env, start_kafka, start_pipeline, wait_for  # noqa: E402
@@ -650,12 +653,14 @@ async def step(run: Run, rate: float, workers: int) -> dict:
     args, stack = run.args, run.stack
     ph = run.ledger.new_phase(f"{workers}w@{rate:g}", rate, args.step_seconds)
     run.sender.prepare(ph)  # before cpu0: building requests is not part of the step
-    cpu0 = stack.cpu()
+    cpu0, steps0 = stack.cpu(), pipeline_counters(stack.settings)
     await load(run, ph)
     drained = await drain(run, args.drain)
+    accepted = int(ph.ok().sum())
     out = phase_figures(ph) | lag_figures(run, ph) | {
         "workers": workers, "drain_s": round(drained, 1),
-        "cpu_us_per_event": cpu_per_event(cpu0, stack.cpu(), int(ph.ok().sum()))}
+        "cpu_us_per_event": cpu_per_event(cpu0, stack.cpu(), accepted),
+        "per_event": per_event(steps0, pipeline_counters(stack.settings), accepted)}
     growth = out["lag_growth_s"]
     out["sustained"] = (out["ok_share"] >= OK_SHARE and out["accepted_per_s"] >= RATE_SHARE * rate
                         and (growth is None or growth <= LAG_GROWTH_S) and not run.ledger.waiting())
@@ -686,6 +691,46 @@ async def collector_step(run: Run, rate: float) -> dict:
 def cpu_per_event(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
     return {name: round((after[name] - before.get(name, 0.0)) / max(events, 1) * 1e6, 1)
             for name in after if name in before}
+
+
+def _counters(text: str, wanted: dict[str, tuple[str, ...]], out: dict[str, float]) -> None:
+    """Add the Prometheus counters named in wanted (name -> its labels) from text to out, as
+    `<short name>/<label values>` (short name: without tally_*_ and _total)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name.removesuffix("_total")
+            if name in wanted:
+                key = "/".join([name.split("_", 2)[2], *(sample.labels[k] for k in wanted[name])])
+                out[key] = out.get(key, 0.0) + sample.value
+
+
+def pipeline_counters(settings: Settings) -> dict[str, float]:
+    """The workers' record and step counters (their /metrics, summed over workers) and the
+    sink's rows by table (its /metrics on the Unix socket)."""
+    out: dict[str, float] = {}
+    for report in health.read(settings, "worker"):
+        if report.get("alive") and report.get("metrics"):
+            with contextlib.suppress(OSError), urllib.request.urlopen(report["metrics"], timeout=5) as resp:
+                _counters(resp.read().decode(), {"tally_worker_records": ("stage",),
+                                                 "tally_worker_step_seconds": ("stage", "step")}, out)
+    with contextlib.suppress(OSError):
+        status, body = SinkSocket(settings.socket_path, timeout=10).request("GET", "/metrics")
+        if status == 200:
+            _counters(body.decode(), {"tally_sink_rows": ("table",)}, out)
+    return out
+
+
+def per_event(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, dict[str, float]]:
+    """Per accepted beacon: input records of each worker stage, microseconds of each worker
+    step (from the workers' own timers) and rows the sink inserted into each table."""
+    n = max(events, 1)
+
+    def rise(prefix: str, scale: float, digits: int) -> dict[str, float]:
+        return {k[len(prefix):]: round((v - before.get(k, 0.0)) / n * scale, digits)
+                for k, v in after.items() if k.startswith(prefix)}
+
+    return {"worker_records": rise("records/", 1, 3), "worker_step_us": rise("step_seconds/", 1e6, 1),
+            "sink_rows": rise("rows/", 1, 3)}
 
 
 async def ramp(run: Run, rates: list[float], workers: int) -> list[dict]:
@@ -736,12 +781,14 @@ async def fixed_rate(run: Run) -> dict:
     if warmup is not None:
         log(f"warm-up: {args.warmup} s at {args.rate:g}/s")
         await load(run, warmup)
-    cpu0 = stack.cpu()
+    cpu0, steps0 = stack.cpu(), pipeline_counters(stack.settings)
     await load(run, ph)
     log(f"load done; waiting up to {args.drain:g} s for the last rows...")
     drained = await drain(run, args.drain)
+    accepted = int(ph.ok().sum())
     figures = phase_figures(ph) | lag_figures(run, ph) | {
-        "drain_s": round(drained, 1), "cpu_us_per_event": cpu_per_event(cpu0, stack.cpu(), int(ph.ok().sum()))}
+        "drain_s": round(drained, 1), "cpu_us_per_event": cpu_per_event(cpu0, stack.cpu(), accepted),
+        "per_event": per_event(steps0, pipeline_counters(stack.settings), accepted)}
     return {"mode": "fixed", "latency_step": figures, **finish(run)}
 
 
@@ -791,7 +838,7 @@ def summary(args: argparse.Namespace, result: dict, run: Run, load_start: tuple[
         out["rate_sustained"] = bool(lat["ok_share"] >= OK_SHARE and (growth is None or growth <= LAG_GROWTH_S)
                                      and result["missing"] == 0)
     out.update({k: result[k] for k in ("accepted", "stored", "missing", "duplicates", "non_2xx", "dead_processes")})
-    out.update(cpu_us_per_event=lat["cpu_us_per_event"],
+    out.update(cpu_us_per_event=lat["cpu_us_per_event"], per_event=lat.get("per_event"),
                rss_mb_peak={k: round(v, 1) for k, v in run.monitor.rss_peak.items()},
                rss_mb_end={k: round(v, 1) for k, v in run.monitor.rss_now.items()},
                lag_growth_s=lat["lag_growth_s"], consumer_lag_first=lat["consumer_lag_first"],
@@ -832,6 +879,10 @@ def print_summary(out: dict) -> None:
     for name, cpu in out["cpu_us_per_event"].items():
         print(f"  {name:9s} {cpu:8.1f} CPU us/event, RSS peak {out['rss_mb_peak'].get(name, 0):7.1f} MB, "
               f"end {out['rss_mb_end'].get(name, 0):7.1f} MB")
+    if out.get("per_event"):
+        pe = out["per_event"]
+        print(f"  per beacon: worker input records {pe['worker_records']}; worker step us {pe['worker_step_us']}; "
+              f"sink rows {pe['sink_rows']}")
     print(f"  poller: {out['polls']} polls, {out['poll_errors']} errors, {out['poll_query_s']} s of engine time, "
           f"{out['poll_rows_read']:,} rows read (in the sink's CPU); load average {out['load_average_start'][0]} -> {out['load_average_end'][0]}")
     print(f"  targets met: {out['targets_met']}")

@@ -185,3 +185,29 @@ def test_covered_parts_are_skipped_unread_and_a_merge_of_an_unread_part_is_read(
 def test_covered_rejects_what_is_not_a_part_name() -> None:
     with pytest.raises(ValueError, match="not a part name"):
         Covered().add("x'); DROP TABLE t; --")
+
+
+def test_per_event_figures_from_the_pipelines_own_counters() -> None:
+    """The bench reads the worker's and the sink's /metrics text; per beacon, the rise over the phase."""
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+    from bench.e2e import _counters, per_event
+
+    reg = CollectorRegistry()
+    records = Counter("tally_worker_records", "x", ["stage"], registry=reg)
+    steps = Counter("tally_worker_step_seconds", "x", ["stage", "step"], registry=reg)
+    rows = Counter("tally_sink_rows", "x", ["table"], registry=reg)
+    Counter("tally_worker_other", "x", registry=reg).inc(5)
+    wanted = {"tally_worker_records": ("stage",), "tally_worker_step_seconds": ("stage", "step"),
+              "tally_sink_rows": ("table",)}
+    before: dict[str, float] = {}
+    _counters(generate_latest(reg).decode(), wanted, before)
+    records.labels("stage1").inc(100)
+    steps.labels("stage1", "enrich").inc(0.05)
+    rows.labels("pageviews").inc(1000)
+    rows.labels("aggregates").inc(2500)
+    after: dict[str, float] = {}
+    _counters(generate_latest(reg).decode(), wanted, after)
+    assert per_event(before, after, 1000) == {"worker_records": {"stage1": 0.1},
+                                              "worker_step_us": {"stage1/enrich": 50.0},
+                                              "sink_rows": {"pageviews": 1.0, "aggregates": 2.5}}
