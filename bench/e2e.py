@@ -36,7 +36,8 @@ period: that is the resolution. The sink runs analysts' queries at a lower CPU p
 on a busy machine polls come less often than --poll-ms; the achieved period (poll_period_ms,
 mean and p99 of the gaps) is printed with the figures. e2e_p50_ms, e2e_p99_ms, e2e_max_ms are over the measured phase (the warm-up is
 left out). The poller's queries run in the sink process, so they are part of its CPU
-(poll_query_s: their total engine time; poll_rows_read: rows they read).
+(poll_query_s: the engine's elapsed wall-clock time for them, which on a busy machine is
+mostly waiting, since analyst queries run at a lower CPU priority; poll_rows_read: rows they read).
 
 Counts (all beacons of the run, warm-up included): accepted (answered 2xx), stored (distinct
 sequence numbers in `pageviews`, checked by one full query after the drain), missing
@@ -883,7 +884,7 @@ def print_summary(out: dict) -> None:
         pe = out["per_event"]
         print(f"  per beacon: worker input records {pe['worker_records']}; worker step us {pe['worker_step_us']}; "
               f"sink rows {pe['sink_rows']}")
-    print(f"  poller: {out['polls']} polls, {out['poll_errors']} errors, {out['poll_query_s']} s of engine time, "
+    print(f"  poller: {out['polls']} polls, {out['poll_errors']} errors, {out['poll_query_s']} s elapsed in the engine, "
           f"{out['poll_rows_read']:,} rows read (in the sink's CPU); load average {out['load_average_start'][0]} -> {out['load_average_end'][0]}")
     print(f"  targets met: {out['targets_met']}")
 
