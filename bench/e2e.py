@@ -47,7 +47,12 @@ beyond one per sequence number, without FINAL), non_2xx by status.
 Per process (collector, worker, sink, broker; with the children of a process that has
 workers): cpu_us_per_event, the rise of user + system CPU time (/proc/<pid>/stat) from the
 start of the measured phase until the drain ends, per beacon accepted in it; rss_mb_peak
-(/proc/<pid>/status VmRSS, sampled every 0.5 s over the whole run) and rss_mb_end.
+(/proc/<pid>/status VmRSS, sampled every 0.5 s over the whole run) and rss_mb_end. The bench
+itself is `bench` in cpu_us_per_event (getrusage). per_event, from the pipeline's own /metrics
+over the same stretch, per accepted beacon: worker_records (input records of each worker
+stage), worker_step_us (the worker's wall-clock step timers) and sink_rows (rows inserted per
+table). Each beacon's path is unique and each is a one-page visit, so it opens three path
+windows and a session of its own: ~3 aggregates rows per beacon, more than real traffic costs.
 
 --find-max ramps the rate (--ramp, --step-seconds each) with 1 worker, then with 2 (a second
 `tally worker` joins the group; the ramp resumes at the best 1-worker step), waiting for the
