@@ -10,10 +10,13 @@ own state dir, topics and ports, then the sink, one stream worker and the collec
 `tally` processes (as `tally up` would, each in its own session). Everything it started is
 stopped by PID at the end, also on Ctrl-C, SIGTERM or an error.
 
-Load: one asyncio/aiohttp sender (uvloop) with --connections keep-alive connections, open
-loop: beacon i is due at start + i/rate whatever the answers do (a slow collector does not
-slow the schedule; a beacon that finds --max-in-flight requests open is counted as not
-sent). Each beacon is what tally.js sends (text/plain JSON, a real browser's User-Agent,
+Load: one asyncio sender (uvloop, bench/http_load.py: at most --connections keep-alive HTTP/1.1
+connections, one request in flight on each, reading back only the status line and the body's
+length), open loop: beacon i is due at start + i/rate whatever the answers do (a slow collector
+does not slow the schedule; a beacon that finds --max-in-flight requests open is counted as not
+sent). Every request of a phase is built as bytes before the phase starts (request_build_s),
+so during the load the bench only writes and reads; its CPU per accepted beacon (sender,
+poller and monitor) is cpu_us_per_event.bench. Each beacon is what tally.js sends (text/plain JSON, a real browser's User-Agent,
 a mix of referrers and utm parameters, like bench/collector/beacons.lua) from a fresh
 random public address in X-Forwarded-For, with 127.0.0.1 as the trusted proxy; addresses
 in datacenter ranges and bot user agents are left out, since the worker drops those by
@@ -23,15 +26,18 @@ due, sent and answered 2xx.
 
 Latency, accepted -> queryable: a poller asks ClickHouse every --poll-ms (100) through the
 sink's Unix socket, the read path `tally query` and analysts use (guarded SQL, analyst
-limits), for the sequence numbers in the parts of `pageviews` inserted since its last poll
-(as ranges; `_part` block numbers keep each poll from reading the whole table), and records
-when each first appears. latency = first seen - 2xx. A row is seen by the first
+limits), for the sequence numbers (as ranges) in the parts of `pageviews` it has not read yet,
+and records when each first appears. It remembers the block intervals of the parts it read
+(Covered); a condition on `_part` makes ClickHouse skip the parts inside them unread, so each
+row is read about once (a merge that took in an unread part is read once, whole), not every
+poll: poll_rows_read per beacon stays near 1. Every beacon is timed, not a sample. latency = first seen - 2xx. A row is seen by the first
 poll that starts after it became queryable, so each figure is late by up to one poll
 period: that is the resolution. The sink runs analysts' queries at a lower CPU priority, so
 on a busy machine polls come less often than --poll-ms; the achieved period (poll_period_ms,
 mean and p99 of the gaps) is printed with the figures. e2e_p50_ms, e2e_p99_ms, e2e_max_ms are over the measured phase (the warm-up is
 left out). The poller's queries run in the sink process, so they are part of its CPU
-(poll_query_s: their total engine time; poll_rows_read: rows they read).
+(poll_query_s: the engine's elapsed wall-clock time for them, which on a busy machine is
+mostly waiting, since analyst queries run at a lower CPU priority; poll_rows_read: rows they read).
 
 Counts (all beacons of the run, warm-up included): accepted (answered 2xx), stored (distinct
 sequence numbers in `pageviews`, checked by one full query after the drain), missing
@@ -41,7 +47,12 @@ beyond one per sequence number, without FINAL), non_2xx by status.
 Per process (collector, worker, sink, broker; with the children of a process that has
 workers): cpu_us_per_event, the rise of user + system CPU time (/proc/<pid>/stat) from the
 start of the measured phase until the drain ends, per beacon accepted in it; rss_mb_peak
-(/proc/<pid>/status VmRSS, sampled every 0.5 s over the whole run) and rss_mb_end.
+(/proc/<pid>/status VmRSS, sampled every 0.5 s over the whole run) and rss_mb_end. The bench
+itself is `bench` in cpu_us_per_event (getrusage). per_event, from the pipeline's own /metrics
+over the same stretch, per accepted beacon: worker_records (input records of each worker
+stage), worker_step_us (the worker's wall-clock step timers) and sink_rows (rows inserted per
+table). Each beacon's path is unique and each is a one-page visit, so it opens three path
+windows and a session of its own: ~3 aggregates rows per beacon, more than real traffic costs.
 
 --find-max ramps the rate (--ramp, --step-seconds each) with 1 worker, then with 2 (a second
 `tally worker` joins the group; the ramp resumes at the best 1-worker step), waiting for the
@@ -81,6 +92,7 @@ import json
 import math
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -90,22 +102,26 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import aiohttp  # noqa: E402
 import numpy as np  # noqa: E402
 import uvloop  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from tally.ops.lag import group_report, groups  # noqa: E402
 from tally.producers.collector.datacenter import DatacenterRanges  # noqa: E402
 from tally.sinks.query import SinkSocket  # noqa: E402
 from tally.streams.bots import classify_ua  # noqa: E402
 
 from bench.collector.run import cpu_seconds, process_tree, rss_mb  # noqa: E402
+from bench.http_load import FAILED, LoadClient  # noqa: E402
+from tally import health  # noqa: E402
 from tally.config import VARIABLES, Settings  # noqa: E402
 from tally.topics import admin  # noqa: E402
 from tests.conftest import Broker, Env, Proc, isolated_env, start_kafka, start_pipeline, wait_for  # noqa: E402
@@ -117,21 +133,56 @@ RATE_SHARE = 0.97  # of a step's rate reached
 LAG_GROWTH_S = 3.0  # seconds of input the lag may grow by over a step and still count as bounded
 NOT_SENT, ERROR = -2, -1  # status of a beacon never sent (too many in flight) / without an answer
 
-# The read path: the sequence numbers in the parts inserted since the last poll, as ranges
-# (first, last), with the highest block number read. Each insert makes a new part with a higher
-# block number (a merged part carries the highest of its inputs), and ClickHouse skips the parts
-# a condition on `_part` excludes without reading them: a poll reads what is new, not the table.
+# The read path: the sequence numbers of this run in the parts of `pageviews` the poller has not
+# read yet, as ranges (first, last), with the parts they came from. A part's name is
+# <partition>_<min block>_<max block>_<level>: every insert makes a part with a new block number,
+# and a merge makes one spanning its inputs' blocks. The poller remembers which block intervals
+# it has read (Covered); ClickHouse skips, without reading them, the parts whose blocks all lie in
+# one of those intervals (a condition on `_part` prunes parts). So each row is read about once:
+# a merge of parts already read is skipped, and a merge that took in an unread part is read once.
 SEQ = "toUInt64OrZero(splitByChar('?', splitByChar('/', path)[4])[1])"  # /e2e/<run>/<seq>[?utm...]
-BLOCK = "toUInt64(splitByChar('_', _part)[3])"  # <partition>_<min block>_<max block>_<level>
 RANGES_SQL = f"""
-SELECT min(s), max(s), any(top) FROM (
-    SELECT s, top, toInt64(s) - toInt64(row_number() OVER (ORDER BY s)) AS g FROM (
-        SELECT DISTINCT {SEQ} AS s, max({BLOCK}) OVER () AS top FROM pageviews
-        WHERE {BLOCK} > {{block:UInt64}} AND startsWith(path, {{prefix:String}})
+SELECT min(s), max(s), groupUniqArray(p) FROM (
+    SELECT s, p, toInt64(s) - toInt64(row_number() OVER (ORDER BY s)) AS g FROM (
+        SELECT DISTINCT {SEQ} AS s, _part AS p FROM pageviews
+        WHERE {{unread}} startsWith(path, {{{{prefix:String}}}})
     )
 ) GROUP BY g ORDER BY 1
 """
-BLOCKS_AGAIN = 3  # parts re-read each poll: an insert that took its block number first may commit last
+PART = re.compile(r"([A-Za-z0-9-]+)_(\d+)_(\d+)_\d+(?:_\d+)?")
+
+
+class Covered:
+    """The block intervals of `pageviews` read so far, per partition, kept merged."""
+
+    def __init__(self) -> None:
+        self.spans: dict[str, list[tuple[int, int]]] = {}
+
+    def add(self, part: str) -> None:
+        m = PART.fullmatch(part)
+        if m is None:
+            raise ValueError(f"not a part name: {part!r}")
+        partition, lo, hi = m[1], int(m[2]), int(m[3])
+        spans = sorted([*self.spans.get(partition, []), (lo, hi)])
+        merged = [spans[0]]
+        for a, b in spans[1:]:
+            if a <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        self.spans[partition] = merged
+
+    def where(self) -> str:
+        """The condition (with a trailing AND) that leaves out the parts inside what was read."""
+        spans = [(p, a, b) for p, items in self.spans.items() for a, b in items]
+        if not spans:
+            return ""
+        literal = ", ".join(f"('{p}', {a}, {b})" for p, a, b in spans)
+        return ("NOT arrayExists(c -> c.1 = splitByChar('_', _part)[1] "
+                "AND c.2 <= toUInt64(splitByChar('_', _part)[2]) AND toUInt64(splitByChar('_', _part)[3]) <= c.3, "
+                f"[{literal}]) AND ")
+
+
 COUNT_SQL = f"SELECT count(), uniqExact({SEQ}) FROM pageviews WHERE startsWith(path, {{prefix:String}})"
 
 REFERRERS = [None, None, None, "https://www.google.com/", "https://www.google.com/", "https://news.ycombinator.com/",
@@ -186,6 +237,13 @@ class Beacons:
                    "Origin": "https://example.com", "X-Forwarded-For": self.address()}
         return json.dumps(body, separators=(",", ":")).encode(), headers
 
+    def http(self, seq: int, path: str, host: str) -> bytes:
+        """Beacon seq as the bytes of an HTTP/1.1 keep-alive POST to path."""
+        body, headers = self.request(seq)
+        lines = [f"POST {path} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items()),
+                 f"Content-Length: {len(body)}", "", ""]
+        return "\r\n".join(lines).encode() + body
+
 
 @dataclass
 class Phase:
@@ -206,6 +264,7 @@ class Phase:
     acked: np.ndarray = field(default_factory=lambda: np.empty(0))
     seen: np.ndarray = field(default_factory=lambda: np.empty(0))
     status: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int16))
+    requests: list[bytes] = field(default_factory=list)  # built by Sender.prepare, dropped once sent
 
     def __post_init__(self) -> None:
         self.n = max(1, round(self.rate * self.seconds))
@@ -276,55 +335,61 @@ class Ledger:
 # --- the sender --------------------------------------------------------------------------
 
 class Sender:
+    """Open-loop load through bench/http_load.py's LoadClient: each phase's requests are built
+    before it starts (prepare), so during the load the bench only writes bytes and reads
+    status lines."""
+
     def __init__(self, url: str, beacons: Beacons, connections: int, max_in_flight: int) -> None:
-        self.url, self.beacons = url, beacons
-        self.connections, self.max_in_flight = connections, max_in_flight
-        self.session: aiohttp.ClientSession | None = None
+        parts = urlsplit(url)
+        self.host, self.port, self.path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path
+        self.beacons, self.connections, self.max_in_flight = beacons, connections, max_in_flight
+        self.client = LoadClient(self.host, self.port, connections, self.answered)
+        self.build_s = 0.0  # CPU seconds spent building requests (outside the measured windows)
 
     async def __aenter__(self) -> Sender:
-        connector = aiohttp.TCPConnector(limit=self.connections)
-        self.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
+        await self.client.__aenter__()
         return self
 
-    async def __aexit__(self, *_exc: object) -> None:
-        assert self.session is not None
-        await self.session.close()
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.__aexit__(*exc)
+
+    def prepare(self, ph: Phase) -> None:
+        """Build every request of ph now (CPU the load then does not pay)."""
+        if len(ph.requests) == ph.n:
+            return
+        t0 = time.process_time()
+        host = f"{self.host}:{self.port}"
+        ph.requests = [self.beacons.http(ph.first + i, self.path, host) for i in range(ph.n)]
+        self.build_s += time.process_time() - t0
+
+    def answered(self, tag: object, status: int, t: float) -> None:
+        ph, i = tag  # type: ignore[misc]
+        if 200 <= status < 300:
+            ph.acked[i] = t
+        ph.status[i] = ERROR if status == FAILED else status
 
     async def run(self, ph: Phase) -> None:
         """Send ph's beacons open-loop, each when due; returns once every one was answered."""
-        tasks: set[asyncio.Task] = set()
+        self.prepare(ph)
+        client = self.client
         ph.start = time.monotonic()
         i = 0
         while i < ph.n:
             due_now = min(ph.n, int((time.monotonic() - ph.start) * ph.rate) + 1)
             while i < due_now:
                 ph.due[i] = ph.start + i / ph.rate
-                if len(tasks) >= self.max_in_flight:
+                if client.in_flight >= self.max_in_flight:
                     ph.status[i] = NOT_SENT
                 else:
-                    task = asyncio.create_task(self.send(ph, i))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    ph.sent[i] = time.monotonic()
+                    client.submit((ph, i), ph.requests[i])
                 i += 1
                 ph.issued = i
             await asyncio.sleep(max(0.0, ph.start + i / ph.rate - time.monotonic()))
         ph.end = time.monotonic()
-        if tasks:
-            await asyncio.wait(tasks)
-
-    async def send(self, ph: Phase, i: int) -> None:
-        assert self.session is not None
-        body, headers = self.beacons.request(ph.first + i)
-        ph.sent[i] = time.monotonic()
-        try:
-            async with self.session.post(self.url, data=body, headers=headers) as resp:
-                await resp.read()
-                status = resp.status
-        except Exception:  # a timeout or a refused connection: not acknowledged
-            status = ERROR
-        if 200 <= status < 300:
-            ph.acked[i] = time.monotonic()
-        ph.status[i] = status
+        while client.in_flight:
+            await asyncio.sleep(0.01)
+        ph.requests = []
 
 
 # --- watching the pipeline -----------------------------------------------------------------
@@ -338,7 +403,7 @@ class Poller(threading.Thread):
         self.ledger, self.prefix, self.interval = ledger, prefix, interval
         self.stopping = threading.Event()
         self.polls, self.errors, self.query_s, self.rows_read = 0, 0, 0.0, 0
-        self.block = 0  # highest block number of pageviews read so far
+        self.covered = Covered()  # the parts of pageviews read so far
         self.starts: list[float] = []
         self.backlog: list[tuple[float, int]] = []  # (monotonic, beacons accepted not yet queryable)
         self.last_error = ""
@@ -354,15 +419,16 @@ class Poller(threading.Thread):
             self.stopping.wait(max(0.0, t0 + self.interval - time.monotonic()))
 
     def poll(self, t0: float, full: bool = False) -> None:
-        block = 0 if full else max(0, self.block - BLOCKS_AGAIN)
-        out = self.sock.json("POST", "/v1/sql", {"sql": RANGES_SQL, "format": "JSONCompact",
-                                                  "params": {"block": block, "prefix": self.prefix}})
+        sql = RANGES_SQL.format(unread="" if full else self.covered.where())
+        out = self.sock.json("POST", "/v1/sql", {"sql": sql, "format": "JSONCompact",
+                                                  "params": {"prefix": self.prefix}})
         self.polls += 1
         self.query_s += float(out.get("statistics", {}).get("elapsed", 0.0))
         self.rows_read += int(out.get("statistics", {}).get("rows_read", 0))
-        for first, last, top in out["data"]:
+        for first, last, parts in out["data"]:
             self.ledger.mark_seen(int(first), int(last), t0)
-            self.block = max(self.block, int(top))
+            for part in parts:
+                self.covered.add(part)
         self.ledger.advance()
         if not full:
             self.starts.append(t0)
@@ -487,7 +553,10 @@ class Stack:
         return out
 
     def cpu(self) -> dict[str, float]:
-        return {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.pids().items()}
+        """CPU seconds so far of each process, and of this one (the sender, poller and monitor)."""
+        out = {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.pids().items()}
+        out["bench"] = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+        return out
 
     def dead(self) -> list[str]:
         return [p.name for procs in self.procs.values() for p in procs if not p.alive()]
@@ -588,13 +657,16 @@ def lag_figures(run: Run, ph: Phase) -> dict:
 async def step(run: Run, rate: float, workers: int) -> dict:
     """One step of the ramp: load at rate for --step-seconds, then drain; is it sustained?"""
     args, stack = run.args, run.stack
-    cpu0 = stack.cpu()
     ph = run.ledger.new_phase(f"{workers}w@{rate:g}", rate, args.step_seconds)
+    run.sender.prepare(ph)  # before cpu0: building requests is not part of the step
+    cpu0, steps0 = stack.cpu(), pipeline_counters(stack.settings)
     await load(run, ph)
     drained = await drain(run, args.drain)
+    accepted = int(ph.ok().sum())
     out = phase_figures(ph) | lag_figures(run, ph) | {
         "workers": workers, "drain_s": round(drained, 1),
-        "cpu_us_per_event": cpu_per_event(cpu0, stack.cpu(), int(ph.ok().sum()))}
+        "cpu_us_per_event": cpu_per_event(cpu0, stack.cpu(), accepted),
+        "per_event": per_event(steps0, pipeline_counters(stack.settings), accepted)}
     growth = out["lag_growth_s"]
     out["sustained"] = (out["ok_share"] >= OK_SHARE and out["accepted_per_s"] >= RATE_SHARE * rate
                         and (growth is None or growth <= LAG_GROWTH_S) and not run.ledger.waiting())
@@ -609,8 +681,9 @@ async def step(run: Run, rate: float, workers: int) -> dict:
 async def collector_step(run: Run, rate: float) -> dict:
     """The collector alone (nothing consumes): load at rate; sustained when >= 99.9% 2xx at the rate."""
     args, stack = run.args, run.stack
-    cpu0 = stack.cpu()
     ph = run.ledger.new_phase(f"collector@{rate:g}", rate, args.step_seconds, expect_rows=False)
+    run.sender.prepare(ph)  # before cpu0: building requests is not part of the step
+    cpu0 = stack.cpu()
     await load(run, ph)
     out = phase_figures(ph)
     out["cpu_us_per_event"] = cpu_per_event(cpu0, stack.cpu(), out["accepted"])
@@ -624,6 +697,46 @@ async def collector_step(run: Run, rate: float) -> dict:
 def cpu_per_event(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
     return {name: round((after[name] - before.get(name, 0.0)) / max(events, 1) * 1e6, 1)
             for name in after if name in before}
+
+
+def _counters(text: str, wanted: dict[str, tuple[str, ...]], out: dict[str, float]) -> None:
+    """Add the Prometheus counters named in wanted (name -> its labels) from text to out, as
+    `<short name>/<label values>` (short name: without tally_*_ and _total)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name.removesuffix("_total")
+            if name in wanted:
+                key = "/".join([name.split("_", 2)[2], *(sample.labels[k] for k in wanted[name])])
+                out[key] = out.get(key, 0.0) + sample.value
+
+
+def pipeline_counters(settings: Settings) -> dict[str, float]:
+    """The workers' record and step counters (their /metrics, summed over workers) and the
+    sink's rows by table (its /metrics on the Unix socket)."""
+    out: dict[str, float] = {}
+    for report in health.read(settings, "worker"):
+        if report.get("alive") and report.get("metrics"):
+            with contextlib.suppress(OSError), urllib.request.urlopen(report["metrics"], timeout=5) as resp:
+                _counters(resp.read().decode(), {"tally_worker_records": ("stage",),
+                                                 "tally_worker_step_seconds": ("stage", "step")}, out)
+    with contextlib.suppress(OSError):
+        status, body = SinkSocket(settings.socket_path, timeout=10).request("GET", "/metrics")
+        if status == 200:
+            _counters(body.decode(), {"tally_sink_rows": ("table",)}, out)
+    return out
+
+
+def per_event(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, dict[str, float]]:
+    """Per accepted beacon: input records of each worker stage, microseconds of each worker
+    step (from the workers' own timers) and rows the sink inserted into each table."""
+    n = max(events, 1)
+
+    def rise(prefix: str, scale: float, digits: int) -> dict[str, float]:
+        return {k[len(prefix):]: round((v - before.get(k, 0.0)) / n * scale, digits)
+                for k, v in after.items() if k.startswith(prefix)}
+
+    return {"worker_records": rise("records/", 1, 3), "worker_step_us": rise("step_seconds/", 1e6, 1),
+            "sink_rows": rise("rows/", 1, 3)}
 
 
 async def ramp(run: Run, rates: list[float], workers: int) -> list[dict]:
@@ -666,16 +779,22 @@ async def find_max(run: Run) -> dict:
 
 async def fixed_rate(run: Run) -> dict:
     args, stack = run.args, run.stack
-    if args.warmup:
-        log(f"warm-up: {args.warmup} s at {args.rate:g}/s")
-        await load(run, run.ledger.new_phase("warmup", args.rate, args.warmup))
-    cpu0 = stack.cpu()
+    warmup = run.ledger.new_phase("warmup", args.rate, args.warmup) if args.warmup else None
     ph = run.ledger.new_phase("measured", args.rate, args.duration)
+    for phase in (warmup, ph):  # built back to back, so no pause between warm-up and measurement
+        if phase is not None:
+            run.sender.prepare(phase)
+    if warmup is not None:
+        log(f"warm-up: {args.warmup} s at {args.rate:g}/s")
+        await load(run, warmup)
+    cpu0, steps0 = stack.cpu(), pipeline_counters(stack.settings)
     await load(run, ph)
     log(f"load done; waiting up to {args.drain:g} s for the last rows...")
     drained = await drain(run, args.drain)
+    accepted = int(ph.ok().sum())
     figures = phase_figures(ph) | lag_figures(run, ph) | {
-        "drain_s": round(drained, 1), "cpu_us_per_event": cpu_per_event(cpu0, stack.cpu(), int(ph.ok().sum()))}
+        "drain_s": round(drained, 1), "cpu_us_per_event": cpu_per_event(cpu0, stack.cpu(), accepted),
+        "per_event": per_event(steps0, pipeline_counters(stack.settings), accepted)}
     return {"mode": "fixed", "latency_step": figures, **finish(run)}
 
 
@@ -725,12 +844,13 @@ def summary(args: argparse.Namespace, result: dict, run: Run, load_start: tuple[
         out["rate_sustained"] = bool(lat["ok_share"] >= OK_SHARE and (growth is None or growth <= LAG_GROWTH_S)
                                      and result["missing"] == 0)
     out.update({k: result[k] for k in ("accepted", "stored", "missing", "duplicates", "non_2xx", "dead_processes")})
-    out.update(cpu_us_per_event=lat["cpu_us_per_event"],
+    out.update(cpu_us_per_event=lat["cpu_us_per_event"], per_event=lat.get("per_event"),
                rss_mb_peak={k: round(v, 1) for k, v in run.monitor.rss_peak.items()},
                rss_mb_end={k: round(v, 1) for k, v in run.monitor.rss_now.items()},
                lag_growth_s=lat["lag_growth_s"], consumer_lag_first=lat["consumer_lag_first"],
                consumer_lag_last=lat["consumer_lag_last"], sender_late_p99_ms=lat["sender_late_p99_ms"],
                bench_process_cpu_s=round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 1),
+               request_build_s=round(run.sender.build_s, 1),
                polls=run.poller.polls, poll_errors=run.poller.errors, poll_query_s=round(run.poller.query_s, 2),
                poll_rows_read=run.poller.rows_read,
                load_average_start=[round(x, 2) for x in load_start],
@@ -765,7 +885,11 @@ def print_summary(out: dict) -> None:
     for name, cpu in out["cpu_us_per_event"].items():
         print(f"  {name:9s} {cpu:8.1f} CPU us/event, RSS peak {out['rss_mb_peak'].get(name, 0):7.1f} MB, "
               f"end {out['rss_mb_end'].get(name, 0):7.1f} MB")
-    print(f"  poller: {out['polls']} polls, {out['poll_errors']} errors, {out['poll_query_s']} s of engine time, "
+    if out.get("per_event"):
+        pe = out["per_event"]
+        print(f"  per beacon: worker input records {pe['worker_records']}; worker step us {pe['worker_step_us']}; "
+              f"sink rows {pe['sink_rows']}")
+    print(f"  poller: {out['polls']} polls, {out['poll_errors']} errors, {out['poll_query_s']} s elapsed in the engine, "
           f"{out['poll_rows_read']:,} rows read (in the sink's CPU); load average {out['load_average_start'][0]} -> {out['load_average_end'][0]}")
     print(f"  targets met: {out['targets_met']}")
 
