@@ -109,3 +109,31 @@ def test_a_byte_flipped_while_spooled_is_caught_at_read_and_dropped_counted(tmp_
     sp.drop(2, DropReason.SPOOL_CORRUPT)
     assert sp.pending_ids() == [1, 3] and sp.corrupt == {DropReason.SPOOL_CORRUPT: 1}
     sp.close()
+
+
+ACK_CHILD = textwrap.dedent("""
+    import json, resource, signal, sys
+    from pathlib import Path
+    from tally.producers.collector.spool import Spool
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    sp = Spool(Path(sys.argv[1]), max_bytes=1 << 30, segment_bytes=1 << 30)
+    sp.open()
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+    ids = []
+    while True:
+        try:
+            ids += sp.append([b"x" * 900])
+        except OSError:
+            break
+    sp.ack(ids[:5])  # no room for the ACK records either
+    print(json.dumps({"ids": ids, "pending": sp.pending_ids()}))
+""")
+
+
+def test_acknowledging_on_a_full_disk_still_empties_the_spool(tmp_path):
+    # Found by tests/test_chaos_edge.py: the replay's ACK records failed on the full disk,
+    # so the replay sent the same batches again and again and the spool never drained.
+    out = subprocess.run([sys.executable, "-c", ACK_CHILD, str(tmp_path / "w0")],
+                         capture_output=True, text=True, check=True, timeout=60)
+    got = json.loads(out.stdout)
+    assert len(got["ids"]) > 5 and got["pending"] == got["ids"][5:]

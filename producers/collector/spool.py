@@ -217,7 +217,13 @@ class Spool:
             self._unacked.clear()
             self._reset()
             return
-        self._write([_record(ACK, i) for i in known])
+        try:
+            self._write([_record(ACK, i) for i in known])
+        except OSError as exc:
+            # A full disk must not stop the replay that empties it: the batches are in Kafka,
+            # so they are done here all the same. Only a restart before the spool drains
+            # would send them again (event_ids the worker already knows).
+            log.warning("spool %s: %d acknowledgements not recorded on disk (%s)", self.dir, len(known), exc)
         for i in known:
             seg = self._pending.pop(i)[0]
             self._unacked[seg].discard(i)
