@@ -116,18 +116,21 @@ def assert_stored_exactly_once(env: Env, load: BeaconLoad, prefix: str, procs: S
         raise AssertionError(f"{acked} acknowledged, stored (FINAL, rows, ids, paths): {stored(s, prefix)}; "
                              f"lag {group_lag(s)}\n{tails(procs)}") from None
     final, rows, ids, paths = stored(s, prefix)
-    if raw_repeats:
-        assert (final, ids, paths) == (acked, acked, acked) and rows >= acked, (final, rows, ids, paths)
-    else:
-        assert (final, rows, ids, paths) == (acked, acked, acked, acked), tails(procs)
     got = {r[0] for r in query_rows(s, f"SELECT path FROM pageviews WHERE startsWith(path, '{prefix}')")}
-    assert got == expected  # the acknowledged ones, not others
     # ClickHouse folds repeated event_ids when it merges; the raw topic shows any that were sent.
     raw = [b for b in read_beacons(s, acked) if b["path"].startswith(prefix)]
     repeated = Counter(str(b["event_id"]) for b in raw)
     twice = {i: n for i, n in repeated.items() if n > 1}
-    if not raw_repeats:
-        assert not twice, f"{len(twice)} beacons in {s.topic('beacons.raw')} more than once, e.g. {list(twice.items())[:3]}"
+    seen = (f"{acked} acknowledged; stored (FINAL, rows, ids, paths) {(final, rows, ids, paths)}; "
+            f"{len(twice)} event_ids more than once in {s.topic('beacons.raw')}, e.g. {list(twice.items())[:3]}; "
+            f"{len(got - expected)} stored not acknowledged, e.g. {sorted(got - expected)[:3]}; "
+            f"{len(expected - got)} acknowledged not stored, e.g. {sorted(expected - got)[:3]}")
+    if raw_repeats:
+        assert (final, ids, paths) == (acked, acked, acked) and rows >= acked, seen
+    else:
+        assert (final, rows, ids, paths) == (acked, acked, acked, acked), f"{seen}\n{tails(procs)}"
+        assert not twice, seen
+    assert got == expected, seen  # the acknowledged ones, not others
 
     # The worker emits window totals every TALLY_TOTALS_FLUSH_SECONDS; the sink follows.
     try:
