@@ -53,12 +53,16 @@ class Flow:
             log.warning("%s failed (attempt %d): %s; retrying in %.1fs", what, state.attempt_number,
                         str(state.outcome.exception()).strip()[:300], state.next_action.sleep)
 
-        for attempt in Retrying(wait=wait_exponential_jitter(initial=0.2, max=15, jitter=0.5),
-                                retry=retry_if_exception_type(retry_on), stop=stop, reraise=True,
-                                sleep=self.idle, before_sleep=before_sleep):
-            with attempt:
-                fn()
-        self.resume_all()
+        try:
+            for attempt in Retrying(wait=wait_exponential_jitter(initial=0.2, max=15, jitter=0.5),
+                                    retry=retry_if_exception_type(retry_on), stop=stop, reraise=True,
+                                    sleep=self.idle, before_sleep=before_sleep):
+                with attempt:
+                    fn()
+        finally:
+            # Also when it gives up (a commit after `attempts`): nothing else would resume,
+            # and a paused sink with an empty batch never inserts again.
+            self.resume_all()
 
     def idle(self, seconds: float) -> None:
         """Wait while keeping the group membership alive (poll); anything fetched before the

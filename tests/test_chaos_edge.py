@@ -76,6 +76,16 @@ def bring_back(faults: Faults, b: Broker, sig: signal.Signals) -> None:
     resume(b)
 
 
+def restart_collector(env: Env, spawn) -> Proc:
+    from tally.ops.stack import http_ok
+
+    proc = spawn(env, "collector")
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{env.settings.collector_port}/healthz") or not proc.alive(), 60,
+             "the collector listening")
+    assert proc.alive(), proc.output()[-3000:]
+    return proc
+
+
 def pipeline_env(b: Broker, tmp_path: Path) -> Env:
     return isolated_env(b.bootstrap, tmp_path, TALLY_RATE_LIMIT_PER_SECOND="0", TALLY_SPOOL_AFTER_MS="300")
 
@@ -141,8 +151,8 @@ def test_collector_sigkilled_while_acks_stall_and_again_during_its_replay(own, t
     wait_for(lambda: readyz(s)["mode"] == "spooling", 60, "the collector spooling")
     faults.pause(5, 20)
     faults.signal(collector, signal.SIGKILL)
-    collector = spawn(env, "collector")
-    wait_for(lambda: readyz(s)["spool_batches"] > 0, 60, "the new collector with the old spool")
+    collector = restart_collector(env, spawn)
+    assert readyz(s)["spool_batches"] > 0  # the old spool, taken over
     faults.pause(2, 10)
     bring_back(faults, own, signal.SIGSTOP)
     spooled = readyz(s)["spool_batches"]
@@ -152,8 +162,7 @@ def test_collector_sigkilled_while_acks_stall_and_again_during_its_replay(own, t
     left = readyz(s)["spool_batches"]
     faults.signal(collector, signal.SIGKILL)
     assert left > 0, "the replay ended before the kill: nothing was tested"
-    collector = spawn(env, "collector")
-    wait_for(lambda: readyz(s).get("spool_batches") is not None, 60, "the third collector")
+    collector = restart_collector(env, spawn)
     online = replayed_online(s, load, 300, "the collector online again (spool replayed)")
     counts = assert_stored_exactly_once(env, load, "/twice/", (sink, worker, collector), raw_repeats=True)
     report("collector SIGKILLed while acks stall, and during its replay", faults, load_per_s=100,
