@@ -30,6 +30,16 @@ class Flow:
         self.held[key] = offset
         self.consumer.pause([TopicPartition(*key)])
 
+    def assigned(self, partitions: list[TopicPartition]) -> None:
+        """Take a new assignment (from on_assign) with the pause state the sink is in now:
+        librdkafka keeps a partition's pause across a revoke and a new assignment, so a
+        partition paused before it was lost (a broker outage) would come back paused, and
+        with nothing read no insert would ever resume it."""
+        self.consumer.assign(partitions)
+        tps = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        if tps:
+            (self.consumer.pause if self.outage_paused else self.consumer.resume)(tps)
+
     def release_held(self) -> None:
         if not self.held:
             return

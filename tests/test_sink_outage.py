@@ -132,3 +132,39 @@ def test_server_mode_real_outage(tally_env, spawn, tmp_path):
         if server.poll() is None:
             server.kill()
             server.wait(10)
+
+
+def test_a_partition_paused_then_lost_is_read_again_when_assigned_back(broker):
+    """Found by tests/test_chaos_edge.py (broker SIGKILLed for 90 s): librdkafka keeps a
+    pause across a revoke and a new assignment, so partitions the sink paused before its
+    group session expired came back paused and the sink never read again."""
+    import threading
+    import uuid
+
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from tally.sinks.flow import Flow
+
+    from tally.topics import ensure
+
+    topic = f"flow-{uuid.uuid4().hex[:8]}"
+    env = Env({"TALLY_KAFKA_BOOTSTRAP": broker.bootstrap})
+    ensure(env.settings, {topic: (1, {})})
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(10):
+        producer.produce(topic, f"r{i}".encode())
+    assert producer.flush(30) == 0
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": topic,
+                         "auto.offset.reset": "earliest", "log_level": 0})
+    flow = Flow(consumer, threading.Event())
+    try:
+        flow.assigned([TopicPartition(topic, 0)])
+        flow.pause_all()  # an outage: every assigned partition paused
+        assert not consumer.consume(10, 2)
+        consumer.unassign()  # the group session expired while the broker was away
+        flow.resume_all()  # the outage ends while nothing is assigned
+        flow.assigned([TopicPartition(topic, 0)])  # and the partition comes back
+        got: list = []
+        wait_for(lambda: got.extend(m for m in consumer.consume(10, 0.5) if not m.error()) or len(got) >= 10,
+                 30, "the records of the re-assigned partition")
+    finally:
+        consumer.close()
