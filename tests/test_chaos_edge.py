@@ -15,6 +15,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -193,16 +194,33 @@ def probe(s) -> tuple[int, dict[str, str]]:
     return status, headers
 
 
+@dataclass
+class Running:
+    """A pipeline under load whose broker was just SIGKILLed or SIGSTOPped (the seed chose)."""
+
+    faults: Faults
+    sig: signal.Signals
+    env: Env
+    procs: tuple[Proc, Proc, Proc]
+    load: BeaconLoad
+
+
+def broker_away_under_load(name: str, b: Broker, tmp_path: Path, spawn, prefix: str) -> Running:
+    faults = Faults(name)
+    sig = faults.rnd.choice([signal.SIGKILL, signal.SIGSTOP])
+    env = pipeline_env(b, tmp_path)
+    procs = start_pipeline(env, spawn)
+    load = BeaconLoad(env.settings, prefix, threads=16, rate=RATE).start()
+    load.wait_sent(200)
+    faults.signal(broker_proc(b), sig)
+    return Running(faults, sig, env, procs, load)
+
+
 @pytest.mark.chaos
 def test_spool_disk_full_refuses_with_503_and_stores_every_2xx(tiny_spool, own, tmp_path, spawn):
-    faults = Faults("spool disk full (256 KiB tmpfs)")
-    sig = faults.rnd.choice([signal.SIGKILL, signal.SIGSTOP])
-    env = pipeline_env(own, tmp_path)
+    run = broker_away_under_load("spool disk full (256 KiB tmpfs)", own, tmp_path, spawn, "/full/")
+    faults, sig, env, procs, load = run.faults, run.sig, run.env, run.procs, run.load
     s = env.settings
-    procs = start_pipeline(env, spawn)
-    load = BeaconLoad(s, "/full/", threads=16, rate=RATE).start()
-    load.wait_sent(200)
-    faults.signal(broker_proc(own), sig)
     wait_for(lambda: any(v.startswith("503") for v in load.failed.values()), 180, "the spool's disk full")
     status, headers = probe(s)
     assert status == 503 and int(headers["Retry-After"]) > 0, (status, headers)
@@ -232,14 +250,9 @@ def data_records(seg: Path) -> list[tuple[int, int]]:
 
 @pytest.mark.chaos
 def test_a_byte_flipped_in_the_spool_loses_only_its_batch_counted(own, tmp_path, spawn):
-    faults = Faults("a byte flipped in a spooled batch")
-    sig = faults.rnd.choice([signal.SIGKILL, signal.SIGSTOP])
-    env = pipeline_env(own, tmp_path)
+    run = broker_away_under_load("a byte flipped in a spooled batch", own, tmp_path, spawn, "/flip/")
+    faults, sig, env, procs, load = run.faults, run.sig, run.env, run.procs, run.load
     s = env.settings
-    procs = start_pipeline(env, spawn)
-    load = BeaconLoad(s, "/flip/", threads=16, rate=RATE).start()
-    load.wait_sent(200)
-    faults.signal(broker_proc(own), sig)
     wait_for(lambda: readyz(s)["mode"] == "spooling", 60, "the collector spooling")
     faults.pause(5, 15)
     # A batch spooled in spooling mode went straight to disk (librdkafka never held it):
