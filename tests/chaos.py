@@ -71,6 +71,10 @@ def stored(settings: Any, prefix: str) -> tuple[int, int, int, int]:
     return final[0][0], *raw[0]
 
 
+def stored_paths(settings: Any, prefix: str) -> set[str]:
+    return {r[0] for r in query_rows(settings, f"SELECT path FROM pageviews WHERE startsWith(path, '{prefix}')")}
+
+
 def group_lag(settings: Any) -> dict[str, int] | None:
     """Total lag of the worker group and of the sink group (None while the broker cannot say)."""
     from tally.ops.lag import group_report
@@ -113,12 +117,14 @@ def assert_stored_exactly_once(env: Env, load: BeaconLoad, prefix: str, procs: S
     expected = load.acked - set(lost)
     acked = len(expected)
     try:
-        wait_for(lambda: stored(s, prefix)[0] >= acked, timeout, f"{acked} acknowledged beacons in ClickHouse")
+        # (paths too: beacons stored though unanswered (in_flight) must not stand in for them)
+        wait_for(lambda: stored(s, prefix)[0] >= acked and expected <= stored_paths(s, prefix), timeout,
+                 f"{acked} acknowledged beacons in ClickHouse", interval=1)
     except AssertionError:
         raise AssertionError(f"{acked} acknowledged, stored (FINAL, rows, ids, paths): {stored(s, prefix)}; "
                              f"lag {group_lag(s)}\n{tails(procs)}") from None
     final, rows, ids, paths = stored(s, prefix)
-    got = {r[0] for r in query_rows(s, f"SELECT path FROM pageviews WHERE startsWith(path, '{prefix}')")}
+    got = stored_paths(s, prefix)
     # ClickHouse folds repeated event_ids when it merges; the raw topic shows any that were sent.
     raw = [b for b in read_beacons(s, acked) if b["path"].startswith(prefix)]
     repeated = Counter(str(b["event_id"]) for b in raw)
