@@ -31,7 +31,7 @@ class DropReason(StrEnum):
     # At the edge, one count per prop removed from an accepted beacon (minimise.py)
     PROP_NOT_ALLOWED = "prop_not_allowed"  # key not on TALLY_PROPS_ALLOWLIST for the site
     PROP_UNSAFE_VALUE = "prop_unsafe_value"  # allowlisted key, value long or personal data
-    SPOOL_CORRUPT = "spool_corrupt"  # a spooled batch found corrupt on open (counted per batch)
+    SPOOL_CORRUPT = "spool_corrupt"  # a spooled batch found corrupt on open or at replay (per batch)
     # In the stream worker's stage 1
     DATACENTER = "datacenter"  # the client address is in a cloud, hosting or crawler range
     HEADLESS = "headless"  # an automation framework or headless browser

@@ -30,6 +30,16 @@ class Flow:
         self.held[key] = offset
         self.consumer.pause([TopicPartition(*key)])
 
+    def assigned(self, partitions: list[TopicPartition]) -> None:
+        """Take a new assignment (from on_assign) with the pause state the sink is in now:
+        librdkafka keeps a partition's pause across a revoke and a new assignment, so a
+        partition paused before it was lost (a broker outage) would come back paused, and
+        with nothing read no insert would ever resume it."""
+        self.consumer.assign(partitions)
+        tps = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        if tps:
+            (self.consumer.pause if self.outage_paused else self.consumer.resume)(tps)
+
     def release_held(self) -> None:
         if not self.held:
             return
@@ -53,12 +63,16 @@ class Flow:
             log.warning("%s failed (attempt %d): %s; retrying in %.1fs", what, state.attempt_number,
                         str(state.outcome.exception()).strip()[:300], state.next_action.sleep)
 
-        for attempt in Retrying(wait=wait_exponential_jitter(multiplier=0.2, max=15, jitter=0.5),
-                                retry=retry_if_exception_type(retry_on), stop=stop, reraise=True,
-                                sleep=self.idle, before_sleep=before_sleep):
-            with attempt:
-                fn()
-        self.resume_all()
+        try:
+            for attempt in Retrying(wait=wait_exponential_jitter(multiplier=0.2, max=15, jitter=0.5),
+                                    retry=retry_if_exception_type(retry_on), stop=stop, reraise=True,
+                                    sleep=self.idle, before_sleep=before_sleep):
+                with attempt:
+                    fn()
+        finally:
+            # Also when it gives up (a commit after `attempts`): nothing else would resume,
+            # and a paused sink with an empty batch never inserts again.
+            self.resume_all()
 
     def idle(self, seconds: float) -> None:
         """Wait while keeping the group membership alive (poll); anything fetched before the

@@ -200,6 +200,7 @@ class Sink:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # A new assignment starts at the committed offsets (a deleted topic has none left).
+        self.flow.assigned(partitions)
         self.ids.forget((tp.topic, tp.partition) for tp in partitions)
         self.ids.moved()
         self.replay.on_assign(consumer, partitions)

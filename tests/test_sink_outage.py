@@ -158,3 +158,39 @@ def test_embedded_warehouse_held_by_another_process_is_waited_for(tally_env, spa
     wait_for(lambda: http_ok(f"http://127.0.0.1:{s.query_port}/healthz"), 90, "the sink serving")
     assert query_rows(s, "SELECT count() FROM pageviews")[0][0] == 0
     assert sink.alive(), sink.output()[-3000:]
+
+
+def test_a_partition_paused_then_lost_is_read_again_when_assigned_back(broker):
+    """Found by tests/test_chaos_edge.py (broker SIGKILLed for 90 s): librdkafka keeps a
+    pause across a revoke and a new assignment, so partitions the sink paused before its
+    group session expired came back paused and the sink never read again."""
+    import threading
+    import uuid
+
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from tally.sinks.flow import Flow
+
+    from tally.topics import ensure
+
+    topic = f"flow-{uuid.uuid4().hex[:8]}"
+    env = Env({"TALLY_KAFKA_BOOTSTRAP": broker.bootstrap})
+    ensure(env.settings, {topic: (1, {})})
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(10):
+        producer.produce(topic, f"r{i}".encode())
+    assert producer.flush(30) == 0
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": topic,
+                         "auto.offset.reset": "earliest", "log_level": 0})
+    flow = Flow(consumer, threading.Event())
+    try:
+        flow.assigned([TopicPartition(topic, 0)])
+        flow.pause_all()  # an outage: every assigned partition paused
+        assert not consumer.consume(10, 2)
+        consumer.unassign()  # the group session expired while the broker was away
+        flow.resume_all()  # the outage ends while nothing is assigned
+        flow.assigned([TopicPartition(topic, 0)])  # and the partition comes back
+        got: list = []
+        wait_for(lambda: got.extend(m for m in consumer.consume(10, 0.5) if not m.error()) or len(got) >= 10,
+                 30, "the records of the re-assigned partition")
+    finally:
+        consumer.close()

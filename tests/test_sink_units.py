@@ -184,3 +184,25 @@ def test_topic_ids_after_a_move_backwards_only_a_lookup_sent_later_counts():
     assert ids.ready and ids.held == {"a": "A2", "b": "B1"}
     ids.forget([("a", 0)])
     assert not ids.backward(("a", 0), 0)
+
+
+def test_a_retry_that_gives_up_resumes_consumption():
+    # Found by tests/test_chaos_edge.py (broker SIGKILLed for 90 s): a commit that failed
+    # 5 times left every partition paused, and the sink never read a record again.
+    import threading
+
+    from confluent_kafka import Consumer, KafkaException
+    from tally.sinks.flow import Flow
+
+    consumer = Consumer({"bootstrap.servers": "127.0.0.1:9", "group.id": "flow-unit", "log_level": 0})
+    flow = Flow(consumer, threading.Event())
+
+    def refuse() -> None:
+        raise KafkaException("commit refused")
+
+    try:
+        with pytest.raises(KafkaException):
+            flow.retry("commit offsets", refuse, retry_on=KafkaException, attempts=2)
+        assert not flow.outage_paused
+    finally:
+        consumer.close()

@@ -12,7 +12,8 @@ import subprocess
 import sys
 import textwrap
 
-from tally.producers.collector.spool import HEADER, Spool
+import pytest
+from tally.producers.collector.spool import HEADER, Spool, SpoolCorrupt
 from tally.schemas.reasons import DropReason
 
 CHILD = textwrap.dedent("""
@@ -87,3 +88,52 @@ def test_a_flipped_byte_mid_segment_loses_only_its_batch_and_counts_it(tmp_path)
     final.open()
     assert final.pending_ids() == [11]
     final.close()
+
+
+def test_a_byte_flipped_while_spooled_is_caught_at_read_and_dropped_counted(tmp_path):
+    """Damage after the write (the process still running) is not seen by open(): read()
+    checks the CRC again, so the replay never sends damaged bytes on."""
+    sp = Spool(tmp_path / "w0", max_bytes=1 << 20, segment_bytes=1 << 20)
+    sp.open()
+    payloads = [f"batch-{i}-".encode() * 20 for i in range(1, 4)]
+    assert sp.append(payloads) == [1, 2, 3]
+    seg = sorted((tmp_path / "w0").glob("seg-*.log"))[-1]
+    with open(seg, "r+b") as fh:  # batch 2's payload, in place
+        fh.seek(2 * HEADER.size + len(payloads[0]) + 9)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0x20]))
+    assert sp.read(1) == payloads[0] and sp.read(3) == payloads[2]
+    with pytest.raises(SpoolCorrupt):
+        sp.read(2)
+    sp.drop(2, DropReason.SPOOL_CORRUPT)
+    assert sp.pending_ids() == [1, 3] and sp.corrupt == {DropReason.SPOOL_CORRUPT: 1}
+    sp.close()
+
+
+ACK_CHILD = textwrap.dedent("""
+    import json, resource, signal, sys
+    from pathlib import Path
+    from tally.producers.collector.spool import Spool
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    sp = Spool(Path(sys.argv[1]), max_bytes=1 << 30, segment_bytes=1 << 30)
+    sp.open()
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+    ids = []
+    while True:
+        try:
+            ids += sp.append([b"x" * 100])
+        except OSError:
+            break
+    sp.ack(ids[:-1])  # no room for their ACK records either
+    print(json.dumps({"ids": ids, "pending": sp.pending_ids()}))
+""")
+
+
+def test_acknowledging_on_a_full_disk_still_empties_the_spool(tmp_path):
+    # Found by tests/test_chaos_edge.py: the replay's ACK records failed on the full disk,
+    # so the replay sent the same batches again and again and the spool never drained.
+    out = subprocess.run([sys.executable, "-c", ACK_CHILD, str(tmp_path / "w0")],
+                         capture_output=True, text=True, check=True, timeout=60)
+    got = json.loads(out.stdout)
+    assert len(got["ids"]) > 100 and got["pending"] == got["ids"][-1:]

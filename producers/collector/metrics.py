@@ -34,7 +34,7 @@ SPOOL_BYTES = Gauge("tally_collector_spool_bytes", "Size of the on-disk spool fi
 SPOOLED = Counter("tally_collector_spooled_beacons_total",
                   "Beacons written to the spool because the broker did not acknowledge in time.")
 SPOOL_CORRUPT = Counter("tally_collector_spool_corrupt_batches_total",
-                        "Spooled micro-batches found corrupt when the spool was opened, and lost, by reason.",
+                        "Spooled micro-batches found corrupt (on open or at replay), and lost, by reason.",
                         ["reason"])
 REPLAYED = Counter("tally_collector_replayed_batches_total",
                    "Spooled micro-batches delivered to Kafka after the broker came back.")

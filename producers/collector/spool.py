@@ -17,7 +17,9 @@ A write the disk refuses (ENOSPC, EFBIG, EIO, a short write) is rolled back:
 the file is cut back to where it was and no id is handed out, so no phantom
 entry is replayed later. A record found corrupt on open (a flipped bit) is
 skipped and counted (`corrupt`); reading resumes at the next record whose CRC
-checks, so the answered batches after it are kept.
+checks, so the answered batches after it are kept. A record damaged after it was
+written (while the process runs) is caught by `read`, which checks the CRC again:
+the replay drops that batch, counted, instead of sending its damaged bytes on.
 
 One process owns a spool directory (flock on `lock`). All methods block on
 disk I/O; the forwarder calls them from a single dedicated thread, which also
@@ -47,6 +49,10 @@ SEGMENT_BYTES = 8 << 20
 
 class SpoolFull(RuntimeError):
     """The spool has no room for this batch; the collector answers 503."""
+
+
+class SpoolCorrupt(RuntimeError):
+    """A pending record no longer matches its CRC: its batch is lost."""
 
 
 class SpoolLocked(RuntimeError):
@@ -121,10 +127,21 @@ class Spool:
         return list(self._pending)
 
     def read(self, entry_id: int) -> bytes:
+        """The payload of a pending entry. Raises SpoolCorrupt if its record was damaged
+        since it was written (the CRC covers the header's kind and id too)."""
         seg, offset, length = self._pending[entry_id]
         with open(self._path(seg), "rb") as fh:
-            fh.seek(offset)
-            return fh.read(length)
+            fh.seek(offset - HEADER.size)
+            record = fh.read(HEADER.size + length)
+        parsed = self._parse(record, 0)
+        if parsed is None or parsed[:2] != (DATA, entry_id) or parsed[3] != len(record):
+            raise SpoolCorrupt(f"spool {self._path(seg)}: entry {entry_id} at offset {offset} is corrupt")
+        return record[HEADER.size:]
+
+    def drop(self, entry_id: int, reason: DropReason) -> None:
+        """Give up a pending entry that cannot be replayed (acknowledged as done), counted."""
+        self.corrupt[reason] += 1
+        self.ack([entry_id])
 
     # --- writes --------------------------------------------------------------
 
@@ -200,7 +217,13 @@ class Spool:
             self._unacked.clear()
             self._reset()
             return
-        self._write([_record(ACK, i) for i in known])
+        try:
+            self._write([_record(ACK, i) for i in known])
+        except OSError as exc:
+            # A full disk must not stop the replay that empties it: the batches are in Kafka,
+            # so they are done here all the same. Only a restart before the spool drains
+            # would send them again (event_ids the worker already knows).
+            log.warning("spool %s: %d acknowledgements not recorded on disk (%s)", self.dir, len(known), exc)
         for i in known:
             seg = self._pending.pop(i)[0]
             self._unacked[seg].discard(i)

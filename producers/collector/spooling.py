@@ -24,7 +24,8 @@ from confluent_kafka import KafkaError, KafkaException
 from tally.producers.collector import metrics
 from tally.producers.collector.kafka_link import ProducerLink
 from tally.producers.collector.microbatch import MicroBatch, resolve, set_once
-from tally.producers.collector.spool import Spool, SpoolLocked, adopt_orphans
+from tally.producers.collector.spool import Spool, SpoolCorrupt, SpoolLocked, adopt_orphans
+from tally.schemas.reasons import DropReason
 
 from tally.config import Settings
 
@@ -208,14 +209,13 @@ class Replayer:
                     # Still in librdkafka's queue: wait for it rather than send it twice.
                     waits.append((spool_id, in_flight.outcome, True))
                     continue
-                value = await sp.run_io(sp.spool.read, spool_id)
-                waits.append((spool_id, self._produce(value), False))
+                waits.append((spool_id, await self._replay(spool_id), False))
             delivered = []
             for spool_id, fut, was_in_flight in waits:
                 ok = await fut
                 sp.in_flight.pop(spool_id, None)
                 if not ok and was_in_flight:  # librdkafka gave up on it: send it ourselves
-                    ok = await self._produce(await sp.run_io(sp.spool.read, spool_id))
+                    ok = await (await self._replay(spool_id))
                 if not ok:
                     break
                 delivered.append(spool_id)
@@ -229,6 +229,22 @@ class Replayer:
             if len(delivered) < len(window):
                 return False  # the broker went away again; retry from the first undelivered
         return True  # loop again: drained only when pending_ids() comes back empty
+
+    async def _replay(self, spool_id: int) -> asyncio.Future[bool]:
+        """Send a spooled batch again. A record damaged on disk since it was written is
+        dropped, counted as spool_corrupt (a done future: nothing is left to send)."""
+        sp = self.spooler
+        assert sp.spool is not None
+        try:
+            return self._produce(await sp.run_io(sp.spool.read, spool_id))
+        except SpoolCorrupt as exc:
+            log.error("%s: one batch lost", exc)
+            await sp.run_io(sp.spool.drop, spool_id, DropReason.SPOOL_CORRUPT)
+            metrics.SPOOL_CORRUPT.labels(DropReason.SPOOL_CORRUPT).inc()
+            sp.gauges()
+            done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            done.set_result(True)
+            return done
 
     def _produce(self, value: bytes) -> asyncio.Future[bool]:
         loop = asyncio.get_running_loop()
