@@ -106,6 +106,9 @@ def test_a_byte_flipped_while_spooled_is_caught_at_read_and_dropped_counted(tmp_
     assert sp.read(1) == payloads[0] and sp.read(3) == payloads[2]
     with pytest.raises(SpoolCorrupt):
         sp.read(2)
+    # The replay reads a window at once: the damaged one is its error, the others their bytes.
+    first, damaged, third = sp.read_many([1, 2, 3])
+    assert (first, third) == (payloads[0], payloads[2]) and isinstance(damaged, SpoolCorrupt)
     sp.drop(2, DropReason.SPOOL_CORRUPT)
     assert sp.pending_ids() == [1, 3] and sp.corrupt == {DropReason.SPOOL_CORRUPT: 1}
     sp.close()

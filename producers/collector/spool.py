@@ -138,6 +138,17 @@ class Spool:
             raise SpoolCorrupt(f"spool {self._path(seg)}: entry {entry_id} at offset {offset} is corrupt")
         return record[HEADER.size:]
 
+    def read_many(self, entry_ids: list[int]) -> list[bytes | SpoolCorrupt]:
+        """`read` of each entry, in one call (a replay window costs one trip to the spool's
+        thread, not one per batch); a damaged record is its SpoolCorrupt, not a raise."""
+        out: list[bytes | SpoolCorrupt] = []
+        for entry_id in entry_ids:
+            try:
+                out.append(self.read(entry_id))
+            except SpoolCorrupt as exc:
+                out.append(exc)
+        return out
+
     def drop(self, entry_id: int, reason: DropReason) -> None:
         """Give up a pending entry that cannot be replayed (acknowledged as done), counted."""
         self.corrupt[reason] += 1

@@ -203,13 +203,16 @@ class Replayer:
         for start in range(0, len(ids), REPLAY_WINDOW):
             window = ids[start:start + REPLAY_WINDOW]
             waits: list[tuple[int, asyncio.Future[bool], bool]] = []
+            # Still in librdkafka's queue: wait for it rather than send it twice.
+            held = {i: f.outcome for i in window if (f := sp.in_flight.get(i)) is not None and f.outcome is not None}
+            to_read = [i for i in window if i not in held]
+            payloads = dict(zip(to_read, await sp.run_io(sp.spool.read_many, to_read), strict=True))
             for spool_id in window:
-                in_flight = sp.in_flight.get(spool_id)
-                if in_flight is not None and in_flight.outcome is not None:
-                    # Still in librdkafka's queue: wait for it rather than send it twice.
-                    waits.append((spool_id, in_flight.outcome, True))
-                    continue
-                waits.append((spool_id, await self._replay(spool_id), False))
+                outcome = held.get(spool_id)
+                if outcome is not None:
+                    waits.append((spool_id, outcome, True))
+                else:
+                    waits.append((spool_id, await self._send(spool_id, payloads[spool_id]), False))
             delivered = []
             for spool_id, fut, was_in_flight in waits:
                 ok = await fut
@@ -231,20 +234,25 @@ class Replayer:
         return True  # loop again: drained only when pending_ids() comes back empty
 
     async def _replay(self, spool_id: int) -> asyncio.Future[bool]:
-        """Send a spooled batch again. A record damaged on disk since it was written is
+        """Send a spooled batch again, read from the spool."""
+        sp = self.spooler
+        assert sp.spool is not None
+        return await self._send(spool_id, (await sp.run_io(sp.spool.read_many, [spool_id]))[0])
+
+    async def _send(self, spool_id: int, payload: bytes | SpoolCorrupt) -> asyncio.Future[bool]:
+        """Produce a spooled batch's payload. A record damaged on disk since it was written is
         dropped, counted as spool_corrupt (a done future: nothing is left to send)."""
         sp = self.spooler
         assert sp.spool is not None
-        try:
-            return self._produce(await sp.run_io(sp.spool.read, spool_id))
-        except SpoolCorrupt as exc:
-            log.error("%s: one batch lost", exc)
-            await sp.run_io(sp.spool.drop, spool_id, DropReason.SPOOL_CORRUPT)
-            metrics.SPOOL_CORRUPT.labels(DropReason.SPOOL_CORRUPT).inc()
-            sp.gauges()
-            done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            done.set_result(True)
-            return done
+        if isinstance(payload, bytes):
+            return self._produce(payload)
+        log.error("%s: one batch lost", payload)
+        await sp.run_io(sp.spool.drop, spool_id, DropReason.SPOOL_CORRUPT)
+        metrics.SPOOL_CORRUPT.labels(DropReason.SPOOL_CORRUPT).inc()
+        sp.gauges()
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        done.set_result(True)
+        return done
 
     def _produce(self, value: bytes) -> asyncio.Future[bool]:
         loop = asyncio.get_running_loop()
