@@ -24,6 +24,7 @@ import asyncio
 import atexit
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -159,6 +160,8 @@ class Totals:
         self.remember_after_ms = remember_after_ms or open_after_ms  # event ids before this are forgotten
         self.encode = TotalsEncoder(codec)
         self.flushes = 0
+        self.session_flush_seconds = settings.session_flush_seconds
+        self._sessions_at = float("-inf")  # monotonic time of the last session emission: the first flush has them
         self._producer: Producer | None = None
 
     def _started(self) -> Producer:
@@ -167,17 +170,26 @@ class Totals:
             atexit.register(self._producer.flush, 5)  # graceful stop: deliver the last totals
         return self._producer
 
-    async def flush(self) -> int:
+    async def flush(self, sessions: bool | None = None) -> int:
+        """Emit the totals of the windows that changed; with `sessions` (by default: when
+        TALLY_SESSION_FLUSH_SECONDS have passed since the last time) the changed sessions and
+        session windows too. Deferring those loses nothing: they stay marked in the state, and
+        a rebuilt state re-emits them all."""
         producer, topic, encode = self._started(), self.topic, self.encode
         self.flushes += 1
+        if sessions is None:
+            sessions = time.monotonic() - self._sessions_at >= self.session_flush_seconds
+        if sessions:
+            self._sessions_at = time.monotonic()
         prune = self.flushes % PRUNE_EVERY == 0
         closed_before = self.open_after_ms() - CLOSE_MARGIN_MS
         forget_ids_before = self.remember_after_ms()
         sent = 0
         for store in self.stores.values():
             for st in list(store.states.values()):
-                sent += produce_all(producer, topic, [encode(st, key, w) for key, w in st.take_dirty_windows()])
-                sent += self._sessions(producer, st)
+                sent += produce_all(producer, topic, [encode(st, key, w) for key, w in st.take_dirty_windows(sessions)])
+                if sessions:
+                    sent += self._sessions(producer, st)
                 if prune:
                     st.prune(closed_before, forget_ids_before)
                 await asyncio.sleep(0)  # let the agents run between partitions

@@ -283,6 +283,9 @@ class PartitionState:
         self.windows: dict[AggKey, Window] = {}
         self.ends: dict[AggKey, int] = {}
         self.dirty: set[AggKey] = set()
+        # The session windows changed since their last emission: they go out with the session
+        # rows (TALLY_SESSION_FLUSH_SECONDS), less often than the other windows' totals.
+        self.session_dirty: set[AggKey] = set()
         # (site, hour_start) -> its site_hour, site_day and site_month keys with their ends
         self._hour_keys: dict[tuple[str, int], tuple[tuple[AggKey, int], ...]] = {}
         self.sessions = Sessions()
@@ -362,7 +365,7 @@ class PartitionState:
         duration, the bounce, the exit page). Anything else goes through Sessions.add."""
         sessions = self.sessions
         visitors, changes = sessions.visitors, sessions.changes
-        windows, ends, dirty = self.windows, self.ends, self.dirty
+        windows, ends, dirty = self.windows, self.ends, self.session_dirty
         timeout = d.session_timeout_ms
         opened = -1 if open_after_ms is None else open_after_ms
         version = self.session_events
@@ -440,7 +443,7 @@ class PartitionState:
 
     def _bump(self, key: AggKey, end: int, n: int) -> None:
         """Add n to a session window (created at 0): its version is the session events applied."""
-        _add(self.windows, self.ends, self.dirty, key, end, n, self.session_events)
+        _add(self.windows, self.ends, self.session_dirty, key, end, n, self.session_events)
 
     def _count_session(self, s: Session, sign: int, opened: int) -> None:
         """Add (sign 1) or take out (-1) one session in the windows of its start. The
@@ -477,10 +480,14 @@ class PartitionState:
         for key, _ in self.take_dirty_windows():
             yield self.aggregate(key)
 
-    def take_dirty_windows(self) -> list[tuple[AggKey, Window]]:
+    def take_dirty_windows(self, sessions: bool = True) -> list[tuple[AggKey, Window]]:
         """The windows changed since the last call (in no particular order: each total
-        stands alone, and sorting thousands of keys per flush showed in profiles)."""
+        stands alone, and sorting thousands of keys per flush showed in profiles). The
+        session windows only with `sessions` (they are kept for the next call otherwise)."""
         dirty, self.dirty = self.dirty, set()
+        if sessions and self.session_dirty:
+            dirty |= self.session_dirty
+            self.session_dirty = set()
         windows = self.windows
         return [(key, windows[key]) for key in dirty if key in windows]
 
@@ -492,6 +499,7 @@ class PartitionState:
         for k in old:
             del self.windows[k], self.ends[k]
             self.dirty.discard(k)
+            self.session_dirty.discard(k)
         self.sessions.prune(closed_before_ms)
         self.seen_events.prune(max(closed_before_ms, forget_ids_before_ms or closed_before_ms))
         return len(old)

@@ -256,6 +256,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_PROCESSING_GUARANTEE", "processing_guarantee", "at_least_once", _choice("at_least_once", "exactly_once"), "Faust processing guarantee of the stream worker. Counts are exact with the default (window state skips replays, see docs/streams.md); `exactly_once` adds Kafka transactions (Apache Kafka only, not Tansu; experimental: slower, not covered by the crash test).", "Streams"),
     Var("TALLY_CLOCK_OFFSET_SECONDS", "clock_offset_seconds", "0", _int(), "Shifts the clocks of the stream worker (salt rotation, lateness) and the collector (edge-key periods), and their view of the broker's clock when expiring keys. For tests and replays; leave 0 in production.", "Streams"),
     Var("TALLY_SESSION_TIMEOUT_SECONDS", "session_timeout_seconds", "1800", _int(0), "A visitor's events less than this apart are one session (visit); a session also ends at the salt-period boundary. 0 switches sessions off (no visit aggregates, no session rows).", "Streams"),
+    Var("TALLY_SESSION_FLUSH_SECONDS", "session_flush_seconds", "10", _float(0.0), "How often a stream worker emits the sessions that changed (session rows, and the totals of the visit, bounce, duration, entry and exit page windows), at the first totals flush after this long. A visit that changes several times in between is written once. Lower: fresher visit figures, more rows and worker CPU. The state, not the rows, is the truth: a restarted worker re-emits every session.", "Streams"),
     Var("TALLY_TOTALS_FLUSH_SECONDS", "totals_flush_seconds", "2", _float(0.1), "How often a stream worker emits the totals of the windows that changed (to the aggregates topic). Lower: fresher aggregates, more records.", "Streams"),
     Var("TALLY_WORKER_STALL_SECONDS", "worker_stall_seconds", "300", _float(0.0), "Watchdog: a stream worker that holds partitions with records left to process and makes no progress on one of them for this long logs the stuck stage and what it waits for, and exits with status 75 so its supervisor restarts it. 0 switches the watchdog off.", "Streams"),
     Var("TALLY_WORKER_METRICS_HOST", "worker_metrics_host", "127.0.0.1", _str, "Address the stream worker's Prometheus endpoint (`/metrics`: step timings, drops and bad rows by reason, lag and stall time per partition) listens on. Loopback by default.", "Streams"),
@@ -350,6 +351,7 @@ class Settings:
     clock_offset_seconds: int = 0
     processing_guarantee: str = "at_least_once"
     session_timeout_seconds: int = 1800
+    session_flush_seconds: float = 10.0
     totals_flush_seconds: float = 2.0
     worker_stall_seconds: float = 300.0
     worker_metrics_host: str = "127.0.0.1"

@@ -256,3 +256,25 @@ def test_the_fast_encoder_refuses_session_attributes_of_the_wrong_length():
     short = sessionize([(BASE, True, "/", ATTRS[:-1])], T)[0]
     with pytest.raises(ValueError, match="session attributes have"):
         encode.batches(0, 1, {("a.com", 1, 0, BASE): short})
+
+
+def test_session_windows_wait_for_the_session_flush_and_a_visit_changed_twice_is_one_row():
+    """Totals flushes without sessions (TALLY_SESSION_FLUSH_SECONDS not due) leave the session
+    windows and changed sessions marked: the next session flush has them all, each once, with
+    the totals of both deltas."""
+    st = PartitionState(0)
+    pend = period_end(BASE, "day")
+    st.apply(Delta(0, 0, session_timeout_ms=T, events=[(1, BASE, True, "/a", pend, ATTRS)]))
+    plain = {k for k, _ in st.take_dirty_windows(sessions=False)}
+    assert plain == set() and st.session_dirty  # a delta without hours: only session windows changed
+    st.apply(Delta(0, 1, session_timeout_ms=T, events=[(1, BASE + 5 * MIN, True, "/b", pend, ATTRS)]))
+    assert not st.take_dirty_windows(sessions=False)
+    due = {k: (w.count, w.events) for k, w in st.take_dirty_windows(sessions=True)}
+    hour, day = BASE - BASE % 3600_000, BASE - BASE % 86_400_000
+    assert due[("visits_hour", "a.com", "", hour)] == (1, 1)
+    assert due[("bounces_hour", "a.com", "", hour)] == (0, 2)  # a bounce, then not: the last version
+    assert due[("visit_duration_hour", "a.com", "", hour)] == (5 * MIN, 2)
+    assert due[("exit_page_day", "a.com", "/a", day)] == (0, 2) and due[("exit_page_day", "a.com", "/b", day)] == (1, 2)
+    (session,) = st.sessions.take_changes().values()  # one row for the visit's two changes
+    assert (session.pageviews, session.entry[2], session.exit[2]) == (2, "/a", "/b")
+    assert not st.take_dirty_windows(sessions=True) and not st.session_dirty
