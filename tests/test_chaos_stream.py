@@ -44,8 +44,9 @@ def group_members(s) -> tuple[int, int] | None:
     loaded machine times out more often than not)."""
     from tally.topics import admin
 
+    client = admin(s)  # keep a reference: futures of a collected client never resolve
     try:
-        desc = admin(s).describe_consumer_groups([s.app_id], request_timeout=10)[s.app_id].result(10)
+        desc = client.describe_consumer_groups([s.app_id], request_timeout=10)[s.app_id].result(10)
     except Exception:
         return None
     if desc.state.name.lower() != "stable":
