@@ -90,27 +90,8 @@ def make_app(settings: Settings, replication_factor: int | None = None) -> faust
     async def emit_totals() -> None:
         await totals.flush()
 
-    @app.task
-    async def start_salts() -> None:
-        await salts.expire()  # starts the keeper with the worker, not at its first beacon
-
     about: dict[str, Any] = {}  # for the health report: where the metrics are served
-
-    @app.timer(60.0)
-    async def expire_salts() -> None:
-        await salts.expire()
-
-    def check_clock() -> None:
-        """Hold the worker's clock back to the broker's if it ran ahead (stages.Clock)."""
-        local = clock.local()
-        clock.agree(local, salts.start().broker_now())
-        about.update(clock_ahead_seconds=round(clock.ahead.total_seconds()))
-
-    @app.timer(60.0)
-    async def recheck_clock() -> None:
-        await asyncio.get_running_loop().run_in_executor(None, check_clock)
-
-    check_clock()  # before the first record: its lateness, windows and salt are judged by it
+    keep_time(app, clock, salts, about)
 
     @app.task
     async def serve_metrics() -> None:
@@ -183,3 +164,28 @@ def run(settings: Settings) -> None:
     level = {"warning": "warn"}.get(settings.log_level, settings.log_level)
     sys.argv = ["tally-worker", "worker", "--loglevel", level, "--without-web"]
     app.main()
+
+
+def keep_time(app: faust.App, clock: Clock, salts: SaltCache, about: dict[str, Any]) -> None:
+    """The salt keeper, and the worker's clock held back to the broker's if it ran ahead
+    (stages.Clock): checked before the first record (its lateness, windows and salt are
+    judged by it) and every minute."""
+
+    @app.task
+    async def start_salts() -> None:
+        await salts.expire()  # starts the keeper with the worker, not at its first beacon
+
+    @app.timer(60.0)
+    async def expire_salts() -> None:
+        await salts.expire()
+
+    def check_clock() -> None:
+        local = clock.local()
+        clock.agree(local, salts.start().broker_now())
+        about.update(clock_ahead_seconds=round(clock.ahead.total_seconds()))
+
+    @app.timer(60.0)
+    async def recheck_clock() -> None:
+        await asyncio.get_running_loop().run_in_executor(None, check_clock)
+
+    check_clock()
