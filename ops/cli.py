@@ -204,8 +204,9 @@ def status(as_json: bool) -> None:
     Lag is given per topic in total and for the worst partition; a growing lag
     on the stream group means it is time to start another `tally worker`.
 
-    With nothing of the stack running it says so in one line and exits with
-    status 3 (as `systemctl status` does for a stopped unit).
+    With nothing of the stack running (and no stalled worker's report to show) it
+    says so in one line and exits with status 3 (as `systemctl status` does for a
+    stopped unit).
     """
     from dataclasses import asdict
 
@@ -226,7 +227,9 @@ def status(as_json: bool) -> None:
             row["health"] = {k: v for k, v in mine[0].items() if k != "pid"}
             row["ready"] = row["ready"] and mine[0].get("state") == "ok"
         rows.append(row)
-    if not any(r["pid"] or r["ready"] for r in rows):
+    # Down: nothing runs, and no report of a dead process says why (a stalled worker's does).
+    if not any(r["pid"] or r["ready"] or (r.get("health") or {}).get("alive")
+               or (r.get("health") or {}).get("state") == "stalled" for r in rows):
         if as_json:
             click.echo(json.dumps({"components": rows, "groups": [], "running": False}))
         else:
