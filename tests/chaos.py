@@ -109,8 +109,9 @@ def assert_stored_exactly_once(env: Env, load: BeaconLoad, prefix: str, procs: S
     Kafka twice (docs/reliability.md's one exception): `beacons.raw` and unmerged rows may
     hold an event_id twice; rows FINAL and distinct event_ids must still equal the
     acknowledged beacons, and the aggregates count each once (reconcile).
-    unmerged_rows: a worker was SIGKILLed, so `pageviews` may hold second copies of rows until
-    a merge (docs/reliability.md); `beacons.raw` still holds each event_id once, and rows FINAL
+    unmerged_rows: a worker was SIGKILLed, or lost its partitions before its commit while the
+    broker was away, so `pageviews` may hold second copies of rows until a merge
+    (docs/reliability.md); `beacons.raw` still holds each event_id once, and rows FINAL
     and distinct event_ids must equal the acknowledged beacons.
     lost: acknowledged beacons (paths) a counted fault destroyed (a corrupt spool record);
     the stored ones must be exactly the others.
