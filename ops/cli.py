@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -227,9 +227,13 @@ def status(as_json: bool) -> None:
             row["health"] = {k: v for k, v in mine[0].items() if k != "pid"}
             row["ready"] = row["ready"] and mine[0].get("state") == "ok"
         rows.append(row)
+
+    def has_news(r: dict[str, Any]) -> bool:
+        said = r.get("health") or {}
+        return bool(r["pid"] or r["ready"] or said.get("alive") or said.get("state") == "stalled")
+
     # Down: nothing runs, and no report of a dead process says why (a stalled worker's does).
-    if not any(r["pid"] or r["ready"] or (r.get("health") or {}).get("alive")
-               or (r.get("health") or {}).get("state") == "stalled" for r in rows):
+    if not any(has_news(r) for r in rows):
         if as_json:
             click.echo(json.dumps({"components": rows, "groups": [], "running": False}))
         else:

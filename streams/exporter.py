@@ -71,11 +71,10 @@ class WorkerCollector(Collector):
                      ["kind"], [((kind,), sum(st.seen_events.count for st in list(store.states.values())))
                                 for kind, store in self.stores.items()])
         view = self.watchdog.view  # replaced whole at every check
-        yield _gauge("tally_worker_partition_lag", "Records left to process, per held partition (last check).",
-                     ["topic", "partition"], [((t, str(p)), lag) for (t, p), (lag, _) in view.items()])
-        yield _gauge("tally_worker_partition_stalled_seconds",
-                     "Seconds a held partition with records left has made no progress (last check).",
-                     ["topic", "partition"], [((t, str(p)), idle) for (t, p), (_, idle) in view.items()])
+        yield _per_partition("tally_worker_partition_lag", "Records left to process, per held partition (last check).",
+                             view, 0)
+        yield _per_partition("tally_worker_partition_stalled_seconds",
+                             "Seconds a held partition with records left has made no progress (last check).", view, 1)
         waits = self.watchdog.wait_ages()
         yield _gauge("tally_worker_waits", "Named waits in progress (a salt, a state rebuild, an output flush).",
                      [], [((), len(waits))])
@@ -86,11 +85,11 @@ class WorkerCollector(Collector):
         yield _gauge("tally_worker_rebuilding_partitions", "Partitions whose window state is being rebuilt.",
                      ["kind"], [((kind,), len(store.loading())) for kind, store in self.stores.items()])
         commits = self.watchdog.commit_view  # replaced whole at every check
-        yield _gauge("tally_worker_uncommitted_records", "Records processed but not yet committed (last check).",
-                     ["topic", "partition"], [((t, str(p)), n) for (t, p), (n, _) in commits.items()])
-        yield _gauge("tally_worker_uncommitted_seconds",
-                     "Seconds the committed offset has not moved while processed records waited (last check).",
-                     ["topic", "partition"], [((t, str(p)), age) for (t, p), (_, age) in commits.items()])
+        yield _per_partition("tally_worker_uncommitted_records",
+                             "Records processed but not yet committed (last check).", commits, 0)
+        yield _per_partition("tally_worker_uncommitted_seconds",
+                             "Seconds the committed offset has not moved while processed records waited (last check).",
+                             commits, 1)
         held = {kind: list(store.states.values()) for kind, store in self.stores.items()}
         yield _gauge("tally_worker_state_windows", "Open windows held, over held partitions.", ["kind"],
                      [((kind,), sum(len(st.windows) for st in states)) for kind, states in held.items()])
@@ -115,6 +114,11 @@ def _gauge(name: str, doc: str, labels: list[str], values: Iterable[tuple[tuple[
     for key, value in values:
         m.add_metric(list(key), value)
     return m
+
+
+def _per_partition(name: str, doc: str, view: Mapping[tuple[str, int], tuple[float, float]], i: int) -> Metric:
+    """A gauge per (topic, partition) of one of the watchdog's views: the i-th figure of each."""
+    return _gauge(name, doc, ["topic", "partition"], [((t, str(p)), v[i]) for (t, p), v in view.items()])
 
 
 class _Both(Collector):

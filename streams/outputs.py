@@ -177,10 +177,11 @@ class Totals:
         a rebuilt state re-emits them all."""
         producer, topic, encode = self._started(), self.topic, self.encode
         self.flushes += 1
+        now = time.monotonic()
         if sessions is None:
-            sessions = time.monotonic() - self._sessions_at >= self.session_flush_seconds
+            sessions = now - self._sessions_at >= self.session_flush_seconds
         if sessions:
-            self._sessions_at = time.monotonic()
+            self._sessions_at = now
         prune = self.flushes % PRUNE_EVERY == 0
         closed_before = self.open_after_ms() - CLOSE_MARGIN_MS
         forget_ids_before = self.remember_after_ms()
