@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
@@ -140,6 +141,7 @@ def ensure(settings: Settings, wanted: dict[str, tuple[int, dict[str, str]]],
     new = [NewTopic(name, num_partitions=parts, replication_factor=replicas or -1, config={**config, **extra})
            for name, (parts, config) in wanted.items() if name not in existing]
     changes = TopicChanges(created=_create(client, new, timeout))
+    existing |= {t.topic for t in new} - set(changes.created)  # created meanwhile by someone else
     if replicas is not None or min_isr is not None:
         _reconcile(client, sorted(wanted), existing, replicas, min_isr, changes, timeout)
     _reconcile_configs(client, {n: config for n, (_, config) in wanted.items() if n in existing}, changes, timeout)
@@ -184,9 +186,25 @@ def _create(client: AdminClient, new: list[NewTopic], timeout: float) -> list[st
     return created
 
 
+def _metadata(client: AdminClient, names: list[str], timeout: float) -> dict[str, Any]:
+    """The cluster's topics, asked again until each of `names` is known: a broker learns a
+    topic created through another node from the quorum's log moments later, and a topic it
+    does not know yet would otherwise be skipped without a word."""
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = client.list_topics(timeout=timeout).topics
+        if all(n in topics and topics[n].partitions for n in names) or time.monotonic() > deadline:
+            return topics
+        time.sleep(0.2)
+
+
 def _reconcile(client: AdminClient, names: list[str], existed: set[str], replicas: int | None,
                min_isr: int | None, changes: TopicChanges, timeout: float) -> None:
-    topics = client.list_topics(timeout=timeout).topics
+    topics = _metadata(client, names, timeout)
+    for name in names:
+        if name not in topics or not topics[name].partitions:
+            changes.warnings.append(f"topic {name} is not in the cluster's metadata after {timeout:.0f}s: "
+                                    "its replication settings were not checked")
     actual = {n: min(len(p.replicas) for p in topics[n].partitions.values())
               for n in names if n in topics and topics[n].partitions}
     for name, have in actual.items():
