@@ -159,12 +159,16 @@ def test_collector_sigkilled_while_acks_stall_and_again_during_its_replay(own, t
     faults.pause(2, 10)
     bring_back(faults, own, signal.SIGSTOP)
     spooled = readyz(s)["spool_batches"]
-    # Its replay has begun once the spool shrinks; kill it then, part-way.
-    wait_for(lambda: readyz(s)["spool_batches"] < spooled, 60, "the replay under way", interval=0.05)
-    faults.pause(0, 0.5)
+    # Its replay has begun once the spool shrinks. The broker hangs again then, so the replay
+    # is held part-way however fast it runs (its batches stay unacknowledged in the spool),
+    # and the collector is killed during it.
+    wait_for(lambda: readyz(s)["spool_batches"] < spooled, 60, "the replay under way", interval=0.02)
+    faults.signal(broker, signal.SIGSTOP)
     left = readyz(s)["spool_batches"]
+    assert left > 0, "the replay ended before the broker hung again: nothing was tested"
+    faults.pause(0, 0.5)
     faults.signal(collector, signal.SIGKILL)
-    assert left > 0, "the replay ended before the kill: nothing was tested"
+    bring_back(faults, own, signal.SIGSTOP)
     collector = restart_collector(env, spawn)
     online = replayed_online(s, load, 300, "the collector online again (spool replayed)")
     # A beacon answered when its collector died may be durable (spooled) all the same.

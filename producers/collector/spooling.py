@@ -227,7 +227,8 @@ class Replayer:
                 os.kill(os.getpid(), signal.SIGKILL)
             if delivered:
                 await sp.run_io(sp.spool.ack, delivered)
-                metrics.REPLAYED.inc(len(delivered))
+                # A batch found damaged was dropped (and counted spool_corrupt), not replayed.
+                metrics.REPLAYED.inc(sum(isinstance(payloads.get(i, b""), bytes) for i in delivered))
                 sp.gauges()
             if len(delivered) < len(window):
                 return False  # the broker went away again; retry from the first undelivered
