@@ -2,7 +2,7 @@
 -> stream worker -> sink -> ClickHouse (embedded chDB), and how long each takes to become
 queryable.
 
-    .venv/bin/python bench/e2e.py [--rate 3000] [--duration 300] [--warmup 20]
+    .venv/bin/python bench/e2e.py [--rate 3000] [--duration 300] [--warmup 20] [--unique-paths]
     .venv/bin/python bench/e2e.py --find-max [--ramp 1000,2000,...] [--step-seconds 30]
 
 Starts everything itself in a temporary directory: its own Kafka broker (infra/kafka), its
@@ -16,13 +16,22 @@ length), open loop: beacon i is due at start + i/rate whatever the answers do (a
 does not slow the schedule; a beacon that finds --max-in-flight requests open is counted as not
 sent). Every request of a phase is built as bytes before the phase starts (request_build_s),
 so during the load the bench only writes and reads; its CPU per accepted beacon (sender,
-poller and monitor) is cpu_us_per_event.bench. Each beacon is what tally.js sends (text/plain JSON, a real browser's User-Agent,
-a mix of referrers and utm parameters, like bench/collector/beacons.lua) from a fresh
-random public address in X-Forwarded-For, with 127.0.0.1 as the trusted proxy; addresses
-in datacenter ranges and bot user agents are left out, since the worker drops those by
-design and each beacon here must become one row. Its path carries a sequence number,
-`/e2e/<run>/<seq>`, so its row can be found. Per beacon the sender records when it was
-due, sent and answered 2xx.
+poller and monitor) is cpu_us_per_event.bench.
+
+Traffic: what tally.js sends (text/plain JSON, a real browser's User-Agent, referrers and utm
+parameters like bench/collector/beacons.lua), shaped like a real site's: 300 paths with
+Zipf-like weights, visits of one page (45%) or more (~2.4 pages on average), a visitor being
+a random public address in X-Forwarded-For (127.0.0.1 is the trusted proxy) and a User-Agent
+that come back for the next page 2-20 s later; a visit's first page carries an outside
+referrer and sometimes utm parameters, the next ones the site's own origin. Addresses in
+datacenter ranges and bot user agents are left out, since the worker drops those by design
+and each beacon here must become one row. Each beacon carries its run and sequence number
+in the prop `e2e` (`<run>-<seq>`, kept through TALLY_PROPS_ALLOWLIST): raw pageviews keep
+their props and open no window for them, so its row can be found without a path of its own.
+--unique-paths is the worst case instead: each beacon a one-page visit of a fresh visitor
+to a path of its own (`/e2e/<run>/<seq>`), opening three path windows and a session (~3.3
+aggregates rows and 1 sessions row per beacon; stage 1's path cache never hits). Per beacon
+the sender records when it was due, sent and answered 2xx.
 
 Latency, accepted -> queryable: a poller asks ClickHouse every --poll-ms (100) through the
 sink's Unix socket, the read path `tally query` and analysts use (guarded SQL, analyst
@@ -49,10 +58,11 @@ workers): cpu_us_per_event, the rise of user + system CPU time (/proc/<pid>/stat
 start of the measured phase until the drain ends, per beacon accepted in it; rss_mb_peak
 (/proc/<pid>/status VmRSS, sampled every 0.5 s over the whole run) and rss_mb_end. The bench
 itself is `bench` in cpu_us_per_event (getrusage). per_event, from the pipeline's own /metrics
-over the same stretch, per accepted beacon: worker_records (input records of each worker
-stage), worker_step_us (the worker's wall-clock step timers) and sink_rows (rows inserted per
-table). Each beacon's path is unique and each is a one-page visit, so it opens three path
-windows and a session of its own: ~3 aggregates rows per beacon, more than real traffic costs.
+over the same stretch: per accepted beacon, worker_records (input records of each worker stage),
+worker_step_us (the worker's wall-clock step timers) and sink_rows (rows inserted per table);
+per sink flush, sink_flush_ms (the batch's age when its flush began, then the intent commit,
+the inserts and the commit); per record taken by the sink, by table, sink_record_age_ms (from
+its Kafka timestamp, the producer's send, to the sink taking it).
 
 --find-max ramps the rate (--ramp, --step-seconds each) with 1 worker, then with 2 (a second
 `tally worker` joins the group; the ramp resumes at the best 1-worker step), waiting for the

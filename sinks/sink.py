@@ -93,6 +93,7 @@ class Sink:
         self.flushes = 0
         self.ids = topic_ids.TopicIds(topic_ids.Lookup(settings, self.by_topic))
         self.closing = False  # the batch in hand must be inserted before the next record is taken
+        self.untaken_since: float | None = None  # records may wait untaken since: the last flush's start, until a consume finds none
         self.ages: dict[str, list] = {}  # table -> [seconds from Kafka timestamp to take, records]
 
     # --- consuming --------------------------------------------------------------
@@ -109,6 +110,8 @@ class Sink:
                 msgs, flow.stash = flow.stash, []
                 if not msgs:  # records left over from the last batch go first
                     msgs = self.consumer.consume(num_messages=2000, timeout=0.1)
+                    if not msgs:
+                        self.untaken_since = None  # nothing was waiting: the next batch opens when it starts
                 for i, msg in enumerate(msgs):
                     if not self._take(msg):
                         flow.stash = msgs[i:]  # taken once the batch in hand is inserted
@@ -189,7 +192,13 @@ class Sink:
             ages[1] += 1
         value = msg.value() or b""
         if self.batch.empty:
-            self.batch.opened = time.monotonic()
+            # Records that arrived while the last batch was being inserted have waited since
+            # its flush began: TALLY_SINK_BATCH_SECONDS counts from there, not from now (but
+            # for at most half of it, so a slow insert cannot shrink the next batches to a
+            # few records each while a backlog builds).
+            now = time.monotonic()
+            self.batch.opened = now if self.untaken_since is None else \
+                max(self.untaken_since, now - self.s.sink_batch_seconds / 2)
         self.batch.note(topic, partition, offset)
         if mapping.passthrough:
             try:
@@ -280,6 +289,7 @@ class Sink:
         self.flushing = True
         t0 = time.monotonic()
         BATCH_AGE.inc(t0 - b.opened)
+        self.untaken_since = t0
         try:
             self._commit([TopicPartition(t, p, first, metadata=intent_metadata(last))
                           for (t, p), (first, last) in b.ranges.items()])
