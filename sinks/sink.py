@@ -43,7 +43,7 @@ from tally.schemas.codec import DecodeError, default_codec
 from tally.schemas.reasons import Component
 from tally.schemas.records import bad_row
 from tally.sinks import topic_ids
-from tally.sinks.batch import Batch, intent_metadata
+from tally.sinks.batch import Batch, intent_metadata, opened_at
 from tally.sinks.flow import Flow
 from tally.sinks.inserts import UNAVAILABLE, Inserter
 from tally.sinks.metrics import (
@@ -192,13 +192,8 @@ class Sink:
             ages[1] += 1
         value = msg.value() or b""
         if self.batch.empty:
-            # Records that arrived while the last batch was being inserted have waited since
-            # its flush began: TALLY_SINK_BATCH_SECONDS counts from there, not from now (but
-            # for at most half of it, so a slow insert cannot shrink the next batches to a
-            # few records each while a backlog builds).
-            now = time.monotonic()
-            self.batch.opened = now if self.untaken_since is None else \
-                max(self.untaken_since, now - self.s.sink_batch_seconds / 2)
+            # Records that arrived while the last batch was being inserted have waited since its flush began.
+            self.batch.opened = opened_at(time.monotonic(), self.untaken_since, self.s.sink_batch_seconds)
         self.batch.note(topic, partition, offset)
         if mapping.passthrough:
             try:
