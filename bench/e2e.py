@@ -2,7 +2,7 @@
 -> stream worker -> sink -> ClickHouse (embedded chDB), and how long each takes to become
 queryable.
 
-    .venv/bin/python bench/e2e.py [--rate 3000] [--duration 300] [--warmup 20]
+    .venv/bin/python bench/e2e.py [--rate 3000] [--duration 300] [--warmup 20] [--unique-paths]
     .venv/bin/python bench/e2e.py --find-max [--ramp 1000,2000,...] [--step-seconds 30]
 
 Starts everything itself in a temporary directory: its own Kafka broker (infra/kafka), its
@@ -16,13 +16,22 @@ length), open loop: beacon i is due at start + i/rate whatever the answers do (a
 does not slow the schedule; a beacon that finds --max-in-flight requests open is counted as not
 sent). Every request of a phase is built as bytes before the phase starts (request_build_s),
 so during the load the bench only writes and reads; its CPU per accepted beacon (sender,
-poller and monitor) is cpu_us_per_event.bench. Each beacon is what tally.js sends (text/plain JSON, a real browser's User-Agent,
-a mix of referrers and utm parameters, like bench/collector/beacons.lua) from a fresh
-random public address in X-Forwarded-For, with 127.0.0.1 as the trusted proxy; addresses
-in datacenter ranges and bot user agents are left out, since the worker drops those by
-design and each beacon here must become one row. Its path carries a sequence number,
-`/e2e/<run>/<seq>`, so its row can be found. Per beacon the sender records when it was
-due, sent and answered 2xx.
+poller and monitor) is cpu_us_per_event.bench.
+
+Traffic: what tally.js sends (text/plain JSON, a real browser's User-Agent, referrers and utm
+parameters like bench/collector/beacons.lua), shaped like a real site's: 300 paths with
+Zipf-like weights, visits of one page (45%) or more (~2.4 pages on average), a visitor being
+a random public address in X-Forwarded-For (127.0.0.1 is the trusted proxy) and a User-Agent
+that come back for the next page 2-20 s later; a visit's first page carries an outside
+referrer and sometimes utm parameters, the next ones the site's own origin. Addresses in
+datacenter ranges and bot user agents are left out, since the worker drops those by design
+and each beacon here must become one row. Each beacon carries its run and sequence number
+in the prop `e2e` (`<run>-<seq>`, kept through TALLY_PROPS_ALLOWLIST): raw pageviews keep
+their props and open no window for them, so its row can be found without a path of its own.
+--unique-paths is the worst case instead: each beacon a one-page visit of a fresh visitor
+to a path of its own (`/e2e/<run>/<seq>`), opening three path windows and a session (~3.3
+aggregates rows and 1 sessions row per beacon; stage 1's path cache never hits). Per beacon
+the sender records when it was due, sent and answered 2xx.
 
 Latency, accepted -> queryable: a poller asks ClickHouse every --poll-ms (100) through the
 sink's Unix socket, the read path `tally query` and analysts use (guarded SQL, analyst
@@ -49,10 +58,11 @@ workers): cpu_us_per_event, the rise of user + system CPU time (/proc/<pid>/stat
 start of the measured phase until the drain ends, per beacon accepted in it; rss_mb_peak
 (/proc/<pid>/status VmRSS, sampled every 0.5 s over the whole run) and rss_mb_end. The bench
 itself is `bench` in cpu_us_per_event (getrusage). per_event, from the pipeline's own /metrics
-over the same stretch, per accepted beacon: worker_records (input records of each worker
-stage), worker_step_us (the worker's wall-clock step timers) and sink_rows (rows inserted per
-table). Each beacon's path is unique and each is a one-page visit, so it opens three path
-windows and a session of its own: ~3 aggregates rows per beacon, more than real traffic costs.
+over the same stretch: per accepted beacon, worker_records (input records of each worker stage),
+worker_step_us (the worker's wall-clock step timers) and sink_rows (rows inserted per table);
+per sink flush, sink_flush_ms (the batch's age when its flush began, then the intent commit,
+the inserts and the commit); per record taken by the sink, by table, sink_record_age_ms (from
+its Kafka timestamp, the producer's send, to the sink taking it).
 
 --find-max ramps the rate (--ramp, --step-seconds each) with 1 worker, then with 2 (a second
 `tally worker` joins the group; the ramp resumes at the best 1-worker step), waiting for the
@@ -87,7 +97,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import heapq
 import ipaddress
+import itertools
 import json
 import math
 import os
@@ -134,18 +146,22 @@ LAG_GROWTH_S = 3.0  # seconds of input the lag may grow by over a step and still
 NOT_SENT, ERROR = -2, -1  # status of a beacon never sent (too many in flight) / without an answer
 
 # The read path: the sequence numbers of this run in the parts of `pageviews` the poller has not
-# read yet, as ranges (first, last), with the parts they came from. A part's name is
+# read yet, as ranges (first, last), with the parts they came from. Every beacon carries its run
+# and sequence number in the prop `e2e` (`<run>-<seq>`, kept by TALLY_PROPS_ALLOWLIST): a raw
+# pageview's props are stored in `pageviews` and open no window, so finding the row costs the
+# pipeline nothing a real prop would not. A part's name is
 # <partition>_<min block>_<max block>_<level>: every insert makes a part with a new block number,
 # and a merge makes one spanning its inputs' blocks. The poller remembers which block intervals
 # it has read (Covered); ClickHouse skips, without reading them, the parts whose blocks all lie in
 # one of those intervals (a condition on `_part` prunes parts). So each row is read about once:
 # a merge of parts already read is skipped, and a merge that took in an unread part is read once.
-SEQ = "toUInt64OrZero(splitByChar('?', splitByChar('/', path)[4])[1])"  # /e2e/<run>/<seq>[?utm...]
+PROP = "e2e"
+SEQ = f"toUInt64OrZero(splitByChar('-', props['{PROP}'])[2])"  # <run>-<seq>
 RANGES_SQL = f"""
 SELECT min(s), max(s), groupUniqArray(p) FROM (
     SELECT s, p, toInt64(s) - toInt64(row_number() OVER (ORDER BY s)) AS g FROM (
         SELECT DISTINCT {SEQ} AS s, _part AS p FROM pageviews
-        WHERE {{unread}} startsWith(path, {{{{prefix:String}}}})
+        WHERE {{unread}} startsWith(props['{PROP}'], {{{{prefix:String}}}})
     )
 ) GROUP BY g ORDER BY 1
 """
@@ -183,13 +199,29 @@ class Covered:
                 f"[{literal}]) AND ")
 
 
-COUNT_SQL = f"SELECT count(), uniqExact({SEQ}) FROM pageviews WHERE startsWith(path, {{prefix:String}})"
+COUNT_SQL = f"SELECT count(), uniqExact({SEQ}) FROM pageviews WHERE startsWith(props['{PROP}'], {{prefix:String}})"
 
 REFERRERS = [None, None, None, "https://www.google.com/", "https://www.google.com/", "https://news.ycombinator.com/",
              "https://duckduckgo.com/", "https://www.bing.com/", "https://t.co/abc123",
              "https://www.reddit.com/r/analytics/"]
 QUERIES = ["", "", "", "", "?utm_source=newsletter", "?utm_source=twitter&utm_medium=social", "?page=2", "#install"]
 RESERVED_V4 = {0, 10, 100, 127, 169, 172, 192, 198, 203}  # first octets left out, as beacons.lua does
+PATHS = 300  # distinct paths of the realistic mode, Zipf-like: a few pages take most views
+BOUNCE = 0.45  # share of one-page visits; the others have 2 + a geometric number of pages more
+MORE_PAGES = 0.6  # chance of one more page after the second (mean visit: ~2.4 pages)
+GAP_S = (2.0, 20.0)  # seconds between a visitor's pageviews (uniform)
+
+
+def site_paths(n: int) -> list[str]:
+    """n plausible paths, most visited first: the home page, product pages, docs, blog posts."""
+    fixed = ["/", "/pricing", "/docs", "/blog", "/about", "/signup", "/login", "/features", "/contact", "/changelog"]
+    out = fixed[:n]
+    k = 0
+    while len(out) < n:
+        section = ("docs", "blog", "features", "integrations")[k % 4]
+        out.append(f"/{section}/page-{k // 4 + 1}")
+        k += 1
+    return out
 
 
 def default(env_name: str) -> str:
@@ -202,16 +234,31 @@ def log(msg: str) -> None:
 
 # --- what is sent ------------------------------------------------------------------------
 
-class Beacons:
-    """Request bodies and headers: realistic beacons, each from a fresh public address."""
+@dataclass
+class Visitor:
+    address: str
+    ua: str
+    pages_left: int
 
-    def __init__(self, run: str, seed: int = 7) -> None:
+
+class Beacons:
+    """Request bodies and headers: what tally.js sends from realistic visits. A visitor (a client
+    address and a User-Agent) sends a few pageviews, seconds apart, over a bounded, Zipf-like set
+    of paths; its first carries an outside referrer and sometimes utm parameters. unique_paths:
+    the worst case instead, every beacon a one-page visit of a fresh visitor to a path of its
+    own (`/e2e/<run>/<seq>`), so each opens new path windows and a session."""
+
+    def __init__(self, run: str, seed: int = 7, unique_paths: bool = False) -> None:
         self.rnd = random.Random(seed)
-        self.prefix = f"/e2e/{run}/"
+        self.run, self.unique_paths = run, unique_paths
+        self.prefix = f"{run}-"  # of the `e2e` prop's value
         self.datacenters = DatacenterRanges()
         browsers = (REPO / "tests/data/ua_browsers.txt").read_text().splitlines()
         sample = random.Random(seed).sample(browsers, 600)
         self.uas = [ua for ua in sample if not classify_ua(ua).bot]  # the worker drops bots by design
+        self.paths = site_paths(PATHS)
+        self.path_weights = list(itertools.accumulate(1 / (rank + 1) for rank in range(PATHS)))
+        self.returning: list[tuple[int, int, Visitor]] = []  # heap: (sequence number due, tiebreak, visitor)
 
     def address(self) -> str:
         """A random public address outside datacenter ranges (3 in 4 IPv4, 1 in 4 IPv6)."""
@@ -229,17 +276,39 @@ class Beacons:
             if not self.datacenters.contains(version, value, text):
                 return text
 
-    def request(self, seq: int) -> tuple[bytes, dict[str, str]]:
+    def visitor(self, seq: int, rate: float) -> tuple[Visitor, bool]:
+        """Who sends beacon seq (sent at `rate`), and whether it is the first page of its visit:
+        a returning visitor whose next page is due by now, else a new one."""
         rnd = self.rnd
-        body = {"site": "example.com", "path": f"{self.prefix}{seq}{rnd.choice(QUERIES)}",
-                "referrer": rnd.choice(REFERRERS), "event": "pageview", "props": {}}
-        headers = {"Content-Type": "text/plain;charset=UTF-8", "User-Agent": rnd.choice(self.uas),
-                   "Origin": "https://example.com", "X-Forwarded-For": self.address()}
+        if self.returning and self.returning[0][0] <= seq:
+            v, first = heapq.heappop(self.returning)[2], False
+        else:
+            pages = 1 if self.unique_paths or rnd.random() < BOUNCE else 2
+            while pages >= 2 and rnd.random() < MORE_PAGES:
+                pages += 1
+            v, first = Visitor(self.address(), rnd.choice(self.uas), pages), True
+        v.pages_left -= 1
+        if v.pages_left:
+            heapq.heappush(self.returning, (seq + max(1, round(rnd.uniform(*GAP_S) * rate)), seq, v))
+        return v, first
+
+    def request(self, seq: int, rate: float) -> tuple[bytes, dict[str, str]]:
+        rnd = self.rnd
+        v, first = self.visitor(seq, rate)
+        if self.unique_paths:
+            path = f"/e2e/{self.run}/{seq}"
+        else:
+            path = rnd.choices(self.paths, cum_weights=self.path_weights)[0]
+        query, referrer = (rnd.choice(QUERIES), rnd.choice(REFERRERS)) if first else ("", "https://example.com/")
+        body = {"site": "example.com", "path": path + query, "referrer": referrer, "event": "pageview",
+                "props": {PROP: f"{self.prefix}{seq}"}}
+        headers = {"Content-Type": "text/plain;charset=UTF-8", "User-Agent": v.ua,
+                   "Origin": "https://example.com", "X-Forwarded-For": v.address}
         return json.dumps(body, separators=(",", ":")).encode(), headers
 
-    def http(self, seq: int, path: str, host: str) -> bytes:
-        """Beacon seq as the bytes of an HTTP/1.1 keep-alive POST to path."""
-        body, headers = self.request(seq)
+    def http(self, seq: int, rate: float, path: str, host: str) -> bytes:
+        """Beacon seq (of a phase at rate) as the bytes of an HTTP/1.1 keep-alive POST to path."""
+        body, headers = self.request(seq, rate)
         lines = [f"POST {path} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items()),
                  f"Content-Length: {len(body)}", "", ""]
         return "\r\n".join(lines).encode() + body
@@ -359,7 +428,7 @@ class Sender:
             return
         t0 = time.process_time()
         host = f"{self.host}:{self.port}"
-        ph.requests = [self.beacons.http(ph.first + i, self.path, host) for i in range(ph.n)]
+        ph.requests = [self.beacons.http(ph.first + i, ph.rate, self.path, host) for i in range(ph.n)]
         self.build_s += time.process_time() - t0
 
     def answered(self, tag: object, status: int, t: float) -> None:
@@ -508,7 +577,7 @@ class Stack:
             "TALLY_TOPIC_PARTITIONS": default("TALLY_TOPIC_PARTITIONS"),
             "TALLY_SINK_BATCH_SECONDS": default("TALLY_SINK_BATCH_SECONDS"),
             "TALLY_LOG_LEVEL": "warning", "TALLY_ALLOWED_SITES": "example.com",
-            "TALLY_TRUSTED_PROXIES": "127.0.0.1",
+            "TALLY_TRUSTED_PROXIES": "127.0.0.1", "TALLY_PROPS_ALLOWLIST": f"example.com:{PROP}",
             "TALLY_COLLECTOR_WORKERS": str(self.args.collector_workers)})
         log("starting the sink, a stream worker and the collector...")
         start_pipeline(self.env, self.spawn)
@@ -710,6 +779,11 @@ def _counters(text: str, wanted: dict[str, tuple[str, ...]], out: dict[str, floa
                 out[key] = out.get(key, 0.0) + sample.value
 
 
+SINK_COUNTERS = {"tally_sink_rows": ("table",), "tally_sink_flushes": (), "tally_sink_flush_seconds": ("step",),
+                 "tally_sink_batch_age_seconds": (), "tally_sink_record_age_seconds": ("table",),
+                 "tally_sink_records_taken": ("table",)}
+
+
 def pipeline_counters(settings: Settings) -> dict[str, float]:
     """The workers' record and step counters (their /metrics, summed over workers) and the
     sink's rows by table (its /metrics on the Unix socket)."""
@@ -722,7 +796,7 @@ def pipeline_counters(settings: Settings) -> dict[str, float]:
     with contextlib.suppress(OSError):
         status, body = SinkSocket(settings.socket_path, timeout=10).request("GET", "/metrics")
         if status == 200:
-            _counters(body.decode(), {"tally_sink_rows": ("table",)}, out)
+            _counters(body.decode(), SINK_COUNTERS, out)
     return out
 
 
@@ -735,8 +809,19 @@ def per_event(before: dict[str, float], after: dict[str, float], events: int) ->
         return {k[len(prefix):]: round((v - before.get(k, 0.0)) / n * scale, digits)
                 for k, v in after.items() if k.startswith(prefix)}
 
+    def per(key: str, count_key: str) -> float | None:
+        count = after.get(count_key, 0.0) - before.get(count_key, 0.0)
+        return round((after[key] - before.get(key, 0.0)) / count * 1000, 1) if count and key in after else None
+
+    flushes = after.get("flushes", 0.0) - before.get("flushes", 0.0)
     return {"worker_records": rise("records/", 1, 3), "worker_step_us": rise("step_seconds/", 1e6, 1),
-            "sink_rows": rise("rows/", 1, 3)}
+            "sink_rows": rise("rows/", 1, 3),
+            # per sink flush: the batch's age when its flush began, and each step of the flush
+            "sink_flush_ms": {"flushes": round(flushes), "batch_age": per("batch_age_seconds", "flushes"),
+                              **{k.split("/", 1)[1]: per(k, "flushes") for k in after if k.startswith("flush_seconds/")}},
+            # per record taken, by table: from its Kafka timestamp (its producer's send) to the sink taking it
+            "sink_record_age_ms": {k.split("/", 1)[1]: per(k, "records_taken/" + k.split("/", 1)[1])
+                                   for k in after if k.startswith("record_age_seconds/")}}
 
 
 async def ramp(run: Run, rates: list[float], workers: int) -> list[dict]:
@@ -889,6 +974,8 @@ def print_summary(out: dict) -> None:
         pe = out["per_event"]
         print(f"  per beacon: worker input records {pe['worker_records']}; worker step us {pe['worker_step_us']}; "
               f"sink rows {pe['sink_rows']}")
+        print(f"  sink, per flush (ms): {pe['sink_flush_ms']}; per record, Kafka timestamp -> taken by the sink "
+              f"(ms): {pe['sink_record_age_ms']}")
     print(f"  poller: {out['polls']} polls, {out['poll_errors']} errors, {out['poll_query_s']} s elapsed in the engine, "
           f"{out['poll_rows_read']:,} rows read (in the sink's CPU); load average {out['load_average_start'][0]} -> {out['load_average_end'][0]}")
     print(f"  targets met: {out['targets_met']}")
@@ -917,12 +1004,14 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--progress", type=float, default=5, help="seconds between progress lines (stderr)")
     ap.add_argument("--collector-workers", type=int, default=1, help="TALLY_COLLECTOR_WORKERS of the collector")
     ap.add_argument("--broker-heap-mb", type=int, default=768, help="the Kafka broker's JVM heap")
+    ap.add_argument("--unique-paths", action="store_true", help="the worst case: every beacon a one-page visit "
+                    "of a fresh visitor to a path of its own (new path windows and a session per beacon)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, state) at the end")
     return ap.parse_args()
 
 
 async def bench(stack: Stack, args: argparse.Namespace, run_id: str) -> tuple[dict, Run]:
-    beacons = Beacons(run_id)
+    beacons = Beacons(run_id, unique_paths=args.unique_paths)
     ledger = Ledger()
     poller = Poller(stack.settings, ledger, beacons.prefix, args.poll_ms / 1000)
     monitor = Monitor(stack, args.lag_interval)

@@ -25,6 +25,16 @@ from tally.sinks.tables import ItemFrames
 INTENT_PREFIX = "tally-sink:v1:end="
 
 
+def opened_at(now: float, untaken_since: float | None, batch_seconds: float) -> float:
+    """When a new batch counts as opened (TALLY_SINK_BATCH_SECONDS runs from there): now; or,
+    when its records may have arrived while the previous batch was being inserted, that
+    flush's start (untaken_since), but at most half of batch_seconds back, so a slow insert
+    cannot shrink the next batches to a few records each while a backlog builds."""
+    if untaken_since is None:
+        return now
+    return min(now, max(untaken_since, now - batch_seconds / 2))
+
+
 def intent_metadata(last_offset: int) -> str:
     return f"{INTENT_PREFIX}{last_offset}"
 

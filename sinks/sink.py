@@ -30,15 +30,31 @@ import time
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from tally.schemas.codec import DecodeError, default_codec
 from tally.schemas.reasons import Component
 from tally.schemas.records import bad_row
 from tally.sinks import topic_ids
-from tally.sinks.batch import Batch, intent_metadata
+from tally.sinks.batch import Batch, intent_metadata, opened_at
 from tally.sinks.flow import Flow
 from tally.sinks.inserts import UNAVAILABLE, Inserter
-from tally.sinks.metrics import BAD_RECORDS, PENDING_MAX
+from tally.sinks.metrics import (
+    BAD_RECORDS,
+    BATCH_AGE,
+    FLUSH_SECONDS,
+    FLUSHES,
+    PENDING_MAX,
+    RECORD_AGE,
+    RECORDS_TAKEN,
+)
 from tally.sinks.migrate import migrate
 from tally.sinks.readservice import ReadService
 from tally.sinks.replay import Replay
@@ -77,6 +93,8 @@ class Sink:
         self.flushes = 0
         self.ids = topic_ids.TopicIds(topic_ids.Lookup(settings, self.by_topic))
         self.closing = False  # the batch in hand must be inserted before the next record is taken
+        self.untaken_since: float | None = None  # records may wait untaken since: the last flush's start, until a consume finds none
+        self.ages: dict[str, list] = {}  # table -> [seconds from Kafka timestamp to take, records]
 
     # --- consuming --------------------------------------------------------------
 
@@ -92,6 +110,8 @@ class Sink:
                 msgs, flow.stash = flow.stash, []
                 if not msgs:  # records left over from the last batch go first
                     msgs = self.consumer.consume(num_messages=2000, timeout=0.1)
+                    if not msgs:
+                        self.untaken_since = None  # nothing was waiting: the next batch opens when it starts
                 for i, msg in enumerate(msgs):
                     if not self._take(msg):
                         flow.stash = msgs[i:]  # taken once the batch in hand is inserted
@@ -165,9 +185,15 @@ class Sink:
 
     def _add(self, msg: Message, topic: str, partition: int, offset: int) -> None:
         mapping = self.by_topic[topic]
+        kind, ts = msg.timestamp()
+        if kind != TIMESTAMP_NOT_AVAILABLE:
+            ages = self.ages.setdefault(mapping.table, [0.0, 0])
+            ages[0] += time.time() - ts / 1000
+            ages[1] += 1
         value = msg.value() or b""
         if self.batch.empty:
-            self.batch.opened = time.monotonic()
+            # Records that arrived while the last batch was being inserted have waited since its flush began.
+            self.batch.opened = opened_at(time.monotonic(), self.untaken_since, self.s.sink_batch_seconds)
         self.batch.note(topic, partition, offset)
         if mapping.passthrough:
             try:
@@ -256,21 +282,36 @@ class Sink:
         if b.empty:
             return
         self.flushing = True
+        t0 = time.monotonic()
+        BATCH_AGE.inc(t0 - b.opened)
+        self.untaken_since = t0
         try:
             self._commit([TopicPartition(t, p, first, metadata=intent_metadata(last))
                           for (t, p), (first, last) in b.ranges.items()])
+            t1 = time.monotonic()
             self.inserter.insert(b, self.ids.held)
             self.flow.retry("flush bad rows to Kafka", self._flush_producer)
             if self.s.test_sink_crash_after_insert and not replaying:
                 log.warning("test hook: killing the sink between insert and commit")
                 os.kill(os.getpid(), signal.SIGKILL)
+            t2 = time.monotonic()
             self._commit([TopicPartition(t, p, last + 1, metadata="") for (t, p), (_, last) in b.ranges.items()])
         finally:
             self.flushing = False
+        FLUSHES.inc()
+        for step, seconds in (("intent", t1 - t0), ("insert", t2 - t1), ("commit", time.monotonic() - t2)):
+            FLUSH_SECONDS.labels(step=step).inc(seconds)
+        self._count_ages()
         self.closing = False
         self.flushes += 1
         log.debug("inserted %d rows", b.size)
         self.batch = Batch()
+
+    def _count_ages(self) -> None:
+        for table, (seconds, n) in self.ages.items():
+            RECORD_AGE.labels(table=table).inc(max(seconds, 0.0))
+            RECORDS_TAKEN.labels(table=table).inc(n)
+        self.ages.clear()
 
     def _flush_producer(self) -> None:
         left = self.producer.flush(30)

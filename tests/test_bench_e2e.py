@@ -4,8 +4,10 @@ the poller's part coverage against the real ClickHouse engine (chDB)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
+from collections import Counter
 
 import clickhouse_connect
 import pytest
@@ -188,26 +190,78 @@ def test_covered_rejects_what_is_not_a_part_name() -> None:
 
 
 def test_per_event_figures_from_the_pipelines_own_counters() -> None:
-    """The bench reads the worker's and the sink's /metrics text; per beacon, the rise over the phase."""
+    """The bench reads the worker's and the sink's /metrics text; per beacon, the rise over the
+    phase; per sink flush and per record taken, the sink's timings."""
     from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-    from bench.e2e import _counters, per_event
+    from bench.e2e import SINK_COUNTERS, _counters, per_event
 
     reg = CollectorRegistry()
     records = Counter("tally_worker_records", "x", ["stage"], registry=reg)
     steps = Counter("tally_worker_step_seconds", "x", ["stage", "step"], registry=reg)
     rows = Counter("tally_sink_rows", "x", ["table"], registry=reg)
+    flushes = Counter("tally_sink_flushes", "x", registry=reg)
+    flush_s = Counter("tally_sink_flush_seconds", "x", ["step"], registry=reg)
+    batch_age = Counter("tally_sink_batch_age_seconds", "x", registry=reg)
+    record_age = Counter("tally_sink_record_age_seconds", "x", ["table"], registry=reg)
+    taken = Counter("tally_sink_records_taken", "x", ["table"], registry=reg)
     Counter("tally_worker_other", "x", registry=reg).inc(5)
-    wanted = {"tally_worker_records": ("stage",), "tally_worker_step_seconds": ("stage", "step"),
-              "tally_sink_rows": ("table",)}
+    flushes.inc(3)  # before the phase: left out
+    wanted = {"tally_worker_records": ("stage",), "tally_worker_step_seconds": ("stage", "step"), **SINK_COUNTERS}
     before: dict[str, float] = {}
     _counters(generate_latest(reg).decode(), wanted, before)
     records.labels("stage1").inc(100)
     steps.labels("stage1", "enrich").inc(0.05)
     rows.labels("pageviews").inc(1000)
     rows.labels("aggregates").inc(2500)
+    flushes.inc(4)
+    batch_age.inc(3.2)
+    flush_s.labels("insert").inc(0.8)
+    flush_s.labels("intent").inc(0.04)
+    record_age.labels("pageviews").inc(25.0)
+    taken.labels("pageviews").inc(100)
     after: dict[str, float] = {}
     _counters(generate_latest(reg).decode(), wanted, after)
     assert per_event(before, after, 1000) == {"worker_records": {"stage1": 0.1},
                                               "worker_step_us": {"stage1/enrich": 50.0},
-                                              "sink_rows": {"pageviews": 1.0, "aggregates": 2.5}}
+                                              "sink_rows": {"pageviews": 1.0, "aggregates": 2.5},
+                                              "sink_flush_ms": {"flushes": 4, "batch_age": 800.0,
+                                                                "insert": 200.0, "intent": 10.0},
+                                              "sink_record_age_ms": {"pageviews": 250.0}}
+
+
+def _beacons(unique_paths: bool, n: int, rate: float) -> list[tuple[dict, dict]]:
+    from bench.e2e import Beacons
+
+    b = Beacons("rtest", unique_paths=unique_paths)
+    return [(json.loads(body), headers) for body, headers in (b.request(i, rate) for i in range(n))]
+
+
+def test_realistic_beacons_are_multi_page_visits_over_a_bounded_set_of_paths() -> None:
+    """Default traffic: a bounded, Zipf-like set of paths; a visitor (address + UA) comes back
+    for more pages, seconds later; each beacon is found by its `e2e` prop, not its path."""
+    from bench.e2e import GAP_S, PATHS, PROP
+
+    rate, n = 1000.0, 60_000
+    sent = _beacons(False, n, rate)
+    assert [body["props"] for body, _ in sent] == [{PROP: f"rtest-{i}"} for i in range(n)]
+    paths = Counter(body["path"].partition("?")[0].partition("#")[0] for body, _ in sent)
+    assert len(paths) <= PATHS and paths.most_common(1)[0][0] == "/"
+    assert paths["/"] > 5 * paths.most_common(20)[-1][1]  # a few pages take most views
+    seen: dict[tuple[str, str], list[int]] = {}
+    for i, (_, headers) in enumerate(sent):
+        seen.setdefault((headers["X-Forwarded-For"], headers["User-Agent"]), []).append(i)
+    visits = list(seen.values())
+    assert 1.5 < n / len(visits) < 3.5  # pages per visit (the run's end cuts the last visits short)
+    gaps = [b - a for v in visits for a, b in itertools.pairwise(v)]
+    assert min(gaps) >= GAP_S[0] * rate - 1 and max(gaps) <= GAP_S[1] * rate * 1.5  # seconds apart
+    entries = [sent[v[0]][0] for v in visits]
+    inner = [sent[i][0] for v in visits for i in v[1:]]
+    assert all(body["referrer"] == "https://example.com/" and "?" not in body["path"] for body in inner)
+    assert sum(body["referrer"] not in (None, "https://example.com/") for body in entries) > len(entries) / 3
+
+
+def test_unique_paths_beacons_are_one_page_visits_each_on_a_path_of_its_own() -> None:
+    sent = _beacons(True, 5000, 1000.0)
+    assert len({body["path"].partition("?")[0].partition("#")[0] for body, _ in sent}) == 5000
+    assert len({(h["X-Forwarded-For"], h["User-Agent"]) for _, h in sent}) > 4990  # fresh visitors (rare repeats)

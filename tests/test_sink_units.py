@@ -9,7 +9,7 @@ import uuid
 import fastavro
 import pytest
 from tally.schemas.codec import DecodeError, default_codec
-from tally.sinks.batch import Batch, dedup_token, intent_metadata, parse_intent
+from tally.sinks.batch import Batch, dedup_token, intent_metadata, opened_at, parse_intent
 from tally.sinks.tables import (
     PAGEVIEW_COLUMNS,
     SESSION_COLUMNS,
@@ -206,3 +206,10 @@ def test_a_retry_that_gives_up_resumes_consumption():
         assert not flow.outage_paused
     finally:
         consumer.close()
+
+
+def test_a_batch_taken_after_a_flush_counts_its_age_from_the_flush_start_at_most_half_a_period():
+    assert opened_at(100.0, None, 1.0) == 100.0  # nothing waited (a consume found none): from now
+    assert opened_at(100.0, 99.7, 1.0) == 99.7  # records waited through a 0.3 s flush
+    assert opened_at(100.0, 98.0, 1.0) == 99.5  # a 2 s flush: half a period back at most
+    assert opened_at(100.0, 100.2, 1.0) == 100.0  # never in the future
