@@ -56,12 +56,6 @@ def led_partitions(consumer: Any, topic: str, timeout: float = 30) -> list[int]:
 def read_beacons(settings: Settings, want: int = 0, timeout: float = 30) -> list[dict[str, Any]]:
     """Every beacon in the raw topic (decoded from its batches): reads to the end of each
     partition, and on until at least `want` beacons arrived or `timeout` passed."""
-    return [b for batch in read_batches(settings, want, timeout) for b in batch]
-
-
-def read_batches(settings: Settings, want: int = 0, timeout: float = 30) -> list[list[dict[str, Any]]]:
-    """Every micro-batch (one Kafka message each) in the raw topic, as its decoded beacons:
-    as read_beacons, until at least `want` beacons arrived or `timeout` passed."""
     import time
 
     from confluent_kafka import Consumer, TopicPartition
@@ -74,18 +68,17 @@ def read_batches(settings: Settings, want: int = 0, timeout: float = 30) -> list
     try:
         parts = led_partitions(consumer, topic)
         consumer.assign([TopicPartition(topic, p, -2) for p in parts])  # -2: from the beginning
-        codec, out, seen = default_codec(), [], 0
+        codec, out = default_codec(), []
         next_offset = dict.fromkeys(parts, 0)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in parts}
-            if seen >= want and all(next_offset[p] >= ends[p] for p in parts):
+            if len(out) >= want and all(next_offset[p] >= ends[p] for p in parts):
                 break
             for msg in consumer.consume(1000, 0.2):
                 if msg.error() is None:
                     next_offset[msg.partition()] = msg.offset() + 1
-                    out.append(codec.decode("beacon_batch", msg.value())["items"])
-                    seen += len(out[-1])
+                    out.extend(codec.decode("beacon_batch", msg.value())["items"])
         return out
     finally:
         consumer.close()

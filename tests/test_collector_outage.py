@@ -53,8 +53,12 @@ def start_patiently(broker: Broker) -> None:
         wait_for(lambda: broker_ready(s), 120, f"broker on {broker.bootstrap} (slow start)")
 
 
-def own_broker(tmp_path: Path) -> Broker:
-    """A broker of the test's own (to stop or pause), started; the caller stops it."""
+def readyz(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def test_broker_outage_spools_1000_beacons_and_replays_them_all(tmp_path):
     kafka.ensure_jars()
     port = free_port_pair()
     data = tmp_path / "kafka"
@@ -62,16 +66,6 @@ def own_broker(tmp_path: Path) -> Broker:
     own = Broker(f"127.0.0.1:{port}", "kafka", data_dir=data,
                  command=kafka.broker_command(data, port, 384), log=data / "broker.log")
     start_patiently(own)
-    return own
-
-
-def readyz(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.loads(resp.read())
-
-
-def test_broker_outage_spools_1000_beacons_and_replays_them_all(tmp_path):
-    own = own_broker(tmp_path)
     env = make_env(own, tmp_path, TALLY_SPOOL_AFTER_MS="300", TALLY_RATE_LIMIT_PER_SECOND="0")
     s = env.settings
     proc = start_collector(env, tmp_path / "collector.log")

@@ -51,23 +51,12 @@ log = logging.getLogger(__name__)
 
 ONLINE, SPOOLING = "online", "spooling"
 
-# Batches produced online and not yet acknowledged before the next one waits for an ack
-# (or for max_batch beacons). Under moderate, spread-out load a batch would otherwise
-# close on nearly every loop pass with a few beacons, and each batch costs ~300 µs of the
-# process's CPU (produce, librdkafka's threads, the delivery report); with one in flight a
-# batch gathers what arrives during the previous ack. At light load nothing is in flight,
-# so a beacon still goes at once.
-MAX_IN_FLIGHT = 1
-
 
 class Forwarder:
-    def __init__(self, settings: Settings, worker_index: int = 0, max_batch: int = 500,
-                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
+    def __init__(self, settings: Settings, worker_index: int = 0, max_batch: int = 500) -> None:
         self.settings = settings
         self.topic = settings.topic(BEACONS_RAW)
         self.max_batch = max_batch
-        self.max_in_flight = max_in_flight
-        self._in_flight = 0  # batches produced online whose ack has not come back
         self.spool_after = settings.spool_after_ms / 1000
         self.encoder = beacon_encoder(default_codec(settings))
         self.mode = ONLINE
@@ -117,16 +106,12 @@ class Forwarder:
         self._items.append(item)
         if len(self._items) >= self.max_batch:
             self._flush()
-        elif self._flush_handle is None and not self._gated():
+        elif self._flush_handle is None:
             # Flush once the event loop has handled every request that is ready now:
             # under load one loop pass carries many requests, so batches grow with
             # the load by themselves, and no beacon waits on a timer for company.
             self._flush_handle = self._loop.call_soon(self._flush)
         return fut
-
-    def _gated(self) -> bool:
-        """New beacons wait for an in-flight batch's ack (online only: spooling never waits)."""
-        return 0 < self.max_in_flight <= self._in_flight and self.mode == ONLINE
 
     def _flush(self) -> None:
         if self._flush_handle is not None:
@@ -157,23 +142,12 @@ class Forwarder:
             self._enter_spooling()
             self.spooler.put(batch)
             return
-        self._in_flight += 1
-        batch.in_flight = True
         batch.timer = loop.call_later(self.spool_after, self._on_slow_ack, batch)
-
-    def _landed(self, batch: MicroBatch) -> None:
-        """batch no longer holds an in-flight place: the beacons gathered behind it go now."""
-        if batch.in_flight:
-            batch.in_flight = False
-            self._in_flight -= 1
-            if self._items and self._flush_handle is None and not self._gated():
-                self._flush_handle = self._loop.call_soon(self._flush)  # type: ignore[union-attr]
 
     def _on_delivery(self, batch: MicroBatch, err: KafkaError | None) -> None:
         metrics.PRODUCE_SECONDS.observe(time.monotonic() - batch.sent_at)
         if batch.timer is not None:
             batch.timer.cancel()
-        self._landed(batch)
         if err is None:
             self.broker_ok = True
         if batch.outcome is not None:
@@ -202,7 +176,6 @@ class Forwarder:
         assert self._loop is not None
         log.warning("no Kafka acknowledgement within %.0f ms; spooling", self.spool_after * 1000)
         self._enter_spooling()
-        self._landed(batch)
         batch.outcome = self._loop.create_future()
         self.spooler.put(batch)
 

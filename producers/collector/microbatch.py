@@ -9,7 +9,7 @@ import asyncio
 class MicroBatch:
     """Its encoded value and the requests waiting on it."""
 
-    __slots__ = ("value", "durable", "count", "sent_at", "timer", "answered", "spool_id", "outcome", "in_flight")
+    __slots__ = ("value", "durable", "count", "sent_at", "timer", "answered", "spool_id", "outcome")
 
     def __init__(self, value: bytes, durable: asyncio.Future[bool], count: int) -> None:
         self.value = value
@@ -19,7 +19,6 @@ class MicroBatch:
         self.timer: asyncio.TimerHandle | None = None
         self.answered = False
         self.spool_id: int | None = None
-        self.in_flight = False  # holds one of the forwarder's in-flight places
         # Set while the batch is in librdkafka and in the spool: resolves True when
         # librdkafka delivers it, False when it gives up.
         self.outcome: asyncio.Future[bool] | None = None
