@@ -543,3 +543,33 @@ def test_workers_share_one_port(broker, tmp_path):
     finally:
         proc.stop()
     assert not proc.alive()
+
+
+def test_many_visitors_connecting_at_once_are_all_queued_for_accept(default):
+    """The listen backlog holds a burst of new connections while the process is busy (here:
+    stopped): with aiohttp's default of 128 the rest would be dropped and each of those
+    visitors would wait for a SYN retransmit (1 s or more)."""
+    import os
+    import select
+    import signal
+
+    s, n = default.settings, 600
+    socks: list[socket.socket] = []
+    os.killpg(default.proc.popen.pid, signal.SIGSTOP)
+    try:
+        for _ in range(n):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex((s.collector_host, s.collector_port))
+            socks.append(sock)
+        pending, deadline = set(socks), time.monotonic() + 3
+        while pending and time.monotonic() < deadline:  # the kernel completes queued handshakes
+            _, writable, _ = select.select([], list(pending)[:500], [], 0.1)
+            pending -= {w for w in writable if w.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0}
+        assert not pending, f"{len(pending)} of {n} connections not established"
+    finally:
+        for sock in socks:
+            sock.close()
+        os.killpg(default.proc.popen.pid, signal.SIGCONT)
+    assert post_json(collect_url(s), {"site": "example.com", "path": "/after-burst"},
+                     headers={"User-Agent": FIREFOX})[0] == 204

@@ -9,8 +9,11 @@
 --   one             every request comes from one address.
 -- env TALLY_BENCH_RATE: requests/s over all connections, for the "p99 at 70% of peak" run.
 -- wrk's delay() hook gives each request the next free slot of one schedule (one slot every
--- 1/rate s), so the rate holds whatever the latency; a server slower than the rate gets
--- the next request as soon as it answers (no catch-up burst).
+-- 1/rate s). Run with many connections (run.py's --paced-connections, one per visitor), the
+-- rate holds whatever the latency while fewer requests than connections are outstanding:
+-- open loop, as visitors do not wait for each other's answers. If every connection is busy,
+-- a slot is taken as soon as one answers (no catch-up burst) and the rate falls short,
+-- which run.py reports.
 local sections = {"", "/blog", "/docs", "/pricing", "/changelog", "/help", "/careers", "/integrations"}
 local words = {"kafka", "privacy", "getting-started", "api", "install", "teams", "billing", "faq", "roadmap",
                "clickhouse", "gdpr", "cookies", "self-hosting", "migration", "alerts", "dashboards"}

@@ -28,14 +28,19 @@ Runs, in this order, in one process run:
    (Kafka acks, acks=all) over the run, divided by the run time. Each run also reports
    the target process's CPU time per request, which other load disturbs far less than
    requests/s, and its peak RSS while loaded.
-2. p99 at 70% of the collector's peak: wrk2 is not packaged in Debian, so the rate is
-   held with wrk's Lua delay() hook: 64 connections take turns on one schedule of a slot
-   every 1/rate seconds (beacons.lua). A connection waits for its answer before it takes
-   its next slot, so this is closed-loop pacing: coordinated omission is not corrected as
-   wrk2 would. The baseline
-   is run at the same target, so machine noise shows up in both. Achieved rates are
-   reported next to the latencies, and so is the Kafka ack latency of the collector's
-   batches in that run (kafka_ack_at_70pct): requests are answered only after their
+2. p99 at 70% of the collector's peak, open loop: wrk2 is not packaged in Debian, so the
+   rate is held with wrk's Lua delay() hook: --paced-connections (default 1024) connections,
+   one per visitor as in real traffic, take turns on one schedule of a slot every 1/rate
+   seconds (beacons.lua). A connection waits for its answer before it takes its next slot,
+   so the offered rate holds whatever the latency as long as fewer than that many requests
+   are outstanding (1024 at 9k/s is over 100 ms of them): arrivals do not wait for answers,
+   as visitors' beacons do not. With few connections (64, say) the rate is capped at
+   connections / latency (64 / 7 ms is 9k/s), so a slow spell lowers the offered rate and
+   hides its own queue. The achieved rate is reported next to the target
+   (rate_held_at_70pct: within 3% of it; the p99 target counts only when it held). The
+   baseline gets the same schedule and connections, so machine noise shows up in both. The
+   Kafka ack latency of the collector's batches in that run is reported too
+   (kafka_ack_at_70pct, with beacons per batch): requests are answered only after their
    batch's acks=all acknowledgement, a wait the minimal handler does not have.
 3. peak with `tally collector --workers N` (default 2; RSS summed over supervisor and
    workers), many clients, reported against N x the one-process figure.
@@ -131,10 +136,10 @@ def loaded(pid: int, url: str, connections: int, duration: float, rate: float = 
     return out
 
 
-def paced(pid: int, url: str, target: float, duration: float, conns: int = 64) -> dict:
-    """A wrk run held at `target` requests/s (beacons.lua's schedule)."""
+def paced(pid: int, url: str, target: float, duration: float, conns: int) -> dict:
+    """A wrk run held at `target` requests/s (beacons.lua's schedule) over `conns` connections."""
     out = loaded(pid, url, conns, duration, target)
-    out.update(target_rps=round(target, 1), connections=conns)
+    out.update(target_rps=round(target, 1), connections=conns, rate_held=out["rps"] >= 0.97 * target)
     return out
 
 
@@ -310,6 +315,9 @@ def main() -> None:
                     help="also measure one client (rate limit off), alternating with the many-client rounds")
     ap.add_argument("--paced", action=argparse.BooleanOptionalAction, default=True,
                     help="phase 2: p99 at 70%% of the many-client peak")
+    ap.add_argument("--paced-connections", type=int, default=1024,
+                    help="phase 2's connections (one per visitor): the schedule holds while fewer requests "
+                         "than this are outstanding")
     ap.add_argument("--workers", type=int, default=2, help="phase 3: collector --workers N (0: skip)")
     ap.add_argument("--min-clients", type=int, default=1_000_000,
                     help="before phase 2, load the collector with new clients until it has seen this many "
@@ -393,9 +401,12 @@ def main() -> None:
                 for name, target_url, proc in (("collector", collect_url, collector),
                                                ("baseline", collect_base, baseline)):
                     hist = produce_histogram(url)
-                    results[f"{name}_at_70pct"] = paced(proc.pid, target_url, target, args.duration)
+                    results[f"{name}_at_70pct"] = paced(proc.pid, target_url, target, args.duration,
+                                                            args.paced_connections)
                     if name == "collector":
-                        results[f"{name}_at_70pct"]["kafka_ack"] = ack_latency(hist, produce_histogram(url))
+                        ack = ack_latency(hist, produce_histogram(url))
+                        ack["beacons_per_batch"] = round(results[f"{name}_at_70pct"]["requests"] / max(ack["batches"], 1), 1)
+                        results[f"{name}_at_70pct"]["kafka_ack"] = ack
                     print(f"{name} at 70% of peak: {results[f'{name}_at_70pct']}", file=sys.stderr)
             # The collector's RSS after every distinct client it has seen so far (each request
             # of the many-client load is a new address).
@@ -466,10 +477,12 @@ def summary(args: argparse.Namespace, results: dict, load_start: tuple[float, fl
     if "collector_at_70pct" in results:
         p70, b70 = results["collector_at_70pct"], results["baseline_at_70pct"]
         out.update(target_rps_70pct=p70["target_rps"], achieved_rps_at_70pct=p70["rps"],
+                   rate_held_at_70pct=p70["rate_held"], paced_connections=p70["connections"],
+                   baseline_achieved_rps_same_target=b70["rps"],
                    p50_at_70pct_ms=p70["p50_ms"], p99_at_70pct_ms=p70["p99_ms"],
                    baseline_p99_same_target_ms=b70["p99_ms"], kafka_ack_at_70pct=p70.get("kafka_ack"))
         out["non_2xx"] += p70["non_2xx"]
-        targets["p99_at_70pct_le_20ms"] = p70["p99_ms"] <= 20
+        targets["p99_at_70pct_le_20ms"] = p70["rate_held"] and p70["p99_ms"] <= 20
     if "collector_workers" in results:
         w = results["collector_workers"]
         out.update(workers=args.workers, workers_accepted_per_s=w["accepted_per_s"],
