@@ -575,10 +575,11 @@ class Stack:
         self.broker = start_kafka(self.tmp, self.args.broker_heap_mb)
         self.env = isolated_env(self.broker.bootstrap, self.tmp, **{
             "TALLY_TOPIC_PARTITIONS": default("TALLY_TOPIC_PARTITIONS"),
-            "TALLY_SINK_BATCH_SECONDS": default("TALLY_SINK_BATCH_SECONDS"),
+            "TALLY_SINK_BATCH_SECONDS": str(self.args.sink_batch_seconds),
             "TALLY_LOG_LEVEL": "warning", "TALLY_ALLOWED_SITES": "example.com",
             "TALLY_TRUSTED_PROXIES": "127.0.0.1", "TALLY_PROPS_ALLOWLIST": f"example.com:{PROP}",
-            "TALLY_COLLECTOR_WORKERS": str(self.args.collector_workers)})
+            "TALLY_COLLECTOR_WORKERS": str(self.args.collector_workers),
+            "TALLY_COLLECTOR_BATCH_MS": str(self.args.collector_batch_ms)})
         log("starting the sink, a stream worker and the collector...")
         start_pipeline(self.env, self.spawn)
         self.consuming = True
@@ -907,6 +908,7 @@ def summary(args: argparse.Namespace, result: dict, run: Run, load_start: tuple[
     out: dict = {"bench": "e2e", "mode": result["mode"], "rate": lat["rate"], "duration_s": lat["seconds"],
                  "e2e_p50_ms": lat["e2e_ms"]["p50"], "e2e_p99_ms": lat["e2e_ms"]["p99"],
                  "e2e_max_ms": lat["e2e_ms"]["max"], "poll_interval_ms": args.poll_ms,
+                 "collector_batch_ms": args.collector_batch_ms, "sink_batch_seconds": args.sink_batch_seconds,
                  "poll_period_ms": run.poller.period_ms(),
                  "accept_p50_ms": lat["accept_ms"]["p50"], "accept_p99_ms": lat["accept_ms"]["p99"],
                  "achieved_accepted_per_s": lat["accepted_per_s"],
@@ -1003,6 +1005,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--drain", type=float, default=60, help="seconds to wait for the last rows after the load")
     ap.add_argument("--progress", type=float, default=5, help="seconds between progress lines (stderr)")
     ap.add_argument("--collector-workers", type=int, default=1, help="TALLY_COLLECTOR_WORKERS of the collector")
+    ap.add_argument("--sink-batch-seconds", type=float, default=float(default("TALLY_SINK_BATCH_SECONDS")),
+                    help="TALLY_SINK_BATCH_SECONDS of the sink: the longest a row waits for its batch")
+    ap.add_argument("--collector-batch-ms", type=float, default=float(default("TALLY_COLLECTOR_BATCH_MS")),
+                    help="TALLY_COLLECTOR_BATCH_MS of the collector: how long it gathers beacons into one Kafka record")
     ap.add_argument("--broker-heap-mb", type=int, default=768, help="the Kafka broker's JVM heap")
     ap.add_argument("--unique-paths", action="store_true", help="the worst case: every beacon a one-page visit "
                     "of a fresh visitor to a path of its own (new path windows and a session per beacon)")

@@ -42,7 +42,7 @@ def _optional_int(lo: int, hi: int | None = None) -> Callable[[str], int | None]
     return lambda raw: parse_int(raw) if raw.strip() else None
 
 
-def _float(lo: float = 0.0) -> Callable[[str], float]:
+def _float(lo: float = 0.0, hi: float | None = None) -> Callable[[str], float]:
     def parse(raw: str) -> float:
         try:
             value = float(raw.strip())
@@ -50,6 +50,8 @@ def _float(lo: float = 0.0) -> Callable[[str], float]:
             raise ValueError(f"expected a number, got {raw!r}") from None
         if value < lo:
             raise ValueError(f"must be >= {lo}, got {value}")
+        if hi is not None and value > hi:
+            raise ValueError(f"must be <= {hi}, got {value}")
         return value
 
     return parse
@@ -241,6 +243,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_RATE_LIMIT_BURST", "rate_limit_burst", "200", _int(1), "Bucket size of the per-client rate limit: beacons a client may send at once.", "Collector"),
     Var("TALLY_SPOOL_MAX_MB", "spool_max_mb", "256", _int(1), "Largest size of each collector worker's on-disk spool (used while the broker is unreachable). When full the collector answers 503.", "Collector"),
     Var("TALLY_SPOOL_AFTER_MS", "spool_after_ms", "1000", _int(50, 60000), "How long a beacon waits for the Kafka acknowledgement before it is written to the spool and answered.", "Collector"),
+    Var("TALLY_COLLECTOR_BATCH_MS", "collector_batch_ms", "0", _float(0.0, 1000.0), "How long a collector gathers beacons into one Kafka record before it sends them (each beacon's answer waits that much longer). 0: a record per event-loop pass, as fast as possible; under open-loop traffic at moderate rates that makes records of a few beacons, and the stream worker's cost is mostly per record (docs/collector.md).", "Collector"),
     Var("TALLY_COLLECTOR_WORKERS", "collector_workers", "1", _int(1, 64), "Collector processes sharing the port (SO_REUSEPORT); `tally collector --workers` overrides it.", "Collector"),
     Var("TALLY_TEST_COLLECTOR_CRASH_BEFORE_REPLAY_ACK", "test_collector_crash_before_replay_ack", "0", _bool, "Test hook: the collector kills itself (SIGKILL) once Kafka acknowledged its first replayed batches from the spool, before it records them as done there (so its next start replays them again). Never set in production.", "Collector"),
     Var("TALLY_DROPS_FLUSH_SECONDS", "drops_flush_seconds", "10", _float(0.1), "How often the collector sends its counts of edge drops to the drops topic.", "Collector"),
@@ -337,6 +340,7 @@ class Settings:
     rate_limit_burst: int = 200
     spool_max_mb: int = 256
     spool_after_ms: int = 1000
+    collector_batch_ms: float = 0.0
     collector_workers: int = 1
     test_collector_crash_before_replay_ack: bool = False
     drops_flush_seconds: float = 10.0

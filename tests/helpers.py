@@ -56,6 +56,11 @@ def led_partitions(consumer: Any, topic: str, timeout: float = 30) -> list[int]:
 def read_beacons(settings: Settings, want: int = 0, timeout: float = 30) -> list[dict[str, Any]]:
     """Every beacon in the raw topic (decoded from its batches): reads to the end of each
     partition, and on until at least `want` beacons arrived or `timeout` passed."""
+    return [b for record in read_beacon_records(settings, want, timeout) for b in record]
+
+
+def read_beacon_records(settings: Settings, want: int = 0, timeout: float = 30) -> list[list[dict[str, Any]]]:
+    """The raw topic's records, each as the beacons it carries (see read_beacons)."""
     import time
 
     from confluent_kafka import Consumer, TopicPartition
@@ -68,17 +73,18 @@ def read_beacons(settings: Settings, want: int = 0, timeout: float = 30) -> list
     try:
         parts = led_partitions(consumer, topic)
         consumer.assign([TopicPartition(topic, p, -2) for p in parts])  # -2: from the beginning
-        codec, out = default_codec(), []
+        codec, out, seen = default_codec(), [], 0
         next_offset = dict.fromkeys(parts, 0)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in parts}
-            if len(out) >= want and all(next_offset[p] >= ends[p] for p in parts):
+            if seen >= want and all(next_offset[p] >= ends[p] for p in parts):
                 break
             for msg in consumer.consume(1000, 0.2):
                 if msg.error() is None:
                     next_offset[msg.partition()] = msg.offset() + 1
-                    out.extend(codec.decode("beacon_batch", msg.value())["items"])
+                    out.append(codec.decode("beacon_batch", msg.value())["items"])
+                    seen += len(out[-1])
         return out
     finally:
         consumer.close()

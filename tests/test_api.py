@@ -12,6 +12,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -114,6 +115,21 @@ def tally(env: Env, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+def reconciled(env: Env, *args: str, within: float = 60) -> dict:
+    """`tally reconcile --json` once it finds no drift, or its last report after `within`
+    seconds. The session aggregates go out every TALLY_SESSION_FLUSH_SECONDS (10 s), after
+    the other totals, so a check right after those caught up can still meet them behind."""
+    deadline = time.monotonic() + within
+    while True:
+        out = tally(env, "reconcile", *args, "--json")
+        assert out.returncode in (0, 1), out.stdout + out.stderr
+        report = json.loads(out.stdout)
+        if (out.returncode == 0 and report["drift"] == [] and not report.get("rollup_drift")) \
+                or time.monotonic() > deadline:
+            return report
+        time.sleep(1)
+
+
 def new_key(env: Env, *scope: str) -> str:
     out = tally(env, "api-key", "create", *scope, "--name", "test")
     assert out.returncode == 0, out.stderr
@@ -156,8 +172,8 @@ def test_stats_api_answers_like_plausible_and_equals_the_raw_rows(tally_env, spa
     status, top_raw = api(s, key, {"site_id": "example.com", "metrics": ["visitors", "pageviews", "events"],
                                    "date_range": "day", "filters": [["is_not", "event:page", ["/nowhere"]]]})
     assert top_raw["results"][0]["metrics"] == [int(v) for v in raw] == [10, pageviews, total]
-    rec = tally(tally_env, "reconcile", "--from", today, "--to", today, "--json")
-    assert rec.returncode == 0 and json.loads(rec.stdout)["drift"] == [], rec.stdout + rec.stderr
+    rec = reconciled(tally_env, "--from", today, "--to", today)
+    assert rec["drift"] == [], rec
     stats = json.loads(tally(tally_env, "query", "stats", "--site", "example.com", "--from", today, "--to", today,
                              "--format", "json").stdout)["data"]
     assert [int(stats[0]["pageviews"]), int(stats[0]["visitors"])] == [pageviews, 10]
@@ -435,9 +451,8 @@ def test_breakdowns_mix_daily_rollups_and_raw_rows_on_the_stack(tally_env, spawn
                                "include": {"comparisons": {"mode": "previous_period"}}})
     assert status == 200 and {r["dimensions"][0]: r["metrics"][0] for r in got["results"]} == {
         k: v[0] for k, v in expectations()["visit:device"].items() if k != "Desktop"}
-    rec_out = tally(tally_env, "reconcile", "--from", window[0], "--to", window[1], "--json")
-    report = json.loads(rec_out.stdout)
-    assert rec_out.returncode == 0 and report["drift"] == [] and report["rollup_drift"] == [], rec_out.stdout
+    report = reconciled(tally_env, "--from", window[0], "--to", window[1])
+    assert report["drift"] == [] and report["rollup_drift"] == [], report
     assert report["rollup_days"] == len(past)
 
     # A sink replaying after an outage: a late event for a rolled-up day, and an event
@@ -453,13 +468,9 @@ def test_breakdowns_mix_daily_rollups_and_raw_rows_on_the_stack(tally_env, spawn
     wait_for(lambda: logged()[str(past[0])] > versions[str(past[0])], 90, "the day recomputed")
     assert answers() == expectations()
 
-    def reconciled() -> dict:
-        out = tally(tally_env, "reconcile", "--from", window[0], "--to", window[1], "--json")
-        assert out.returncode in (0, 1), out.stderr
-        return json.loads(out.stdout)
-
     # Once the replayed event is stored too and the day recomputed, every rollup is in use again.
-    wait_for(lambda: reconciled()["rollup_days"] == len(past), 90, "all rollups in use")
-    report = reconciled()
+    wait_for(lambda: reconciled(tally_env, "--from", window[0], "--to", window[1], within=0)["rollup_days"] == len(past),
+             90, "all rollups in use")
+    report = reconciled(tally_env, "--from", window[0], "--to", window[1])
     assert report["drift"] == [] and report["rollup_drift"] == [], report
     assert answers() == expectations()

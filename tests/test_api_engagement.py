@@ -18,7 +18,7 @@ from tally.ops.stack import http_ok
 
 from tests.conftest import start_pipeline, wait_for
 from tests.helpers import post_json, query_rows
-from tests.test_api import UAS, api, new_key, tally
+from tests.test_api import UAS, api, new_key, reconciled
 
 pytestmark = pytest.mark.integration
 
@@ -147,8 +147,8 @@ def test_engagement_events_give_time_on_page_and_scroll_depth_and_count_as_no_ev
     names = rows_of(ask(metrics=["visitors", "events"], dimensions=["event:name"]))
     assert "engagement" not in names and sum(m[1] for m in names.values()) == len(counted)
     today = datetime.now(UTC).date().isoformat()
-    rec = tally(tally_env, "reconcile", "--from", today, "--to", today, "--json")
-    assert rec.returncode == 0 and json.loads(rec.stdout)["drift"] == [], rec.stdout + rec.stderr
+    rec = reconciled(tally_env, "--from", today, "--to", today)
+    assert rec["drift"] == [], rec
 
     # Time on page and scroll depth per page, beside the event metrics of the same pages.
     want = engagement_by_page(engaged)

@@ -30,7 +30,7 @@ from tally.schemas.codec import default_codec
 from tally.config import Settings
 from tally.kafka import consumer_config
 from tests.conftest import REPO, Env, Proc, free_port, wait_for
-from tests.helpers import collect_url, post_json, read_beacons
+from tests.helpers import collect_url, post_json, read_beacon_records, read_beacons
 
 pytestmark = pytest.mark.integration
 
@@ -543,6 +543,45 @@ def test_workers_share_one_port(broker, tmp_path):
     finally:
         proc.stop()
     assert not proc.alive()
+
+
+def test_a_gather_window_puts_beacons_arriving_apart_in_one_record(broker, tmp_path):
+    """TALLY_COLLECTOR_BATCH_MS: beacons arriving within the window share one Kafka record;
+    without it, a beacon sent after the previous one was answered has a record of its own."""
+    import threading
+
+    def records_of(env: Env, proc: Proc, spacing: float) -> list[int]:
+        c, m = Collector(env, proc), mark()
+        status: list[int] = []
+
+        def send(i: int) -> None:
+            time.sleep(i * spacing)
+            status.append(c.post({"site": "example.com", "path": f"/{m}/{i}"})[0])
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert status == [204] * 5
+        return [len(r) for r in read_beacon_records(env.settings, 5) if any(f"/{m}/" in b["path"] for b in r)]
+
+    gathering = make_env(broker, tmp_path, TALLY_COLLECTOR_BATCH_MS="1000")
+    proc = start_collector(gathering, tmp_path / "gather.log")
+    try:
+        assert records_of(gathering, proc, 0.05) == [5]  # 5 beacons over ~0.2 s, one record
+    finally:
+        proc.stop()
+    plain = make_env(broker, tmp_path)
+    proc = start_collector(plain, tmp_path / "plain.log")
+    try:
+        c, m = Collector(plain, proc), mark()
+        for i in range(3):  # each answered (so sent to Kafka) before the next is posted
+            assert c.post({"site": "example.com", "path": f"/{m}/{i}"})[0] == 204
+        assert [len(r) for r in read_beacon_records(plain.settings, 3) if any(f"/{m}/" in b["path"] for b in r)] \
+            == [1, 1, 1]
+    finally:
+        proc.stop()
 
 
 def test_many_visitors_connecting_at_once_are_all_queued_for_accept(default):

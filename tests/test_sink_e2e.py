@@ -4,15 +4,13 @@ out exact, the daily stats view equals the raw data, and reconcile is clean."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from datetime import UTC, datetime
 
 import pytest
 
-from tests.conftest import REPO, start_pipeline, wait_for
+from tests.conftest import start_pipeline, wait_for
 from tests.helpers import collect_url, post_json, query_rows
+from tests.test_api import reconciled
 
 pytestmark = pytest.mark.integration
 
@@ -38,10 +36,8 @@ def test_beacons_to_rows_and_aggregates_reconcile(tally_env, spawn):
     wait_for(lambda: query_rows(s, f"SELECT toUInt32(pageviews), toUInt32(visitors) FROM site_stats_daily "
                                    f"WHERE site = 'example.com' AND day = '{today}'") == [[27, 3]],
              60, "site_day aggregates equal to the raw rows")
-    out = subprocess.run([sys.executable, "-m", "tally.ops", "reconcile", "--from", today, "--to", today, "--json"],
-                         cwd=REPO, env=tally_env.child_env(), capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert json.loads(out.stdout)["days"] == 1
+    rec = reconciled(tally_env, "--from", today, "--to", today)
+    assert rec["drift"] == [] and rec["days"] == 1, rec
     paths = query_rows(s, f"SELECT path, pageviews FROM top_pages(site = 'example.com', date_from = '{today}', "
                           f"date_to = '{today}') ORDER BY path")
     assert paths == query_rows(s, f"SELECT path, pageviews FROM top_pages_raw(site = 'example.com', "

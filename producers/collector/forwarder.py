@@ -58,6 +58,7 @@ class Forwarder:
         self.topic = settings.topic(BEACONS_RAW)
         self.max_batch = max_batch
         self.spool_after = settings.spool_after_ms / 1000
+        self.gather = settings.collector_batch_ms / 1000
         self.encoder = beacon_encoder(default_codec(settings))
         self.mode = ONLINE
         self.broker_ok = True
@@ -110,7 +111,10 @@ class Forwarder:
             # Flush once the event loop has handled every request that is ready now:
             # under load one loop pass carries many requests, so batches grow with
             # the load by themselves, and no beacon waits on a timer for company.
-            self._flush_handle = self._loop.call_soon(self._flush)
+            # With TALLY_COLLECTOR_BATCH_MS, beacons wait that long for company: fewer,
+            # larger records, each of which costs the broker and the worker.
+            self._flush_handle = (self._loop.call_later(self.gather, self._flush) if self.gather  # type: ignore[union-attr]
+                                  else self._loop.call_soon(self._flush))  # type: ignore[union-attr]
         return fut
 
     def _flush(self) -> None:
