@@ -243,7 +243,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("TALLY_RATE_LIMIT_BURST", "rate_limit_burst", "200", _int(1), "Bucket size of the per-client rate limit: beacons a client may send at once.", "Collector"),
     Var("TALLY_SPOOL_MAX_MB", "spool_max_mb", "256", _int(1), "Largest size of each collector worker's on-disk spool (used while the broker is unreachable). When full the collector answers 503.", "Collector"),
     Var("TALLY_SPOOL_AFTER_MS", "spool_after_ms", "1000", _int(50, 60000), "How long a beacon waits for the Kafka acknowledgement before it is written to the spool and answered.", "Collector"),
-    Var("TALLY_COLLECTOR_BATCH_MS", "collector_batch_ms", "0", _float(0.0, 1000.0), "How long a collector gathers beacons into one Kafka record before it sends them (each beacon's answer waits that much longer). 0: a record per event-loop pass, as fast as possible; under open-loop traffic at moderate rates that makes records of a few beacons, and the stream worker's cost is mostly per record (docs/collector.md).", "Collector"),
+    Var("TALLY_COLLECTOR_BATCH_MS", "collector_batch_ms", "20", _float(0.0, 1000.0), "Longest a beacon waits for others to share its Kafka record (its answer waits as long). It waits only while a connection without a request in progress could bring one, and a record of 64 beacons goes at once, so a closed-loop client is not held back. Fewer, larger records cost the broker and the stream worker less: their cost is mostly per record. 0: a record per event-loop pass (docs/collector.md).", "Collector"),
     Var("TALLY_COLLECTOR_WORKERS", "collector_workers", "1", _int(1, 64), "Collector processes sharing the port (SO_REUSEPORT); `tally collector --workers` overrides it.", "Collector"),
     Var("TALLY_TEST_COLLECTOR_CRASH_BEFORE_REPLAY_ACK", "test_collector_crash_before_replay_ack", "0", _bool, "Test hook: the collector kills itself (SIGKILL) once Kafka acknowledged its first replayed batches from the spool, before it records them as done there (so its next start replays them again). Never set in production.", "Collector"),
     Var("TALLY_DROPS_FLUSH_SECONDS", "drops_flush_seconds", "10", _float(0.1), "How often the collector sends its counts of edge drops to the drops topic.", "Collector"),
@@ -340,7 +340,7 @@ class Settings:
     rate_limit_burst: int = 200
     spool_max_mb: int = 256
     spool_after_ms: int = 1000
-    collector_batch_ms: float = 0.0
+    collector_batch_ms: float = 20.0
     collector_workers: int = 1
     test_collector_crash_before_replay_ack: bool = False
     drops_flush_seconds: float = 10.0

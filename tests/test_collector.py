@@ -545,41 +545,48 @@ def test_workers_share_one_port(broker, tmp_path):
     assert not proc.alive()
 
 
-def test_a_gather_window_puts_beacons_arriving_apart_in_one_record(broker, tmp_path):
-    """TALLY_COLLECTOR_BATCH_MS: beacons arriving within the window share one Kafka record;
-    without it, a beacon sent after the previous one was answered has a record of its own."""
+def test_a_batch_waits_for_company_only_while_an_idle_connection_could_bring_some(broker, tmp_path):
+    """TALLY_COLLECTOR_BATCH_MS: while a connection without a request in progress is open (a
+    browser's keep-alive connection, a proxy's pool), beacons arriving within the window share
+    one Kafka record. When every open connection waits for an answer, nothing can join, so
+    the batch goes at once. With 0, every event-loop pass sends its own record."""
     import threading
 
-    def records_of(env: Env, proc: Proc, spacing: float) -> list[int]:
+    def records_of(env: Env, proc: Proc, delays: list[float]) -> list[int]:
+        """The records holding beacons posted, each on a connection of its own, after `delays`."""
         c, m = Collector(env, proc), mark()
         status: list[int] = []
 
         def send(i: int) -> None:
-            time.sleep(i * spacing)
+            time.sleep(delays[i])
             status.append(c.post({"site": "example.com", "path": f"/{m}/{i}"})[0])
 
-        threads = [threading.Thread(target=send, args=(i,)) for i in range(5)]
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(delays))]
         for t in threads:
             t.start()
         for t in threads:
             t.join(30)
-        assert status == [204] * 5
-        return [len(r) for r in read_beacon_records(env.settings, 5) if any(f"/{m}/" in b["path"] for b in r)]
+        assert status == [204] * len(delays)
+        return [len(r) for r in read_beacon_records(env.settings, len(delays)) if any(f"/{m}/" in b["path"] for b in r)]
+
+    def idle_connection(env: Env) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", env.settings.collector_port), timeout=5)
 
     gathering = make_env(broker, tmp_path, TALLY_COLLECTOR_BATCH_MS="1000")
     proc = start_collector(gathering, tmp_path / "gather.log")
     try:
-        assert records_of(gathering, proc, 0.05) == [5]  # 5 beacons over ~0.2 s, one record
+        # Alone: the first beacon's batch goes at once, so the second, 0.2 s later, is not in it
+        # (a 1 s wait would have put both in one record).
+        assert records_of(gathering, proc, [0, 0.2]) == [1, 1]
+        with idle_connection(gathering):
+            assert records_of(gathering, proc, [0.05 * i for i in range(5)]) == [5]  # ~0.2 s apart: one record
     finally:
         proc.stop()
-    plain = make_env(broker, tmp_path)
-    proc = start_collector(plain, tmp_path / "plain.log")
+    per_pass = make_env(broker, tmp_path, TALLY_COLLECTOR_BATCH_MS="0")
+    proc = start_collector(per_pass, tmp_path / "per_pass.log")
     try:
-        c, m = Collector(plain, proc), mark()
-        for i in range(3):  # each answered (so sent to Kafka) before the next is posted
-            assert c.post({"site": "example.com", "path": f"/{m}/{i}"})[0] == 204
-        assert [len(r) for r in read_beacon_records(plain.settings, 3) if any(f"/{m}/" in b["path"] for b in r)] \
-            == [1, 1, 1]
+        with idle_connection(per_pass):
+            assert records_of(per_pass, proc, [0.05 * i for i in range(5)]) == [1] * 5
     finally:
         proc.stop()
 

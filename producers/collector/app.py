@@ -424,6 +424,14 @@ class Served:
             await fwd.close()
 
 
+class Server(web.Server):
+    """aiohttp's low-level server, telling how many client connections it has open (the
+    forwarder's batching asks, see forwarder.Forwarder.submit)."""
+
+    def open_connections(self) -> int:
+        return len(self._connections)
+
+
 # Connections waiting to be accepted. aiohttp's 128 overflows when many visitors connect
 # at once (1024 new connections measured 647 listen overflows and 393 SYN retransmits, each
 # a visitor waiting 1 s or more); the kernel caps it at net.core.somaxconn.
@@ -448,8 +456,10 @@ async def serve(settings: Settings, worker_index: int = 0, reuse_port: bool = Fa
         # access_log=None: aiohttp's access log line starts with the client IP, and
         # Tally keeps raw IPs out of every log; /metrics counts requests instead.
         # keepalive_timeout: web.run_app's 75 s (the handler's own default is an hour).
-        server = web.Server(served.routes, request_factory=request,
-                            logger=ServerLog(), access_log=None, keepalive_timeout=75.0)
+        server = Server(served.routes, request_factory=request,
+                        logger=ServerLog(), access_log=None, keepalive_timeout=75.0)
+        assert served.collector.forwarder is not None
+        served.collector.forwarder.connections = server.open_connections
         runner = web.ServerRunner(server, shutdown_timeout=10)
         await runner.setup()
         try:

@@ -34,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -50,6 +52,9 @@ from tally.topics import BEACONS_RAW
 log = logging.getLogger(__name__)
 
 ONLINE, SPOOLING = "online", "spooling"
+# A gathered batch this large goes at the end of the loop pass: the stream worker's cost per
+# record is spread thin enough by then, and at high rates beacons need not wait the window.
+GATHER_FILL = 64
 
 
 class Forwarder:
@@ -59,6 +64,10 @@ class Forwarder:
         self.max_batch = max_batch
         self.spool_after = settings.spool_after_ms / 1000
         self.gather = settings.collector_batch_ms / 1000
+        # Open client connections (set by the server; None: unknown). A beacon waits for
+        # company only while a connection without a request in progress could bring some.
+        self.connections: Callable[[], int] | None = None
+        self.unanswered = 0  # beacons submitted whose requests are not answered yet
         self.encoder = beacon_encoder(default_codec(settings))
         self.mode = ONLINE
         self.broker_ok = True
@@ -68,6 +77,7 @@ class Forwarder:
         self._items: list[Any] = []  # encoded beacons (or dicts: see encode.py) of the next batch
         self._durable: asyncio.Future[bool] | None = None  # what their requests wait on
         self._flush_handle: asyncio.Handle | None = None
+        self._flush_soon = False  # the flush is due at the end of this loop pass, not on a timer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._replayer: asyncio.Task[None] | None = None
 
@@ -105,26 +115,44 @@ class Forwarder:
         if fut is None:
             fut = self._durable = self._loop.create_future()  # type: ignore[union-attr]
         self._items.append(item)
-        if len(self._items) >= self.max_batch:
+        self.unanswered += 1
+        n = len(self._items)
+        if n >= self.max_batch:
             self._flush()
+        elif self._flush_soon:
+            pass
+        elif not self.gather or n >= GATHER_FILL or not self._company_possible():
+            # Flush once the event loop has handled every request that is ready now: under
+            # load one loop pass carries many requests, so batches grow by themselves.
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self._flush_handle = self._loop.call_soon(self._flush)  # type: ignore[union-attr]
+            self._flush_soon = True
         elif self._flush_handle is None:
-            # Flush once the event loop has handled every request that is ready now:
-            # under load one loop pass carries many requests, so batches grow with
-            # the load by themselves, and no beacon waits on a timer for company.
-            # With TALLY_COLLECTOR_BATCH_MS, beacons wait that long for company: fewer,
-            # larger records, each of which costs the broker and the worker.
-            self._flush_handle = (self._loop.call_later(self.gather, self._flush) if self.gather  # type: ignore[union-attr]
-                                  else self._loop.call_soon(self._flush))  # type: ignore[union-attr]
+            # TALLY_COLLECTOR_BATCH_MS: wait that long for company. Fewer, larger records
+            # cost the broker and the stream worker less (their cost is mostly per record).
+            self._flush_handle = self._loop.call_later(self.gather, self._flush)  # type: ignore[union-attr]
         return fut
+
+    def _company_possible(self) -> bool:
+        """Whether another beacon could join the batch while it waits: not when every open
+        connection already waits for an answer (a closed loop, such as a load test with a
+        fixed number of connections), where waiting would only hold its clients back."""
+        return self.connections is None or self.connections() > self.unanswered
+
+    def _answered(self, count: int, _fut: asyncio.Future[bool]) -> None:
+        self.unanswered -= count
 
     def _flush(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        self._flush_soon = False
         if not self._items:
             return
         items, durable, self._items, self._durable = self._items, self._durable, [], None
         assert durable is not None
+        durable.add_done_callback(partial(self._answered, len(items)))
         batch = MicroBatch(self.encoder.batch(items), durable, len(items))
         if self.mode == ONLINE:
             self._produce_online(batch)
