@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from aiohttp import HttpVersion10, HttpVersion11, web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_writer import StreamWriter
+from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tally.producers.collector.answers import ACCEPTED_OK, NO_CONTENT, Prepared
 from tally.producers.collector.client_ip import ClientAddress, parse_address
 from tally.producers.collector.encode import DictEncoder, PieceEncoder
 from tally.producers.collector.parse import (
@@ -269,3 +276,56 @@ def test_country_of_known_ranges_and_non_addresses():
     assert {ip: country_of(ip) for ip in known} == known
     for nothing in ("", "203.0.113.9", "10.1.2.3", "::1", "not an address", "300.1.2.3"):
         assert country_of(nothing) == "", nothing
+
+
+# --- answers made ahead ------------------------------------------------------------
+
+def _written(answer_of, version=HttpVersion11, closing=False) -> tuple[object, bytes]:
+    """(the answer, the bytes written for it) of a POST with `answer_of(request)` as answer."""
+    sent: list[bytes] = []
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            sent.append(bytes(data))
+
+        def is_closing(self) -> bool:
+            return False
+
+        def get_extra_info(self, name: str, default: object = None) -> object:
+            return default
+
+    class Protocol(BaseProtocol):  # what a request asks of aiohttp's connection protocol
+        ssl_context = peername = sockname = None
+
+    async def run() -> object:
+        protocol = Protocol(asyncio.get_running_loop())
+        protocol.connection_made(Transport())  # type: ignore[arg-type]
+        writer = StreamWriter(protocol, asyncio.get_running_loop())
+        request = make_mocked_request("POST", "/api/v1/collect", version=version, closing=closing,
+                                      writer=writer, protocol=protocol, transport=protocol.transport)
+        response = answer_of(request)
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+
+    response = asyncio.run(run())
+    return response, re.sub(rb"\r\nDate: [^\r]+\r\n", b"\r\nDate: -\r\n", b"".join(sent))
+
+
+@pytest.mark.parametrize("route", [NO_CONTENT, ACCEPTED_OK])
+@pytest.mark.parametrize("origin", ["*", None, "https://Shop.example"])
+def test_answers_made_ahead_are_the_bytes_aiohttp_writes(route, origin):
+    made, data = _written(lambda request: route.answer(request, origin))
+    assert isinstance(made, Prepared) and made.status == route.status
+    aiohttp_made, aiohttp_data = _written(lambda _request: route.response(origin))
+    assert data == aiohttp_data
+    assert made.keep_alive is True and aiohttp_made.keep_alive is True
+
+
+@pytest.mark.parametrize(("version", "closing", "origin"), [
+    (HttpVersion10, False, "*"), (HttpVersion11, True, "*"), (HttpVersion11, False, "https://\u212aelvin.example")])
+def test_http_1_0_closing_and_non_ascii_origin_requests_get_aiohttps_response(version, closing, origin):
+    made, data = _written(lambda request: NO_CONTENT.answer(request, origin), version, closing)
+    assert isinstance(made, web.Response) and made.status == 204
+    assert not (closing and made.keep_alive)
+    assert data.startswith(b"HTTP/1.0 204" if version == HttpVersion10 else b"HTTP/1.1 204")

@@ -31,6 +31,13 @@ import uvloop
 from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from tally.producers.collector import metrics
+from tally.producers.collector.answers import (
+    ACCEPTED_OK,
+    NO_CONTENT,
+    Prepared,
+    RouteAnswer,
+    cors_headers,
+)
 from tally.producers.collector.client_ip import ClientAddress
 from tally.producers.collector.datacenter import DatacenterRanges
 from tally.producers.collector.drops import EdgeDrops
@@ -61,18 +68,9 @@ log = logging.getLogger(__name__)
 MAX_BODY = 8 * 1024
 RETRY_AFTER_SECONDS = "30"
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+# A handler's answer: aiohttp's response, or bytes made ahead (answers.py).
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse | Prepared]]
 Parse = Callable[[dict[str, Any], frozenset[str]], BeaconRequest]
-Answer = Callable[[Mapping[str, str]], web.Response]  # a beacon route's answer, given its CORS headers
-
-
-def no_content(headers: Mapping[str, str]) -> web.Response:
-    return web.Response(status=204, headers=headers)
-
-
-def accepted_ok(headers: Mapping[str, str]) -> web.Response:
-    """Plausible answers its event API with 202 "ok"."""
-    return web.Response(status=202, text="ok", headers=headers)
 
 
 def _bad(detail: str, status: int = 400) -> web.Response:
@@ -110,17 +108,19 @@ class Collector:
 
     # --- beacon routes ---------------------------------------------------------
 
-    def beacon_route(self, route: str, parse: Parse, ok: Answer, edge: Edge) -> Handler:
+    def beacon_route(self, route: str, parse: Parse, ok: RouteAnswer, edge: Edge) -> Handler:
         """The handler of a beacon route: read, parse, forward, wait until durable, answer.
 
         One coroutine from body to answer, with the edge's CORS and counting called
         inline rather than through `Edge.guard`: every coroutine between the request's
         task and the durability future is suspended and resumed once more per request,
-        which showed in profiles under load.
+        which showed in profiles under load. The answer's bytes are made ahead
+        (answers.py).
         """
-        allowed, finish, cors, counts = self.allowed, edge.finish, edge.cors, edge.counts
+        allowed, finish, origin, counts = self.allowed, edge.finish, edge.origin, edge.counts
+        answer, key = ok.answer, (route, ok.status)
 
-        async def beacon(request: web.BaseRequest) -> web.StreamResponse:
+        async def beacon(request: web.BaseRequest) -> web.StreamResponse | Prepared:
             body = request.content
             try:
                 # A beacon's body nearly always arrives with its headers: then it is taken
@@ -138,10 +138,8 @@ class Collector:
             durable = self._accept(request, parsed)
             if durable is not None and not await durable:
                 return finish(route, request, self._spool_full(parsed))
-            response = ok(cors(request))
-            key = (route, response.status)
             counts[key] = counts.get(key, 0) + 1  # RequestCounter.inc, inlined (hot path)
-            return response
+            return answer(request, origin(request))
 
         return beacon
 
@@ -215,8 +213,6 @@ PREFLIGHT_HEADERS = {
     "Access-Control-Allow-Headers": "Content-Type",
     "Access-Control-Max-Age": "86400",
 }
-ANY_ORIGIN = {"Access-Control-Allow-Origin": "*"}
-VARY_ORIGIN = {"Vary": "Origin"}
 # Raised while a request is handled and the client's fault: aiohttp's 404/405/413, and a
 # body that broke while being read (a bad Content-Encoding, a truncated chunk).
 READ_ERRORS = (web.HTTPException, web.RequestPayloadError, HttpProcessingError)
@@ -230,14 +226,17 @@ class Edge:
         self.origins = frozenset(o.rstrip("/") for o in settings.cors_origins)
         self.counts = requests.counts
 
+    def origin(self, request: web.BaseRequest) -> str | None:
+        """The request's CORS origin: "*" when any is allowed, its Origin when that one is,
+        else None (answers.cors_headers)."""
+        if self.any_origin:
+            return "*"
+        origin = request.headers.get(ORIGIN, "")
+        return origin if origin.lower() in self.origins else None
+
     def cors(self, request: web.BaseRequest) -> Mapping[str, str]:
         """The CORS headers of the answer to this request."""
-        if self.any_origin:
-            return ANY_ORIGIN
-        origin = request.headers.get("Origin", "")
-        if origin.lower() in self.origins:
-            return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
-        return VARY_ORIGIN
+        return cors_headers(self.origin(request))
 
     def finish(self, route: str, request: web.BaseRequest, response: web.StreamResponse) -> web.StreamResponse:
         response.headers.update(self.cors(request))
@@ -315,7 +314,7 @@ class Routes:
             table["HEAD"] = table["GET"]
         self._table[path] = table, self._guard("unmatched", method_not_allowed(set(table)))
 
-    def __call__(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+    def __call__(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse | Prepared]:
         # The path as sent is nearly always the route's own (no query, no escapes): looked up
         # as is, it skips yarl's decoding; anything else is decoded as before.
         table = self._table
@@ -326,10 +325,10 @@ class Routes:
         return handler(request)
 
 
-EXPECT = hdrs.EXPECT  # istr header names: multidict skips case-folding them per lookup
+EXPECT, ORIGIN = hdrs.EXPECT, hdrs.ORIGIN  # istr header names: multidict skips case-folding them per lookup
 
 
-async def expect_then(handler: Handler, request: web.BaseRequest) -> web.StreamResponse:
+async def expect_then(handler: Handler, request: web.BaseRequest) -> web.StreamResponse | Prepared:
     """`Expect: 100-continue` answered before the handler reads the body (what aiohttp's
     Application does); any other expectation is a 417."""
     if request.version == HttpVersion11:
@@ -359,10 +358,10 @@ class Served:
         self.routes = routes = Routes(guard)
         # Each route's handlers, all answering through edge.finish (the beacon routes call it
         # themselves; see Collector.beacon_route).
-        routes.add(collect, {"POST": collector.beacon_route(collect, tally_beacon, no_content, edge),
+        routes.add(collect, {"POST": collector.beacon_route(collect, tally_beacon, NO_CONTENT, edge),
                              "OPTIONS": guard(collect, preflight)})
         # Plausible answers its event API with 202 "ok".
-        routes.add(event, {"POST": collector.beacon_route(event, plausible_beacon, accepted_ok, edge),
+        routes.add(event, {"POST": collector.beacon_route(event, plausible_beacon, ACCEPTED_OK, edge),
                            "OPTIONS": guard(event, preflight)})
         for name in SCRIPTS:
             routes.add(f"/js/{name}", {"GET": guard(f"/js/{name}", script_handler(name))})
