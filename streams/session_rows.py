@@ -14,7 +14,7 @@ from typing import Any
 
 from tally.schemas.avro_writer import encode_long, encoded, field_writers
 from tally.streams.avro_bytes import zigzag_varints
-from tally.streams.sessions import Attrs, Session, SessionKey
+from tally.streams.sessions import Attrs, Run, SessionKey
 
 from tally.caches import bounded_put
 
@@ -29,18 +29,19 @@ def signed(vid: int) -> int:
     return vid - (1 << 64) if vid >= 1 << 63 else vid
 
 
-def session_record(partition: int, version: int, key: SessionKey, s: Session | None) -> dict[str, Any]:
+def session_record(partition: int, version: int, key: SessionKey, s: Run | None) -> dict[str, Any]:
     """The `session` record of one session key: the session now, or its removal."""
     site, vid, _, start = key
     if s is None:
         return {"site": site, "visitor_id": signed(vid), "session_start": start, "session_end": start,
                 "partition": partition, "entry_page": "", "exit_page": "", "pageviews": 0, "events": 0,
                 "duration_ms": 0, "bounce": False, "version": version, "deleted": True}
-    rec = {"site": site, "visitor_id": signed(vid), "session_start": s.start, "session_end": s.end,
-           "partition": partition, "entry_page": s.entry[2], "exit_page": s.exit[2], "pageviews": s.pageviews,
-           "events": s.events, "duration_ms": s.duration_ms, "bounce": s.bounce, "version": version,
-           "deleted": False}
-    rec.update(zip(ATTR_FIELDS, s.attrs[1:], strict=True))
+    start, end, pageviews, events, entry, exit_ = s
+    rec = {"site": site, "visitor_id": signed(vid), "session_start": start, "session_end": end,
+           "partition": partition, "entry_page": entry[2], "exit_page": exit_[2], "pageviews": pageviews,
+           "events": events, "duration_ms": end - start, "bounce": pageviews == 1 and events == 1,
+           "version": version, "deleted": False}
+    rec.update(zip(ATTR_FIELDS, entry[3][1:], strict=True))
     return rec
 
 
@@ -89,7 +90,7 @@ class SessionEncoder:
         return bounded_put(self._attrs, attrs, b"".join([strings.get(v) or self._s(v) for v in attrs[1:]]),
                            self.CACHE_MAX)
 
-    def _bodies(self, partition: int, version: int, changes: list[tuple[SessionKey, Session | None]]) -> list[bytes]:
+    def _bodies(self, partition: int, version: int, changes: list[tuple[SessionKey, Run | None]]) -> list[bytes]:
         """The record bodies of many session keys: the big varints (visitor id, start, end,
         duration) of all of them in one vectorised pass, the rest from cached pieces."""
         ints: list[int] = []
@@ -97,7 +98,7 @@ class SessionEncoder:
             if s is None:
                 ints += (signed(vid), start, start, 0)
             else:
-                ints += (signed(vid), s.start, s.end, s.end - s.start)
+                ints += (signed(vid), s[0], s[1], s[1] - s[0])
         big = zigzag_varints(ints)
         lng, st, strings, attr_pieces = encode_long, self._s, self._strings, self._attrs
         tail, part = lng(version), lng(partition)
@@ -109,16 +110,17 @@ class SessionEncoder:
             if s is None:
                 out.append(b"".join((strings.get(site) or st(site), big[j], big[j + 1], big[j + 2], removed)))
                 continue
-            entry, exit_ = s.entry, s.exit[2]
+            _, _, pageviews, events, entry, exit_ = s
+            exit_ = exit_[2]
             out.append(b"".join((strings.get(site) or st(site), big[j], big[j + 1], big[j + 2], part,
                                  strings.get(entry[2]) or st(entry[2]), strings.get(exit_) or st(exit_),
-                                 lng(s.pageviews), lng(s.events), big[j + 3],
-                                 b"\x01" if s.pageviews == 1 and s.events == 1 else b"\x00",
+                                 lng(pageviews), lng(events), big[j + 3],
+                                 b"\x01" if pageviews == 1 and events == 1 else b"\x00",
                                  attr_pieces.get(entry[3]) or self._attr_piece(entry[3]), tail)))
         return out
 
     def batches(self, partition: int, version: int,
-                changes: dict[SessionKey, Session | None]) -> list[tuple[bytes, bytes]]:
+                changes: dict[SessionKey, Run | None]) -> list[tuple[bytes, bytes]]:
         """(Kafka key, `session_batch` bytes) records holding every changed session key, in the
         dict's order. The key (partition, version, record number) is unique but for a
         re-emission of the same state, so the topic's compaction never drops a row."""

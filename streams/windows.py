@@ -40,7 +40,7 @@ import orjson
 from tally.schemas.avro_writer import encode_long
 from tally.schemas.engagement import ENGAGEMENT
 from tally.streams.idsets import SeenEvents, VisitorSet, by_hour
-from tally.streams.sessions import Attrs, Session, Sessions, one_event, session_attrs
+from tally.streams.sessions import Attrs, Run, Sessions, session_attrs
 
 from tally.caches import bounded_put
 from tally.clock import epoch_ms
@@ -375,8 +375,8 @@ class PartitionState:
             key = (site, vid, pend)
             runs = visitors.get(key)
             if runs is None:
-                new = one_event(ms, is_pv, path, attrs)
-                visitors[key] = [new]
+                new = (ms, ms, 1 if is_pv else 0, 1, (0 if is_pv else 1, ms, path, attrs), (1 if is_pv else 0, ms, path))
+                visitors[key] = (new,)
                 changes[(site, vid, pend, ms)] = new
                 hour, day = ms - ms % HOUR_MS, ms - ms % DAY_MS
                 if hour + HOUR_MS >= opened:
@@ -387,31 +387,27 @@ class PartitionState:
                     _add(windows, ends, dirty, ("entry_page_day", site, path, day), day + DAY_MS, 1, version)
                     _add(windows, ends, dirty, ("exit_page_day", site, path, day), day + DAY_MS, 1, version)
                 continue
-            s = runs[-1]
-            start = s.start
-            if start <= ms and ms - s.end < timeout:
+            start, old_end, pvs, evs, e, x = runs[-1]
+            if start <= ms and ms - old_end < timeout:
                 # It reaches the last session only (the others end a timeout before its start).
-                e, ek = s.entry, 0 if is_pv else 1
+                ek = 0 if is_pv else 1
                 if ek > e[0] or (ek == e[0] and (ms > e[1] or (ms == e[1] and (path, attrs) >= (e[2], e[3])))):
-                    old_end, x = s.end, s.exit
-                    was_bounce = s.pageviews == 1 and s.events == 1  # after this event it is not
-                    if ms > old_end:
-                        s.end = ms
-                    s.pageviews += is_pv
-                    s.events += 1
                     xk = 1 if is_pv else 0
                     if xk > x[0] or (xk == x[0] and (ms > x[1] or (ms == x[1] and path > x[2]))):
-                        s.exit = (xk, ms, path)
-                    changes[(site, vid, pend, start)] = s
+                        now = (start, ms if ms > old_end else old_end, pvs + is_pv, evs + 1, e, (xk, ms, path))
+                    else:
+                        now = (start, ms if ms > old_end else old_end, pvs + is_pv, evs + 1, e, x)
+                    visitors[key] = (*runs[:-1], now) if len(runs) > 1 else (now,)
+                    changes[(site, vid, pend, start)] = now
                     hour = start - start % HOUR_MS
                     if hour + HOUR_MS >= opened:
                         if ms > old_end:
                             _add(windows, ends, dirty, ("visit_duration_hour", site, "", hour), hour + HOUR_MS,
                                  ms - old_end, version)
-                        if was_bounce:
+                        if pvs == 1 and evs == 1:  # it was a bounce; after this event it is not
                             _add(windows, ends, dirty, ("bounces_hour", site, "", hour), hour + HOUR_MS, -1, version)
                     day = start - start % DAY_MS
-                    if s.exit[2] != x[2] and day + DAY_MS >= opened:
+                    if now[5][2] != x[2] and day + DAY_MS >= opened:
                         _add(windows, ends, dirty, ("exit_page_day", site, x[2], day), day + DAY_MS, -1, version)
                         _add(windows, ends, dirty, ("exit_page_day", site, path, day), day + DAY_MS, 1, version)
                     continue
@@ -424,18 +420,18 @@ class PartitionState:
         """One event through Sessions.add: the general case (a merge, a start or entry moved)."""
         was, now = self.sessions.add(key, ms, is_pv, path, attrs, timeout)
         bump = self._bump
-        if len(was) == 1 and was[0].start == now.start and was[0].entry[2] == now.entry[2]:
-            old, start, site = was[0], now.start, attrs[0]
+        if len(was) == 1 and was[0][0] == now[0] and was[0][4][2] == now[4][2]:
+            old, start, site = was[0], now[0], attrs[0]
             hour = start - start % HOUR_MS
             if hour + HOUR_MS >= opened:
-                if now.end != old.end:
-                    bump(("visit_duration_hour", site, "", hour), hour + HOUR_MS, now.end - old.end)
-                if now.bounce != old.bounce:
-                    bump(("bounces_hour", site, "", hour), hour + HOUR_MS, now.bounce - old.bounce)
+                if now[1] != old[1]:
+                    bump(("visit_duration_hour", site, "", hour), hour + HOUR_MS, now[1] - old[1])
+                if _bounce(now) != _bounce(old):
+                    bump(("bounces_hour", site, "", hour), hour + HOUR_MS, _bounce(now) - _bounce(old))
             day = start - start % DAY_MS
-            if now.exit[2] != old.exit[2] and day + DAY_MS >= opened:
-                bump(("exit_page_day", site, old.exit[2], day), day + DAY_MS, -1)
-                bump(("exit_page_day", site, now.exit[2], day), day + DAY_MS, 1)
+            if now[5][2] != old[5][2] and day + DAY_MS >= opened:
+                bump(("exit_page_day", site, old[5][2], day), day + DAY_MS, -1)
+                bump(("exit_page_day", site, now[5][2], day), day + DAY_MS, 1)
             return
         for s in was:
             self._count_session(s, -1, opened)
@@ -445,21 +441,22 @@ class PartitionState:
         """Add n to a session window (created at 0): its version is the session events applied."""
         _add(self.windows, self.ends, self.session_dirty, key, end, n, self.session_events)
 
-    def _count_session(self, s: Session, sign: int, opened: int) -> None:
+    def _count_session(self, s: Run, sign: int, opened: int) -> None:
         """Add (sign 1) or take out (-1) one session in the windows of its start. The
         session windows are additive over time as well as over partitions (a visit is
         counted once, in the hour it started), so days and months are sums of hours."""
-        site, start, bump = s.entry[3][0], s.start, self._bump
+        start, end, _, _, entry, exit_ = s
+        site, bump = entry[3][0], self._bump
         hour, day = start - start % HOUR_MS, start - start % DAY_MS
         if hour + HOUR_MS >= opened:
             bump(("visits_hour", site, "", hour), hour + HOUR_MS, sign)
-            if s.pageviews == 1 and s.events == 1:
+            if _bounce(s):
                 bump(("bounces_hour", site, "", hour), hour + HOUR_MS, sign)
-            if s.end != start:
-                bump(("visit_duration_hour", site, "", hour), hour + HOUR_MS, sign * (s.end - start))
+            if end != start:
+                bump(("visit_duration_hour", site, "", hour), hour + HOUR_MS, sign * (end - start))
         if day + DAY_MS >= opened:
-            bump(("entry_page_day", site, s.entry[2], day), day + DAY_MS, sign)
-            bump(("exit_page_day", site, s.exit[2], day), day + DAY_MS, sign)
+            bump(("entry_page_day", site, entry[2], day), day + DAY_MS, sign)
+            bump(("exit_page_day", site, exit_[2], day), day + DAY_MS, sign)
 
     def _window(self, key: AggKey, end: int, with_visitors: bool) -> Window:
         w = self.windows.get(key)
@@ -507,6 +504,11 @@ class PartitionState:
     def memory_bytes(self) -> int:
         return (sum(w.visitors.nbytes() for w in self.windows.values() if w.visitors is not None)
                 + self.seen_events.nbytes())
+
+
+def _bounce(s: Run) -> int:
+    """1 for a bounce (one pageview and no other event), else 0."""
+    return 1 if s[2] == 1 and s[3] == 1 else 0
 
 
 def _add(windows: dict[AggKey, Window], ends: dict[AggKey, int], dirty: set[AggKey], key: AggKey, end: int,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tally.schemas.codec import default_codec
 from tally.streams import beacons as stage1
 from tally.streams.projection import reader
-from tally.streams.sessions import Sessions, sessionize
+from tally.streams.sessions import Session, Sessions, sessionize
 from tally.streams.windows import Delta, PartitionState, pageview_attrs, pageview_delta, period_end
 
 from tests.stream_support import expected_sessions
@@ -47,7 +47,7 @@ def test_acceptance_visits_bounces_and_durations():
         (2, BASE, True, "/b"),  # B
         (3, BASE, True, "/c1"), (3, BASE + 40 * MIN, True, "/c2"),  # C
     ])
-    runs = {k[1]: v for k, v in st.sessions.visitors.items()}
+    runs = {k[1]: [Session(*s) for s in v] for k, v in st.sessions.visitors.items()}
     (a,) = runs[1]
     assert (a.pageviews, a.bounce, a.duration_ms, a.entry[2], a.exit[2]) == (3, False, 10 * MIN, "/a1", "/a3")
     (b,) = runs[2]
@@ -88,7 +88,7 @@ def test_sessions_do_not_depend_on_the_order_of_arrival(raw, seed, chunk):
     for vid in {e[0] for e in events}:
         want = sessionize([(ms, pv, path, ATTRS) for v, ms, pv, path in events if v == vid], T)
         (got,) = [runs for k, runs in st.sessions.visitors.items() if k[1] == vid]
-        assert got == want
+        assert list(got) == want
     assert _windows(st) == _windows(_state_of(events))  # and neither do the windows
     # the windows equal the batch recomputation (the one the stream tests compare with)
     assert _windows(st) == expected_sessions((("a.com", vid, ms, pv, path) for vid, ms, pv, path in events), T // 1000)
@@ -132,7 +132,7 @@ def test_session_changes_name_removed_and_current_sessions():
     s.take_changes()
     s.add(key, BASE - 10 * MIN, True, "/w", ATTRS, T)  # extends the first session earlier: a new start
     changes = s.take_changes()
-    assert changes[(*key, BASE)] is None and changes[(*key, BASE - 10 * MIN)].entry[2] == "/w"
+    assert changes[(*key, BASE)] is None and Session(*changes[(*key, BASE - 10 * MIN)]).entry[2] == "/w"
 
 
 def test_session_input_survives_the_delta_bytes_and_both_stage1_paths_agree():
@@ -275,6 +275,7 @@ def test_session_windows_wait_for_the_session_flush_and_a_visit_changed_twice_is
     assert due[("bounces_hour", "a.com", "", hour)] == (0, 2)  # a bounce, then not: the last version
     assert due[("visit_duration_hour", "a.com", "", hour)] == (5 * MIN, 2)
     assert due[("exit_page_day", "a.com", "/a", day)] == (0, 2) and due[("exit_page_day", "a.com", "/b", day)] == (1, 2)
-    (session,) = st.sessions.take_changes().values()  # one row for the visit's two changes
+    (run,) = st.sessions.take_changes().values()  # one row for the visit's two changes
+    session = Session(*run)
     assert (session.pageviews, session.entry[2], session.exit[2]) == (2, "/a", "/b")
     assert not st.take_dirty_windows(sessions=True) and not st.session_dirty
