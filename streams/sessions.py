@@ -37,18 +37,18 @@ VisitorKey = tuple[str, int, int]  # site, visitor id (unsigned 64 bits), period
 SessionKey = tuple[str, int, int, int]  # site, visitor id, period end, session start (ms)
 Entry = tuple[int, int, str, Attrs]  # (0 for a pageview else 1, ms, path, attrs): the smallest wins
 Exit = tuple[int, int, str]  # (1 for a pageview else 0, ms, path): the largest wins
-# A session as the state holds it: a plain tuple (start, end, pageviews, events, entry, exit).
-# Plain tuples of ints, strings and plain tuples are untracked by the garbage collector after
-# its first pass over them: the state holds one per visit, and as objects the collector's
-# full passes over them cost ~4 us per event (bench/stream_offline.py, independent traffic).
-Run = tuple[int, int, int, int, Entry, Exit]
-# A visitor's sessions, sorted by start, each at least the timeout apart from the next.
-Runs = tuple[Run, ...]
+# A session as the state holds it: one flat plain tuple, (start, end, pageviews, events,
+# *entry, *exit). Plain tuples of ints and strings are untracked by the garbage collector after
+# its first pass over them, and every object the state keeps per visit costs the collector's
+# passes (~0.3 us each, bench/stream_offline.py): one tuple per visit, not a Session object,
+# a list and two nested tuples.
+Run = tuple[int, int, int, int, int, int, str, Attrs, int, int, str]
+START, END, PAGEVIEWS, EVENTS, ENTRY, EXIT = 0, 1, 2, 3, slice(4, 8), slice(8, 11)
+ATTRS_AT, EXIT_PATH = 7, 10
 
 
 class Session(NamedTuple):
-    """A session with names: what the state's plain tuples (Run) read as (Session(*run)); it
-    compares equal to the plain tuple of the same values."""
+    """A session with names: what a Run reads as (`session(run)`)."""
 
     start: int
     end: int
@@ -71,35 +71,48 @@ class Session(NamedTuple):
         return self.entry[3]
 
 
+def session(run: Run) -> Session:
+    return Session(run[0], run[1], run[2], run[3], run[ENTRY], run[EXIT])  # type: ignore[arg-type]
+
+
 def one_event(ms: int, is_pv: bool, path: str, attrs: Attrs) -> Run:
-    return (ms, ms, int(is_pv), 1, (0 if is_pv else 1, ms, path, attrs), (1 if is_pv else 0, ms, path))
+    return (ms, ms, 1 if is_pv else 0, 1, 0 if is_pv else 1, ms, path, attrs, 1 if is_pv else 0, ms, path)
 
 
 def merged(a: Run, b: Run) -> Run:
     """One session of two (every summary merges associatively)."""
-    return (min(a[0], b[0]), max(a[1], b[1]), a[2] + b[2], a[3] + b[3], min(a[4], b[4]), max(a[5], b[5]))
+    return (min(a[0], b[0]), max(a[1], b[1]), a[2] + b[2], a[3] + b[3], *min(a[ENTRY], b[ENTRY]),
+            *max(a[EXIT], b[EXIT]))  # type: ignore[return-value]
 
 
 class Sessions:
-    """The sessions of one partition's visitors: per visitor key, its Runs.
+    """The sessions of one partition's visitors: per visitor key its last session (by start)
+    in `last`, and its earlier ones, if any, in `earlier` (sorted by start, each at least the
+    timeout apart from the next): one dict entry and one tuple for nearly every visitor.
 
     `add` returns the sessions an event replaced and the one it is now part of, so the caller
     can take the replaced ones out of its aggregates and put the new one in. Changed and
     removed sessions are remembered until `take_changes` (the session rows to emit)."""
 
     def __init__(self) -> None:
-        self.visitors: dict[VisitorKey, Runs] = {}
+        self.last: dict[VisitorKey, Run] = {}
+        self.earlier: dict[VisitorKey, tuple[Run, ...]] = {}
         # session key -> the session now (None: it no longer exists under that key)
         self.changes: dict[SessionKey, Run | None] = {}
 
+    def runs(self, key: VisitorKey) -> tuple[Run, ...]:
+        """A visitor's sessions, sorted by start."""
+        last = self.last.get(key)
+        return () if last is None else (*self.earlier.get(key, ()), last)
+
+    def visitors(self) -> dict[VisitorKey, tuple[Run, ...]]:
+        """Every visitor's sessions (for tests and checks: it builds a dict)."""
+        return {k: self.runs(k) for k in self.last}
+
     def add(self, key: VisitorKey, ms: int, is_pv: bool, path: str, attrs: Attrs,
             timeout_ms: int) -> tuple[list[Run], Run]:
-        runs = self.visitors.get(key)
         new = one_event(ms, is_pv, path, attrs)
-        if runs is None:
-            self.visitors[key] = (new,)
-            self.changes[(*key, ms)] = new
-            return [], new
+        runs = self.runs(key)
         # The sessions this event reaches: those with start - timeout < ms < end + timeout.
         # The runs are sorted and far apart, so they are adjacent (nearly always the last).
         hi = len(runs)
@@ -112,7 +125,12 @@ class Sessions:
         now = new
         for s in old:
             now = merged(s, now)
-        self.visitors[key] = (*runs[:lo], now, *runs[hi:])
+        runs = (*runs[:lo], now, *runs[hi:])
+        self.last[key] = runs[-1]
+        if len(runs) > 1:
+            self.earlier[key] = runs[:-1]
+        else:
+            self.earlier.pop(key, None)
         for s in old:
             self.changes[(*key, s[0])] = None
         self.changes[(*key, now[0])] = now
@@ -124,13 +142,14 @@ class Sessions:
 
     def prune(self, closed_before_ms: int) -> int:
         """Forget the visitors whose period ended before closed_before_ms."""
-        old = [k for k in self.visitors if k[2] < closed_before_ms]
+        old = [k for k in self.last if k[2] < closed_before_ms]
         for k in old:
-            del self.visitors[k]
+            del self.last[k]
+            self.earlier.pop(k, None)
         return len(old)
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self.visitors.values())
+        return len(self.last) + sum(len(v) for v in self.earlier.values())
 
 
 def sessionize(events: list[tuple[int, bool, str, Attrs]], timeout_ms: int) -> list[Session]:
@@ -144,4 +163,4 @@ def sessionize(events: list[tuple[int, bool, str, Attrs]], timeout_ms: int) -> l
             out[-1] = merged(out[-1], ev)
         else:
             out.append(ev)
-    return [Session(*s) for s in out]
+    return [session(s) for s in out]

@@ -364,7 +364,7 @@ class PartitionState:
         session without moving its start or its entry (only what changed is counted: the
         duration, the bounce, the exit page). Anything else goes through Sessions.add."""
         sessions = self.sessions
-        visitors, changes = sessions.visitors, sessions.changes
+        last, changes = sessions.last, sessions.changes
         windows, ends, dirty = self.windows, self.ends, self.session_dirty
         timeout = d.session_timeout_ms
         opened = -1 if open_after_ms is None else open_after_ms
@@ -373,10 +373,12 @@ class PartitionState:
             version += 1
             site = attrs[0]
             key = (site, vid, pend)
-            runs = visitors.get(key)
-            if runs is None:
-                new = (ms, ms, 1 if is_pv else 0, 1, (0 if is_pv else 1, ms, path, attrs), (1 if is_pv else 0, ms, path))
-                visitors[key] = (new,)
+            s = last.get(key)
+            if s is None:
+                if is_pv:
+                    new = last[key] = (ms, ms, 1, 1, 0, ms, path, attrs, 1, ms, path)
+                else:
+                    new = last[key] = (ms, ms, 0, 1, 1, ms, path, attrs, 0, ms, path)
                 changes[(site, vid, pend, ms)] = new
                 hour, day = ms - ms % HOUR_MS, ms - ms % DAY_MS
                 if hour + HOUR_MS >= opened:
@@ -387,17 +389,16 @@ class PartitionState:
                     _add(windows, ends, dirty, ("entry_page_day", site, path, day), day + DAY_MS, 1, version)
                     _add(windows, ends, dirty, ("exit_page_day", site, path, day), day + DAY_MS, 1, version)
                 continue
-            start, old_end, pvs, evs, e, x = runs[-1]
+            start, old_end, pvs, evs, ek0, ems, epath, eattrs, xk0, xms, xpath = s
             if start <= ms and ms - old_end < timeout:
                 # It reaches the last session only (the others end a timeout before its start).
                 ek = 0 if is_pv else 1
-                if ek > e[0] or (ek == e[0] and (ms > e[1] or (ms == e[1] and (path, attrs) >= (e[2], e[3])))):
+                if ek > ek0 or (ek == ek0 and (ms > ems or (ms == ems and (path, attrs) >= (epath, eattrs)))):
                     xk = 1 if is_pv else 0
-                    if xk > x[0] or (xk == x[0] and (ms > x[1] or (ms == x[1] and path > x[2]))):
-                        now = (start, ms if ms > old_end else old_end, pvs + is_pv, evs + 1, e, (xk, ms, path))
-                    else:
-                        now = (start, ms if ms > old_end else old_end, pvs + is_pv, evs + 1, e, x)
-                    visitors[key] = (*runs[:-1], now) if len(runs) > 1 else (now,)
+                    end = ms if ms > old_end else old_end
+                    moved = xk > xk0 or (xk == xk0 and (ms > xms or (ms == xms and path > xpath)))
+                    now = last[key] = ((start, end, pvs + is_pv, evs + 1, ek0, ems, epath, eattrs, xk, ms, path) if moved
+                                       else (start, end, pvs + is_pv, evs + 1, ek0, ems, epath, eattrs, xk0, xms, xpath))
                     changes[(site, vid, pend, start)] = now
                     hour = start - start % HOUR_MS
                     if hour + HOUR_MS >= opened:
@@ -407,8 +408,8 @@ class PartitionState:
                         if pvs == 1 and evs == 1:  # it was a bounce; after this event it is not
                             _add(windows, ends, dirty, ("bounces_hour", site, "", hour), hour + HOUR_MS, -1, version)
                     day = start - start % DAY_MS
-                    if now[5][2] != x[2] and day + DAY_MS >= opened:
-                        _add(windows, ends, dirty, ("exit_page_day", site, x[2], day), day + DAY_MS, -1, version)
+                    if moved and path != xpath and day + DAY_MS >= opened:
+                        _add(windows, ends, dirty, ("exit_page_day", site, xpath, day), day + DAY_MS, -1, version)
                         _add(windows, ends, dirty, ("exit_page_day", site, path, day), day + DAY_MS, 1, version)
                     continue
             self.session_events = version
@@ -420,7 +421,7 @@ class PartitionState:
         """One event through Sessions.add: the general case (a merge, a start or entry moved)."""
         was, now = self.sessions.add(key, ms, is_pv, path, attrs, timeout)
         bump = self._bump
-        if len(was) == 1 and was[0][0] == now[0] and was[0][4][2] == now[4][2]:
+        if len(was) == 1 and was[0][0] == now[0] and was[0][6] == now[6]:
             old, start, site = was[0], now[0], attrs[0]
             hour = start - start % HOUR_MS
             if hour + HOUR_MS >= opened:
@@ -429,9 +430,9 @@ class PartitionState:
                 if _bounce(now) != _bounce(old):
                     bump(("bounces_hour", site, "", hour), hour + HOUR_MS, _bounce(now) - _bounce(old))
             day = start - start % DAY_MS
-            if now[5][2] != old[5][2] and day + DAY_MS >= opened:
-                bump(("exit_page_day", site, old[5][2], day), day + DAY_MS, -1)
-                bump(("exit_page_day", site, now[5][2], day), day + DAY_MS, 1)
+            if now[10] != old[10] and day + DAY_MS >= opened:
+                bump(("exit_page_day", site, old[10], day), day + DAY_MS, -1)
+                bump(("exit_page_day", site, now[10], day), day + DAY_MS, 1)
             return
         for s in was:
             self._count_session(s, -1, opened)
@@ -445,8 +446,8 @@ class PartitionState:
         """Add (sign 1) or take out (-1) one session in the windows of its start. The
         session windows are additive over time as well as over partitions (a visit is
         counted once, in the hour it started), so days and months are sums of hours."""
-        start, end, _, _, entry, exit_ = s
-        site, bump = entry[3][0], self._bump
+        start, end, entry_path, site, exit_path = s[0], s[1], s[6], s[7][0], s[10]
+        bump = self._bump
         hour, day = start - start % HOUR_MS, start - start % DAY_MS
         if hour + HOUR_MS >= opened:
             bump(("visits_hour", site, "", hour), hour + HOUR_MS, sign)
@@ -455,8 +456,8 @@ class PartitionState:
             if end != start:
                 bump(("visit_duration_hour", site, "", hour), hour + HOUR_MS, sign * (end - start))
         if day + DAY_MS >= opened:
-            bump(("entry_page_day", site, entry[2], day), day + DAY_MS, sign)
-            bump(("exit_page_day", site, exit_[2], day), day + DAY_MS, sign)
+            bump(("entry_page_day", site, entry_path, day), day + DAY_MS, sign)
+            bump(("exit_page_day", site, exit_path, day), day + DAY_MS, sign)
 
     def _window(self, key: AggKey, end: int, with_visitors: bool) -> Window:
         w = self.windows.get(key)

@@ -68,7 +68,7 @@ def _totals(st: PartitionState) -> dict:
 
 
 def _sessions(st: PartitionState) -> dict:
-    return {k: list(v) for k, v in st.sessions.visitors.items()}
+    return st.sessions.visitors()
 
 
 @pytest.mark.parametrize("timeout", [T, 0])
