@@ -39,6 +39,7 @@ import numpy as np
 import orjson
 from tally.schemas.avro_writer import encode_long
 from tally.schemas.engagement import ENGAGEMENT
+from tally.streams.avro_bytes import zigzag_packed
 from tally.streams.idsets import SeenEvents, VisitorSet, by_hour
 from tally.streams.sessions import Attrs, Run, Sessions, session_attrs
 
@@ -143,7 +144,9 @@ class Delta:
                     i = attrs[a] = len(attrs)
                 rows.append((ms, is_pv, path, pend, i))
                 flat.append(vid)
-            head["x"] = {"t": self.session_timeout_ms, "a": list(attrs), "e": rows}
+            texts = _ATTRS_TEXT
+            head["x"] = {"t": self.session_timeout_ms, "e": rows,
+                         "a": [texts.get(a) or _attrs_text(a) for a in attrs]}
             if self.event_ids:  # after the visitor ids, one per event
                 head["x"]["i"] = 1
                 flat.extend(self.event_ids)
@@ -173,7 +176,8 @@ class Delta:
         x = head.get("x")
         if x:
             d.session_timeout_ms = x["t"]
-            attrs = [session_attrs(a) for a in x["a"]]
+            read = _ATTRS_READ
+            attrs = [(read.get(a) or _read_attrs(a)) if a.__class__ is str else session_attrs(a) for a in x["a"]]
             d.events = [(ids[at + j], ms, bool(pv), path, pend, attrs[i])
                         for j, (ms, pv, path, pend, i) in enumerate(x["e"])]
             if x.get("i"):
@@ -183,6 +187,23 @@ class Delta:
             d.event_times = head["i"]
             d.event_ids = ids[at:at + len(d.event_times)]
         return d
+
+
+# A delta's session attributes go as the JSON text of each distinct tuple (a string in the
+# header's list): stage 2 reads each text once and then finds it here, the same tuple object
+# for every delta that carries it, instead of a new list of twelve strings per delta.
+# (Deltas written before carry lists: read as they are.)
+ATTRS_CACHE_MAX = 65536
+_ATTRS_TEXT: dict[Attrs, str] = {}
+_ATTRS_READ: dict[str, Attrs] = {}
+
+
+def _attrs_text(attrs: Attrs) -> str:
+    return bounded_put(_ATTRS_TEXT, attrs, orjson.dumps(attrs).decode(), ATTRS_CACHE_MAX)
+
+
+def _read_attrs(a: str) -> Attrs:
+    return bounded_put(_ATTRS_READ, a, session_attrs(orjson.loads(a)), ATTRS_CACHE_MAX)
 
 
 def pageview_attrs(pv: dict[str, Any]) -> Attrs:
@@ -583,6 +604,19 @@ class TotalsEncoder:
         # The header was found, so the last three fields are Avro longs (zigzag varints).
         uniques = len(w.visitors) if w.visitors is not None else 0
         return agg_key, b"".join((fixed, encode_long(w.count), encode_long(uniques), encode_long(w.events)))
+
+    def many(self, st: PartitionState, items: list[tuple[AggKey, Window]]) -> list[tuple[bytes, bytes]]:
+        """self(st, key, w) of many windows (a flush's): the varying fields of all of them as
+        one vectorised pass of varints, three consecutive ones per window, so one slice each."""
+        wires = [w.wire or self._wire(st, key, w) for key, w in items]
+        if not wires or wires[0][0] is None:  # the codec path (the header is the same for every window)
+            return [self(st, key, w) for key, w in items]
+        nums: list[int] = []
+        for _, w in items:
+            nums += (w.count, len(w.visitors) if w.visitors is not None else 0, w.events)
+        data, at = zigzag_packed(np.array(nums, dtype=np.int64))
+        return [(agg_key, fixed + data[at[i]:at[i + 3]]) for i, (fixed, agg_key) in zip(range(0, len(nums), 3), wires,
+                                                                                          strict=True)]
 
     def _string(self, value: str) -> bytes:
         return bounded_put(self._strings, value, _avro_string(value), self.SHARED_MAX)

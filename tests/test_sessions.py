@@ -202,6 +202,25 @@ def test_sessions_keep_the_entry_utm_content_and_term_and_read_older_deltas():
     assert session_record(0, 2, skey, sess)["utm_content"] == ""
 
 
+def test_deltas_with_the_attributes_as_lists_read_as_before():
+    """Deltas written before the attributes went as JSON texts carry them as lists."""
+    import struct
+
+    import orjson
+
+    pend = period_end(BASE, "day")
+    d = Delta(0, 1, session_timeout_ms=T, events=[(7, BASE, True, "/in", pend, ATTRS),
+                                                  (8, BASE, True, "/in", pend, ATTRS[:10])])
+    raw = d.encode()
+    (n,) = struct.unpack_from(">I", raw)
+    head = orjson.loads(raw[4:4 + n])
+    assert all(isinstance(a, str) for a in head["x"]["a"])
+    head["x"]["a"] = [orjson.loads(a) for a in head["x"]["a"]]
+    old = orjson.dumps(head)
+    read = Delta.decode(struct.pack(">I", len(old)) + old + raw[4 + n:])
+    assert read.events == Delta.decode(raw).events == [(7, BASE, True, "/in", pend, ATTRS), (8, BASE, True, "/in", pend, ATTRS)]
+
+
 def _some_changes() -> dict:
     s = Sessions()
     attrs = ("b\u00fccher.example", "search", "www.google.com", "news", "", "winter", "mobile", "Mobile Safari", "iOS", "DE",
