@@ -33,18 +33,18 @@ def session_attrs(values: list[str] | tuple[str, ...]) -> Attrs:
     """Attributes read back from a changelog or delta; those written before utm_content and
     utm_term were kept (10 values) get "" for both."""
     return (*values, "", "") if len(values) == ATTRS_LEN - 2 else tuple(values)
+
+
 VisitorKey = tuple[str, int, int]  # site, visitor id (unsigned 64 bits), period end (ms)
 SessionKey = tuple[str, int, int, int]  # site, visitor id, period end, session start (ms)
 Entry = tuple[int, int, str, Attrs]  # (0 for a pageview else 1, ms, path, attrs): the smallest wins
 Exit = tuple[int, int, str]  # (1 for a pageview else 0, ms, path): the largest wins
 # A session as the state holds it: one flat plain tuple, (start, end, pageviews, events,
-# *entry, *exit). Plain tuples of ints and strings are untracked by the garbage collector after
-# its first pass over them, and every object the state keeps per visit costs the collector's
-# passes (~0.3 us each, bench/stream_offline.py): one tuple per visit, not a Session object,
-# a list and two nested tuples.
+# *entry, *exit). Every container object the state keeps per visit costs the garbage
+# collector's passes (~0.3 us each, bench/stream_offline.py); plain tuples of ints and strings
+# are untracked after its first look, objects and lists never are.
 Run = tuple[int, int, int, int, int, int, str, Attrs, int, int, str]
-START, END, PAGEVIEWS, EVENTS, ENTRY, EXIT = 0, 1, 2, 3, slice(4, 8), slice(8, 11)
-ATTRS_AT, EXIT_PATH = 7, 10
+ENTRY, EXIT = slice(4, 8), slice(8, 11)
 
 
 class Session(NamedTuple):
