@@ -220,17 +220,34 @@ _LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
 _COLUMNS = np.arange(10)
 
 
-def zigzag_varints(values: list[int]) -> list[bytes]:
-    """Avro long encodings of many signed 64-bit ints (vectorised; visitor ids are ~10 bytes)."""
-    if not values:
-        return []
-    v = np.array(values, dtype=np.int64)
+def _zigzag_groups(values: list[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ten 7-bit groups (continuation bits set) of each value's Avro long, and its length."""
+    v = values if isinstance(values, np.ndarray) else np.array(values, dtype=np.int64)
     z = (v.astype(np.uint64) << np.uint64(1)) ^ (v >> np.int64(63)).astype(np.uint64)
     lengths = 1 + (z[:, None] >= _LIMITS).sum(axis=1)
     groups = (z[:, None] >> _SHIFTS) & np.uint64(0x7F)
     groups |= ((lengths[:, None] - 1) > _COLUMNS).astype(np.uint64) << np.uint64(7)  # continuation bits
-    flat = groups.astype(np.uint8).tobytes()
+    return groups.astype(np.uint8), lengths
+
+
+def zigzag_varints(values: list[int]) -> list[bytes]:
+    """Avro long encodings of many signed 64-bit ints (vectorised; visitor ids are ~10 bytes)."""
+    if not values:
+        return []
+    groups, lengths = _zigzag_groups(values)
+    flat = groups.tobytes()
     return [flat[i:i + n] for i, n in zip(range(0, 10 * len(values), 10), lengths.tolist(), strict=True)]
+
+
+def zigzag_packed(values: np.ndarray) -> tuple[bytes, list[int]]:
+    """The Avro long encodings of many signed 64-bit ints, one after the other, and where
+    each starts (one more offset than values: the end). Consecutive values are one slice."""
+    if not len(values):
+        return b"", [0]
+    groups, lengths = _zigzag_groups(values)
+    at = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=at[1:])
+    return groups[lengths[:, None] > _COLUMNS].tobytes(), at.tolist()
 
 
 class PageviewWriter:

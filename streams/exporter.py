@@ -95,7 +95,7 @@ class WorkerCollector(Collector):
                      [((kind,), sum(len(st.windows) for st in states)) for kind, states in held.items()])
         # len() of the dicts only: the event loop thread changes them while this thread reads.
         yield _gauge("tally_worker_state_session_visitors", "Visitors with open sessions, over held partitions.",
-                     ["kind"], [((kind,), sum(len(st.sessions.visitors) for st in states))
+                     ["kind"], [((kind,), sum(len(st.sessions.last) for st in states))
                                 for kind, states in held.items()])
         yield _gauge("tally_worker_rebuild_seconds", "Seconds the last rebuild of a held partition's state took.",
                      ["kind", "partition"], [((kind, str(p)), secs) for kind, store in self.stores.items()

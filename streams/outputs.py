@@ -188,7 +188,7 @@ class Totals:
         sent = 0
         for store in self.stores.values():
             for st in list(store.states.values()):
-                sent += produce_all(producer, topic, [encode(st, key, w) for key, w in st.take_dirty_windows(sessions)])
+                sent += produce_all(producer, topic, encode.many(st, st.take_dirty_windows(sessions)))
                 if sessions:
                     sent += self._sessions(producer, st)
                 if prune:

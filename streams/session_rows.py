@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from tally.schemas.avro_writer import encode_long, encoded, field_writers
-from tally.streams.avro_bytes import zigzag_varints
-from tally.streams.sessions import Attrs, Session, SessionKey
+from tally.streams.avro_bytes import zigzag_packed
+from tally.streams.sessions import Attrs, Run, SessionKey
 
 from tally.caches import bounded_put
 
@@ -29,18 +30,19 @@ def signed(vid: int) -> int:
     return vid - (1 << 64) if vid >= 1 << 63 else vid
 
 
-def session_record(partition: int, version: int, key: SessionKey, s: Session | None) -> dict[str, Any]:
+def session_record(partition: int, version: int, key: SessionKey, s: Run | None) -> dict[str, Any]:
     """The `session` record of one session key: the session now, or its removal."""
     site, vid, _, start = key
     if s is None:
         return {"site": site, "visitor_id": signed(vid), "session_start": start, "session_end": start,
                 "partition": partition, "entry_page": "", "exit_page": "", "pageviews": 0, "events": 0,
                 "duration_ms": 0, "bounce": False, "version": version, "deleted": True}
-    rec = {"site": site, "visitor_id": signed(vid), "session_start": s.start, "session_end": s.end,
-           "partition": partition, "entry_page": s.entry[2], "exit_page": s.exit[2], "pageviews": s.pageviews,
-           "events": s.events, "duration_ms": s.duration_ms, "bounce": s.bounce, "version": version,
-           "deleted": False}
-    rec.update(zip(ATTR_FIELDS, s.attrs[1:], strict=True))
+    start, end, pageviews, events, _, _, entry_page, attrs, _, _, exit_page = s
+    rec = {"site": site, "visitor_id": signed(vid), "session_start": start, "session_end": end,
+           "partition": partition, "entry_page": entry_page, "exit_page": exit_page, "pageviews": pageviews,
+           "events": events, "duration_ms": end - start, "bounce": pageviews == 1 and events == 1,
+           "version": version, "deleted": False}
+    rec.update(zip(ATTR_FIELDS, attrs[1:], strict=True))
     return rec
 
 
@@ -71,7 +73,7 @@ class SessionEncoder:
                 self._attr_writers, ("direct", *[""] * (len(ATTR_FIELDS) - 1)), strict=True))
             # The record is header | row count | rows | 0 (one Avro array block).
             whole = codec.encode("session_batch", {"items": [session_record(0, 0, ("", 0, 0, 0), None)]})
-            body = b"\x02" + self._bodies(0, 0, [(("", 0, 0, 0), None)])[0] + b"\x00"
+            body = b"\x02" + self._bodies(0, 0, {("", 0, 0, 0): None})[0] + b"\x00"
             self.fast = plain and whole.endswith(body)
             self._header = whole[:-len(body)]
 
@@ -89,42 +91,47 @@ class SessionEncoder:
         return bounded_put(self._attrs, attrs, b"".join([strings.get(v) or self._s(v) for v in attrs[1:]]),
                            self.CACHE_MAX)
 
-    def _bodies(self, partition: int, version: int, changes: list[tuple[SessionKey, Session | None]]) -> list[bytes]:
-        """The record bodies of many session keys: the big varints (visitor id, start, end,
-        duration) of all of them in one vectorised pass, the rest from cached pieces."""
-        ints: list[int] = []
-        for (_, vid, _, start), s in changes:
+    def _bodies(self, partition: int, version: int, changes: dict[SessionKey, Run | None]) -> list[bytes]:
+        """The record bodies of many session keys: every varint of them (visitor id, start,
+        end; pageviews, events, duration) in one vectorised pass, each group of three
+        consecutive in the row and so one slice; the rest from cached pieces."""
+        vids: list[int] = []
+        nums: list[int] = []  # per row: start, end, pageviews, events, duration
+        for (_, vid, _, start), s in changes.items():
+            vids.append(vid)
             if s is None:
-                ints += (signed(vid), start, start, 0)
+                nums += (start, start, 0, 0, 0)
             else:
-                ints += (signed(vid), s.start, s.end, s.end - s.start)
-        big = zigzag_varints(ints)
-        lng, st, strings, attr_pieces = encode_long, self._s, self._strings, self._attrs
-        tail, part = lng(version), lng(partition)
+                nums += (s[0], s[1], s[2], s[3], s[1] - s[0])
+        cols = np.empty((len(vids), 6), dtype=np.int64)
+        cols[:, 0] = np.array(vids, dtype=np.uint64).view(np.int64)  # as pageviews.visitor_id holds it (signed)
+        cols[:, 1:] = np.array(nums, dtype=np.int64).reshape(-1, 5)
+        data, at = zigzag_packed(cols.reshape(-1))
+        st, strings, attr_pieces = self._s, self._strings, self._attrs
+        tail, part = encode_long(version), encode_long(partition)
         removed = b"".join((part, b"\x00\x00\x00\x00\x00\x00", self._no_attrs, tail, b"\x01"))
         tail += b"\x00"
         out = []
-        for i, ((site, _, _, _), s) in enumerate(changes):
-            j = 4 * i
+        j = 0
+        for (site, _, _, _), s in changes.items():
             if s is None:
-                out.append(b"".join((strings.get(site) or st(site), big[j], big[j + 1], big[j + 2], removed)))
-                continue
-            entry, exit_ = s.entry, s.exit[2]
-            out.append(b"".join((strings.get(site) or st(site), big[j], big[j + 1], big[j + 2], part,
-                                 strings.get(entry[2]) or st(entry[2]), strings.get(exit_) or st(exit_),
-                                 lng(s.pageviews), lng(s.events), big[j + 3],
-                                 b"\x01" if s.pageviews == 1 and s.events == 1 else b"\x00",
-                                 attr_pieces.get(entry[3]) or self._attr_piece(entry[3]), tail)))
+                out.append(b"".join((strings.get(site) or st(site), data[at[j]:at[j + 3]], removed)))
+            else:
+                entry, attrs, exit_ = s[6], s[7], s[10]
+                out.append(b"".join((strings.get(site) or st(site), data[at[j]:at[j + 3]], part,
+                                     strings.get(entry) or st(entry), strings.get(exit_) or st(exit_),
+                                     data[at[j + 3]:at[j + 6]], b"\x01" if s[2] == 1 and s[3] == 1 else b"\x00",
+                                     attr_pieces.get(attrs) or self._attr_piece(attrs), tail)))
+            j += 6
         return out
 
     def batches(self, partition: int, version: int,
-                changes: dict[SessionKey, Session | None]) -> list[tuple[bytes, bytes]]:
+                changes: dict[SessionKey, Run | None]) -> list[tuple[bytes, bytes]]:
         """(Kafka key, `session_batch` bytes) records holding every changed session key, in the
         dict's order. The key (partition, version, record number) is unique but for a
         re-emission of the same state, so the topic's compaction never drops a row."""
-        items = list(changes.items())
         if not self.fast:
-            rows = [session_record(partition, version, k, s) for k, s in items]
+            rows = [session_record(partition, version, k, s) for k, s in changes.items()]
             step = max(1, self.RECORD_BYTES // 256)
             chunks = [rows[i:i + step] for i in range(0, len(rows), step)]
             return [(f"{partition}|{version}|{i}".encode(), self.codec.encode("session_batch", {"items": chunk}))
@@ -132,7 +139,7 @@ class SessionEncoder:
         out: list[tuple[bytes, bytes]] = []
         chunk: list[bytes] = []
         size = 0
-        for body in self._bodies(partition, version, items):
+        for body in self._bodies(partition, version, changes):
             chunk.append(body)
             size += len(body)
             if size >= self.RECORD_BYTES:

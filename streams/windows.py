@@ -39,8 +39,9 @@ import numpy as np
 import orjson
 from tally.schemas.avro_writer import encode_long
 from tally.schemas.engagement import ENGAGEMENT
+from tally.streams.avro_bytes import zigzag_packed
 from tally.streams.idsets import SeenEvents, VisitorSet, by_hour
-from tally.streams.sessions import Attrs, Session, Sessions, one_event, session_attrs
+from tally.streams.sessions import Attrs, Run, Sessions, session_attrs
 
 from tally.caches import bounded_put
 from tally.clock import epoch_ms
@@ -143,7 +144,9 @@ class Delta:
                     i = attrs[a] = len(attrs)
                 rows.append((ms, is_pv, path, pend, i))
                 flat.append(vid)
-            head["x"] = {"t": self.session_timeout_ms, "a": list(attrs), "e": rows}
+            texts = _ATTRS_TEXT
+            head["x"] = {"t": self.session_timeout_ms, "e": rows,
+                         "a": [texts.get(a) or _attrs_text(a) for a in attrs]}
             if self.event_ids:  # after the visitor ids, one per event
                 head["x"]["i"] = 1
                 flat.extend(self.event_ids)
@@ -173,7 +176,8 @@ class Delta:
         x = head.get("x")
         if x:
             d.session_timeout_ms = x["t"]
-            attrs = [session_attrs(a) for a in x["a"]]
+            read = _ATTRS_READ
+            attrs = [(read.get(a) or _read_attrs(a)) if a.__class__ is str else session_attrs(a) for a in x["a"]]
             d.events = [(ids[at + j], ms, bool(pv), path, pend, attrs[i])
                         for j, (ms, pv, path, pend, i) in enumerate(x["e"])]
             if x.get("i"):
@@ -183,6 +187,23 @@ class Delta:
             d.event_times = head["i"]
             d.event_ids = ids[at:at + len(d.event_times)]
         return d
+
+
+# A delta's session attributes go as the JSON text of each distinct tuple (a string in the
+# header's list): stage 2 reads each text once and then finds it here, the same tuple object
+# for every delta that carries it, instead of a new list of twelve strings per delta.
+# (Deltas written before carry lists: read as they are.)
+ATTRS_CACHE_MAX = 65536
+_ATTRS_TEXT: dict[Attrs, str] = {}
+_ATTRS_READ: dict[str, Attrs] = {}
+
+
+def _attrs_text(attrs: Attrs) -> str:
+    return bounded_put(_ATTRS_TEXT, attrs, orjson.dumps(attrs).decode(), ATTRS_CACHE_MAX)
+
+
+def _read_attrs(a: str) -> Attrs:
+    return bounded_put(_ATTRS_READ, a, session_attrs(orjson.loads(a)), ATTRS_CACHE_MAX)
 
 
 def pageview_attrs(pv: dict[str, Any]) -> Attrs:
@@ -364,7 +385,7 @@ class PartitionState:
         session without moving its start or its entry (only what changed is counted: the
         duration, the bounce, the exit page). Anything else goes through Sessions.add."""
         sessions = self.sessions
-        visitors, changes = sessions.visitors, sessions.changes
+        last, changes = sessions.last, sessions.changes
         windows, ends, dirty = self.windows, self.ends, self.session_dirty
         timeout = d.session_timeout_ms
         opened = -1 if open_after_ms is None else open_after_ms
@@ -373,10 +394,12 @@ class PartitionState:
             version += 1
             site = attrs[0]
             key = (site, vid, pend)
-            runs = visitors.get(key)
-            if runs is None:
-                new = one_event(ms, is_pv, path, attrs)
-                visitors[key] = [new]
+            s = last.get(key)
+            if s is None:
+                if is_pv:
+                    new = last[key] = (ms, ms, 1, 1, 0, ms, path, attrs, 1, ms, path)
+                else:
+                    new = last[key] = (ms, ms, 0, 1, 1, ms, path, attrs, 0, ms, path)
                 changes[(site, vid, pend, ms)] = new
                 hour, day = ms - ms % HOUR_MS, ms - ms % DAY_MS
                 if hour + HOUR_MS >= opened:
@@ -387,32 +410,27 @@ class PartitionState:
                     _add(windows, ends, dirty, ("entry_page_day", site, path, day), day + DAY_MS, 1, version)
                     _add(windows, ends, dirty, ("exit_page_day", site, path, day), day + DAY_MS, 1, version)
                 continue
-            s = runs[-1]
-            start = s.start
-            if start <= ms and ms - s.end < timeout:
+            start, old_end, pvs, evs, ek0, ems, epath, eattrs, xk0, xms, xpath = s
+            if start <= ms and ms - old_end < timeout:
                 # It reaches the last session only (the others end a timeout before its start).
-                e, ek = s.entry, 0 if is_pv else 1
-                if ek > e[0] or (ek == e[0] and (ms > e[1] or (ms == e[1] and (path, attrs) >= (e[2], e[3])))):
-                    old_end, x = s.end, s.exit
-                    was_bounce = s.pageviews == 1 and s.events == 1  # after this event it is not
-                    if ms > old_end:
-                        s.end = ms
-                    s.pageviews += is_pv
-                    s.events += 1
+                ek = 0 if is_pv else 1
+                if ek > ek0 or (ek == ek0 and (ms > ems or (ms == ems and (path, attrs) >= (epath, eattrs)))):
                     xk = 1 if is_pv else 0
-                    if xk > x[0] or (xk == x[0] and (ms > x[1] or (ms == x[1] and path > x[2]))):
-                        s.exit = (xk, ms, path)
-                    changes[(site, vid, pend, start)] = s
+                    end = ms if ms > old_end else old_end
+                    moved = xk > xk0 or (xk == xk0 and (ms > xms or (ms == xms and path > xpath)))
+                    now = last[key] = ((start, end, pvs + is_pv, evs + 1, ek0, ems, epath, eattrs, xk, ms, path) if moved
+                                       else (start, end, pvs + is_pv, evs + 1, ek0, ems, epath, eattrs, xk0, xms, xpath))
+                    changes[(site, vid, pend, start)] = now
                     hour = start - start % HOUR_MS
                     if hour + HOUR_MS >= opened:
                         if ms > old_end:
                             _add(windows, ends, dirty, ("visit_duration_hour", site, "", hour), hour + HOUR_MS,
                                  ms - old_end, version)
-                        if was_bounce:
+                        if pvs == 1 and evs == 1:  # it was a bounce; after this event it is not
                             _add(windows, ends, dirty, ("bounces_hour", site, "", hour), hour + HOUR_MS, -1, version)
                     day = start - start % DAY_MS
-                    if s.exit[2] != x[2] and day + DAY_MS >= opened:
-                        _add(windows, ends, dirty, ("exit_page_day", site, x[2], day), day + DAY_MS, -1, version)
+                    if moved and path != xpath and day + DAY_MS >= opened:
+                        _add(windows, ends, dirty, ("exit_page_day", site, xpath, day), day + DAY_MS, -1, version)
                         _add(windows, ends, dirty, ("exit_page_day", site, path, day), day + DAY_MS, 1, version)
                     continue
             self.session_events = version
@@ -424,18 +442,18 @@ class PartitionState:
         """One event through Sessions.add: the general case (a merge, a start or entry moved)."""
         was, now = self.sessions.add(key, ms, is_pv, path, attrs, timeout)
         bump = self._bump
-        if len(was) == 1 and was[0].start == now.start and was[0].entry[2] == now.entry[2]:
-            old, start, site = was[0], now.start, attrs[0]
+        if len(was) == 1 and was[0][0] == now[0] and was[0][6] == now[6]:
+            old, start, site = was[0], now[0], attrs[0]
             hour = start - start % HOUR_MS
             if hour + HOUR_MS >= opened:
-                if now.end != old.end:
-                    bump(("visit_duration_hour", site, "", hour), hour + HOUR_MS, now.end - old.end)
-                if now.bounce != old.bounce:
-                    bump(("bounces_hour", site, "", hour), hour + HOUR_MS, now.bounce - old.bounce)
+                if now[1] != old[1]:
+                    bump(("visit_duration_hour", site, "", hour), hour + HOUR_MS, now[1] - old[1])
+                if _bounce(now) != _bounce(old):
+                    bump(("bounces_hour", site, "", hour), hour + HOUR_MS, _bounce(now) - _bounce(old))
             day = start - start % DAY_MS
-            if now.exit[2] != old.exit[2] and day + DAY_MS >= opened:
-                bump(("exit_page_day", site, old.exit[2], day), day + DAY_MS, -1)
-                bump(("exit_page_day", site, now.exit[2], day), day + DAY_MS, 1)
+            if now[10] != old[10] and day + DAY_MS >= opened:
+                bump(("exit_page_day", site, old[10], day), day + DAY_MS, -1)
+                bump(("exit_page_day", site, now[10], day), day + DAY_MS, 1)
             return
         for s in was:
             self._count_session(s, -1, opened)
@@ -445,21 +463,22 @@ class PartitionState:
         """Add n to a session window (created at 0): its version is the session events applied."""
         _add(self.windows, self.ends, self.session_dirty, key, end, n, self.session_events)
 
-    def _count_session(self, s: Session, sign: int, opened: int) -> None:
+    def _count_session(self, s: Run, sign: int, opened: int) -> None:
         """Add (sign 1) or take out (-1) one session in the windows of its start. The
         session windows are additive over time as well as over partitions (a visit is
         counted once, in the hour it started), so days and months are sums of hours."""
-        site, start, bump = s.entry[3][0], s.start, self._bump
+        start, end, entry_path, site, exit_path = s[0], s[1], s[6], s[7][0], s[10]
+        bump = self._bump
         hour, day = start - start % HOUR_MS, start - start % DAY_MS
         if hour + HOUR_MS >= opened:
             bump(("visits_hour", site, "", hour), hour + HOUR_MS, sign)
-            if s.pageviews == 1 and s.events == 1:
+            if _bounce(s):
                 bump(("bounces_hour", site, "", hour), hour + HOUR_MS, sign)
-            if s.end != start:
-                bump(("visit_duration_hour", site, "", hour), hour + HOUR_MS, sign * (s.end - start))
+            if end != start:
+                bump(("visit_duration_hour", site, "", hour), hour + HOUR_MS, sign * (end - start))
         if day + DAY_MS >= opened:
-            bump(("entry_page_day", site, s.entry[2], day), day + DAY_MS, sign)
-            bump(("exit_page_day", site, s.exit[2], day), day + DAY_MS, sign)
+            bump(("entry_page_day", site, entry_path, day), day + DAY_MS, sign)
+            bump(("exit_page_day", site, exit_path, day), day + DAY_MS, sign)
 
     def _window(self, key: AggKey, end: int, with_visitors: bool) -> Window:
         w = self.windows.get(key)
@@ -507,6 +526,11 @@ class PartitionState:
     def memory_bytes(self) -> int:
         return (sum(w.visitors.nbytes() for w in self.windows.values() if w.visitors is not None)
                 + self.seen_events.nbytes())
+
+
+def _bounce(s: Run) -> int:
+    """1 for a bounce (one pageview and no other event), else 0."""
+    return 1 if s[2] == 1 and s[3] == 1 else 0
 
 
 def _add(windows: dict[AggKey, Window], ends: dict[AggKey, int], dirty: set[AggKey], key: AggKey, end: int,
@@ -580,6 +604,19 @@ class TotalsEncoder:
         # The header was found, so the last three fields are Avro longs (zigzag varints).
         uniques = len(w.visitors) if w.visitors is not None else 0
         return agg_key, b"".join((fixed, encode_long(w.count), encode_long(uniques), encode_long(w.events)))
+
+    def many(self, st: PartitionState, items: list[tuple[AggKey, Window]]) -> list[tuple[bytes, bytes]]:
+        """self(st, key, w) of many windows (a flush's): the varying fields of all of them as
+        one vectorised pass of varints, three consecutive ones per window, so one slice each."""
+        wires = [w.wire or self._wire(st, key, w) for key, w in items]
+        if not wires or wires[0][0] is None:  # the codec path (the header is the same for every window)
+            return [self(st, key, w) for key, w in items]
+        nums: list[int] = []
+        for _, w in items:
+            nums += (w.count, len(w.visitors) if w.visitors is not None else 0, w.events)
+        data, at = zigzag_packed(np.array(nums, dtype=np.int64))
+        return [(agg_key, fixed + data[at[i]:at[i + 3]]) for i, (fixed, agg_key) in zip(range(0, len(nums), 3), wires,
+                                                                                          strict=True)]
 
     def _string(self, value: str) -> bytes:
         return bounded_put(self._strings, value, _avro_string(value), self.SHARED_MAX)

@@ -68,8 +68,7 @@ def _totals(st: PartitionState) -> dict:
 
 
 def _sessions(st: PartitionState) -> dict:
-    return {k: [(s.start, s.end, s.pageviews, s.events, s.entry, s.exit) for s in v]
-            for k, v in st.sessions.visitors.items()}
+    return st.sessions.visitors()
 
 
 @pytest.mark.parametrize("timeout", [T, 0])

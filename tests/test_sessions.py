@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tally.schemas.codec import default_codec
 from tally.streams import beacons as stage1
 from tally.streams.projection import reader
-from tally.streams.sessions import Sessions, sessionize
+from tally.streams.sessions import Sessions, one_event, session, sessionize
 from tally.streams.windows import Delta, PartitionState, pageview_attrs, pageview_delta, period_end
 
 from tests.stream_support import expected_sessions
@@ -47,7 +47,7 @@ def test_acceptance_visits_bounces_and_durations():
         (2, BASE, True, "/b"),  # B
         (3, BASE, True, "/c1"), (3, BASE + 40 * MIN, True, "/c2"),  # C
     ])
-    runs = {k[1]: v for k, v in st.sessions.visitors.items()}
+    runs = {k[1]: [session(s) for s in v] for k, v in st.sessions.visitors().items()}
     (a,) = runs[1]
     assert (a.pageviews, a.bounce, a.duration_ms, a.entry[2], a.exit[2]) == (3, False, 10 * MIN, "/a1", "/a3")
     (b,) = runs[2]
@@ -63,7 +63,7 @@ def test_acceptance_visits_bounces_and_durations():
 def test_a_session_ends_at_the_period_boundary():
     midnight = BASE - BASE % 86_400_000 + 86_400_000
     st = _state_of([(9, midnight - 10 * MIN, True, "/late"), (9, midnight + 10 * MIN, True, "/early")])
-    assert sorted(len(v) for v in st.sessions.visitors.values()) == [1, 1]  # two visits, one per day
+    assert sorted(len(v) for v in st.sessions.visitors().values()) == [1, 1]  # two visits, one per day
 
 
 def test_a_late_event_merges_two_sessions_and_the_windows_follow():
@@ -87,8 +87,8 @@ def test_sessions_do_not_depend_on_the_order_of_arrival(raw, seed, chunk):
     st = _state_of(events, order=random.Random(seed), chunk=chunk)
     for vid in {e[0] for e in events}:
         want = sessionize([(ms, pv, path, ATTRS) for v, ms, pv, path in events if v == vid], T)
-        (got,) = [runs for k, runs in st.sessions.visitors.items() if k[1] == vid]
-        assert got == want
+        (got,) = [runs for k, runs in st.sessions.visitors().items() if k[1] == vid]
+        assert [session(s) for s in got] == want
     assert _windows(st) == _windows(_state_of(events))  # and neither do the windows
     # the windows equal the batch recomputation (the one the stream tests compare with)
     assert _windows(st) == expected_sessions((("a.com", vid, ms, pv, path) for vid, ms, pv, path in events), T // 1000)
@@ -121,7 +121,7 @@ def test_the_inlined_cases_change_what_the_general_path_changes(raw, seed, chunk
         assert sorted(k for k, _ in ours.take_dirty_windows()) == sorted(k for k, _ in general.take_dirty_windows())
     assert {k: (w.count, w.events) for k, w in ours.windows.items()} == \
         {k: (w.count, w.events) for k, w in general.windows.items()}
-    assert ours.sessions.visitors == general.sessions.visitors
+    assert ours.sessions.visitors() == general.sessions.visitors()
 
 
 def test_session_changes_name_removed_and_current_sessions():
@@ -132,7 +132,7 @@ def test_session_changes_name_removed_and_current_sessions():
     s.take_changes()
     s.add(key, BASE - 10 * MIN, True, "/w", ATTRS, T)  # extends the first session earlier: a new start
     changes = s.take_changes()
-    assert changes[(*key, BASE)] is None and changes[(*key, BASE - 10 * MIN)].entry[2] == "/w"
+    assert changes[(*key, BASE)] is None and session(changes[(*key, BASE - 10 * MIN)]).entry[2] == "/w"
 
 
 def test_session_input_survives_the_delta_bytes_and_both_stage1_paths_agree():
@@ -202,6 +202,25 @@ def test_sessions_keep_the_entry_utm_content_and_term_and_read_older_deltas():
     assert session_record(0, 2, skey, sess)["utm_content"] == ""
 
 
+def test_deltas_with_the_attributes_as_lists_read_as_before():
+    """Deltas written before the attributes went as JSON texts carry them as lists."""
+    import struct
+
+    import orjson
+
+    pend = period_end(BASE, "day")
+    d = Delta(0, 1, session_timeout_ms=T, events=[(7, BASE, True, "/in", pend, ATTRS),
+                                                  (8, BASE, True, "/in", pend, ATTRS[:10])])
+    raw = d.encode()
+    (n,) = struct.unpack_from(">I", raw)
+    head = orjson.loads(raw[4:4 + n])
+    assert all(isinstance(a, str) for a in head["x"]["a"])
+    head["x"]["a"] = [orjson.loads(a) for a in head["x"]["a"]]
+    old = orjson.dumps(head)
+    read = Delta.decode(struct.pack(">I", len(old)) + old + raw[4 + n:])
+    assert read.events == Delta.decode(raw).events == [(7, BASE, True, "/in", pend, ATTRS), (8, BASE, True, "/in", pend, ATTRS)]
+
+
 def _some_changes() -> dict:
     s = Sessions()
     attrs = ("b\u00fccher.example", "search", "www.google.com", "news", "", "winter", "mobile", "Mobile Safari", "iOS", "DE",
@@ -238,7 +257,7 @@ def test_a_flush_of_many_sessions_is_split_into_records_of_bounded_size():
     codec = default_codec()
     encode = SessionEncoder(codec)
     encode.RECORD_BYTES = 300  # a few rows per record
-    changes = {("a.com", vid, 0, BASE): sessionize([(BASE, True, f"/p{vid}", ATTRS)], T)[0] for vid in range(50)}
+    changes = {("a.com", vid, 0, BASE): one_event(BASE, True, f"/p{vid}", ATTRS) for vid in range(50)}
     got = encode.batches(2, 9, changes)
     assert [k for k, _ in got] == [f"2|9|{i}".encode() for i in range(len(got))] and len(got) > 5
     assert all(len(v) < 300 + 200 for _, v in got)
@@ -253,7 +272,7 @@ def test_the_fast_encoder_refuses_session_attributes_of_the_wrong_length():
 
     encode = SessionEncoder(default_codec())
     assert encode.fast
-    short = sessionize([(BASE, True, "/", ATTRS[:-1])], T)[0]
+    short = one_event(BASE, True, "/", ATTRS[:-1])
     with pytest.raises(ValueError, match="session attributes have"):
         encode.batches(0, 1, {("a.com", 1, 0, BASE): short})
 
@@ -275,6 +294,7 @@ def test_session_windows_wait_for_the_session_flush_and_a_visit_changed_twice_is
     assert due[("bounces_hour", "a.com", "", hour)] == (0, 2)  # a bounce, then not: the last version
     assert due[("visit_duration_hour", "a.com", "", hour)] == (5 * MIN, 2)
     assert due[("exit_page_day", "a.com", "/a", day)] == (0, 2) and due[("exit_page_day", "a.com", "/b", day)] == (1, 2)
-    (session,) = st.sessions.take_changes().values()  # one row for the visit's two changes
-    assert (session.pageviews, session.entry[2], session.exit[2]) == (2, "/a", "/b")
+    (run,) = st.sessions.take_changes().values()  # one row for the visit's two changes
+    visit = session(run)
+    assert (visit.pageviews, visit.entry[2], visit.exit[2]) == (2, "/a", "/b")
     assert not st.take_dirty_windows(sessions=True) and not st.session_dirty

@@ -225,6 +225,8 @@ def test_totals_encoder_writes_what_the_codec_writes():
             agg = st.aggregate(key)
             assert encode(st, key, w) == (aggregate_key(agg), codec.encode("window_aggregate", agg))
             assert encode(st, key, w)[1] == codec.encode("window_aggregate", agg)  # cached pieces
+        assert encode.many(st, emitted) == [encode(st, key, w) for key, w in emitted]
+        assert TotalsEncoder(codec).many(st, emitted) == [encode(st, key, w) for key, w in emitted]  # first sight
 
 
 def test_totals_encoder_shares_a_window_across_partitions():
