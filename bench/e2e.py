@@ -1040,10 +1040,11 @@ def main() -> None:
     run_id = "r" + uuid.uuid4().hex[:6]
     tmp = Path(tempfile.mkdtemp(prefix="tally-e2e-"))
 
-    def terminate(_sig: int, _frame: object) -> None:
-        raise KeyboardInterrupt  # unwinds through the finally below, which stops what we started
-
-    signal.signal(signal.SIGTERM, terminate)
+    # SIGTERM takes Ctrl-C's path: outside the event loop a KeyboardInterrupt, inside it
+    # asyncio.Runner cancels the bench's task (an exception raised from the handler itself
+    # would land in whatever transport callback is running, and uvloop would swallow it).
+    # Either way it unwinds through the finally below, which stops what we started.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: signal.raise_signal(signal.SIGINT))
     stack = Stack(tmp, args)
     try:
         stack.start()
