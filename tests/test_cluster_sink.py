@@ -73,8 +73,10 @@ def test_inserts_go_on_while_a_topic_id_lookup_hangs_with_a_node_dead(cluster: K
         flushes, base = sink.flushes, stored_rows()
         records.pageviews(50, days)
         records.flush()
-        wait_for(lambda: stored_rows() >= base + 50, 120, "a round stored while the lookup hangs")
-        assert sink.flushes > flushes
+        # The loop counts a flush after its commit, so the rows are queryable a moment before
+        # the count moves: wait for both rather than read the count once the rows are there.
+        wait_for(lambda: stored_rows() >= base + 50 and sink.flushes > flushes, 120,
+                 "a round stored and its flush finished while the lookup hangs")
         assert not lookups.release.is_set() and loop.is_alive()
         assert lookups.threads and loop.ident not in lookups.threads  # never on the insert loop
     finally:
