@@ -27,11 +27,13 @@ Keys are secrets: nothing here logs a key value.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import secrets
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -80,6 +82,19 @@ def expired(key: str, now: datetime, grace: timedelta) -> bool:
         return False
 
 
+# Keepers whose thread still runs. librdkafka's threads log through Python (the "logger"
+# below): one still logging while the interpreter finalizes can crash it, so every keeper
+# left open is closed at exit, before that.
+_OPEN: weakref.WeakSet[PeriodKeys] = weakref.WeakSet()
+
+
+@atexit.register
+def close_open_keepers() -> None:
+    """Close every keeper still open (at exit; tests call it after a worker they never ran)."""
+    for keeper in list(_OPEN):
+        keeper.close()
+
+
 class PeriodKeys:
     """Follows one keys topic in a background thread and answers `key(period)`."""
 
@@ -107,6 +122,7 @@ class PeriodKeys:
         self._consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
         self._thread = threading.Thread(target=self._follow, name=f"keys-{topic}", daemon=True)
         self._thread.start()
+        _OPEN.add(self)
 
     # -- reading the topic -------------------------------------------------------------
     def _follow(self) -> None:
@@ -133,6 +149,7 @@ class PeriodKeys:
         self._consumer.close()
 
     def close(self) -> None:
+        _OPEN.discard(self)
         self._stop.set()
         self._thread.join(5)
         self._producer.flush(5)

@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from tally.streams.app import make_app
 from tally.streams.outputs import FlushingProducer
 
+from tally.periodkeys import close_open_keepers
 from tally.topics import BAD_ROWS
 from tests.stream_support import read_all
+
+
+@pytest.fixture(autouse=True)
+def close_salt_keepers():
+    """make_app starts the worker's salt keeper (a consumer and its thread); these apps never
+    run, so nothing else would stop it before the broker goes away."""
+    yield
+    close_open_keepers()
 
 
 def test_fausts_flush_delivers_the_workers_outputs_first(tally_env):
