@@ -179,6 +179,11 @@ def keep_time(app: faust.App, clock: Clock, salts: SaltCache, about: dict[str, A
     async def expire_salts() -> None:
         await salts.expire()
 
+    @app.on_before_shutdown.connect
+    async def close_salts(app: Any, **_: Any) -> None:
+        # Its consumer thread logs through Python: closed here, not left to the interpreter's exit.
+        await asyncio.get_running_loop().run_in_executor(None, salts.close)
+
     def check_clock() -> None:
         local = clock.local()
         clock.agree(local, salts.start().broker_now())

@@ -75,6 +75,12 @@ class SaltCache:
         return {"current": period_key(now, self.settings.salt_period), "periods": periods,
                 "expired": [k for k in periods if expired(k, now, self.grace)]}
 
+    def close(self) -> None:
+        """Stop the keeper's thread and its Kafka clients (the worker is shutting down)."""
+        if self._keeper is not None:
+            self._keeper.close()
+            self._keeper = None
+
     async def expire(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.start().expire)
         now = self.clock()

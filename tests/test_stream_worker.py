@@ -39,3 +39,15 @@ def test_exactly_once_keeps_fausts_transactional_producer(tally_env):
 
     settings = Settings.from_env({**tally_env.vars, "TALLY_PROCESSING_GUARANTEE": "exactly_once"})
     assert not isinstance(make_app(settings).producer, FlushingProducer)
+
+
+def test_shutting_down_closes_the_workers_salt_keeper(tally_env):
+    from tally import periodkeys
+
+    close_open_keepers()
+    app = make_app(tally_env.settings)  # checks the clock: the salt keeper starts here
+    (keeper,) = list(periodkeys._OPEN)
+    assert keeper._thread.is_alive()
+    asyncio.run(app.on_before_shutdown.send())  # what Faust sends when the worker stops
+    assert not keeper._thread.is_alive()
+    assert not list(periodkeys._OPEN)
