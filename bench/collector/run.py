@@ -1,7 +1,7 @@
 """Collector benchmark: `tally collector` vs a minimal aiohttp 204 handler, loaded by wrk.
 
     .venv/bin/python bench/collector/run.py [--duration 10] [--connections 64] [--warmup 20]
-        [--rounds 3] [--no-single-client] [--no-paced] [--workers 2]
+        [--rounds 3] [--no-single-client] [--no-paced] [--workers 2] [--collector-batch-ms MS]
 
 Starts its own single-node Kafka broker (infra/kafka) in a temporary directory.
 Both targets get the same wrk settings and the same realistic beacons
@@ -323,6 +323,9 @@ def main() -> None:
                     help="before phase 2, load the collector with new clients until it has seen this many "
                          "(at most --flood-seconds), for the RSS figure")
     ap.add_argument("--flood-seconds", type=int, default=300)
+    ap.add_argument("--collector-batch-ms", type=float, default=None,
+                    help="TALLY_COLLECTOR_BATCH_MS of the collectors (default: theirs); 0 sends each loop "
+                         "pass's beacons at once, without waiting for company")
     args = ap.parse_args()
     load_start = os.getloadavg()
     every_cpu = os.sched_getaffinity(0)
@@ -344,6 +347,8 @@ def main() -> None:
                         "TALLY_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:6]}.", "TALLY_TOPIC_PARTITIONS": "4",
                         "TALLY_ALLOWED_SITES": "example.com", "TALLY_TRUSTED_PROXIES": "127.0.0.1",
                         "TALLY_LOG_LEVEL": "warning"})
+            if args.collector_batch_ms is not None:
+                env["TALLY_COLLECTOR_BATCH_MS"] = f"{args.collector_batch_ms:g}"
             ensure_topics(Settings.from_env(env))
             results: dict = {"connections": args.connections, "duration_s": args.duration, "wrk_threads": 1,
                              "pinned": bool(args.pin)}
@@ -451,6 +456,7 @@ def summary(args: argparse.Namespace, results: dict, load_start: tuple[float, fl
     out: dict = {
         "bench": "collector",
         "clients": "many (a new public address per request, through a trusted proxy), default settings",
+        "collector_batch_ms": "default" if args.collector_batch_ms is None else args.collector_batch_ms,
         "baseline_rps": b["rps"],
         "collector_accepted_per_s": c["accepted_per_s"],
         "ratio_vs_baseline": ratio,
