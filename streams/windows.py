@@ -30,6 +30,7 @@ window instead of ~70 for a Python set of ints.
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -391,9 +392,13 @@ class PartitionState:
         windows, ends, dirty = self.windows, self.ends, self.session_dirty
         timeout = d.session_timeout_ms
         opened = -1 if open_after_ms is None else open_after_ms
-        version = self.session_events
+        # Every session window this delta changes gets the delta's version (the session events
+        # applied through it): monotonic, and the same when a rebuild folds the same deltas.
+        version = self.session_events = self.session_events + len(d.events)
+        # The new visits' (site, hour, is_pageview): their visits_hour and bounces_hour are
+        # counted after the loop, one update per distinct window (Counter's C loop).
+        new_hours: list[tuple[str, int, bool]] = []
         for vid, ms, is_pv, path, pend, attrs in d.events:
-            version += 1
             site = attrs[0]
             key = (site, vid, pend)
             s = last.get(key)
@@ -403,11 +408,8 @@ class PartitionState:
                 else:
                     new = last[key] = (ms, ms, 0, 1, 1, ms, path, attrs, 0, ms, path)
                 changes[(site, vid, pend, ms)] = new
-                hour, day = ms - ms % HOUR_MS, ms - ms % DAY_MS
-                if hour + HOUR_MS >= opened:
-                    _add(windows, ends, dirty, ("visits_hour", site, "", hour), hour + HOUR_MS, 1, version)
-                    if is_pv:
-                        _add(windows, ends, dirty, ("bounces_hour", site, "", hour), hour + HOUR_MS, 1, version)
+                new_hours.append((site, ms - ms % HOUR_MS, is_pv))
+                day = ms - ms % DAY_MS
                 if day + DAY_MS >= opened:
                     _add(windows, ends, dirty, ("entry_page_day", site, path, day), day + DAY_MS, 1, version)
                     _add(windows, ends, dirty, ("exit_page_day", site, path, day), day + DAY_MS, 1, version)
@@ -435,9 +437,12 @@ class PartitionState:
                         _add(windows, ends, dirty, ("exit_page_day", site, xpath, day), day + DAY_MS, -1, version)
                         _add(windows, ends, dirty, ("exit_page_day", site, path, day), day + DAY_MS, 1, version)
                     continue
-            self.session_events = version
             self._apply_session(key, ms, is_pv, path, attrs, timeout, opened)
-        self.session_events = version
+        for (site, hour, is_pv), n in Counter(new_hours).items():
+            if hour + HOUR_MS >= opened:
+                _add(windows, ends, dirty, ("visits_hour", site, "", hour), hour + HOUR_MS, n, version)
+                if is_pv:
+                    _add(windows, ends, dirty, ("bounces_hour", site, "", hour), hour + HOUR_MS, n, version)
 
     def _apply_session(self, key: tuple[str, int, int], ms: int, is_pv: bool, path: str, attrs: Attrs,
                        timeout: int, opened: int) -> None:
@@ -462,7 +467,8 @@ class PartitionState:
         self._count_session(now, 1, opened)
 
     def _bump(self, key: AggKey, end: int, n: int) -> None:
-        """Add n to a session window (created at 0): its version is the session events applied."""
+        """Add n to a session window (created at 0): its version is the session events applied
+        through the current delta."""
         _add(self.windows, self.ends, self.session_dirty, key, end, n, self.session_events)
 
     def _count_session(self, s: Run, sign: int, opened: int) -> None:
