@@ -73,7 +73,7 @@ def fold(partition: int, records: Iterable[bytes], open_after_ms: int | None = N
     for raw in records:
         for d in unpack(raw):
             state.apply(d, open_after_ms, remember_after_ms)
-    state.dirty = set(state.windows)  # re-emit everything after a recovery
+    state.dirty = dict(state.windows)  # re-emit everything after a recovery
     # (the sessions' changes are every session key the fold touched, removed ones included)
     return state
 

@@ -98,8 +98,8 @@ class GeneralPath(PartitionState):
     """Every event through Sessions.add, none through the inlined cases of _apply_sessions."""
 
     def _apply_sessions(self, d: Delta, open_after_ms: int | None) -> None:
+        self.session_events += len(d.events)  # the delta's version, as _apply_sessions sets it
         for vid, ms, is_pv, path, pend, attrs in d.events:
-            self.session_events += 1
             self._apply_session((attrs[0], vid, pend), ms, is_pv, path, attrs, d.session_timeout_ms,
                                 -1 if open_after_ms is None else open_after_ms)
 

@@ -6,6 +6,7 @@ beacons.STEPS; malformed bytes are DecodeErrors."""
 from __future__ import annotations
 
 import io
+import itertools
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -14,10 +15,17 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tally.schemas.avro_writer import encode_long
 from tally.schemas.codec import DecodeError, default_codec
 from tally.schemas.reasons import BadRowReason, DropReason
 from tally.streams import beacons as stage1
-from tally.streams.avro_bytes import BeaconReader, read_beacon_items, zigzag_varints
+from tally.streams.avro_bytes import (
+    PLANES_FROM,
+    BeaconReader,
+    read_beacon_items,
+    zigzag_packed,
+    zigzag_varints,
+)
 from tally.streams.enrich import visitor_id, visitor_ids
 from tally.streams.projection import reader
 from tally.streams.windows import Delta, pageview_delta
@@ -205,6 +213,20 @@ def test_zigzag_varints_are_avro_longs():
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, "long", v)
         assert enc == buf.getvalue(), v
+
+
+@pytest.mark.parametrize("n", [5, PLANES_FROM - 1, PLANES_FROM, 3 * PLANES_FROM + 7])
+def test_zigzag_packed_is_avro_longs_back_to_back(n):
+    """Both paths (one byte plane at a time from PLANES_FROM values): the same bytes and offsets."""
+    rnd = np.random.default_rng(n)
+    edge = [0, -1, 1, 63, -64, 64, 8191, 8192, 2**63 - 1, -(2**63)]
+    for values in (rnd.integers(0, 50, n), rnd.integers(-(2**63), 2**63 - 1, n),
+                   np.concatenate([rnd.integers(-(2**40), 2**40, n), edge])):
+        values = values.astype(np.int64)
+        want = [encode_long(int(v)) for v in values]
+        data, at = zigzag_packed(values)
+        assert data == b"".join(want)
+        assert at == [0, *itertools.accumulate(len(w) for w in want)]
 
 
 def test_totals_encoder_writes_what_the_codec_writes():
