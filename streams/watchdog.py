@@ -131,7 +131,9 @@ class Watchdog:
         busy = [since for _, since in self._waits.values() if now - since < self.stall_seconds]
         for tp, end in ends.items():
             lag = end - self.position(tp, committed)
-            idle = now - self._moved[tp]
+            # setdefault: `ends` may be read before a revocation the rebalance hook has since
+            # applied (its partitions are no longer in _moved); such a partition is not stalled.
+            idle = now - self._moved.setdefault(tp, now)
             if lag <= 0 or idle < self.stall_seconds or busy:
                 continue
             if worst is None or idle > worst.seconds:

@@ -86,6 +86,21 @@ def test_revoked_partitions_are_forgotten_and_a_new_assignment_gets_the_full_gra
     assert wd.check({(RAW, 0): 10}, {}) is not None
 
 
+def test_end_offsets_read_before_a_revocation_are_no_stall_and_no_crash():
+    # The health check reads the held partitions' end offsets, then the rebalance hook revokes
+    # one before check() runs: a partition with nothing left and no entry any more.
+    wd, clock = make()
+    wd.assigned([(RAW, 0), (RAW, 1)])
+    wd.done(RAW, 1, 6)
+    wd.revoked([(RAW, 1)])
+    clock.now += 61
+    assert wd.check({(RAW, 0): 0, (RAW, 1): 6}, {(RAW, 1): 6}) is None
+    clock.now += 30  # records arrive: the grace period counts from the check that first saw it
+    assert wd.check({(RAW, 0): 0, (RAW, 1): 9}, {(RAW, 1): 6}) is None
+    clock.now += 31
+    assert wd.check({(RAW, 0): 0, (RAW, 1): 9}, {(RAW, 1): 6}) is not None
+
+
 def test_the_worst_stall_is_reported():
     wd, clock = make()
     wd.assigned([(RAW, 0)])
