@@ -113,11 +113,15 @@ class Watchdog:
         ends: end offset of every held partition. committed: the group's committed offset
         (None if never), the starting point of a partition this worker has not processed yet."""
         now = self.clock()
+        # Only the partitions held now: `ends` is read before this call, and a rebalance may
+        # have revoked some since (revoked() forgot them; judging them would bring back stale
+        # entries that a later assignment of the same partition would inherit).
+        ends = {tp: end for tp, end in ends.items() if tp in self._moved}
         self.view = {}
         self.commit_view = {}
         for tp, end in ends.items():
             lag = end - self.position(tp, committed)
-            self.view[tp] = (max(0, lag), now - self._moved.setdefault(tp, now) if lag > 0 else 0.0)
+            self.view[tp] = (max(0, lag), now - self._moved[tp] if lag > 0 else 0.0)
             offset = committed.get(tp)
             last, since = self._commits.get(tp, (None, now))
             if offset != last or tp not in self._commits:
@@ -131,9 +135,7 @@ class Watchdog:
         busy = [since for _, since in self._waits.values() if now - since < self.stall_seconds]
         for tp, end in ends.items():
             lag = end - self.position(tp, committed)
-            # setdefault: `ends` may be read before a revocation the rebalance hook has since
-            # applied (its partitions are no longer in _moved); such a partition is not stalled.
-            idle = now - self._moved.setdefault(tp, now)
+            idle = now - self._moved[tp]
             if lag <= 0 or idle < self.stall_seconds or busy:
                 continue
             if worst is None or idle > worst.seconds:

@@ -86,18 +86,22 @@ def test_revoked_partitions_are_forgotten_and_a_new_assignment_gets_the_full_gra
     assert wd.check({(RAW, 0): 10}, {}) is not None
 
 
-def test_end_offsets_read_before_a_revocation_are_no_stall_and_no_crash():
+def test_end_offsets_read_before_a_revocation_are_not_judged_and_leave_nothing_behind():
     # The health check reads the held partitions' end offsets, then the rebalance hook revokes
-    # one before check() runs: a partition with nothing left and no entry any more.
+    # one before check() runs (this crashed the worker with a KeyError).
     wd, clock = make()
     wd.assigned([(RAW, 0), (RAW, 1)])
     wd.done(RAW, 1, 6)
     wd.revoked([(RAW, 1)])
     clock.now += 61
     assert wd.check({(RAW, 0): 0, (RAW, 1): 6}, {(RAW, 1): 6}) is None
-    clock.now += 30  # records arrive: the grace period counts from the check that first saw it
+    assert wd.check({(RAW, 0): 0, (RAW, 1): 9}, {(RAW, 1): 6}) is None  # records left, but not held
+    assert (RAW, 1) not in wd.view and (RAW, 1) not in wd.commit_view
+    clock.now += 100
+    wd.assigned([(RAW, 1)])  # held again later: the full grace period, not the stale check's clock
+    clock.now += 59
     assert wd.check({(RAW, 0): 0, (RAW, 1): 9}, {(RAW, 1): 6}) is None
-    clock.now += 31
+    clock.now += 2
     assert wd.check({(RAW, 0): 0, (RAW, 1): 9}, {(RAW, 1): 6}) is not None
 
 
