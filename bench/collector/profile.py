@@ -1,6 +1,7 @@
 """Where the collector's time goes under load: py-spy on one collector process under wrk.
 
     .venv/bin/python bench/collector/profile.py [--clients many|one] [--seconds 20] [--out DIR]
+        [--connections 64] [--rate R]
 
 Starts its own broker and one collector (default settings, 127.0.0.1 as trusted proxy,
 as bench/collector/run.py), warms both up under the same wrk load (beacons.lua), then
@@ -8,7 +9,9 @@ samples the collector's event-loop thread with py-spy (`--gil`: only while it ho
 the GIL, i.e. Python work) while wrk keeps loading it. Prints the functions with the
 largest share of samples, inclusive (the function and what it calls) and self, and
 writes py-spy's raw collapsed stacks and a flame graph to --out. Pinned as run.py:
-the collector on CPU 0, wrk and the broker on the others.
+the collector on CPU 0, wrk and the broker on the others. --rate R holds R requests/s
+(run.py's paced phase, with --connections 1024 as there) instead of a closed loop: the
+per-request cost differs between the two.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=20, help="seconds of sampling")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--rate", type=float, default=0, help="requests/s to hold (0: closed loop)")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "tally-collector-profile")
     args = ap.parse_args()
@@ -95,8 +99,8 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}"
             wait_http(f"{url}/healthz")
             wrk(f"{url}/api/v1/collect", args.connections, args.warmup, clients=args.clients)
-            raw = args.out / f"{args.clients}.raw.txt"
-            load_env = {**os.environ, "TALLY_BENCH_CLIENTS": args.clients, "TALLY_BENCH_RATE": "0"}
+            raw = args.out / f"{args.clients}{'-paced' if args.rate else ''}.raw.txt"
+            load_env = {**os.environ, "TALLY_BENCH_CLIENTS": args.clients, "TALLY_BENCH_RATE": str(args.rate)}
             load = subprocess.Popen(["wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds + 4}s", "-s",
                                      str(SCRIPT), f"{url}/api/v1/collect"], env=load_env, stdout=subprocess.DEVNULL)
             time.sleep(2)
